@@ -1,0 +1,242 @@
+//! The volumes of a store: create, find, describe, delete.
+//!
+//! These work on the store alone, without a write-back log; writing to a
+//! volume (and growing it) goes through an open [`super::Volume`].
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::format::{
+    self, Compression, Root, Superblock, keys, validate_chunk_size,
+};
+use crate::store::{Created, Store};
+
+use super::error::{EngineError, Result};
+
+/// The largest volume: 8 EiB would overflow offsets; 1 PiB is plenty.
+pub const MAX_VOLUME_SIZE: u64 = 1 << 50;
+
+/// What `volume create` asks for.
+#[derive(Debug, Clone)]
+pub struct NewVolume {
+    pub name: String,
+    pub size: u64,
+    pub chunk_size: u64,
+    pub compression: Compression,
+}
+
+/// A volume as the store describes it (`volume info`).
+#[derive(Debug, Clone, Serialize)]
+pub struct VolumeInfo {
+    pub name: String,
+    pub uuid: String,
+    pub size: u64,
+    pub chunk_size: u64,
+    pub compression: String,
+    pub format_version: u32,
+    pub generation: u64,
+    pub committed_at_ms: u64,
+    /// Bytes of the volume held in non-zero chunks.
+    pub allocated_bytes: u64,
+    /// Bytes those chunks take in the store, compressed, before dedup.
+    pub stored_bytes: u64,
+}
+
+/// Checks a volume size: a positive multiple of 4 KiB, at most 1 PiB.
+pub fn validate_size(size: u64) -> Result<()> {
+    if size == 0 || size % format::BLOCK_SIZE != 0 || size > MAX_VOLUME_SIZE {
+        return Err(EngineError::InvalidArgument(format!(
+            "a volume size must be a multiple of 4K between 4K and 1P, not {size} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// Creates a volume; refuses a name that is taken.
+pub async fn create(store: &Store, new: &NewVolume) -> Result<Superblock> {
+    keys::validate_volume_name(&new.name).map_err(EngineError::InvalidArgument)?;
+    validate_size(new.size)?;
+    validate_chunk_size(new.chunk_size).map_err(EngineError::InvalidArgument)?;
+    if store.get(&keys::superblock(&new.name)).await?.is_some() {
+        return Err(EngineError::VolumeExists(new.name.clone()));
+    }
+    if !store.list_keys(&keys::volume_dir(&new.name)).await?.is_empty() {
+        return Err(EngineError::InvalidArgument(format!(
+            "volume `{0}` was partly deleted: finish with `zeroblk volume delete {0}`, then create it again",
+            new.name
+        )));
+    }
+    let superblock = Superblock::new(&new.name, new.size, new.chunk_size, new.compression);
+    let key = keys::superblock(&new.name);
+    if store.put_if_absent(&key, Bytes::from(superblock.encode())).await? == Created::AlreadyExists {
+        return Err(EngineError::VolumeExists(new.name.clone()));
+    }
+    let root = Root::empty(superblock.uuid, new.size, new.chunk_size);
+    store
+        .put_if_absent(&keys::root(&new.name, 0), Bytes::from(root.encode()))
+        .await?;
+    write_head(store, &new.name, 0).await?;
+    Ok(superblock)
+}
+
+/// The names of the store's volumes, sorted.
+pub async fn list(store: &Store) -> Result<Vec<String>> {
+    Ok(store.list_dirs(keys::VOLUMES_DIR).await?)
+}
+
+pub async fn superblock(store: &Store, name: &str) -> Result<Superblock> {
+    keys::validate_volume_name(name).map_err(EngineError::InvalidArgument)?;
+    let key = keys::superblock(name);
+    let bytes = store
+        .get(&key)
+        .await?
+        .ok_or_else(|| EngineError::NoSuchVolume(name.to_string()))?;
+    Ok(Superblock::decode(&key, &bytes)?)
+}
+
+/// The newest committed generation: the head hint, then the roots after
+/// it until one is missing. A few requests, whatever the volume's size.
+pub async fn newest_root(store: &Store, superblock: &Superblock) -> Result<Root> {
+    let name = &superblock.name;
+    let hint = read_head(store, name).await?;
+    let mut generation = hint;
+    let mut newest = read_root(store, superblock, generation).await?;
+    if newest.is_none() && generation > 0 {
+        // The hint ran ahead of a root that was never written: start over.
+        generation = 0;
+        newest = read_root(store, superblock, 0).await?;
+    }
+    let mut newest = newest.ok_or_else(|| EngineError::MissingObject {
+        key: keys::root(name, generation),
+        generation,
+    })?;
+    while let Some(next) = read_root(store, superblock, newest.generation + 1).await? {
+        newest = next;
+    }
+    Ok(newest)
+}
+
+async fn read_root(store: &Store, superblock: &Superblock, generation: u64) -> Result<Option<Root>> {
+    let key = keys::root(&superblock.name, generation);
+    let Some(bytes) = store.get(&key).await? else {
+        return Ok(None);
+    };
+    let root = Root::decode(&key, &bytes)?;
+    if root.volume != superblock.uuid || root.generation != generation {
+        return Err(format::FormatError::corrupt(key, "it belongs to another volume or generation").into());
+    }
+    Ok(Some(root))
+}
+
+async fn read_head(store: &Store, name: &str) -> Result<u64> {
+    let bytes = store.get(&keys::head(name)).await?;
+    Ok(bytes
+        .and_then(|b| std::str::from_utf8(&b).ok().and_then(|s| s.trim().parse().ok()))
+        .unwrap_or(0))
+}
+
+/// Records the newest generation as a hint for the next open.
+pub async fn write_head(store: &Store, name: &str, generation: u64) -> Result<()> {
+    store
+        .put(&keys::head(name), Bytes::from(format!("{generation}\n")))
+        .await?;
+    Ok(())
+}
+
+pub async fn info(store: &Store, name: &str) -> Result<VolumeInfo> {
+    let superblock = superblock(store, name).await?;
+    let root = newest_root(store, &superblock).await?;
+    Ok(VolumeInfo {
+        name: superblock.name.clone(),
+        uuid: superblock.uuid.to_string(),
+        size: root.size,
+        chunk_size: root.chunk_size,
+        compression: superblock.compression.to_string(),
+        format_version: superblock.version,
+        generation: root.generation,
+        committed_at_ms: root.committed_at_ms,
+        allocated_bytes: root.allocated_chunks() * root.chunk_size,
+        stored_bytes: root.stored_bytes(),
+    })
+}
+
+/// Deletes a volume's superblock and roots (the superblock last, so a
+/// half-done delete is finished by running it again). Its chunks and pages
+/// stay until garbage collection, since other volumes may share them.
+pub async fn delete(store: &Store, name: &str) -> Result<()> {
+    keys::validate_volume_name(name).map_err(EngineError::InvalidArgument)?;
+    let dir = keys::volume_dir(name);
+    let keys = store.list_keys(&dir).await?;
+    if keys.is_empty() {
+        return Err(EngineError::NoSuchVolume(name.to_string()));
+    }
+    let superblock = keys::superblock(name);
+    for key in keys.iter().filter(|k| **k != superblock) {
+        store.delete(key).await?;
+    }
+    store.delete(&superblock).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_volume(name: &str) -> NewVolume {
+        NewVolume {
+            name: name.to_string(),
+            size: 1 << 30,
+            chunk_size: 1 << 20,
+            compression: Compression::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn create_list_info_delete() {
+        let store = Store::memory();
+        create(&store, &new_volume("b")).await.unwrap();
+        create(&store, &new_volume("a")).await.unwrap();
+        assert_eq!(list(&store).await.unwrap(), vec!["a", "b"]);
+        let info = info(&store, "a").await.unwrap();
+        assert_eq!((info.size, info.generation, info.allocated_bytes), (1 << 30, 0, 0));
+        assert!(matches!(
+            create(&store, &new_volume("a")).await,
+            Err(EngineError::VolumeExists(_))
+        ));
+        delete(&store, "a").await.unwrap();
+        assert_eq!(list(&store).await.unwrap(), vec!["b"]);
+        assert!(matches!(delete(&store, "a").await, Err(EngineError::NoSuchVolume(_))));
+        create(&store, &new_volume("a")).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn bad_sizes_and_names_are_refused() {
+        let store = Store::memory();
+        let mut bad = new_volume("x");
+        bad.size = 1000;
+        assert!(create(&store, &bad).await.is_err());
+        bad = new_volume("x/y");
+        assert!(create(&store, &bad).await.is_err());
+        bad = new_volume("x");
+        bad.chunk_size = 3 << 20;
+        assert!(create(&store, &bad).await.is_err());
+        assert!(list(&store).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn opening_reads_a_few_objects_and_follows_roots_past_the_hint() {
+        let store = Store::memory();
+        let sb = create(&store, &new_volume("v")).await.unwrap();
+        let mut root = Root::empty(sb.uuid, 1 << 30, 1 << 20);
+        for generation in 1..=3 {
+            root.generation = generation;
+            store
+                .put(&keys::root("v", generation), Bytes::from(root.encode()))
+                .await
+                .unwrap();
+        }
+        let before = store.counters().gets;
+        assert_eq!(newest_root(&store, &sb).await.unwrap().generation, 3);
+        assert!(store.counters().gets - before <= 6);
+    }
+}

@@ -1,0 +1,302 @@
+//! Commits: sealed epochs become the next generation in the store.
+//!
+//! A commit takes every sealed epoch at once, oldest to newest, so the
+//! generation it writes is the device's state at the newest one's seal: a
+//! flush point, never a mix. It uploads the changed chunks (read-modify-
+//! write for partly changed ones), then the changed map pages, then the
+//! root with create-if-absent. Only after the root is in does it swap the
+//! view (new map, fewer epochs) and delete log segments nothing needs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt, stream};
+
+use super::epoch::Epoch;
+use super::error::{EngineError, Result};
+use super::map::page_of;
+use super::resolve::{self, Run};
+use super::volume::{Shared, View};
+use super::catalog;
+use crate::format::{
+    self, BLOCK_SIZE, ChunkRef, MapPage, PAGE_ENTRIES, PageSlot, Root, keys,
+    root::{now_ms, page_count},
+};
+use crate::store::Created;
+
+/// What a commit changes in one map page.
+#[derive(Default)]
+struct PageEdit {
+    /// Every entry of the page becomes zero (before `slots` apply).
+    cleared: bool,
+    slots: BTreeMap<usize, ChunkRef>,
+}
+
+impl Shared {
+    /// Commits every sealed epoch, and a pending resize, as the next
+    /// generation. Returns whether there was anything to commit.
+    pub async fn commit_sealed(self: &Arc<Self>) -> Result<bool> {
+        let pending_size = self.switch.lock().await.pending_size;
+        let view = self.view.load_full();
+        let epochs = view.sealed.clone();
+        if epochs.is_empty() && pending_size.is_none() {
+            return Ok(false);
+        }
+        if let Some(last) = epochs.last() {
+            self.wait_for(&self.durable, last.id).await?;
+        }
+        let next = self.build_generation(&view.map, &epochs, pending_size).await?;
+        self.publish_root(&next).await?;
+        self.install(next, &epochs).await;
+        Ok(true)
+    }
+
+    async fn build_generation(
+        self: &Arc<Self>,
+        base: &Arc<Root>,
+        epochs: &[Arc<Epoch>],
+        pending_size: Option<u64>,
+    ) -> Result<Root> {
+        let mut next = (**base).clone();
+        next.generation += 1;
+        next.log_id = self.log.manifest.log_id;
+        next.log_epoch = epochs.last().map_or(*self.committed.borrow(), |e| e.id);
+        next.committed_at_ms = now_ms();
+        if let Some(size) = pending_size.filter(|&s| s > next.size) {
+            next.size = size;
+            next.pages.resize(page_count(size, next.chunk_size), PageSlot::EMPTY);
+        }
+        let mut edits: BTreeMap<usize, PageEdit> = BTreeMap::new();
+        for epoch in epochs {
+            for (chunks, _) in epoch.overlay.zeroed_ranges() {
+                zero_chunks(&mut edits, chunks, base.chunk_count());
+            }
+        }
+        let touched: BTreeSet<u64> = epochs.iter().flat_map(|e| e.overlay.touched_chunks()).collect();
+        let concurrency = self.options.upload_concurrency;
+        let chunks: Vec<(u64, ChunkRef)> = stream::iter(touched)
+            .map(|chunk| async move { Ok::<_, EngineError>((chunk, self.build_chunk(base, epochs, chunk).await?)) })
+            .buffer_unordered(concurrency)
+            .try_collect()
+            .await?;
+        for (chunk, entry) in chunks {
+            let (page, slot) = page_of(chunk);
+            edits.entry(page).or_default().slots.insert(slot, entry);
+        }
+        let pages: Vec<(usize, PageSlot)> = stream::iter(edits)
+            .map(|(page, edit)| async move { Ok::<_, EngineError>((page, self.build_page(base, page, edit).await?)) })
+            .buffer_unordered(concurrency)
+            .try_collect()
+            .await?;
+        for (page, slot) in pages {
+            next.pages[page] = slot;
+        }
+        Ok(next)
+    }
+
+    /// The new content of `chunk` after `epochs`, uploaded if it changed.
+    async fn build_chunk(&self, base: &Root, epochs: &[Arc<Epoch>], chunk: u64) -> Result<ChunkRef> {
+        let blocks = (base.chunk_size / BLOCK_SIZE) as usize;
+        let sources = resolve::resolve(epochs.iter().rev(), chunk, 0..blocks);
+        let runs = resolve::runs(&sources);
+        if let [Run::Zero(_)] = runs.as_slice() {
+            return Ok(ChunkRef::ZERO);
+        }
+        let old = self.pages.lookup(base, chunk).await?;
+        let old_data = match runs.iter().any(|r| matches!(r, Run::Base(_))) && !old.is_zero() {
+            true => Some(self.load_chunk(old, base.generation).await?),
+            false => None,
+        };
+        let log_reads: Vec<_> = runs
+            .iter()
+            .filter_map(|run| match run {
+                Run::Log { blocks, segment, pos } => Some((blocks.clone(), Arc::clone(segment), *pos)),
+                _ => None,
+            })
+            .collect();
+        let base_runs: Vec<_> = runs
+            .iter()
+            .filter_map(|run| match run {
+                Run::Base(blocks) => Some(blocks.clone()),
+                _ => None,
+            })
+            .collect();
+        let chunk_size = base.chunk_size as usize;
+        let compression = self.superblock.compression;
+        let built = tokio::task::spawn_blocking(move || {
+            let mut data = vec![0u8; chunk_size];
+            let bytes = |blocks: &std::ops::Range<usize>| {
+                blocks.start * BLOCK_SIZE as usize..blocks.end * BLOCK_SIZE as usize
+            };
+            if let Some(old_data) = &old_data {
+                for blocks in &base_runs {
+                    let range = bytes(blocks);
+                    data[range.clone()].copy_from_slice(&old_data[range]);
+                }
+            }
+            for (blocks, segment, pos) in &log_reads {
+                segment.read_at(&mut data[bytes(blocks)], *pos).map_err(|source| EngineError::Log {
+                    path: segment.path().to_path_buf(),
+                    source,
+                })?;
+            }
+            if data.iter().all(|&b| b == 0) {
+                return Ok(None);
+            }
+            let encoded = format::chunk::encode(&data, compression);
+            Ok::<_, EngineError>(Some((encoded, data)))
+        })
+        .await
+        .expect("chunk encoding does not panic")?;
+        let Some((encoded, data)) = built else {
+            return Ok(ChunkRef::ZERO);
+        };
+        let entry = ChunkRef {
+            id: encoded.id,
+            stored_len: encoded.object.len() as u32,
+        };
+        if entry.id != old.id {
+            // Create-if-absent: a chunk already stored (by any volume) is
+            // the same bytes, so "exists" is success and nothing is lost.
+            self.store.put_if_absent(&keys::chunk(&entry.id), encoded.object).await?;
+        }
+        self.chunks.insert(entry.id, Bytes::from(data)).await;
+        Ok(entry)
+    }
+
+    /// Applies an edit to a page and uploads the result.
+    async fn build_page(&self, base: &Root, page: usize, edit: PageEdit) -> Result<PageSlot> {
+        let old = base.pages.get(page).copied().unwrap_or(PageSlot::EMPTY);
+        let mut content = if edit.cleared || old.is_empty() {
+            MapPage::default()
+        } else {
+            (*self.pages.page(base, &old).await?).clone()
+        };
+        for (slot, entry) in edit.slots {
+            content.set(slot, entry);
+        }
+        if content.is_all_zero() {
+            return Ok(PageSlot::EMPTY);
+        }
+        let allocated = content.entries().iter().filter(|e| !e.is_zero()).count() as u32;
+        let stored = content.entries().iter().map(|e| u64::from(e.stored_len)).sum();
+        let content = Arc::new(content);
+        let encoded = {
+            let content = Arc::clone(&content);
+            tokio::task::spawn_blocking(move || content.encode())
+                .await
+                .expect("page encoding does not panic")
+        };
+        if encoded.id != old.id {
+            self.store.put_if_absent(&keys::page(&encoded.id), encoded.object).await?;
+        }
+        self.pages.remember(encoded.id, content).await;
+        Ok(PageSlot {
+            id: encoded.id,
+            allocated,
+            stored,
+        })
+    }
+
+    /// Writes the root: the commit point. A root of this generation that
+    /// is already there is ours only if it says what ours says (a retried
+    /// PUT whose first reply was lost); anything else means another writer
+    /// committed, and this one is fenced out.
+    async fn publish_root(&self, next: &Root) -> Result<()> {
+        let key = keys::root(&self.name, next.generation);
+        let created = self.store.put_if_absent(&key, Bytes::from(next.encode())).await?;
+        if created == Created::AlreadyExists {
+            let existing = self.store.get(&key).await?;
+            let ours = existing
+                .and_then(|bytes| Root::decode(&key, &bytes).ok())
+                .is_some_and(|found| same_commit(&found, next));
+            if !ours {
+                return Err(EngineError::Fenced {
+                    name: self.name.clone(),
+                    generation: next.generation,
+                });
+            }
+        }
+        if let Err(error) = catalog::write_head(&self.store, &self.name, next.generation).await {
+            tracing::debug!(%error, "could not update the head hint; opening will probe further");
+        }
+        Ok(())
+    }
+
+    /// Makes a committed generation the one readers see, and lets go of
+    /// the epochs and log segments it contains.
+    async fn install(&self, next: Root, epochs: &[Arc<Epoch>]) {
+        let mut state = self.switch.lock().await;
+        if state.pending_size.is_some_and(|size| size <= next.size) {
+            state.pending_size = None;
+        }
+        let view = self.view.load_full();
+        let sealed: Vec<Arc<Epoch>> = view
+            .sealed
+            .iter()
+            .filter(|e| !epochs.iter().any(|c| Arc::ptr_eq(c, e)))
+            .cloned()
+            .collect();
+        let live: Vec<_> = std::iter::once(&view.current)
+            .chain(&sealed)
+            .map(|e| Arc::clone(&e.segment))
+            .collect();
+        self.view.store(Arc::new(View {
+            current: Arc::clone(&view.current),
+            sealed,
+            map: Arc::new(next),
+        }));
+        state.segments.retain(|segment| {
+            let needed = live.iter().any(|s| Arc::ptr_eq(s, segment));
+            if !needed {
+                self.log.remove_segment(segment);
+            }
+            needed
+        });
+        drop(state);
+        let freed: u64 = epochs.iter().map(|e| e.dirty_bytes()).sum();
+        self.dirty_bytes.fetch_sub(freed, Ordering::AcqRel);
+        self.dirty_room.notify_waiters();
+        self.stats.commits.fetch_add(1, Ordering::Relaxed);
+        let newest = epochs.last().map(|e| e.id);
+        self.committed.send_modify(|committed| {
+            if let Some(newest) = newest {
+                *committed = (*committed).max(newest);
+            }
+        });
+    }
+}
+
+/// Marks whole chunks zero: whole pages are cleared without reading them.
+fn zero_chunks(edits: &mut BTreeMap<usize, PageEdit>, chunks: std::ops::Range<u64>, chunk_count: u64) {
+    let chunks = chunks.start..chunks.end.min(chunk_count);
+    if chunks.is_empty() {
+        return;
+    }
+    let first_page = page_of(chunks.start).0;
+    let last_page = page_of(chunks.end - 1).0;
+    for page in first_page..=last_page {
+        let page_start = (page * PAGE_ENTRIES) as u64;
+        let page_end = (page_start + PAGE_ENTRIES as u64).min(chunk_count);
+        let from = chunks.start.max(page_start);
+        let to = chunks.end.min(page_end);
+        let edit = edits.entry(page).or_default();
+        if from == page_start && to == page_end {
+            edit.cleared = true;
+            edit.slots.clear();
+        } else {
+            for chunk in from..to {
+                edit.slots.insert((chunk - page_start) as usize, ChunkRef::ZERO);
+            }
+        }
+    }
+}
+
+fn same_commit(found: &Root, ours: &Root) -> bool {
+    found.log_id == ours.log_id
+        && found.log_epoch == ours.log_epoch
+        && found.size == ours.size
+        && found.pages == ours.pages
+}

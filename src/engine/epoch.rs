@@ -1,0 +1,206 @@
+//! Epochs: the writes between two flush points, and their log region.
+//!
+//! An epoch owns a contiguous region of one log segment. Writers reserve
+//! space in the current epoch with one compare-and-swap on a word that holds
+//! the region's tail, the number of writes in flight and a sealed bit. A
+//! flush seals the epoch with one atomic OR: no write can join it after
+//! that, every write that joined before is waited for ([`Epoch::drained`]),
+//! and the next epoch's region starts where this one ended. So a sealed
+//! epoch's records lie wholly before the next epoch's, and once drained
+//! and synced, the log holds them without holes: replay, which stops at the
+//! first damaged record, can never lose a flushed write.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::Notify;
+
+use super::log::Segment;
+use super::overlay::Overlay;
+
+const SEALED: u64 = 1 << 63;
+const INFLIGHT_ONE: u64 = 1 << 44;
+const INFLIGHT_MASK: u64 = ((1 << 19) - 1) << 44;
+const TAIL_MASK: u64 = INFLIGHT_ONE - 1;
+
+fn inflight(word: u64) -> u64 {
+    (word & INFLIGHT_MASK) >> 44
+}
+
+pub struct Epoch {
+    pub id: u64,
+    pub segment: Arc<Segment>,
+    /// Where the epoch's region starts in its segment.
+    pub start: u64,
+    word: AtomicU64,
+    drained: Notify,
+    pub overlay: Overlay,
+    /// Data bytes written in this epoch (zeroing records count nothing).
+    dirty_bytes: AtomicU64,
+}
+
+impl std::fmt::Debug for Epoch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Epoch")
+            .field("id", &self.id)
+            .field("segment", &self.segment.seq)
+            .field("start", &self.start)
+            .field("end", &self.end())
+            .field("sealed", &self.is_sealed())
+            .finish()
+    }
+}
+
+/// Space reserved in an epoch's region; the write it belongs to is in
+/// flight until this is dropped.
+pub struct Reservation {
+    pub epoch: Arc<Epoch>,
+    pub pos: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.epoch.release();
+    }
+}
+
+impl Epoch {
+    pub fn new(id: u64, segment: Arc<Segment>, start: u64, chunk_size: u64) -> Epoch {
+        Epoch {
+            id,
+            segment,
+            start,
+            word: AtomicU64::new(start),
+            drained: Notify::new(),
+            overlay: Overlay::new(chunk_size),
+            dirty_bytes: AtomicU64::new(0),
+        }
+    }
+
+    /// An epoch being rebuilt from the log after a restart: sealed, its
+    /// region growing with [`Epoch::extend_replayed`].
+    pub fn replayed(id: u64, segment: Arc<Segment>, start: u64, chunk_size: u64) -> Epoch {
+        let epoch = Epoch::new(id, segment, start, chunk_size);
+        epoch.word.store(SEALED | start, Ordering::Release);
+        epoch
+    }
+
+    /// Moves a replayed epoch's end past one more of its records.
+    pub fn extend_replayed(&self, end: u64) {
+        self.word.store(SEALED | end, Ordering::Release);
+    }
+
+    /// Reserves `len` bytes of log for a write, or `None` once the epoch is
+    /// sealed (the writer then joins the next one).
+    pub fn try_reserve(self: &Arc<Self>, len: u64) -> Option<Reservation> {
+        let mut word = self.word.load(Ordering::Acquire);
+        loop {
+            if word & SEALED != 0 || inflight(word) == INFLIGHT_MASK >> 44 {
+                return None;
+            }
+            let tail = word & TAIL_MASK;
+            let next = (word + INFLIGHT_ONE) & !TAIL_MASK | (tail + len);
+            match self
+                .word
+                .compare_exchange_weak(word, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    return Some(Reservation {
+                        epoch: Arc::clone(self),
+                        pos: tail,
+                    });
+                }
+                Err(actual) => word = actual,
+            }
+        }
+    }
+
+    fn release(&self) {
+        let before = self.word.fetch_sub(INFLIGHT_ONE, Ordering::AcqRel);
+        if before & SEALED != 0 && inflight(before) == 1 {
+            self.drained.notify_waiters();
+        }
+    }
+
+    /// Closes the epoch to new writes; returns where its region ends.
+    pub fn seal(&self) -> u64 {
+        self.word.fetch_or(SEALED, Ordering::AcqRel) & TAIL_MASK
+    }
+
+    pub fn is_sealed(&self) -> bool {
+        self.word.load(Ordering::Acquire) & SEALED != 0
+    }
+
+    /// Where the epoch's region ends (so far, while it is open).
+    pub fn end(&self) -> u64 {
+        self.word.load(Ordering::Acquire) & TAIL_MASK
+    }
+
+    /// Whether no write has joined the epoch.
+    pub fn is_empty(&self) -> bool {
+        let word = self.word.load(Ordering::Acquire);
+        word & TAIL_MASK == self.start && inflight(word) == 0
+    }
+
+    /// Waits until every write that joined the epoch has finished.
+    pub async fn drained(&self) {
+        loop {
+            let notified = self.drained.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if inflight(self.word.load(Ordering::Acquire)) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    pub fn add_dirty(&self, bytes: u64) {
+        self.dirty_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub fn dirty_bytes(&self) -> u64 {
+        self.dirty_bytes.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::log::{SEGMENT_HEADER_LEN, SegmentIdentity};
+
+    fn epoch(dir: &std::path::Path) -> Arc<Epoch> {
+        let identity = SegmentIdentity {
+            log_id: uuid::Uuid::new_v4(),
+            volume: uuid::Uuid::new_v4(),
+            seq: 1,
+        };
+        let segment = Arc::new(Segment::create(dir, identity).unwrap());
+        Arc::new(Epoch::new(1, segment, SEGMENT_HEADER_LEN, 1 << 20))
+    }
+
+    #[tokio::test]
+    async fn reservations_are_contiguous_and_sealing_stops_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let epoch = epoch(dir.path());
+        assert!(epoch.is_empty());
+        let a = epoch.try_reserve(100).unwrap();
+        let b = epoch.try_reserve(50).unwrap();
+        assert_eq!(a.pos, SEGMENT_HEADER_LEN);
+        assert_eq!(b.pos, SEGMENT_HEADER_LEN + 100);
+        assert_eq!(epoch.seal(), SEGMENT_HEADER_LEN + 150);
+        assert!(epoch.try_reserve(1).is_none());
+        let waiter = {
+            let epoch = Arc::clone(&epoch);
+            tokio::spawn(async move { epoch.drained().await })
+        };
+        drop(a);
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        drop(b);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("drained after the last write")
+            .unwrap();
+    }
+}

@@ -1,0 +1,119 @@
+//! The engine's one error type, and the errno each error completes a block
+//! request with: transports never invent errnos.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::format::FormatError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    #[error("volume `{0}` does not exist: create it with `zeroblk volume create {0} --size SIZE`")]
+    NoSuchVolume(String),
+    #[error("volume `{0}` already exists: pick another name, or delete it first with `zeroblk volume delete {0}`")]
+    VolumeExists(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{op} of {len} bytes at offset {offset} is not aligned to the {block}-byte block size")]
+    Unaligned {
+        op: &'static str,
+        offset: u64,
+        len: u64,
+        block: u64,
+    },
+    #[error("{op} of {len} bytes at offset {offset} goes past the end of the volume ({size} bytes)")]
+    OutOfRange {
+        op: &'static str,
+        offset: u64,
+        len: u64,
+        size: u64,
+    },
+    #[error(
+        "object {key}, referenced by generation {generation}, is missing from the store: the bucket was changed behind zeroblk's back (run `zeroblk volume verify`)"
+    )]
+    MissingObject { key: String, generation: u64 },
+    #[error(
+        "volume `{name}` was committed by another writer (generation {generation} exists already): this one is fenced out and stops; attach the volume from one place only"
+    )]
+    Fenced { name: String, generation: u64 },
+    #[error("volume `{name}` is open in another process on this host (lock file {}); detach it there first", path.display())]
+    Busy { name: String, path: PathBuf },
+    #[error("cache directory {}: {source} (check --cache-dir, its free space and permissions)", path.display())]
+    CacheDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the write-back log {} failed: {source}; the volume stopped taking writes, and everything already flushed is safe", path.display())]
+    Log {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("volume stopped: {0}")]
+    Stopped(Arc<EngineError>),
+    #[error(transparent)]
+    Shared(Arc<EngineError>),
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+impl EngineError {
+    /// The errno a block request that failed this way completes with.
+    pub fn errno(&self) -> i32 {
+        match self {
+            EngineError::Unaligned { .. }
+            | EngineError::OutOfRange { .. }
+            | EngineError::InvalidArgument(_) => libc::EINVAL,
+            EngineError::Fenced { .. } => libc::EROFS,
+            EngineError::Log { source, .. } | EngineError::CacheDir { source, .. }
+                if source.raw_os_error() == Some(libc::ENOSPC) =>
+            {
+                libc::ENOSPC
+            }
+            EngineError::Stopped(inner) | EngineError::Shared(inner) => inner.errno(),
+            _ => libc::EIO,
+        }
+    }
+
+    /// Whether the same request could succeed if tried again later.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            EngineError::Store(e) => e.is_transient(),
+            EngineError::Shared(inner) => inner.is_transient(),
+            _ => false,
+        }
+    }
+}
+
+impl From<Arc<EngineError>> for EngineError {
+    fn from(shared: Arc<EngineError>) -> Self {
+        EngineError::Shared(shared)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errnos_follow_the_cause() {
+        let unaligned = EngineError::Unaligned {
+            op: "read",
+            offset: 1,
+            len: 1,
+            block: 4096,
+        };
+        assert_eq!(unaligned.errno(), libc::EINVAL);
+        let stopped = EngineError::Stopped(Arc::new(unaligned));
+        assert_eq!(stopped.errno(), libc::EINVAL);
+        let missing = EngineError::MissingObject {
+            key: "k".into(),
+            generation: 1,
+        };
+        assert_eq!(missing.errno(), libc::EIO);
+    }
+}

@@ -1,0 +1,138 @@
+//! Flushes: sealing the open epoch, and making sealed epochs durable.
+//!
+//! A flush seals the open epoch (so writes that arrive from then on go to
+//! the next one and never wait), then waits until the durability worker has
+//! synced every sealed epoch up to it. The worker takes sealed epochs in
+//! order, lets their in-flight writes finish, and syncs each segment once
+//! for all the epochs queued meanwhile: concurrent flushes share one
+//! fdatasync. With `--durability remote` a flush also waits for the commit.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::sync::mpsc;
+
+use super::epoch::Epoch;
+use super::error::{EngineError, Result};
+use super::log::{SEGMENT_HEADER_LEN, Segment};
+use super::options::Durability;
+use super::volume::{Shared, View, Volume};
+
+/// An epoch that ends past this point of its segment starts the next
+/// epoch in a new segment, so committed segments can be deleted.
+const SEGMENT_ROTATE_BYTES: u64 = 256 << 20;
+
+impl Volume {
+    /// Makes every write acknowledged before this call durable, as the
+    /// volume's durability mode defines it.
+    pub async fn flush(&self) -> Result<()> {
+        let shared = &self.shared;
+        shared.stats.flushes.fetch_add(1, Ordering::Relaxed);
+        let target = shared.seal_current().await?;
+        shared.wait_for(&shared.durable, target).await?;
+        if shared.options.durability == Durability::Remote {
+            shared.wait_committed(target).await?;
+        }
+        Ok(())
+    }
+}
+
+impl Shared {
+    /// Seals the open epoch if anything was written to it, and returns the
+    /// newest sealed epoch: the one a flush now waits for.
+    pub async fn seal_current(&self) -> Result<u64> {
+        self.check_running()?;
+        let mut state = self.switch.lock().await;
+        let view = self.view.load_full();
+        let current = &view.current;
+        if current.is_empty() {
+            return Ok(current.id - 1);
+        }
+        let fresh_segment = if current.end() >= SEGMENT_ROTATE_BYTES {
+            Some(self.create_segment(state.next_seq).await?)
+        } else {
+            None
+        };
+        // No await from here to the store of the new view: writers that
+        // find the epoch sealed retry for only this long.
+        let end = current.seal();
+        let (segment, start) = match fresh_segment {
+            Some(segment) => {
+                state.next_seq += 1;
+                state.segments.push(Arc::clone(&segment));
+                (segment, SEGMENT_HEADER_LEN)
+            }
+            None => (Arc::clone(&current.segment), end),
+        };
+        let next = Epoch::new(state.next_epoch, segment, start, self.superblock.chunk_size);
+        state.next_epoch += 1;
+        let mut sealed = view.sealed.clone();
+        sealed.push(Arc::clone(current));
+        self.view.store(Arc::new(View {
+            current: Arc::new(next),
+            sealed,
+            map: Arc::clone(&view.map),
+        }));
+        let _ = self.sealed_tx.send(Arc::clone(current));
+        Ok(current.id)
+    }
+
+    async fn create_segment(&self, seq: u64) -> Result<Arc<Segment>> {
+        let log = super::log::LogDir {
+            dir: self.log.dir.clone(),
+            manifest: self.log.manifest,
+        };
+        let created = tokio::task::spawn_blocking(move || log.create_segment(seq))
+            .await
+            .expect("segment creation does not panic");
+        created.map(Arc::new).map_err(|source| EngineError::Log {
+            path: self.log.dir.clone(),
+            source,
+        })
+    }
+}
+
+/// Makes sealed epochs durable, in order, batching the syncs.
+pub(super) async fn durability_worker(shared: Arc<Shared>, mut sealed: mpsc::UnboundedReceiver<Arc<Epoch>>) {
+    while let Some(first) = sealed.recv().await {
+        let mut batch = vec![first];
+        while let Ok(next) = sealed.try_recv() {
+            batch.push(next);
+        }
+        for epoch in &batch {
+            epoch.drained().await;
+        }
+        if shared.check_running().is_err() {
+            return;
+        }
+        let mut syncs: Vec<(Arc<Segment>, u64)> = Vec::new();
+        for epoch in &batch {
+            match syncs.iter_mut().find(|(s, _)| Arc::ptr_eq(s, &epoch.segment)) {
+                Some((_, end)) => *end = (*end).max(epoch.end()),
+                None => syncs.push((Arc::clone(&epoch.segment), epoch.end())),
+            }
+        }
+        let synced = tokio::task::spawn_blocking(move || {
+            for (segment, end) in &syncs {
+                segment
+                    .sync_to(*end)
+                    .map_err(|e| (segment.path().to_path_buf(), e))?;
+            }
+            Ok(())
+        })
+        .await
+        .expect("fsync does not panic");
+        match synced {
+            Ok(()) => {
+                let newest = batch.last().expect("batch is not empty").id;
+                shared.durable.send_modify(|durable| *durable = (*durable).max(newest));
+            }
+            Err((path, source)) => {
+                // Never retry a failed fsync: the kernel may have dropped
+                // the dirty pages, and a second fsync would lie.
+                shared.fail(EngineError::Log { path, source });
+                return;
+            }
+        }
+    }
+}

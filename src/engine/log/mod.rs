@@ -1,0 +1,199 @@
+//! The write-back log: the folder of segments that holds every write not
+//! yet committed to the object store.
+//!
+//! A log has an id, recorded in a manifest (`log.json`) and in every
+//! segment, and the generation of the volume it started from. A root names
+//! the log and the last epoch it contains, which is how a restarting writer
+//! tells what is left to replay, and whether its log still applies at all:
+//! if someone else committed the volume since, the log is moved aside, not
+//! replayed over their state.
+
+mod record;
+mod segment;
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+pub use record::{HEADER_LEN as RECORD_HEADER_LEN, RecordHeader, RecordKind};
+pub use segment::{SEGMENT_HEADER_LEN, Segment, SegmentIdentity};
+
+use crate::format::Root;
+
+const MANIFEST: &str = "log.json";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogManifest {
+    pub volume: Uuid,
+    pub log_id: Uuid,
+    /// The generation the volume was at when this log began.
+    pub base_generation: u64,
+}
+
+/// The log folder of one volume.
+#[derive(Debug)]
+pub struct LogDir {
+    pub dir: PathBuf,
+    pub manifest: LogManifest,
+}
+
+/// An opened log: its folder, and the segments a replay must read.
+#[derive(Debug)]
+pub struct OpenedLog {
+    pub log: LogDir,
+    /// Records of epochs after this one are not in the store yet.
+    pub replay_after: u64,
+    /// Segment files in order.
+    pub segments: Vec<PathBuf>,
+}
+
+impl LogDir {
+    /// Opens the log in `dir` for a volume whose newest root is `root`,
+    /// starting a new one when there is none or the old one no longer
+    /// applies (which is then moved aside, with a warning).
+    pub fn open(dir: &Path, root: &Root) -> io::Result<OpenedLog> {
+        if let Some(manifest) = read_manifest(dir)? {
+            let replay = if manifest.volume != root.volume {
+                None
+            } else if root.log_id == manifest.log_id {
+                Some(root.log_epoch)
+            } else if root.generation == manifest.base_generation {
+                Some(0)
+            } else {
+                None
+            };
+            if let Some(replay_after) = replay {
+                let segments = list_segments(dir)?;
+                let log = LogDir {
+                    dir: dir.to_path_buf(),
+                    manifest,
+                };
+                return Ok(OpenedLog {
+                    log,
+                    replay_after,
+                    segments,
+                });
+            }
+            move_aside(dir, root)?;
+        }
+        let log = LogDir::create(dir, root)?;
+        Ok(OpenedLog {
+            log,
+            replay_after: 0,
+            segments: Vec::new(),
+        })
+    }
+
+    fn create(dir: &Path, root: &Root) -> io::Result<LogDir> {
+        fs::create_dir_all(dir)?;
+        let manifest = LogManifest {
+            volume: root.volume,
+            log_id: Uuid::new_v4(),
+            base_generation: root.generation,
+        };
+        let temporary = dir.join(".log.json.tmp");
+        let json = serde_json::to_vec_pretty(&manifest).map_err(io::Error::other)?;
+        fs::write(&temporary, json)?;
+        fs::File::open(&temporary)?.sync_all()?;
+        fs::rename(&temporary, dir.join(MANIFEST))?;
+        fs::File::open(dir)?.sync_all()?;
+        Ok(LogDir {
+            dir: dir.to_path_buf(),
+            manifest,
+        })
+    }
+
+    pub fn create_segment(&self, seq: u64) -> io::Result<Segment> {
+        Segment::create(
+            &self.dir,
+            SegmentIdentity {
+                log_id: self.manifest.log_id,
+                volume: self.manifest.volume,
+                seq,
+            },
+        )
+    }
+
+    /// Removes a segment whose every record is committed.
+    pub fn remove_segment(&self, segment: &Segment) {
+        if let Err(error) = fs::remove_file(segment.path()) {
+            tracing::warn!(path = %segment.path().display(), %error, "could not remove a committed log segment");
+        }
+    }
+}
+
+fn read_manifest(dir: &Path) -> io::Result<Option<LogManifest>> {
+    match fs::read(dir.join(MANIFEST)) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn list_segments(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut found: Vec<(u64, PathBuf)> = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if let Some(seq) = Segment::parse_file_name(&entry.file_name().to_string_lossy()) {
+            found.push((seq, entry.path()));
+        }
+    }
+    found.sort();
+    Ok(found.into_iter().map(|(_, path)| path).collect())
+}
+
+/// Keeps a log that no longer applies where an operator can look at it.
+fn move_aside(dir: &Path, root: &Root) -> io::Result<()> {
+    let aside = dir.with_file_name(format!("orphaned-log-{}", crate::format::root::now_ms()));
+    let bytes: u64 = list_segments(dir)?
+        .iter()
+        .filter_map(|p| fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
+    tracing::warn!(
+        log = %dir.display(),
+        moved_to = %aside.display(),
+        bytes,
+        generation = root.generation,
+        "this cache's write-back log belongs to an older state of the volume (another writer committed since); it was not replayed and was moved aside"
+    );
+    fs::rename(dir, aside)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_applies_to_its_own_commits_and_to_an_unchanged_volume() {
+        let dir = tempfile::tempdir().unwrap();
+        let log_dir = dir.path().join("log");
+        let mut root = Root::empty(Uuid::new_v4(), 1 << 30, 1 << 20);
+        let opened = LogDir::open(&log_dir, &root).unwrap();
+        assert_eq!(opened.replay_after, 0);
+        let log_id = opened.log.manifest.log_id;
+
+        let again = LogDir::open(&log_dir, &root).unwrap();
+        assert_eq!(again.log.manifest.log_id, log_id, "unchanged volume: same log");
+
+        root.generation = 5;
+        root.log_id = log_id;
+        root.log_epoch = 9;
+        let ours = LogDir::open(&log_dir, &root).unwrap();
+        assert_eq!(ours.replay_after, 9);
+
+        root.log_id = Uuid::new_v4();
+        let theirs = LogDir::open(&log_dir, &root).unwrap();
+        assert_ne!(theirs.log.manifest.log_id, log_id, "stale log replaced");
+        let aside = fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("orphaned-log-"))
+            .count();
+        assert_eq!(aside, 1);
+    }
+}

@@ -1,0 +1,70 @@
+//! The volume engine: a block device's bytes in a chunk store.
+//!
+//! Every transport (ublk, NBD) serves a [`Volume`]: async `read`, `write`
+//! (with FUA), `flush`, `discard` and `write_zeroes` on 4 KiB-aligned
+//! ranges, any number at once. Misaligned or out-of-range requests fail
+//! with [`EngineError::Unaligned`] or [`EngineError::OutOfRange`], whose
+//! [`EngineError::errno`] is `EINVAL`.
+//!
+//! # Durability and consistency contract
+//!
+//! 1. **Acknowledged writes are visible.** Once `write` returns, every
+//!    later `read` returns the new bytes (or newer ones).
+//! 2. **A flush makes everything acknowledged before it durable.** `flush`,
+//!    and a write with FUA, return only when every write, discard and
+//!    zeroing acknowledged before the call survives a crash:
+//!    - `Durability::Local` (the default): the write-back log in the cache
+//!      directory is fsynced; the upload follows in the background;
+//!    - `Durability::Remote`: the data is committed to the object store.
+//! 3. **The store only ever holds states the device was in.** Writes are
+//!    grouped in epochs, cut at each flush (and when the uploader decides).
+//!    The uploader commits generations in epoch order, each containing
+//!    whole epochs: the store holds the device's state at some epoch
+//!    boundary, never a mix of older and newer writes.
+//! 4. **Recovery.** After a crash the log is replayed on top of the newest
+//!    committed generation; the result holds every flushed write. If the
+//!    cache directory is lost, the volume opens at its newest committed
+//!    generation: consistent, as of some flush point, possibly older than
+//!    the last local flush (with `Durability::Local`).
+//! 5. **Nothing wrong is ever returned.** Every chunk and page read from
+//!    the store is checked against its BLAKE3 name and every log record
+//!    against its crc32c; a mismatch is an error, never data.
+//! 6. **One writer.** A commit writes its root with create-if-absent; a
+//!    writer that finds its generation already taken by someone else stops
+//!    ([`EngineError::Fenced`]). Stores that ignore conditional writes are
+//!    detected when a volume opens ([`crate::store::Fencing`]).
+//!
+//! # Flow control
+//!
+//! Writes never wait for the store until `max_dirty_bytes` are waiting to
+//! be uploaded; then they wait for uploads (backpressure). A flush never
+//! blocks writers for longer than an epoch switch (one atomic operation and
+//! a pointer swap); reads and writes take no volume-wide lock.
+//!
+//! # Layout
+//!
+//! `volume` (state, open, close), `write`, `read`, `flush`, `commit`,
+//! `uploader`; `epoch` and `overlay` (what changed, where in the log);
+//! `log` and `replay` (the write-back log); `map` (committed pages);
+//! `catalog` (volumes of a store).
+
+mod catalog;
+mod commit;
+mod epoch;
+mod error;
+mod flush;
+mod log;
+mod map;
+mod options;
+mod overlay;
+mod read;
+mod replay;
+mod resolve;
+mod uploader;
+mod volume;
+mod write;
+
+pub use catalog::{MAX_VOLUME_SIZE, NewVolume, VolumeInfo, create, delete, info, list, validate_size};
+pub use error::{EngineError, Result};
+pub use options::{Durability, EngineOptions};
+pub use volume::{Volume, VolumeCounters};

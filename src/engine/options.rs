@@ -1,0 +1,73 @@
+//! How an open volume behaves: caches, durability, write-back limits.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// What a FLUSH (or a FUA write) waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// The write-back log is fsynced; upload follows in the background.
+    #[default]
+    Local,
+    /// The data is committed to the object store.
+    Remote,
+}
+
+impl FromStr for Durability {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "local" => Ok(Durability::Local),
+            "remote" => Ok(Durability::Remote),
+            _ => Err(format!("`{s}` is not a durability: use local or remote")),
+        }
+    }
+}
+
+impl std::fmt::Display for Durability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Durability::Local => "local",
+            Durability::Remote => "remote",
+        })
+    }
+}
+
+/// Options for opening a volume.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Holds the write-back log and the disk cache, one folder per volume.
+    pub cache_dir: PathBuf,
+    /// Bytes of decompressed chunks kept in memory.
+    pub memory_cache_bytes: u64,
+    /// Bytes of decompressed chunks kept in the disk cache (0: none).
+    pub disk_cache_bytes: u64,
+    pub durability: Durability,
+    /// Written but not yet uploaded bytes past which writes wait.
+    pub max_dirty_bytes: u64,
+    /// Longest time written data waits before its upload starts.
+    pub commit_interval: Duration,
+    /// Chunk uploads and downloads in flight at once during a commit.
+    pub upload_concurrency: usize,
+    /// Chunks fetched ahead of a sequential reader.
+    pub readahead_chunks: u64,
+}
+
+impl EngineOptions {
+    pub fn new(cache_dir: impl Into<PathBuf>) -> Self {
+        EngineOptions {
+            cache_dir: cache_dir.into(),
+            memory_cache_bytes: 512 << 20,
+            disk_cache_bytes: 10 << 30,
+            durability: Durability::Local,
+            max_dirty_bytes: 1 << 30,
+            commit_interval: Duration::from_secs(2),
+            upload_concurrency: 16,
+            readahead_chunks: 8,
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! Rebuilding the uncommitted epochs from the write-back log after a
+//! restart.
+//!
+//! Records are read in log order and checked (magic, header sanity, crc32c
+//! of header and payload). Replay stops at the first record that is not
+//! whole: the segment is cut there and later segments are removed. That
+//! loses no flushed write, because a flush returns only after every record
+//! before it is written and synced (see [`super::epoch`]): a torn record
+//! can only belong to writes that no flush covered, and so can everything
+//! after it.
+
+use std::fs::File;
+use std::io::{self, BufReader, Read};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::epoch::Epoch;
+use super::log::{LogDir, RECORD_HEADER_LEN, RecordHeader, RecordKind, SEGMENT_HEADER_LEN, Segment};
+use crate::format::BLOCK_SIZE;
+
+/// What a replay found.
+#[derive(Debug, Default)]
+pub struct Replayed {
+    /// Uncommitted epochs, oldest first, sealed and on stable storage.
+    pub epochs: Vec<Arc<Epoch>>,
+    /// Segments that still hold records of those epochs.
+    pub segments: Vec<Arc<Segment>>,
+    /// The newest epoch id seen (committed or not).
+    pub last_epoch: u64,
+    /// The sequence number for the next segment.
+    pub next_seq: u64,
+    /// Data bytes in the uncommitted epochs.
+    pub dirty_bytes: u64,
+    /// The newest epoch read so far: epochs only grow along the log.
+    newest_in_log: u64,
+}
+
+/// The geometry records are checked against.
+#[derive(Debug, Clone, Copy)]
+pub struct Geometry {
+    pub size: u64,
+    pub chunk_size: u64,
+}
+
+/// Replays `paths` (the log's segments, in order), skipping records of
+/// epochs up to `after`, which the store already holds.
+pub fn replay(log: &LogDir, paths: &[PathBuf], after: u64, geometry: Geometry) -> io::Result<Replayed> {
+    let mut replayed = Replayed {
+        last_epoch: after,
+        next_seq: 1,
+        ..Replayed::default()
+    };
+    let mut stopped = false;
+    for path in paths {
+        let (segment, identity) = Segment::open(path)?;
+        replayed.next_seq = replayed.next_seq.max(identity.seq + 1);
+        if stopped || identity.log_id != log.manifest.log_id {
+            tracing::warn!(segment = %path.display(), "removing a log segment past the end of the log");
+            log.remove_segment(&segment);
+            continue;
+        }
+        let segment = Arc::new(segment);
+        let (valid_end, whole) = replay_segment(&segment, after, geometry, &mut replayed)?;
+        if !whole {
+            tracing::info!(segment = %path.display(), at = valid_end, "log ends in a torn record (writes no flush covered); cutting it there");
+            segment.truncate(valid_end)?;
+            stopped = true;
+        }
+        let holds_uncommitted = replayed
+            .epochs
+            .last()
+            .is_some_and(|e| Arc::ptr_eq(&e.segment, &segment));
+        if holds_uncommitted {
+            segment.sync_to(valid_end)?;
+            replayed.segments.push(segment);
+        } else {
+            log.remove_segment(&segment);
+        }
+    }
+    Ok(replayed)
+}
+
+/// Replays one segment; returns where its last whole record ends and
+/// whether the segment ended exactly there.
+fn replay_segment(
+    segment: &Arc<Segment>,
+    after: u64,
+    geometry: Geometry,
+    replayed: &mut Replayed,
+) -> io::Result<(u64, bool)> {
+    let len = segment.len()?;
+    let mut reader = BufReader::with_capacity(1 << 20, File::open(segment.path())?);
+    io::copy(&mut (&mut reader).take(SEGMENT_HEADER_LEN), &mut io::sink())?;
+    let mut pos = SEGMENT_HEADER_LEN;
+    let mut payload = Vec::new();
+    while pos < len {
+        let Some(header) = read_record(&mut reader, len - pos, &mut payload)? else {
+            return Ok((pos, false));
+        };
+        if !plausible(&header, geometry) || header.epoch < replayed.newest_in_log {
+            return Ok((pos, false));
+        }
+        if header.epoch > after {
+            apply(segment, pos, &header, geometry, replayed);
+        }
+        replayed.newest_in_log = header.epoch;
+        replayed.last_epoch = replayed.last_epoch.max(header.epoch);
+        pos += header.record_len();
+    }
+    Ok((pos, true))
+}
+
+/// Reads the next record if it is whole; `None` at a torn or absent one.
+fn read_record(reader: &mut impl Read, left: u64, payload: &mut Vec<u8>) -> io::Result<Option<RecordHeader>> {
+    if left < RECORD_HEADER_LEN as u64 {
+        return Ok(None);
+    }
+    let mut head = [0u8; RECORD_HEADER_LEN];
+    reader.read_exact(&mut head)?;
+    let Some((header, crc)) = RecordHeader::decode(&head) else {
+        return Ok(None);
+    };
+    if header.record_len() > left {
+        return Ok(None);
+    }
+    payload.resize(header.payload_len as usize, 0);
+    reader.read_exact(payload)?;
+    Ok(RecordHeader::verify(&head, payload, crc).then_some(header))
+}
+
+fn plausible(header: &RecordHeader, geometry: Geometry) -> bool {
+    header.offset % BLOCK_SIZE == 0
+        && header.len % BLOCK_SIZE == 0
+        && header.len > 0
+        && header.offset.checked_add(header.len).is_some_and(|end| end <= geometry.size)
+}
+
+fn apply(segment: &Arc<Segment>, pos: u64, header: &RecordHeader, geometry: Geometry, replayed: &mut Replayed) {
+    let continues_last = replayed
+        .epochs
+        .last()
+        .is_some_and(|e| e.id == header.epoch && Arc::ptr_eq(&e.segment, segment));
+    if !continues_last {
+        let epoch = Epoch::replayed(header.epoch, Arc::clone(segment), pos, geometry.chunk_size);
+        replayed.epochs.push(Arc::new(epoch));
+    }
+    let epoch = replayed.epochs.last().expect("just ensured");
+    match header.kind {
+        RecordKind::Write => {
+            let data_pos = pos + RECORD_HEADER_LEN as u64;
+            epoch.overlay.record_write(header.offset, header.len, data_pos);
+            epoch.add_dirty(header.len);
+            replayed.dirty_bytes += header.len;
+        }
+        RecordKind::Zero => epoch.overlay.record_zero(header.offset, header.len, pos),
+    }
+    epoch.extend_replayed(pos + header.record_len());
+}

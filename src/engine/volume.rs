@@ -1,0 +1,461 @@
+//! An open volume: its state, and opening and closing it.
+
+use std::fs::File;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use arc_swap::ArcSwap;
+use nix::fcntl::{Flock, FlockArg};
+use serde::Serialize;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::catalog;
+use super::epoch::Epoch;
+use super::error::{EngineError, Result};
+use super::log::{LogDir, SEGMENT_HEADER_LEN, Segment};
+use super::map::Pages;
+use super::options::EngineOptions;
+use super::replay::{self, Geometry, Replayed};
+use crate::cache::{CacheCounters, ChunkCache, DiskCache};
+use crate::format::{BLOCK_SIZE, Root, Superblock};
+use crate::store::{Fencing, Store, StoreCounters};
+
+/// Bytes of decoded map pages kept in memory.
+const PAGE_CACHE_BYTES: u64 = 64 << 20;
+
+/// What readers and writers see, swapped atomically as a whole: the open
+/// epoch, the sealed but uncommitted ones (oldest first), and the newest
+/// committed generation.
+pub(super) struct View {
+    pub current: Arc<Epoch>,
+    pub sealed: Vec<Arc<Epoch>>,
+    pub map: Arc<Root>,
+}
+
+impl View {
+    pub fn epochs_newest_first(&self) -> impl Iterator<Item = &Arc<Epoch>> {
+        std::iter::once(&self.current).chain(self.sealed.iter().rev())
+    }
+}
+
+/// What only epoch switches and commits change, under one async lock.
+pub(super) struct SwitchState {
+    pub next_epoch: u64,
+    pub next_seq: u64,
+    /// Segments holding uncommitted epochs, oldest first.
+    pub segments: Vec<Arc<Segment>>,
+    /// A size a resize is waiting to commit.
+    pub pending_size: Option<u64>,
+}
+
+/// Operation counters since the volume was opened.
+#[derive(Default)]
+pub(super) struct IoStats {
+    pub reads: AtomicU64,
+    pub writes: AtomicU64,
+    pub flushes: AtomicU64,
+    pub zeroes: AtomicU64,
+    pub bytes_read: AtomicU64,
+    pub bytes_written: AtomicU64,
+    pub commits: AtomicU64,
+}
+
+/// The state shared by a volume's callers and its background tasks.
+pub(super) struct Shared {
+    pub name: String,
+    pub superblock: Superblock,
+    pub store: Store,
+    pub options: EngineOptions,
+    pub chunks: ChunkCache,
+    pub pages: Pages,
+    pub log: LogDir,
+    pub view: ArcSwap<View>,
+    pub switch: tokio::sync::Mutex<SwitchState>,
+    pub sealed_tx: mpsc::UnboundedSender<Arc<Epoch>>,
+    /// The newest epoch whose records are on stable storage.
+    pub durable: watch::Sender<u64>,
+    /// The newest epoch whose writes are committed to the store.
+    pub committed: watch::Sender<u64>,
+    pub dirty_bytes: AtomicU64,
+    pub dirty_room: Notify,
+    pub kick: Notify,
+    pub closing: AtomicBool,
+    /// The newest epoch someone waits to see committed.
+    pub commit_wanted: AtomicU64,
+    pub failure: OnceLock<Arc<EngineError>>,
+    pub stats: IoStats,
+    pub next_readahead: AtomicU64,
+    pub fencing: Fencing,
+}
+
+/// Everything a volume counts, for `volume info` and benchmarks.
+#[derive(Debug, Clone, Serialize)]
+pub struct VolumeCounters {
+    pub generation: u64,
+    pub committed_epoch: u64,
+    pub durable_epoch: u64,
+    pub dirty_bytes: u64,
+    pub reads: u64,
+    pub writes: u64,
+    pub flushes: u64,
+    pub zeroes: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub commits: u64,
+    pub store: StoreCounters,
+    pub cache: CacheCounters,
+}
+
+/// An open volume. Reads, writes, flushes and discards may run
+/// concurrently from any number of tasks; see the module documentation of
+/// [`crate::engine`] for what each guarantees.
+pub struct Volume {
+    pub(super) shared: Arc<Shared>,
+    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    _lock: Flock<File>,
+}
+
+impl Volume {
+    /// Opens the volume `name` of `store` for reading and writing,
+    /// replaying what its write-back log holds beyond the store.
+    pub async fn open(store: &Store, name: &str, options: EngineOptions) -> Result<Volume> {
+        let superblock = catalog::superblock(store, name).await?;
+        let root = catalog::newest_root(store, &superblock).await?;
+        let fencing = store.fencing().await?;
+        let dir = options
+            .cache_dir
+            .join(format!("{}.{}", superblock.name, superblock.uuid));
+        let cache_dir_error = |source| EngineError::CacheDir {
+            path: dir.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&dir).map_err(cache_dir_error)?;
+        let lock = lock_volume(&dir, name)?;
+
+        let opened = LogDir::open(&dir.join("log"), &root).map_err(cache_dir_error)?;
+        let log = opened.log;
+        let geometry = Geometry {
+            size: root.size,
+            chunk_size: root.chunk_size,
+        };
+        let replayed = {
+            let (log_dir, paths, after) = (log.dir.clone(), opened.segments, opened.replay_after);
+            let manifest = log.manifest;
+            tokio::task::spawn_blocking(move || {
+                let log = LogDir {
+                    dir: log_dir,
+                    manifest,
+                };
+                replay::replay(&log, &paths, after, geometry)
+            })
+            .await
+            .expect("replay does not panic")
+            .map_err(cache_dir_error)?
+        };
+        if !replayed.epochs.is_empty() {
+            tracing::info!(
+                volume = name,
+                epochs = replayed.epochs.len(),
+                bytes = replayed.dirty_bytes,
+                "replayed writes from the write-back log that the store does not have yet"
+            );
+        }
+        let disk = match options.disk_cache_bytes {
+            0 => None,
+            bytes => Some(DiskCache::open(&dir.join("chunks"), bytes).map_err(cache_dir_error)?),
+        };
+        let first_segment = {
+            let (seq, log_dir, manifest) = (replayed.next_seq, log.dir.clone(), log.manifest);
+            tokio::task::spawn_blocking(move || LogDir { dir: log_dir, manifest }.create_segment(seq))
+                .await
+                .expect("segment creation does not panic")
+                .map_err(cache_dir_error)?
+        };
+        let chunks = ChunkCache::new(options.memory_cache_bytes, disk);
+        let shared = Shared::new(
+            name,
+            superblock,
+            store.clone(),
+            options,
+            root,
+            log,
+            chunks,
+            replayed,
+            Arc::new(first_segment),
+            opened.replay_after,
+            fencing,
+        );
+        let (shared, sealed_rx) = shared;
+        let shared = Arc::new(shared);
+        let tasks = vec![
+            tokio::spawn(super::flush::durability_worker(Arc::clone(&shared), sealed_rx)),
+            tokio::spawn(super::uploader::run(Arc::clone(&shared))),
+        ];
+        Ok(Volume {
+            shared,
+            tasks: std::sync::Mutex::new(tasks),
+            _lock: lock,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The volume's size in bytes.
+    pub fn size(&self) -> u64 {
+        self.shared.size()
+    }
+
+    /// Reads and writes must be aligned to this many bytes.
+    pub fn block_size(&self) -> u64 {
+        BLOCK_SIZE
+    }
+
+    pub fn chunk_size(&self) -> u64 {
+        self.shared.superblock.chunk_size
+    }
+
+    pub fn superblock(&self) -> &Superblock {
+        &self.shared.superblock
+    }
+
+    /// Whether the store can refuse a second writer (see [`Fencing`]).
+    pub fn fencing(&self) -> Fencing {
+        self.shared.fencing
+    }
+
+    pub fn counters(&self) -> VolumeCounters {
+        let shared = &self.shared;
+        let stats = &shared.stats;
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        VolumeCounters {
+            generation: shared.view.load().map.generation,
+            committed_epoch: *shared.committed.borrow(),
+            durable_epoch: *shared.durable.borrow(),
+            dirty_bytes: load(&shared.dirty_bytes),
+            reads: load(&stats.reads),
+            writes: load(&stats.writes),
+            flushes: load(&stats.flushes),
+            zeroes: load(&stats.zeroes),
+            bytes_read: load(&stats.bytes_read),
+            bytes_written: load(&stats.bytes_written),
+            commits: load(&stats.commits),
+            store: shared.store.counters(),
+            cache: shared.chunks.counters(),
+        }
+    }
+
+    /// Grows the volume to `new_size` bytes and commits that.
+    pub async fn resize(&self, new_size: u64) -> Result<()> {
+        catalog::validate_size(new_size)?;
+        let size = self.size();
+        if new_size < size {
+            return Err(EngineError::InvalidArgument(format!(
+                "volume `{}` is {size} bytes and can only grow: shrinking would cut off data",
+                self.name()
+            )));
+        }
+        if new_size == size {
+            return Ok(());
+        }
+        self.shared.switch.lock().await.pending_size = Some(new_size);
+        self.shared.kick.notify_one();
+        let mut commits = self.shared.committed.subscribe();
+        while self.size() < new_size {
+            self.shared.check_running()?;
+            if commits.changed().await.is_err() {
+                break;
+            }
+        }
+        self.shared.check_running()
+    }
+
+    /// Flushes, commits everything to the store and stops the volume's
+    /// background work. Later calls fail with a "closed" error.
+    pub async fn close(&self) -> Result<()> {
+        self.flush().await?;
+        self.shared.commit_everything().await?;
+        self.shared.closing.store(true, Ordering::Release);
+        self.shared.fail(EngineError::InvalidArgument(format!(
+            "volume `{}` is closed",
+            self.name()
+        )));
+        self.stop_tasks().await;
+        Ok(())
+    }
+
+    async fn stop_tasks(&self) {
+        let tasks: Vec<_> = self.tasks.lock().expect("tasks lock").drain(..).collect();
+        for task in tasks {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// For crash tests: stops the volume as `kill -9` would. With
+    /// `power_loss`, also drops log bytes that were never fsynced (each
+    /// segment is cut at a random point past its synced length).
+    #[doc(hidden)]
+    pub async fn crash(self, power_loss: bool, seed: u64) {
+        self.stop_tasks().await;
+        self.shared.fail(EngineError::InvalidArgument("crashed".into()));
+        if power_loss {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let segments = self.shared.switch.lock().await.segments.clone();
+            for segment in segments {
+                let synced = segment.synced_len();
+                let len = segment.len().unwrap_or(synced).max(synced);
+                let keep = rng.u64(synced..=len);
+                let _ = segment.truncate(keep);
+            }
+        }
+    }
+}
+
+impl Drop for Volume {
+    fn drop(&mut self) {
+        if let Ok(tasks) = self.tasks.lock() {
+            for task in tasks.iter() {
+                task.abort();
+            }
+        }
+    }
+}
+
+fn lock_volume(dir: &std::path::Path, name: &str) -> Result<Flock<File>> {
+    let path = dir.join("lock");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| EngineError::CacheDir {
+            path: path.clone(),
+            source,
+        })?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|_| EngineError::Busy {
+        name: name.to_string(),
+        path,
+    })
+}
+
+impl Shared {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        name: &str,
+        superblock: Superblock,
+        store: Store,
+        mut options: EngineOptions,
+        root: Root,
+        log: LogDir,
+        chunks: ChunkCache,
+        replayed: Replayed,
+        first_segment: Arc<Segment>,
+        committed_epoch: u64,
+        fencing: Fencing,
+    ) -> (Shared, mpsc::UnboundedReceiver<Arc<Epoch>>) {
+        options.upload_concurrency = options.upload_concurrency.max(1);
+        let first_epoch = replayed.last_epoch + 1;
+        let current = Arc::new(Epoch::new(
+            first_epoch,
+            Arc::clone(&first_segment),
+            SEGMENT_HEADER_LEN,
+            root.chunk_size,
+        ));
+        let durable_epoch = replayed.epochs.last().map_or(first_epoch - 1, |e| e.id);
+        let mut segments = replayed.segments;
+        segments.push(first_segment);
+        let (sealed_tx, sealed_rx) = mpsc::unbounded_channel();
+        let shared = Shared {
+            name: name.to_string(),
+            pages: Pages::new(store.clone(), PAGE_CACHE_BYTES),
+            superblock,
+            store,
+            options,
+            chunks,
+            log,
+            view: ArcSwap::from_pointee(View {
+                current,
+                sealed: replayed.epochs,
+                map: Arc::new(root),
+            }),
+            switch: tokio::sync::Mutex::new(SwitchState {
+                next_epoch: first_epoch + 1,
+                next_seq: replayed.next_seq + 1,
+                segments,
+                pending_size: None,
+            }),
+            sealed_tx,
+            durable: watch::Sender::new(durable_epoch),
+            committed: watch::Sender::new(committed_epoch),
+            dirty_bytes: AtomicU64::new(replayed.dirty_bytes),
+            dirty_room: Notify::new(),
+            kick: Notify::new(),
+            closing: AtomicBool::new(false),
+            commit_wanted: AtomicU64::new(0),
+            failure: OnceLock::new(),
+            stats: IoStats::default(),
+            next_readahead: AtomicU64::new(u64::MAX),
+            fencing,
+        };
+        (shared, sealed_rx)
+    }
+
+    pub fn size(&self) -> u64 {
+        self.view.load().map.size
+    }
+
+    /// Stops the volume for good after an error it cannot recover from,
+    /// waking everyone who waits, so they see it.
+    pub fn fail(&self, error: EngineError) {
+        if self.failure.set(Arc::new(error)).is_ok() {
+            if let Some(error) = self.failure.get() {
+                if !self.closing.load(Ordering::Acquire) {
+                    tracing::error!(volume = %self.name, %error, "volume stopped");
+                }
+            }
+        }
+        self.durable.send_modify(|_| {});
+        self.committed.send_modify(|_| {});
+        self.dirty_room.notify_waiters();
+        self.kick.notify_one();
+    }
+
+    /// The error the volume stopped with, if it did.
+    pub fn check_running(&self) -> Result<()> {
+        match self.failure.get() {
+            Some(error) => Err(EngineError::Stopped(Arc::clone(error))),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until `watch` reaches `target`, or the volume stops.
+    pub async fn wait_for(&self, watch: &watch::Sender<u64>, target: u64) -> Result<()> {
+        let mut rx = watch.subscribe();
+        loop {
+            if *rx.borrow_and_update() >= target {
+                return Ok(());
+            }
+            self.check_running()?;
+            if rx.changed().await.is_err() {
+                return self.check_running();
+            }
+        }
+    }
+
+    /// Seals the open epoch and commits everything up to it; returns once
+    /// the store holds every write acknowledged before the call.
+    pub async fn commit_everything(&self) -> Result<()> {
+        let target = self.seal_current().await?;
+        self.wait_committed(target).await
+    }
+
+    /// Asks the uploader to commit up to epoch `target` now, and waits.
+    pub async fn wait_committed(&self, target: u64) -> Result<()> {
+        self.commit_wanted.fetch_max(target, Ordering::AcqRel);
+        self.kick.notify_one();
+        self.wait_for(&self.committed, target).await
+    }
+}

@@ -1,0 +1,180 @@
+//! The on-store format, version 1. Everything zeroblk writes to an object
+//! store is defined here; nothing else decides what a byte in the bucket means.
+//!
+//! # Objects
+//!
+//! | key | what | mutability |
+//! | --- | --- | --- |
+//! | `volumes/NAME/superblock.json` | [`Superblock`]: format version, uuid, chunk size, compression | written once, with create-if-absent |
+//! | `volumes/NAME/roots/GEN` (20 digits) | [`Root`]: one committed generation of the chunk map | written once, with create-if-absent: the commit point |
+//! | `volumes/NAME/head` | the newest generation a writer knows of (a hint) | overwritten |
+//! | `pages/XX/ID` | [`MapPage`]: [`PAGE_ENTRIES`] chunk references | immutable, content addressed |
+//! | `chunks/XX/ID` | a chunk of volume data | immutable, content addressed |
+//!
+//! `ID` is the lowercase hex BLAKE3 hash of the object's plaintext and `XX`
+//! its first two characters, which spreads keys over S3's partitions.
+//!
+//! # Chunks
+//!
+//! A volume is cut into chunks of its chunk size (a power of two, 64 KiB to
+//! 16 MiB, fixed at creation). A chunk object is a 16-byte header (see
+//! [`chunk`]) followed by the chunk's bytes, zstd-compressed unless that
+//! does not pay. Its key is the BLAKE3 hash of the uncompressed bytes, so a
+//! reader always verifies what it got, and identical chunks are stored once
+//! across all volumes of a store. A chunk of zeroes is never stored: its map
+//! entry is [`ChunkRef::ZERO`].
+//!
+//! # The map and its commit point
+//!
+//! The chunk map (chunk index -> [`ChunkRef`]) is cut into pages of
+//! [`PAGE_ENTRIES`] entries. A root lists the page ids of one generation
+//! (an all-zero page is not stored and listed as absent). A commit uploads
+//! new chunks, then changed pages, then the root `GEN + 1` with
+//! create-if-absent: the root is the single atomic commit point, and a second
+//! writer that tries to commit the same generation is refused (fenced).
+//! Opening a volume reads the superblock, the head hint and the roots after
+//! it: a few requests, never a listing of chunks.
+
+pub mod chunk;
+pub mod keys;
+pub mod page;
+pub mod root;
+pub mod superblock;
+
+pub use chunk::{Compression, EncodedChunk};
+pub use page::{MapPage, PAGE_ENTRIES};
+pub use root::{PageSlot, Root};
+pub use superblock::Superblock;
+
+use std::fmt;
+
+/// The format version this build writes, and the newest it reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Smallest and largest chunk sizes a volume may be created with.
+pub const MIN_CHUNK_SIZE: u64 = 64 << 10;
+pub const MAX_CHUNK_SIZE: u64 = 16 << 20;
+pub const DEFAULT_CHUNK_SIZE: u64 = 1 << 20;
+
+/// The unit of I/O: every read and write is aligned to it.
+pub const BLOCK_SIZE: u64 = 4096;
+
+/// The BLAKE3 hash of an object's plaintext, which is also its name.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct ObjectId(pub [u8; 32]);
+
+impl ObjectId {
+    pub const NONE: ObjectId = ObjectId([0; 32]);
+
+    pub fn of(data: &[u8]) -> ObjectId {
+        ObjectId(*blake3::hash(data).as_bytes())
+    }
+
+    pub fn is_none(&self) -> bool {
+        *self == Self::NONE
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl fmt::Display for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ObjectId({})", &self.to_hex()[..12])
+    }
+}
+
+/// One entry of the chunk map: which object holds a chunk, and how many
+/// bytes that object takes in the store (for accounting and garbage
+/// collection). [`ChunkRef::ZERO`] means the chunk reads as zeroes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+pub struct ChunkRef {
+    pub id: ObjectId,
+    pub stored_len: u32,
+}
+
+impl ChunkRef {
+    pub const ZERO: ChunkRef = ChunkRef {
+        id: ObjectId::NONE,
+        stored_len: 0,
+    };
+
+    pub fn is_zero(&self) -> bool {
+        self.id.is_none()
+    }
+}
+
+/// A stored object that cannot be trusted, or is of a format this build
+/// does not know. Never silently worked around: the data is not returned.
+#[derive(Debug, thiserror::Error)]
+pub enum FormatError {
+    #[error("{what} is damaged: {reason}")]
+    Corrupt { what: String, reason: String },
+    #[error(
+        "{what} has hash {actual}, not {expected}: the stored object is corrupt (run `zeroblk volume verify`)"
+    )]
+    HashMismatch {
+        what: String,
+        expected: ObjectId,
+        actual: ObjectId,
+    },
+    #[error(
+        "{what} uses format version {found}, and this zeroblk reads up to version {supported}: upgrade zeroblk"
+    )]
+    NewerVersion {
+        what: String,
+        found: u32,
+        supported: u32,
+    },
+}
+
+impl FormatError {
+    pub(crate) fn corrupt(what: impl Into<String>, reason: impl Into<String>) -> Self {
+        FormatError::Corrupt {
+            what: what.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Checks that a chunk size is one a volume may have.
+pub fn validate_chunk_size(chunk_size: u64) -> Result<(), String> {
+    if !chunk_size.is_power_of_two() || !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size) {
+        return Err(format!(
+            "chunk size {chunk_size} is not a power of two between 64K and 16M: pick one such as 1M (the default)"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_sizes_are_checked() {
+        assert!(validate_chunk_size(1 << 20).is_ok());
+        assert!(validate_chunk_size(64 << 10).is_ok());
+        assert!(validate_chunk_size(16 << 20).is_ok());
+        assert!(validate_chunk_size(32 << 10).is_err());
+        assert!(validate_chunk_size(3 << 20).is_err());
+        assert!(validate_chunk_size(32 << 20).is_err());
+    }
+
+    #[test]
+    fn object_ids_are_blake3() {
+        let id = ObjectId::of(b"abc");
+        assert_eq!(
+            id.to_hex(),
+            "6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85"
+        );
+        assert!(!id.is_none());
+    }
+}

@@ -1,0 +1,221 @@
+//! Roots: one committed generation of a volume, the commit point.
+//!
+//! ```text
+//! magic "ZBRT" | version u32 | volume uuid (16) | generation u64 | size u64
+//! | chunk size u64 | log id (16) | log epoch u64 | committed at (unix ms) u64
+//! | page count u32 | pages | BLAKE3 of all of the above (32)
+//!
+//! page: id (32 bytes, zero = absent, all its chunks zero)
+//!       | allocated chunks u32 | stored bytes u64
+//! ```
+//! Integers are little endian. `log id` and `log epoch` name the write-back
+//! log and the last epoch of it that this generation contains, so a writer
+//! restarting after a crash knows which of its log records are still to be
+//! replayed. Each page's counts let a commit that drops a whole page (a
+//! discard) keep the volume's totals without reading the page.
+
+use bytes::{Buf, BufMut};
+use uuid::Uuid;
+
+use super::{FORMAT_VERSION, FormatError, ObjectId, PAGE_ENTRIES};
+
+const MAGIC: &[u8; 4] = b"ZBRT";
+const FIXED_LEN: usize = 4 + 4 + 16 + 8 * 3 + 16 + 8 * 2 + 4;
+const PAGE_SLOT_LEN: usize = 32 + 4 + 8;
+const CHECKSUM_LEN: usize = 32;
+
+/// One generation of a volume's chunk map and its size.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Root {
+    pub volume: Uuid,
+    pub generation: u64,
+    pub size: u64,
+    pub chunk_size: u64,
+    pub log_id: Uuid,
+    pub log_epoch: u64,
+    pub committed_at_ms: u64,
+    pub pages: Vec<PageSlot>,
+}
+
+/// A root's entry for one map page.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PageSlot {
+    /// The page object; [`ObjectId::NONE`] when every chunk of it is zero.
+    pub id: ObjectId,
+    /// Non-zero chunks the page maps.
+    pub allocated: u32,
+    /// Sum of the stored lengths of those chunks.
+    pub stored: u64,
+}
+
+impl PageSlot {
+    pub const EMPTY: PageSlot = PageSlot {
+        id: ObjectId::NONE,
+        allocated: 0,
+        stored: 0,
+    };
+
+    pub fn is_empty(&self) -> bool {
+        self.id.is_none()
+    }
+}
+
+impl Root {
+    /// Generation 0 of a new volume: every chunk reads as zeroes.
+    pub fn empty(volume: Uuid, size: u64, chunk_size: u64) -> Root {
+        Root {
+            volume,
+            generation: 0,
+            size,
+            chunk_size,
+            log_id: Uuid::nil(),
+            log_epoch: 0,
+            committed_at_ms: now_ms(),
+            pages: vec![PageSlot::EMPTY; page_count(size, chunk_size)],
+        }
+    }
+
+    pub fn chunk_count(&self) -> u64 {
+        self.size.div_ceil(self.chunk_size)
+    }
+
+    /// Chunks of the volume that hold data.
+    pub fn allocated_chunks(&self) -> u64 {
+        self.pages.iter().map(|p| u64::from(p.allocated)).sum()
+    }
+
+    /// Bytes the volume's chunks take in the store (before deduplication).
+    pub fn stored_bytes(&self) -> u64 {
+        self.pages.iter().map(|p| p.stored).sum()
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out =
+            Vec::with_capacity(FIXED_LEN + PAGE_SLOT_LEN * self.pages.len() + CHECKSUM_LEN);
+        out.put_slice(MAGIC);
+        out.put_u32_le(FORMAT_VERSION);
+        out.put_slice(self.volume.as_bytes());
+        out.put_u64_le(self.generation);
+        out.put_u64_le(self.size);
+        out.put_u64_le(self.chunk_size);
+        out.put_slice(self.log_id.as_bytes());
+        out.put_u64_le(self.log_epoch);
+        out.put_u64_le(self.committed_at_ms);
+        out.put_u32_le(self.pages.len() as u32);
+        for page in &self.pages {
+            out.put_slice(&page.id.0);
+            out.put_u32_le(page.allocated);
+            out.put_u64_le(page.stored);
+        }
+        let checksum = blake3::hash(&out);
+        out.put_slice(checksum.as_bytes());
+        out
+    }
+
+    pub fn decode(what: &str, object: &[u8]) -> Result<Root, FormatError> {
+        let corrupt = |reason: &str| FormatError::corrupt(what, reason);
+        if object.len() < FIXED_LEN + CHECKSUM_LEN || &object[..4] != MAGIC {
+            return Err(corrupt("not a root object"));
+        }
+        let (body, checksum) = object.split_at(object.len() - CHECKSUM_LEN);
+        let mut buf = &body[4..];
+        let version = buf.get_u32_le();
+        if version > FORMAT_VERSION {
+            return Err(FormatError::NewerVersion {
+                what: what.to_string(),
+                found: version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        if blake3::hash(body).as_bytes() != checksum {
+            return Err(corrupt("checksum mismatch"));
+        }
+        let volume = take_uuid(&mut buf);
+        let generation = buf.get_u64_le();
+        let size = buf.get_u64_le();
+        let chunk_size = buf.get_u64_le();
+        let log_id = take_uuid(&mut buf);
+        let log_epoch = buf.get_u64_le();
+        let committed_at_ms = buf.get_u64_le();
+        let count = buf.get_u32_le() as usize;
+        if buf.remaining() != count * PAGE_SLOT_LEN || chunk_size == 0 {
+            return Err(corrupt("page list length is wrong"));
+        }
+        if count != page_count(size, chunk_size) {
+            return Err(corrupt("page count does not match the size"));
+        }
+        let pages = (0..count)
+            .map(|_| {
+                let mut id = [0u8; 32];
+                buf.copy_to_slice(&mut id);
+                PageSlot {
+                    id: ObjectId(id),
+                    allocated: buf.get_u32_le(),
+                    stored: buf.get_u64_le(),
+                }
+            })
+            .collect();
+        Ok(Root {
+            volume,
+            generation,
+            size,
+            chunk_size,
+            log_id,
+            log_epoch,
+            committed_at_ms,
+            pages,
+        })
+    }
+}
+
+/// Pages needed to map a volume of `size` bytes.
+pub fn page_count(size: u64, chunk_size: u64) -> usize {
+    size.div_ceil(chunk_size).div_ceil(PAGE_ENTRIES as u64) as usize
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn take_uuid(buf: &mut &[u8]) -> Uuid {
+    let mut raw = [0u8; 16];
+    buf.copy_to_slice(&mut raw);
+    Uuid::from_bytes(raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_detects_damage() {
+        let mut root = Root::empty(Uuid::new_v4(), 3 << 30, 1 << 20);
+        assert_eq!(root.pages.len(), 3);
+        root.pages[1] = PageSlot {
+            id: ObjectId::of(b"page"),
+            allocated: 3,
+            stored: 999,
+        };
+        root.generation = 42;
+        root.log_id = Uuid::new_v4();
+        let bytes = root.encode();
+        assert_eq!(Root::decode("root", &bytes).unwrap(), root);
+        assert_eq!(root.allocated_chunks(), 3);
+        assert_eq!(root.stored_bytes(), 999);
+        let mut damaged = bytes.clone();
+        damaged[30] ^= 0x10;
+        assert!(Root::decode("root", &damaged).is_err());
+        assert!(Root::decode("root", &bytes[..20]).is_err());
+    }
+
+    #[test]
+    fn a_newer_version_is_refused_with_advice() {
+        let mut bytes = Root::empty(Uuid::new_v4(), 1 << 30, 1 << 20).encode();
+        bytes[4] = 9;
+        let error = Root::decode("root", &bytes).unwrap_err().to_string();
+        assert!(error.contains("upgrade zeroblk"), "{error}");
+    }
+}

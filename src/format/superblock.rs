@@ -1,0 +1,88 @@
+//! The superblock: what a volume is, written once when it is created.
+//!
+//! It is JSON so that `aws s3 cp s3://bucket/volumes/NAME/superblock.json -`
+//! tells an operator what they are looking at. The volume's current size
+//! lives in its newest [`Root`](super::Root) (it grows with `volume
+//! resize`); `size` here is the size it was created with.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{Compression, FORMAT_VERSION, FormatError};
+
+const FORMAT_NAME: &str = "zeroblk-volume";
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Superblock {
+    pub format: String,
+    pub version: u32,
+    pub uuid: Uuid,
+    pub name: String,
+    pub size: u64,
+    pub chunk_size: u64,
+    pub compression: Compression,
+    pub created_at_ms: u64,
+}
+
+impl Superblock {
+    pub fn new(name: &str, size: u64, chunk_size: u64, compression: Compression) -> Self {
+        Superblock {
+            format: FORMAT_NAME.to_string(),
+            version: FORMAT_VERSION,
+            uuid: Uuid::new_v4(),
+            name: name.to_string(),
+            size,
+            chunk_size,
+            compression,
+            created_at_ms: super::root::now_ms(),
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut json = serde_json::to_vec_pretty(self).expect("a superblock always serializes");
+        json.push(b'\n');
+        json
+    }
+
+    pub fn decode(what: &str, bytes: &[u8]) -> Result<Self, FormatError> {
+        #[derive(Deserialize)]
+        struct Version {
+            format: String,
+            version: u32,
+        }
+        let corrupt = |e: serde_json::Error| FormatError::corrupt(what, e.to_string());
+        let head: Version = serde_json::from_slice(bytes).map_err(corrupt)?;
+        if head.format != FORMAT_NAME {
+            return Err(FormatError::corrupt(what, "not a zeroblk superblock"));
+        }
+        if head.version > FORMAT_VERSION {
+            return Err(FormatError::NewerVersion {
+                what: what.to_string(),
+                found: head.version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        serde_json::from_slice(bytes).map_err(corrupt)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        let sb = Superblock::new("vol", 1 << 30, 1 << 20, Compression::default());
+        let bytes = sb.encode();
+        assert!(String::from_utf8_lossy(&bytes).contains("\"compression\": \"zstd:3\""));
+        assert_eq!(Superblock::decode("sb", &bytes).unwrap(), sb);
+    }
+
+    #[test]
+    fn newer_versions_are_refused() {
+        let mut sb = Superblock::new("vol", 1 << 30, 1 << 20, Compression::None);
+        sb.version = FORMAT_VERSION + 1;
+        let error = Superblock::decode("sb", &sb.encode()).unwrap_err();
+        assert!(matches!(error, FormatError::NewerVersion { .. }));
+    }
+}

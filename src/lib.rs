@@ -1,0 +1,20 @@
+//! zeroblk: a Linux block device on object storage.
+//!
+//! The crate is layered, one module per concern, each owning its
+//! dependency:
+//!
+//! - [`store`]: the object store (the only user of `object_store`);
+//! - [`format`]: what every object in the store means, versioned;
+//! - [`cache`]: memory and disk caches of chunks (the only user of moka);
+//! - [`engine`]: volumes, their write-back log, flushes and commits, and
+//!   the durability contract every transport relies on;
+//! - [`cli`] and [`config`]: the command line and its configuration file.
+#![deny(unsafe_code)]
+
+pub mod cache;
+pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod format;
+pub mod size;
+pub mod store;

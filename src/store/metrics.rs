@@ -1,0 +1,64 @@
+//! Request and byte counters for one store.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use serde::Serialize;
+
+#[derive(Debug, Default)]
+pub(super) struct StoreMetrics {
+    gets: AtomicU64,
+    get_misses: AtomicU64,
+    puts: AtomicU64,
+    deletes: AtomicU64,
+    lists: AtomicU64,
+    bytes_read: AtomicU64,
+    bytes_written: AtomicU64,
+}
+
+/// A snapshot of a store's counters since it was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct StoreCounters {
+    pub gets: u64,
+    /// GETs answered "not found" (counted in `gets` too).
+    pub get_misses: u64,
+    pub puts: u64,
+    pub deletes: u64,
+    pub lists: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+}
+
+impl StoreMetrics {
+    pub(super) fn get(&self, bytes: Option<usize>) {
+        self.gets.fetch_add(1, Relaxed);
+        match bytes {
+            Some(n) => self.bytes_read.fetch_add(n as u64, Relaxed),
+            None => self.get_misses.fetch_add(1, Relaxed),
+        };
+    }
+
+    pub(super) fn put(&self, bytes: usize) {
+        self.puts.fetch_add(1, Relaxed);
+        self.bytes_written.fetch_add(bytes as u64, Relaxed);
+    }
+
+    pub(super) fn delete(&self) {
+        self.deletes.fetch_add(1, Relaxed);
+    }
+
+    pub(super) fn list(&self) {
+        self.lists.fetch_add(1, Relaxed);
+    }
+
+    pub(super) fn snapshot(&self) -> StoreCounters {
+        StoreCounters {
+            gets: self.gets.load(Relaxed),
+            get_misses: self.get_misses.load(Relaxed),
+            puts: self.puts.load(Relaxed),
+            deletes: self.deletes.load(Relaxed),
+            lists: self.lists.load(Relaxed),
+            bytes_read: self.bytes_read.load(Relaxed),
+            bytes_written: self.bytes_written.load(Relaxed),
+        }
+    }
+}

@@ -1,0 +1,316 @@
+//! The object store: the only module that talks to `object_store`.
+//!
+//! [`Store`] is a handle on one bucket (or directory, or memory) named by a
+//! URL. It speaks in keys and bytes: `get` (absent is `None`, not an error),
+//! `put`, `put_if_absent` (the conditional write that fences a second
+//! writer), `delete`, and listings of "directories". It counts every request
+//! and byte, and it says plainly, once per store, whether the store honours
+//! create-if-absent: some S3 clones silently ignore it, and fencing must not
+//! trust them blindly.
+//!
+//! Local directories are written with fsync; S3 requests are retried with
+//! exponential backoff inside `object_store`.
+
+mod metrics;
+mod url;
+
+use std::fmt::Display;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use tokio::sync::OnceCell;
+
+pub use metrics::StoreCounters;
+pub use url::{StoreOptions, StoreUrl};
+
+use metrics::StoreMetrics;
+
+/// A failed store operation, said so that a user knows what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("`{url}` is not a store URL: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("cannot create the store directory {}: {source} (check the path and its permissions)", path.display())]
+    LocalDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot reach the object store {store}: {detail}. Check the endpoint (--s3-endpoint or AWS_ENDPOINT_URL) and that the server is up"
+    )]
+    Unreachable { store: String, detail: String },
+    #[error(
+        "the object store {store} refused the request: {detail}. Check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY and the bucket's permissions"
+    )]
+    Denied { store: String, detail: String },
+    #[error("the bucket of {store} does not exist: create it first (for example `aws s3 mb`)")]
+    NoBucket { store: String },
+    #[error("object store {op} of {key} failed: {source}")]
+    Request {
+        op: &'static str,
+        key: String,
+        #[source]
+        source: object_store::Error,
+    },
+}
+
+impl StoreError {
+    fn from_object_store(op: &'static str, key: impl Display, source: object_store::Error) -> Self {
+        StoreError::Request {
+            op,
+            key: key.to_string(),
+            source,
+        }
+    }
+
+    /// Whether trying again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unreachable { .. } | StoreError::Request { .. })
+    }
+}
+
+/// Whether the store refuses a create-if-absent put of an existing key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fencing {
+    /// Conditional creates work: a second writer is refused at its commit.
+    Enforced,
+    /// The store overwrote an existing object on a conditional create:
+    /// nothing stops two writers of one volume from interleaving.
+    Unsupported,
+}
+
+/// What a conditional create did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    Created,
+    AlreadyExists,
+}
+
+/// A handle on one object store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<dyn ObjectStore>,
+    url: Arc<str>,
+    metrics: Arc<StoreMetrics>,
+    fencing: Arc<OnceCell<Fencing>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("url", &self.url).finish()
+    }
+}
+
+impl Store {
+    /// Opens the store a URL names. No request is made yet.
+    pub fn open(url: &str, options: &StoreOptions) -> Result<Store, StoreError> {
+        let inner = StoreUrl::parse(url)?.build(options)?;
+        Ok(Store::from_object_store(url, inner))
+    }
+
+    /// A fresh, empty store in memory.
+    pub fn memory() -> Store {
+        Store::from_object_store("memory://", Arc::new(object_store::memory::InMemory::new()))
+    }
+
+    fn from_object_store(url: &str, inner: Arc<dyn ObjectStore>) -> Store {
+        Store {
+            inner,
+            url: url.into(),
+            metrics: Arc::default(),
+            fencing: Arc::default(),
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn counters(&self) -> StoreCounters {
+        self.metrics.snapshot()
+    }
+
+    /// The object at `key`, or `None` when there is none.
+    pub async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
+        let result = async { self.inner.get(&Path::from(key)).await?.bytes().await }.await;
+        match result {
+            Ok(bytes) => {
+                self.metrics.get(Some(bytes.len()));
+                Ok(Some(bytes))
+            }
+            Err(object_store::Error::NotFound { .. }) => {
+                self.metrics.get(None);
+                Ok(None)
+            }
+            Err(e) => Err(self.classify("GET", key, e)),
+        }
+    }
+
+    /// Writes `key`, replacing what was there.
+    pub async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
+        self.put_with_mode(key, bytes, PutMode::Overwrite)
+            .await
+            .map(|_| ())
+    }
+
+    /// Writes `key` only if no object is there (see [`Store::fencing`] for
+    /// stores that ignore the condition).
+    pub async fn put_if_absent(&self, key: &str, bytes: Bytes) -> Result<Created, StoreError> {
+        self.put_with_mode(key, bytes, PutMode::Create).await
+    }
+
+    async fn put_with_mode(&self, key: &str, bytes: Bytes, mode: PutMode) -> Result<Created, StoreError> {
+        let len = bytes.len();
+        let options = PutOptions {
+            mode,
+            ..PutOptions::default()
+        };
+        let result = self
+            .inner
+            .put_opts(&Path::from(key), PutPayload::from_bytes(bytes), options)
+            .await;
+        self.metrics.put(len);
+        match result {
+            Ok(_) => Ok(Created::Created),
+            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
+                Ok(Created::AlreadyExists)
+            }
+            Err(e) => Err(self.classify("PUT", key, e)),
+        }
+    }
+
+    /// Deletes `key`; deleting what is not there is not an error.
+    pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.metrics.delete();
+        match self.inner.delete(&Path::from(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.classify("DELETE", key, e)),
+        }
+    }
+
+    /// The names of the "directories" directly under `prefix`.
+    pub async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.metrics.list();
+        let listing = match self.inner.list_with_delimiter(Some(&Path::from(prefix))).await {
+            Ok(listing) => listing,
+            Err(object_store::Error::NotFound { .. }) => return Ok(Vec::new()),
+            Err(e) => return Err(self.classify("LIST", prefix, e)),
+        };
+        let mut names: Vec<String> = listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_string))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Every key under `prefix`, recursively.
+    pub async fn list_keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.metrics.list();
+        let listed: Result<Vec<_>, _> = self.inner.list(Some(&Path::from(prefix))).try_collect().await;
+        match listed {
+            Ok(objects) => Ok(objects.into_iter().map(|m| m.location.to_string()).collect()),
+            Err(object_store::Error::NotFound { .. }) => Ok(Vec::new()),
+            Err(e) => Err(self.classify("LIST", prefix, e)),
+        }
+    }
+
+    /// Whether this store enforces create-if-absent, probed once per handle
+    /// with two conditional puts of one fresh key.
+    pub async fn fencing(&self) -> Result<Fencing, StoreError> {
+        self.fencing
+            .get_or_try_init(|| async {
+                let key = format!("probes/fencing-{}", uuid::Uuid::new_v4());
+                let first = self.put_if_absent(&key, Bytes::from_static(b"1")).await?;
+                let second = self.put_if_absent(&key, Bytes::from_static(b"2")).await?;
+                self.delete(&key).await?;
+                let fencing = match (first, second) {
+                    (Created::Created, Created::AlreadyExists) => Fencing::Enforced,
+                    _ => Fencing::Unsupported,
+                };
+                if fencing == Fencing::Unsupported {
+                    tracing::warn!(
+                        store = %self.url,
+                        "this object store ignores conditional writes (If-None-Match): zeroblk cannot stop a second writer of a volume from overwriting the first's commits; attach each volume from one place only"
+                    );
+                }
+                Ok(fencing)
+            })
+            .await
+            .copied()
+    }
+
+    fn classify(&self, op: &'static str, key: &str, error: object_store::Error) -> StoreError {
+        let store = self.url.to_string();
+        let detail = error_chain(&error);
+        match error {
+            object_store::Error::Unauthenticated { .. } | object_store::Error::PermissionDenied { .. } => {
+                StoreError::Denied { store, detail }
+            }
+            _ if detail.contains("NoSuchBucket") => StoreError::NoBucket { store },
+            _ if looks_unreachable(&detail) => StoreError::Unreachable { store, detail },
+            _ if detail.contains("InvalidAccessKeyId") || detail.contains("SignatureDoesNotMatch") => {
+                StoreError::Denied { store, detail }
+            }
+            source => StoreError::from_object_store(op, key, source),
+        }
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        let part = inner.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = inner.source();
+    }
+    text
+}
+
+fn looks_unreachable(detail: &str) -> bool {
+    ["error sending request", "Connection refused", "dns error", "timed out", "connect"]
+        .iter()
+        .any(|needle| detail.contains(needle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_store_basics_and_counters() {
+        let store = Store::memory();
+        assert_eq!(store.get("a/b").await.unwrap(), None);
+        store.put("a/b", Bytes::from_static(b"hello")).await.unwrap();
+        assert_eq!(store.get("a/b").await.unwrap().unwrap(), "hello");
+        let again = store.put_if_absent("a/b", Bytes::from_static(b"x")).await.unwrap();
+        assert_eq!(again, Created::AlreadyExists);
+        assert_eq!(store.get("a/b").await.unwrap().unwrap(), "hello");
+        assert_eq!(store.list_dirs("").await.unwrap(), vec!["a".to_string()]);
+        store.delete("a/b").await.unwrap();
+        store.delete("a/b").await.unwrap();
+        let counters = store.counters();
+        assert_eq!(counters.gets, 3);
+        assert_eq!(counters.get_misses, 1);
+        assert_eq!(counters.bytes_read, 10);
+    }
+
+    #[tokio::test]
+    async fn local_directories_enforce_create_if_absent() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", dir.path().display());
+        let store = Store::open(&url, &StoreOptions::default()).unwrap();
+        assert_eq!(store.fencing().await.unwrap(), Fencing::Enforced);
+        assert_eq!(Store::memory().fencing().await.unwrap(), Fencing::Enforced);
+    }
+}
