@@ -25,6 +25,9 @@ pub enum StoreUrl {
 pub struct StoreOptions {
     /// `--s3-endpoint`: overrides `AWS_ENDPOINT_URL`.
     pub s3_endpoint: Option<String>,
+    /// More S3 settings, by the names `AWS_*` variables use in lower case
+    /// (`aws_access_key_id`, ...); they override the environment.
+    pub s3_settings: Vec<(String, String)>,
 }
 
 impl StoreUrl {
@@ -114,6 +117,12 @@ fn s3_builder(bucket: &str, options: &StoreOptions) -> AmazonS3Builder {
     if std::env::var_os("AWS_REGION").is_none() && std::env::var_os("AWS_DEFAULT_REGION").is_none()
     {
         builder = builder.with_region("us-east-1");
+    }
+    for (key, value) in &options.s3_settings {
+        match key.parse() {
+            Ok(key) => builder = builder.with_config(key, value),
+            Err(_) => tracing::warn!(%key, "ignoring an unknown S3 setting"),
+        }
     }
     builder
 }

@@ -1,0 +1,235 @@
+//! Shared test setup: the stores every engine test runs against, and a
+//! real S3 server (moto) started once per test binary.
+//!
+//! A test that needs a tool the machine lacks fails and says which and how
+//! to install it (`scripts/test.sh` installs everything); it never passes
+//! silently.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use zeroblk::engine::{EngineOptions, NewVolume};
+use zeroblk::format::Compression;
+use zeroblk::store::{Store, StoreOptions};
+
+pub const ACCESS_KEY: &str = "zeroblk-test";
+pub const SECRET_KEY: &str = "zeroblk-test-secret";
+
+/// The kinds of store the engine must work on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Memory,
+    File,
+    S3,
+}
+
+pub const ALL_BACKENDS: [Backend; 3] = [Backend::Memory, Backend::File, Backend::S3];
+
+/// A store for one test, and what keeps it alive.
+pub struct TestStore {
+    pub store: Store,
+    pub url: String,
+    pub backend: Backend,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestStore {
+    pub fn new(backend: Backend) -> TestStore {
+        match backend {
+            Backend::Memory => TestStore {
+                store: Store::memory(),
+                url: "memory://".into(),
+                backend,
+                _dir: None,
+            },
+            Backend::File => {
+                let dir = tempfile::tempdir().expect("temporary directory");
+                let url = format!("file://{}", dir.path().display());
+                let store = Store::open(&url, &StoreOptions::default()).expect("file store");
+                TestStore {
+                    store,
+                    url,
+                    backend,
+                    _dir: Some(dir),
+                }
+            }
+            Backend::S3 => {
+                let server = moto();
+                let bucket = server.new_bucket();
+                let url = format!("s3://{bucket}/zeroblk");
+                let store = Store::open(&url, &server.store_options()).expect("s3 store");
+                TestStore {
+                    store,
+                    url,
+                    backend,
+                    _dir: None,
+                }
+            }
+        }
+    }
+
+    /// The same store reopened from its URL (a new process would do this).
+    pub fn reopen(&self) -> Store {
+        match self.backend {
+            Backend::Memory => self.store.clone(),
+            Backend::File => Store::open(&self.url, &StoreOptions::default()).expect("file store"),
+            Backend::S3 => Store::open(&self.url, &moto().store_options()).expect("s3 store"),
+        }
+    }
+}
+
+/// Engine options for tests: small caches, quick commits.
+pub fn engine_options(cache_dir: &Path) -> EngineOptions {
+    let mut options = EngineOptions::new(cache_dir);
+    options.memory_cache_bytes = 8 << 20;
+    options.disk_cache_bytes = 16 << 20;
+    options.commit_interval = Duration::from_millis(50);
+    options
+}
+
+pub fn new_volume(name: &str, size: u64, chunk_size: u64) -> NewVolume {
+    NewVolume {
+        name: name.to_string(),
+        size,
+        chunk_size,
+        compression: Compression::default(),
+    }
+}
+
+/// A moto S3 server on loopback, shared by the tests of one binary.
+pub struct Moto {
+    pub endpoint: String,
+}
+
+pub fn moto() -> &'static Moto {
+    static SERVER: OnceLock<Moto> = OnceLock::new();
+    SERVER.get_or_init(Moto::start)
+}
+
+impl Moto {
+    fn start() -> Moto {
+        let port = free_port();
+        let binary = which("moto_server").unwrap_or_else(|| {
+            panic!("moto_server is not installed: run scripts/test.sh, or `pip install 'moto[server]'`")
+        });
+        // The server lives as long as this test process: a small shell
+        // watches our pid and stops it when we are gone.
+        let script = format!(
+            "{} -H 127.0.0.1 -p {port} >/dev/null 2>&1 & server=$!; \
+             while kill -0 {} 2>/dev/null; do sleep 1; done; kill $server",
+            binary.display(),
+            std::process::id()
+        );
+        Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start moto_server");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        wait_for_http(&endpoint, Duration::from_secs(60));
+        Moto { endpoint }
+    }
+
+    pub fn store_options(&self) -> StoreOptions {
+        StoreOptions {
+            s3_endpoint: Some(self.endpoint.clone()),
+            s3_settings: self.settings(),
+        }
+    }
+
+    pub fn settings(&self) -> Vec<(String, String)> {
+        vec![
+            ("aws_access_key_id".into(), ACCESS_KEY.into()),
+            ("aws_secret_access_key".into(), SECRET_KEY.into()),
+            ("aws_region".into(), "us-east-1".into()),
+        ]
+    }
+
+    /// Environment variables that point a zeroblk process at this server.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_ACCESS_KEY_ID", ACCESS_KEY.into()),
+            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+        ]
+    }
+
+    /// Creates a bucket with a fresh name.
+    pub fn new_bucket(&self) -> String {
+        let name = format!("zb-{}", uuid::Uuid::new_v4().simple());
+        let status = http_request(&self.endpoint, "PUT", &format!("/{name}"));
+        assert!(status.starts_with("HTTP/1.1 200"), "creating bucket {name}: {status}");
+        name
+    }
+}
+
+pub fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(program))
+            .find(|candidate| candidate.is_file())
+    })
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn wait_for_http(endpoint: &str, timeout: Duration) {
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        if http_request(endpoint, "GET", "/").starts_with("HTTP/1.1") {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("the S3 server at {endpoint} did not come up within {timeout:?}");
+}
+
+/// One unsigned HTTP request; returns the status line (or an error text).
+fn http_request(endpoint: &str, method: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let address = endpoint.trim_start_matches("http://");
+    let Ok(mut stream) = std::net::TcpStream::connect(address) else {
+        return "connection refused".into();
+    };
+    let request = format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return "write failed".into();
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response.lines().next().unwrap_or("").to_string()
+}
+
+/// A block of test data: `tag` repeated, so a read tells which write it
+/// came from (tag 0 is zeroes).
+pub fn block_of(tag: u64) -> Vec<u8> {
+    if tag == 0 {
+        return vec![0; 4096];
+    }
+    let mut block = Vec::with_capacity(4096);
+    while block.len() < 4096 {
+        block.extend_from_slice(&tag.to_le_bytes());
+    }
+    block
+}
+
+/// The tag a block holds (0 for zeroes); panics on anything else.
+pub fn tag_of(block: &[u8]) -> u64 {
+    let tag = u64::from_le_bytes(block[..8].try_into().unwrap());
+    assert!(
+        block.chunks(8).all(|c| c == tag.to_le_bytes()),
+        "block holds bytes no write wrote"
+    );
+    tag
+}
