@@ -1,0 +1,247 @@
+//! Property test: random writes, zeroings, flushes, reads, crashes and
+//! lost cache directories against a simple in-memory model of a disk, on
+//! every backend. Every read is checked; after a crash every block must
+//! hold what the durability contract allows:
+//!
+//! - a process crash (`kill -9`) loses nothing acknowledged;
+//! - a power cut keeps, per block, the value at the last flush or a value
+//!   written after it;
+//! - losing the cache directory keeps, with remote durability, the same;
+//!   with local durability, some value the block once held.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Backend, TestStore, block_of, engine_options, new_volume, tag_of};
+use proptest::prelude::*;
+use zeroblk::engine::{self, Durability, EngineOptions, Volume};
+
+const CHUNK: u64 = 64 << 10;
+const BLOCKS_PER_CHUNK: u64 = CHUNK / 4096;
+const CHUNKS: u64 = 8;
+const BLOCKS: u64 = CHUNKS * BLOCKS_PER_CHUNK;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Write { block: u64, blocks: u64, fua: bool },
+    Zero { block: u64, blocks: u64 },
+    Flush,
+    Read { block: u64, blocks: u64 },
+    Settle,
+    Crash { power_loss: bool },
+    LoseCache,
+    Reopen,
+}
+
+fn range() -> impl Strategy<Value = (u64, u64)> {
+    prop_oneof![
+        (0..BLOCKS).prop_flat_map(|b| (Just(b), 1..=(BLOCKS - b).min(40))),
+        (0..CHUNKS).prop_flat_map(|c| (Just(c * BLOCKS_PER_CHUNK), 1..=(CHUNKS - c)))
+            .prop_map(|(b, chunks)| (b, chunks * BLOCKS_PER_CHUNK)),
+    ]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        10 => (range(), any::<bool>()).prop_map(|((block, blocks), fua)| Op::Write { block, blocks, fua: fua && blocks % 3 == 0 }),
+        3 => range().prop_map(|(block, blocks)| Op::Zero { block, blocks }),
+        4 => Just(Op::Flush),
+        4 => range().prop_map(|(block, blocks)| Op::Read { block, blocks }),
+        2 => Just(Op::Settle),
+        2 => any::<bool>().prop_map(|power_loss| Op::Crash { power_loss }),
+        1 => Just(Op::LoseCache),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+/// What the disk should hold, and what a crash may leave.
+struct Model {
+    current: Vec<u64>,
+    flushed: Vec<u64>,
+    since_flush: Vec<Vec<u64>>,
+    history: Vec<Vec<u64>>,
+    next_tag: u64,
+}
+
+impl Model {
+    fn new() -> Model {
+        let n = BLOCKS as usize;
+        Model {
+            current: vec![0; n],
+            flushed: vec![0; n],
+            since_flush: vec![Vec::new(); n],
+            history: vec![vec![0]; n],
+            next_tag: 1,
+        }
+    }
+
+    fn set(&mut self, block: u64, tag: u64) {
+        let b = block as usize;
+        self.current[b] = tag;
+        self.since_flush[b].push(tag);
+        self.history[b].push(tag);
+    }
+
+    fn flush(&mut self) {
+        self.flushed.clone_from(&self.current);
+        self.since_flush.iter_mut().for_each(Vec::clear);
+    }
+
+    /// Accepts what the disk holds after a crash, if the contract allows
+    /// it. What survived without a flush stays "written since the last
+    /// flush": a later crash may still lose it.
+    fn recover(&mut self, found: &[u64], allowed: impl Fn(&Model, usize, u64) -> bool, what: &str) {
+        for (b, &tag) in found.iter().enumerate() {
+            assert!(
+                allowed(self, b, tag),
+                "after {what}, block {b} holds {tag}; current {}, flushed {}, since flush {:?}",
+                self.current[b],
+                self.flushed[b],
+                self.since_flush[b]
+            );
+        }
+        for (b, &tag) in found.iter().enumerate() {
+            self.current[b] = tag;
+            self.since_flush[b].push(tag);
+        }
+    }
+}
+
+fn at_flush_or_later(model: &Model, b: usize, tag: u64) -> bool {
+    tag == model.flushed[b] || model.since_flush[b].contains(&tag)
+}
+
+async fn read_all(volume: &Volume) -> Vec<u64> {
+    let mut buf = vec![0u8; (BLOCKS * 4096) as usize];
+    volume.read(0, &mut buf).await.unwrap();
+    buf.chunks(4096).map(tag_of).collect()
+}
+
+async fn run(backend: Backend, durability: Durability, ops: Vec<Op>) {
+    let store = TestStore::new(backend);
+    engine::create(&store.store, &new_volume("m", BLOCKS * 4096, CHUNK)).await.unwrap();
+    let mut cache = tempfile::tempdir().unwrap();
+    let options = |dir: &std::path::Path| -> EngineOptions {
+        let mut options = engine_options(dir);
+        options.durability = durability;
+        options.commit_interval = Duration::from_millis(20);
+        options.max_dirty_bytes = 256 << 10;
+        options
+    };
+    let mut volume = Volume::open(&store.store, "m", options(cache.path())).await.unwrap();
+    let mut model = Model::new();
+    for (step, op) in ops.into_iter().enumerate() {
+        match op {
+            Op::Write { block, blocks, fua } => {
+                let tags: Vec<u64> = (0..blocks).map(|i| model.next_tag + i).collect();
+                model.next_tag += blocks;
+                let data: Vec<u8> = tags.iter().flat_map(|&t| block_of(t)).collect();
+                volume.write(block * 4096, &data, fua).await.unwrap();
+                for (i, tag) in tags.into_iter().enumerate() {
+                    model.set(block + i as u64, tag);
+                }
+                if fua {
+                    model.flush();
+                }
+            }
+            Op::Zero { block, blocks } => {
+                volume.discard(block * 4096, blocks * 4096, false).await.unwrap();
+                (block..block + blocks).for_each(|b| model.set(b, 0));
+            }
+            Op::Flush => {
+                volume.flush().await.unwrap();
+                model.flush();
+            }
+            Op::Read { block, blocks } => {
+                let mut buf = vec![0u8; (blocks * 4096) as usize];
+                volume.read(block * 4096, &mut buf).await.unwrap();
+                let found: Vec<u64> = buf.chunks(4096).map(tag_of).collect();
+                let expected = &model.current[block as usize..(block + blocks) as usize];
+                assert_eq!(found, expected, "step {step}: read of {blocks} blocks at {block}");
+            }
+            Op::Settle => tokio::time::sleep(Duration::from_millis(30)).await,
+            Op::Crash { power_loss } => {
+                volume.crash(power_loss, step as u64).await;
+                volume = Volume::open(&store.reopen(), "m", options(cache.path())).await.unwrap();
+                let found = read_all(&volume).await;
+                if power_loss {
+                    model.recover(&found, at_flush_or_later, "a power cut");
+                } else {
+                    model.recover(&found, |m, b, t| m.current[b] == t, "a process crash");
+                }
+            }
+            Op::LoseCache => {
+                volume.crash(true, step as u64).await;
+                cache = tempfile::tempdir().unwrap();
+                volume = Volume::open(&store.reopen(), "m", options(cache.path())).await.unwrap();
+                let found = read_all(&volume).await;
+                match durability {
+                    Durability::Remote => model.recover(&found, at_flush_or_later, "losing the cache"),
+                    Durability::Local => {
+                        model.recover(&found, |m, b, t| m.history[b].contains(&t), "losing the cache")
+                    }
+                }
+            }
+            Op::Reopen => {
+                volume.close().await.unwrap();
+                drop(volume);
+                volume = Volume::open(&store.reopen(), "m", options(cache.path())).await.unwrap();
+                let found = read_all(&volume).await;
+                model.recover(&found, |m, b, t| m.current[b] == t, "a clean close");
+            }
+        }
+    }
+    let found = read_all(&volume).await;
+    assert_eq!(found, model.current, "final state");
+    volume.close().await.unwrap();
+}
+
+fn check(backend: Backend, durability: Durability, ops: Vec<Op>) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(run(backend, durability, ops));
+}
+
+fn cases(default: u32) -> ProptestConfig {
+    let cases = std::env::var("ZEROBLK_MODEL_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default);
+    ProptestConfig {
+        cases,
+        max_shrink_iters: 200,
+        ..ProptestConfig::default()
+    }
+}
+
+proptest! {
+    #![proptest_config(cases(48))]
+    #[test]
+    fn memory_store_local_durability(ops in prop::collection::vec(op(), 1..60)) {
+        check(Backend::Memory, Durability::Local, ops);
+    }
+
+    #[test]
+    fn memory_store_remote_durability(ops in prop::collection::vec(op(), 1..60)) {
+        check(Backend::Memory, Durability::Remote, ops);
+    }
+}
+
+proptest! {
+    #![proptest_config(cases(16))]
+    #[test]
+    fn file_store(ops in prop::collection::vec(op(), 1..60), remote in any::<bool>()) {
+        let durability = if remote { Durability::Remote } else { Durability::Local };
+        check(Backend::File, durability, ops);
+    }
+
+    #[test]
+    fn s3_store(ops in prop::collection::vec(op(), 1..60), remote in any::<bool>()) {
+        let durability = if remote { Durability::Remote } else { Durability::Local };
+        check(Backend::S3, durability, ops);
+    }
+}
