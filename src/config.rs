@@ -1,1 +1,216 @@
+//! The configuration file, in the shape users know from zerofs.toml, and
+//! the defaults that apply without one. Parsed and checked once.
+//!
+//! ```toml
+//! [storage]
+//! url = "s3://my-bucket/zeroblk"        # or file:///var/lib/zeroblk/store
+//! s3_endpoint = "http://127.0.0.1:3900" # optional, like AWS_ENDPOINT_URL
+//!
+//! [cache]
+//! dir = "/var/cache/zeroblk"
+//! disk_size_gb = 10
+//! memory_size_gb = 0.5
+//!
+//! [servers.nbd]
+//! addresses = ["127.0.0.1:10809"]
+//! ```
+//!
+//! Command-line flags override the file; the file overrides the defaults.
 
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Why a configuration file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the configuration file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the configuration file {} is not valid: {message}", path.display())]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// The file as written; every key optional.
+#[derive(Debug, Default, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub storage: StorageSection,
+    #[serde(default)]
+    pub cache: CacheSection,
+    #[serde(default)]
+    pub servers: ServersSection,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSection {
+    pub url: Option<String>,
+    pub s3_endpoint: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSection {
+    pub dir: Option<PathBuf>,
+    pub disk_size_gb: Option<f64>,
+    pub memory_size_gb: Option<f64>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServersSection {
+    #[serde(default)]
+    pub nbd: NbdSection,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NbdSection {
+    pub addresses: Option<Vec<String>>,
+}
+
+impl ConfigFile {
+    pub fn load(path: &Path) -> Result<ConfigFile, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config: ConfigFile = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message: e.message().to_string(),
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// The file at `path`, or at the default place when `path` is `None`
+    /// (and then only if there is one).
+    pub fn load_or_default(path: Option<&Path>) -> Result<ConfigFile, ConfigError> {
+        match path {
+            Some(path) => ConfigFile::load(path),
+            None => match default_config_path().filter(|p| p.exists()) {
+                Some(path) => ConfigFile::load(&path),
+                None => Ok(ConfigFile::default()),
+            },
+        }
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        for (key, value) in [
+            ("cache.disk_size_gb", self.cache.disk_size_gb),
+            ("cache.memory_size_gb", self.cache.memory_size_gb),
+        ] {
+            if let Some(value) = value
+                && !(value.is_finite() && value >= 0.0)
+            {
+                return Err(invalid(format!(
+                    "{key} must be a number of GiB, 0 or more, not {value}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Gibibytes, as the file writes them, in bytes.
+pub fn gib_to_bytes(gib: f64) -> u64 {
+    (gib * (1u64 << 30) as f64) as u64
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+fn home_dir(xdg_var: &str, fallback: &str) -> PathBuf {
+    std::env::var_os(xdg_var)
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(fallback)))
+        .unwrap_or_else(|| PathBuf::from("/tmp"))
+}
+
+/// The embedded default store: a directory on this machine.
+pub fn default_store_url() -> String {
+    let dir = if is_root() {
+        PathBuf::from("/var/lib/zeroblk/store")
+    } else {
+        home_dir("XDG_DATA_HOME", ".local/share").join("zeroblk/store")
+    };
+    format!("file://{}", dir.display())
+}
+
+/// Where write-back logs and cached chunks live by default.
+pub fn default_cache_dir() -> PathBuf {
+    if is_root() {
+        PathBuf::from("/var/cache/zeroblk")
+    } else {
+        home_dir("XDG_CACHE_HOME", ".cache").join("zeroblk")
+    }
+}
+
+pub fn default_config_path() -> Option<PathBuf> {
+    Some(if is_root() {
+        PathBuf::from("/etc/zeroblk/zeroblk.toml")
+    } else {
+        home_dir("XDG_CONFIG_HOME", ".config").join("zeroblk/zeroblk.toml")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), text).unwrap();
+        file
+    }
+
+    #[test]
+    fn reads_the_zerofs_shape() {
+        let file = write(
+            r#"
+            [storage]
+            url = "s3://bucket/prefix"
+            [cache]
+            dir = "/tmp/c"
+            disk_size_gb = 2
+            memory_size_gb = 0.5
+            [servers.nbd]
+            addresses = ["127.0.0.1:10809", "unix:/run/zb.sock"]
+            "#,
+        );
+        let config = ConfigFile::load(file.path()).unwrap();
+        assert_eq!(config.storage.url.as_deref(), Some("s3://bucket/prefix"));
+        assert_eq!(config.cache.memory_size_gb, Some(0.5));
+        assert_eq!(gib_to_bytes(0.5), 512 << 20);
+        assert_eq!(config.servers.nbd.addresses.unwrap().len(), 2);
+    }
+
+    #[test]
+    fn mistakes_name_the_file_and_the_key() {
+        let file = write("[storage]\nurll = \"x\"\n");
+        let error = ConfigFile::load(file.path()).unwrap_err().to_string();
+        assert!(
+            error.contains("urll") && error.contains(&file.path().display().to_string()),
+            "{error}"
+        );
+        let file = write("[cache]\ndisk_size_gb = -1\n");
+        assert!(
+            ConfigFile::load(file.path())
+                .unwrap_err()
+                .to_string()
+                .contains("disk_size_gb")
+        );
+        let missing = ConfigFile::load(Path::new("/nonexistent/zeroblk.toml")).unwrap_err();
+        assert!(missing.to_string().contains("/nonexistent/zeroblk.toml"));
+    }
+}

@@ -45,7 +45,9 @@ impl FromStr for ByteSize {
         if digits.is_empty() {
             return Err(error("it does not start with a number"));
         }
-        let number: u64 = digits.parse().map_err(|_| error("the number is too large"))?;
+        let number: u64 = digits
+            .parse()
+            .map_err(|_| error("the number is too large"))?;
         let multiplier = match suffix.trim().to_ascii_uppercase().as_str() {
             "" | "B" => 1,
             "K" | "KB" | "KIB" => Self::KIB,
@@ -72,7 +74,7 @@ impl fmt::Display for ByteSize {
             (ByteSize::KIB, "K"),
         ];
         for (unit, suffix) in UNITS {
-            if self.0 >= unit && self.0 % unit == 0 {
+            if self.0 >= unit && self.0.is_multiple_of(unit) {
                 return write!(f, "{}{}", self.0 / unit, suffix);
             }
         }

@@ -19,7 +19,10 @@ async fn read_tags(volume: &Volume, first_block: u64, blocks: u64) -> Vec<u64> {
 
 async fn write_tags(volume: &Volume, first_block: u64, tags: &[u64]) {
     let data: Vec<u8> = tags.iter().flat_map(|&t| block_of(t)).collect();
-    volume.write(first_block * 4096, &data, false).await.unwrap();
+    volume
+        .write(first_block * 4096, &data, false)
+        .await
+        .unwrap();
 }
 
 async fn for_each_backend<F, Fut>(test: F)
@@ -37,9 +40,13 @@ where
 async fn writes_survive_close_and_a_wiped_cache() {
     for_each_backend(|backend| async move {
         let store = TestStore::new(backend);
-        engine::create(&store.store, &new_volume("v", 64 * MIB, 1 << 20)).await.unwrap();
+        engine::create(&store.store, &new_volume("v", 64 * MIB, 1 << 20))
+            .await
+            .unwrap();
         let cache = tempfile::tempdir().unwrap();
-        let volume = Volume::open(&store.store, "v", engine_options(cache.path())).await.unwrap();
+        let volume = Volume::open(&store.store, "v", engine_options(cache.path()))
+            .await
+            .unwrap();
         // Partial chunk, chunk-spanning and whole-chunk writes.
         write_tags(&volume, 3, &[11, 12]).await;
         write_tags(&volume, 255, &[21, 22, 23]).await;
@@ -69,19 +76,33 @@ async fn writes_survive_close_and_a_wiped_cache() {
 async fn a_crash_replays_the_log() {
     for_each_backend(|backend| async move {
         let store = TestStore::new(backend);
-        engine::create(&store.store, &new_volume("v", 16 * MIB, 64 << 10)).await.unwrap();
+        engine::create(&store.store, &new_volume("v", 16 * MIB, 64 << 10))
+            .await
+            .unwrap();
         let cache = tempfile::tempdir().unwrap();
         let mut options = engine_options(cache.path());
         options.commit_interval = Duration::from_secs(3600);
-        let volume = Volume::open(&store.store, "v", options.clone()).await.unwrap();
+        let volume = Volume::open(&store.store, "v", options.clone())
+            .await
+            .unwrap();
         write_tags(&volume, 0, &[1, 2, 3]).await;
         volume.flush().await.unwrap();
         write_tags(&volume, 1, &[7]).await;
         volume.crash(false, 0).await;
 
-        let volume = Volume::open(&store.reopen(), "v", options.clone()).await.unwrap();
-        assert_eq!(read_tags(&volume, 0, 3).await, [1, 7, 3], "a process crash loses nothing written");
-        assert_eq!(engine::info(&store.store, "v").await.unwrap().generation, 0, "nothing was committed");
+        let volume = Volume::open(&store.reopen(), "v", options.clone())
+            .await
+            .unwrap();
+        assert_eq!(
+            read_tags(&volume, 0, 3).await,
+            [1, 7, 3],
+            "a process crash loses nothing written"
+        );
+        assert_eq!(
+            engine::info(&store.store, "v").await.unwrap().generation,
+            0,
+            "nothing was committed"
+        );
         volume.close().await.unwrap();
         drop(volume);
         let volume = Volume::open(&store.reopen(), "v", options).await.unwrap();
@@ -94,12 +115,16 @@ async fn a_crash_replays_the_log() {
 async fn a_lost_cache_dir_opens_at_the_last_commit() {
     for_each_backend(|backend| async move {
         let store = TestStore::new(backend);
-        engine::create(&store.store, &new_volume("v", 16 * MIB, 64 << 10)).await.unwrap();
+        engine::create(&store.store, &new_volume("v", 16 * MIB, 64 << 10))
+            .await
+            .unwrap();
         let cache = tempfile::tempdir().unwrap();
         let mut options = engine_options(cache.path());
         options.durability = Durability::Remote;
         options.commit_interval = Duration::from_secs(3600);
-        let volume = Volume::open(&store.store, "v", options.clone()).await.unwrap();
+        let volume = Volume::open(&store.store, "v", options.clone())
+            .await
+            .unwrap();
         write_tags(&volume, 10, &[5, 6]).await;
         volume.flush().await.unwrap();
         write_tags(&volume, 10, &[8]).await;
@@ -107,8 +132,14 @@ async fn a_lost_cache_dir_opens_at_the_last_commit() {
         drop(cache);
 
         let cache = tempfile::tempdir().unwrap();
-        let volume = Volume::open(&store.reopen(), "v", engine_options(cache.path())).await.unwrap();
-        assert_eq!(read_tags(&volume, 10, 2).await, [5, 6], "remote flush survives losing the cache");
+        let volume = Volume::open(&store.reopen(), "v", engine_options(cache.path()))
+            .await
+            .unwrap();
+        assert_eq!(
+            read_tags(&volume, 10, 2).await,
+            [5, 6],
+            "remote flush survives losing the cache"
+        );
     })
     .await;
 }
@@ -118,15 +149,21 @@ async fn discarding_two_tebibytes_uploads_only_map_pages() {
     for_each_backend(|backend| async move {
         let store = TestStore::new(backend);
         let size = 2 << 40;
-        engine::create(&store.store, &new_volume("big", size, 1 << 20)).await.unwrap();
+        engine::create(&store.store, &new_volume("big", size, 1 << 20))
+            .await
+            .unwrap();
         let cache = tempfile::tempdir().unwrap();
-        let volume = Volume::open(&store.store, "big", engine_options(cache.path())).await.unwrap();
+        let volume = Volume::open(&store.store, "big", engine_options(cache.path()))
+            .await
+            .unwrap();
         write_tags(&volume, 0, &[1]).await;
         write_tags(&volume, (size / 4096) - 1, &[2]).await;
         volume.close().await.unwrap();
         drop(volume);
 
-        let volume = Volume::open(&store.store, "big", engine_options(cache.path())).await.unwrap();
+        let volume = Volume::open(&store.store, "big", engine_options(cache.path()))
+            .await
+            .unwrap();
         let before = store.store.counters();
         volume.discard(0, size, false).await.unwrap();
         volume.flush().await.unwrap();
@@ -139,7 +176,13 @@ async fn discarding_two_tebibytes_uploads_only_map_pages() {
             after.puts - before.puts
         );
         assert!(after.bytes_written - before.bytes_written < MIB);
-        assert_eq!(engine::info(&store.store, "big").await.unwrap().allocated_bytes, 0);
+        assert_eq!(
+            engine::info(&store.store, "big")
+                .await
+                .unwrap()
+                .allocated_bytes,
+            0
+        );
     })
     .await;
 }
@@ -147,18 +190,28 @@ async fn discarding_two_tebibytes_uploads_only_map_pages() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn opening_a_large_volume_reads_a_handful_of_objects() {
     let store = TestStore::new(Backend::Memory);
-    engine::create(&store.store, &new_volume("tib", 1 << 40, 1 << 20)).await.unwrap();
+    engine::create(&store.store, &new_volume("tib", 1 << 40, 1 << 20))
+        .await
+        .unwrap();
     let cache = tempfile::tempdir().unwrap();
-    let volume = Volume::open(&store.store, "tib", engine_options(cache.path())).await.unwrap();
+    let volume = Volume::open(&store.store, "tib", engine_options(cache.path()))
+        .await
+        .unwrap();
     for i in 0..64u64 {
         write_tags(&volume, i * (1 << 18), &[i + 1]).await;
     }
     volume.close().await.unwrap();
     drop(volume);
     let before = store.store.counters();
-    let volume = Volume::open(&store.store, "tib", engine_options(cache.path())).await.unwrap();
+    let volume = Volume::open(&store.store, "tib", engine_options(cache.path()))
+        .await
+        .unwrap();
     let after = store.store.counters();
-    assert!(after.gets - before.gets <= 6, "open took {} GETs", after.gets - before.gets);
+    assert!(
+        after.gets - before.gets <= 6,
+        "open took {} GETs",
+        after.gets - before.gets
+    );
     assert_eq!(after.lists, before.lists, "open lists nothing");
     assert_eq!(read_tags(&volume, 63 * (1 << 18), 1).await, [64]);
 }
@@ -167,15 +220,24 @@ async fn opening_a_large_volume_reads_a_handful_of_objects() {
 async fn a_second_writer_is_fenced_out() {
     for backend in [Backend::Memory, Backend::S3] {
         let store = TestStore::new(backend);
-        engine::create(&store.store, &new_volume("v", 16 * MIB, 64 << 10)).await.unwrap();
+        engine::create(&store.store, &new_volume("v", 16 * MIB, 64 << 10))
+            .await
+            .unwrap();
         let (cache_a, cache_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let a = Volume::open(&store.store, "v", engine_options(cache_a.path())).await.unwrap();
-        let b = Volume::open(&store.reopen(), "v", engine_options(cache_b.path())).await.unwrap();
+        let a = Volume::open(&store.store, "v", engine_options(cache_a.path()))
+            .await
+            .unwrap();
+        let b = Volume::open(&store.reopen(), "v", engine_options(cache_b.path()))
+            .await
+            .unwrap();
         write_tags(&b, 0, &[2]).await;
         b.close().await.unwrap();
         write_tags(&a, 0, &[1]).await;
         let error = a.close().await.unwrap_err();
-        assert!(matches!(&error, EngineError::Stopped(inner) if matches!(**inner, EngineError::Fenced { .. })), "{error}");
+        assert!(
+            matches!(&error, EngineError::Stopped(inner) if matches!(**inner, EngineError::Fenced { .. })),
+            "{error}"
+        );
         assert!(error.to_string().contains("another writer"), "{error}");
     }
 }
@@ -183,9 +245,13 @@ async fn a_second_writer_is_fenced_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_host_cannot_open_a_volume_twice() {
     let store = TestStore::new(Backend::Memory);
-    engine::create(&store.store, &new_volume("v", 16 * MIB, 64 << 10)).await.unwrap();
+    engine::create(&store.store, &new_volume("v", 16 * MIB, 64 << 10))
+        .await
+        .unwrap();
     let cache = tempfile::tempdir().unwrap();
-    let _first = Volume::open(&store.store, "v", engine_options(cache.path())).await.unwrap();
+    let _first = Volume::open(&store.store, "v", engine_options(cache.path()))
+        .await
+        .unwrap();
     let second = Volume::open(&store.store, "v", engine_options(cache.path())).await;
     assert!(matches!(second, Err(EngineError::Busy { .. })));
 }
@@ -193,9 +259,13 @@ async fn one_host_cannot_open_a_volume_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_requests_are_typed_errors() {
     let store = TestStore::new(Backend::Memory);
-    engine::create(&store.store, &new_volume("v", 16 * MIB, 64 << 10)).await.unwrap();
+    engine::create(&store.store, &new_volume("v", 16 * MIB, 64 << 10))
+        .await
+        .unwrap();
     let cache = tempfile::tempdir().unwrap();
-    let volume = Volume::open(&store.store, "v", engine_options(cache.path())).await.unwrap();
+    let volume = Volume::open(&store.store, "v", engine_options(cache.path()))
+        .await
+        .unwrap();
     let mut buf = vec![0u8; 4096];
     let unaligned = volume.read(100, &mut buf).await.unwrap_err();
     assert_eq!(unaligned.errno(), libc::EINVAL);
@@ -209,7 +279,9 @@ async fn bad_requests_are_typed_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn writers_wait_at_the_dirty_limit_and_everything_lands() {
     let store = TestStore::new(Backend::S3);
-    engine::create(&store.store, &new_volume("v", 64 * MIB, 64 << 10)).await.unwrap();
+    engine::create(&store.store, &new_volume("v", 64 * MIB, 64 << 10))
+        .await
+        .unwrap();
     let cache = tempfile::tempdir().unwrap();
     let mut options = engine_options(cache.path());
     options.max_dirty_bytes = 1 << 20;
@@ -240,17 +312,26 @@ async fn writers_wait_at_the_dirty_limit_and_everything_lands() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn growing_a_volume_keeps_its_data() {
     let store = TestStore::new(Backend::File);
-    engine::create(&store.store, &new_volume("v", 4 * MIB, 1 << 20)).await.unwrap();
+    engine::create(&store.store, &new_volume("v", 4 * MIB, 1 << 20))
+        .await
+        .unwrap();
     let cache = tempfile::tempdir().unwrap();
-    let volume = Volume::open(&store.store, "v", engine_options(cache.path())).await.unwrap();
+    let volume = Volume::open(&store.store, "v", engine_options(cache.path()))
+        .await
+        .unwrap();
     write_tags(&volume, 1023, &[9]).await;
-    assert!(volume.resize(2 * MIB).await.is_err(), "shrinking is refused");
+    assert!(
+        volume.resize(2 * MIB).await.is_err(),
+        "shrinking is refused"
+    );
     volume.resize(4096 * MIB).await.unwrap();
     assert_eq!(volume.size(), 4096 * MIB);
     write_tags(&volume, 1024 * 1024 - 1, &[10]).await;
     volume.close().await.unwrap();
     drop(volume);
-    let volume = Volume::open(&store.reopen(), "v", engine_options(cache.path())).await.unwrap();
+    let volume = Volume::open(&store.reopen(), "v", engine_options(cache.path()))
+        .await
+        .unwrap();
     assert_eq!(volume.size(), 4096 * MIB);
     assert_eq!(read_tags(&volume, 1023, 2).await, [9, 0]);
     assert_eq!(read_tags(&volume, 1024 * 1024 - 1, 1).await, [10]);

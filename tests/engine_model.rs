@@ -37,7 +37,8 @@ enum Op {
 fn range() -> impl Strategy<Value = (u64, u64)> {
     prop_oneof![
         (0..BLOCKS).prop_flat_map(|b| (Just(b), 1..=(BLOCKS - b).min(40))),
-        (0..CHUNKS).prop_flat_map(|c| (Just(c * BLOCKS_PER_CHUNK), 1..=(CHUNKS - c)))
+        (0..CHUNKS)
+            .prop_flat_map(|c| (Just(c * BLOCKS_PER_CHUNK), 1..=(CHUNKS - c)))
             .prop_map(|(b, chunks)| (b, chunks * BLOCKS_PER_CHUNK)),
     ]
 }
@@ -120,7 +121,9 @@ async fn read_all(volume: &Volume) -> Vec<u64> {
 
 async fn run(backend: Backend, durability: Durability, ops: Vec<Op>) {
     let store = TestStore::new(backend);
-    engine::create(&store.store, &new_volume("m", BLOCKS * 4096, CHUNK)).await.unwrap();
+    engine::create(&store.store, &new_volume("m", BLOCKS * 4096, CHUNK))
+        .await
+        .unwrap();
     let mut cache = tempfile::tempdir().unwrap();
     let options = |dir: &std::path::Path| -> EngineOptions {
         let mut options = engine_options(dir);
@@ -129,7 +132,9 @@ async fn run(backend: Backend, durability: Durability, ops: Vec<Op>) {
         options.max_dirty_bytes = 256 << 10;
         options
     };
-    let mut volume = Volume::open(&store.store, "m", options(cache.path())).await.unwrap();
+    let mut volume = Volume::open(&store.store, "m", options(cache.path()))
+        .await
+        .unwrap();
     let mut model = Model::new();
     for (step, op) in ops.into_iter().enumerate() {
         match op {
@@ -146,7 +151,10 @@ async fn run(backend: Backend, durability: Durability, ops: Vec<Op>) {
                 }
             }
             Op::Zero { block, blocks } => {
-                volume.discard(block * 4096, blocks * 4096, false).await.unwrap();
+                volume
+                    .discard(block * 4096, blocks * 4096, false)
+                    .await
+                    .unwrap();
                 (block..block + blocks).for_each(|b| model.set(b, 0));
             }
             Op::Flush => {
@@ -158,12 +166,17 @@ async fn run(backend: Backend, durability: Durability, ops: Vec<Op>) {
                 volume.read(block * 4096, &mut buf).await.unwrap();
                 let found: Vec<u64> = buf.chunks(4096).map(tag_of).collect();
                 let expected = &model.current[block as usize..(block + blocks) as usize];
-                assert_eq!(found, expected, "step {step}: read of {blocks} blocks at {block}");
+                assert_eq!(
+                    found, expected,
+                    "step {step}: read of {blocks} blocks at {block}"
+                );
             }
             Op::Settle => tokio::time::sleep(Duration::from_millis(30)).await,
             Op::Crash { power_loss } => {
                 volume.crash(power_loss, step as u64).await;
-                volume = Volume::open(&store.reopen(), "m", options(cache.path())).await.unwrap();
+                volume = Volume::open(&store.reopen(), "m", options(cache.path()))
+                    .await
+                    .unwrap();
                 let found = read_all(&volume).await;
                 if power_loss {
                     model.recover(&found, at_flush_or_later, "a power cut");
@@ -174,19 +187,27 @@ async fn run(backend: Backend, durability: Durability, ops: Vec<Op>) {
             Op::LoseCache => {
                 volume.crash(true, step as u64).await;
                 cache = tempfile::tempdir().unwrap();
-                volume = Volume::open(&store.reopen(), "m", options(cache.path())).await.unwrap();
+                volume = Volume::open(&store.reopen(), "m", options(cache.path()))
+                    .await
+                    .unwrap();
                 let found = read_all(&volume).await;
                 match durability {
-                    Durability::Remote => model.recover(&found, at_flush_or_later, "losing the cache"),
-                    Durability::Local => {
-                        model.recover(&found, |m, b, t| m.history[b].contains(&t), "losing the cache")
+                    Durability::Remote => {
+                        model.recover(&found, at_flush_or_later, "losing the cache")
                     }
+                    Durability::Local => model.recover(
+                        &found,
+                        |m, b, t| m.history[b].contains(&t),
+                        "losing the cache",
+                    ),
                 }
             }
             Op::Reopen => {
                 volume.close().await.unwrap();
                 drop(volume);
-                volume = Volume::open(&store.reopen(), "m", options(cache.path())).await.unwrap();
+                volume = Volume::open(&store.reopen(), "m", options(cache.path()))
+                    .await
+                    .unwrap();
                 let found = read_all(&volume).await;
                 model.recover(&found, |m, b, t| m.current[b] == t, "a clean close");
             }

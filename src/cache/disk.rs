@@ -100,7 +100,9 @@ impl DiskCache {
         let temporary = self.dir.join(format!(".{}.tmp", id.to_hex()));
         let written = fs::write(&temporary, data).and_then(|()| fs::rename(&temporary, &path));
         match written {
-            Ok(()) => self.index.insert(*id, data.len().try_into().unwrap_or(u32::MAX)),
+            Ok(()) => self
+                .index
+                .insert(*id, data.len().try_into().unwrap_or(u32::MAX)),
             Err(error) => {
                 let _ = fs::remove_file(&temporary);
                 tracing::debug!(chunk = %id, %error, "disk cache write failed");
@@ -137,7 +139,9 @@ mod tests {
     fn keeps_chunks_across_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let (id, data) = chunk(1);
-        DiskCache::open(dir.path(), 1 << 20).unwrap().store(&id, &data);
+        DiskCache::open(dir.path(), 1 << 20)
+            .unwrap()
+            .store(&id, &data);
         let reopened = DiskCache::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(reopened.load(&id).unwrap(), data);
     }

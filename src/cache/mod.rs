@@ -161,7 +161,9 @@ mod tests {
         first.insert(id, data.clone()).await;
         let second = ChunkCache::new(1 << 20, Some(DiskCache::open(dir.path(), 1 << 20).unwrap()));
         let got = second
-            .get_or_fetch(id, async { Err::<Bytes, _>(std::io::Error::other("no store")) })
+            .get_or_fetch(id, async {
+                Err::<Bytes, _>(std::io::Error::other("no store"))
+            })
             .await
             .unwrap();
         assert_eq!(got, data);

@@ -1,1 +1,96 @@
-pub fn main() -> std::process::ExitCode { std::process::ExitCode::SUCCESS }
+//! The command line: the only user of clap, and the only place errors
+//! become `anyhow` (one line on stderr, a non-zero exit).
+
+mod settings;
+mod volume;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub use settings::{EngineArgs, Settings};
+
+/// A Linux block device on object storage.
+#[derive(Debug, Parser)]
+#[command(name = "zeroblk", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes, before or after its name.
+#[derive(Debug, clap::Args, Clone, Default)]
+pub struct GlobalArgs {
+    /// The object store: file:///PATH, s3://BUCKET/PREFIX or memory://
+    /// [default: the embedded store, file:///var/lib/zeroblk/store for root]
+    #[arg(long, global = true, value_name = "URL", env = "ZEROBLK_STORE")]
+    pub store: Option<String>,
+    /// Where write-back logs and cached chunks live
+    /// [default: /var/cache/zeroblk for root, else ~/.cache/zeroblk]
+    #[arg(long, global = true, value_name = "DIR", env = "ZEROBLK_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// A configuration file (zerofs.toml shape: [storage], [cache], [servers.nbd])
+    #[arg(long, global = true, value_name = "FILE", env = "ZEROBLK_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The S3 endpoint, for S3-compatible servers (overrides AWS_ENDPOINT_URL)
+    #[arg(long, global = true, value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+    /// Log more (-v: debug, -vv: trace); RUST_LOG works too
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create, list, inspect, grow and delete volumes
+    #[command(subcommand)]
+    Volume(volume::VolumeCommand),
+}
+
+/// Runs the command line and turns the outcome into an exit status.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.global.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("zeroblk: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("zeroblk: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let settings = Settings::resolve(&cli.global)?;
+    match cli.command {
+        Command::Volume(command) => volume::run(command, &settings).await,
+    }
+}
+
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "zeroblk=info,warn",
+        1 => "zeroblk=debug,info",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

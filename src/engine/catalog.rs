@@ -6,9 +6,7 @@
 use bytes::Bytes;
 use serde::Serialize;
 
-use crate::format::{
-    self, Compression, Root, Superblock, keys, validate_chunk_size,
-};
+use crate::format::{self, Compression, Root, Superblock, keys, validate_chunk_size};
 use crate::store::{Created, Store};
 
 use super::error::{EngineError, Result};
@@ -44,7 +42,7 @@ pub struct VolumeInfo {
 
 /// Checks a volume size: a positive multiple of 4 KiB, at most 1 PiB.
 pub fn validate_size(size: u64) -> Result<()> {
-    if size == 0 || size % format::BLOCK_SIZE != 0 || size > MAX_VOLUME_SIZE {
+    if size == 0 || !size.is_multiple_of(format::BLOCK_SIZE) || size > MAX_VOLUME_SIZE {
         return Err(EngineError::InvalidArgument(format!(
             "a volume size must be a multiple of 4K between 4K and 1P, not {size} bytes"
         )));
@@ -60,7 +58,11 @@ pub async fn create(store: &Store, new: &NewVolume) -> Result<Superblock> {
     if store.get(&keys::superblock(&new.name)).await?.is_some() {
         return Err(EngineError::VolumeExists(new.name.clone()));
     }
-    if !store.list_keys(&keys::volume_dir(&new.name)).await?.is_empty() {
+    if !store
+        .list_keys(&keys::volume_dir(&new.name))
+        .await?
+        .is_empty()
+    {
         return Err(EngineError::InvalidArgument(format!(
             "volume `{0}` was partly deleted: finish with `zeroblk volume delete {0}`, then create it again",
             new.name
@@ -68,7 +70,11 @@ pub async fn create(store: &Store, new: &NewVolume) -> Result<Superblock> {
     }
     let superblock = Superblock::new(&new.name, new.size, new.chunk_size, new.compression);
     let key = keys::superblock(&new.name);
-    if store.put_if_absent(&key, Bytes::from(superblock.encode())).await? == Created::AlreadyExists {
+    if store
+        .put_if_absent(&key, Bytes::from(superblock.encode()))
+        .await?
+        == Created::AlreadyExists
+    {
         return Err(EngineError::VolumeExists(new.name.clone()));
     }
     let root = Root::empty(superblock.uuid, new.size, new.chunk_size);
@@ -81,7 +87,14 @@ pub async fn create(store: &Store, new: &NewVolume) -> Result<Superblock> {
 
 /// The names of the store's volumes, sorted.
 pub async fn list(store: &Store) -> Result<Vec<String>> {
-    Ok(store.list_dirs(keys::VOLUMES_DIR).await?)
+    let mut names = Vec::new();
+    for name in store.list_dirs(keys::VOLUMES_DIR).await? {
+        // A folder without a superblock is what a delete left behind.
+        if store.get(&keys::superblock(&name)).await?.is_some() {
+            names.push(name);
+        }
+    }
+    Ok(names)
 }
 
 pub async fn superblock(store: &Store, name: &str) -> Result<Superblock> {
@@ -116,14 +129,22 @@ pub async fn newest_root(store: &Store, superblock: &Superblock) -> Result<Root>
     Ok(newest)
 }
 
-async fn read_root(store: &Store, superblock: &Superblock, generation: u64) -> Result<Option<Root>> {
+async fn read_root(
+    store: &Store,
+    superblock: &Superblock,
+    generation: u64,
+) -> Result<Option<Root>> {
     let key = keys::root(&superblock.name, generation);
     let Some(bytes) = store.get(&key).await? else {
         return Ok(None);
     };
     let root = Root::decode(&key, &bytes)?;
     if root.volume != superblock.uuid || root.generation != generation {
-        return Err(format::FormatError::corrupt(key, "it belongs to another volume or generation").into());
+        return Err(format::FormatError::corrupt(
+            key,
+            "it belongs to another volume or generation",
+        )
+        .into());
     }
     Ok(Some(root))
 }
@@ -131,7 +152,11 @@ async fn read_root(store: &Store, superblock: &Superblock, generation: u64) -> R
 async fn read_head(store: &Store, name: &str) -> Result<u64> {
     let bytes = store.get(&keys::head(name)).await?;
     Ok(bytes
-        .and_then(|b| std::str::from_utf8(&b).ok().and_then(|s| s.trim().parse().ok()))
+        .and_then(|b| {
+            std::str::from_utf8(&b)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+        })
         .unwrap_or(0))
 }
 
@@ -158,6 +183,23 @@ pub async fn info(store: &Store, name: &str) -> Result<VolumeInfo> {
         allocated_bytes: root.allocated_chunks() * root.chunk_size,
         stored_bytes: root.stored_bytes(),
     })
+}
+
+/// Deletes a volume that no process on this host has open, with its
+/// write-back log and cached chunks in `cache_dir`.
+pub async fn delete_unused(store: &Store, name: &str, cache_dir: &std::path::Path) -> Result<()> {
+    if let Ok(superblock) = superblock(store, name).await {
+        let dir = super::volume::local_dir(cache_dir, &superblock);
+        if dir.exists() {
+            let lock = super::volume::lock_volume(&dir, name)?;
+            delete(store, name).await?;
+            std::fs::remove_dir_all(&dir)
+                .map_err(|source| EngineError::CacheDir { path: dir, source })?;
+            drop(lock);
+            return Ok(());
+        }
+    }
+    delete(store, name).await
 }
 
 /// Deletes a volume's superblock and roots (the superblock last, so a
@@ -198,14 +240,20 @@ mod tests {
         create(&store, &new_volume("a")).await.unwrap();
         assert_eq!(list(&store).await.unwrap(), vec!["a", "b"]);
         let info = info(&store, "a").await.unwrap();
-        assert_eq!((info.size, info.generation, info.allocated_bytes), (1 << 30, 0, 0));
+        assert_eq!(
+            (info.size, info.generation, info.allocated_bytes),
+            (1 << 30, 0, 0)
+        );
         assert!(matches!(
             create(&store, &new_volume("a")).await,
             Err(EngineError::VolumeExists(_))
         ));
         delete(&store, "a").await.unwrap();
         assert_eq!(list(&store).await.unwrap(), vec!["b"]);
-        assert!(matches!(delete(&store, "a").await, Err(EngineError::NoSuchVolume(_))));
+        assert!(matches!(
+            delete(&store, "a").await,
+            Err(EngineError::NoSuchVolume(_))
+        ));
         create(&store, &new_volume("a")).await.unwrap();
     }
 

@@ -14,12 +14,12 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt, stream};
 
+use super::catalog;
 use super::epoch::Epoch;
 use super::error::{EngineError, Result};
 use super::map::page_of;
 use super::resolve::{self, Run};
 use super::volume::{Shared, View};
-use super::catalog;
 use crate::format::{
     self, BLOCK_SIZE, ChunkRef, MapPage, PAGE_ENTRIES, PageSlot, Root, keys,
     root::{now_ms, page_count},
@@ -47,7 +47,9 @@ impl Shared {
         if let Some(last) = epochs.last() {
             self.wait_for(&self.durable, last.id).await?;
         }
-        let next = self.build_generation(&view.map, &epochs, pending_size).await?;
+        let next = self
+            .build_generation(&view.map, &epochs, pending_size)
+            .await?;
         self.publish_root(&next).await?;
         self.install(next, &epochs).await;
         Ok(true)
@@ -66,7 +68,8 @@ impl Shared {
         next.committed_at_ms = now_ms();
         if let Some(size) = pending_size.filter(|&s| s > next.size) {
             next.size = size;
-            next.pages.resize(page_count(size, next.chunk_size), PageSlot::EMPTY);
+            next.pages
+                .resize(page_count(size, next.chunk_size), PageSlot::EMPTY);
         }
         let mut edits: BTreeMap<usize, PageEdit> = BTreeMap::new();
         for epoch in epochs {
@@ -74,10 +77,15 @@ impl Shared {
                 zero_chunks(&mut edits, chunks, base.chunk_count());
             }
         }
-        let touched: BTreeSet<u64> = epochs.iter().flat_map(|e| e.overlay.touched_chunks()).collect();
+        let touched: BTreeSet<u64> = epochs
+            .iter()
+            .flat_map(|e| e.overlay.touched_chunks())
+            .collect();
         let concurrency = self.options.upload_concurrency;
         let chunks: Vec<(u64, ChunkRef)> = stream::iter(touched)
-            .map(|chunk| async move { Ok::<_, EngineError>((chunk, self.build_chunk(base, epochs, chunk).await?)) })
+            .map(|chunk| async move {
+                Ok::<_, EngineError>((chunk, self.build_chunk(base, epochs, chunk).await?))
+            })
             .buffer_unordered(concurrency)
             .try_collect()
             .await?;
@@ -86,7 +94,9 @@ impl Shared {
             edits.entry(page).or_default().slots.insert(slot, entry);
         }
         let pages: Vec<(usize, PageSlot)> = stream::iter(edits)
-            .map(|(page, edit)| async move { Ok::<_, EngineError>((page, self.build_page(base, page, edit).await?)) })
+            .map(|(page, edit)| async move {
+                Ok::<_, EngineError>((page, self.build_page(base, page, edit).await?))
+            })
             .buffer_unordered(concurrency)
             .try_collect()
             .await?;
@@ -97,7 +107,12 @@ impl Shared {
     }
 
     /// The new content of `chunk` after `epochs`, uploaded if it changed.
-    async fn build_chunk(&self, base: &Root, epochs: &[Arc<Epoch>], chunk: u64) -> Result<ChunkRef> {
+    async fn build_chunk(
+        &self,
+        base: &Root,
+        epochs: &[Arc<Epoch>],
+        chunk: u64,
+    ) -> Result<ChunkRef> {
         let blocks = (base.chunk_size / BLOCK_SIZE) as usize;
         let sources = resolve::resolve(epochs.iter().rev(), chunk, 0..blocks);
         let runs = resolve::runs(&sources);
@@ -112,7 +127,11 @@ impl Shared {
         let log_reads: Vec<_> = runs
             .iter()
             .filter_map(|run| match run {
-                Run::Log { blocks, segment, pos } => Some((blocks.clone(), Arc::clone(segment), *pos)),
+                Run::Log {
+                    blocks,
+                    segment,
+                    pos,
+                } => Some((blocks.clone(), Arc::clone(segment), *pos)),
                 _ => None,
             })
             .collect();
@@ -137,10 +156,12 @@ impl Shared {
                 }
             }
             for (blocks, segment, pos) in &log_reads {
-                segment.read_at(&mut data[bytes(blocks)], *pos).map_err(|source| EngineError::Log {
-                    path: segment.path().to_path_buf(),
-                    source,
-                })?;
+                segment
+                    .read_at(&mut data[bytes(blocks)], *pos)
+                    .map_err(|source| EngineError::Log {
+                        path: segment.path().to_path_buf(),
+                        source,
+                    })?;
             }
             if data.iter().all(|&b| b == 0) {
                 return Ok(None);
@@ -160,7 +181,9 @@ impl Shared {
         if entry.id != old.id {
             // Create-if-absent: a chunk already stored (by any volume) is
             // the same bytes, so "exists" is success and nothing is lost.
-            self.store.put_if_absent(&keys::chunk(&entry.id), encoded.object).await?;
+            self.store
+                .put_if_absent(&keys::chunk(&entry.id), encoded.object)
+                .await?;
         }
         self.chunks.insert(entry.id, Bytes::from(data)).await;
         Ok(entry)
@@ -181,7 +204,11 @@ impl Shared {
             return Ok(PageSlot::EMPTY);
         }
         let allocated = content.entries().iter().filter(|e| !e.is_zero()).count() as u32;
-        let stored = content.entries().iter().map(|e| u64::from(e.stored_len)).sum();
+        let stored = content
+            .entries()
+            .iter()
+            .map(|e| u64::from(e.stored_len))
+            .sum();
         let content = Arc::new(content);
         let encoded = {
             let content = Arc::clone(&content);
@@ -190,7 +217,9 @@ impl Shared {
                 .expect("page encoding does not panic")
         };
         if encoded.id != old.id {
-            self.store.put_if_absent(&keys::page(&encoded.id), encoded.object).await?;
+            self.store
+                .put_if_absent(&keys::page(&encoded.id), encoded.object)
+                .await?;
         }
         self.pages.remember(encoded.id, content).await;
         Ok(PageSlot {
@@ -206,7 +235,10 @@ impl Shared {
     /// committed, and this one is fenced out.
     async fn publish_root(&self, next: &Root) -> Result<()> {
         let key = keys::root(&self.name, next.generation);
-        let created = self.store.put_if_absent(&key, Bytes::from(next.encode())).await?;
+        let created = self
+            .store
+            .put_if_absent(&key, Bytes::from(next.encode()))
+            .await?;
         if created == Created::AlreadyExists {
             let existing = self.store.get(&key).await?;
             let ours = existing
@@ -270,7 +302,11 @@ impl Shared {
 }
 
 /// Marks whole chunks zero: whole pages are cleared without reading them.
-fn zero_chunks(edits: &mut BTreeMap<usize, PageEdit>, chunks: std::ops::Range<u64>, chunk_count: u64) {
+fn zero_chunks(
+    edits: &mut BTreeMap<usize, PageEdit>,
+    chunks: std::ops::Range<u64>,
+    chunk_count: u64,
+) {
     let chunks = chunks.start..chunks.end.min(chunk_count);
     if chunks.is_empty() {
         return;
@@ -288,7 +324,8 @@ fn zero_chunks(edits: &mut BTreeMap<usize, PageEdit>, chunks: std::ops::Range<u6
             edit.slots.clear();
         } else {
             for chunk in from..to {
-                edit.slots.insert((chunk - page_start) as usize, ChunkRef::ZERO);
+                edit.slots
+                    .insert((chunk - page_start) as usize, ChunkRef::ZERO);
             }
         }
     }

@@ -15,7 +15,9 @@ pub enum EngineError {
     Format(#[from] FormatError),
     #[error("volume `{0}` does not exist: create it with `zeroblk volume create {0} --size SIZE`")]
     NoSuchVolume(String),
-    #[error("volume `{0}` already exists: pick another name, or delete it first with `zeroblk volume delete {0}`")]
+    #[error(
+        "volume `{0}` already exists: pick another name, or delete it first with `zeroblk volume delete {0}`"
+    )]
     VolumeExists(String),
     #[error("{0}")]
     InvalidArgument(String),
@@ -26,7 +28,9 @@ pub enum EngineError {
         len: u64,
         block: u64,
     },
-    #[error("{op} of {len} bytes at offset {offset} goes past the end of the volume ({size} bytes)")]
+    #[error(
+        "{op} of {len} bytes at offset {offset} goes past the end of the volume ({size} bytes)"
+    )]
     OutOfRange {
         op: &'static str,
         offset: u64,

@@ -93,7 +93,10 @@ impl Shared {
 }
 
 /// Makes sealed epochs durable, in order, batching the syncs.
-pub(super) async fn durability_worker(shared: Arc<Shared>, mut sealed: mpsc::UnboundedReceiver<Arc<Epoch>>) {
+pub(super) async fn durability_worker(
+    shared: Arc<Shared>,
+    mut sealed: mpsc::UnboundedReceiver<Arc<Epoch>>,
+) {
     while let Some(first) = sealed.recv().await {
         let mut batch = vec![first];
         while let Ok(next) = sealed.try_recv() {
@@ -107,7 +110,10 @@ pub(super) async fn durability_worker(shared: Arc<Shared>, mut sealed: mpsc::Unb
         }
         let mut syncs: Vec<(Arc<Segment>, u64)> = Vec::new();
         for epoch in &batch {
-            match syncs.iter_mut().find(|(s, _)| Arc::ptr_eq(s, &epoch.segment)) {
+            match syncs
+                .iter_mut()
+                .find(|(s, _)| Arc::ptr_eq(s, &epoch.segment))
+            {
                 Some((_, end)) => *end = (*end).max(epoch.end()),
                 None => syncs.push((Arc::clone(&epoch.segment), epoch.end())),
             }
@@ -125,7 +131,9 @@ pub(super) async fn durability_worker(shared: Arc<Shared>, mut sealed: mpsc::Unb
         match synced {
             Ok(()) => {
                 let newest = batch.last().expect("batch is not empty").id;
-                shared.durable.send_modify(|durable| *durable = (*durable).max(newest));
+                shared
+                    .durable
+                    .send_modify(|durable| *durable = (*durable).max(newest));
             }
             Err((path, source)) => {
                 // Never retry a failed fsync: the kernel may have dropped

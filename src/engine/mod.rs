@@ -64,7 +64,10 @@ mod uploader;
 mod volume;
 mod write;
 
-pub use catalog::{MAX_VOLUME_SIZE, NewVolume, VolumeInfo, create, delete, info, list, validate_size};
+pub use catalog::{
+    MAX_VOLUME_SIZE, NewVolume, VolumeInfo, create, delete, delete_unused, info, list,
+    validate_size,
+};
 pub use error::{EngineError, Result};
 pub use options::{Durability, EngineOptions};
-pub use volume::{Volume, VolumeCounters};
+pub use volume::{Volume, VolumeCounters, local_dir};

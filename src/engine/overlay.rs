@@ -197,7 +197,10 @@ impl Overlay {
             let chunk_start = chunk * self.chunk_size;
             let from = offset.max(chunk_start) - chunk_start;
             let to = end.min(chunk_start + self.chunk_size) - chunk_start;
-            (chunk, (from / BLOCK_SIZE) as usize..(to / BLOCK_SIZE) as usize)
+            (
+                chunk,
+                (from / BLOCK_SIZE) as usize..(to / BLOCK_SIZE) as usize,
+            )
         })
     }
 
@@ -234,7 +237,10 @@ impl Overlay {
         if !self.has_zeroes.load(Ordering::Acquire) {
             return None;
         }
-        self.zeroes.read().expect("zero ranges lock").covering(chunk)
+        self.zeroes
+            .read()
+            .expect("zero ranges lock")
+            .covering(chunk)
     }
 
     /// Chunks with block-level changes.
@@ -244,7 +250,11 @@ impl Overlay {
 
     /// Ranges of whole chunks zeroed, with the position that zeroed them.
     pub fn zeroed_ranges(&self) -> Vec<(Range<u64>, u64)> {
-        self.zeroes.read().expect("zero ranges lock").iter().collect()
+        self.zeroes
+            .read()
+            .expect("zero ranges lock")
+            .iter()
+            .collect()
     }
 }
 

@@ -39,19 +39,27 @@ impl Volume {
         let shared = &self.shared;
         shared.check_readable("read", offset, buf.len() as u64)?;
         shared.stats.reads.fetch_add(1, Ordering::Relaxed);
-        shared.stats.bytes_read.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        shared
+            .stats
+            .bytes_read
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
         let view = shared.view.load_full();
         let chunk_size = shared.superblock.chunk_size;
         let mut log_copies = Vec::new();
         let mut base_pieces: Vec<(u64, std::ops::Range<usize>, usize)> = Vec::new();
         for piece in pieces(offset, buf.len(), chunk_size) {
-            let blocks = piece.first_block..piece.first_block + piece.out.len() / BLOCK_SIZE as usize;
+            let blocks =
+                piece.first_block..piece.first_block + piece.out.len() / BLOCK_SIZE as usize;
             let sources = resolve::resolve(view.epochs_newest_first(), piece.chunk, blocks);
             for run in resolve::runs(&sources) {
                 let (blocks, what) = match run {
                     Run::Base(b) => (b, None),
                     Run::Zero(b) => (b, Some(None)),
-                    Run::Log { blocks, segment, pos } => (blocks, Some(Some((segment, pos)))),
+                    Run::Log {
+                        blocks,
+                        segment,
+                        pos,
+                    } => (blocks, Some(Some((segment, pos)))),
                 };
                 let out = piece.out.start + blocks.start * BLOCK_SIZE as usize
                     ..piece.out.start + blocks.end * BLOCK_SIZE as usize;
@@ -191,7 +199,8 @@ impl Shared {
             return;
         }
         // Look ahead once per chunk entered, not once per request.
-        let entered_a_chunk = offset % chunk_size == 0 || offset / chunk_size != (offset + len - 1) / chunk_size;
+        let entered_a_chunk = offset.is_multiple_of(chunk_size)
+            || offset / chunk_size != (offset + len - 1) / chunk_size;
         if !entered_a_chunk {
             return;
         }

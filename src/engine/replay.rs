@@ -15,7 +15,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::epoch::Epoch;
-use super::log::{LogDir, RECORD_HEADER_LEN, RecordHeader, RecordKind, SEGMENT_HEADER_LEN, Segment};
+use super::log::{
+    LogDir, RECORD_HEADER_LEN, RecordHeader, RecordKind, SEGMENT_HEADER_LEN, Segment,
+};
 use crate::format::BLOCK_SIZE;
 
 /// What a replay found.
@@ -44,7 +46,12 @@ pub struct Geometry {
 
 /// Replays `paths` (the log's segments, in order), skipping records of
 /// epochs up to `after`, which the store already holds.
-pub fn replay(log: &LogDir, paths: &[PathBuf], after: u64, geometry: Geometry) -> io::Result<Replayed> {
+pub fn replay(
+    log: &LogDir,
+    paths: &[PathBuf],
+    after: u64,
+    geometry: Geometry,
+) -> io::Result<Replayed> {
     let mut replayed = Replayed {
         last_epoch: after,
         next_seq: 1,
@@ -111,7 +118,11 @@ fn replay_segment(
 }
 
 /// Reads the next record if it is whole; `None` at a torn or absent one.
-fn read_record(reader: &mut impl Read, left: u64, payload: &mut Vec<u8>) -> io::Result<Option<RecordHeader>> {
+fn read_record(
+    reader: &mut impl Read,
+    left: u64,
+    payload: &mut Vec<u8>,
+) -> io::Result<Option<RecordHeader>> {
     if left < RECORD_HEADER_LEN as u64 {
         return Ok(None);
     }
@@ -129,13 +140,22 @@ fn read_record(reader: &mut impl Read, left: u64, payload: &mut Vec<u8>) -> io::
 }
 
 fn plausible(header: &RecordHeader, geometry: Geometry) -> bool {
-    header.offset % BLOCK_SIZE == 0
-        && header.len % BLOCK_SIZE == 0
+    header.offset.is_multiple_of(BLOCK_SIZE)
+        && header.len.is_multiple_of(BLOCK_SIZE)
         && header.len > 0
-        && header.offset.checked_add(header.len).is_some_and(|end| end <= geometry.size)
+        && header
+            .offset
+            .checked_add(header.len)
+            .is_some_and(|end| end <= geometry.size)
 }
 
-fn apply(segment: &Arc<Segment>, pos: u64, header: &RecordHeader, geometry: Geometry, replayed: &mut Replayed) {
+fn apply(
+    segment: &Arc<Segment>,
+    pos: u64,
+    header: &RecordHeader,
+    geometry: Geometry,
+    replayed: &mut Replayed,
+) {
     let continues_last = replayed
         .epochs
         .last()
@@ -148,7 +168,9 @@ fn apply(segment: &Arc<Segment>, pos: u64, header: &RecordHeader, geometry: Geom
     match header.kind {
         RecordKind::Write => {
             let data_pos = pos + RECORD_HEADER_LEN as u64;
-            epoch.overlay.record_write(header.offset, header.len, data_pos);
+            epoch
+                .overlay
+                .record_write(header.offset, header.len, data_pos);
             epoch.add_dirty(header.len);
             replayed.dirty_bytes += header.len;
         }

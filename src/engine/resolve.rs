@@ -32,7 +32,11 @@ pub enum Run<'a> {
 }
 
 /// Resolves `blocks` of `chunk` through `epochs`, newest first.
-pub fn resolve<'a>(epochs: impl Iterator<Item = &'a Arc<Epoch>>, chunk: u64, blocks: Range<usize>) -> Vec<BlockSource<'a>> {
+pub fn resolve<'a>(
+    epochs: impl Iterator<Item = &'a Arc<Epoch>>,
+    chunk: u64,
+    blocks: Range<usize>,
+) -> Vec<BlockSource<'a>> {
     let mut slots: Vec<Option<BlockSource<'a>>> = vec![None; blocks.len()];
     let mut unresolved = blocks.len();
     for epoch in epochs {
@@ -40,13 +44,18 @@ pub fn resolve<'a>(epochs: impl Iterator<Item = &'a Arc<Epoch>>, chunk: u64, blo
             break;
         }
         let segment = &epoch.segment;
-        epoch.overlay.resolve(chunk, blocks.clone(), &mut slots, |slot| match slot {
-            Slot::Data(pos) => BlockSource::Log(segment, pos),
-            Slot::Zero(_) => BlockSource::Zero,
-        });
+        epoch
+            .overlay
+            .resolve(chunk, blocks.clone(), &mut slots, |slot| match slot {
+                Slot::Data(pos) => BlockSource::Log(segment, pos),
+                Slot::Zero(_) => BlockSource::Zero,
+            });
         unresolved = slots.iter().filter(|s| s.is_none()).count();
     }
-    slots.into_iter().map(|s| s.unwrap_or(BlockSource::Base)).collect()
+    slots
+        .into_iter()
+        .map(|s| s.unwrap_or(BlockSource::Base))
+        .collect()
 }
 
 /// Groups resolved blocks (indexed from 0) into runs; log blocks join a run
@@ -59,9 +68,14 @@ pub fn runs<'a>(sources: &[BlockSource<'a>]) -> Vec<Run<'a>> {
                 r.end = i + 1;
                 true
             }
-            (Some(Run::Log { blocks, segment, pos }), BlockSource::Log(s, p))
-                if Arc::ptr_eq(segment, s) && *pos + (blocks.len() as u64) * BLOCK_SIZE == *p =>
-            {
+            (
+                Some(Run::Log {
+                    blocks,
+                    segment,
+                    pos,
+                }),
+                BlockSource::Log(s, p),
+            ) if Arc::ptr_eq(segment, s) && *pos + (blocks.len() as u64) * BLOCK_SIZE == *p => {
                 blocks.end = i + 1;
                 true
             }

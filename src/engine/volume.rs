@@ -123,9 +123,7 @@ impl Volume {
         let superblock = catalog::superblock(store, name).await?;
         let root = catalog::newest_root(store, &superblock).await?;
         let fencing = store.fencing().await?;
-        let dir = options
-            .cache_dir
-            .join(format!("{}.{}", superblock.name, superblock.uuid));
+        let dir = local_dir(&options.cache_dir, &superblock);
         let cache_dir_error = |source| EngineError::CacheDir {
             path: dir.clone(),
             source,
@@ -167,10 +165,16 @@ impl Volume {
         };
         let first_segment = {
             let (seq, log_dir, manifest) = (replayed.next_seq, log.dir.clone(), log.manifest);
-            tokio::task::spawn_blocking(move || LogDir { dir: log_dir, manifest }.create_segment(seq))
-                .await
-                .expect("segment creation does not panic")
-                .map_err(cache_dir_error)?
+            tokio::task::spawn_blocking(move || {
+                LogDir {
+                    dir: log_dir,
+                    manifest,
+                }
+                .create_segment(seq)
+            })
+            .await
+            .expect("segment creation does not panic")
+            .map_err(cache_dir_error)?
         };
         let chunks = ChunkCache::new(options.memory_cache_bytes, disk);
         let shared = Shared::new(
@@ -189,7 +193,10 @@ impl Volume {
         let (shared, sealed_rx) = shared;
         let shared = Arc::new(shared);
         let tasks = vec![
-            tokio::spawn(super::flush::durability_worker(Arc::clone(&shared), sealed_rx)),
+            tokio::spawn(super::flush::durability_worker(
+                Arc::clone(&shared),
+                sealed_rx,
+            )),
             tokio::spawn(super::uploader::run(Arc::clone(&shared))),
         ];
         Ok(Volume {
@@ -300,7 +307,8 @@ impl Volume {
     #[doc(hidden)]
     pub async fn crash(self, power_loss: bool, seed: u64) {
         self.stop_tasks().await;
-        self.shared.fail(EngineError::InvalidArgument("crashed".into()));
+        self.shared
+            .fail(EngineError::InvalidArgument("crashed".into()));
         if power_loss {
             let mut rng = fastrand::Rng::with_seed(seed);
             let segments = self.shared.switch.lock().await.segments.clone();
@@ -324,7 +332,13 @@ impl Drop for Volume {
     }
 }
 
-fn lock_volume(dir: &std::path::Path, name: &str) -> Result<Flock<File>> {
+/// The folder in `cache_dir` that holds a volume's log and cached chunks.
+pub fn local_dir(cache_dir: &std::path::Path, superblock: &Superblock) -> std::path::PathBuf {
+    cache_dir.join(format!("{}.{}", superblock.name, superblock.uuid))
+}
+
+/// Takes the lock that says a process on this host has the volume open.
+pub(super) fn lock_volume(dir: &std::path::Path, name: &str) -> Result<Flock<File>> {
     let path = dir.join("lock");
     let file = File::options()
         .create(true)
@@ -410,12 +424,11 @@ impl Shared {
     /// Stops the volume for good after an error it cannot recover from,
     /// waking everyone who waits, so they see it.
     pub fn fail(&self, error: EngineError) {
-        if self.failure.set(Arc::new(error)).is_ok() {
-            if let Some(error) = self.failure.get() {
-                if !self.closing.load(Ordering::Acquire) {
-                    tracing::error!(volume = %self.name, %error, "volume stopped");
-                }
-            }
+        if self.failure.set(Arc::new(error)).is_ok()
+            && let Some(error) = self.failure.get()
+            && !self.closing.load(Ordering::Acquire)
+        {
+            tracing::error!(volume = %self.name, %error, "volume stopped");
         }
         self.durable.send_modify(|_| {});
         self.committed.send_modify(|_| {});

@@ -38,7 +38,9 @@ impl Volume {
         let len = data.len() as u64;
         let reservation = shared.reserve(header_len as u64 + len).await?;
         let header = RecordHeader::write(reservation.epoch.id, offset, data.len());
-        shared.log_record(reservation, header, record, Change::Write).await?;
+        shared
+            .log_record(reservation, header, record, Change::Write)
+            .await?;
         shared.stats.bytes_written.fetch_add(len, Ordering::Relaxed);
         if shared.dirty_bytes.load(Ordering::Acquire) >= shared.upload_threshold() {
             shared.kick.notify_one();
@@ -65,7 +67,9 @@ impl Volume {
             let reservation = shared.reserve(RECORD_HEADER_LEN as u64).await?;
             let header = RecordHeader::zero(reservation.epoch.id, offset, len);
             let record = vec![0; RECORD_HEADER_LEN];
-            shared.log_record(reservation, header, record, Change::Zero).await?;
+            shared
+                .log_record(reservation, header, record, Change::Zero)
+                .await?;
         }
         self.flush_if(fua).await
     }
@@ -79,7 +83,7 @@ impl Shared {
     /// Checks that a request is aligned and inside the volume.
     pub fn check_request(&self, op: &'static str, offset: u64, len: u64) -> Result<()> {
         self.check_running()?;
-        if offset % BLOCK_SIZE != 0 || len % BLOCK_SIZE != 0 {
+        if !offset.is_multiple_of(BLOCK_SIZE) || !len.is_multiple_of(BLOCK_SIZE) {
             return Err(EngineError::Unaligned {
                 op,
                 offset,
@@ -89,7 +93,12 @@ impl Shared {
         }
         let size = self.size();
         if offset.checked_add(len).is_none_or(|end| end > size) {
-            return Err(EngineError::OutOfRange { op, offset, len, size });
+            return Err(EngineError::OutOfRange {
+                op,
+                offset,
+                len,
+                size,
+            });
         }
         Ok(())
     }
@@ -133,11 +142,17 @@ impl Shared {
             match change {
                 Change::Write => {
                     let data_pos = reservation.pos + RECORD_HEADER_LEN as u64;
-                    epoch.overlay.record_write(header.offset, header.len, data_pos);
+                    epoch
+                        .overlay
+                        .record_write(header.offset, header.len, data_pos);
                     epoch.add_dirty(header.len);
                     shared.dirty_bytes.fetch_add(header.len, Ordering::AcqRel);
                 }
-                Change::Zero => epoch.overlay.record_zero(header.offset, header.len, reservation.pos),
+                Change::Zero => {
+                    epoch
+                        .overlay
+                        .record_zero(header.offset, header.len, reservation.pos)
+                }
             }
             drop(reservation);
             Ok(())

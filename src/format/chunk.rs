@@ -54,7 +54,8 @@ impl FromStr for Compression {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("`{s}` is not a compression: write zstd, zstd:LEVEL (1 to 19) or none");
+        let bad =
+            || format!("`{s}` is not a compression: write zstd, zstd:LEVEL (1 to 19) or none");
         match s.split_once(':') {
             None if s == "none" => Ok(Compression::None),
             None if s == "zstd" => Ok(Compression::default()),
@@ -137,17 +138,28 @@ pub fn decode(expected: ObjectId, object: &[u8]) -> Result<Vec<u8>, FormatError>
     if payload.len() != payload_len {
         return Err(FormatError::corrupt(
             what(),
-            format!("payload is {} bytes, header says {payload_len}", payload.len()),
+            format!(
+                "payload is {} bytes, header says {payload_len}",
+                payload.len()
+            ),
         ));
     }
     let raw = match codec {
         CODEC_RAW => payload.to_vec(),
         CODEC_ZSTD => zstd::bulk::decompress(payload, raw_len)
             .map_err(|e| FormatError::corrupt(what(), format!("zstd: {e}")))?,
-        other => return Err(FormatError::corrupt(what(), format!("unknown codec {other}"))),
+        other => {
+            return Err(FormatError::corrupt(
+                what(),
+                format!("unknown codec {other}"),
+            ));
+        }
     };
     if raw.len() != raw_len {
-        return Err(FormatError::corrupt(what(), "length differs from its header"));
+        return Err(FormatError::corrupt(
+            what(),
+            "length differs from its header",
+        ));
     }
     let actual = ObjectId::of(&raw);
     if actual != expected {

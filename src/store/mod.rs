@@ -49,6 +49,10 @@ pub enum StoreError {
     Denied { store: String, detail: String },
     #[error("the bucket of {store} does not exist: create it first (for example `aws s3 mb`)")]
     NoBucket { store: String },
+    #[error(
+        "no credentials for the object store {store}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL or --s3-endpoint for a server other than AWS)"
+    )]
+    NoCredentials { store: String },
     #[error("object store {op} of {key} failed: {source}")]
     Request {
         op: &'static str,
@@ -69,7 +73,10 @@ impl StoreError {
 
     /// Whether trying again later may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Unreachable { .. } | StoreError::Request { .. })
+        matches!(
+            self,
+            StoreError::Unreachable { .. } | StoreError::Request { .. }
+        )
     }
 }
 
@@ -164,7 +171,12 @@ impl Store {
         self.put_with_mode(key, bytes, PutMode::Create).await
     }
 
-    async fn put_with_mode(&self, key: &str, bytes: Bytes, mode: PutMode) -> Result<Created, StoreError> {
+    async fn put_with_mode(
+        &self,
+        key: &str,
+        bytes: Bytes,
+        mode: PutMode,
+    ) -> Result<Created, StoreError> {
         let len = bytes.len();
         let options = PutOptions {
             mode,
@@ -177,9 +189,10 @@ impl Store {
         self.metrics.put(len);
         match result {
             Ok(_) => Ok(Created::Created),
-            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
-                Ok(Created::AlreadyExists)
-            }
+            Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
+            ) => Ok(Created::AlreadyExists),
             Err(e) => Err(self.classify("PUT", key, e)),
         }
     }
@@ -196,7 +209,11 @@ impl Store {
     /// The names of the "directories" directly under `prefix`.
     pub async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
         self.metrics.list();
-        let listing = match self.inner.list_with_delimiter(Some(&Path::from(prefix))).await {
+        let listing = match self
+            .inner
+            .list_with_delimiter(Some(&Path::from(prefix)))
+            .await
+        {
             Ok(listing) => listing,
             Err(object_store::Error::NotFound { .. }) => return Ok(Vec::new()),
             Err(e) => return Err(self.classify("LIST", prefix, e)),
@@ -213,9 +230,16 @@ impl Store {
     /// Every key under `prefix`, recursively.
     pub async fn list_keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
         self.metrics.list();
-        let listed: Result<Vec<_>, _> = self.inner.list(Some(&Path::from(prefix))).try_collect().await;
+        let listed: Result<Vec<_>, _> = self
+            .inner
+            .list(Some(&Path::from(prefix)))
+            .try_collect()
+            .await;
         match listed {
-            Ok(objects) => Ok(objects.into_iter().map(|m| m.location.to_string()).collect()),
+            Ok(objects) => Ok(objects
+                .into_iter()
+                .map(|m| m.location.to_string())
+                .collect()),
             Err(object_store::Error::NotFound { .. }) => Ok(Vec::new()),
             Err(e) => Err(self.classify("LIST", prefix, e)),
         }
@@ -248,14 +272,15 @@ impl Store {
 
     fn classify(&self, op: &'static str, key: &str, error: object_store::Error) -> StoreError {
         let store = self.url.to_string();
-        let detail = error_chain(&error);
+        let detail = root_cause(&error);
+        let full = error.to_string();
         match error {
-            object_store::Error::Unauthenticated { .. } | object_store::Error::PermissionDenied { .. } => {
-                StoreError::Denied { store, detail }
-            }
-            _ if detail.contains("NoSuchBucket") => StoreError::NoBucket { store },
-            _ if looks_unreachable(&detail) => StoreError::Unreachable { store, detail },
-            _ if detail.contains("InvalidAccessKeyId") || detail.contains("SignatureDoesNotMatch") => {
+            _ if full.contains("169.254.169.254") => StoreError::NoCredentials { store },
+            object_store::Error::Unauthenticated { .. }
+            | object_store::Error::PermissionDenied { .. } => StoreError::Denied { store, detail },
+            _ if full.contains("NoSuchBucket") => StoreError::NoBucket { store },
+            _ if looks_unreachable(&full) => StoreError::Unreachable { store, detail },
+            _ if full.contains("InvalidAccessKeyId") || full.contains("SignatureDoesNotMatch") => {
                 StoreError::Denied { store, detail }
             }
             source => StoreError::from_object_store(op, key, source),
@@ -263,24 +288,25 @@ impl Store {
     }
 }
 
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        let part = inner.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = inner.source();
+/// The innermost error of a chain: what actually went wrong.
+fn root_cause(error: &dyn std::error::Error) -> String {
+    let mut cause = error;
+    while let Some(inner) = cause.source() {
+        cause = inner;
     }
-    text
+    cause.to_string()
 }
 
 fn looks_unreachable(detail: &str) -> bool {
-    ["error sending request", "Connection refused", "dns error", "timed out", "connect"]
-        .iter()
-        .any(|needle| detail.contains(needle))
+    [
+        "error sending request",
+        "Connection refused",
+        "dns error",
+        "timed out",
+        "connect",
+    ]
+    .iter()
+    .any(|needle| detail.contains(needle))
 }
 
 #[cfg(test)]
@@ -291,9 +317,15 @@ mod tests {
     async fn memory_store_basics_and_counters() {
         let store = Store::memory();
         assert_eq!(store.get("a/b").await.unwrap(), None);
-        store.put("a/b", Bytes::from_static(b"hello")).await.unwrap();
+        store
+            .put("a/b", Bytes::from_static(b"hello"))
+            .await
+            .unwrap();
         assert_eq!(store.get("a/b").await.unwrap().unwrap(), "hello");
-        let again = store.put_if_absent("a/b", Bytes::from_static(b"x")).await.unwrap();
+        let again = store
+            .put_if_absent("a/b", Bytes::from_static(b"x"))
+            .await
+            .unwrap();
         assert_eq!(again, Created::AlreadyExists);
         assert_eq!(store.get("a/b").await.unwrap().unwrap(), "hello");
         assert_eq!(store.list_dirs("").await.unwrap(), vec!["a".to_string()]);

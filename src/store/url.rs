@@ -38,7 +38,9 @@ impl StoreUrl {
         };
         if let Some(path) = url.strip_prefix("file://") {
             if !path.starts_with('/') {
-                return Err(bad("a file URL needs an absolute path, as in file:///var/lib/zeroblk/store"));
+                return Err(bad(
+                    "a file URL needs an absolute path, as in file:///var/lib/zeroblk/store",
+                ));
             }
             return Ok(StoreUrl::File(PathBuf::from(path)));
         }
@@ -158,7 +160,10 @@ mod tests {
     fn bad_urls_say_what_to_write() {
         for bad in ["file://relative", "s3://", "http://x", "/var/lib"] {
             let error = StoreUrl::parse(bad).unwrap_err().to_string();
-            assert!(error.contains("file://") || error.contains("s3://"), "{error}");
+            assert!(
+                error.contains("file://") || error.contains("s3://"),
+                "{error}"
+            );
         }
     }
 }

@@ -103,6 +103,7 @@ pub fn new_volume(name: &str, size: u64, chunk_size: u64) -> NewVolume {
 /// A moto S3 server on loopback, shared by the tests of one binary.
 pub struct Moto {
     pub endpoint: String,
+    _watcher: std::process::Child,
 }
 
 pub fn moto() -> &'static Moto {
@@ -114,7 +115,9 @@ impl Moto {
     fn start() -> Moto {
         let port = free_port();
         let binary = which("moto_server").unwrap_or_else(|| {
-            panic!("moto_server is not installed: run scripts/test.sh, or `pip install 'moto[server]'`")
+            panic!(
+                "moto_server is not installed: run scripts/test.sh, or `pip install 'moto[server]'`"
+            )
         });
         // The server lives as long as this test process: a small shell
         // watches our pid and stops it when we are gone.
@@ -124,14 +127,17 @@ impl Moto {
             binary.display(),
             std::process::id()
         );
-        Command::new("sh")
+        let watcher = Command::new("sh")
             .args(["-c", &script])
             .stdin(Stdio::null())
             .spawn()
             .expect("start moto_server");
         let endpoint = format!("http://127.0.0.1:{port}");
         wait_for_http(&endpoint, Duration::from_secs(60));
-        Moto { endpoint }
+        Moto {
+            endpoint,
+            _watcher: watcher,
+        }
     }
 
     pub fn store_options(&self) -> StoreOptions {
@@ -164,7 +170,10 @@ impl Moto {
     pub fn new_bucket(&self) -> String {
         let name = format!("zb-{}", uuid::Uuid::new_v4().simple());
         let status = http_request(&self.endpoint, "PUT", &format!("/{name}"));
-        assert!(status.starts_with("HTTP/1.1 200"), "creating bucket {name}: {status}");
+        assert!(
+            status.starts_with("HTTP/1.1 200"),
+            "creating bucket {name}: {status}"
+        );
         name
     }
 }
@@ -202,7 +211,9 @@ fn http_request(endpoint: &str, method: &str, path: &str) -> String {
     let Ok(mut stream) = std::net::TcpStream::connect(address) else {
         return "connection refused".into();
     };
-    let request = format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
     if stream.write_all(request.as_bytes()).is_err() {
         return "write failed".into();
     }

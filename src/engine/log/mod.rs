@@ -179,7 +179,10 @@ mod tests {
         let log_id = opened.log.manifest.log_id;
 
         let again = LogDir::open(&log_dir, &root).unwrap();
-        assert_eq!(again.log.manifest.log_id, log_id, "unchanged volume: same log");
+        assert_eq!(
+            again.log.manifest.log_id, log_id,
+            "unchanged volume: same log"
+        );
 
         root.generation = 5;
         root.log_id = log_id;
@@ -192,7 +195,13 @@ mod tests {
         assert_ne!(theirs.log.manifest.log_id, log_id, "stale log replaced");
         let aside = fs::read_dir(dir.path())
             .unwrap()
-            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("orphaned-log-"))
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("orphaned-log-")
+            })
             .count();
         assert_eq!(aside, 1);
     }

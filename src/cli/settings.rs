@@ -1,0 +1,103 @@
+//! Flags, configuration file and defaults, merged once into [`Settings`].
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use super::GlobalArgs;
+use crate::config::{self, ConfigFile, gib_to_bytes};
+use crate::engine::{Durability, EngineOptions};
+use crate::size::ByteSize;
+use crate::store::{Store, StoreOptions};
+
+/// Options of commands that open a volume for I/O.
+#[derive(Debug, clap::Args, Clone, Default)]
+pub struct EngineArgs {
+    /// Memory for cached chunks [default: 512M, or [cache] memory_size_gb]
+    #[arg(long, value_name = "SIZE")]
+    pub memory_cache: Option<ByteSize>,
+    /// Disk for cached chunks, in the cache dir [default: 10G, or [cache] disk_size_gb]
+    #[arg(long, value_name = "SIZE")]
+    pub cache_size: Option<ByteSize>,
+    /// What a flush waits for: local (the log is fsynced) or remote (committed to the store)
+    #[arg(long, value_name = "MODE", default_value = "local")]
+    pub durability: Durability,
+    /// Written bytes not yet uploaded past which writes wait [default: 1G]
+    #[arg(long, value_name = "SIZE")]
+    pub max_dirty: Option<ByteSize>,
+}
+
+/// Everything a command needs to know about where things are.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub store_url: String,
+    pub store_options: StoreOptions,
+    pub cache_dir: PathBuf,
+    pub config: ConfigFile,
+}
+
+impl Settings {
+    pub fn resolve(global: &GlobalArgs) -> anyhow::Result<Settings> {
+        let config = ConfigFile::load_or_default(global.config.as_deref())?;
+        let store_url = global
+            .store
+            .clone()
+            .or_else(|| config.storage.url.clone())
+            .unwrap_or_else(config::default_store_url);
+        let store_options = StoreOptions {
+            s3_endpoint: global
+                .s3_endpoint
+                .clone()
+                .or_else(|| config.storage.s3_endpoint.clone()),
+            s3_settings: Vec::new(),
+        };
+        let cache_dir = global
+            .cache_dir
+            .clone()
+            .or_else(|| config.cache.dir.clone())
+            .unwrap_or_else(config::default_cache_dir);
+        Ok(Settings {
+            store_url,
+            store_options,
+            cache_dir,
+            config,
+        })
+    }
+
+    pub fn open_store(&self) -> anyhow::Result<Store> {
+        Ok(Store::open(&self.store_url, &self.store_options)?)
+    }
+
+    pub fn engine_options(&self, args: &EngineArgs) -> anyhow::Result<EngineOptions> {
+        std::fs::create_dir_all(&self.cache_dir).with_context(|| {
+            format!(
+                "cannot create the cache directory {} (choose another with --cache-dir)",
+                self.cache_dir.display()
+            )
+        })?;
+        let mut options = EngineOptions::new(&self.cache_dir);
+        if let Some(bytes) = args
+            .memory_cache
+            .map(ByteSize::bytes)
+            .or_else(|| self.config.cache.memory_size_gb.map(gib_to_bytes))
+        {
+            options.memory_cache_bytes = bytes;
+        }
+        if let Some(bytes) = args
+            .cache_size
+            .map(ByteSize::bytes)
+            .or_else(|| self.config.cache.disk_size_gb.map(gib_to_bytes))
+        {
+            options.disk_cache_bytes = bytes;
+        }
+        if let Some(max_dirty) = args.max_dirty {
+            anyhow::ensure!(
+                max_dirty.bytes() >= 1 << 20,
+                "--max-dirty {max_dirty} is too small: give at least 1M"
+            );
+            options.max_dirty_bytes = max_dirty.bytes();
+        }
+        options.durability = args.durability;
+        Ok(options)
+    }
+}

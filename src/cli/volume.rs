@@ -1,0 +1,162 @@
+//! `zeroblk volume ...`: the volumes of a store.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use clap::Subcommand;
+
+use super::settings::{EngineArgs, Settings};
+use crate::engine::{self, NewVolume, Volume, VolumeInfo};
+use crate::format::{Compression, DEFAULT_CHUNK_SIZE};
+use crate::size::{ByteSize, human};
+
+#[derive(Debug, Subcommand)]
+pub enum VolumeCommand {
+    /// Create a volume (refused if the name is taken)
+    Create {
+        name: String,
+        /// Size of the volume, e.g. 100G
+        #[arg(long, value_name = "SIZE")]
+        size: ByteSize,
+        /// Chunk size, a power of two from 64K to 16M, fixed for the volume's life
+        #[arg(long, value_name = "SIZE", default_value_t = ByteSize(DEFAULT_CHUNK_SIZE))]
+        chunk_size: ByteSize,
+        /// How chunks are compressed in the store: zstd, zstd:LEVEL or none
+        #[arg(long, value_name = "CODEC", default_value = "zstd:3")]
+        compression: Compression,
+    },
+    /// List the store's volumes
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a volume's size, layout, usage and newest generation
+    Info {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a volume (its chunks are freed by garbage collection)
+    Delete { name: String },
+    /// Grow a volume
+    Resize {
+        name: String,
+        /// The new size, larger than the current one
+        #[arg(long, value_name = "SIZE")]
+        size: ByteSize,
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
+}
+
+pub async fn run(command: VolumeCommand, settings: &Settings) -> anyhow::Result<()> {
+    let store = settings.open_store()?;
+    match command {
+        VolumeCommand::Create {
+            name,
+            size,
+            chunk_size,
+            compression,
+        } => {
+            let new = NewVolume {
+                name: name.clone(),
+                size: size.bytes(),
+                chunk_size: chunk_size.bytes(),
+                compression,
+            };
+            let superblock = engine::create(&store, &new).await?;
+            println!(
+                "created volume {name}: {size}, {chunk_size} chunks, {compression}, in {} (uuid {})",
+                store.url(),
+                superblock.uuid
+            );
+        }
+        VolumeCommand::List { json } => {
+            let mut volumes = Vec::new();
+            for name in engine::list(&store).await? {
+                volumes.push(engine::info(&store, &name).await?);
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&volumes)?);
+            } else {
+                print_list(&volumes);
+            }
+        }
+        VolumeCommand::Info { name, json } => {
+            let info = engine::info(&store, &name).await?;
+            let fencing = store.fencing().await?;
+            if json {
+                let mut value = serde_json::to_value(&info)?;
+                value["store"] = store.url().into();
+                value["fencing"] = serde_json::to_value(fencing)?;
+                value["requests"] = serde_json::to_value(store.counters())?;
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                print_info(&info);
+                println!(
+                    "store:       {} (fencing: {})",
+                    store.url(),
+                    serde_json::to_value(fencing)?.as_str().unwrap_or("?")
+                );
+            }
+        }
+        VolumeCommand::Delete { name } => {
+            engine::delete_unused(&store, &name, &settings.cache_dir).await?;
+            println!("deleted volume {name}; `zeroblk gc` frees chunks no volume uses");
+        }
+        VolumeCommand::Resize { name, size, engine } => {
+            let volume = Volume::open(&store, &name, settings.engine_options(&engine)?).await?;
+            let before = volume.size();
+            volume.resize(size.bytes()).await?;
+            volume.close().await?;
+            println!("volume {name}: {} -> {size}", ByteSize(before));
+        }
+    }
+    Ok(())
+}
+
+fn print_list(volumes: &[VolumeInfo]) {
+    if volumes.is_empty() {
+        println!("no volumes; create one with `zeroblk volume create NAME --size 100G`");
+        return;
+    }
+    println!(
+        "{:<24} {:>10} {:>8} {:>12} {:>12} {:>10}",
+        "NAME", "SIZE", "CHUNK", "ALLOCATED", "STORED", "GENERATION"
+    );
+    for v in volumes {
+        println!(
+            "{:<24} {:>10} {:>8} {:>12} {:>12} {:>10}",
+            v.name,
+            ByteSize(v.size).to_string(),
+            ByteSize(v.chunk_size).to_string(),
+            human(v.allocated_bytes),
+            human(v.stored_bytes),
+            v.generation
+        );
+    }
+}
+
+fn print_info(v: &VolumeInfo) {
+    let committed = UNIX_EPOCH + Duration::from_millis(v.committed_at_ms);
+    println!("name:        {}", v.name);
+    println!("uuid:        {}", v.uuid);
+    println!("size:        {} ({} bytes)", ByteSize(v.size), v.size);
+    println!("chunk size:  {}", ByteSize(v.chunk_size));
+    println!("compression: {}", v.compression);
+    println!("format:      version {}", v.format_version);
+    println!(
+        "generation:  {} (committed {})",
+        v.generation,
+        humantime::format_rfc3339_seconds(committed)
+    );
+    println!(
+        "allocated:   {} ({} bytes)",
+        human(v.allocated_bytes),
+        v.allocated_bytes
+    );
+    println!(
+        "stored:      {} ({} bytes)",
+        human(v.stored_bytes),
+        v.stored_bytes
+    );
+}

@@ -1,0 +1,251 @@
+//! The `zeroblk volume` commands as a user runs them, against a local
+//! directory and a real S3 server.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::moto;
+
+struct Zeroblk {
+    store: String,
+    cache: tempfile::TempDir,
+    env: Vec<(&'static str, String)>,
+}
+
+impl Zeroblk {
+    fn file() -> (Zeroblk, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let zeroblk = Zeroblk {
+            store: format!("file://{}", dir.path().display()),
+            cache: tempfile::tempdir().unwrap(),
+            env: Vec::new(),
+        };
+        (zeroblk, dir)
+    }
+
+    fn s3() -> Zeroblk {
+        let server = moto();
+        Zeroblk {
+            store: format!("s3://{}/vols", server.new_bucket()),
+            cache: tempfile::tempdir().unwrap(),
+            env: server.env(),
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_zeroblk"));
+        command
+            .args(["--store", &self.store, "--cache-dir"])
+            .arg(self.cache.path())
+            .args(args)
+            .env_remove("ZEROBLK_CONFIG");
+        for (key, value) in &self.env {
+            command.env(key, value);
+        }
+        command.output().expect("run zeroblk")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let output = self.run(args);
+        assert!(
+            output.status.success(),
+            "zeroblk {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    /// Runs a command that must fail with one line naming the problem.
+    fn fails(&self, args: &[&str], expected: &str) {
+        let output = self.run(args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "zeroblk {args:?} succeeded");
+        assert!(stderr.contains(expected), "zeroblk {args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+fn volume_lifecycle(zb: &Zeroblk) {
+    let created = zb.ok(&[
+        "volume",
+        "create",
+        "data",
+        "--size",
+        "100G",
+        "--chunk-size",
+        "4M",
+    ]);
+    assert!(created.contains("created volume data"), "{created}");
+    zb.ok(&[
+        "volume",
+        "create",
+        "logs",
+        "--size",
+        "1G",
+        "--compression",
+        "none",
+    ]);
+    zb.fails(
+        &["volume", "create", "data", "--size", "1G"],
+        "already exists",
+    );
+
+    let listed = zb.ok(&["volume", "list"]);
+    assert!(
+        listed.contains("data") && listed.contains("logs"),
+        "{listed}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&zb.ok(&["volume", "list", "--json"])).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 2);
+
+    let info: serde_json::Value =
+        serde_json::from_str(&zb.ok(&["volume", "info", "data", "--json"])).unwrap();
+    assert_eq!(info["size"], 100u64 << 30);
+    assert_eq!(info["chunk_size"], 4u64 << 20);
+    assert_eq!(info["generation"], 0);
+    assert!(info["requests"]["gets"].as_u64().unwrap() <= 8);
+
+    zb.ok(&["volume", "resize", "data", "--size", "200G"]);
+    let info: serde_json::Value =
+        serde_json::from_str(&zb.ok(&["volume", "info", "data", "--json"])).unwrap();
+    assert_eq!(info["size"], 200u64 << 30);
+    zb.fails(
+        &["volume", "resize", "data", "--size", "1G"],
+        "can only grow",
+    );
+
+    zb.ok(&["volume", "delete", "logs"]);
+    let listed = zb.ok(&["volume", "list"]);
+    assert!(!listed.contains("logs"), "{listed}");
+    zb.fails(&["volume", "info", "logs"], "does not exist");
+    zb.fails(&["volume", "delete", "logs"], "does not exist");
+}
+
+#[test]
+fn volume_commands_on_a_local_directory() {
+    let (zb, _dir) = Zeroblk::file();
+    volume_lifecycle(&zb);
+}
+
+#[test]
+fn volume_commands_on_s3() {
+    volume_lifecycle(&Zeroblk::s3());
+}
+
+#[test]
+fn bad_input_gets_one_clear_line() {
+    let (zb, _dir) = Zeroblk::file();
+    zb.fails(&["volume", "create", "x", "--size", "ten"], "is not a size");
+    zb.fails(
+        &["volume", "create", "x", "--size", "1000"],
+        "multiple of 4K",
+    );
+    zb.fails(
+        &[
+            "volume",
+            "create",
+            "x",
+            "--size",
+            "1G",
+            "--chunk-size",
+            "3M",
+        ],
+        "power of two",
+    );
+    zb.fails(
+        &["volume", "create", "a/b", "--size", "1G"],
+        "not a volume name",
+    );
+    zb.fails(
+        &[
+            "volume",
+            "create",
+            "x",
+            "--size",
+            "1G",
+            "--compression",
+            "lz4",
+        ],
+        "not a compression",
+    );
+    zb.fails(
+        &["volume", "info", "missing"],
+        "zeroblk volume create missing",
+    );
+    let bad_url = Zeroblk {
+        store: "ftp://x".into(),
+        cache: tempfile::tempdir().unwrap(),
+        env: Vec::new(),
+    };
+    bad_url.fails(&["volume", "list"], "not a store URL");
+    let bad_config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(bad_config.path(), "[storage]\nurll = 1\n").unwrap();
+    zb.fails(
+        &[
+            "--config",
+            bad_config.path().to_str().unwrap(),
+            "volume",
+            "list",
+        ],
+        "urll",
+    );
+}
+
+#[test]
+fn the_config_file_sets_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("zeroblk.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\nurl = \"file://{}/store\"\n[cache]\ndir = \"{}/cache\"\n",
+            dir.path().display(),
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_zeroblk"))
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .env_remove("ZEROBLK_STORE")
+            .env_remove("ZEROBLK_CACHE_DIR")
+            .output()
+            .unwrap()
+    };
+    assert!(
+        run(&["volume", "create", "v", "--size", "1G"])
+            .status
+            .success()
+    );
+    assert!(dir.path().join("store/volumes/v/superblock.json").exists());
+    let listed = run(&["volume", "list"]);
+    assert!(String::from_utf8_lossy(&listed.stdout).contains('v'));
+}
+
+#[test]
+fn a_store_without_a_server_is_named() {
+    let (zb, _dir) = Zeroblk::file();
+    let port = common::free_port();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_zeroblk"));
+    let output = command
+        .args([
+            "--store",
+            "s3://bucket",
+            "--s3-endpoint",
+            &format!("http://127.0.0.1:{port}"),
+        ])
+        .arg("--cache-dir")
+        .arg(zb.cache.path())
+        .args(["volume", "list"])
+        .env("AWS_ACCESS_KEY_ID", "x")
+        .env("AWS_SECRET_ACCESS_KEY", "y")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("cannot reach the object store"), "{stderr}");
+}
