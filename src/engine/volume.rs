@@ -279,11 +279,17 @@ impl Volume {
         self.shared.check_running()
     }
 
+    /// Commits every acknowledged write to the store now, whatever the
+    /// durability mode, and returns when the store holds them.
+    pub async fn commit(&self) -> Result<()> {
+        self.flush().await?;
+        self.shared.commit_everything().await
+    }
+
     /// Flushes, commits everything to the store and stops the volume's
     /// background work. Later calls fail with a "closed" error.
     pub async fn close(&self) -> Result<()> {
-        self.flush().await?;
-        self.shared.commit_everything().await?;
+        self.commit().await?;
         self.shared.closing.store(true, Ordering::Release);
         self.shared.fail(EngineError::InvalidArgument(format!(
             "volume `{}` is closed",

@@ -1,0 +1,176 @@
+//! The engine's own paths, each reporting throughput:
+//! `cargo bench --bench engine`.
+//!
+//! - a read that hits the memory cache (4 KiB and 1 MiB);
+//! - a write into the write-back log (4 KiB and 1 MiB);
+//! - chunk encode and decode (zstd and BLAKE3) on half-compressible data;
+//! - a map lookup (a read of a zero region resolves through the map);
+//! - a flush of N dirty chunks, committed to an in-memory store.
+//!
+//! The data is neither zero nor fully compressible: half of each block is
+//! random, half repeats, as in fio's `buffer_compress_percentage=50`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use divan::counter::BytesCount;
+use divan::{Bencher, black_box};
+use zeroblk::engine::{self, Durability, EngineOptions, NewVolume, Volume};
+use zeroblk::format::{Compression, ObjectId, chunk};
+use zeroblk::store::Store;
+
+const CHUNK: u64 = 1 << 20;
+
+fn main() {
+    divan::main();
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// Half random, half repeated bytes.
+fn half_compressible(len: usize, seed: u64) -> Vec<u8> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    (0..len)
+        .map(|i| {
+            if (i / 2048) % 2 == 0 {
+                rng.u8(..)
+            } else {
+                0x5a
+            }
+        })
+        .collect()
+}
+
+struct Fixture {
+    runtime: tokio::runtime::Runtime,
+    volume: Arc<Volume>,
+    _cache: tempfile::TempDir,
+}
+
+fn fixture(durability: Durability, commit_interval: Duration) -> Fixture {
+    let runtime = runtime();
+    let cache = tempfile::tempdir().expect("cache dir");
+    let volume = runtime.block_on(async {
+        let store = Store::memory();
+        let new = NewVolume {
+            name: "bench".into(),
+            size: 4 << 30,
+            chunk_size: CHUNK,
+            compression: Compression::default(),
+        };
+        engine::create(&store, &new).await.expect("create");
+        let mut options = EngineOptions::new(cache.path());
+        options.durability = durability;
+        options.commit_interval = commit_interval;
+        options.memory_cache_bytes = 256 << 20;
+        options.disk_cache_bytes = 0;
+        Volume::open(&store, "bench", options).await.expect("open")
+    });
+    Fixture {
+        runtime,
+        volume: Arc::new(volume),
+        _cache: cache,
+    }
+}
+
+#[divan::bench(args = [4096, 1 << 20])]
+fn read_cache_hit(bencher: Bencher, len: usize) {
+    let f = fixture(Durability::Local, Duration::from_secs(1));
+    let data = half_compressible(8 << 20, 1);
+    f.runtime.block_on(async {
+        f.volume.write(0, &data, false).await.unwrap();
+        // Commit, so reads come from the chunk cache rather than the log.
+        f.volume.commit().await.unwrap();
+        let mut buf = vec![0; len];
+        f.volume.read(0, &mut buf).await.unwrap();
+    });
+    let mut buf = vec![0u8; len];
+    let mut offset = 0u64;
+    bencher.counter(BytesCount::new(len)).bench_local(|| {
+        offset = (offset + len as u64) % (8 << 20);
+        f.runtime.block_on(f.volume.read(offset, &mut buf)).unwrap();
+    });
+}
+
+#[divan::bench(args = [4096, 1 << 20])]
+fn write_into_log(bencher: Bencher, len: usize) {
+    let f = fixture(Durability::Local, Duration::from_secs(3600));
+    let data = half_compressible(len, 2);
+    let mut offset = 0u64;
+    bencher.counter(BytesCount::new(len)).bench_local(|| {
+        offset = (offset + len as u64) % (1 << 30);
+        f.runtime
+            .block_on(f.volume.write(offset, &data, false))
+            .unwrap();
+    });
+}
+
+#[divan::bench]
+fn chunk_encode(bencher: Bencher) {
+    let raw = half_compressible(CHUNK as usize, 3);
+    bencher
+        .counter(BytesCount::new(CHUNK))
+        .bench_local(|| chunk::encode(black_box(&raw), Compression::default()));
+}
+
+#[divan::bench]
+fn chunk_decode(bencher: Bencher) {
+    let raw = half_compressible(CHUNK as usize, 4);
+    let encoded = chunk::encode(&raw, Compression::default());
+    bencher
+        .counter(BytesCount::new(CHUNK))
+        .bench_local(|| chunk::decode(encoded.id, black_box(&encoded.object)).unwrap());
+}
+
+#[divan::bench]
+fn blake3_only(bencher: Bencher) {
+    let raw = half_compressible(CHUNK as usize, 5);
+    bencher
+        .counter(BytesCount::new(CHUNK))
+        .bench_local(|| ObjectId::of(black_box(&raw)));
+}
+
+/// A 4 KiB read of a never-written block: resolves through the epochs and
+/// the committed map, and finds a zero chunk.
+#[divan::bench]
+fn map_lookup(bencher: Bencher) {
+    let f = fixture(Durability::Local, Duration::from_secs(3600));
+    let mut buf = vec![0u8; 4096];
+    let mut block = 0u64;
+    bencher.counter(BytesCount::new(4096usize)).bench_local(|| {
+        block = (block + 257) % (1 << 20);
+        f.runtime
+            .block_on(f.volume.read(block * 4096, &mut buf))
+            .unwrap();
+    });
+}
+
+#[divan::bench(args = [1, 16, 64], sample_count = 10, sample_size = 1)]
+fn flush_dirty_chunks(bencher: Bencher, chunks: u64) {
+    let f = fixture(Durability::Remote, Duration::from_secs(3600));
+    let data = half_compressible(CHUNK as usize, 6);
+    let mut round = 0u64;
+    bencher
+        .counter(BytesCount::new(chunks * CHUNK))
+        .with_inputs(|| {
+            round += 1;
+            let base = (round % 32) * chunks * CHUNK;
+            f.runtime.block_on(async {
+                for i in 0..chunks {
+                    let mut chunk = data.clone();
+                    chunk[..8].copy_from_slice(&round.to_le_bytes());
+                    f.volume
+                        .write(base + i * CHUNK, &chunk, false)
+                        .await
+                        .unwrap();
+                }
+            });
+        })
+        .bench_local_values(|()| f.runtime.block_on(f.volume.flush()).unwrap());
+}

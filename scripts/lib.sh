@@ -1,0 +1,38 @@
+# Helpers shared by zeroblk's scripts: install what is missing, say what runs.
+# Sourced, not run.
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# need_apt PACKAGE... : installs the Debian packages that are not installed yet.
+need_apt() {
+    local missing=()
+    for package in "$@"; do
+        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
+            || missing+=("$package")
+    done
+    if [ "${#missing[@]}" -gt 0 ]; then
+        say "installing ${missing[*]}"
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+}
+
+# need_pip COMMAND SPEC : installs a PyPI package when COMMAND is not on PATH.
+need_pip() {
+    if ! command -v "$1" >/dev/null 2>&1; then
+        say "installing $2 from PyPI"
+        python3 -m pip install --quiet "$2"
+    fi
+}
+
+# need_cargo : makes sure cargo is on PATH.
+need_cargo() {
+    if ! command -v cargo >/dev/null 2>&1; then
+        [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+    fi
+    command -v cargo >/dev/null 2>&1 || { echo "cargo is missing: install Rust from https://rustup.rs" >&2; exit 1; }
+}

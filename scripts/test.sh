@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what zeroblk's test suite needs on a fresh Debian machine, then
+# runs all of it: formatting, lints, unit, integration and property tests.
+#
+#   ZEROBLK_MODEL_CASES=N   cases per property test (default: the test's own)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+need_cargo
+need_apt pkg-config python3-pip
+need_pip moto_server 'moto[server]'
+
+say "cargo fmt --check"
+cargo fmt --check
+say "cargo clippy --all-targets -- -D warnings"
+cargo clippy --quiet --all-targets -- -D warnings
+say "benchmarks, once each (cargo test --benches)"
+cargo test --benches --quiet
+say "cargo test"
+cargo test --lib --bins --tests --no-fail-fast
