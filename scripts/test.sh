@@ -8,7 +8,9 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 need_cargo
-need_apt pkg-config python3-pip
+# Real NBD clients: nbdinfo/nbdcopy (libnbd-bin), libnbd's Python module
+# (python3-libnbd), qemu-img (qemu-utils) and fio.
+need_apt pkg-config python3-pip libnbd-bin python3-libnbd qemu-utils fio
 need_pip moto_server 'moto[server]'
 
 say "cargo fmt --check"

@@ -16,5 +16,6 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod format;
+pub mod nbd;
 pub mod size;
 pub mod store;

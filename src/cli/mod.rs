@@ -1,6 +1,7 @@
 //! The command line: the only user of clap, and the only place errors
 //! become `anyhow` (one line on stderr, a non-zero exit).
 
+mod serve;
 mod settings;
 mod volume;
 
@@ -48,6 +49,8 @@ pub enum Command {
     /// Create, list, inspect, grow and delete volumes
     #[command(subcommand)]
     Volume(volume::VolumeCommand),
+    /// Export volumes over NBD (nbd://127.0.0.1:10809/NAME) until stopped
+    Serve(serve::ServeArgs),
 }
 
 /// Runs the command line and turns the outcome into an exit status.
@@ -77,6 +80,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = Settings::resolve(&cli.global)?;
     match cli.command {
         Command::Volume(command) => volume::run(command, &settings).await,
+        Command::Serve(args) => serve::run(args, &settings).await,
     }
 }
 

@@ -70,4 +70,5 @@ pub use catalog::{
 };
 pub use error::{EngineError, Result};
 pub use options::{Durability, EngineOptions};
+pub use read::Extent;
 pub use volume::{Volume, VolumeCounters, local_dir};

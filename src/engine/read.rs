@@ -17,6 +17,13 @@ use super::resolve::{self, Run};
 use super::volume::{Shared, Volume};
 use crate::format::{self, BLOCK_SIZE, ChunkRef, Root, keys};
 
+/// A stretch of a volume that holds data, or reads as zeroes (`zero`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    pub len: u64,
+    pub zero: bool,
+}
+
 /// A piece of a read that falls in one chunk.
 struct Piece {
     chunk: u64,
@@ -92,6 +99,37 @@ impl Volume {
         }
         shared.read_ahead(&view.map, offset, buf.len() as u64);
         Ok(())
+    }
+
+    /// Which parts of `len` bytes at `offset` hold data and which read as
+    /// zeroes without being stored (holes), at chunk granularity: a chunk
+    /// with any data in it counts as data.
+    pub async fn allocation(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        let shared = &self.shared;
+        shared.check_readable("block-status", offset, len)?;
+        let view = shared.view.load_full();
+        let chunk_size = shared.superblock.chunk_size;
+        let mut extents: Vec<Extent> = Vec::new();
+        for piece in pieces(offset, len as usize, chunk_size) {
+            let blocks =
+                piece.first_block..piece.first_block + piece.out.len() / BLOCK_SIZE as usize;
+            let sources = resolve::resolve(view.epochs_newest_first(), piece.chunk, blocks);
+            let runs = resolve::runs(&sources);
+            let zero = match runs.as_slice() {
+                [Run::Zero(_)] => true,
+                _ if runs.iter().any(|r| matches!(r, Run::Log { .. })) => false,
+                _ => {
+                    let base = shared.pages.lookup(&view.map, piece.chunk).await?;
+                    base.is_zero() && runs.iter().all(|r| !matches!(r, Run::Log { .. }))
+                }
+            };
+            let len = piece.out.len() as u64;
+            match extents.last_mut() {
+                Some(last) if last.zero == zero => last.len += len,
+                _ => extents.push(Extent { len, zero }),
+            }
+        }
+        Ok(extents)
     }
 
     /// Starts fetching the committed chunks covering `len` bytes at

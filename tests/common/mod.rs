@@ -244,3 +244,155 @@ pub fn tag_of(block: &[u8]) -> u64 {
     );
     tag
 }
+
+/// Panics with an install hint when a client tool is missing.
+pub fn require_tool(program: &str, package: &str) -> PathBuf {
+    which(program).unwrap_or_else(|| {
+        panic!("{program} is not installed: run scripts/test.sh, or `apt-get install {package}`")
+    })
+}
+
+/// A `zeroblk serve` process on a local port.
+pub struct ZeroblkServer {
+    child: Option<std::process::Child>,
+    pub port: u16,
+    pub store_url: String,
+    pub cache_dir: PathBuf,
+    pub env: Vec<(&'static str, String)>,
+    pub log: PathBuf,
+}
+
+impl ZeroblkServer {
+    /// Starts `zeroblk serve` with `extra` arguments and waits until it
+    /// accepts connections.
+    pub fn start(
+        store_url: &str,
+        cache_dir: &Path,
+        env: &[(&'static str, String)],
+        extra: &[&str],
+    ) -> ZeroblkServer {
+        let port = free_port();
+        let log = cache_dir.with_extension(format!("serve-{port}.log"));
+        let log_file = std::fs::File::create(&log).expect("server log");
+        let child = Command::new(env!("CARGO_BIN_EXE_zeroblk"))
+            .args(["--store", store_url, "--cache-dir"])
+            .arg(cache_dir)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(extra)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .env_remove("ZEROBLK_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("start zeroblk serve");
+        let mut server = ZeroblkServer {
+            child: Some(child),
+            port,
+            store_url: store_url.to_string(),
+            cache_dir: cache_dir.to_path_buf(),
+            env: env.to_vec(),
+            log,
+        };
+        server.wait_until_listening();
+        server
+    }
+
+    fn wait_until_listening(&mut self) {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(30) {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("zeroblk serve exited with {status}: {}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "zeroblk serve did not listen within 30 s: {}",
+            self.log_text()
+        );
+    }
+
+    pub fn uri(&self, export: &str) -> String {
+        format!("nbd://127.0.0.1:{}/{export}", self.port)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and checks the server commits and exits 0.
+    pub fn stop(mut self) {
+        let mut child = self.child.take().expect("running");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+        let status = child.wait().expect("wait for zeroblk serve");
+        assert!(
+            status.success(),
+            "zeroblk serve exited with {status}: {}",
+            self.log_text()
+        );
+    }
+
+    /// Kills the server with SIGKILL.
+    pub fn kill(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+}
+
+impl Drop for ZeroblkServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs a command, panicking with its output if it fails; returns stdout.
+pub fn run_ok(command: &mut Command) -> String {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{command:?} failed ({}): {}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Runs the `zeroblk` binary with a store and cache dir; returns stdout.
+pub fn zeroblk(
+    store_url: &str,
+    cache_dir: &Path,
+    env: &[(&'static str, String)],
+    args: &[&str],
+) -> String {
+    run_ok(
+        Command::new(env!("CARGO_BIN_EXE_zeroblk"))
+            .args(["--store", store_url, "--cache-dir"])
+            .arg(cache_dir)
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .env_remove("ZEROBLK_CONFIG"),
+    )
+}

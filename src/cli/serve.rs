@@ -1,0 +1,115 @@
+//! `zeroblk serve`: export volumes over NBD until SIGINT or SIGTERM.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+
+use super::settings::{EngineArgs, Settings};
+use crate::engine::{self, Volume};
+use crate::nbd::server::Listener;
+use crate::nbd::{Export, Exports, ListenAddr, NbdServer};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:10809";
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Volumes to export, each under its own name [default: all of the store's]
+    pub volumes: Vec<String>,
+    /// Where to listen: HOST:PORT or unix:/PATH; repeat for several
+    /// [default: 127.0.0.1:10809, or [servers.nbd] addresses]
+    #[arg(long = "listen", value_name = "ADDR")]
+    pub listen: Vec<ListenAddr>,
+    /// Export read-only: writes, trims and zeroes are refused
+    #[arg(long)]
+    pub read_only: bool,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+pub async fn run(args: ServeArgs, settings: &Settings) -> anyhow::Result<()> {
+    let store = settings.open_store()?;
+    let names = match args.volumes.is_empty() {
+        true => engine::list(&store).await?,
+        false => args.volumes.clone(),
+    };
+    anyhow::ensure!(
+        !names.is_empty(),
+        "the store {} has no volumes to serve: create one with `zeroblk volume create NAME --size 100G`",
+        store.url()
+    );
+    let addresses = listen_addresses(&args, settings)?;
+    let options = settings.engine_options(&args.engine)?;
+    let mut exports = Exports::default();
+    for name in &names {
+        let volume = Volume::open(&store, name, options.clone()).await?;
+        exports.add(Export {
+            name: name.clone(),
+            volume: Arc::new(volume),
+            read_only: args.read_only,
+        });
+    }
+    let mut listeners = Vec::new();
+    for address in &addresses {
+        let listener = Listener::bind(address)
+            .await
+            .with_context(|| format!("cannot listen on {address} (pick another with --listen)"))?;
+        let bound = listener.local_addr()?;
+        for name in &names {
+            tracing::info!("serving volume {name} at {}", uri(&bound, name));
+        }
+        listeners.push(listener);
+    }
+    let server = NbdServer::new(exports);
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("stopping: finishing requests in flight, then committing to the store");
+        let _ = stop.send(true);
+    });
+    server.run(listeners, stopped).await;
+    let mut failures = Vec::new();
+    for volume in server.exports().volumes() {
+        if let Err(error) = volume.close().await {
+            failures.push(format!("volume {}: {error}", volume.name()));
+        }
+    }
+    anyhow::ensure!(failures.is_empty(), "{}", failures.join("; "));
+    tracing::info!("all volumes committed; bye");
+    Ok(())
+}
+
+fn listen_addresses(args: &ServeArgs, settings: &Settings) -> anyhow::Result<Vec<ListenAddr>> {
+    if !args.listen.is_empty() {
+        return Ok(args.listen.clone());
+    }
+    let configured = settings.config.servers.nbd.addresses.clone();
+    let addresses = configured.unwrap_or_else(|| vec![DEFAULT_LISTEN.to_string()]);
+    addresses
+        .iter()
+        .map(|a| {
+            a.parse()
+                .map_err(|e: String| anyhow::anyhow!("[servers.nbd] addresses: {e}"))
+        })
+        .collect()
+}
+
+/// The NBD URI a client uses for an export.
+fn uri(address: &ListenAddr, name: &str) -> String {
+    match address {
+        ListenAddr::Tcp(host_port) => format!("nbd://{host_port}/{name}"),
+        ListenAddr::Unix(path) => format!("nbd+unix:///{name}?socket={}", path.display()),
+    }
+}
+
+async fn wait_for_signal() {
+    let mut terminate = match signal(SignalKind::terminate()) {
+        Ok(terminate) => terminate,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}

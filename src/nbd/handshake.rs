@@ -1,0 +1,281 @@
+//! Fixed newstyle negotiation: options until the client picks an export
+//! (`NBD_OPT_GO` or `NBD_OPT_EXPORT_NAME`) or leaves.
+
+use std::io;
+use std::sync::Arc;
+
+use bytes::BufMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::proto::{self, ProtoError, info, opt, rep};
+use super::{Export, Exports};
+
+/// The id of the `base:allocation` meta context, when a client sets it.
+pub const BASE_ALLOCATION_ID: u32 = 1;
+
+/// What a client negotiated before transmission.
+pub struct Session {
+    pub export: Arc<Export>,
+    pub structured: bool,
+    pub base_allocation: bool,
+}
+
+/// Why a negotiation ended without a session.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    #[error("protocol error: {0}")]
+    Proto(#[from] ProtoError),
+    #[error("client flags {0:#x} are not ones this server knows")]
+    UnknownClientFlags(u32),
+    #[error("no export named `{0}`")]
+    UnknownExport(String),
+}
+
+/// Negotiates with a client; `Ok(None)` when it aborted or only asked
+/// questions.
+pub async fn negotiate<S>(
+    stream: &mut S,
+    exports: &Exports,
+) -> Result<Option<Session>, HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut hello = Vec::with_capacity(18);
+    hello.put_u64(proto::NBDMAGIC);
+    hello.put_u64(proto::IHAVEOPT);
+    hello.put_u16(proto::FLAG_FIXED_NEWSTYLE | proto::FLAG_NO_ZEROES);
+    stream.write_all(&hello).await?;
+    stream.flush().await?;
+    let client_flags = stream.read_u32().await?;
+    if client_flags & !(proto::CLIENT_FIXED_NEWSTYLE | proto::CLIENT_NO_ZEROES) != 0 {
+        return Err(HandshakeError::UnknownClientFlags(client_flags));
+    }
+    let no_zeroes = client_flags & proto::CLIENT_NO_ZEROES != 0;
+    let mut negotiation = Negotiation {
+        stream,
+        exports,
+        structured: false,
+        base_allocation: false,
+    };
+    loop {
+        let mut header = [0u8; proto::OPTION_HEADER_LEN];
+        negotiation.stream.read_exact(&mut header).await?;
+        let header = proto::decode_option_header(&header)?;
+        let mut data = vec![0u8; header.len as usize];
+        negotiation.stream.read_exact(&mut data).await?;
+        match negotiation.option(header.option, &data, no_zeroes).await? {
+            Step::Continue => {}
+            Step::Abort => return Ok(None),
+            Step::Transmit(export) => {
+                return Ok(Some(Session {
+                    export,
+                    structured: negotiation.structured,
+                    base_allocation: negotiation.base_allocation,
+                }));
+            }
+        }
+    }
+}
+
+enum Step {
+    Continue,
+    Abort,
+    Transmit(Arc<Export>),
+}
+
+struct Negotiation<'a, S> {
+    stream: &'a mut S,
+    exports: &'a Exports,
+    structured: bool,
+    base_allocation: bool,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Negotiation<'_, S> {
+    async fn option(
+        &mut self,
+        option: u32,
+        data: &[u8],
+        no_zeroes: bool,
+    ) -> Result<Step, HandshakeError> {
+        match option {
+            opt::EXPORT_NAME => self.export_name(data, no_zeroes).await,
+            opt::ABORT => {
+                // The reply is a courtesy: the client may be gone already.
+                let _ = self.reply(option, rep::ACK, &[]).await;
+                Ok(Step::Abort)
+            }
+            opt::LIST => self.list(option, data).await,
+            opt::INFO | opt::GO => self.info_or_go(option, data).await,
+            opt::STRUCTURED_REPLY => {
+                if !data.is_empty() || self.structured {
+                    self.error(
+                        option,
+                        rep::ERR_INVALID,
+                        "structured replies take no data and are set once",
+                    )
+                    .await?;
+                } else {
+                    self.structured = true;
+                    self.reply(option, rep::ACK, &[]).await?;
+                }
+                Ok(Step::Continue)
+            }
+            opt::LIST_META_CONTEXT | opt::SET_META_CONTEXT => self.meta_context(option, data).await,
+            opt::STARTTLS => {
+                self.error(
+                    option,
+                    rep::ERR_UNSUP,
+                    "TLS is not supported; use a TLS tunnel",
+                )
+                .await?;
+                Ok(Step::Continue)
+            }
+            _ => {
+                self.error(option, rep::ERR_UNSUP, "option not supported")
+                    .await?;
+                Ok(Step::Continue)
+            }
+        }
+    }
+
+    async fn export_name(&mut self, data: &[u8], no_zeroes: bool) -> Result<Step, HandshakeError> {
+        let name = String::from_utf8_lossy(data).into_owned();
+        // This option has no error reply: an unknown name ends the session.
+        let export = self
+            .exports
+            .find(&name)
+            .ok_or(HandshakeError::UnknownExport(name))?;
+        let mut reply = Vec::with_capacity(134);
+        reply.put_u64(export.volume.size());
+        reply.put_u16(export.transmission_flags(self.structured));
+        if !no_zeroes {
+            reply.put_slice(&[0; 124]);
+        }
+        self.stream.write_all(&reply).await?;
+        Ok(Step::Transmit(export))
+    }
+
+    async fn list(&mut self, option: u32, data: &[u8]) -> Result<Step, HandshakeError> {
+        if !data.is_empty() {
+            self.error(option, rep::ERR_INVALID, "NBD_OPT_LIST takes no data")
+                .await?;
+            return Ok(Step::Continue);
+        }
+        let names: Vec<String> = self.exports.names().map(str::to_string).collect();
+        for name in names {
+            self.reply(option, rep::SERVER, &proto::encode_server_entry(&name))
+                .await?;
+        }
+        self.reply(option, rep::ACK, &[]).await?;
+        Ok(Step::Continue)
+    }
+
+    async fn info_or_go(&mut self, option: u32, data: &[u8]) -> Result<Step, HandshakeError> {
+        let request = match proto::decode_info_request(data) {
+            Ok(request) => request,
+            Err(error) => {
+                self.error(option, rep::ERR_INVALID, &error.to_string())
+                    .await?;
+                return Ok(Step::Continue);
+            }
+        };
+        let Some(export) = self.exports.find(&request.name) else {
+            let message = format!("no export named `{}`", request.name);
+            self.error(option, rep::ERR_UNKNOWN, &message).await?;
+            return Ok(Step::Continue);
+        };
+        let flags = export.transmission_flags(self.structured);
+        self.reply(
+            option,
+            rep::INFO,
+            &proto::encode_info_export(export.volume.size(), flags),
+        )
+        .await?;
+        let (minimum, preferred, maximum) = export.block_sizes();
+        self.reply(
+            option,
+            rep::INFO,
+            &proto::encode_info_block_size(minimum, preferred, maximum),
+        )
+        .await?;
+        if request.requests.contains(&info::NAME) {
+            self.reply(
+                option,
+                rep::INFO,
+                &proto::encode_info_text(info::NAME, &export.name),
+            )
+            .await?;
+        }
+        if request.requests.contains(&info::DESCRIPTION) {
+            let description = format!("zeroblk volume {}", export.name);
+            self.reply(
+                option,
+                rep::INFO,
+                &proto::encode_info_text(info::DESCRIPTION, &description),
+            )
+            .await?;
+        }
+        self.reply(option, rep::ACK, &[]).await?;
+        Ok(if option == opt::GO {
+            Step::Transmit(export)
+        } else {
+            Step::Continue
+        })
+    }
+
+    async fn meta_context(&mut self, option: u32, data: &[u8]) -> Result<Step, HandshakeError> {
+        if option == opt::SET_META_CONTEXT && !self.structured {
+            self.error(
+                option,
+                rep::ERR_INVALID,
+                "negotiate structured replies first",
+            )
+            .await?;
+            return Ok(Step::Continue);
+        }
+        let request = match proto::decode_meta_context_request(data) {
+            Ok(request) => request,
+            Err(error) => {
+                self.error(option, rep::ERR_INVALID, &error.to_string())
+                    .await?;
+                return Ok(Step::Continue);
+            }
+        };
+        if self.exports.find(&request.export).is_none() {
+            let message = format!("no export named `{}`", request.export);
+            self.error(option, rep::ERR_UNKNOWN, &message).await?;
+            return Ok(Step::Continue);
+        }
+        let matches = |query: &str| match option {
+            opt::LIST_META_CONTEXT => query == "base:" || query == proto::BASE_ALLOCATION,
+            _ => query == proto::BASE_ALLOCATION,
+        };
+        let wanted = if option == opt::LIST_META_CONTEXT && request.queries.is_empty() {
+            true
+        } else {
+            request.queries.iter().any(|q| matches(q))
+        };
+        if option == opt::SET_META_CONTEXT {
+            self.base_allocation = wanted;
+        }
+        if wanted {
+            let context = proto::encode_meta_context(BASE_ALLOCATION_ID, proto::BASE_ALLOCATION);
+            self.reply(option, rep::META_CONTEXT, &context).await?;
+        }
+        self.reply(option, rep::ACK, &[]).await?;
+        Ok(Step::Continue)
+    }
+
+    async fn reply(&mut self, option: u32, reply_type: u32, data: &[u8]) -> io::Result<()> {
+        self.stream
+            .write_all(&proto::encode_option_reply(option, reply_type, data))
+            .await?;
+        self.stream.flush().await
+    }
+
+    async fn error(&mut self, option: u32, reply_type: u32, message: &str) -> io::Result<()> {
+        self.reply(option, reply_type, message.as_bytes()).await
+    }
+}

@@ -1,0 +1,220 @@
+//! Listeners and connections: TCP and Unix sockets, and a shutdown that
+//! stops accepting, lets every connection finish what it has read, and
+//! returns once they are all closed.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use super::{Exports, handshake, transmission};
+
+/// Where the server listens: `HOST:PORT` or `unix:/path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    Tcp(String),
+    Unix(PathBuf),
+}
+
+impl FromStr for ListenAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("`unix:` needs a socket path, as in unix:/run/zeroblk.sock".into());
+            }
+            return Ok(ListenAddr::Unix(PathBuf::from(path)));
+        }
+        let (host, port) = s.rsplit_once(':').ok_or_else(|| {
+            format!(
+                "`{s}` is not a listen address: write HOST:PORT (127.0.0.1:10809) or unix:/PATH"
+            )
+        })?;
+        if host.is_empty() || port.parse::<u16>().is_err() {
+            return Err(format!(
+                "`{s}` is not a listen address: write HOST:PORT (127.0.0.1:10809) or unix:/PATH"
+            ));
+        }
+        Ok(ListenAddr::Tcp(s.to_string()))
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Tcp(addr) => f.write_str(addr),
+            ListenAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// A bound listener.
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener, PathBuf),
+}
+
+impl Listener {
+    pub async fn bind(addr: &ListenAddr) -> io::Result<Listener> {
+        match addr {
+            ListenAddr::Tcp(addr) => Ok(Listener::Tcp(TcpListener::bind(addr).await?)),
+            ListenAddr::Unix(path) => {
+                remove_stale_socket(path).await?;
+                Ok(Listener::Unix(UnixListener::bind(path)?, path.clone()))
+            }
+        }
+    }
+
+    /// The address actually bound (with the port chosen for `:0`).
+    pub fn local_addr(&self) -> io::Result<ListenAddr> {
+        match self {
+            Listener::Tcp(listener) => Ok(ListenAddr::Tcp(listener.local_addr()?.to_string())),
+            Listener::Unix(_, path) => Ok(ListenAddr::Unix(path.clone())),
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Listener::Unix(_, path) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Refuses to take over a socket another server still answers on.
+async fn remove_stale_socket(path: &std::path::Path) -> io::Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    if tokio::net::UnixStream::connect(path).await.is_ok() {
+        return Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!("another server is listening on {}", path.display()),
+        ));
+    }
+    std::fs::remove_file(path)
+}
+
+/// Serves a set of exports on any number of listeners.
+#[derive(Clone)]
+pub struct NbdServer {
+    exports: Arc<Exports>,
+}
+
+impl NbdServer {
+    pub fn new(exports: Exports) -> NbdServer {
+        NbdServer {
+            exports: Arc::new(exports),
+        }
+    }
+
+    pub fn exports(&self) -> &Exports {
+        &self.exports
+    }
+
+    /// Accepts connections until `shutdown` turns true, then waits for
+    /// every connection to finish.
+    pub async fn run(&self, listeners: Vec<Listener>, shutdown: watch::Receiver<bool>) {
+        let mut acceptors = JoinSet::new();
+        for listener in listeners {
+            let server = self.clone();
+            let shutdown = shutdown.clone();
+            acceptors.spawn(async move { server.accept(listener, shutdown).await });
+        }
+        while let Some(accepted) = acceptors.join_next().await {
+            if let Ok(mut connections) = accepted {
+                while connections.join_next().await.is_some() {}
+            }
+        }
+    }
+
+    async fn accept(&self, listener: Listener, mut shutdown: watch::Receiver<bool>) -> JoinSet<()> {
+        let mut connections = JoinSet::new();
+        loop {
+            let accepted = tokio::select! {
+                biased;
+                _ = shutdown.wait_for(|stop| *stop) => break,
+                accepted = accept_one(&listener) => accepted,
+            };
+            match accepted {
+                Ok(Connection::Tcp(stream)) => {
+                    let _ = stream.set_nodelay(true);
+                    connections.spawn(self.clone().connection(stream, shutdown.clone()));
+                }
+                Ok(Connection::Unix(stream)) => {
+                    connections.spawn(self.clone().connection(stream, shutdown.clone()));
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "accepting an NBD connection failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+            while connections.try_join_next().is_some() {}
+        }
+        drop(listener);
+        connections
+    }
+
+    /// Negotiates with one client and serves it.
+    pub async fn connection<S>(self, mut stream: S, shutdown: watch::Receiver<bool>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let session = match handshake::negotiate(&mut stream, &self.exports).await {
+            Ok(Some(session)) => session,
+            Ok(None) => return,
+            Err(error) => {
+                tracing::debug!(%error, "NBD negotiation ended");
+                return;
+            }
+        };
+        tracing::debug!(export = %session.export.name, structured = session.structured, "NBD client connected");
+        if let Err(error) = transmission::serve(stream, session, shutdown).await {
+            tracing::debug!(%error, "NBD connection ended");
+        }
+    }
+}
+
+enum Connection {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn accept_one(listener: &Listener) -> io::Result<Connection> {
+    match listener {
+        Listener::Tcp(l) => l.accept().await.map(|(s, _)| Connection::Tcp(s)),
+        Listener::Unix(l, _) => l.accept().await.map(|(s, _)| Connection::Unix(s)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses_parse() {
+        assert_eq!(
+            "127.0.0.1:10809".parse(),
+            Ok(ListenAddr::Tcp("127.0.0.1:10809".into()))
+        );
+        assert_eq!(
+            "[::1]:10809".parse(),
+            Ok(ListenAddr::Tcp("[::1]:10809".into()))
+        );
+        assert_eq!(
+            "unix:/run/x.sock".parse(),
+            Ok(ListenAddr::Unix("/run/x.sock".into()))
+        );
+        assert!("10809".parse::<ListenAddr>().is_err());
+        assert!("host:port".parse::<ListenAddr>().is_err());
+        assert!("unix:".parse::<ListenAddr>().is_err());
+    }
+}
