@@ -279,3 +279,58 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Negotiation<'_, S> {
         self.reply(option, reply_type, message.as_bytes()).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// Feeds client bytes to a negotiation with no exports; returns
+    /// whether it ended (it must, without panicking).
+    fn negotiate_bytes(input: Vec<u8>) -> bool {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let (mut client, mut server) = tokio::io::duplex(1 << 20);
+            client.write_all(&input).await.unwrap();
+            client.shutdown().await.unwrap();
+            let exports = Exports::default();
+            let ended = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                negotiate(&mut server, &exports),
+            )
+            .await;
+            ended.is_ok()
+        })
+    }
+
+    fn option(code: u32, data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.put_u64(proto::IHAVEOPT);
+        out.put_u32(code);
+        out.put_u32(data.len() as u32);
+        out.put_slice(data);
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_end_the_negotiation(input in prop::collection::vec(any::<u8>(), 0..512)) {
+            prop_assert!(negotiate_bytes(input));
+        }
+
+        #[test]
+        fn random_options_end_the_negotiation(
+            options in prop::collection::vec((0u32..12, prop::collection::vec(any::<u8>(), 0..64)), 0..8)
+        ) {
+            let mut input = 3u32.to_be_bytes().to_vec();
+            for (code, data) in options {
+                input.extend(option(code, &data));
+            }
+            prop_assert!(negotiate_bytes(input));
+        }
+    }
+}
