@@ -12,6 +12,10 @@ need_cargo
 # (python3-libnbd), qemu-img (qemu-utils) and fio.
 need_apt pkg-config python3-pip libnbd-bin python3-libnbd qemu-utils fio
 need_pip moto_server 'moto[server]'
+# A real kernel for the device tests: Debian's 6.12 (ublk_drv, nbd, btrfs,
+# nfsd as modules), booted under QEMU by virtme-ng (scripts/vm-run.sh).
+need_apt qemu-system-x86 busybox-static linux-image-6.12-amd64 nbd-client e2fsprogs
+need_pip vng virtme-ng
 
 say "cargo fmt --check"
 cargo fmt --check

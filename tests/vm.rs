@@ -1,0 +1,32 @@
+//! Tests on a real Linux kernel: Debian's 6.12 (with ublk_drv and nbd),
+//! booted under QEMU by scripts/vm-run.sh. Each test runs one script of
+//! tests/vm/ inside the VM, with the zeroblk binary under test.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+/// Boots the VM, runs `script` in it and checks it passed.
+fn run_in_vm(script: &str) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    common::require_tool("vng", "virtme-ng (pip install virtme-ng; scripts/test.sh installs it)");
+    let command = format!("ZEROBLK={} tests/vm/{script}", env!("CARGO_BIN_EXE_zeroblk"));
+    let output = Command::new(root.join("scripts/vm-run.sh"))
+        .arg(&command)
+        .current_dir(root)
+        .output()
+        .expect("run scripts/vm-run.sh");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains(&format!("{}: ok", script.trim_end_matches(".sh"))),
+        "{script} failed in the VM ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+}
+
+#[test]
+fn the_kernel_nbd_client_against_zeroblk_serve() {
+    run_in_vm("nbd_kernel.sh");
+}
