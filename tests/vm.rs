@@ -10,8 +10,14 @@ use std::process::Command;
 /// Boots the VM, runs `script` in it and checks it passed.
 fn run_in_vm(script: &str) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    common::require_tool("vng", "virtme-ng (pip install virtme-ng; scripts/test.sh installs it)");
-    let command = format!("ZEROBLK={} tests/vm/{script}", env!("CARGO_BIN_EXE_zeroblk"));
+    common::require_tool(
+        "vng",
+        "virtme-ng (pip install virtme-ng; scripts/test.sh installs it)",
+    );
+    let command = format!(
+        "ZEROBLK={} tests/vm/{script}",
+        env!("CARGO_BIN_EXE_zeroblk")
+    );
     let output = Command::new(root.join("scripts/vm-run.sh"))
         .arg(&command)
         .current_dir(root)
@@ -20,7 +26,8 @@ fn run_in_vm(script: &str) {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        output.status.success() && stdout.contains(&format!("{}: ok", script.trim_end_matches(".sh"))),
+        output.status.success()
+            && stdout.contains(&format!("{}: ok", script.trim_end_matches(".sh"))),
         "{script} failed in the VM ({}):\n{stdout}\n{stderr}",
         output.status
     );
