@@ -8,14 +8,18 @@
 //! - [`cache`]: memory and disk caches of chunks (the only user of moka);
 //! - [`engine`]: volumes, their write-back log, flushes and commits, and
 //!   the durability contract every transport relies on;
+//! - [`nbd`]: the NBD server; [`kernel_nbd`]: the kernel's NBD client;
+//! - [`attach`]: block devices on this host, their daemon and registry;
 //! - [`cli`] and [`config`]: the command line and its configuration file.
 #![deny(unsafe_code)]
 
+pub mod attach;
 pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod format;
+pub mod kernel_nbd;
 pub mod nbd;
 pub mod size;
 pub mod store;

@@ -249,3 +249,26 @@ fn a_store_without_a_server_is_named() {
     assert!(!output.status.success());
     assert!(stderr.contains("cannot reach the object store"), "{stderr}");
 }
+
+#[test]
+fn attach_without_kernel_support_says_what_is_missing() {
+    if std::path::Path::new("/dev/nbd0").exists()
+        || std::path::Path::new("/dev/ublk-control").exists()
+    {
+        eprintln!("this kernel has nbd or ublk: the VM tests cover attach here");
+        return;
+    }
+    let (zb, _dir) = Zeroblk::file();
+    zb.fails(&["attach", "--size", "1G"], "CONFIG_BLK_DEV_UBLK");
+    zb.fails(&["attach", "--size", "1G"], "zeroblk serve");
+    zb.fails(
+        &["attach", "--transport", "nbd", "--size", "1G"],
+        "modprobe nbd",
+    );
+    let listed = zb.ok(&["volume", "list"]);
+    assert!(
+        !listed.contains("default"),
+        "a refused attach creates nothing: {listed}"
+    );
+    zb.fails(&["detach", "nothing"], "not attached");
+}

@@ -37,3 +37,8 @@ fn run_in_vm(script: &str) {
 fn the_kernel_nbd_client_against_zeroblk_serve() {
     run_in_vm("nbd_kernel.sh");
 }
+
+#[test]
+fn attach_and_detach_over_the_kernel_nbd_transport() {
+    run_in_vm("attach_nbd.sh");
+}

@@ -1,6 +1,7 @@
 //! The command line: the only user of clap, and the only place errors
 //! become `anyhow` (one line on stderr, a non-zero exit).
 
+mod attach;
 mod serve;
 mod settings;
 mod volume;
@@ -51,6 +52,18 @@ pub enum Command {
     Volume(volume::VolumeCommand),
     /// Export volumes over NBD (nbd://127.0.0.1:10809/NAME) until stopped
     Serve(serve::ServeArgs),
+    /// Attach a volume as a block device on this host (created if missing)
+    Attach(attach::AttachArgs),
+    /// Detach a volume: commit everything, remove the device, stop its daemon
+    Detach {
+        /// The volume's name or its device path
+        target: String,
+    },
+    /// List the volumes attached on this host
+    List {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Runs the command line and turns the outcome into an exit status.
@@ -81,6 +94,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Volume(command) => volume::run(command, &settings).await,
         Command::Serve(args) => serve::run(args, &settings).await,
+        Command::Attach(args) => attach::attach(args, &settings).await,
+        Command::Detach { target } => attach::detach(&target).await,
+        Command::List { json } => attach::list(json),
     }
 }
 

@@ -68,7 +68,12 @@ pub struct Exports {
 
 impl Exports {
     pub fn add(&mut self, export: Export) {
-        self.by_name.insert(export.name.clone(), Arc::new(export));
+        self.add_shared(Arc::new(export));
+    }
+
+    /// Adds an export another server (the kernel's connection) also uses.
+    pub fn add_shared(&mut self, export: Arc<Export>) {
+        self.by_name.insert(export.name.clone(), export);
     }
 
     /// The export a client names; the empty name means the only export,

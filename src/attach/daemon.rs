@@ -1,0 +1,255 @@
+//! The daemon that serves one attached volume: it connects the device,
+//! records itself in the registry, and serves until `zeroblk detach` (over
+//! its control socket) or SIGTERM/SIGINT; then it disconnects the device,
+//! commits everything to the store, and only then answers the detach.
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+
+use super::registry::{self, AttachRecord};
+use super::{AttachError, Transport, choose_transport, mount_point_of};
+use crate::engine::Volume;
+use crate::kernel_nbd::{self, DeviceConfig, NbdDevice};
+use crate::nbd::handshake::Session;
+use crate::nbd::server::Listener;
+use crate::nbd::{Export, Exports, ListenAddr, NbdServer, transmission};
+
+/// How to attach.
+#[derive(Debug, Clone)]
+pub struct AttachOptions {
+    pub transport: Transport,
+    /// Also serve the volume over NBD here, from the same engine.
+    pub nbd_listen: Vec<ListenAddr>,
+    pub store_url: String,
+}
+
+fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AttachError {
+    let what = what.into();
+    move |source| AttachError::Io { what, source }
+}
+
+/// Refuses a volume that a live daemon serves; clears a dead one's record.
+pub fn ensure_not_attached(dir: &Path, name: &str) -> Result<(), AttachError> {
+    if let Some(record) = registry::find(dir, name).map_err(io_error("reading the registry"))? {
+        if record.daemon_alive() && record.pid != std::process::id() {
+            return Err(AttachError::AlreadyAttached {
+                name: record.name,
+                device: record.device,
+                pid: record.pid,
+            });
+        }
+        registry::remove(dir, name);
+    }
+    Ok(())
+}
+
+/// Serves `volume` as a block device until detached. `ready` gets the
+/// device path as soon as the device can be used.
+pub async fn run(
+    volume: Volume,
+    options: AttachOptions,
+    ready: impl FnOnce(&str),
+) -> Result<(), AttachError> {
+    let dir = registry::runtime_dir();
+    std::fs::create_dir_all(&dir).map_err(io_error(format!("creating {}", dir.display())))?;
+    let name = volume.name().to_string();
+    ensure_not_attached(&dir, &name)?;
+    let transport = choose_transport(options.transport)?;
+    let volume = Arc::new(volume);
+    let export = Arc::new(Export {
+        name: name.clone(),
+        volume: Arc::clone(&volume),
+        read_only: false,
+    });
+
+    let (device, kernel_connection) = connect_kernel_nbd(&export).await?;
+    let device_path = device.path().display().to_string();
+    let (stop, stopped) = watch::channel(false);
+    let nbd_server = serve_nbd_too(&export, &options.nbd_listen, stopped).await?;
+
+    let control_path = registry::control_socket(&dir, &name);
+    let _ = std::fs::remove_file(&control_path);
+    let control = UnixListener::bind(&control_path)
+        .map_err(io_error(format!("binding {}", control_path.display())))?;
+    let record = AttachRecord {
+        name: name.clone(),
+        device: device_path.clone(),
+        size: volume.size(),
+        store: options.store_url.clone(),
+        pid: std::process::id(),
+        transport: match transport {
+            Transport::Nbd | Transport::Auto => "nbd".into(),
+        },
+        state: "attached".into(),
+        control_socket: control_path.clone(),
+        nbd_listen: options.nbd_listen.iter().map(ToString::to_string).collect(),
+    };
+    registry::write(&dir, &record).map_err(io_error("writing the registry"))?;
+    tracing::info!(volume = %name, device = %device_path, "attached");
+    ready(&device_path);
+
+    let requester = wait_for_detach(&control, &device_path).await;
+    tracing::info!(volume = %name, "detaching: disconnecting the device, then committing to the store");
+    let _ = stop.send(true);
+    let outcome = shut_down(device, kernel_connection, nbd_server, &volume).await;
+    registry::remove(&dir, &name);
+    let _ = std::fs::remove_file(&control_path);
+    if let Some(mut requester) = requester {
+        let answer = match &outcome {
+            Ok(()) => "ok\n".to_string(),
+            Err(error) => format!("error: {error}\n"),
+        };
+        let _ = requester.write_all(answer.as_bytes()).await;
+    }
+    outcome
+}
+
+async fn connect_kernel_nbd(
+    export: &Arc<Export>,
+) -> Result<(NbdDevice, tokio::task::JoinHandle<std::io::Result<()>>), AttachError> {
+    let path = kernel_nbd::find_free_device().ok_or(AttachError::NoFreeNbd)?;
+    let (ours, theirs) =
+        std::os::unix::net::UnixStream::pair().map_err(io_error("creating a socket pair"))?;
+    ours.set_nonblocking(true)
+        .map_err(io_error("configuring a socket"))?;
+    let ours = UnixStream::from_std(ours).map_err(io_error("configuring a socket"))?;
+    let session = Session {
+        export: Arc::clone(export),
+        structured: false,
+        base_allocation: false,
+    };
+    // The kernel's connection ends when the kernel disconnects, not on a
+    // shutdown signal: requests it sent are always answered.
+    let (_never, never_stop) = watch::channel(false);
+    let serving = tokio::spawn(async move {
+        let result = transmission::serve(ours, session, never_stop).await;
+        drop(_never);
+        result
+    });
+    let (minimum, _, _) = export.block_sizes();
+    let config = DeviceConfig {
+        size: export.volume.size(),
+        block_size: u64::from(minimum),
+        flags: export.transmission_flags(false),
+        timeout_secs: 0,
+    };
+    let theirs: OwnedFd = theirs.into();
+    let device_path = path.clone();
+    let device =
+        tokio::task::spawn_blocking(move || NbdDevice::connect(&device_path, theirs, config))
+            .await
+            .expect("device setup does not panic")
+            .map_err(|source| AttachError::Device {
+                device: path.display().to_string(),
+                source,
+            })?;
+    Ok((device, serving))
+}
+
+async fn serve_nbd_too(
+    export: &Arc<Export>,
+    addresses: &[ListenAddr],
+    stopped: watch::Receiver<bool>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, AttachError> {
+    if addresses.is_empty() {
+        return Ok(None);
+    }
+    let mut listeners = Vec::new();
+    for address in addresses {
+        let listener = Listener::bind(address)
+            .await
+            .map_err(io_error(format!("listening on {address}")))?;
+        listeners.push(listener);
+    }
+    let mut exports = Exports::default();
+    exports.add_shared(Arc::clone(export));
+    let server = NbdServer::new(exports);
+    Ok(Some(tokio::spawn(async move {
+        server.run(listeners, stopped).await
+    })))
+}
+
+/// Waits for `zeroblk detach` (returning its connection, to answer it when
+/// done) or a signal (returning `None`).
+async fn wait_for_detach(control: &UnixListener, device: &str) -> Option<UnixStream> {
+    let mut terminate = signal(SignalKind::terminate()).ok();
+    loop {
+        let accepted = tokio::select! {
+            accepted = control.accept() => accepted,
+            _ = tokio::signal::ctrl_c() => return None,
+            _ = async { match terminate.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => return None,
+        };
+        let Ok((mut stream, _)) = accepted else {
+            continue;
+        };
+        let mut line = String::new();
+        let mut reader = BufReader::new(&mut stream);
+        if reader.read_line(&mut line).await.is_err() || line.trim() != "detach" {
+            let _ = stream.write_all(b"error: unknown request\n").await;
+            continue;
+        }
+        if let Some(mount_point) = mount_point_of(device) {
+            let refusal = AttachError::Mounted {
+                device: device.to_string(),
+                mount_point,
+            };
+            let _ = stream
+                .write_all(format!("error: {refusal}\n").as_bytes())
+                .await;
+            continue;
+        }
+        return Some(stream);
+    }
+}
+
+async fn shut_down(
+    device: NbdDevice,
+    kernel_connection: tokio::task::JoinHandle<std::io::Result<()>>,
+    nbd_server: Option<tokio::task::JoinHandle<()>>,
+    volume: &Volume,
+) -> Result<(), AttachError> {
+    let device_name = device.path().display().to_string();
+    tokio::task::spawn_blocking(move || device.disconnect())
+        .await
+        .expect("disconnect does not panic")
+        .map_err(|source| AttachError::Device {
+            device: device_name,
+            source,
+        })?;
+    let _ = kernel_connection.await;
+    if let Some(server) = nbd_server {
+        let _ = server.await;
+    }
+    volume.close().await?;
+    Ok(())
+}
+
+/// Asks the daemon serving `record` to detach, and waits for its answer.
+pub async fn request_detach(control_socket: &PathBuf) -> Result<(), String> {
+    let mut stream = UnixStream::connect(control_socket).await.map_err(|e| {
+        format!(
+            "cannot reach the daemon at {}: {e}",
+            control_socket.display()
+        )
+    })?;
+    stream
+        .write_all(b"detach\n")
+        .await
+        .map_err(|e| format!("cannot talk to the daemon: {e}"))?;
+    let mut answer = String::new();
+    BufReader::new(stream)
+        .read_line(&mut answer)
+        .await
+        .map_err(|e| format!("the daemon did not answer: {e}"))?;
+    match answer.trim() {
+        "ok" => Ok(()),
+        "" => Err("the daemon exited without answering; see its log".into()),
+        other => Err(other.trim_start_matches("error: ").to_string()),
+    }
+}

@@ -1,0 +1,101 @@
+//! Attaching a volume as a block device on this host: choosing the
+//! transport, the daemon that serves the device, and the registry that
+//! `zeroblk list` and `zeroblk detach` read.
+//!
+//! Transports, probed once (the way cloud-hypervisor's block factory asks
+//! the kernel what it supports): the kernel NBD client (`/dev/nbdN`, fed by
+//! zeroblk's own NBD server over a socket pair). The ublk target
+//! (`/dev/ublkbN`) is the next transport to come; until then `auto` uses
+//! NBD and says what a kernel needs when neither driver is there.
+
+pub mod daemon;
+pub mod registry;
+
+use std::str::FromStr;
+
+/// The transport `--transport` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    #[default]
+    Auto,
+    Nbd,
+}
+
+impl FromStr for Transport {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Transport::Auto),
+            "nbd" => Ok(Transport::Nbd),
+            "ublk" => Err(
+                "the ublk transport is not in this build yet: use --transport nbd (or auto)".into(),
+            ),
+            _ => Err(format!("`{s}` is not a transport: use auto or nbd")),
+        }
+    }
+}
+
+/// Why a volume could not be attached or detached.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error(
+        "this kernel has no block device driver zeroblk can use: it needs CONFIG_BLK_DEV_UBLK (`modprobe ublk_drv`) or CONFIG_BLK_DEV_NBD (`modprobe nbd`); without either, serve the volume with `zeroblk serve` and connect from a host that has one"
+    )]
+    NoKernelSupport,
+    #[error(
+        "the kernel NBD driver is not loaded (no /dev/nbd0): run `modprobe nbd` (CONFIG_BLK_DEV_NBD), or use `zeroblk serve`"
+    )]
+    NoNbd,
+    #[error(
+        "every /dev/nbdN is in use: load more with `modprobe nbd nbds_max=64` after detaching, or detach one"
+    )]
+    NoFreeNbd,
+    #[error(
+        "volume `{name}` is already attached at {device} (daemon pid {pid}): detach it first with `zeroblk detach {name}`"
+    )]
+    AlreadyAttached {
+        name: String,
+        device: String,
+        pid: u32,
+    },
+    #[error("{0} is not attached: `zeroblk list` shows what is")]
+    NotAttached(String),
+    #[error("{device} is mounted at {mount_point}: unmount it first (nothing was detached)")]
+    Mounted { device: String, mount_point: String },
+    #[error("cannot set up {device}: {source}")]
+    Device {
+        device: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+/// Picks the transport `--transport` asks for, checking the kernel has it.
+pub fn choose_transport(wanted: Transport) -> Result<Transport, AttachError> {
+    let nbd = crate::kernel_nbd::available();
+    match wanted {
+        Transport::Nbd if nbd => Ok(Transport::Nbd),
+        Transport::Nbd => Err(AttachError::NoNbd),
+        Transport::Auto if nbd => Ok(Transport::Nbd),
+        Transport::Auto => Err(AttachError::NoKernelSupport),
+    }
+}
+
+/// Where `device` is mounted, if it is.
+pub fn mount_point_of(device: &str) -> Option<String> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            Some((fields.next()?, fields.next()?))
+        })
+        .find(|(source, _)| *source == device)
+        .map(|(_, target)| target.to_string())
+}

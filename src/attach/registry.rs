@@ -1,0 +1,137 @@
+//! Which volumes are attached on this host: one JSON record per volume in
+//! the runtime directory (`/run/zeroblk` for root), written by the daemon
+//! that serves it and removed when it detaches.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// An attached volume, as `zeroblk list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachRecord {
+    pub name: String,
+    pub device: String,
+    pub size: u64,
+    pub store: String,
+    pub pid: u32,
+    pub transport: String,
+    /// `attached`, or `dead` when its daemon is gone.
+    pub state: String,
+    pub control_socket: PathBuf,
+    #[serde(default)]
+    pub nbd_listen: Vec<String>,
+}
+
+impl AttachRecord {
+    pub fn daemon_alive(&self) -> bool {
+        Path::new(&format!("/proc/{}", self.pid)).exists()
+    }
+}
+
+/// The runtime directory, created on first use.
+pub fn runtime_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("ZEROBLK_RUNTIME_DIR") {
+        return PathBuf::from(dir);
+    }
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/run/zeroblk");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) => PathBuf::from(dir).join("zeroblk"),
+        None => PathBuf::from(format!("/tmp/zeroblk-{}", nix::unistd::geteuid())),
+    }
+}
+
+fn record_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.json"))
+}
+
+pub fn control_socket(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.sock"))
+}
+
+pub fn log_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.log"))
+}
+
+/// Writes a record atomically.
+pub fn write(dir: &Path, record: &AttachRecord) -> io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let path = record_path(dir, &record.name);
+    let temporary = path.with_extension("json.tmp");
+    std::fs::write(
+        &temporary,
+        serde_json::to_vec_pretty(record).map_err(io::Error::other)?,
+    )?;
+    std::fs::rename(temporary, path)
+}
+
+pub fn remove(dir: &Path, name: &str) {
+    let _ = std::fs::remove_file(record_path(dir, name));
+}
+
+/// Every record, with `state` set to `dead` where the daemon is gone.
+pub fn list(dir: &Path) -> io::Result<Vec<AttachRecord>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut records = Vec::new();
+    for entry in entries {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let Ok(bytes) = std::fs::read(&path) else {
+                continue;
+            };
+            let Ok(mut record) = serde_json::from_slice::<AttachRecord>(&bytes) else {
+                continue;
+            };
+            if !record.daemon_alive() {
+                record.state = "dead".into();
+            }
+            records.push(record);
+        }
+    }
+    records.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(records)
+}
+
+/// The record of a volume, found by its name or its device path.
+pub fn find(dir: &Path, name_or_device: &str) -> io::Result<Option<AttachRecord>> {
+    Ok(list(dir)?
+        .into_iter()
+        .find(|r| r.name == name_or_device || r.device == name_or_device))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_dead_daemons_show() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut record = AttachRecord {
+            name: "v".into(),
+            device: "/dev/nbd3".into(),
+            size: 1 << 30,
+            store: "file:///x".into(),
+            pid: std::process::id(),
+            transport: "nbd".into(),
+            state: "attached".into(),
+            control_socket: control_socket(dir.path(), "v"),
+            nbd_listen: vec![],
+        };
+        write(dir.path(), &record).unwrap();
+        assert_eq!(find(dir.path(), "/dev/nbd3").unwrap(), Some(record.clone()));
+        record.name = "w".into();
+        record.pid = u32::MAX - 1;
+        write(dir.path(), &record).unwrap();
+        let all = list(dir.path()).unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[1].state, "dead");
+        remove(dir.path(), "v");
+        assert!(find(dir.path(), "v").unwrap().is_none());
+    }
+}

@@ -1,0 +1,204 @@
+//! `zeroblk attach`, `detach` and `list`: volumes as block devices here.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::settings::{EngineArgs, Settings};
+use crate::attach::daemon::{self, AttachOptions};
+use crate::attach::{AttachError, Transport, choose_transport, registry};
+use crate::engine::{self, EngineError, NewVolume, Volume};
+use crate::format::{Compression, DEFAULT_CHUNK_SIZE};
+use crate::nbd::ListenAddr;
+use crate::size::ByteSize;
+
+#[derive(Debug, clap::Args)]
+pub struct AttachArgs {
+    /// The volume to attach, created when missing (then --size is needed)
+    #[arg(default_value = "default")]
+    pub name: String,
+    /// Size of a volume to create, e.g. 100G
+    #[arg(long, value_name = "SIZE")]
+    pub size: Option<ByteSize>,
+    /// Chunk size of a volume to create
+    #[arg(long, value_name = "SIZE", default_value_t = ByteSize(DEFAULT_CHUNK_SIZE))]
+    pub chunk_size: ByteSize,
+    /// Compression of a volume to create: zstd, zstd:LEVEL or none
+    #[arg(long, value_name = "CODEC", default_value = "zstd:3")]
+    pub compression: Compression,
+    /// Stay in the foreground and serve the device (for systemd)
+    #[arg(long)]
+    pub foreground: bool,
+    /// How the device reaches the kernel: auto or nbd
+    #[arg(long, value_name = "KIND", default_value = "auto")]
+    pub transport: Transport,
+    /// Also serve the volume over NBD at ADDR, from the same daemon
+    #[arg(long = "nbd-listen", value_name = "ADDR")]
+    pub nbd_listen: Vec<ListenAddr>,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+pub async fn attach(args: AttachArgs, settings: &Settings) -> anyhow::Result<()> {
+    let dir = registry::runtime_dir();
+    daemon::ensure_not_attached(&dir, &args.name)?;
+    choose_transport(args.transport)?;
+    let store = settings.open_store()?;
+    ensure_volume(&store, &args).await?;
+    if !args.foreground {
+        return spawn_daemon(&args.name, &dir);
+    }
+    let volume = Volume::open(&store, &args.name, settings.engine_options(&args.engine)?).await?;
+    let options = AttachOptions {
+        transport: args.transport,
+        nbd_listen: args.nbd_listen.clone(),
+        store_url: store.url().to_string(),
+    };
+    daemon::run(volume, options, |device| {
+        let mut stdout = std::io::stdout();
+        let _ = writeln!(stdout, "{device}");
+        let _ = stdout.flush();
+    })
+    .await?;
+    Ok(())
+}
+
+async fn ensure_volume(store: &crate::store::Store, args: &AttachArgs) -> anyhow::Result<()> {
+    match engine::info(store, &args.name).await {
+        Ok(info) => {
+            if let Some(size) = args.size.filter(|s| s.bytes() != info.size) {
+                anyhow::bail!(
+                    "volume {} is {}, not {size}: leave out --size, or grow it with `zeroblk volume resize {} --size {size}`",
+                    args.name,
+                    ByteSize(info.size),
+                    args.name
+                );
+            }
+            Ok(())
+        }
+        Err(EngineError::NoSuchVolume(_)) => {
+            let size = args.size.with_context(|| {
+                format!(
+                    "volume {} does not exist: give --size (e.g. --size 100G) to create it",
+                    args.name
+                )
+            })?;
+            let new = NewVolume {
+                name: args.name.clone(),
+                size: size.bytes(),
+                chunk_size: args.chunk_size.bytes(),
+                compression: args.compression,
+            };
+            engine::create(store, &new).await?;
+            eprintln!("created volume {} ({size})", args.name);
+            Ok(())
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Starts this same command with `--foreground` in the background, and
+/// returns once it prints the device path (or fails).
+fn spawn_daemon(name: &str, dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let log = registry::log_path(dir, name);
+    let log_file =
+        std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
+    let exe = std::env::current_exe().context("cannot find the zeroblk binary")?;
+    let mut child = Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .arg("--foreground")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log_file)
+        .process_group(0)
+        .spawn()
+        .context("cannot start the zeroblk daemon")?;
+    let stdout = child.stdout.take().expect("piped");
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = sender.send(line);
+    });
+    let line = receiver
+        .recv_timeout(Duration::from_secs(600))
+        .unwrap_or_default();
+    let device = line.trim();
+    if device.is_empty() {
+        let _ = child.kill();
+        let _ = child.wait();
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let last = text
+            .lines()
+            .rfind(|l| !l.trim().is_empty())
+            .unwrap_or("no output");
+        anyhow::bail!(
+            "the daemon for {name} failed to start: {last} (log: {})",
+            log.display()
+        );
+    }
+    println!("{device}");
+    Ok(())
+}
+
+pub async fn detach(target: &str) -> anyhow::Result<()> {
+    let dir = registry::runtime_dir();
+    let record = registry::find(&dir, target)?
+        .ok_or_else(|| AttachError::NotAttached(target.to_string()))?;
+    if !record.daemon_alive() {
+        registry::remove(&dir, &record.name);
+        anyhow::bail!(
+            "the daemon of {} (pid {}) is gone; its record was removed (see {})",
+            record.name,
+            record.pid,
+            registry::log_path(&dir, &record.name).display()
+        );
+    }
+    daemon::request_detach(&record.control_socket)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot detach {}: {e}", record.name))?;
+    for _ in 0..600 {
+        if !record.daemon_alive() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "detached {} ({}); everything is committed to {}",
+        record.name, record.device, record.store
+    );
+    Ok(())
+}
+
+pub fn list(json: bool) -> anyhow::Result<()> {
+    let records = registry::list(&registry::runtime_dir())?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&records)?);
+        return Ok(());
+    }
+    if records.is_empty() {
+        println!("nothing attached; attach a volume with `zeroblk attach NAME --size 100G`");
+        return Ok(());
+    }
+    println!(
+        "{:<20} {:<14} {:>8} {:>8} {:<10} {:<9} STORE",
+        "NAME", "DEVICE", "SIZE", "PID", "TRANSPORT", "STATE"
+    );
+    for r in records {
+        println!(
+            "{:<20} {:<14} {:>8} {:>8} {:<10} {:<9} {}",
+            r.name,
+            r.device,
+            ByteSize(r.size).to_string(),
+            r.pid,
+            r.transport,
+            r.state,
+            r.store
+        );
+    }
+    Ok(())
+}
