@@ -7,8 +7,14 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
+/// One VM at a time: each emulates two CPUs on this machine's two cores.
+static ONE_VM_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Boots the VM, runs `script` in it and checks it passed.
 fn run_in_vm(script: &str) {
+    let _turn = ONE_VM_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     common::require_tool(
         "vng",
