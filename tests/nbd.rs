@@ -458,3 +458,43 @@ fn unix_sockets_and_the_default_export() {
     server.stop();
     assert!(!socket.exists(), "the socket file is removed at exit");
 }
+
+#[test]
+fn the_config_file_sets_the_listen_addresses() {
+    let nbdinfo = require_tool("nbdinfo", "libnbd-bin");
+    let setup = Setup::file();
+    setup.zeroblk(&["volume", "create", "c", "--size", "64M"]);
+    let port = common::free_port();
+    let config = setup.file_path("zeroblk.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\nurl = \"{}\"\n[cache]\ndir = \"{}\"\n[servers.nbd]\naddresses = [\"127.0.0.1:{port}\"]\n",
+            setup.store_url,
+            setup.cache().display()
+        ),
+    )
+    .unwrap();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_zeroblk"))
+        .arg("--config")
+        .arg(&config)
+        .arg("serve")
+        .env_remove("ZEROBLK_STORE")
+        .env_remove("ZEROBLK_CACHE_DIR")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the server never listened on the configured address"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let info = run_ok(Command::new(&nbdinfo).arg(format!("nbd://127.0.0.1:{port}/c")));
+    assert!(info.contains("export-size: 67108864"), "{info}");
+    let pid = nix::unistd::Pid::from_raw(server.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(server.wait().unwrap().success());
+}
