@@ -13,6 +13,8 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 need_cargo
+# libublk generates its kernel bindings with bindgen, which needs libclang.
+need_apt pkg-config libclang-dev
 say "building zeroblk (release)"
 cargo build --release --quiet
 zeroblk=target/release/zeroblk

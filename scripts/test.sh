@@ -10,7 +10,9 @@ cd "$(dirname "$0")/.."
 need_cargo
 # Real NBD clients: nbdinfo/nbdcopy (libnbd-bin), libnbd's Python module
 # (python3-libnbd), qemu-img (qemu-utils) and fio.
-need_apt pkg-config python3-pip libnbd-bin python3-libnbd qemu-utils fio
+# libublk generates its kernel bindings with bindgen, which needs libclang.
+need_apt pkg-config libclang-dev
+need_apt python3-pip libnbd-bin python3-libnbd qemu-utils fio
 need_pip moto_server 'moto[server]'
 # A real kernel for the device tests: Debian's 6.12 (ublk_drv, nbd, btrfs,
 # nfsd as modules), booted under QEMU by virtme-ng (scripts/vm-run.sh).

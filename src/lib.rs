@@ -23,3 +23,4 @@ pub mod kernel_nbd;
 pub mod nbd;
 pub mod size;
 pub mod store;
+pub mod ublk;

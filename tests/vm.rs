@@ -48,3 +48,8 @@ fn the_kernel_nbd_client_against_zeroblk_serve() {
 fn attach_and_detach_over_the_kernel_nbd_transport() {
     run_in_vm("attach_nbd.sh");
 }
+
+#[test]
+fn attach_and_detach_over_ublk() {
+    run_in_vm("attach_ublk.sh");
+}

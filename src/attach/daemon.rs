@@ -19,6 +19,7 @@ use crate::kernel_nbd::{self, DeviceConfig, NbdDevice};
 use crate::nbd::handshake::Session;
 use crate::nbd::server::Listener;
 use crate::nbd::{Export, Exports, ListenAddr, NbdServer, transmission};
+use crate::ublk::{UblkDevice, UblkOptions};
 
 /// How to attach.
 #[derive(Debug, Clone)]
@@ -27,6 +28,22 @@ pub struct AttachOptions {
     /// Also serve the volume over NBD here, from the same engine.
     pub nbd_listen: Vec<ListenAddr>,
     pub store_url: String,
+    pub ublk: UblkOptions,
+}
+
+/// The device a daemon serves.
+enum Device {
+    Nbd(NbdDevice, tokio::task::JoinHandle<std::io::Result<()>>),
+    Ublk(UblkDevice),
+}
+
+impl Device {
+    fn path(&self) -> String {
+        match self {
+            Device::Nbd(device, _) => device.path().display().to_string(),
+            Device::Ublk(device) => device.path(),
+        }
+    }
 }
 
 fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AttachError {
@@ -68,8 +85,22 @@ pub async fn run(
         read_only: false,
     });
 
-    let (device, kernel_connection) = connect_kernel_nbd(&export).await?;
-    let device_path = device.path().display().to_string();
+    let device = match transport {
+        Transport::Ublk => {
+            let (volume, options) = (Arc::clone(&volume), options.ublk);
+            let runtime = tokio::runtime::Handle::current();
+            let started =
+                tokio::task::spawn_blocking(move || UblkDevice::start(volume, runtime, options))
+                    .await
+                    .expect("ublk setup does not panic");
+            Device::Ublk(started.map_err(AttachError::Ublk)?)
+        }
+        Transport::Nbd | Transport::Auto => {
+            let (device, connection) = connect_kernel_nbd(&export).await?;
+            Device::Nbd(device, connection)
+        }
+    };
+    let device_path = device.path();
     let (stop, stopped) = watch::channel(false);
     let nbd_server = serve_nbd_too(&export, &options.nbd_listen, stopped).await?;
 
@@ -83,8 +114,9 @@ pub async fn run(
         size: volume.size(),
         store: options.store_url.clone(),
         pid: std::process::id(),
-        transport: match transport {
-            Transport::Nbd | Transport::Auto => "nbd".into(),
+        transport: match device {
+            Device::Ublk(_) => "ublk".into(),
+            Device::Nbd(..) => "nbd".into(),
         },
         state: "attached".into(),
         control_socket: control_path.clone(),
@@ -97,7 +129,7 @@ pub async fn run(
     let requester = wait_for_detach(&control, &device_path).await;
     tracing::info!(volume = %name, "detaching: disconnecting the device, then committing to the store");
     let _ = stop.send(true);
-    let outcome = shut_down(device, kernel_connection, nbd_server, &volume).await;
+    let outcome = shut_down(device, nbd_server, &volume).await;
     registry::remove(&dir, &name);
     let _ = std::fs::remove_file(&control_path);
     if let Some(mut requester) = requester {
@@ -209,20 +241,29 @@ async fn wait_for_detach(control: &UnixListener, device: &str) -> Option<UnixStr
 }
 
 async fn shut_down(
-    device: NbdDevice,
-    kernel_connection: tokio::task::JoinHandle<std::io::Result<()>>,
+    device: Device,
     nbd_server: Option<tokio::task::JoinHandle<()>>,
     volume: &Volume,
 ) -> Result<(), AttachError> {
-    let device_name = device.path().display().to_string();
-    tokio::task::spawn_blocking(move || device.disconnect())
-        .await
-        .expect("disconnect does not panic")
-        .map_err(|source| AttachError::Device {
-            device: device_name,
-            source,
-        })?;
-    let _ = kernel_connection.await;
+    let device_name = device.path();
+    match device {
+        Device::Nbd(device, kernel_connection) => {
+            tokio::task::spawn_blocking(move || device.disconnect())
+                .await
+                .expect("disconnect does not panic")
+                .map_err(|source| AttachError::Device {
+                    device: device_name,
+                    source,
+                })?;
+            let _ = kernel_connection.await;
+        }
+        Device::Ublk(device) => {
+            tokio::task::spawn_blocking(move || device.stop())
+                .await
+                .expect("ublk stop does not panic")
+                .map_err(AttachError::Ublk)?;
+        }
+    }
     if let Some(server) = nbd_server {
         let _ = server.await;
     }

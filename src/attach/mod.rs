@@ -3,10 +3,10 @@
 //! `zeroblk list` and `zeroblk detach` read.
 //!
 //! Transports, probed once (the way cloud-hypervisor's block factory asks
-//! the kernel what it supports): the kernel NBD client (`/dev/nbdN`, fed by
-//! zeroblk's own NBD server over a socket pair). The ublk target
-//! (`/dev/ublkbN`) is the next transport to come; until then `auto` uses
-//! NBD and says what a kernel needs when neither driver is there.
+//! the kernel what it supports): the io_uring ublk target (`/dev/ublkbN`,
+//! [`crate::ublk`]), else the kernel NBD client (`/dev/nbdN`, fed by
+//! zeroblk's own NBD server over a socket pair). With neither, `auto` says
+//! what a kernel needs.
 
 pub mod daemon;
 pub mod registry;
@@ -18,6 +18,7 @@ use std::str::FromStr;
 pub enum Transport {
     #[default]
     Auto,
+    Ublk,
     Nbd,
 }
 
@@ -27,10 +28,8 @@ impl FromStr for Transport {
         match s {
             "auto" => Ok(Transport::Auto),
             "nbd" => Ok(Transport::Nbd),
-            "ublk" => Err(
-                "the ublk transport is not in this build yet: use --transport nbd (or auto)".into(),
-            ),
-            _ => Err(format!("`{s}` is not a transport: use auto or nbd")),
+            "ublk" => Ok(Transport::Ublk),
+            _ => Err(format!("`{s}` is not a transport: use auto, ublk or nbd")),
         }
     }
 }
@@ -42,6 +41,12 @@ pub enum AttachError {
         "this kernel has no block device driver zeroblk can use: it needs CONFIG_BLK_DEV_UBLK (`modprobe ublk_drv`) or CONFIG_BLK_DEV_NBD (`modprobe nbd`); without either, serve the volume with `zeroblk serve` and connect from a host that has one"
     )]
     NoKernelSupport,
+    #[error(
+        "the kernel ublk driver is not loaded (no /dev/ublk-control): run `modprobe ublk_drv` (CONFIG_BLK_DEV_UBLK, Linux 6.0+), or use --transport nbd"
+    )]
+    NoUblk,
+    #[error("the ublk device failed: {0}")]
+    Ublk(String),
     #[error(
         "the kernel NBD driver is not loaded (no /dev/nbd0): run `modprobe nbd` (CONFIG_BLK_DEV_NBD), or use `zeroblk serve`"
     )]
@@ -79,9 +84,13 @@ pub enum AttachError {
 /// Picks the transport `--transport` asks for, checking the kernel has it.
 pub fn choose_transport(wanted: Transport) -> Result<Transport, AttachError> {
     let nbd = crate::kernel_nbd::available();
+    let ublk = crate::ublk::available();
     match wanted {
+        Transport::Ublk if ublk => Ok(Transport::Ublk),
+        Transport::Ublk => Err(AttachError::NoUblk),
         Transport::Nbd if nbd => Ok(Transport::Nbd),
         Transport::Nbd => Err(AttachError::NoNbd),
+        Transport::Auto if ublk => Ok(Transport::Ublk),
         Transport::Auto if nbd => Ok(Transport::Nbd),
         Transport::Auto => Err(AttachError::NoKernelSupport),
     }

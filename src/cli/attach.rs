@@ -32,9 +32,15 @@ pub struct AttachArgs {
     /// Stay in the foreground and serve the device (for systemd)
     #[arg(long)]
     pub foreground: bool,
-    /// How the device reaches the kernel: auto or nbd
+    /// How the device reaches the kernel: auto (ublk, else nbd), ublk or nbd
     #[arg(long, value_name = "KIND", default_value = "auto")]
     pub transport: Transport,
+    /// ublk: hardware queues (one thread each)
+    #[arg(long, default_value_t = 1)]
+    pub queues: u16,
+    /// ublk: requests in flight per queue
+    #[arg(long, default_value_t = 128)]
+    pub depth: u16,
     /// Also serve the volume over NBD at ADDR, from the same daemon
     #[arg(long = "nbd-listen", value_name = "ADDR")]
     pub nbd_listen: Vec<ListenAddr>,
@@ -56,6 +62,10 @@ pub async fn attach(args: AttachArgs, settings: &Settings) -> anyhow::Result<()>
         transport: args.transport,
         nbd_listen: args.nbd_listen.clone(),
         store_url: store.url().to_string(),
+        ublk: crate::ublk::UblkOptions {
+            queues: args.queues,
+            depth: args.depth,
+        },
     };
     daemon::run(volume, options, |device| {
         let mut stdout = std::io::stdout();

@@ -1,0 +1,340 @@
+//! The io_uring ublk target: `/dev/ublkbN` served straight from the
+//! engine. The only module that uses libublk.
+//!
+//! Each queue thread runs libublk's per-tag io tasks on a smol executor
+//! that waits on the queue ring. A request is handed to the engine on the
+//! tokio runtime; its completion is sent back on a oneshot channel, which
+//! wakes the io task, and then an eventfd is written, on which the ring
+//! keeps a read armed: its completion turns the queue loop, which runs the
+//! woken task and submits its commit. So queue threads never wait for the
+//! object store, and a request completes when the engine completes it.
+//!
+//! FLUSH arrives with `start_sector = u64::MAX`: requests dispatch on the
+//! op before anything looks at the range.
+
+#![allow(unsafe_code)]
+
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use io_uring::{opcode, types};
+use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
+use libublk::helpers::IoBuf;
+use libublk::io::{UblkDev, UblkQueue};
+use libublk::uring_async::ublk_wake_task;
+use libublk::{BufDesc, UblkError, UblkFlags, UblkUringData, sys};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+
+use crate::engine::Volume;
+
+/// Queue geometry.
+#[derive(Debug, Clone, Copy)]
+pub struct UblkOptions {
+    pub queues: u16,
+    pub depth: u16,
+}
+
+/// Whether the kernel has the ublk driver.
+pub fn available() -> bool {
+    std::path::Path::new("/dev/ublk-control").exists()
+}
+
+/// A ublk device served by a thread of its own.
+pub struct UblkDevice {
+    dev_id: u32,
+    server: Option<JoinHandle<Result<(), String>>>,
+}
+
+impl UblkDevice {
+    /// Adds and starts a device serving `volume`; returns once it is live.
+    pub fn start(
+        volume: Arc<Volume>,
+        runtime: tokio::runtime::Handle,
+        options: UblkOptions,
+    ) -> Result<UblkDevice, String> {
+        let (ready, started) = std::sync::mpsc::channel::<Result<u32, String>>();
+        let failed = ready.clone();
+        let server = std::thread::Builder::new()
+            .name("ublk-ctrl".into())
+            .spawn(move || {
+                let outcome = serve(volume, runtime, options, ready);
+                if let Err(error) = &outcome {
+                    let _ = failed.send(Err(error.clone()));
+                }
+                outcome
+            })
+            .map_err(|e| format!("cannot start the ublk thread: {e}"))?;
+        match started.recv() {
+            Ok(Ok(dev_id)) => Ok(UblkDevice {
+                dev_id,
+                server: Some(server),
+            }),
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err("the ublk thread ended before the device started".into()),
+        }
+    }
+
+    pub fn path(&self) -> String {
+        format!("/dev/ublkb{}", self.dev_id)
+    }
+
+    /// Stops and deletes the device, after the requests in flight.
+    pub fn stop(mut self) -> Result<(), String> {
+        let ctrl =
+            UblkCtrl::new_simple(self.dev_id as i32).map_err(|e| format!("ublk control: {e}"))?;
+        ctrl.kill_dev()
+            .map_err(|e| format!("stopping ublk device: {e}"))?;
+        let served = self.server.take().map(|t| t.join());
+        let _ = ctrl.del_dev();
+        match served {
+            Some(Ok(result)) => result,
+            _ => Err("the ublk thread panicked".into()),
+        }
+    }
+}
+
+fn serve(
+    volume: Arc<Volume>,
+    runtime: tokio::runtime::Handle,
+    options: UblkOptions,
+    ready: std::sync::mpsc::Sender<Result<u32, String>>,
+) -> Result<(), String> {
+    let max_io = 1u32 << 20;
+    let ctrl = UblkCtrlBuilder::default()
+        .name("zeroblk")
+        .id(-1)
+        .nr_queues(options.queues)
+        .depth(options.depth)
+        .io_buf_bytes(max_io)
+        .ctrl_flags(0)
+        .dev_flags(UblkFlags::UBLK_DEV_F_ADD_DEV)
+        .build()
+        .map_err(|e| format!("cannot add a ublk device: {e}"))?;
+    let size = volume.size();
+    let chunk_size = volume.chunk_size();
+    let tgt_init = move |dev: &mut UblkDev| {
+        dev.set_default_params(size);
+        let params = &mut dev.tgt.params;
+        params.types |= sys::UBLK_PARAM_TYPE_DISCARD;
+        params.basic.attrs = sys::UBLK_ATTR_VOLATILE_CACHE | sys::UBLK_ATTR_FUA;
+        params.basic.logical_bs_shift = 12;
+        params.basic.physical_bs_shift = 12;
+        params.basic.io_min_shift = 12;
+        params.basic.io_opt_shift = chunk_size.trailing_zeros().min(20) as u8;
+        params.discard.discard_granularity = chunk_size as u32;
+        params.discard.max_discard_sectors = u32::MAX >> 9;
+        params.discard.max_write_zeroes_sectors = u32::MAX >> 9;
+        params.discard.max_discard_segments = 1;
+        Ok(())
+    };
+    let queue_volume = Arc::clone(&volume);
+    let queue_fn = move |qid: u16, dev: &UblkDev| {
+        queue_thread(qid, dev, Arc::clone(&queue_volume), runtime.clone())
+    };
+    let started = move |ctrl: &UblkCtrl| {
+        let _ = ready.send(Ok(ctrl.dev_info().dev_id));
+    };
+    ctrl.run_target(tgt_init, queue_fn, started)
+        .map(drop)
+        .map_err(|e| format!("ublk target failed: {e}"))
+}
+
+/// A request to run on the engine.
+enum Op {
+    Read(u64, usize),
+    Write(u64, Vec<u8>, bool),
+    Flush,
+    Discard(u64, u64),
+    Zeroes(u64, u64),
+}
+
+/// The engine's answer: bytes done and read data, or an errno.
+type Outcome = Result<Option<Vec<u8>>, i32>;
+
+async fn execute(volume: &Volume, op: Op) -> Outcome {
+    let done = match op {
+        Op::Read(offset, len) => {
+            let mut data = vec![0u8; len];
+            return volume
+                .read(offset, &mut data)
+                .await
+                .map(|()| Some(data))
+                .map_err(|e| e.errno());
+        }
+        Op::Write(offset, data, fua) => volume.write(offset, &data, fua).await,
+        Op::Flush => volume.flush().await,
+        Op::Discard(offset, len) => volume.discard(offset, len, false).await,
+        Op::Zeroes(offset, len) => volume.write_zeroes(offset, len, false).await,
+    };
+    done.map(|()| None).map_err(|e| e.errno())
+}
+
+/// Decodes the request in `tag`'s descriptor; the op first, since a
+/// FLUSH carries no range.
+fn decode(q: &UblkQueue, tag: u16, buf: &[u8]) -> Result<Op, i32> {
+    let iod = q.get_iod(tag);
+    let op = iod.op_flags & 0xff;
+    let offset = iod.start_sector << 9;
+    let len = u64::from(iod.nr_sectors) << 9;
+    match op {
+        sys::UBLK_IO_OP_FLUSH => Ok(Op::Flush),
+        sys::UBLK_IO_OP_READ => Ok(Op::Read(offset, len as usize)),
+        sys::UBLK_IO_OP_WRITE => {
+            let data = buf.get(..len as usize).ok_or(libc::EINVAL)?.to_vec();
+            Ok(Op::Write(
+                offset,
+                data,
+                iod.op_flags & sys::UBLK_IO_F_FUA != 0,
+            ))
+        }
+        sys::UBLK_IO_OP_DISCARD => Ok(Op::Discard(offset, len)),
+        sys::UBLK_IO_OP_WRITE_ZEROES => Ok(Op::Zeroes(offset, len)),
+        _ => Err(libc::EOPNOTSUPP),
+    }
+}
+
+const EVENTFD_DATA: u64 = UblkUringData::Target as u64 | UblkUringData::NonAsync as u64 | 0xe7;
+
+fn queue_thread(qid: u16, dev: &UblkDev, volume: Arc<Volume>, runtime: tokio::runtime::Handle) {
+    let queue = match UblkQueue::new(qid, dev) {
+        Ok(queue) => Rc::new(queue),
+        Err(error) => {
+            tracing::error!(%error, "cannot set up ublk queue {qid}");
+            return;
+        }
+    };
+    let wakeup = match EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK) {
+        Ok(fd) => Arc::new(fd),
+        Err(error) => {
+            tracing::error!(%error, "cannot create an eventfd");
+            return;
+        }
+    };
+    let executor = Rc::new(smol::LocalExecutor::new());
+    let tasks: Vec<_> = (0..dev.dev_info.queue_depth)
+        .map(|tag| {
+            let (q, volume, runtime, wakeup) = (
+                Rc::clone(&queue),
+                Arc::clone(&volume),
+                runtime.clone(),
+                Arc::clone(&wakeup),
+            );
+            executor.spawn(async move {
+                match io_task(&q, tag, volume, runtime, wakeup).await {
+                    Ok(()) | Err(UblkError::QueueIsDown) => {}
+                    Err(error) => tracing::error!(%error, tag, "ublk io task failed"),
+                }
+            })
+        })
+        .collect();
+    let run = Rc::clone(&executor);
+    smol::block_on(executor.run(async move {
+        if let Err(error) = event_loop(&run, &queue, tasks, &wakeup).await {
+            tracing::error!(%error, "ublk queue loop failed");
+        }
+    }));
+}
+
+async fn io_task(
+    q: &UblkQueue<'_>,
+    tag: u16,
+    volume: Arc<Volume>,
+    runtime: tokio::runtime::Handle,
+    wakeup: Arc<EventFd>,
+) -> Result<(), UblkError> {
+    let mut buffer = IoBuf::<u8>::new(q.dev.dev_info.max_io_buf_bytes as usize);
+    q.submit_io_prep_cmd(tag, BufDesc::Slice(buffer.as_slice()), 0, Some(&buffer))
+        .await?;
+    loop {
+        let result = match decode(q, tag, buffer.as_slice()) {
+            Err(errno) => -errno,
+            Ok(op) => {
+                let len = match &op {
+                    Op::Read(_, len) => *len as i32,
+                    Op::Write(_, data, _) => data.len() as i32,
+                    _ => 0,
+                };
+                let (send, receive) = futures::channel::oneshot::channel();
+                let (volume, wakeup) = (Arc::clone(&volume), Arc::clone(&wakeup));
+                runtime.spawn(async move {
+                    let _ = send.send(execute(&volume, op).await);
+                    let _ = wakeup.write(1);
+                });
+                match receive.await {
+                    Ok(Ok(Some(data))) => {
+                        buffer.as_mut_slice()[..data.len()].copy_from_slice(&data);
+                        len
+                    }
+                    Ok(Ok(None)) => len,
+                    Ok(Err(errno)) => -errno,
+                    Err(_) => -libc::EIO,
+                }
+            }
+        };
+        q.submit_io_commit_cmd(tag, BufDesc::Slice(buffer.as_slice()), result)
+            .await?;
+    }
+}
+
+/// Waits on the queue ring (and, through it, on the wakeup eventfd) and
+/// drives the io tasks until the queue is down.
+async fn event_loop<T>(
+    executor: &smol::LocalExecutor<'_>,
+    q: &UblkQueue<'_>,
+    tasks: Vec<smol::Task<T>>,
+    wakeup: &EventFd,
+) -> Result<(), UblkError> {
+    let ring_fd = libublk::io::with_task_io_ring(|ring| ring.as_raw_fd());
+    // SAFETY: the ring's descriptor stays open for this whole function (the
+    // queue owns it); the File is turned back into a raw fd below, before
+    // it could close it.
+    let ring = unsafe { File::from_raw_fd(ring_fd) };
+    let ring = smol::Async::new(ring).map_err(|_| UblkError::OtherError(-libc::EINVAL))?;
+    let mut counter = Box::new([0u8; 8]);
+    let arm = |counter: &mut [u8; 8]| {
+        let read = opcode::Read::new(
+            types::Fd(wakeup.as_fd().as_raw_fd()),
+            counter.as_mut_ptr(),
+            8,
+        )
+        .build()
+        .user_data(EVENTFD_DATA);
+        q.ublk_submit_sqe_sync(read)
+    };
+    arm(&mut counter)?;
+    let woken = std::cell::Cell::new(false);
+    let poll = || async {
+        libublk::io::with_task_io_ring_mut(|r| r.submit_and_wait(0))?;
+        ring.readable()
+            .await
+            .map_err(|_| UblkError::OtherError(-libc::EIO))?;
+        Ok(false)
+    };
+    let counter_cell = std::cell::RefCell::new(counter);
+    let reap = |poll_timeout| {
+        let aborted = libublk::uring_async::ublk_reap_io_events_with_update_queue(
+            q,
+            poll_timeout,
+            None,
+            |cqe| {
+                if cqe.user_data() == EVENTFD_DATA {
+                    woken.set(true);
+                } else {
+                    ublk_wake_task(cqe.user_data(), cqe);
+                }
+            },
+        )?;
+        if woken.replace(false) {
+            arm(&mut counter_cell.borrow_mut())?;
+        }
+        Ok(aborted)
+    };
+    let run = || while executor.try_tick() {};
+    let done = || tasks.iter().all(|task| task.is_finished());
+    let result = libublk::run_uring_tasks(poll, reap, run, done).await;
+    let _ = ring.into_inner().map(IntoRawFd::into_raw_fd);
+    result
+}
