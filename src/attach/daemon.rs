@@ -77,7 +77,10 @@ pub async fn run(
     std::fs::create_dir_all(&dir).map_err(io_error(format!("creating {}", dir.display())))?;
     let name = volume.name().to_string();
     ensure_not_attached(&dir, &name)?;
-    let transport = choose_transport(options.transport)?;
+    let transport = match options.ublk.recover {
+        Some(_) => Transport::Ublk,
+        None => choose_transport(options.transport)?,
+    };
     let volume = Arc::new(volume);
     let export = Arc::new(Export {
         name: name.clone(),

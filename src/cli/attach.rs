@@ -41,6 +41,10 @@ pub struct AttachArgs {
     /// ublk: requests in flight per queue
     #[arg(long, default_value_t = 128)]
     pub depth: u16,
+    /// Take back the ublk device of this volume after its daemon died;
+    /// requests waiting on it go on, without errors
+    #[arg(long)]
+    pub recover: bool,
     /// Also serve the volume over NBD at ADDR, from the same daemon
     #[arg(long = "nbd-listen", value_name = "ADDR")]
     pub nbd_listen: Vec<ListenAddr>,
@@ -50,8 +54,17 @@ pub struct AttachArgs {
 
 pub async fn attach(args: AttachArgs, settings: &Settings) -> anyhow::Result<()> {
     let dir = registry::runtime_dir();
-    daemon::ensure_not_attached(&dir, &args.name)?;
-    choose_transport(args.transport)?;
+    let recover = if args.recover {
+        Some(device_to_recover(&dir, &args.name)?)
+    } else {
+        None
+    };
+    if recover.is_none() {
+        // A recovery keeps the dead daemon's record until the new daemon
+        // has read it.
+        daemon::ensure_not_attached(&dir, &args.name)?;
+        choose_transport(args.transport)?;
+    }
     let store = settings.open_store()?;
     ensure_volume(&store, &args).await?;
     if !args.foreground {
@@ -65,6 +78,7 @@ pub async fn attach(args: AttachArgs, settings: &Settings) -> anyhow::Result<()>
         ublk: crate::ublk::UblkOptions {
             queues: args.queues,
             depth: args.depth,
+            recover,
         },
     };
     daemon::run(volume, options, |device| {
@@ -74,6 +88,22 @@ pub async fn attach(args: AttachArgs, settings: &Settings) -> anyhow::Result<()>
     })
     .await?;
     Ok(())
+}
+
+/// The ublk device id a dead daemon left in the registry.
+fn device_to_recover(dir: &std::path::Path, name: &str) -> anyhow::Result<u32> {
+    let record = registry::find(dir, name)?
+        .with_context(|| format!("volume {name} has no device to recover: attach it normally"))?;
+    anyhow::ensure!(
+        !record.daemon_alive(),
+        "volume {name} is served by a live daemon (pid {}): nothing to recover",
+        record.pid
+    );
+    record
+        .device
+        .strip_prefix("/dev/ublkb")
+        .and_then(|id| id.parse().ok())
+        .with_context(|| format!("{} is not a ublk device: only ublk devices can be recovered; detach and attach again", record.device))
 }
 
 async fn ensure_volume(store: &crate::store::Store, args: &AttachArgs) -> anyhow::Result<()> {

@@ -30,11 +30,14 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use crate::engine::Volume;
 
-/// Queue geometry.
+/// Queue geometry, and a device to take over.
 #[derive(Debug, Clone, Copy)]
 pub struct UblkOptions {
     pub queues: u16,
     pub depth: u16,
+    /// Recover this device, whose daemon died (user recovery), instead of
+    /// adding a new one.
+    pub recover: Option<u32>,
 }
 
 /// Whether the kernel has the ublk driver.
@@ -103,16 +106,29 @@ fn serve(
     ready: std::sync::mpsc::Sender<Result<u32, String>>,
 ) -> Result<(), String> {
     let max_io = 1u32 << 20;
+    // With user recovery, requests in flight when a daemon dies wait for
+    // the next one (reissued, as block writes are idempotent) instead of
+    // failing: `zeroblk attach NAME --recover` takes the device back.
+    let ctrl_flags = u64::from(sys::UBLK_F_USER_RECOVERY | sys::UBLK_F_USER_RECOVERY_REISSUE);
+    let (id, dev_flags) = match options.recover {
+        Some(dev_id) => {
+            UblkCtrl::new_simple(dev_id as i32)
+                .and_then(|ctrl| ctrl.start_user_recover())
+                .map_err(|e| format!("cannot start recovering /dev/ublkb{dev_id}: {e}"))?;
+            (dev_id as i32, UblkFlags::UBLK_DEV_F_RECOVER_DEV)
+        }
+        None => (-1, UblkFlags::UBLK_DEV_F_ADD_DEV),
+    };
     let ctrl = UblkCtrlBuilder::default()
         .name("zeroblk")
-        .id(-1)
+        .id(id)
         .nr_queues(options.queues)
         .depth(options.depth)
         .io_buf_bytes(max_io)
-        .ctrl_flags(0)
-        .dev_flags(UblkFlags::UBLK_DEV_F_ADD_DEV)
+        .ctrl_flags(ctrl_flags)
+        .dev_flags(dev_flags)
         .build()
-        .map_err(|e| format!("cannot add a ublk device: {e}"))?;
+        .map_err(|e| format!("cannot set up the ublk device: {e}"))?;
     let size = volume.size();
     let chunk_size = volume.chunk_size();
     let tgt_init = move |dev: &mut UblkDev| {

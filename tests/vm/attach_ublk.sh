@@ -36,5 +36,20 @@ e2fsck -fn "$device" || fail "e2fsck after re-attach"
 mount "$device" /tmp/mnt
 [ "$(sha256sum /tmp/mnt/file | cut -d' ' -f1)" = "$(cat "$WORK/file.sum")" ] || fail "file changed"
 umount /tmp/mnt
+
+step "kill -9 of the daemon under load, then attach --recover: no I/O error"
+(cd "$WORK" && fio --name=crash --filename="$device" --ioengine=libaio --direct=1 \
+    --rw=randwrite --bs=4k --offset=512M --size=32M --iodepth=16 --verify=crc32c \
+    --verify_fatal=1 --do_verify=1 --output-format=terse >"$WORK/fio-crash.out" 2>&1) &
+fio_pid=$!
+sleep 4
+daemon=$("$ZEROBLK" list --json | sed -n 's/.*"pid": \([0-9]*\).*/\1/p')
+[ -n "$daemon" ] || fail "no daemon pid"
+kill -9 "$daemon"
+sleep 1
+"$ZEROBLK" list | grep -q "^vol .*dead" || { "$ZEROBLK" list; fail "list does not show the dead daemon"; }
+recovered=$("$ZEROBLK" attach vol --recover)
+[ "$recovered" = "$device" ] || fail "recovered '$recovered', not $device"
+wait "$fio_pid" || { cat "$WORK/fio-crash.out"; fail "fio saw an error across the crash"; }
 "$ZEROBLK" detach "$device"
 echo "attach_ublk: ok"
