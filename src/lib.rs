@@ -10,6 +10,8 @@
 //!   the durability contract every transport relies on;
 //! - [`nbd`]: the NBD server; [`kernel_nbd`]: the kernel's NBD client;
 //! - [`attach`]: block devices on this host, their daemon and registry;
+//! - [`provision`]: btrfs on an attached device, its snapshots, quotas and
+//!   NFS share (the only module that runs system tools);
 //! - [`cli`] and [`config`]: the command line and its configuration file.
 #![deny(unsafe_code)]
 
@@ -21,6 +23,7 @@ pub mod engine;
 pub mod format;
 pub mod kernel_nbd;
 pub mod nbd;
+pub mod provision;
 pub mod size;
 pub mod store;
 pub mod ublk;

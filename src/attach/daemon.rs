@@ -1,7 +1,10 @@
 //! The daemon that serves one attached volume: it connects the device,
-//! records itself in the registry, and serves until `zeroblk detach` (over
-//! its control socket) or SIGTERM/SIGINT; then it disconnects the device,
-//! commits everything to the store, and only then answers the detach.
+//! provisions it (when asked), records itself in the registry, and serves
+//! until `zeroblk detach` (over its control socket) or SIGTERM/SIGINT.
+//! Then it unexports and unmounts, disconnects the device, commits
+//! everything to the store, and only then answers the detach. While the
+//! device is still mounted (a busy mount, or one it did not make) it keeps
+//! serving: nothing is ever pulled from under a filesystem.
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -13,12 +16,13 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
 use super::registry::{self, AttachRecord};
-use super::{AttachError, Transport, choose_transport, mount_point_of};
+use super::{AttachError, Transport, choose_transport, hook};
 use crate::engine::Volume;
 use crate::kernel_nbd::{self, DeviceConfig, NbdDevice};
 use crate::nbd::handshake::Session;
 use crate::nbd::server::Listener;
 use crate::nbd::{Export, Exports, ListenAddr, NbdServer, transmission};
+use crate::provision::Provision;
 use crate::ublk::{UblkDevice, UblkOptions};
 
 /// How to attach.
@@ -29,6 +33,8 @@ pub struct AttachOptions {
     pub nbd_listen: Vec<ListenAddr>,
     pub store_url: String,
     pub ublk: UblkOptions,
+    /// The filesystem, mount and NFS export to bring up on the device.
+    pub provision: Option<Provision>,
 }
 
 /// The device a daemon serves.
@@ -105,12 +111,29 @@ pub async fn run(
     };
     let device_path = device.path();
     let (stop, stopped) = watch::channel(false);
-    let nbd_server = serve_nbd_too(&export, &options.nbd_listen, stopped).await?;
-
     let control_path = registry::control_socket(&dir, &name);
-    let _ = std::fs::remove_file(&control_path);
-    let control = UnixListener::bind(&control_path)
-        .map_err(io_error(format!("binding {}", control_path.display())))?;
+    let provision = options.provision.as_ref();
+    let setup = async {
+        let nbd_server = serve_nbd_too(&export, &options.nbd_listen, stopped).await?;
+        let _ = std::fs::remove_file(&control_path);
+        let control = UnixListener::bind(&control_path)
+            .map_err(io_error(format!("binding {}", control_path.display())))?;
+        if let Some(provision) = provision {
+            hook::bring_up(&device_path, &name, provision).await?;
+        }
+        Ok::<_, AttachError>((nbd_server, control))
+    };
+    let (nbd_server, control) = match setup.await {
+        Ok(set_up) => set_up,
+        Err(error) => {
+            let _ = stop.send(true);
+            let _ = std::fs::remove_file(&control_path);
+            if let Err(cleanup) = shut_down(device, None, &volume).await {
+                tracing::error!(%cleanup, "could not detach after the failed attach");
+            }
+            return Err(error);
+        }
+    };
     let record = AttachRecord {
         name: name.clone(),
         device: device_path.clone(),
@@ -124,12 +147,16 @@ pub async fn run(
         state: "attached".into(),
         control_socket: control_path.clone(),
         nbd_listen: options.nbd_listen.iter().map(ToString::to_string).collect(),
+        mount_point: provision.map(|p| p.mount_point.clone()),
+        nfs: provision
+            .and_then(|p| p.nfs.as_ref())
+            .map(ToString::to_string),
     };
     registry::write(&dir, &record).map_err(io_error("writing the registry"))?;
     tracing::info!(volume = %name, device = %device_path, "attached");
     ready(&device_path);
 
-    let requester = wait_for_detach(&control, &device_path).await;
+    let requester = wait_for_detach(&control, &device_path, provision).await;
     tracing::info!(volume = %name, "detaching: disconnecting the device, then committing to the store");
     let _ = stop.send(true);
     let outcome = shut_down(device, nbd_server, &volume).await;
@@ -211,35 +238,45 @@ async fn serve_nbd_too(
 }
 
 /// Waits for `zeroblk detach` (returning its connection, to answer it when
-/// done) or a signal (returning `None`).
-async fn wait_for_detach(control: &UnixListener, device: &str) -> Option<UnixStream> {
+/// done) or a signal (returning `None`), and releases the device: unexport,
+/// unmount. A release that fails (a busy mount) is answered, or logged,
+/// and the daemon goes on serving.
+async fn wait_for_detach(
+    control: &UnixListener,
+    device: &str,
+    provision: Option<&Provision>,
+) -> Option<UnixStream> {
     let mut terminate = signal(SignalKind::terminate()).ok();
     loop {
         let accepted = tokio::select! {
             accepted = control.accept() => accepted,
-            _ = tokio::signal::ctrl_c() => return None,
-            _ = async { match terminate.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => return None,
+            _ = tokio::signal::ctrl_c() => Err(std::io::ErrorKind::Interrupted.into()),
+            _ = async { match terminate.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => Err(std::io::ErrorKind::Interrupted.into()),
         };
-        let Ok((mut stream, _)) = accepted else {
-            continue;
+        let mut requester = match accepted {
+            Ok((mut stream, _)) => {
+                let mut line = String::new();
+                let mut reader = BufReader::new(&mut stream);
+                if reader.read_line(&mut line).await.is_err() || line.trim() != "detach" {
+                    let _ = stream.write_all(b"error: unknown request\n").await;
+                    continue;
+                }
+                Some(stream)
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => None,
+            Err(_) => continue,
         };
-        let mut line = String::new();
-        let mut reader = BufReader::new(&mut stream);
-        if reader.read_line(&mut line).await.is_err() || line.trim() != "detach" {
-            let _ = stream.write_all(b"error: unknown request\n").await;
-            continue;
+        match hook::bring_down(device, provision).await {
+            Ok(()) => return requester,
+            Err(refusal) => {
+                tracing::error!(%refusal, "not detaching; still serving {device}");
+                if let Some(stream) = requester.as_mut() {
+                    let _ = stream
+                        .write_all(format!("error: {refusal}\n").as_bytes())
+                        .await;
+                }
+            }
         }
-        if let Some(mount_point) = mount_point_of(device) {
-            let refusal = AttachError::Mounted {
-                device: device.to_string(),
-                mount_point,
-            };
-            let _ = stream
-                .write_all(format!("error: {refusal}\n").as_bytes())
-                .await;
-            continue;
-        }
-        return Some(stream);
     }
 }
 

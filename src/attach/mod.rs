@@ -7,8 +7,15 @@
 //! [`crate::ublk`]), else the kernel NBD client (`/dev/nbdN`, fed by
 //! zeroblk's own NBD server over a socket pair). With neither, `auto` says
 //! what a kernel needs.
+//!
+//! The daemon leaves the host's mount namespace as it starts
+//! ([`namespace`]) and provisions its device through a hook that runs in
+//! the host's ([`hook`]), so it never shares a namespace with a mount of
+//! its own device.
 
 pub mod daemon;
+mod hook;
+pub mod namespace;
 pub mod registry;
 
 use std::str::FromStr;
@@ -65,8 +72,9 @@ pub enum AttachError {
     },
     #[error("{0} is not attached: `zeroblk list` shows what is")]
     NotAttached(String),
-    #[error("{device} is mounted at {mount_point}: unmount it first (nothing was detached)")]
-    Mounted { device: String, mount_point: String },
+    /// Provisioning (the filesystem, its mount, its NFS export) failed.
+    #[error("{0}")]
+    Provision(String),
     #[error("cannot set up {device}: {source}")]
     Device {
         device: String,
@@ -94,17 +102,4 @@ pub fn choose_transport(wanted: Transport) -> Result<Transport, AttachError> {
         Transport::Auto if nbd => Ok(Transport::Nbd),
         Transport::Auto => Err(AttachError::NoKernelSupport),
     }
-}
-
-/// Where `device` is mounted, if it is.
-pub fn mount_point_of(device: &str) -> Option<String> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
-    mounts
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            Some((fields.next()?, fields.next()?))
-        })
-        .find(|(source, _)| *source == device)
-        .map(|(_, target)| target.to_string())
 }

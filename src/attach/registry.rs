@@ -21,6 +21,12 @@ pub struct AttachRecord {
     pub control_socket: PathBuf,
     #[serde(default)]
     pub nbd_listen: Vec<String>,
+    /// Where the provisioned filesystem is mounted, if it is.
+    #[serde(default)]
+    pub mount_point: Option<PathBuf>,
+    /// The NFS export of that mount point (`--nfs-options`), if any.
+    #[serde(default)]
+    pub nfs: Option<String>,
 }
 
 impl AttachRecord {
@@ -122,6 +128,8 @@ mod tests {
             state: "attached".into(),
             control_socket: control_socket(dir.path(), "v"),
             nbd_listen: vec![],
+            mount_point: None,
+            nfs: None,
         };
         write(dir.path(), &record).unwrap();
         assert_eq!(find(dir.path(), "/dev/nbd3").unwrap(), Some(record.clone()));

@@ -2,6 +2,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -13,7 +14,9 @@ use crate::attach::{AttachError, Transport, choose_transport, registry};
 use crate::engine::{self, EngineError, NewVolume, Volume};
 use crate::format::{Compression, DEFAULT_CHUNK_SIZE};
 use crate::nbd::ListenAddr;
+use crate::provision::{self, BtrfsCompression, Filesystem, NfsExport, PROVISION_FILE, Provision};
 use crate::size::ByteSize;
+use crate::store::Store;
 
 #[derive(Debug, clap::Args)]
 pub struct AttachArgs {
@@ -49,7 +52,38 @@ pub struct AttachArgs {
     #[arg(long = "nbd-listen", value_name = "ADDR")]
     pub nbd_listen: Vec<ListenAddr>,
     #[command(flatten)]
+    pub provision: ProvisionArgs,
+    #[command(flatten)]
     pub engine: EngineArgs,
+}
+
+/// How to provision the device; remembered with the volume, so a later
+/// `zeroblk attach NAME` brings the same back.
+#[derive(Debug, clap::Args)]
+pub struct ProvisionArgs {
+    /// Put btrfs on the device (made only if the device is empty), with
+    /// the subvolumes @, @home and @snapshots, mounted here
+    #[arg(long, value_name = "DIR")]
+    pub mount_point: Option<PathBuf>,
+    /// The filesystem: btrfs, or none for a raw device
+    #[arg(long, value_name = "FS")]
+    pub filesystem: Option<Filesystem>,
+    /// btrfs compression: zstd:3 (default), zstd:N, lzo, zlib or none
+    #[arg(long, value_name = "CODEC")]
+    pub compress: Option<BtrfsCompression>,
+    /// Share the mount point over NFS: export options and clients, as in
+    /// "rw,sync,no_subtree_check,10.0.0.0/24"
+    #[arg(long, value_name = "OPTIONS")]
+    pub nfs_options: Option<NfsExport>,
+}
+
+impl ProvisionArgs {
+    fn given(&self) -> bool {
+        self.mount_point.is_some()
+            || self.filesystem.is_some()
+            || self.compress.is_some()
+            || self.nfs_options.is_some()
+    }
 }
 
 pub async fn attach(args: AttachArgs, settings: &Settings) -> anyhow::Result<()> {
@@ -67,6 +101,10 @@ pub async fn attach(args: AttachArgs, settings: &Settings) -> anyhow::Result<()>
     }
     let store = settings.open_store()?;
     ensure_volume(&store, &args).await?;
+    let provision = resolve_provision(&store, &args.name, &args.provision).await?;
+    if let Some(provision) = &provision {
+        provision::preflight(provision)?;
+    }
     if !args.foreground {
         return spawn_daemon(&args.name, &dir);
     }
@@ -80,6 +118,7 @@ pub async fn attach(args: AttachArgs, settings: &Settings) -> anyhow::Result<()>
             depth: args.depth,
             recover,
         },
+        provision,
     };
     daemon::run(volume, options, |device| {
         let mut stdout = std::io::stdout();
@@ -106,7 +145,65 @@ fn device_to_recover(dir: &std::path::Path, name: &str) -> anyhow::Result<u32> {
         .with_context(|| format!("{} is not a ublk device: only ublk devices can be recovered; detach and attach again", record.device))
 }
 
-async fn ensure_volume(store: &crate::store::Store, args: &AttachArgs) -> anyhow::Result<()> {
+/// The provisioning to bring up: the flags given, over what the volume
+/// remembers; remembered in turn when it changed.
+async fn resolve_provision(
+    store: &Store,
+    name: &str,
+    args: &ProvisionArgs,
+) -> anyhow::Result<Option<Provision>> {
+    let stored = match engine::read_volume_file(store, name, PROVISION_FILE).await? {
+        Some(bytes) => Some(serde_json::from_slice::<Provision>(&bytes).with_context(|| {
+            format!("the provisioning settings of volume {name} ({PROVISION_FILE}) are unreadable: attach it again with --mount-point and the other options to rewrite them")
+        })?),
+        None => None,
+    };
+    if !args.given() {
+        return Ok(stored);
+    }
+    if args.filesystem == Some(Filesystem::None) {
+        anyhow::ensure!(
+            args.mount_point.is_none() && args.compress.is_none() && args.nfs_options.is_none(),
+            "--filesystem none leaves the device raw: leave out --mount-point, --compress and --nfs-options"
+        );
+        if stored.is_some() {
+            engine::write_volume_file(store, name, PROVISION_FILE, None).await?;
+        }
+        return Ok(None);
+    }
+    let mount_point = args
+        .mount_point
+        .clone()
+        .or_else(|| stored.as_ref().map(|p| p.mount_point.clone()))
+        .context(
+            "a filesystem needs a place to mount it: give --mount-point DIR (e.g. /mnt/NAME)",
+        )?;
+    anyhow::ensure!(
+        mount_point.is_absolute(),
+        "--mount-point {} must be an absolute path",
+        mount_point.display()
+    );
+    let provision = Provision {
+        filesystem: Filesystem::Btrfs,
+        compress: args
+            .compress
+            .clone()
+            .or_else(|| stored.as_ref().map(|p| p.compress.clone()))
+            .unwrap_or_default(),
+        mount_point,
+        nfs: args
+            .nfs_options
+            .clone()
+            .or_else(|| stored.as_ref().and_then(|p| p.nfs.clone())),
+    };
+    if stored.as_ref() != Some(&provision) {
+        let json = serde_json::to_vec_pretty(&provision)?;
+        engine::write_volume_file(store, name, PROVISION_FILE, Some(json.into())).await?;
+    }
+    Ok(Some(provision))
+}
+
+async fn ensure_volume(store: &Store, args: &AttachArgs) -> anyhow::Result<()> {
     match engine::info(store, &args.name).await {
         Ok(info) => {
             if let Some(size) = args.size.filter(|s| s.bytes() != info.size) {
@@ -225,18 +322,21 @@ pub fn list(json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<20} {:<14} {:>8} {:>8} {:<10} {:<9} STORE",
-        "NAME", "DEVICE", "SIZE", "PID", "TRANSPORT", "STATE"
+        "{:<20} {:<14} {:>8} {:>8} {:<10} {:<9} {:<24} STORE",
+        "NAME", "DEVICE", "SIZE", "PID", "TRANSPORT", "STATE", "MOUNT"
     );
     for r in records {
         println!(
-            "{:<20} {:<14} {:>8} {:>8} {:<10} {:<9} {}",
+            "{:<20} {:<14} {:>8} {:>8} {:<10} {:<9} {:<24} {}",
             r.name,
             r.device,
             ByteSize(r.size).to_string(),
             r.pid,
             r.transport,
             r.state,
+            r.mount_point
+                .as_ref()
+                .map_or_else(|| "-".to_string(), |m| m.display().to_string()),
             r.store
         );
     }

@@ -2,6 +2,7 @@
 //! become `anyhow` (one line on stderr, a non-zero exit).
 
 mod attach;
+mod provision;
 mod serve;
 mod settings;
 mod volume;
@@ -64,12 +65,29 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Snapshots of a provisioned volume's subvolumes
+    #[command(subcommand)]
+    Snapshot(provision::SnapshotCommand),
+    /// Quotas on a provisioned volume's subvolumes (btrfs qgroups)
+    #[command(subcommand)]
+    Quota(provision::QuotaCommand),
+    /// Run by the attach daemon, in the host's mount namespace
+    #[command(subcommand, hide = true)]
+    ProvisionHook(provision::HookCommand),
 }
 
 /// Runs the command line and turns the outcome into an exit status.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.global.verbose);
+    if let Command::Attach(args) = &cli.command
+        && args.foreground
+        && let Err(error) = crate::attach::namespace::leave_host_mount_namespace()
+    {
+        // Only root can; without it, a mount of the device made in this
+        // namespace could deadlock the daemon's exit.
+        tracing::warn!(%error, "serving from the host's mount namespace");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -97,6 +115,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Attach(args) => attach::attach(args, &settings).await,
         Command::Detach { target } => attach::detach(&target).await,
         Command::List { json } => attach::list(json),
+        Command::Snapshot(command) => provision::snapshot(command),
+        Command::Quota(command) => provision::quota(command),
+        Command::ProvisionHook(command) => provision::hook(command),
     }
 }
 
@@ -111,6 +132,7 @@ fn init_logging(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
 }

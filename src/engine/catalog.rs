@@ -168,6 +168,30 @@ pub async fn write_head(store: &Store, name: &str, generation: u64) -> Result<()
     Ok(())
 }
 
+/// Reads a settings file kept with volume `name` (for example how it is
+/// provisioned); `None` when it has none.
+pub async fn read_volume_file(store: &Store, name: &str, file: &str) -> Result<Option<Bytes>> {
+    superblock(store, name).await?;
+    Ok(store.get(&keys::volume_file(name, file)).await?)
+}
+
+/// Keeps a settings file with volume `name`; `None` removes it. Deleting
+/// the volume deletes it too.
+pub async fn write_volume_file(
+    store: &Store,
+    name: &str,
+    file: &str,
+    contents: Option<Bytes>,
+) -> Result<()> {
+    superblock(store, name).await?;
+    let key = keys::volume_file(name, file);
+    match contents {
+        Some(bytes) => store.put(&key, bytes).await?,
+        None => store.delete(&key).await?,
+    }
+    Ok(())
+}
+
 pub async fn info(store: &Store, name: &str) -> Result<VolumeInfo> {
     let superblock = superblock(store, name).await?;
     let root = newest_root(store, &superblock).await?;

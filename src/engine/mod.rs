@@ -66,7 +66,7 @@ mod write;
 
 pub use catalog::{
     MAX_VOLUME_SIZE, NewVolume, VolumeInfo, create, delete, delete_unused, info, list,
-    validate_size,
+    read_volume_file, validate_size, write_volume_file,
 };
 pub use error::{EngineError, Result};
 pub use options::{Durability, EngineOptions};

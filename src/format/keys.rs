@@ -26,6 +26,11 @@ pub fn head(name: &str) -> String {
     format!("{VOLUMES_DIR}/{name}/head")
 }
 
+/// A named settings file of a volume, e.g. `provision.json`.
+pub fn volume_file(name: &str, file: &str) -> String {
+    format!("{VOLUMES_DIR}/{name}/{file}")
+}
+
 pub fn root(name: &str, generation: u64) -> String {
     format!("{VOLUMES_DIR}/{name}/roots/{generation:020}")
 }

@@ -396,3 +396,42 @@ pub fn zeroblk(
             .env_remove("ZEROBLK_CONFIG"),
     )
 }
+
+/// A loop device over a sparse file, detached when dropped (after
+/// unmounting whatever is mounted at `mount_point`).
+pub struct LoopDevice {
+    pub path: PathBuf,
+    pub mount_point: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl LoopDevice {
+    /// Needs root and the loop driver (both here, and in CI).
+    pub fn new(size: u64) -> LoopDevice {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("image");
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(size)
+            .unwrap();
+        require_tool("losetup", "mount");
+        let path = run_ok(Command::new("losetup").args(["-f", "--show"]).arg(&image));
+        LoopDevice {
+            path: PathBuf::from(path.trim()),
+            mount_point: dir.path().join("mnt"),
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        while Command::new("umount")
+            .arg(&self.mount_point)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+        {}
+        let _ = Command::new("losetup").arg("-d").arg(&self.path).status();
+    }
+}

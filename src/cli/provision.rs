@@ -1,0 +1,306 @@
+//! `zeroblk snapshot`, `zeroblk quota`, and the hook the attach daemon
+//! runs to provision its device.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use chrono::Utc;
+
+use crate::attach::registry;
+use crate::provision::prune::{self, Retention};
+use crate::provision::snapshot::{self, Snapshot};
+use crate::provision::{self, Provision, quota};
+use crate::size::ByteSize;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum SnapshotCommand {
+    /// Snapshot a subvolume into @snapshots (read-only unless --writable)
+    Create {
+        /// The attached volume's name, or its mount point
+        target: String,
+        /// The subvolume to snapshot
+        #[arg(long, default_value = "@")]
+        subvolume: String,
+        /// A label added to the snapshot's timestamped name
+        #[arg(long = "name", value_name = "LABEL")]
+        label: Option<String>,
+        #[arg(long)]
+        writable: bool,
+    },
+    /// List snapshots (of every attached volume unless one is named)
+    List {
+        target: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete snapshots
+    Delete {
+        target: String,
+        #[arg(required = true)]
+        snapshots: Vec<String>,
+    },
+    /// Put a snapshot back in place of its subvolume; the current state is
+    /// kept as a read-only "pre-rollback" snapshot first
+    Rollback { target: String, snapshot: String },
+    /// Delete the snapshots a retention policy does not keep (each
+    /// subvolume on its own); safe to run from cron or a timer
+    Prune {
+        /// The volume or mount point (every attached volume if left out)
+        target: Option<String>,
+        #[arg(long, default_value_t = 0)]
+        keep_hourly: usize,
+        #[arg(long, default_value_t = 0)]
+        keep_daily: usize,
+        #[arg(long, default_value_t = 0)]
+        keep_weekly: usize,
+        #[arg(long, default_value_t = 0)]
+        keep_monthly: usize,
+        /// Say what would be deleted, delete nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum QuotaCommand {
+    /// Limit what a subvolume may refer to (btrfs qgroups); "none" lifts it
+    Set {
+        target: String,
+        #[arg(long, default_value = "@")]
+        subvolume: String,
+        /// A size such as 50G, or none
+        limit: String,
+    },
+    /// Each subvolume's usage and limit
+    Show {
+        target: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// The daemon's provisioning steps, run in the host's mount namespace.
+#[derive(Debug, clap::Subcommand)]
+pub enum HookCommand {
+    Up {
+        #[arg(long)]
+        device: PathBuf,
+        #[arg(long)]
+        label: String,
+        #[arg(long)]
+        spec: String,
+    },
+    Down {
+        #[arg(long)]
+        device: PathBuf,
+        #[arg(long)]
+        spec: Option<String>,
+    },
+}
+
+pub fn hook(command: HookCommand) -> anyhow::Result<()> {
+    let parse = |spec: &str| -> anyhow::Result<Provision> {
+        serde_json::from_str(spec).context("the provisioning spec is not valid")
+    };
+    match command {
+        HookCommand::Up {
+            device,
+            label,
+            spec,
+        } => provision::up(&device, &label, &parse(&spec)?)?,
+        HookCommand::Down { device, spec } => {
+            let provision = spec.as_deref().map(parse).transpose()?;
+            provision::down(&device, provision.as_ref())?;
+        }
+    }
+    Ok(())
+}
+
+/// The mount point `target` names: a path, or an attached volume.
+fn mount_point(target: &str) -> anyhow::Result<PathBuf> {
+    if target.contains('/') {
+        let path = PathBuf::from(target);
+        anyhow::ensure!(path.is_dir(), "{target} is not a directory");
+        return Ok(path);
+    }
+    let record = registry::find(&registry::runtime_dir(), target)?.with_context(|| {
+        format!("volume {target} is not attached here: attach it first, or name its mount point")
+    })?;
+    record.mount_point.with_context(|| {
+        format!("volume {target} is attached without a filesystem: attach it with --mount-point DIR to provision btrfs")
+    })
+}
+
+/// The mount points of every attached, provisioned volume, by name.
+fn all_mount_points() -> anyhow::Result<Vec<(String, PathBuf)>> {
+    Ok(registry::list(&registry::runtime_dir())?
+        .into_iter()
+        .filter_map(|record| Some((record.name, record.mount_point?)))
+        .collect())
+}
+
+fn targets(target: Option<String>) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    match target {
+        Some(target) => Ok(vec![(target.clone(), mount_point(&target)?)]),
+        None => all_mount_points(),
+    }
+}
+
+pub fn snapshot(command: SnapshotCommand) -> anyhow::Result<()> {
+    match command {
+        SnapshotCommand::Create {
+            target,
+            subvolume,
+            label,
+            writable,
+        } => {
+            let mount = mount_point(&target)?;
+            let taken =
+                snapshot::create(&mount, &subvolume, label.as_deref(), writable, Utc::now())?;
+            println!("{}", taken.path.display());
+        }
+        SnapshotCommand::List { target, json } => list_snapshots(targets(target)?, json)?,
+        SnapshotCommand::Delete { target, snapshots } => {
+            let mount = mount_point(&target)?;
+            for name in snapshots {
+                snapshot::delete(&mount, &name)?;
+                println!("deleted {name}");
+            }
+        }
+        SnapshotCommand::Rollback { target, snapshot } => {
+            let mount = mount_point(&target)?;
+            let kept = snapshot::rollback(&mount, &snapshot, Utc::now())?;
+            println!(
+                "rolled {} back to {snapshot}; what it held is kept as {}",
+                kept.subvolume, kept.name
+            );
+        }
+        SnapshotCommand::Prune {
+            target,
+            keep_hourly,
+            keep_daily,
+            keep_weekly,
+            keep_monthly,
+            dry_run,
+        } => {
+            let retention = Retention {
+                hourly: keep_hourly,
+                daily: keep_daily,
+                weekly: keep_weekly,
+                monthly: keep_monthly,
+            };
+            anyhow::ensure!(
+                !retention.keeps_nothing(),
+                "prune needs a policy: give at least one of --keep-hourly, --keep-daily, --keep-weekly, --keep-monthly"
+            );
+            for (_, mount) in targets(target)? {
+                prune_snapshots(&mount, &retention, dry_run)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn list_snapshots(targets: Vec<(String, PathBuf)>, json: bool) -> anyhow::Result<()> {
+    let mut all: BTreeMap<String, Vec<Snapshot>> = BTreeMap::new();
+    for (name, mount) in targets {
+        all.insert(name, snapshot::list(&mount)?);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+        return Ok(());
+    }
+    println!(
+        "{:<16} {:<48} {:<12} {:<20} {:<4} LABEL",
+        "VOLUME", "SNAPSHOT", "SUBVOLUME", "CREATED (UTC)", "RO"
+    );
+    for (volume, snapshots) in all {
+        for s in snapshots {
+            println!(
+                "{:<16} {:<48} {:<12} {:<20} {:<4} {}",
+                volume,
+                s.name,
+                s.subvolume,
+                s.created.format("%Y-%m-%d %H:%M:%S"),
+                if s.read_only { "yes" } else { "no" },
+                s.label.as_deref().unwrap_or("-")
+            );
+        }
+    }
+    Ok(())
+}
+
+fn prune_snapshots(mount: &Path, retention: &Retention, dry_run: bool) -> anyhow::Result<()> {
+    let mut by_subvolume: BTreeMap<String, Vec<Snapshot>> = BTreeMap::new();
+    for s in snapshot::list(mount)? {
+        by_subvolume.entry(s.subvolume.clone()).or_default().push(s);
+    }
+    for snapshots in by_subvolume.values() {
+        let times: Vec<_> = snapshots.iter().map(|s| s.created).collect();
+        let kept = prune::keep(&times, retention);
+        for (index, s) in snapshots.iter().enumerate() {
+            if kept.contains(&index) {
+                println!("keep   {}", s.name);
+            } else if dry_run {
+                println!("delete {} (dry run)", s.name);
+            } else {
+                match snapshot::delete(mount, &s.name) {
+                    Ok(()) => println!("delete {}", s.name),
+                    // Another prune got there first.
+                    Err(_) if !s.path.exists() => {}
+                    Err(error) => return Err(error.into()),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn quota(command: QuotaCommand) -> anyhow::Result<()> {
+    match command {
+        QuotaCommand::Set {
+            target,
+            subvolume,
+            limit,
+        } => {
+            let mount = mount_point(&target)?;
+            let bytes = match limit.as_str() {
+                "none" => None,
+                size => Some(
+                    size.parse::<ByteSize>()
+                        .map_err(anyhow::Error::msg)?
+                        .bytes(),
+                ),
+            };
+            quota::set(&mount, &subvolume, bytes)?;
+            println!("{subvolume} of {target}: limit {limit}");
+        }
+        QuotaCommand::Show { target, json } => {
+            let rows = quota::show(&mount_point(&target)?)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else if rows.is_empty() {
+                println!(
+                    "quotas are off: `zeroblk quota set {target} --subvolume @home 50G` turns them on"
+                );
+            } else {
+                println!(
+                    "{:<32} {:>10} {:>10} {:>10}",
+                    "SUBVOLUME", "REFERENCED", "EXCLUSIVE", "LIMIT"
+                );
+                for row in rows {
+                    println!(
+                        "{:<32} {:>10} {:>10} {:>10}",
+                        row.subvolume,
+                        ByteSize(row.referenced).to_string(),
+                        ByteSize(row.exclusive).to_string(),
+                        row.limit
+                            .map_or_else(|| "none".to_string(), |l| ByteSize(l).to_string())
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,258 @@
+//! Provisioning on a real kernel's btrfs, on the host: a loop device stands
+//! in for the attached device (tests/vm/provision.sh runs the whole flow on
+//! ublk, with NFS, in the VM). Runs the steps the attach daemon runs
+//! (`zeroblk provision-hook`) and the snapshot and quota commands.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::{LoopDevice, require_tool, run_ok};
+
+fn zeroblk(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_zeroblk"))
+        .args(args)
+        .env_remove("ZEROBLK_CONFIG")
+        .output()
+        .expect("run zeroblk")
+}
+
+fn zeroblk_ok(args: &[&str]) -> String {
+    let output = zeroblk(args);
+    assert!(
+        output.status.success(),
+        "zeroblk {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn spec(mount_point: &Path) -> String {
+    format!(
+        r#"{{"filesystem":"btrfs","compress":"zstd:3","mount_point":"{}"}}"#,
+        mount_point.display()
+    )
+}
+
+fn up(device: &LoopDevice) -> Output {
+    let device_path = device.path.to_str().unwrap();
+    zeroblk(&[
+        "provision-hook",
+        "up",
+        "--device",
+        device_path,
+        "--label",
+        "vol",
+        "--spec",
+        &spec(&device.mount_point),
+    ])
+}
+
+fn down(device: &LoopDevice) -> Output {
+    let device_path = device.path.to_str().unwrap();
+    zeroblk(&[
+        "provision-hook",
+        "down",
+        "--device",
+        device_path,
+        "--spec",
+        &spec(&device.mount_point),
+    ])
+}
+
+fn mount_options(mount_point: &Path) -> Option<String> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let target = mount_point.to_str().unwrap();
+    mounts
+        .lines()
+        .map(|l| l.split(' ').collect::<Vec<_>>())
+        .find(|f| f[1] == target)
+        .map(|f| f[3].to_string())
+}
+
+fn provisioned() -> LoopDevice {
+    require_tool("mkfs.btrfs", "btrfs-progs");
+    let device = LoopDevice::new(1 << 30);
+    let output = up(&device);
+    assert!(
+        output.status.success(),
+        "up: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    device
+}
+
+#[test]
+fn an_empty_device_gets_btrfs_subvolumes_and_mount_options_once() {
+    let device = provisioned();
+    let mount = &device.mount_point;
+    let options = mount_options(mount).expect("mounted");
+    for wanted in ["noatime", "compress=zstd:3", "discard=async"] {
+        assert!(options.contains(wanted), "{wanted} not in {options}");
+    }
+    for subvolume in ["@", "@home", "@snapshots"] {
+        assert!(
+            zeroblk::provision::btrfs::is_subvolume(&mount.join(subvolume)),
+            "{subvolume}"
+        );
+    }
+    std::fs::write(mount.join("@home/kept"), b"data").unwrap();
+
+    assert!(down(&device).status.success());
+    assert_eq!(mount_options(mount), None, "unmounted");
+    let again = up(&device);
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(
+        std::fs::read(mount.join("@home/kept")).unwrap(),
+        b"data",
+        "not formatted again"
+    );
+    assert!(up(&device).status.success(), "up is idempotent");
+}
+
+#[test]
+fn a_device_holding_another_filesystem_is_never_formatted() {
+    require_tool("mkfs.ext4", "e2fsprogs");
+    let device = LoopDevice::new(64 << 20);
+    run_ok(
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(&device.path),
+    );
+    let output = up(&device);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("already holds a filesystem (ext4)"),
+        "{stderr}"
+    );
+    let kind = run_ok(
+        Command::new("blkid")
+            .args(["-p", "-o", "value", "-s", "TYPE"])
+            .arg(&device.path),
+    );
+    assert_eq!(kind.trim(), "ext4");
+}
+
+#[test]
+fn a_busy_mount_stays_mounted() {
+    let device = provisioned();
+    let mut holder = Command::new("sleep")
+        .arg("30")
+        .current_dir(device.mount_point.join("@home"))
+        .spawn()
+        .unwrap();
+    let output = down(&device);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("is busy"), "{stderr}");
+    assert!(
+        mount_options(&device.mount_point).is_some(),
+        "still mounted"
+    );
+    assert!(down(&device).status.success(), "unmounts once free");
+}
+
+#[test]
+fn snapshot_rollback_prune_and_quota() {
+    let device = provisioned();
+    let mount = device.mount_point.to_str().unwrap();
+    let home = device.mount_point.join("@home");
+    std::fs::write(home.join("file"), b"first").unwrap();
+
+    let taken = zeroblk_ok(&[
+        "snapshot",
+        "create",
+        mount,
+        "--subvolume",
+        "@home",
+        "--name",
+        "first",
+    ]);
+    let taken = Path::new(taken.trim());
+    assert_eq!(std::fs::read(taken.join("file")).unwrap(), b"first");
+    assert!(
+        std::fs::write(taken.join("file"), b"x").is_err(),
+        "read-only by default"
+    );
+    std::fs::write(home.join("file"), b"second").unwrap();
+    zeroblk_ok(&["snapshot", "create", mount, "--name", "root", "--writable"]);
+
+    let listed: serde_json::Value =
+        serde_json::from_str(&zeroblk_ok(&["snapshot", "list", mount, "--json"])).unwrap();
+    let snapshots = listed[mount].as_array().unwrap();
+    assert_eq!(snapshots.len(), 2);
+    assert_eq!(
+        snapshots.iter().filter(|s| s["read_only"] == true).count(),
+        1
+    );
+
+    let name = taken.file_name().unwrap().to_str().unwrap();
+    let said = zeroblk_ok(&["snapshot", "rollback", mount, name]);
+    assert_eq!(
+        std::fs::read(home.join("file")).unwrap(),
+        b"first",
+        "rolled back"
+    );
+    let kept = said.split_whitespace().last().unwrap();
+    let kept = device.mount_point.join("@snapshots").join(kept);
+    assert_eq!(
+        std::fs::read(kept.join("file")).unwrap(),
+        b"second",
+        "nothing lost"
+    );
+    std::fs::write(home.join("file"), b"writable again").unwrap();
+
+    // All three were taken this hour: keeping one per hour keeps one per
+    // subvolume.
+    zeroblk_ok(&[
+        "snapshot",
+        "prune",
+        mount,
+        "--keep-hourly",
+        "1",
+        "--dry-run",
+    ]);
+    assert_eq!(
+        std::fs::read_dir(device.mount_point.join("@snapshots"))
+            .unwrap()
+            .count(),
+        3
+    );
+    zeroblk_ok(&["snapshot", "prune", mount, "--keep-hourly", "1"]);
+    let left: serde_json::Value =
+        serde_json::from_str(&zeroblk_ok(&["snapshot", "list", mount, "--json"])).unwrap();
+    let left = left[mount].as_array().unwrap();
+    let subvolumes: Vec<_> = left
+        .iter()
+        .map(|s| s["subvolume"].as_str().unwrap())
+        .collect();
+    assert_eq!(subvolumes, ["@", "@home"], "one per subvolume: {left:?}");
+
+    zeroblk_ok(&["quota", "set", mount, "--subvolume", "@home", "50M"]);
+    let quotas: serde_json::Value =
+        serde_json::from_str(&zeroblk_ok(&["quota", "show", mount, "--json"])).unwrap();
+    let home_quota = quotas
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["subvolume"] == "@home")
+        .unwrap();
+    assert_eq!(home_quota["limit"], 50 << 20);
+    // Random, so that compress=zstd cannot shrink it under the limit.
+    let mut big = vec![0u8; 64 << 20];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut big).unwrap();
+    let written = std::fs::write(home.join("big"), &big)
+        .and_then(|()| std::fs::File::open(home.join("big"))?.sync_all());
+    assert!(
+        written.is_err(),
+        "the quota stops a 64M file in a 50M subvolume"
+    );
+}
