@@ -53,3 +53,8 @@ fn attach_and_detach_over_the_kernel_nbd_transport() {
 fn attach_and_detach_over_ublk() {
     run_in_vm("attach_ublk.sh");
 }
+
+#[test]
+fn provision_btrfs_snapshots_and_nfs_over_ublk() {
+    run_in_vm("provision.sh");
+}
