@@ -17,6 +17,9 @@ need_pip moto_server 'moto[server]'
 # A real kernel for the device tests: Debian's 6.12 (ublk_drv, nbd, btrfs,
 # nfsd as modules), booted under QEMU by virtme-ng (scripts/vm-run.sh).
 need_apt qemu-system-x86 busybox-static linux-image-6.12-amd64 nbd-client e2fsprogs
+# Provisioning: btrfs (tests/provision.rs on the host's loop devices, and
+# in the VM) and the kernel NFS server.
+need_apt btrfs-progs nfs-kernel-server
 need_pip vng virtme-ng
 
 say "cargo fmt --check"

@@ -31,11 +31,20 @@ step "detach, wipe the cache, attach again"
 "$ZEROBLK" detach vol
 [ -e "$device" ] && fail "device still there after detach"
 rm -rf "$ZEROBLK_CACHE_DIR"
-device=$("$ZEROBLK" attach vol)
+device=$("$ZEROBLK" attach vol --nbd-listen 127.0.0.1:10811)
 e2fsck -fn "$device" || fail "e2fsck after re-attach"
 mount "$device" /tmp/mnt
 [ "$(sha256sum /tmp/mnt/file | cut -d' ' -f1)" = "$(cat "$WORK/file.sum")" ] || fail "file changed"
 umount /tmp/mnt
+
+step "--nbd-listen serves the same volume from the same daemon"
+uri=nbd://127.0.0.1:10811/vol
+from_device=$(dd if="$device" bs=1M count=8 iflag=direct status=none | sha256sum)
+from_nbd=$(nbdsh -u "$uri" -c 'import sys; sys.stdout.buffer.write(h.pread(8 << 20, 0))' | sha256sum)
+[ "$from_device" = "$from_nbd" ] || fail "NBD and the device disagree"
+nbdsh -u "$uri" -c 'h.pwrite(b"n" * 4096, 900 << 20); h.flush()'
+[ "$(dd if="$device" bs=4096 skip=$((900 * 256)) count=1 iflag=direct status=none | tr -d n | wc -c)" = 0 ] \
+    || fail "a write over NBD is not seen on the device"
 
 step "kill -9 of the daemon under load, then attach --recover: no I/O error"
 (cd "$WORK" && fio --name=crash --filename="$device" --ioengine=libaio --direct=1 \
