@@ -65,6 +65,17 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Delete chunks, map pages and old roots no volume references any more
+    Gc {
+        /// Report what would be freed, delete nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Keep whatever is younger than this, for writers in mid-commit
+        #[arg(long, value_name = "DURATION", default_value = "1h")]
+        grace: humantime::Duration,
+        #[arg(long)]
+        json: bool,
+    },
     /// Snapshots of a provisioned volume's subvolumes
     #[command(subcommand)]
     Snapshot(provision::SnapshotCommand),
@@ -115,6 +126,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Attach(args) => attach::attach(args, &settings).await,
         Command::Detach { target } => attach::detach(&target).await,
         Command::List { json } => attach::list(json),
+        Command::Gc {
+            dry_run,
+            grace,
+            json,
+        } => volume::gc(&settings, dry_run, grace.into(), json).await,
         Command::Snapshot(command) => provision::snapshot(command),
         Command::Quota(command) => provision::quota(command),
         Command::ProvisionHook(command) => provision::hook(command),

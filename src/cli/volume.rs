@@ -37,6 +37,13 @@ pub enum VolumeCommand {
     },
     /// Delete a volume (its chunks are freed by garbage collection)
     Delete { name: String },
+    /// Read and check every chunk and map page a volume references; exits
+    /// non-zero if any is missing or corrupt
+    Verify {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Grow a volume
     Resize {
         name: String,
@@ -103,6 +110,29 @@ pub async fn run(command: VolumeCommand, settings: &Settings) -> anyhow::Result<
             engine::delete_unused(&store, &name, &settings.cache_dir).await?;
             println!("deleted volume {name}; `zeroblk gc` frees chunks no volume uses");
         }
+        VolumeCommand::Verify { name, json } => {
+            let report = engine::verify(&store, &name).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                for bad in &report.bad {
+                    println!("BAD {}: {}", bad.key, bad.problem);
+                }
+                println!(
+                    "volume {name}, generation {}: {} pages and {} chunks ({}) checked, {} bad",
+                    report.generation,
+                    report.pages,
+                    report.chunks,
+                    human(report.bytes),
+                    report.bad.len()
+                );
+            }
+            anyhow::ensure!(
+                report.is_clean(),
+                "volume {name} has {} missing or corrupt objects: its data there cannot be read; restore them from a backup of the bucket, or rewrite the affected ranges",
+                report.bad.len()
+            );
+        }
         VolumeCommand::Resize { name, size, engine } => {
             let volume = Volume::open(&store, &name, settings.engine_options(&engine)?).await?;
             let before = volume.size();
@@ -111,6 +141,33 @@ pub async fn run(command: VolumeCommand, settings: &Settings) -> anyhow::Result<
             println!("volume {name}: {} -> {size}", ByteSize(before));
         }
     }
+    Ok(())
+}
+
+/// `zeroblk gc`.
+pub async fn gc(
+    settings: &Settings,
+    dry_run: bool,
+    grace: Duration,
+    json: bool,
+) -> anyhow::Result<()> {
+    let store = settings.open_store()?;
+    let report = engine::collect_garbage(&store, engine::GcOptions { grace, dry_run }).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let verb = if dry_run { "would free" } else { "freed" };
+    println!(
+        "{verb} {} in {} chunks, {} map pages and {} old roots, across {} volumes; {} chunks and {} pages are in use",
+        human(report.bytes_freed),
+        report.chunks_deleted,
+        report.pages_deleted,
+        report.roots_deleted,
+        report.volumes,
+        report.chunks_kept,
+        report.pages_kept
+    );
     Ok(())
 }
 

@@ -109,15 +109,24 @@ pub async fn superblock(store: &Store, name: &str) -> Result<Superblock> {
 
 /// The newest committed generation: the head hint, then the roots after
 /// it until one is missing. A few requests, whatever the volume's size.
+/// When the hinted root is gone (`zeroblk gc` deletes old roots, and the
+/// hint may lag), the newest listed root takes its place.
 pub async fn newest_root(store: &Store, superblock: &Superblock) -> Result<Root> {
     let name = &superblock.name;
-    let hint = read_head(store, name).await?;
-    let mut generation = hint;
+    let mut generation = read_head(store, name).await?;
     let mut newest = read_root(store, superblock, generation).await?;
-    if newest.is_none() && generation > 0 {
-        // The hint ran ahead of a root that was never written: start over.
-        generation = 0;
-        newest = read_root(store, superblock, 0).await?;
+    if newest.is_none() {
+        let listed = store
+            .list_keys(&format!("{}/roots/", keys::volume_dir(name)))
+            .await?;
+        if let Some(listed) = listed
+            .iter()
+            .filter_map(|k| k.rsplit('/').next()?.parse().ok())
+            .max()
+        {
+            generation = listed;
+            newest = read_root(store, superblock, generation).await?;
+        }
     }
     let mut newest = newest.ok_or_else(|| EngineError::MissingObject {
         key: keys::root(name, generation),

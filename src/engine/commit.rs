@@ -179,10 +179,12 @@ impl Shared {
             stored_len: encoded.object.len() as u32,
         };
         if entry.id != old.id {
-            // Create-if-absent: a chunk already stored (by any volume) is
-            // the same bytes, so "exists" is success and nothing is lost.
+            // A chunk already stored (by any volume) holds the same bytes:
+            // writing it again is harmless, and renews its age, so that
+            // `zeroblk gc` (which spares young objects) cannot take it
+            // before the root that references it lands.
             self.store
-                .put_if_absent(&keys::chunk(&entry.id), encoded.object)
+                .put(&keys::chunk(&entry.id), encoded.object)
                 .await?;
         }
         self.chunks.insert(entry.id, Bytes::from(data)).await;
@@ -217,8 +219,9 @@ impl Shared {
                 .expect("page encoding does not panic")
         };
         if encoded.id != old.id {
+            // As for chunks: a plain put renews an existing page's age.
             self.store
-                .put_if_absent(&keys::page(&encoded.id), encoded.object)
+                .put(&keys::page(&encoded.id), encoded.object)
                 .await?;
         }
         self.pages.remember(encoded.id, content).await;

@@ -53,6 +53,7 @@ mod commit;
 mod epoch;
 mod error;
 mod flush;
+mod gc;
 mod log;
 mod map;
 mod options;
@@ -61,6 +62,7 @@ mod read;
 mod replay;
 mod resolve;
 mod uploader;
+mod verify;
 mod volume;
 mod write;
 
@@ -69,6 +71,8 @@ pub use catalog::{
     read_volume_file, validate_size, write_volume_file,
 };
 pub use error::{EngineError, Result};
+pub use gc::{GcOptions, GcReport, collect as collect_garbage};
 pub use options::{Durability, EngineOptions};
 pub use read::Extent;
+pub use verify::{BadObject, VerifyReport, verify};
 pub use volume::{Volume, VolumeCounters, local_dir};

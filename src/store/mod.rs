@@ -80,6 +80,14 @@ impl StoreError {
     }
 }
 
+/// An object as a listing describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+    pub last_modified: std::time::SystemTime,
+}
+
 /// Whether the store refuses a create-if-absent put of an existing key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -239,6 +247,28 @@ impl Store {
             Ok(objects) => Ok(objects
                 .into_iter()
                 .map(|m| m.location.to_string())
+                .collect()),
+            Err(object_store::Error::NotFound { .. }) => Ok(Vec::new()),
+            Err(e) => Err(self.classify("LIST", prefix, e)),
+        }
+    }
+
+    /// Every object under `prefix`, recursively, with its size and age.
+    pub async fn list_objects(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+        self.metrics.list();
+        let listed: Result<Vec<_>, _> = self
+            .inner
+            .list(Some(&Path::from(prefix)))
+            .try_collect()
+            .await;
+        match listed {
+            Ok(objects) => Ok(objects
+                .into_iter()
+                .map(|m| ObjectInfo {
+                    key: m.location.to_string(),
+                    size: m.size,
+                    last_modified: m.last_modified.into(),
+                })
                 .collect()),
             Err(object_store::Error::NotFound { .. }) => Ok(Vec::new()),
             Err(e) => Err(self.classify("LIST", prefix, e)),

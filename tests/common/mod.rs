@@ -91,6 +91,24 @@ pub fn engine_options(cache_dir: &Path) -> EngineOptions {
     options
 }
 
+/// Creates volume `name` in `store` and opens it with a fresh cache dir
+/// (returned too, to keep it alive).
+pub async fn create_and_open(
+    store: &Store,
+    name: &str,
+    size: u64,
+    chunk_size: u64,
+) -> (zeroblk::engine::Volume, tempfile::TempDir) {
+    zeroblk::engine::create(store, &new_volume(name, size, chunk_size))
+        .await
+        .expect("create the volume");
+    let cache = tempfile::tempdir().expect("temporary directory");
+    let volume = zeroblk::engine::Volume::open(store, name, engine_options(cache.path()))
+        .await
+        .expect("open the volume");
+    (volume, cache)
+}
+
 pub fn new_volume(name: &str, size: u64, chunk_size: u64) -> NewVolume {
     NewVolume {
         name: name.to_string(),

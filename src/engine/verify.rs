@@ -1,0 +1,137 @@
+//! `zeroblk volume verify`: fetches every map page and chunk the newest
+//! generation of a volume references, and checks each against its name
+//! (the BLAKE3 hash of its contents) and the length the map recorded.
+
+use std::collections::BTreeSet;
+
+use futures::{StreamExt, TryStreamExt};
+use serde::Serialize;
+
+use super::catalog::{newest_root, superblock};
+use super::error::Result;
+use crate::format::{ObjectId, PageSlot, chunk, keys, page::MapPage};
+use crate::store::Store;
+
+/// Objects fetched at once.
+const CONCURRENCY: usize = 16;
+
+/// What `verify` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    pub name: String,
+    pub generation: u64,
+    pub pages: u64,
+    pub chunks: u64,
+    pub bytes: u64,
+    pub bad: Vec<BadObject>,
+}
+
+impl VerifyReport {
+    pub fn is_clean(&self) -> bool {
+        self.bad.is_empty()
+    }
+}
+
+/// An object that is missing or does not hold what its name says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BadObject {
+    pub key: String,
+    pub problem: String,
+}
+
+/// Reads and checks everything volume `name` references.
+pub async fn verify(store: &Store, name: &str) -> Result<VerifyReport> {
+    let superblock = superblock(store, name).await?;
+    let root = newest_root(store, &superblock).await?;
+    let mut report = VerifyReport {
+        name: name.to_string(),
+        generation: root.generation,
+        pages: 0,
+        chunks: 0,
+        bytes: 0,
+        bad: Vec::new(),
+    };
+    let slots: Vec<PageSlot> = root
+        .pages
+        .iter()
+        .filter(|s| !s.is_empty())
+        .copied()
+        .collect();
+    let pages: Vec<_> = futures::stream::iter(slots)
+        .map(|slot| check_page(store, slot))
+        .buffer_unordered(CONCURRENCY)
+        .try_collect()
+        .await?;
+    let mut chunks = BTreeSet::new();
+    for (slot, outcome) in pages {
+        report.pages += 1;
+        match outcome {
+            Ok(page) => chunks.extend(
+                page.entries()
+                    .iter()
+                    .filter(|e| !e.is_zero())
+                    .map(|e| (e.id, e.stored_len)),
+            ),
+            Err(problem) => report.bad.push(BadObject {
+                key: keys::page(&slot.id),
+                problem,
+            }),
+        }
+    }
+    let checked: Vec<_> = futures::stream::iter(chunks)
+        .map(|(id, stored_len)| check_chunk(store, id, stored_len))
+        .buffer_unordered(CONCURRENCY)
+        .try_collect()
+        .await?;
+    for (id, outcome) in checked {
+        report.chunks += 1;
+        match outcome {
+            Ok(len) => report.bytes += len,
+            Err(problem) => report.bad.push(BadObject {
+                key: keys::chunk(&id),
+                problem,
+            }),
+        }
+    }
+    report.bad.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(report)
+}
+
+/// Fetches and decodes one page; a store failure aborts, a bad page is
+/// reported.
+async fn check_page(
+    store: &Store,
+    slot: PageSlot,
+) -> Result<(PageSlot, std::result::Result<MapPage, String>)> {
+    let Some(object) = store.get(&keys::page(&slot.id)).await? else {
+        return Ok((slot, Err("missing".into())));
+    };
+    Ok((
+        slot,
+        MapPage::decode(slot.id, &object).map_err(|e| e.to_string()),
+    ))
+}
+
+/// Fetches and decodes one chunk; returns its stored length.
+async fn check_chunk(
+    store: &Store,
+    id: ObjectId,
+    stored_len: u32,
+) -> Result<(ObjectId, std::result::Result<u64, String>)> {
+    let Some(object) = store.get(&keys::chunk(&id)).await? else {
+        return Ok((id, Err("missing".into())));
+    };
+    if object.len() != stored_len as usize {
+        let problem = format!("{} bytes, but the map says {stored_len}", object.len());
+        return Ok((id, Err(problem)));
+    }
+    let decoded = tokio::task::spawn_blocking(move || chunk::decode(id, &object).map(|_| ()))
+        .await
+        .expect("chunk decoding does not panic");
+    Ok((
+        id,
+        decoded
+            .map(|()| u64::from(stored_len))
+            .map_err(|e| e.to_string()),
+    ))
+}

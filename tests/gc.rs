@@ -1,0 +1,193 @@
+//! Garbage collection and `volume verify` against real stores: gc frees
+//! what overwrites and deletes left behind and nothing any volume reads;
+//! verify and reads catch a flipped byte in a stored chunk or page.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{ALL_BACKENDS, Backend, TestStore, block_of, create_and_open, tag_of};
+use zeroblk::engine::{self, GcOptions, Volume};
+
+const MIB: u64 = 1 << 20;
+const NOW: GcOptions = GcOptions {
+    grace: Duration::ZERO,
+    dry_run: false,
+};
+
+async fn write_tags(volume: &Volume, first_block: u64, tags: &[u64]) {
+    let data: Vec<u8> = tags.iter().flat_map(|&t| block_of(t)).collect();
+    volume
+        .write(first_block * 4096, &data, false)
+        .await
+        .unwrap();
+}
+
+async fn read_tags(volume: &Volume, first_block: u64, blocks: u64) -> Vec<u64> {
+    let mut buf = vec![0u8; (blocks * 4096) as usize];
+    volume.read(first_block * 4096, &mut buf).await.unwrap();
+    buf.chunks(4096).map(tag_of).collect()
+}
+
+async fn object_count(store: &TestStore) -> usize {
+    store.store.list_keys("chunks/").await.unwrap().len()
+        + store.store.list_keys("pages/").await.unwrap().len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gc_frees_what_no_volume_references_and_nothing_else() {
+    for backend in ALL_BACKENDS {
+        eprintln!("backend: {backend:?}");
+        let store = TestStore::new(backend);
+        let (a, _cache_a) = create_and_open(&store.store, "a", 16 * MIB, 1 << 20).await;
+        let (b, _cache_b) = create_and_open(&store.store, "b", 16 * MIB, 1 << 20).await;
+        let (c, _cache_c) = create_and_open(&store.store, "c", 16 * MIB, 1 << 20).await;
+        let first: Vec<u64> = (1..=512).collect();
+        write_tags(&a, 0, &first).await;
+        a.flush().await.unwrap();
+        a.commit().await.unwrap();
+        // Overwrite both chunks: the first version is garbage now.
+        let second: Vec<u64> = (1001..=1512).collect();
+        write_tags(&a, 0, &second).await;
+        write_tags(&b, 100, &[7, 8, 9]).await;
+        write_tags(&c, 0, &(5000..5300).collect::<Vec<_>>()).await;
+        for volume in [&a, &b, &c] {
+            volume.close().await.unwrap();
+        }
+        drop(c);
+        engine::delete(&store.store, "c").await.unwrap();
+
+        let before = object_count(&store).await;
+        let dry = engine::collect_garbage(
+            &store.store,
+            GcOptions {
+                dry_run: true,
+                ..NOW
+            },
+        )
+        .await
+        .unwrap();
+        assert!(
+            dry.chunks_deleted >= 3,
+            "a's old chunks and c's: {dry:?}"
+        );
+        assert!(dry.roots_deleted >= 1, "{dry:?}");
+        assert_eq!(
+            object_count(&store).await,
+            before,
+            "a dry run deletes nothing"
+        );
+
+        let young = engine::collect_garbage(
+            &store.store,
+            GcOptions {
+                grace: Duration::from_secs(3600),
+                dry_run: false,
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            young.chunks_deleted + young.pages_deleted,
+            0,
+            "the grace period spares young objects"
+        );
+
+        let report = engine::collect_garbage(&store.store, NOW).await.unwrap();
+        assert_eq!(report.chunks_deleted, dry.chunks_deleted);
+        assert!(report.bytes_freed > 0);
+        assert_eq!(
+            object_count(&store).await as u64,
+            before as u64 - report.chunks_deleted - report.pages_deleted
+        );
+        assert_eq!(
+            engine::collect_garbage(&store.store, NOW)
+                .await
+                .unwrap()
+                .bytes_freed,
+            0,
+            "nothing left to free"
+        );
+
+        for name in ["a", "b"] {
+            let verified = engine::verify(&store.reopen(), name).await.unwrap();
+            assert!(verified.is_clean(), "{name}: {:?}", verified.bad);
+        }
+        let fresh = tempfile::tempdir().unwrap();
+        let a = Volume::open(&store.reopen(), "a", common::engine_options(fresh.path()))
+            .await
+            .unwrap();
+        assert_eq!(read_tags(&a, 0, 512).await, second);
+        a.close().await.unwrap();
+        let b = Volume::open(&store.reopen(), "b", common::engine_options(fresh.path()))
+            .await
+            .unwrap();
+        assert_eq!(read_tags(&b, 99, 5).await, [0, 7, 8, 9, 0]);
+        b.close().await.unwrap();
+    }
+}
+
+/// Flips one byte of every object under `prefix` in a file store.
+fn flip_a_byte_under(root: &std::path::Path, prefix: &str) -> Vec<String> {
+    let mut flipped = Vec::new();
+    for shard in std::fs::read_dir(root.join(prefix)).unwrap().flatten() {
+        for object in std::fs::read_dir(shard.path()).unwrap().flatten() {
+            let mut bytes = std::fs::read(object.path()).unwrap();
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0x40;
+            std::fs::write(object.path(), bytes).unwrap();
+            flipped.push(format!(
+                "{prefix}/{}/{}",
+                shard.file_name().to_string_lossy(),
+                object.file_name().to_string_lossy()
+            ));
+        }
+    }
+    flipped
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flipped_byte_is_an_io_error_and_verify_names_the_object() {
+    let store = TestStore::new(Backend::File);
+    let root = std::path::PathBuf::from(store.url.trim_start_matches("file://"));
+    let (volume, _cache) = create_and_open(&store.store, "v", 4 * MIB, 1 << 20).await;
+    write_tags(&volume, 0, &(1..=256).collect::<Vec<_>>()).await;
+    volume.close().await.unwrap();
+    drop(volume);
+    assert!(engine::verify(&store.store, "v").await.unwrap().is_clean());
+
+    let flipped = flip_a_byte_under(&root, "chunks");
+    assert_eq!(flipped.len(), 1);
+    let report = engine::verify(&store.reopen(), "v").await.unwrap();
+    let bad: Vec<_> = report.bad.iter().map(|b| b.key.as_str()).collect();
+    assert_eq!(bad, flipped);
+
+    let fresh = tempfile::tempdir().unwrap();
+    let volume = Volume::open(&store.reopen(), "v", common::engine_options(fresh.path()))
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let error = volume.read(0, &mut buf).await.unwrap_err();
+    assert_eq!(error.errno(), libc::EIO, "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains(&flipped[0].rsplit('/').next().unwrap()[..12]),
+        "the error names the object: {error}"
+    );
+    assert!(buf.iter().all(|&b| b == 0), "no wrong data was returned");
+    assert_eq!(
+        read_tags(&volume, 300, 2).await,
+        [0, 0],
+        "other chunks still read"
+    );
+    volume.close().await.unwrap();
+
+    flip_a_byte_under(&root, "pages");
+    let report = engine::verify(&store.reopen(), "v").await.unwrap();
+    assert!(
+        report.bad.iter().any(|b| b.key.starts_with("pages/")),
+        "{:?}",
+        report.bad
+    );
+}
