@@ -67,10 +67,7 @@ async fn gc_frees_what_no_volume_references_and_nothing_else() {
         )
         .await
         .unwrap();
-        assert!(
-            dry.chunks_deleted >= 3,
-            "a's old chunks and c's: {dry:?}"
-        );
+        assert!(dry.chunks_deleted >= 3, "a's old chunks and c's: {dry:?}");
         assert!(dry.roots_deleted >= 1, "{dry:?}");
         assert_eq!(
             object_count(&store).await,

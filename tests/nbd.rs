@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{ZeroblkServer, moto, require_tool, run_ok, zeroblk};
+use common::{ZeroblkServer, moto, nbd_python, require_tool, run_ok, zeroblk};
 
 /// A store in a temporary directory, and a cache directory beside it.
 struct Setup {
@@ -68,19 +68,6 @@ fn random_image(path: &Path, len: usize, seed: u64) {
         }
     }
     std::fs::write(path, data).unwrap();
-}
-
-fn nbd_python() -> PathBuf {
-    let python = PathBuf::from("/usr/bin/python3");
-    let ok = Command::new(&python)
-        .args(["-c", "import nbd"])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "libnbd's Python module is missing: run scripts/test.sh, or `apt-get install python3-libnbd`"
-    );
-    python
 }
 
 fn script(name: &str) -> PathBuf {

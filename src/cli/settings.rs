@@ -25,6 +25,9 @@ pub struct EngineArgs {
     /// Written bytes not yet uploaded past which writes wait [default: 1G]
     #[arg(long, value_name = "SIZE")]
     pub max_dirty: Option<ByteSize>,
+    /// How often written data is committed to the store [default: 2s]
+    #[arg(long, value_name = "DURATION")]
+    pub commit_interval: Option<humantime::Duration>,
 }
 
 /// Everything a command needs to know about where things are.
@@ -96,6 +99,13 @@ impl Settings {
                 "--max-dirty {max_dirty} is too small: give at least 1M"
             );
             options.max_dirty_bytes = max_dirty.bytes();
+        }
+        if let Some(interval) = args.commit_interval {
+            anyhow::ensure!(
+                !interval.is_zero(),
+                "--commit-interval must be longer than zero, e.g. 2s"
+            );
+            options.commit_interval = interval.into();
         }
         options.durability = args.durability;
         Ok(options)

@@ -270,6 +270,20 @@ pub fn require_tool(program: &str, package: &str) -> PathBuf {
     })
 }
 
+/// The system Python, with libnbd's module (python3-libnbd).
+pub fn nbd_python() -> PathBuf {
+    let python = PathBuf::from("/usr/bin/python3");
+    let ok = Command::new(&python)
+        .args(["-c", "import nbd"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "libnbd's Python module is missing: run scripts/test.sh, or `apt-get install python3-libnbd`"
+    );
+    python
+}
+
 /// A `zeroblk serve` process on a local port.
 pub struct ZeroblkServer {
     child: Option<std::process::Child>,

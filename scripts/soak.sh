@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The reliability tests, run long: SIGKILL crash rounds over NBD (with and
+# without the cache dir), the engine's crash property test, and the
+# fault-injection tests.
+#
+#   scripts/soak.sh [ROUNDS]     default 200 crash rounds, 2000 model cases
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds="${1:-200}"
+export ZEROBLK_CRASH_ROUNDS="$rounds" ZEROBLK_MODEL_CASES="$((rounds * 10))"
+cargo test --release --test crash --test engine_model -- --nocapture

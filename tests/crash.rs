@@ -1,0 +1,280 @@
+//! Crash tests that try to lose data: `zeroblk serve` is killed with
+//! SIGKILL at random moments while a writer (tests/crash/writer.py, over
+//! NBD) writes tagged blocks and flushes; then it restarts and every block
+//! is checked against the writer's log.
+//!
+//! - With the cache dir kept, each block holds the last value written
+//!   before the last acknowledged flush, or a value written after it:
+//!   never anything older, never anything invented.
+//! - With the cache dir lost too, the volume comes back at a state that
+//!   existed: the writes of some prefix of the writer's batches, plus any
+//!   of the batch in flight at that point, and nothing newer.
+//!
+//! `ZEROBLK_CRASH_ROUNDS=N` runs more rounds (scripts/soak.sh does).
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use common::{ZeroblkServer, nbd_python, require_tool, run_ok, tag_of, zeroblk};
+
+const BLOCKS: u64 = 4096;
+const CHUNK: &str = "64K";
+
+/// What the writer's log says.
+#[derive(Debug, Default)]
+struct WriterLog {
+    /// (tag, block, batch), in the order they were sent.
+    writes: Vec<(u64, u64, usize)>,
+    /// Every write with a smaller tag was acknowledged as durable.
+    flushed_below: Option<u64>,
+}
+
+fn parse_log(text: &str) -> WriterLog {
+    let mut log = WriterLog::default();
+    let mut batch = 0;
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        match fields.as_slice() {
+            ["W", tag, block] => {
+                log.writes
+                    .push((tag.parse().unwrap(), block.parse().unwrap(), batch))
+            }
+            ["D"] => batch += 1,
+            ["F", tag] => log.flushed_below = Some(tag.parse().unwrap()),
+            _ => panic!("unreadable writer log line {line:?}"),
+        }
+    }
+    log
+}
+
+/// With the cache dir kept: every block holds the last write before the
+/// last acknowledged flush (or what it held before this round), or a write
+/// after that flush.
+fn check_flushed_writes_kept(before: &[u64], log: &WriterLog, after: &[u64]) -> Result<(), String> {
+    let flushed_below = log.flushed_below.unwrap_or(0);
+    let mut durable: Vec<u64> = before.to_vec();
+    let mut later: HashMap<u64, Vec<u64>> = HashMap::new();
+    for &(tag, block, _) in &log.writes {
+        if tag < flushed_below {
+            durable[block as usize] = tag;
+        } else {
+            later.entry(block).or_default().push(tag);
+        }
+    }
+    for (block, &found) in after.iter().enumerate() {
+        let allowed = found == durable[block]
+            || later
+                .get(&(block as u64))
+                .is_some_and(|t| t.contains(&found));
+        if !allowed {
+            return Err(format!(
+                "block {block} holds write {found}; it should hold {} (flushed) or one of the writes after the last flush {:?}",
+                durable[block],
+                later.get(&(block as u64))
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// With the cache dir lost: the state is the writes of batches before
+/// some batch `b`, plus any writes of batch `b`, on top of `before`.
+fn check_state_existed(before: &[u64], log: &WriterLog, after: &[u64]) -> Result<(), String> {
+    let batches = log.writes.last().map_or(0, |w| w.2 + 1);
+    let mut state = before.to_vec();
+    for b in 0..=batches {
+        let in_batch: Vec<_> = log.writes.iter().filter(|w| w.2 == b).collect();
+        let fits = after.iter().enumerate().all(|(block, &found)| {
+            found == state[block] || in_batch.iter().any(|w| w.1 == block as u64 && w.0 == found)
+        });
+        if fits {
+            return Ok(());
+        }
+        for &&(tag, block, _) in &in_batch {
+            state[block as usize] = tag;
+        }
+    }
+    Err("the volume holds a state that never existed: no prefix of the writer's batches explains it".into())
+}
+
+struct Crash {
+    setup: tempfile::TempDir,
+    store: String,
+    python: std::path::PathBuf,
+}
+
+impl Crash {
+    fn new() -> Crash {
+        require_tool("nbdcopy", "libnbd-bin");
+        let setup = tempfile::tempdir().unwrap();
+        let store = format!("file://{}/store", setup.path().display());
+        Crash {
+            python: nbd_python(),
+            setup,
+            store,
+        }
+    }
+
+    fn cache(&self) -> std::path::PathBuf {
+        self.setup.path().join("cache")
+    }
+
+    fn create(&self, name: &str) {
+        let size = (BLOCKS * 4096).to_string();
+        zeroblk(
+            &self.store,
+            &self.cache(),
+            &[],
+            &[
+                "volume",
+                "create",
+                name,
+                "--size",
+                &size,
+                "--chunk-size",
+                CHUNK,
+            ],
+        );
+    }
+
+    fn serve(&self) -> ZeroblkServer {
+        ZeroblkServer::start(
+            &self.store,
+            &self.cache(),
+            &[],
+            &["--commit-interval", "300ms"],
+        )
+    }
+
+    fn start_writer(
+        &self,
+        server: &ZeroblkServer,
+        name: &str,
+        log: &Path,
+        first_tag: u64,
+        seed: u64,
+    ) -> Child {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/crash/writer.py");
+        Command::new(&self.python)
+            .arg(script)
+            .arg(server.uri(name))
+            .arg(log)
+            .args([first_tag.to_string(), BLOCKS.to_string(), seed.to_string()])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the writer")
+    }
+
+    /// Every block's tag, read over NBD.
+    fn read_all(&self, server: &ZeroblkServer, name: &str) -> Vec<u64> {
+        let image = self.setup.path().join(format!("{name}.img"));
+        run_ok(Command::new("nbdcopy").arg(server.uri(name)).arg(&image));
+        let bytes = std::fs::read(&image).unwrap();
+        bytes.chunks(4096).map(tag_of).collect()
+    }
+}
+
+fn rounds() -> u64 {
+    std::env::var("ZEROBLK_CRASH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3)
+}
+
+/// Kills the server at a random moment of the writer's run.
+fn crash_under_load(
+    crash: &Crash,
+    server: ZeroblkServer,
+    name: &str,
+    log: &Path,
+    first_tag: u64,
+    seed: u64,
+) {
+    let mut writer = crash.start_writer(&server, name, log, first_tag, seed);
+    std::thread::sleep(Duration::from_millis(300 + fastrand::u64(..2500)));
+    server.kill();
+    let _ = writer.wait();
+}
+
+#[test]
+fn sigkill_under_load_loses_no_flushed_write() {
+    let crash = Crash::new();
+    crash.create("v");
+    let mut state = vec![0u64; BLOCKS as usize];
+    let mut server = crash.serve();
+    for round in 0..rounds() {
+        let log = crash.setup.path().join(format!("round-{round}.log"));
+        let first_tag = 1 + round * 10_000_000;
+        crash_under_load(&crash, server, "v", &log, first_tag, round);
+        server = crash.serve();
+        let after = crash.read_all(&server, "v");
+        let log = parse_log(&std::fs::read_to_string(&log).unwrap());
+        assert!(
+            log.writes.len() > 10,
+            "round {round}: the writer barely ran"
+        );
+        if let Err(problem) = check_flushed_writes_kept(&state, &log, &after) {
+            panic!("round {round}: {problem}\n{}", server.log_text());
+        }
+        state = after;
+    }
+    server.stop();
+}
+
+#[test]
+fn sigkill_and_a_lost_cache_dir_leave_a_state_that_existed() {
+    let crash = Crash::new();
+    for round in 0..rounds() {
+        let name = format!("v{round}");
+        crash.create(&name);
+        let log = crash.setup.path().join(format!("{name}.log"));
+        crash_under_load(&crash, crash.serve(), &name, &log, 1, round);
+        std::fs::remove_dir_all(crash.cache()).unwrap();
+        let server = crash.serve();
+        let after = crash.read_all(&server, &name);
+        let log = parse_log(&std::fs::read_to_string(&log).unwrap());
+        if let Err(problem) = check_state_existed(&vec![0; BLOCKS as usize], &log, &after) {
+            panic!("round {round}: {problem}\n{}", server.log_text());
+        }
+        server.stop();
+    }
+}
+
+/// The checks themselves catch what they are for.
+#[test]
+fn the_checks_catch_lost_and_invented_writes() {
+    let log = parse_log("W 1 0\nW 2 1\nD\nF 3\nW 3 0\nW 4 2\nD\nW 5 1\n");
+    let before = [0, 0, 0];
+    assert!(check_flushed_writes_kept(&before, &log, &[1, 2, 0]).is_ok());
+    assert!(check_flushed_writes_kept(&before, &log, &[3, 5, 4]).is_ok());
+    assert!(
+        check_flushed_writes_kept(&before, &log, &[0, 2, 0]).is_err(),
+        "a flushed write lost"
+    );
+    assert!(
+        check_flushed_writes_kept(&before, &log, &[1, 2, 9]).is_err(),
+        "an invented value"
+    );
+
+    assert!(check_state_existed(&before, &log, &[0, 0, 0]).is_ok());
+    assert!(
+        check_state_existed(&before, &log, &[0, 2, 0]).is_ok(),
+        "part of batch 0"
+    );
+    assert!(
+        check_state_existed(&before, &log, &[1, 2, 4]).is_ok(),
+        "batch 0, part of 1"
+    );
+    assert!(
+        check_state_existed(&before, &log, &[0, 0, 4]).is_err(),
+        "batch 1 without batch 0"
+    );
+    assert!(
+        check_state_existed(&before, &log, &[1, 5, 0]).is_err(),
+        "batch 2 without batch 1"
+    );
+}
