@@ -485,3 +485,48 @@ fn the_config_file_sets_the_listen_addresses() {
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     assert!(server.wait().unwrap().success());
 }
+
+#[test]
+fn every_fio_profile_runs_against_zeroblk_over_nbd() {
+    require_tool("fio", "fio");
+    let setup = Setup::file();
+    setup.zeroblk(&[
+        "volume",
+        "create",
+        "fio",
+        "--size",
+        "64M",
+        "--chunk-size",
+        "64K",
+    ]);
+    let server = setup.serve(&[]);
+    let profiles = Path::new(env!("CARGO_MANIFEST_DIR")).join("fio-profiles");
+    let mut names: Vec<_> = std::fs::read_dir(&profiles)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "fio"))
+        .collect();
+    names.sort();
+    assert!(names.len() >= 8, "{names:?}");
+    for profile in names {
+        let out = setup.file_path("fio.json");
+        run_ok(
+            Command::new("fio")
+                .args(["--section=nbd", "--output-format=json", "--output"])
+                .arg(&out)
+                .arg(&profile)
+                .env("FIO_TARGET", server.uri("fio"))
+                .env("FIO_SIZE", "8M")
+                .env("FIO_RUNTIME", "1")
+                .current_dir(setup.dir.path()),
+        );
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+        let job = &report["jobs"][0];
+        assert_eq!(job["error"], 0, "{}: {job}", profile.display());
+        let ios = job["read"]["total_ios"].as_u64().unwrap()
+            + job["write"]["total_ios"].as_u64().unwrap();
+        assert!(ios > 0, "{} did no I/O", profile.display());
+    }
+    server.stop();
+}
