@@ -1,7 +1,10 @@
 """An HTTP proxy in front of an S3 server that injects the faults real
 object stores have.
 
-Usage: python3 s3_proxy.py LISTEN_PORT UPSTREAM_URL CONTROL_FILE SEED
+Usage: python3 s3_proxy.py LISTEN_PORT UPSTREAM_URL CONTROL_FILE SEED [STATS_FILE]
+
+With STATS_FILE, a line "METHOD REQUEST_BYTES REPLY_BYTES" is appended there
+for every request forwarded (scripts/compare.py counts uploads with it).
 
 The control file is read on every request. It holds one line:
   ok                            forward everything
@@ -28,6 +31,8 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 port, upstream, control_path, seed = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+stats_path = sys.argv[5] if len(sys.argv) > 5 else None
+stats_lock = threading.Lock()
 upstream = urllib.parse.urlparse(upstream)
 rng = random.Random(seed)
 rng_lock = threading.Lock()
@@ -106,6 +111,9 @@ class Proxy(BaseHTTPRequestHandler):
             self.wfile.write(xml)
             return
         response, data = self.forward(body)
+        if stats_path:
+            with stats_lock, open(stats_path, "a") as stats:
+                stats.write(f"{self.command} {len(body)} {len(data)}\n")
         if fault == "lost":
             return self.reset()
         self.send_response(response.status, response.reason)

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The VM half of scripts/compare.py, run inside the VM by scripts/vm-run.sh:
+# zeroblk over ublk, zeroblk over the kernel NBD client, and the kernel loop
+# device on a file, each filled with the same bytes, then the profiles of
+# fio-profiles/ interleaved; then mkfs.btrfs and a whole-device discard on
+# a 2 TiB ublk volume. Prints one line per result: RESULT {json}.
+#
+#   ZEROBLK=... FIO_SIZE=256M FIO_RUNTIME=10 scripts/compare-vm.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ZEROBLK="${ZEROBLK:?}"
+export PATH="/usr/sbin:/sbin:$PATH" FIO_SIZE FIO_RUNTIME
+work="$(mktemp -d /tmp/zeroblk-compare.XXXXXX)"
+export ZEROBLK_STORE="file://$work/store" ZEROBLK_CACHE_DIR="$work/cache" ZEROBLK_RUNTIME_DIR="$work/run"
+profiles=(randread-4k-qd1 randread-4k-qd32 randwrite-4k-qd32 seqread-1m seqwrite-1m randrw-70-30-4k-qd32 fdatasync-4k)
+
+modprobe ublk_drv
+modprobe nbd
+modprobe btrfs
+modprobe loop
+
+python3 - "$work/fill.img" "$FIO_SIZE" <<'EOF'
+import os, sys
+units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+size = sys.argv[2]
+size = int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size)
+block = 64 << 10
+with open(sys.argv[1], "wb") as f:
+    for i in range(size // block):
+        f.write(os.urandom(block // 2) + bytes((i + j) % 251 + 1 for j in range(block // 2)))
+EOF
+
+declare -A device
+device[zeroblk ublk]=$("$ZEROBLK" attach vu --size 2G --transport ublk)
+device[zeroblk kernel NBD]=$("$ZEROBLK" attach vn --size 2G --transport nbd)
+truncate -s 2G "$work/loop.img"
+device[kernel loop (file)]=$(losetup -f --show "$work/loop.img")
+targets=("zeroblk ublk" "zeroblk kernel NBD" "kernel loop (file)")
+for target in "${targets[@]}"; do
+    dd if="$work/fill.img" of="${device[$target]}" bs=1M oflag=direct status=none
+done
+
+for profile in "${profiles[@]}"; do
+    for target in "${targets[@]}"; do
+        echo "$profile: $target" >&2
+        FIO_TARGET="${device[$target]}" fio --section=device --output-format=json \
+            --output="$work/fio.json" "fio-profiles/$profile.fio" >/dev/null 2>&1
+        summary=$(python3 scripts/compare.py summarize "$work/fio.json")
+        printf 'RESULT {"where": "vm", "target": "%s", "profile": "%s", "cache": "warm", "result": %s}\n' \
+            "$target" "$profile" "$summary"
+    done
+done
+"$ZEROBLK" detach vu >&2
+"$ZEROBLK" detach vn >&2
+losetup -d "${device[kernel loop (file)]}"
+
+# mkfs.btrfs as users run it, full-device discard included, on 2 TiB.
+big=$("$ZEROBLK" attach big --size 2T --transport ublk)
+seconds_since() { awk -v a="$1" -v b="$(date +%s%N)" 'BEGIN { printf "%.2f", (b - a) / 1e9 }'; }
+start=$(date +%s%N)
+mkfs.btrfs -q -f "$big" >/dev/null
+mkfs=$(seconds_since "$start")
+start=$(date +%s%N)
+blkdiscard "$big"
+discard=$(seconds_since "$start")
+"$ZEROBLK" detach big >&2
+printf 'RESULT {"mkfs_btrfs_2t_seconds": %s, "blkdiscard_2t_seconds": %s}\n' "$mkfs" "$discard"

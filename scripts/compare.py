@@ -1,0 +1,399 @@
+#!/usr/bin/python3
+"""zeroblk against the peers users would pick instead, in one run.
+
+On this host, over NBD with fio's nbd engine: zeroblk (on a real S3
+server, moto), qemu-nbd and nbdkit's file plugin on a raw file, nbdkit's
+memory plugin, and s3backer on the same S3 server (its FUSE file, served by
+nbdkit's file plugin, since Debian's s3backer 1.5.4 predates its NBD mode).
+In the VM (Debian's 6.12 kernel): zeroblk over ublk, zeroblk over the
+kernel NBD client, and the kernel loop device on a file
+(scripts/compare-vm.sh). The profiles of fio-profiles/ run interleaved:
+each profile against every target in turn. Then cold reads (caches
+dropped), write amplification and peak memory.
+
+    scripts/compare.sh [--runtime 10] [--size 256M] [--out docs/benchmarks]
+
+Writes results.json, README.md (tables of ratios) and PNG plots to --out.
+"""
+import argparse
+import datetime
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ZEROBLK = ROOT / "target/release/zeroblk"
+PROFILES = [
+    "randread-4k-qd1",
+    "randread-4k-qd32",
+    "randwrite-4k-qd32",
+    "seqread-1m",
+    "seqwrite-1m",
+    "randrw-70-30-4k-qd32",
+    "fdatasync-4k",
+]
+# Cold reads: one pass each, as (profile name, fio rw, block size, depth).
+COLD_PROFILES = [("seqread-1m", "read", "1m", 8), ("randread-4k-qd32", "randread", "4k", 32)]
+CHUNK = 1 << 20
+KEY = "zeroblk-bench"
+ENV_S3 = {"AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": KEY, "AWS_REGION": "us-east-1"}
+
+
+def log(message):
+    print(f"==> {message}", file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port, process=None, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if process is not None and process.poll() is not None:
+                raise RuntimeError(f"{process.args[0]} exited with {process.returncode}")
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+def drop_caches():
+    subprocess.run(["sync"], check=True)
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def summarize(report):
+    """The numbers we compare, from one fio JSON report."""
+    job = report["jobs"][0]
+    out = {"error": job["error"]}
+    for direction in ("read", "write", "sync"):
+        part = job.get(direction, {})
+        if not part or (direction != "sync" and part.get("total_ios", 0) == 0):
+            continue
+        lat = part.get("lat_ns") or {}
+        pct = lat.get("percentile") or {}
+        out[direction] = {
+            "iops": part.get("iops", 0),
+            "bw_bytes": part.get("bw_bytes", 0),
+            "lat_mean_us": lat.get("mean", 0) / 1000,
+            **{f"p{k.split('.')[0] if k.endswith('.000000') else k.rstrip('0')}_us": v / 1000 for k, v in pct.items()},
+        }
+    return out
+
+
+def run_fio_once(uri, rw, bs, iodepth, size, workdir):
+    """One pass over `size` bytes, each block read once: what a cold read
+    costs, before any cache can serve it again."""
+    out = Path(workdir) / "fio.json"
+    subprocess.run(
+        ["fio", "--name=cold", "--ioengine=nbd", f"--uri={uri}", f"--rw={rw}", f"--bs={bs}",
+         f"--iodepth={iodepth}", f"--size={size}", "--direct=1", "--lat_percentiles=1",
+         "--percentile_list=50:90:99:99.9", "--output-format=json", f"--output={out}"],
+        cwd=workdir, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    return summarize(json.loads(out.read_text()))
+
+
+def run_fio(profile, section, target, size, runtime, workdir):
+    out = Path(workdir) / "fio.json"
+    env = dict(os.environ, FIO_TARGET=target, FIO_SIZE=size, FIO_RUNTIME=str(runtime))
+    subprocess.run(
+        ["fio", f"--section={section}", "--output-format=json", f"--output={out}",
+         str(ROOT / "fio-profiles" / f"{profile}.fio")],
+        env=env, cwd=workdir, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    return summarize(json.loads(out.read_text()))
+
+
+class Moto:
+    def __init__(self):
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            ["moto_server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(self.port, self.process)
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+
+    def bucket(self):
+        name = f"bench-{uuid.uuid4().hex[:12]}"
+        conn = http.client.HTTPConnection("127.0.0.1", self.port)
+        conn.request("PUT", f"/{name}")
+        assert conn.getresponse().status == 200
+        return name
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait()
+
+
+class Zeroblk:
+    """zeroblk serve on one volume of the S3 server."""
+
+    name = "zeroblk"
+
+    def __init__(self, work, endpoint, bucket, size, compression="zstd:3"):
+        self.work = Path(work)
+        self.cache = self.work / "zeroblk-cache"
+        self.env = dict(os.environ, **ENV_S3, AWS_ENDPOINT_URL=endpoint,
+                        ZEROBLK_STORE=f"s3://{bucket}/zeroblk", ZEROBLK_CACHE_DIR=str(self.cache))
+        self.env.pop("ZEROBLK_CONFIG", None)
+        subprocess.run([ZEROBLK, "volume", "create", "vol", "--size", size, "--chunk-size", "1M",
+                        "--compression", compression], env=self.env, check=True, stdout=subprocess.DEVNULL)
+        self.process = None
+        self.start()
+
+    def start(self):
+        self.port = free_port()
+        self.log = open(self.work / "zeroblk.log", "a")
+        self.process = subprocess.Popen([ZEROBLK, "serve", "--listen", f"127.0.0.1:{self.port}", "vol"],
+                                        env=self.env, stdout=subprocess.DEVNULL, stderr=self.log)
+        wait_for_port(self.port, self.process)
+
+    def uri(self):
+        return f"nbd://127.0.0.1:{self.port}/vol"
+
+    def peak_rss(self):
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def stop(self):
+        self.process.send_signal(signal.SIGTERM)
+        if self.process.wait(timeout=600) != 0:
+            raise RuntimeError("zeroblk serve exited non-zero; see its log")
+
+    def make_cold(self):
+        self.stop()
+        shutil.rmtree(self.cache)
+        drop_caches()
+        self.start()
+
+
+class Nbdkit:
+    def __init__(self, name, plugin_args):
+        self.name = name
+        self.port = free_port()
+        self.process = subprocess.Popen(["nbdkit", "-f", "-i", "127.0.0.1", "-p", str(self.port), *plugin_args],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(self.port, self.process)
+
+    def uri(self):
+        return f"nbd://127.0.0.1:{self.port}/"
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait()
+
+
+class QemuNbd(Nbdkit):
+    def __init__(self, image):
+        self.name = "qemu-nbd (raw file)"
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            ["qemu-nbd", "-f", "raw", "-t", "-b", "127.0.0.1", "-p", str(self.port), "-x", "img",
+             "--cache=writeback", "--aio=threads", str(image)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(self.port, self.process)
+
+    def uri(self):
+        return f"nbd://127.0.0.1:{self.port}/img"
+
+
+class S3backer:
+    """s3backer's FUSE file on the S3 server, served by nbdkit's file plugin.
+    Configured as its manual recommends for a block device: the block size
+    equal to zeroblk's chunk size, its block cache on (its default, 1000
+    blocks, 20 write-back threads), listBlocks off for a fresh bucket."""
+
+    name = "s3backer (FUSE, via nbdkit)"
+
+    def __init__(self, work, moto, size):
+        self.mount = Path(work) / "s3backer"
+        self.mount.mkdir()
+        self.bucket = moto.bucket()
+        self.moto = moto
+        self.size = size
+        self.start()
+
+    def start(self):
+        subprocess.run(
+            ["s3backer", f"--baseURL={self.moto.endpoint}/", f"--accessId={KEY}", f"--accessKey={KEY}",
+             f"--blockSize={CHUNK}", f"--size={self.size}", "--force", self.bucket, str(self.mount)],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.server = Nbdkit(self.name, ["file", f"file={self.mount / 'file'}"])
+
+    def uri(self):
+        return self.server.uri()
+
+    def stop(self):
+        self.server.stop()
+        subprocess.run(["umount", str(self.mount)], check=True)
+
+    def make_cold(self):
+        self.stop()
+        drop_caches()
+        self.start()
+
+
+def half_compressible(path, size):
+    """Random, half compressible, never zero: like the profiles' data."""
+    block = 64 << 10
+    with open(path, "wb") as f:
+        for i in range(size // block):
+            f.write(os.urandom(block // 2) + bytes((i + j) % 251 + 1 for j in range(block // 2)))
+
+
+def fill(uri, image):
+    subprocess.run(["nbdcopy", str(image), uri], check=True)
+
+
+def parse_size(text):
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    return int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
+
+
+def host_comparison(args, work, results):
+    moto = Moto()
+    volume_size = "2G"
+    image = Path(work) / "fill.img"
+    half_compressible(image, parse_size(args.size))
+    raw = Path(work) / "raw.img"
+    shutil.copy(image, raw)
+    subprocess.run(["truncate", "-s", volume_size, str(raw)], check=True)
+    raw2 = Path(work) / "raw2.img"
+    shutil.copy(raw, raw2)
+    zeroblk = Zeroblk(work, moto.endpoint, moto.bucket(), volume_size)
+    peers = [
+        zeroblk,
+        Nbdkit("nbdkit file (raw file)", ["file", f"file={raw}"]),
+        QemuNbd(raw2),
+        Nbdkit("nbdkit memory", ["memory", volume_size]),
+        S3backer(work, moto, volume_size),
+    ]
+    log("filling every target with the same bytes")
+    for peer in peers:
+        if not isinstance(peer, Nbdkit) or peer.name == "nbdkit memory":
+            fill(peer.uri(), image)
+    for profile in PROFILES:
+        for peer in peers:
+            log(f"{profile}: {peer.name}")
+            results["runs"].append({"where": "host", "target": peer.name, "profile": profile, "cache": "warm",
+                                    "result": run_fio(profile, "nbd", peer.uri(), args.size, args.runtime, work)})
+    results["peak_rss_bytes"] = {"zeroblk serve": zeroblk.peak_rss(), "memory_cache_bytes": 512 << 20}
+    for profile, rw, bs, depth in COLD_PROFILES:
+        for peer in (zeroblk, peers[-1]):
+            log(f"{profile}, cold: {peer.name}")
+            peer.make_cold()
+            results["runs"].append({"where": "host", "target": peer.name, "profile": profile, "cache": "cold",
+                                    "result": run_fio_once(peer.uri(), rw, bs, depth, args.size, work)})
+    for peer in peers:
+        peer.stop()
+    results["discard_2t_seconds"] = discard_2t(work, moto)
+    results["write_amplification"] = write_amplification(work, moto, image)
+    moto.stop()
+
+
+def discard_2t(work, moto):
+    """A whole 2 TiB volume trimmed in 2 GiB requests (tests/nbd/trim_all.py), timed."""
+    log("a 2 TiB whole-device discard")
+    where = Path(work) / "discard"
+    where.mkdir()
+    big = Zeroblk(where, moto.endpoint, moto.bucket(), "2T")
+    timed = subprocess.run(["/usr/bin/python3", str(ROOT / "tests/nbd/trim_all.py"), big.uri()],
+                           check=True, capture_output=True, text=True)
+    seconds = float(timed.stdout.strip())
+    big.stop()
+    return seconds
+
+
+def write_amplification(work, moto, image):
+    """Bytes and requests the store gets for a sequential write, counted by
+    a proxy in front of moto; chunk compression off, so that compression
+    does not hide overhead."""
+    log("write amplification: a sequential write through a counting proxy")
+    wa = Path(work) / "wa"
+    wa.mkdir()
+    stats = wa / "requests"
+    control = wa / "faults"
+    control.write_text("ok")
+    port = free_port()
+    proxy = subprocess.Popen(["/usr/bin/python3", str(ROOT / "tests/faults/s3_proxy.py"), str(port), moto.endpoint,
+                              str(control), "1", str(stats)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_port(port, proxy)
+    zeroblk = Zeroblk(wa, f"http://127.0.0.1:{port}", moto.bucket(), "2G", compression="none")
+    stats.write_text("")
+    fill(zeroblk.uri(), image)
+    zeroblk.stop()
+    proxy.terminate()
+    proxy.wait()
+    puts = [line.split() for line in stats.read_text().splitlines() if line.startswith("PUT ")]
+    written = image.stat().st_size
+    uploaded = sum(int(p[1]) for p in puts)
+    return {"bytes_written": written, "bytes_uploaded": uploaded, "put_requests": len(puts),
+            "chunks_written": written // CHUNK, "uploaded_per_written": uploaded / written,
+            "requests_per_chunk": len(puts) / (written // CHUNK)}
+
+
+def vm_comparison(args, results):
+    log("in the VM: ublk, kernel NBD and loop (Debian 6.12 under QEMU/TCG)")
+    env = dict(os.environ, ZEROBLK_VM_MEMORY="4G")
+    command = f"ZEROBLK={ZEROBLK} FIO_SIZE={args.size} FIO_RUNTIME={args.runtime} scripts/compare-vm.sh"
+    output = subprocess.run([str(ROOT / "scripts/vm-run.sh"), command], cwd=ROOT, env=env,
+                            capture_output=True, text=True)
+    found = False
+    for line in output.stdout.splitlines():
+        if line.startswith("RESULT "):
+            found = True
+            record = json.loads(line[len("RESULT "):])
+            if "profile" in record:
+                results["runs"].append(record)
+            else:
+                results.setdefault("vm", {}).update(record)
+    if not found:
+        raise RuntimeError(f"the VM run produced no results:\n{output.stdout[-3000:]}\n{output.stderr[-3000:]}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runtime", type=int, default=10)
+    parser.add_argument("--size", default="256M")
+    parser.add_argument("--out", default=str(ROOT / "docs/benchmarks"))
+    parser.add_argument("--skip-vm", action="store_true")
+    args = parser.parse_args()
+    results = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"cores": os.cpu_count(), "kernel": os.uname().release},
+        "command": " ".join(["scripts/compare.sh", *sys.argv[1:]]),
+        "runtime_s": args.runtime, "size": args.size, "runs": [],
+    }
+    with tempfile.TemporaryDirectory(prefix="zeroblk-compare.", dir="/var/tmp") as work:
+        host_comparison(args, work, results)
+    if not args.skip_vm:
+        vm_comparison(args, results)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    subprocess.run(["/usr/bin/python3", str(ROOT / "scripts/compare_report.py"), str(out)], check=True)
+    log(f"results in {out}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "summarize":
+        print(json.dumps(summarize(json.loads(Path(sys.argv[2]).read_text()))))
+    else:
+        main()
