@@ -76,3 +76,4 @@ pub use options::{Durability, EngineOptions};
 pub use read::Extent;
 pub use verify::{BadObject, VerifyReport, verify};
 pub use volume::{Volume, VolumeCounters, local_dir};
+pub use write::WriteBuffer;

@@ -2,7 +2,7 @@
 //! fails.
 //!
 //! It commits when someone waits for it (a remote flush, a close), when
-//! dirty data passes a quarter of `--max-dirty`, and otherwise once per
+//! dirty data passes half of `--max-dirty`, and otherwise once per
 //! commit interval if anything was written. An idle volume makes no
 //! requests. Store errors that may pass are retried with exponential
 //! backoff and jitter, indefinitely: writes go on until `--max-dirty`, then

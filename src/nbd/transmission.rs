@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 use super::MAX_REQUEST_LEN;
 use super::handshake::{BASE_ALLOCATION_ID, Session};
 use super::proto::{self, Request, cflags, cmd, errno, reply};
-use crate::engine::EngineError;
+use crate::engine::{EngineError, WriteBuffer};
 
 /// Requests of one connection running at once.
 pub const MAX_IN_FLIGHT: usize = 128;
@@ -90,7 +90,7 @@ where
 }
 
 enum Payload {
-    Ok(Vec<u8>),
+    Ok(WriteBuffer),
     Refused,
     Absurd,
 }
@@ -100,7 +100,7 @@ async fn read_payload<R: AsyncRead + Unpin>(
     request: &Request,
 ) -> io::Result<Payload> {
     if request.kind != cmd::WRITE {
-        return Ok(Payload::Ok(Vec::new()));
+        return Ok(Payload::Ok(WriteBuffer::default()));
     }
     if request.len > MAX_DISCARDED_PAYLOAD {
         return Ok(Payload::Absurd);
@@ -109,8 +109,8 @@ async fn read_payload<R: AsyncRead + Unpin>(
         tokio::io::copy(&mut reader.take(request.len.into()), &mut tokio::io::sink()).await?;
         return Ok(Payload::Refused);
     }
-    let mut payload = vec![0u8; request.len as usize];
-    reader.read_exact(&mut payload).await?;
+    let mut payload = WriteBuffer::zeroed(request.len as usize);
+    reader.read_exact(payload.data_mut()).await?;
     Ok(Payload::Ok(payload))
 }
 
@@ -132,7 +132,7 @@ async fn write_replies<W: AsyncWrite>(
 async fn handle(
     session: Arc<Session>,
     request: Request,
-    payload: Vec<u8>,
+    payload: WriteBuffer,
     replies: mpsc::Sender<BytesMut>,
     _permit: OwnedSemaphorePermit,
 ) {
@@ -164,7 +164,7 @@ fn refuse(code: u32, message: &str) -> Failure {
 async fn respond(
     session: &Session,
     request: &Request,
-    payload: Vec<u8>,
+    payload: WriteBuffer,
 ) -> Result<BytesMut, Failure> {
     let export = &session.export;
     let volume = &export.volume;
@@ -176,7 +176,7 @@ async fn respond(
     let (offset, len) = (request.offset, u64::from(request.len));
     match request.kind {
         cmd::READ => return read(session, request).await,
-        cmd::WRITE => volume.write(offset, &payload, fua).await,
+        cmd::WRITE => volume.write_buffer(offset, payload, fua).await,
         cmd::FLUSH => volume.flush().await,
         cmd::TRIM => volume.discard(offset, len, fua).await,
         cmd::WRITE_ZEROES => volume.write_zeroes(offset, len, fua).await,

@@ -28,7 +28,7 @@ use libublk::uring_async::ublk_wake_task;
 use libublk::{BufDesc, UblkError, UblkFlags, UblkUringData, sys};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
-use crate::engine::Volume;
+use crate::engine::{Volume, WriteBuffer};
 
 /// Queue geometry, and a device to take over.
 #[derive(Debug, Clone, Copy)]
@@ -161,7 +161,7 @@ fn serve(
 /// A request to run on the engine.
 enum Op {
     Read(u64, usize),
-    Write(u64, Vec<u8>, bool),
+    Write(u64, WriteBuffer, bool),
     Flush,
     Discard(u64, u64),
     Zeroes(u64, u64),
@@ -180,7 +180,7 @@ async fn execute(volume: &Volume, op: Op) -> Outcome {
                 .map(|()| Some(data))
                 .map_err(|e| e.errno());
         }
-        Op::Write(offset, data, fua) => volume.write(offset, &data, fua).await,
+        Op::Write(offset, data, fua) => volume.write_buffer(offset, data, fua).await,
         Op::Flush => volume.flush().await,
         Op::Discard(offset, len) => volume.discard(offset, len, false).await,
         Op::Zeroes(offset, len) => volume.write_zeroes(offset, len, false).await,
@@ -199,7 +199,7 @@ fn decode(q: &UblkQueue, tag: u16, buf: &[u8]) -> Result<Op, i32> {
         sys::UBLK_IO_OP_FLUSH => Ok(Op::Flush),
         sys::UBLK_IO_OP_READ => Ok(Op::Read(offset, len as usize)),
         sys::UBLK_IO_OP_WRITE => {
-            let data = buf.get(..len as usize).ok_or(libc::EINVAL)?.to_vec();
+            let data = WriteBuffer::copy_of(buf.get(..len as usize).ok_or(libc::EINVAL)?);
             Ok(Op::Write(
                 offset,
                 data,
