@@ -217,28 +217,50 @@ async fn opening_a_large_volume_reads_a_handful_of_objects() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_second_writer_is_fenced_out() {
+async fn a_second_writer_is_refused_and_a_forced_takeover_fences_the_first() {
     for backend in [Backend::Memory, Backend::S3] {
         let store = TestStore::new(backend);
         engine::create(&store.store, &new_volume("v", 16 * MIB, 64 << 10))
             .await
             .unwrap();
         let (cache_a, cache_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let a = Volume::open(&store.store, "v", engine_options(cache_a.path()))
+        let mut options = engine_options(cache_a.path());
+        options.lease_ttl = Duration::from_millis(600);
+        let a = Volume::open(&store.store, "v", options.clone())
             .await
             .unwrap();
-        let b = Volume::open(&store.reopen(), "v", engine_options(cache_b.path()))
-            .await
-            .unwrap();
+        // Another writer (here: another cache dir, as on another host).
+        options.cache_dir = cache_b.path().to_path_buf();
+        let refused = Volume::open(&store.reopen(), "v", options.clone()).await;
+        let Err(refused) = refused else {
+            panic!("a second writer opened the volume");
+        };
+        assert!(matches!(refused, EngineError::Leased { .. }), "{refused}");
+        assert!(refused.to_string().contains("--force"), "{refused}");
+
+        options.take_over = true;
+        let b = Volume::open(&store.reopen(), "v", options).await.unwrap();
         write_tags(&b, 0, &[2]).await;
         b.close().await.unwrap();
-        write_tags(&a, 0, &[1]).await;
-        let error = a.close().await.unwrap_err();
-        assert!(
-            matches!(&error, EngineError::Stopped(inner) if matches!(**inner, EngineError::Fenced { .. })),
-            "{error}"
+        // The first writer stops: at its next lease renewal, or at its
+        // next commit, whichever comes first.
+        let error = match a.write(0, &block_of(1), false).await {
+            Err(error) => error,
+            Ok(()) => a.close().await.unwrap_err(),
+        };
+        assert_eq!(error.errno(), libc::EROFS, "{error}");
+        assert!(error.to_string().contains("taken over"), "{error}");
+
+        let fresh = tempfile::tempdir().unwrap();
+        let reader = Volume::open(&store.reopen(), "v", engine_options(fresh.path()))
+            .await
+            .unwrap();
+        assert_eq!(
+            read_tags(&reader, 0, 1).await,
+            [2],
+            "the fenced writer committed nothing"
         );
-        assert!(error.to_string().contains("another writer"), "{error}");
+        reader.close().await.unwrap();
     }
 }
 

@@ -530,3 +530,26 @@ fn every_fio_profile_runs_against_zeroblk_over_nbd() {
     }
     server.stop();
 }
+
+#[test]
+fn a_second_serve_of_a_volume_is_refused_until_forced() {
+    let setup = Setup::file();
+    setup.zeroblk(&["volume", "create", "v", "--size", "64M"]);
+    let first = setup.serve(&["v"]);
+    // Another cache dir: as another host would.
+    let other_cache = setup.dir.path().join("other-cache");
+    let second = Command::new(env!("CARGO_BIN_EXE_zeroblk"))
+        .args(["--store", &setup.store_url, "--cache-dir"])
+        .arg(&other_cache)
+        .args(["serve", "--listen", "127.0.0.1:0", "v"])
+        .env_remove("ZEROBLK_CONFIG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "a second writer was let in");
+    assert!(
+        stderr.contains("lease") && stderr.contains("--force"),
+        "{stderr}"
+    );
+    first.stop();
+}

@@ -28,6 +28,10 @@ pub struct EngineArgs {
     /// How often written data is committed to the store [default: 2s]
     #[arg(long, value_name = "DURATION")]
     pub commit_interval: Option<humantime::Duration>,
+    /// Take the volume over from a writer on another host that crashed (its
+    /// lease may not have run out); that writer, if alive, stops
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Everything a command needs to know about where things are.
@@ -108,6 +112,7 @@ impl Settings {
             options.commit_interval = interval.into();
         }
         options.durability = args.durability;
+        options.take_over = args.force;
         Ok(options)
     }
 }

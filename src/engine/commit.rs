@@ -237,6 +237,11 @@ impl Shared {
     /// PUT whose first reply was lost); anything else means another writer
     /// committed, and this one is fenced out.
     async fn publish_root(&self, next: &Root) -> Result<()> {
+        self.lease
+            .lock()
+            .await
+            .check(&self.store, &self.name)
+            .await?;
         let key = keys::root(&self.name, next.generation);
         let created = self
             .store

@@ -45,6 +45,18 @@ pub enum EngineError {
         "volume `{name}` was committed by another writer (generation {generation} exists already): this one is fenced out and stops; attach the volume from one place only"
     )]
     Fenced { name: String, generation: u64 },
+    #[error(
+        "volume `{name}` is written by pid {pid} on {host} (it holds the volume's lease): detach it there first; if that host crashed, take the volume over with --force"
+    )]
+    Leased {
+        name: String,
+        host: String,
+        pid: u32,
+    },
+    #[error(
+        "volume `{name}` was taken over by {by} (its lease is not ours any more): this writer stops and commits nothing more"
+    )]
+    LeaseLost { name: String, by: String },
     #[error("volume `{name}` is open in another process on this host (lock file {}); detach it there first", path.display())]
     Busy { name: String, path: PathBuf },
     #[error("cache directory {}: {source} (check --cache-dir, its free space and permissions)", path.display())]
@@ -72,7 +84,8 @@ impl EngineError {
             EngineError::Unaligned { .. }
             | EngineError::OutOfRange { .. }
             | EngineError::InvalidArgument(_) => libc::EINVAL,
-            EngineError::Fenced { .. } => libc::EROFS,
+            EngineError::Fenced { .. } | EngineError::LeaseLost { .. } => libc::EROFS,
+            EngineError::Leased { .. } => libc::EBUSY,
             EngineError::Log { source, .. } | EngineError::CacheDir { source, .. }
                 if source.raw_os_error() == Some(libc::ENOSPC) =>
             {

@@ -54,6 +54,7 @@ mod epoch;
 mod error;
 mod flush;
 mod gc;
+mod lease;
 mod log;
 mod map;
 mod options;

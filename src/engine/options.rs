@@ -55,6 +55,11 @@ pub struct EngineOptions {
     pub upload_concurrency: usize,
     /// Chunks fetched ahead of a sequential reader.
     pub readahead_chunks: u64,
+    /// How long the writer's lease lasts without renewal.
+    pub lease_ttl: Duration,
+    /// Take the lease over even from a writer that may be alive (after a
+    /// crash on another host).
+    pub take_over: bool,
 }
 
 impl EngineOptions {
@@ -68,6 +73,8 @@ impl EngineOptions {
             commit_interval: Duration::from_secs(2),
             upload_concurrency: 16,
             readahead_chunks: 8,
+            lease_ttl: Duration::from_secs(30),
+            take_over: false,
         }
     }
 }

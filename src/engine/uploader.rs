@@ -55,6 +55,32 @@ pub(super) async fn run(shared: Arc<Shared>) {
     }
 }
 
+/// Renews the writer's lease every third of its time to live. Failing to
+/// reach the store is retried; finding the lease taken stops the volume.
+pub(super) async fn renew_lease(shared: Arc<Shared>) {
+    let every = shared.lease.lock().await.renew_every();
+    loop {
+        tokio::time::sleep(every).await;
+        let renewed = shared
+            .lease
+            .lock()
+            .await
+            .renew(&shared.store, &shared.name)
+            .await;
+        match renewed {
+            Ok(()) => {}
+            Err(error) if error.is_transient() => {
+                tracing::warn!(volume = %shared.name, %error, "cannot renew the lease; retrying");
+            }
+            Err(error) => {
+                tracing::error!(volume = %shared.name, %error, "stopping");
+                shared.fail(error);
+                return;
+            }
+        }
+    }
+}
+
 /// Exponential backoff from 100 ms to 10 s, with full jitter.
 struct Backoff {
     next: Duration,

@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use super::catalog;
 use super::epoch::Epoch;
 use super::error::{EngineError, Result};
+use super::lease::Lease;
 use super::log::{LogDir, SEGMENT_HEADER_LEN, Segment};
 use super::map::Pages;
 use super::options::EngineOptions;
@@ -87,6 +88,8 @@ pub(super) struct Shared {
     pub stats: IoStats,
     pub next_readahead: AtomicU64,
     pub fencing: Fencing,
+    /// The writer's lease, checked before every commit.
+    pub lease: tokio::sync::Mutex<Lease>,
 }
 
 /// Everything a volume counts, for `volume info` and benchmarks.
@@ -130,6 +133,7 @@ impl Volume {
         };
         std::fs::create_dir_all(&dir).map_err(cache_dir_error)?;
         let lock = lock_volume(&dir, name)?;
+        let lease = Lease::acquire(store, name, options.lease_ttl, options.take_over).await?;
 
         let opened = LogDir::open(&dir.join("log"), &root).map_err(cache_dir_error)?;
         let log = opened.log;
@@ -189,6 +193,7 @@ impl Volume {
             Arc::new(first_segment),
             opened.replay_after,
             fencing,
+            lease,
         );
         let (shared, sealed_rx) = shared;
         let shared = Arc::new(shared);
@@ -198,6 +203,7 @@ impl Volume {
                 sealed_rx,
             )),
             tokio::spawn(super::uploader::run(Arc::clone(&shared))),
+            tokio::spawn(super::uploader::renew_lease(Arc::clone(&shared))),
         ];
         Ok(Volume {
             shared,
@@ -290,6 +296,12 @@ impl Volume {
     /// background work. Later calls fail with a "closed" error.
     pub async fn close(&self) -> Result<()> {
         self.commit().await?;
+        self.shared
+            .lease
+            .lock()
+            .await
+            .release(&self.shared.store)
+            .await?;
         self.shared.closing.store(true, Ordering::Release);
         self.shared.fail(EngineError::InvalidArgument(format!(
             "volume `{}` is closed",
@@ -375,6 +387,7 @@ impl Shared {
         first_segment: Arc<Segment>,
         committed_epoch: u64,
         fencing: Fencing,
+        lease: Lease,
     ) -> (Shared, mpsc::UnboundedReceiver<Arc<Epoch>>) {
         options.upload_concurrency = options.upload_concurrency.max(1);
         let first_epoch = replayed.last_epoch + 1;
@@ -419,6 +432,7 @@ impl Shared {
             stats: IoStats::default(),
             next_readahead: AtomicU64::new(u64::MAX),
             fencing,
+            lease: tokio::sync::Mutex::new(lease),
         };
         (shared, sealed_rx)
     }
