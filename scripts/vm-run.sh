@@ -19,5 +19,7 @@ fi
 command -v vng >/dev/null || { echo "virtme-ng is missing: pip install virtme-ng" >&2; exit 1; }
 
 # /dev/kvm here is a paravirtual one stock kernels cannot use: emulate.
+# The guest mounts fresh /tmp, /var/tmp and /run, so a checkout under one of
+# them would vanish there: share the checkout explicitly, read-only.
 exec vng --run "$kernel" --disable-kvm --cpus 2 --memory "${ZEROBLK_VM_MEMORY:-2G}" \
-    --cwd "$PWD" -- "$*"
+    --rodir "$PWD" --cwd "$PWD" -- "$*"
