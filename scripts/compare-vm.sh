@@ -25,9 +25,10 @@ units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 size = sys.argv[2]
 size = int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size)
 block = 64 << 10
+pattern = bytes(j % 251 + 1 for j in range(block // 2 + 251))
 with open(sys.argv[1], "wb") as f:
     for i in range(size // block):
-        f.write(os.urandom(block // 2) + bytes((i + j) % 251 + 1 for j in range(block // 2)))
+        f.write(os.urandom(block // 2) + pattern[i % 251:i % 251 + block // 2])
 EOF
 
 declare -A device

@@ -253,9 +253,10 @@ class S3backer:
 def half_compressible(path, size):
     """Random, half compressible, never zero: like the profiles' data."""
     block = 64 << 10
+    pattern = bytes(j % 251 + 1 for j in range(block // 2 + 251))
     with open(path, "wb") as f:
         for i in range(size // block):
-            f.write(os.urandom(block // 2) + bytes((i + j) % 251 + 1 for j in range(block // 2)))
+            f.write(os.urandom(block // 2) + pattern[i % 251:i % 251 + block // 2])
 
 
 def fill(uri, image):

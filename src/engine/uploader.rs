@@ -3,8 +3,9 @@
 //!
 //! It commits when someone waits for it (a remote flush, a close), when
 //! dirty data passes half of `--max-dirty`, and otherwise once per
-//! commit interval if anything was written. An idle volume makes no
-//! requests. Store errors that may pass are retried with exponential
+//! commit interval if anything was written. An idle volume commits
+//! nothing; its only requests renew its lease (a GET and a PUT every
+//! 10 s, see `lease.rs`). Store errors that may pass are retried with exponential
 //! backoff and jitter, indefinitely: writes go on until `--max-dirty`, then
 //! wait. Errors that cannot pass (fenced out, damaged data) stop the volume.
 
