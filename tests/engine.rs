@@ -6,24 +6,12 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{ALL_BACKENDS, Backend, TestStore, block_of, engine_options, new_volume, tag_of};
+use common::{
+    ALL_BACKENDS, Backend, TestStore, block_of, engine_options, new_volume, read_tags, write_tags,
+};
 use zeroblk::engine::{self, Durability, EngineError, Volume};
 
 const MIB: u64 = 1 << 20;
-
-async fn read_tags(volume: &Volume, first_block: u64, blocks: u64) -> Vec<u64> {
-    let mut buf = vec![0u8; (blocks * 4096) as usize];
-    volume.read(first_block * 4096, &mut buf).await.unwrap();
-    buf.chunks(4096).map(tag_of).collect()
-}
-
-async fn write_tags(volume: &Volume, first_block: u64, tags: &[u64]) {
-    let data: Vec<u8> = tags.iter().flat_map(|&t| block_of(t)).collect();
-    volume
-        .write(first_block * 4096, &data, false)
-        .await
-        .unwrap();
-}
 
 async fn for_each_backend<F, Fut>(test: F)
 where

@@ -86,6 +86,21 @@ impl Setup {
         env
     }
 
+    /// Creates a 16M volume of 64K chunks, straight on moto.
+    fn create_volume(&self, name: &str) {
+        let cache = self.dir.path().join("cache");
+        let args = [
+            "volume",
+            "create",
+            name,
+            "--size",
+            "16M",
+            "--chunk-size",
+            "64K",
+        ];
+        zeroblk(&self.store, &cache, &moto().env(), &args);
+    }
+
     fn serve(&self, extra: &[&str]) -> ZeroblkServer {
         let cache = self.dir.path().join("cache");
         ZeroblkServer::start(&self.store, &cache, &self.through_proxy(), extra)
@@ -130,22 +145,7 @@ impl Setup {
 #[test]
 fn store_faults_slow_nothing_down_to_an_error_and_corrupt_nothing() {
     let setup = Setup::new();
-    let env = moto().env();
-    let cache = setup.dir.path().join("cache");
-    zeroblk(
-        &setup.store,
-        &cache,
-        &env,
-        &[
-            "volume",
-            "create",
-            "v",
-            "--size",
-            "16M",
-            "--chunk-size",
-            "64K",
-        ],
-    );
+    setup.create_volume("v");
     let server = setup.serve(&["--commit-interval", "200ms"]);
     setup.proxy.set("0.3 500,503,slowdown,reset,lost,slow");
     let (image, bytes) = setup.random_image(16 << 20, 1);
@@ -175,22 +175,7 @@ fn store_faults_slow_nothing_down_to_an_error_and_corrupt_nothing() {
 #[test]
 fn an_unreachable_store_holds_writes_within_max_dirty_until_it_returns() {
     let setup = Setup::new();
-    let env = moto().env();
-    let cache = setup.dir.path().join("cache");
-    zeroblk(
-        &setup.store,
-        &cache,
-        &env,
-        &[
-            "volume",
-            "create",
-            "v",
-            "--size",
-            "16M",
-            "--chunk-size",
-            "64K",
-        ],
-    );
+    setup.create_volume("v");
     let server = setup.serve(&["--commit-interval", "200ms", "--max-dirty", "2M"]);
     setup.proxy.set("down");
     // Within the dirty limit: accepted while the store is down.

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ALL_BACKENDS, Backend, TestStore, block_of, create_and_open, tag_of};
+use common::{ALL_BACKENDS, Backend, TestStore, create_and_open, read_tags, write_tags};
 use zeroblk::engine::{self, GcOptions, Volume};
 
 const MIB: u64 = 1 << 20;
@@ -14,20 +14,6 @@ const NOW: GcOptions = GcOptions {
     grace: Duration::ZERO,
     dry_run: false,
 };
-
-async fn write_tags(volume: &Volume, first_block: u64, tags: &[u64]) {
-    let data: Vec<u8> = tags.iter().flat_map(|&t| block_of(t)).collect();
-    volume
-        .write(first_block * 4096, &data, false)
-        .await
-        .unwrap();
-}
-
-async fn read_tags(volume: &Volume, first_block: u64, blocks: u64) -> Vec<u64> {
-    let mut buf = vec![0u8; (blocks * 4096) as usize];
-    volume.read(first_block * 4096, &mut buf).await.unwrap();
-    buf.chunks(4096).map(tag_of).collect()
-}
 
 async fn object_count(store: &TestStore) -> usize {
     store.store.list_keys("chunks/").await.unwrap().len()

@@ -237,20 +237,8 @@ impl Store {
 
     /// Every key under `prefix`, recursively.
     pub async fn list_keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        self.metrics.list();
-        let listed: Result<Vec<_>, _> = self
-            .inner
-            .list(Some(&Path::from(prefix)))
-            .try_collect()
-            .await;
-        match listed {
-            Ok(objects) => Ok(objects
-                .into_iter()
-                .map(|m| m.location.to_string())
-                .collect()),
-            Err(object_store::Error::NotFound { .. }) => Ok(Vec::new()),
-            Err(e) => Err(self.classify("LIST", prefix, e)),
-        }
+        let objects = self.list_objects(prefix).await?;
+        Ok(objects.into_iter().map(|o| o.key).collect())
     }
 
     /// Every object under `prefix`, recursively, with its size and age.

@@ -263,6 +263,26 @@ pub fn tag_of(block: &[u8]) -> u64 {
     tag
 }
 
+/// The tags of `blocks` blocks from `first_block` (see [`block_of`]).
+pub async fn read_tags(
+    volume: &zeroblk::engine::Volume,
+    first_block: u64,
+    blocks: u64,
+) -> Vec<u64> {
+    let mut buf = vec![0u8; (blocks * 4096) as usize];
+    volume.read(first_block * 4096, &mut buf).await.unwrap();
+    buf.chunks(4096).map(tag_of).collect()
+}
+
+/// Writes one tagged block per tag from `first_block` (see [`block_of`]).
+pub async fn write_tags(volume: &zeroblk::engine::Volume, first_block: u64, tags: &[u64]) {
+    let data: Vec<u8> = tags.iter().flat_map(|&t| block_of(t)).collect();
+    volume
+        .write(first_block * 4096, &data, false)
+        .await
+        .unwrap();
+}
+
 /// Panics with an install hint when a client tool is missing.
 pub fn require_tool(program: &str, package: &str) -> PathBuf {
     which(program).unwrap_or_else(|| {
