@@ -382,12 +382,14 @@ def main():
         "command": " ".join(["scripts/compare.sh", *sys.argv[1:]]),
         "runtime_s": args.runtime, "size": args.size, "runs": [],
     }
-    with tempfile.TemporaryDirectory(prefix="zeroblk-compare.", dir="/var/tmp") as work:
-        host_comparison(args, work, results)
-    if not args.skip_vm:
-        vm_comparison(args, results)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="zeroblk-compare.", dir="/var/tmp") as work:
+        host_comparison(args, work, results)
+    # Kept as soon as it is known: a failure in the VM keeps the host half.
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    if not args.skip_vm:
+        vm_comparison(args, results)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     subprocess.run(["/usr/bin/python3", str(ROOT / "scripts/compare_report.py"), str(out)], check=True)
     log(f"results in {out}")
