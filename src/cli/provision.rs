@@ -211,6 +211,12 @@ fn list_snapshots(targets: Vec<(String, PathBuf)>, json: bool) -> anyhow::Result
         println!("{}", serde_json::to_string_pretty(&all)?);
         return Ok(());
     }
+    if all.is_empty() {
+        println!(
+            "no provisioned volume is attached here: name a mount point, or attach one with `zeroblk attach NAME --mount-point DIR`"
+        );
+        return Ok(());
+    }
     println!(
         "{:<16} {:<48} {:<12} {:<20} {:<4} LABEL",
         "VOLUME", "SNAPSHOT", "SUBVOLUME", "CREATED (UTC)", "RO"
