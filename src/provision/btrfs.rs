@@ -83,6 +83,18 @@ pub fn is_subvolume(path: &Path) -> bool {
 
 /// Creates an empty subvolume `parent/name`.
 pub fn create_subvolume(parent: &Path, name: &str) -> Result<(), ProvisionError> {
+    vol_args_ioctl(parent, name, "creating subvolume", ioctls::subvol_create)
+}
+
+/// The ioctls that take a `btrfs_ioctl_vol_args` naming an entry of `parent`.
+type VolArgsIoctl = unsafe fn(libc::c_int, *const VolArgs) -> nix::Result<libc::c_int>;
+
+fn vol_args_ioctl(
+    parent: &Path,
+    name: &str,
+    what: &str,
+    ioctl: VolArgsIoctl,
+) -> Result<(), ProvisionError> {
     let dir = open_dir(parent)?;
     let args = VolArgs {
         fd: 0,
@@ -90,8 +102,7 @@ pub fn create_subvolume(parent: &Path, name: &str) -> Result<(), ProvisionError>
     };
     // SAFETY: `dir` is an open directory and `args` a live, fully
     // initialised btrfs_ioctl_vol_args the kernel only reads.
-    unsafe { ioctls::subvol_create(dir.as_raw_fd(), &args) }
-        .map_err(ioctl_error("creating subvolume", parent.join(name)))?;
+    unsafe { ioctl(dir.as_raw_fd(), &args) }.map_err(ioctl_error(what, parent.join(name)))?;
     Ok(())
 }
 
@@ -120,15 +131,7 @@ pub fn snapshot(
 
 /// Deletes the subvolume or snapshot `parent/name`.
 pub fn delete_subvolume(parent: &Path, name: &str) -> Result<(), ProvisionError> {
-    let dir = open_dir(parent)?;
-    let args = VolArgs {
-        fd: 0,
-        name: name_bytes(name)?,
-    };
-    // SAFETY: as in create_subvolume.
-    unsafe { ioctls::snap_destroy(dir.as_raw_fd(), &args) }
-        .map_err(ioctl_error("deleting subvolume", parent.join(name)))?;
-    Ok(())
+    vol_args_ioctl(parent, name, "deleting subvolume", ioctls::snap_destroy)
 }
 
 /// Whether the subvolume at `path` is read-only.
