@@ -215,3 +215,77 @@ fn an_unreachable_store_holds_writes_within_max_dirty_until_it_returns() {
         "the volume differs from what was written"
     );
 }
+
+/// In-process: the engine on a store that fails 30% of requests in every
+/// way [`Fault`] knows, hangs included (past a 200 ms deadline), from the
+/// volume's creation to its close. Every read matches a model as it goes,
+/// and the volume read back from the store without faults is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_faults_and_hung_requests_corrupt_nothing() {
+    use zeroblk::engine::{self, Volume};
+    use zeroblk::store::RetryPolicy;
+    use zeroblk::store::faults::{Fault, Faults};
+
+    const SIZE: u64 = 32 << 20;
+    let backing = common::TestStore::new(common::Backend::File);
+    let faults = Faults::new(11, Duration::from_secs(10), Duration::from_millis(30));
+    let policy = RetryPolicy {
+        first_backoff: Duration::from_millis(5),
+        ..RetryPolicy::with_attempt_timeout(Duration::from_millis(200))
+    };
+    let store = backing
+        .store
+        .with_faults(faults.clone())
+        .with_retry_policy(policy);
+    faults.set(0.3, &Fault::ALL);
+
+    engine::create(&store, &common::new_volume("v", SIZE, 64 << 10))
+        .await
+        .expect("create through faults");
+    let cache = tempfile::tempdir().unwrap();
+    let mut options = common::engine_options(cache.path());
+    options.memory_cache_bytes = 1 << 20;
+    options.disk_cache_bytes = 0;
+    let volume = Volume::open(&store, "v", options)
+        .await
+        .expect("open through faults");
+
+    let mut model = vec![0u8; SIZE as usize];
+    let mut rng = fastrand::Rng::with_seed(5);
+    for round in 0..300 {
+        let len = 4096 * rng.usize(1..=64);
+        let offset = 4096 * rng.usize(..(SIZE as usize - len) / 4096);
+        let fill = rng.u8(..);
+        let data: Vec<u8> = (0..len).map(|i| fill ^ (i / 4096) as u8).collect();
+        volume.write(offset as u64, &data, false).await.unwrap();
+        model[offset..offset + len].copy_from_slice(&data);
+        if round % 10 == 0 {
+            volume.flush().await.unwrap();
+            let at = 4096 * rng.usize(..(SIZE as usize - (1 << 20)) / 4096);
+            let mut back = vec![0u8; 1 << 20];
+            volume.read(at as u64, &mut back).await.unwrap();
+            assert!(
+                back == model[at..at + (1 << 20)],
+                "round {round}: a read differs"
+            );
+        }
+    }
+    volume.close().await.expect("close through faults");
+
+    for fault in Fault::ALL {
+        assert!(faults.injected(fault) > 0, "no {fault:?} was injected");
+    }
+    assert!(store.counters().retries > 0);
+
+    let clean = backing.reopen();
+    let report = engine::verify(&clean, "v").await.unwrap();
+    assert!(report.is_clean(), "{:?}", report.bad);
+    let cache = tempfile::tempdir().unwrap();
+    let volume = Volume::open(&clean, "v", common::engine_options(cache.path()))
+        .await
+        .unwrap();
+    let mut back = vec![0u8; SIZE as usize];
+    volume.read(0, &mut back).await.unwrap();
+    assert!(back == model, "the volume differs from what was written");
+    volume.close().await.unwrap();
+}

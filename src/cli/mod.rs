@@ -41,6 +41,10 @@ pub struct GlobalArgs {
     /// The S3 endpoint, for S3-compatible servers (overrides AWS_ENDPOINT_URL)
     #[arg(long, global = true, value_name = "URL")]
     pub s3_endpoint: Option<String>,
+    /// The longest one object-store request may take before it is abandoned
+    /// and tried again
+    #[arg(long, global = true, value_name = "DURATION", default_value = "30s")]
+    pub store_timeout: humantime::Duration,
     /// Log more (-v: debug, -vv: trace); RUST_LOG works too
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,

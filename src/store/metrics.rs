@@ -11,6 +11,7 @@ pub(super) struct StoreMetrics {
     puts: AtomicU64,
     deletes: AtomicU64,
     lists: AtomicU64,
+    retries: AtomicU64,
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
 }
@@ -24,6 +25,8 @@ pub struct StoreCounters {
     pub puts: u64,
     pub deletes: u64,
     pub lists: u64,
+    /// Requests tried again after a failure that may pass.
+    pub retries: u64,
     pub bytes_read: u64,
     pub bytes_written: u64,
 }
@@ -35,6 +38,11 @@ impl StoreMetrics {
             Some(n) => self.bytes_read.fetch_add(n as u64, Relaxed),
             None => self.get_misses.fetch_add(1, Relaxed),
         };
+    }
+
+    /// A GET that failed: a request made, nothing learned.
+    pub(super) fn get_failed(&self) {
+        self.gets.fetch_add(1, Relaxed);
     }
 
     pub(super) fn put(&self, bytes: usize) {
@@ -50,6 +58,10 @@ impl StoreMetrics {
         self.lists.fetch_add(1, Relaxed);
     }
 
+    pub(super) fn retry(&self) {
+        self.retries.fetch_add(1, Relaxed);
+    }
+
     pub(super) fn snapshot(&self) -> StoreCounters {
         StoreCounters {
             gets: self.gets.load(Relaxed),
@@ -57,6 +69,7 @@ impl StoreMetrics {
             puts: self.puts.load(Relaxed),
             deletes: self.deletes.load(Relaxed),
             lists: self.lists.load(Relaxed),
+            retries: self.retries.load(Relaxed),
             bytes_read: self.bytes_read.load(Relaxed),
             bytes_written: self.bytes_written.load(Relaxed),
         }

@@ -8,10 +8,14 @@
 //! create-if-absent: some S3 clones silently ignore it, and fencing must not
 //! trust them blindly.
 //!
-//! Local directories are written with fsync; S3 requests are retried with
-//! exponential backoff inside `object_store`.
+//! Local directories are written with fsync. Every request has a deadline
+//! and is retried with backoff and jitter when it fails in a way that may
+//! pass ([`RetryPolicy`]); a conditional create whose first reply was lost
+//! is told apart from someone else's object by its bytes.
 
+pub mod faults;
 mod metrics;
+mod retry;
 mod url;
 
 use std::fmt::Display;
@@ -25,8 +29,10 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 use tokio::sync::OnceCell;
 
 pub use metrics::StoreCounters;
+pub use retry::RetryPolicy;
 pub use url::{StoreOptions, StoreUrl};
 
+use faults::{Faults, FaultyStore};
 use metrics::StoreMetrics;
 
 /// A failed store operation, said so that a user knows what to fix.
@@ -113,6 +119,7 @@ pub struct Store {
     url: Arc<str>,
     metrics: Arc<StoreMetrics>,
     fencing: Arc<OnceCell<Fencing>>,
+    retry: RetryPolicy,
 }
 
 impl std::fmt::Debug for Store {
@@ -125,7 +132,11 @@ impl Store {
     /// Opens the store a URL names. No request is made yet.
     pub fn open(url: &str, options: &StoreOptions) -> Result<Store, StoreError> {
         let inner = StoreUrl::parse(url)?.build(options)?;
-        Ok(Store::from_object_store(url, inner))
+        let mut store = Store::from_object_store(url, inner);
+        if let Some(timeout) = options.request_timeout {
+            store.retry = RetryPolicy::with_attempt_timeout(timeout);
+        }
+        Ok(store)
     }
 
     /// A fresh, empty store in memory.
@@ -139,7 +150,25 @@ impl Store {
             url: url.into(),
             metrics: Arc::default(),
             fencing: Arc::default(),
+            retry: RetryPolicy::default(),
         }
+    }
+
+    /// This store with its requests failing as `faults` says, under the
+    /// same retries and deadlines (for tests).
+    pub fn with_faults(&self, faults: Faults) -> Store {
+        let faulty = FaultyStore::new(Arc::clone(&self.inner), faults);
+        Store {
+            inner: Arc::new(faulty),
+            fencing: Arc::default(),
+            ..self.clone()
+        }
+    }
+
+    /// This store, retrying as `policy` says.
+    pub fn with_retry_policy(mut self, policy: RetryPolicy) -> Store {
+        self.retry = policy;
+        self
     }
 
     pub fn url(&self) -> &str {
@@ -152,16 +181,19 @@ impl Store {
 
     /// The object at `key`, or `None` when there is none.
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
-        let result = async { self.inner.get(&Path::from(key)).await?.bytes().await }.await;
-        match result {
-            Ok(bytes) => {
-                self.metrics.get(Some(bytes.len()));
-                Ok(Some(bytes))
+        let path = Path::from(key);
+        let attempt = || async {
+            let result = async { self.inner.get(&path).await?.bytes().await }.await;
+            match &result {
+                Ok(bytes) => self.metrics.get(Some(bytes.len())),
+                Err(object_store::Error::NotFound { .. }) => self.metrics.get(None),
+                Err(_) => self.metrics.get_failed(),
             }
-            Err(object_store::Error::NotFound { .. }) => {
-                self.metrics.get(None);
-                Ok(None)
-            }
+            result
+        };
+        match self.retrying("GET", key, attempt).await.result {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.classify("GET", key, e)),
         }
     }
@@ -174,41 +206,59 @@ impl Store {
     }
 
     /// Writes `key` only if no object is there (see [`Store::fencing`] for
-    /// stores that ignore the condition).
+    /// stores that ignore the condition). When an attempt failed and a later
+    /// one finds the object, it is ours if it holds our bytes: the first
+    /// attempt landed and only its reply was lost.
     pub async fn put_if_absent(&self, key: &str, bytes: Bytes) -> Result<Created, StoreError> {
-        self.put_with_mode(key, bytes, PutMode::Create).await
+        let (created, retried) = self
+            .put_with_mode(key, bytes.clone(), PutMode::Create)
+            .await?;
+        let landed_before = created == Created::AlreadyExists
+            && retried
+            && self.get(key).await?.is_some_and(|found| found == bytes);
+        Ok(if landed_before {
+            Created::Created
+        } else {
+            created
+        })
     }
 
+    /// Writes `key` as `mode` says; also says whether an attempt failed.
     async fn put_with_mode(
         &self,
         key: &str,
         bytes: Bytes,
         mode: PutMode,
-    ) -> Result<Created, StoreError> {
-        let len = bytes.len();
-        let options = PutOptions {
-            mode,
-            ..PutOptions::default()
+    ) -> Result<(Created, bool), StoreError> {
+        let path = Path::from(key);
+        let attempt = || {
+            let options = PutOptions {
+                mode: mode.clone(),
+                ..PutOptions::default()
+            };
+            self.metrics.put(bytes.len());
+            self.inner
+                .put_opts(&path, PutPayload::from_bytes(bytes.clone()), options)
         };
-        let result = self
-            .inner
-            .put_opts(&Path::from(key), PutPayload::from_bytes(bytes), options)
-            .await;
-        self.metrics.put(len);
-        match result {
-            Ok(_) => Ok(Created::Created),
+        let outcome = self.retrying("PUT", key, attempt).await;
+        match outcome.result {
+            Ok(_) => Ok((Created::Created, outcome.retried)),
             Err(
                 object_store::Error::AlreadyExists { .. }
                 | object_store::Error::Precondition { .. },
-            ) => Ok(Created::AlreadyExists),
+            ) => Ok((Created::AlreadyExists, outcome.retried)),
             Err(e) => Err(self.classify("PUT", key, e)),
         }
     }
 
     /// Deletes `key`; deleting what is not there is not an error.
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.metrics.delete();
-        match self.inner.delete(&Path::from(key)).await {
+        let path = Path::from(key);
+        let attempt = || {
+            self.metrics.delete();
+            self.inner.delete(&path)
+        };
+        match self.retrying("DELETE", key, attempt).await.result {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.classify("DELETE", key, e)),
         }
@@ -216,12 +266,12 @@ impl Store {
 
     /// The names of the "directories" directly under `prefix`.
     pub async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        self.metrics.list();
-        let listing = match self
-            .inner
-            .list_with_delimiter(Some(&Path::from(prefix)))
-            .await
-        {
+        let path = Path::from(prefix);
+        let attempt = || {
+            self.metrics.list();
+            self.inner.list_with_delimiter(Some(&path))
+        };
+        let listing = match self.retrying("LIST", prefix, attempt).await.result {
             Ok(listing) => listing,
             Err(object_store::Error::NotFound { .. }) => return Ok(Vec::new()),
             Err(e) => return Err(self.classify("LIST", prefix, e)),
@@ -243,13 +293,12 @@ impl Store {
 
     /// Every object under `prefix`, recursively, with its size and age.
     pub async fn list_objects(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
-        self.metrics.list();
-        let listed: Result<Vec<_>, _> = self
-            .inner
-            .list(Some(&Path::from(prefix)))
-            .try_collect()
-            .await;
-        match listed {
+        let path = Path::from(prefix);
+        let attempt = || {
+            self.metrics.list();
+            self.inner.list(Some(&path)).try_collect::<Vec<_>>()
+        };
+        match self.retrying("LIST", prefix, attempt).await.result {
             Ok(objects) => Ok(objects
                 .into_iter()
                 .map(|m| ObjectInfo {
@@ -261,6 +310,24 @@ impl Store {
             Err(object_store::Error::NotFound { .. }) => Ok(Vec::new()),
             Err(e) => Err(self.classify("LIST", prefix, e)),
         }
+    }
+
+    /// One request under the retry policy, each retry counted and logged.
+    async fn retrying<T, F, Fut>(
+        &self,
+        op: &'static str,
+        key: &str,
+        attempt: F,
+    ) -> retry::Outcome<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = object_store::Result<T>>,
+    {
+        let on_retry = |error: &object_store::Error, wait| {
+            self.metrics.retry();
+            tracing::debug!(store = %self.url, op, key, %error, ?wait, "store request failed; retrying");
+        };
+        self.retry.run(attempt, on_retry).await
     }
 
     /// Whether this store enforces create-if-absent, probed once per handle

@@ -25,6 +25,9 @@ pub enum StoreUrl {
 pub struct StoreOptions {
     /// `--s3-endpoint`: overrides `AWS_ENDPOINT_URL`.
     pub s3_endpoint: Option<String>,
+    /// `--store-timeout`: the longest one request may take before it is
+    /// abandoned and tried again (default 30s).
+    pub request_timeout: Option<Duration>,
     /// More S3 settings, by the names `AWS_*` variables use in lower case
     /// (`aws_access_key_id`, ...); they override the environment.
     pub s3_settings: Vec<(String, String)>,
@@ -91,19 +94,17 @@ impl StoreUrl {
 fn s3_builder(bucket: &str, options: &StoreOptions) -> AmazonS3Builder {
     let mut builder = AmazonS3Builder::from_env()
         .with_bucket_name(bucket)
+        // Retries and deadlines are the Store's (store/retry.rs), for
+        // every backend alike, and so that it knows when a conditional
+        // create was retried: the client itself tries each request once.
         .with_retry(RetryConfig {
-            backoff: BackoffConfig {
-                init_backoff: Duration::from_millis(50),
-                max_backoff: Duration::from_secs(5),
-                base: 2.0,
-            },
-            max_retries: 8,
-            retry_timeout: Duration::from_secs(120),
+            backoff: BackoffConfig::default(),
+            max_retries: 0,
+            retry_timeout: Duration::ZERO,
         })
         .with_client_options(
             ClientOptions::new()
                 .with_connect_timeout(Duration::from_secs(5))
-                .with_timeout(Duration::from_secs(60))
                 .with_pool_max_idle_per_host(64),
         );
     let endpoint = options

@@ -1,0 +1,287 @@
+//! A store that fails the ways real object stores do, for testing zeroblk
+//! against them in-process: errors (500, 503 SlowDown), connection resets,
+//! requests that hang past any deadline, slow replies, and replies lost
+//! after the request took effect.
+//!
+//! [`Faults`] is the switchboard: a share of requests to fault and the
+//! kinds to pick from, changeable while the store is in use, with a count
+//! of what was injected. The wrapper sits under [`super::Store`]'s retries
+//! and timeouts, exactly where a remote store's failures arrive.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use object_store::path::Path;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    PutMultipartOptions, PutOptions, PutPayload, PutResult,
+};
+
+/// One kind of failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Fault {
+    /// 500 Internal Error; the request did nothing.
+    ServerError,
+    /// 503 SlowDown; the request did nothing.
+    SlowDown,
+    /// The connection reset before the request arrived.
+    Reset,
+    /// The request never answers (until the caller's deadline).
+    Hang,
+    /// The request is answered, late.
+    Slow,
+    /// The request took effect, then the reply was lost.
+    LostReply,
+}
+
+impl Fault {
+    pub const ALL: [Fault; 6] = [
+        Fault::ServerError,
+        Fault::SlowDown,
+        Fault::Reset,
+        Fault::Hang,
+        Fault::Slow,
+        Fault::LostReply,
+    ];
+}
+
+#[derive(Debug, Default)]
+struct Plan {
+    /// The share of requests that fail, 0.0 to 1.0; 1.0 with `[Reset]` is
+    /// a store that is down.
+    rate: f64,
+    kinds: Vec<Fault>,
+    rng: Option<fastrand::Rng>,
+    injected: Vec<(Fault, u64)>,
+}
+
+/// What a faulty store injects; cheap to clone, shared with the store.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    plan: Arc<Mutex<Plan>>,
+    /// How long a hung request hangs (longer than any sane deadline).
+    hang: Duration,
+    /// How late a slow reply comes.
+    slow: Duration,
+}
+
+impl Faults {
+    /// No faults yet; `seed` makes the choices repeatable.
+    pub fn new(seed: u64, hang: Duration, slow: Duration) -> Faults {
+        let plan = Plan {
+            rng: Some(fastrand::Rng::with_seed(seed)),
+            ..Plan::default()
+        };
+        Faults {
+            plan: Arc::new(Mutex::new(plan)),
+            hang,
+            slow,
+        }
+    }
+
+    /// From now on, fails `rate` of requests with one of `kinds` each.
+    pub fn set(&self, rate: f64, kinds: &[Fault]) {
+        let mut plan = self.lock();
+        plan.rate = if kinds.is_empty() { 0.0 } else { rate };
+        plan.kinds = kinds.to_vec();
+    }
+
+    /// How many times `fault` was injected.
+    pub fn injected(&self, fault: Fault) -> u64 {
+        self.lock()
+            .injected
+            .iter()
+            .find(|(f, _)| *f == fault)
+            .map_or(0, |(_, n)| *n)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Plan> {
+        self.plan.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn draw(&self) -> Option<Fault> {
+        let mut plan = self.lock();
+        let Plan {
+            rate,
+            kinds,
+            rng,
+            injected,
+        } = &mut *plan;
+        let rng = rng.get_or_insert_with(fastrand::Rng::new);
+        if kinds.is_empty() || rng.f64() >= *rate {
+            return None;
+        }
+        let fault = kinds[rng.usize(..kinds.len())];
+        match injected.iter_mut().find(|(f, _)| *f == fault) {
+            Some((_, n)) => *n += 1,
+            None => injected.push((fault, 1)),
+        }
+        Some(fault)
+    }
+
+    /// Runs one request through the plan.
+    async fn run<T>(
+        &self,
+        op: &str,
+        request: impl Future<Output = object_store::Result<T>>,
+    ) -> object_store::Result<T> {
+        match self.draw() {
+            None => request.await,
+            Some(Fault::ServerError) => Err(injected(op, "500 InternalError")),
+            Some(Fault::SlowDown) => Err(injected(op, "503 SlowDown")),
+            Some(Fault::Reset) => Err(injected(op, "connection reset by peer")),
+            Some(Fault::Hang) => {
+                tokio::time::sleep(self.hang).await;
+                Err(injected(op, "no reply"))
+            }
+            Some(Fault::Slow) => {
+                tokio::time::sleep(self.slow).await;
+                request.await
+            }
+            Some(Fault::LostReply) => {
+                request.await?;
+                Err(injected(op, "the connection closed before the reply"))
+            }
+        }
+    }
+}
+
+fn injected(op: &str, what: &str) -> object_store::Error {
+    object_store::Error::Generic {
+        store: "faults",
+        source: format!("injected fault on {op}: {what}").into(),
+    }
+}
+
+/// An object store that injects [`Faults`] into another's requests.
+#[derive(Debug)]
+pub(super) struct FaultyStore {
+    inner: Arc<dyn ObjectStore>,
+    faults: Faults,
+}
+
+impl FaultyStore {
+    pub(super) fn new(inner: Arc<dyn ObjectStore>, faults: Faults) -> FaultyStore {
+        FaultyStore { inner, faults }
+    }
+}
+
+impl fmt::Display for FaultyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "faulty({})", self.inner)
+    }
+}
+
+#[async_trait]
+impl ObjectStore for FaultyStore {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        let request = self.inner.put_opts(location, payload, opts);
+        self.faults.run("PUT", request).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        let request = self.inner.get_opts(location, options);
+        self.faults.run("GET", request).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        let (inner, faults) = (Arc::clone(&self.inner), self.faults.clone());
+        locations
+            .then(move |location| {
+                let (inner, faults) = (Arc::clone(&inner), faults.clone());
+                async move {
+                    let location = location?;
+                    let one = location.clone();
+                    let request = async move {
+                        let one = futures::stream::once(async move { Ok(one) }).boxed();
+                        inner.delete_stream(one).next().await.transpose()
+                    };
+                    faults.run("DELETE", request).await?;
+                    Ok(location)
+                }
+            })
+            .boxed()
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        match self.faults.draw() {
+            None | Some(Fault::Slow) => self.inner.list(prefix),
+            Some(_) => {
+                futures::stream::once(async { Err(injected("LIST", "listing failed")) }).boxed()
+            }
+        }
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        let request = self.inner.list_with_delimiter(prefix);
+        self.faults.run("LIST", request).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_lost_reply_still_takes_effect_and_rates_hold() {
+        let faults = Faults::new(1, Duration::from_millis(1), Duration::from_millis(1));
+        let memory: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let store = FaultyStore::new(Arc::clone(&memory), faults.clone());
+        faults.set(1.0, &[Fault::LostReply]);
+        let key = Path::from("k");
+        assert!(
+            store
+                .put_opts(&key, "x".into(), PutOptions::default())
+                .await
+                .is_err()
+        );
+        assert!(
+            memory.get_opts(&key, GetOptions::default()).await.is_ok(),
+            "the put landed"
+        );
+
+        faults.set(0.25, &[Fault::ServerError]);
+        for _ in 0..400 {
+            let _ = store.get_opts(&key, GetOptions::default()).await;
+        }
+        let failed = faults.injected(Fault::ServerError);
+        assert!((60..140).contains(&failed), "{failed} of 400 failed at 25%");
+        faults.set(0.0, &[]);
+        assert!(store.get_opts(&key, GetOptions::default()).await.is_ok());
+    }
+}
