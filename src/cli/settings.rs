@@ -25,7 +25,8 @@ pub struct EngineArgs {
     /// Written bytes not yet uploaded past which writes wait [default: 1G]
     #[arg(long, value_name = "SIZE")]
     pub max_dirty: Option<ByteSize>,
-    /// How often written data is committed to the store [default: 2s]
+    /// How often written data is committed to the store, at the first pause
+    /// in the writes (at the latest after four times this) [default: 2s]
     #[arg(long, value_name = "DURATION")]
     pub commit_interval: Option<humantime::Duration>,
     /// Take the volume over from a writer on another host that crashed (its
@@ -46,6 +47,10 @@ pub struct Settings {
 impl Settings {
     pub fn resolve(global: &GlobalArgs) -> anyhow::Result<Settings> {
         let config = ConfigFile::load_or_default(global.config.as_deref())?;
+        anyhow::ensure!(
+            !global.store_timeout.is_zero(),
+            "--store-timeout must be longer than zero, e.g. 30s"
+        );
         let store_url = global
             .store
             .clone()
@@ -57,6 +62,7 @@ impl Settings {
                 .clone()
                 .or_else(|| config.storage.s3_endpoint.clone()),
             s3_settings: Vec::new(),
+            request_timeout: Some(global.store_timeout.into()),
         };
         let cache_dir = global
             .cache_dir

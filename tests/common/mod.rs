@@ -6,6 +6,8 @@
 //! silently.
 #![allow(dead_code)]
 
+pub mod crash_model;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -162,6 +164,7 @@ impl Moto {
         StoreOptions {
             s3_endpoint: Some(self.endpoint.clone()),
             s3_settings: self.settings(),
+            ..StoreOptions::default()
         }
     }
 
