@@ -181,11 +181,18 @@ fn an_unreachable_store_holds_writes_within_max_dirty_until_it_returns() {
     // Within the dirty limit: accepted while the store is down.
     let (small, _) = setup.random_image(1 << 20, 3);
     run_ok(Command::new("nbdcopy").arg(&small).arg(server.uri("v")));
-    std::thread::sleep(Duration::from_secs(1));
+    let says_why = |log: &str| {
+        log.contains("object store requests are failing")
+            || log.contains("cannot commit to the object store")
+    };
+    for _ in 0..100 {
+        if says_why(&server.log_text()) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert!(
-        server
-            .log_text()
-            .contains("cannot commit to the object store"),
+        says_why(&server.log_text()),
         "the log does not say why nothing is uploaded:\n{}",
         server.log_text()
     );

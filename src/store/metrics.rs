@@ -2,9 +2,14 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use std::time::Instant;
+
 use serde::Serialize;
 
-#[derive(Debug, Default)]
+/// Retry warnings are logged at most this often, in seconds.
+const WARN_EVERY_S: u64 = 10;
+
+#[derive(Debug)]
 pub(super) struct StoreMetrics {
     gets: AtomicU64,
     get_misses: AtomicU64,
@@ -12,6 +17,10 @@ pub(super) struct StoreMetrics {
     deletes: AtomicU64,
     lists: AtomicU64,
     retries: AtomicU64,
+    /// When the last retry warning was logged (seconds since `started`,
+    /// plus [`WARN_EVERY_S`], so that 0 means never).
+    last_retry_warning_s: AtomicU64,
+    started: Instant,
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
 }
@@ -29,6 +38,23 @@ pub struct StoreCounters {
     pub retries: u64,
     pub bytes_read: u64,
     pub bytes_written: u64,
+}
+
+impl Default for StoreMetrics {
+    fn default() -> Self {
+        StoreMetrics {
+            gets: AtomicU64::default(),
+            get_misses: AtomicU64::default(),
+            puts: AtomicU64::default(),
+            deletes: AtomicU64::default(),
+            lists: AtomicU64::default(),
+            retries: AtomicU64::default(),
+            last_retry_warning_s: AtomicU64::default(),
+            started: Instant::now(),
+            bytes_read: AtomicU64::default(),
+            bytes_written: AtomicU64::default(),
+        }
+    }
 }
 
 impl StoreMetrics {
@@ -58,8 +84,16 @@ impl StoreMetrics {
         self.lists.fetch_add(1, Relaxed);
     }
 
-    pub(super) fn retry(&self) {
+    /// Counts a retry; says whether it is the first in 10 s, to be told.
+    pub(super) fn retry_should_warn(&self) -> bool {
         self.retries.fetch_add(1, Relaxed);
+        let now = self.started.elapsed().as_secs() + WARN_EVERY_S;
+        let last = self.last_retry_warning_s.load(Relaxed);
+        now >= last + WARN_EVERY_S
+            && self
+                .last_retry_warning_s
+                .compare_exchange(last, now, Relaxed, Relaxed)
+                .is_ok()
     }
 
     pub(super) fn snapshot(&self) -> StoreCounters {

@@ -324,8 +324,11 @@ impl Store {
         Fut: std::future::Future<Output = object_store::Result<T>>,
     {
         let on_retry = |error: &object_store::Error, wait| {
-            self.metrics.retry();
-            tracing::debug!(store = %self.url, op, key, %error, ?wait, "store request failed; retrying");
+            if self.metrics.retry_should_warn() {
+                tracing::warn!(store = %self.url, op, key, %error, "object store requests are failing; retrying with backoff (said at most every 10 s)");
+            } else {
+                tracing::debug!(store = %self.url, op, key, %error, ?wait, "store request failed; retrying");
+            }
         };
         self.retry.run(attempt, on_retry).await
     }
