@@ -12,7 +12,8 @@
 //! - [`attach`]: block devices on this host, their daemon and registry;
 //! - [`provision`]: btrfs on an attached device, its snapshots, quotas and
 //!   NFS share (the only module that runs system tools);
-//! - [`cli`] and [`config`]: the command line and its configuration file.
+//! - [`cli`] and [`config`]: the command line and its configuration file;
+//! - [`size`] and [`process`]: byte sizes, and whether a process runs.
 #![deny(unsafe_code)]
 
 pub mod attach;
@@ -23,6 +24,7 @@ pub mod engine;
 pub mod format;
 pub mod kernel_nbd;
 pub mod nbd;
+pub mod process;
 pub mod provision;
 pub mod size;
 pub mod store;

@@ -31,7 +31,7 @@ pub struct AttachRecord {
 
 impl AttachRecord {
     pub fn daemon_alive(&self) -> bool {
-        Path::new(&format!("/proc/{}", self.pid)).exists()
+        crate::process::is_running(self.pid)
     }
 }
 

@@ -53,7 +53,7 @@ impl LeaseRecord {
                     .as_ref()
                     .is_some_and(|live| live.contains(&self.holder));
             }
-            return std::path::Path::new(&format!("/proc/{}", self.pid)).exists();
+            return crate::process::is_running(self.pid);
         }
         now_ms() < self.renewed_at_ms.saturating_add(self.ttl_ms)
     }
