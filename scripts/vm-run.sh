@@ -8,6 +8,7 @@
 #
 #   ZEROBLK_VM_KERNEL=/boot/vmlinuz-...   kernel to boot (default: newest 6.12)
 #   ZEROBLK_VM_MEMORY=2G                  memory
+#   ZEROBLK_VM_OUT=DIR                    a host directory the VM may write
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,4 +23,4 @@ command -v vng >/dev/null || { echo "virtme-ng is missing: pip install virtme-ng
 # The guest mounts fresh /tmp, /var/tmp and /run, so a checkout under one of
 # them would vanish there: share the checkout explicitly, read-only.
 exec vng --run "$kernel" --disable-kvm --cpus 2 --memory "${ZEROBLK_VM_MEMORY:-2G}" \
-    --rodir "$PWD" --cwd "$PWD" -- "$*"
+    --rodir "$PWD" ${ZEROBLK_VM_OUT:+--rwdir "$ZEROBLK_VM_OUT"} --cwd "$PWD" -- "$*"

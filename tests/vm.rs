@@ -7,11 +7,19 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
+use common::crash_model::{check_flushed_writes_kept, check_state_existed, parse_log};
+
 /// One VM at a time: each emulates two CPUs on this machine's two cores.
 static ONE_VM_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Boots the VM, runs `script` in it and checks it passed.
 fn run_in_vm(script: &str) {
+    run_in_vm_writing(script, None);
+}
+
+/// [`run_in_vm`], with `out` (a host directory) writable in the VM and
+/// named to the script by `ZEROBLK_VM_OUT`.
+fn run_in_vm_writing(script: &str, out: Option<&Path>) {
     let _turn = ONE_VM_AT_A_TIME
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -20,13 +28,19 @@ fn run_in_vm(script: &str) {
         "vng",
         "virtme-ng (pip install virtme-ng; scripts/test.sh installs it)",
     );
+    let out_env = out.map_or(String::new(), |o| {
+        format!("ZEROBLK_VM_OUT={} ", o.display())
+    });
     let command = format!(
-        "ZEROBLK={} tests/vm/{script}",
+        "{out_env}ZEROBLK={} tests/vm/{script}",
         env!("CARGO_BIN_EXE_zeroblk")
     );
     let boot = || {
-        Command::new(root.join("scripts/vm-run.sh"))
-            .arg(&command)
+        let mut vm = Command::new(root.join("scripts/vm-run.sh"));
+        if let Some(out) = out {
+            vm.env("ZEROBLK_VM_OUT", out);
+        }
+        vm.arg(&command)
             .current_dir(root)
             .output()
             .expect("run scripts/vm-run.sh")
@@ -70,4 +84,32 @@ fn attach_and_detach_over_ublk() {
 #[test]
 fn provision_btrfs_snapshots_and_nfs_over_ublk() {
     run_in_vm("provision.sh");
+}
+
+#[test]
+fn crashes_over_ublk_lose_no_flushed_write_and_leave_a_checkable_filesystem() {
+    let out = tempfile::tempdir().unwrap();
+    run_in_vm_writing("crash_ublk.sh", Some(out.path()));
+    let tags = |name: &str| -> Vec<u64> {
+        let image = std::fs::read(out.path().join(name)).unwrap();
+        image.chunks(4096).map(common::tag_of).collect()
+    };
+    let log = |name: &str| {
+        let log = parse_log(&std::fs::read_to_string(out.path().join(name)).unwrap());
+        assert!(log.writes.len() >= 100, "{name}: the writer barely ran");
+        log
+    };
+    let mut before = vec![0u64; 4096];
+    for round in 0..2 {
+        let after = tags(&format!("kept-{round}.img"));
+        let log = log(&format!("kept-{round}.log"));
+        if let Err(problem) = check_flushed_writes_kept(&before, &log, &after) {
+            panic!("kept, round {round}: {problem}");
+        }
+        before = after;
+    }
+    let lost = tags("lost.img");
+    if let Err(problem) = check_state_existed(&vec![0; 4096], &log("lost.log"), &lost) {
+        panic!("lost cache dir: {problem}");
+    }
 }

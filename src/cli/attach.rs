@@ -138,11 +138,12 @@ fn device_to_recover(dir: &std::path::Path, name: &str) -> anyhow::Result<u32> {
         "volume {name} is served by a live daemon (pid {}): nothing to recover",
         record.pid
     );
-    record
-        .device
-        .strip_prefix("/dev/ublkb")
-        .and_then(|id| id.parse().ok())
-        .with_context(|| format!("{} is not a ublk device: only ublk devices can be recovered; detach and attach again", record.device))
+    crate::ublk::device_id(&record.device).with_context(|| {
+        format!(
+            "{} is not a ublk device: only ublk devices can be recovered; detach and attach again",
+            record.device
+        )
+    })
 }
 
 /// The provisioning to bring up: the flags given, over what the volume
@@ -287,13 +288,7 @@ pub async fn detach(target: &str) -> anyhow::Result<()> {
     let record = registry::find(&dir, target)?
         .ok_or_else(|| AttachError::NotAttached(target.to_string()))?;
     if !record.daemon_alive() {
-        registry::remove(&dir, &record.name);
-        anyhow::bail!(
-            "the daemon of {} (pid {}) is gone; its record was removed (see {})",
-            record.name,
-            record.pid,
-            registry::log_path(&dir, &record.name).display()
-        );
+        return detach_dead(&dir, &record);
     }
     daemon::request_detach(&record.control_socket)
         .await
@@ -307,6 +302,33 @@ pub async fn detach(target: &str) -> anyhow::Result<()> {
     println!(
         "detached {} ({}); everything is committed to {}",
         record.name, record.device, record.store
+    );
+    Ok(())
+}
+
+/// Detaching a volume whose daemon died: its ublk device, which would
+/// hold requests forever waiting for `attach --recover`, is deleted, and
+/// the record goes. Writes the daemon acknowledged are in the cache's
+/// write-back log, and the next attach replays them.
+fn detach_dead(dir: &std::path::Path, record: &registry::AttachRecord) -> anyhow::Result<()> {
+    if let Some(dev_id) = crate::ublk::device_id(&record.device) {
+        crate::ublk::remove_orphan(dev_id).map_err(|e| {
+            anyhow::anyhow!(
+                "the daemon of {} (pid {}) is gone, and its device {} cannot be removed: {e}",
+                record.name,
+                record.pid,
+                record.device
+            )
+        })?;
+    }
+    registry::remove(dir, &record.name);
+    println!(
+        "the daemon of {} (pid {}) had died (its log: {}); removed {}. Writes it acknowledged are in the cache's write-back log: `zeroblk attach {}` replays them",
+        record.name,
+        record.pid,
+        registry::log_path(dir, &record.name).display(),
+        record.device,
+        record.name
     );
     Ok(())
 }

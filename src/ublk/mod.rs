@@ -99,6 +99,25 @@ impl UblkDevice {
     }
 }
 
+/// The id of a ublk device path (`/dev/ublkb3` is 3).
+pub fn device_id(path: &str) -> Option<u32> {
+    path.strip_prefix("/dev/ublkb")?.parse().ok()
+}
+
+/// Deletes a device whose daemon died without taking it down. With user
+/// recovery, its requests wait for a new daemon; this fails them instead
+/// (a filesystem on it sees I/O errors) and removes `/dev/ublkbN`. The
+/// delete is asynchronous: it does not wait for a mount of the device to go.
+pub fn remove_orphan(dev_id: u32) -> Result<(), String> {
+    let ctrl = UblkCtrl::new_simple(dev_id as i32)
+        .map_err(|e| format!("/dev/ublkb{dev_id} has no ublk control device: {e}"))?;
+    ctrl.kill_dev()
+        .map_err(|e| format!("cannot stop /dev/ublkb{dev_id}: {e}"))?;
+    ctrl.del_dev_async()
+        .map_err(|e| format!("cannot delete /dev/ublkb{dev_id}: {e}"))?;
+    Ok(())
+}
+
 fn serve(
     volume: Arc<Volume>,
     runtime: tokio::runtime::Handle,

@@ -1,54 +1,109 @@
-"""Writes tagged 4 KiB blocks over NBD, with flushes, until the server dies.
+"""Writes tagged 4 KiB blocks, with flushes, until the server dies.
 
-Usage: python3 writer.py URI LOG FIRST_TAG BLOCKS SEED
+Usage: python3 writer.py TARGET LOG FIRST_TAG BLOCKS SEED
+
+TARGET is an NBD URI (libnbd, with up to 32 writes in flight) or a block
+device path such as /dev/ublkb0 (O_DIRECT writes from 16 threads, and
+fsync, which the kernel sends to the device as a FLUSH).
 
 Each write fills a block with its tag (a u64, little endian, repeated), so
 a block read back says which write it holds. Writes go in batches of up to
-32 in flight, to distinct blocks; a batch ends when all of it is
-acknowledged. Every few
-batches, a flush. The log, written before the server can see anything:
+32, to distinct blocks; a batch ends when all of it is acknowledged. Every
+few batches, a flush. The log, written before the server can see anything:
   W TAG BLOCK   a write is about to be sent
   D             every write so far is acknowledged
   F TAG         a flush is acknowledged: every write with a smaller tag
                 is durable
 """
+import mmap
 import os
 import random
 import struct
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
-import nbd
-
-uri, log_path, first_tag, blocks, seed = sys.argv[1:6]
-blocks = int(blocks)
-rng = random.Random(int(seed))
-log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+BLOCK = 4096
 
 
-def say(line):
-    os.write(log, (line + "\n").encode())
+def tagged(tag):
+    return struct.pack("<Q", tag) * (BLOCK // 8)
 
 
-h = nbd.NBD()
-h.connect_uri(uri)
-tag = int(first_tag)
-try:
-    while True:
+class NbdTarget:
+    """Writes in flight at once through libnbd's asynchronous calls."""
+
+    def __init__(self, uri):
+        import nbd
+
+        self.nbd = nbd
+        self.errors = (nbd.Error,)
+        self.h = nbd.NBD()
+        self.h.connect_uri(uri)
+
+    def write_batch(self, writes):
         cookies = []
-        # Distinct blocks: two writes in flight to one block may land in
-        # either order, so a batch never has two.
-        for block in rng.sample(range(blocks), rng.randint(1, 32)):
-            say(f"W {tag} {block}")
-            data = nbd.Buffer.from_bytearray(bytearray(struct.pack("<Q", tag) * 512))
-            cookies.append(h.aio_pwrite(data, block * 4096))
-            tag += 1
-        while h.aio_in_flight() > 0:
-            h.poll(-1)
+        for tag, block in writes:
+            data = self.nbd.Buffer.from_bytearray(bytearray(tagged(tag)))
+            cookies.append(self.h.aio_pwrite(data, block * BLOCK))
+        while self.h.aio_in_flight() > 0:
+            self.h.poll(-1)
         for cookie in cookies:
-            h.aio_command_completed(cookie)  # raises if the write failed
-        say("D")
-        if rng.random() < 0.3:
-            h.flush()
-            say(f"F {tag}")
-except nbd.Error as error:
-    print(f"writer stopped at tag {tag}: {error}", file=sys.stderr)
+            self.h.aio_command_completed(cookie)  # raises if the write failed
+
+    def flush(self):
+        self.h.flush()
+
+
+class DeviceTarget:
+    """Direct writes to a block device, several threads at a time."""
+
+    errors = (OSError,)
+
+    def __init__(self, path):
+        self.fd = os.open(path, os.O_RDWR | os.O_DIRECT)
+        self.pool = ThreadPoolExecutor(max_workers=16)
+
+    def write_one(self, tag, block):
+        buffer = mmap.mmap(-1, BLOCK)  # page aligned, as O_DIRECT needs
+        buffer.write(tagged(tag))
+        if os.pwritev(self.fd, [buffer], block * BLOCK) != BLOCK:
+            raise OSError("short write")
+
+    def write_batch(self, writes):
+        for done in [self.pool.submit(self.write_one, *w) for w in writes]:
+            done.result()  # raises if the write failed
+
+    def flush(self):
+        os.fsync(self.fd)
+
+
+def main():
+    target_name, log_path, first_tag, blocks, seed = sys.argv[1:6]
+    blocks = int(blocks)
+    rng = random.Random(int(seed))
+    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+    def say(line):
+        os.write(log, (line + "\n").encode())
+
+    target = DeviceTarget(target_name) if target_name.startswith("/") else NbdTarget(target_name)
+    tag = int(first_tag)
+    try:
+        while True:
+            # Distinct blocks: two writes in flight to one block may land in
+            # either order, so a batch never has two.
+            writes = []
+            for block in rng.sample(range(blocks), rng.randint(1, 32)):
+                say(f"W {tag} {block}")
+                writes.append((tag, block))
+                tag += 1
+            target.write_batch(writes)
+            say("D")
+            if rng.random() < 0.3:
+                target.flush()
+                say(f"F {tag}")
+    except target.errors as error:
+        print(f"writer stopped at tag {tag}: {error}", file=sys.stderr)
+
+
+main()

@@ -4,13 +4,20 @@ set -euo pipefail
 
 ZEROBLK="${ZEROBLK:?set ZEROBLK to the zeroblk binary}"
 WORK="$(mktemp -d /tmp/zeroblk-vm.XXXXXX)"
+# The host's files reach the VM over 9p, page by page and uncached: a debug
+# binary took seconds to start each time. Run a copy in the VM's memory.
+cp "$ZEROBLK" "$WORK/zeroblk"
+ZEROBLK="$WORK/zeroblk"
 export ZEROBLK_STORE="file://$WORK/store" ZEROBLK_CACHE_DIR="$WORK/cache"
 export PATH="/usr/sbin:/sbin:$PATH"
 
-step() { printf '\n=== %s\n' "$*"; }
+step() { printf '\n=== [%ss] %s\n' "$SECONDS" "$*"; }
 fail() {
     echo "FAILED: $*" >&2
     echo "--- zeroblk serve log" >&2; tail -n 30 "$WORK/serve.log" >&2 || true
+    for log in "${ZEROBLK_RUNTIME_DIR:-/nonexistent}"/*.log; do
+        [ -f "$log" ] && { echo "--- $log" >&2; tail -n 30 "$log" >&2; }
+    done
     echo "--- kernel log" >&2; dmesg | tail -n 30 >&2 || true
     exit 1
 }
