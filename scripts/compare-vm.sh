@@ -12,6 +12,9 @@ ZEROBLK="${ZEROBLK:?}"
 export PATH="/usr/sbin:/sbin:$PATH" FIO_SIZE FIO_RUNTIME
 work="$(mktemp -d /tmp/zeroblk-compare.XXXXXX)"
 export ZEROBLK_STORE="file://$work/store" ZEROBLK_CACHE_DIR="$work/cache" ZEROBLK_RUNTIME_DIR="$work/run"
+# Run a copy in the VM's memory: the host's files come over 9p, uncached.
+cp "$ZEROBLK" "$work/zeroblk"
+ZEROBLK="$work/zeroblk"
 profiles=(randread-4k-qd1 randread-4k-qd32 randwrite-4k-qd32 seqread-1m seqwrite-1m randrw-70-30-4k-qd32 fdatasync-4k)
 
 modprobe ublk_drv
@@ -44,8 +47,14 @@ done
 for profile in "${profiles[@]}"; do
     for target in "${targets[@]}"; do
         echo "$profile: $target" >&2
-        FIO_TARGET="${device[$target]}" fio --section=device --output-format=json \
-            --output="$work/fio.json" "fio-profiles/$profile.fio" >/dev/null 2>&1
+        if ! FIO_TARGET="${device[$target]}" fio --section=device --output-format=json \
+            --output="$work/fio.json" "fio-profiles/$profile.fio" >"$work/fio.err" 2>&1; then
+            # Say why, and go on: one failed profile must not cost the rest.
+            echo "fio failed on $target ($profile):" >&2
+            tail -n 5 "$work/fio.err" >&2
+            dmesg | tail -n 5 >&2
+            continue
+        fi
         summary=$(python3 scripts/compare.py summarize "$work/fio.json")
         printf 'RESULT {"where": "vm", "target": "%s", "profile": "%s", "cache": "warm", "result": %s}\n' \
             "$target" "$profile" "$summary"
@@ -59,10 +68,10 @@ losetup -d "${device[kernel loop (file)]}"
 big=$("$ZEROBLK" attach big --size 2T --transport ublk)
 seconds_since() { awk -v a="$1" -v b="$(date +%s%N)" 'BEGIN { printf "%.2f", (b - a) / 1e9 }'; }
 start=$(date +%s%N)
-mkfs.btrfs -q -f "$big" >/dev/null
+mkfs.btrfs -q -f "$big" >/dev/null || echo "mkfs.btrfs on 2 TiB failed" >&2
 mkfs=$(seconds_since "$start")
 start=$(date +%s%N)
-blkdiscard "$big"
+blkdiscard "$big" || echo "blkdiscard on 2 TiB failed" >&2
 discard=$(seconds_since "$start")
 "$ZEROBLK" detach big >&2
 printf 'RESULT {"mkfs_btrfs_2t_seconds": %s, "blkdiscard_2t_seconds": %s}\n' "$mkfs" "$discard"

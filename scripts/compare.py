@@ -356,6 +356,9 @@ def vm_comparison(args, results):
     command = f"ZEROBLK={ZEROBLK} FIO_SIZE={args.size} FIO_RUNTIME={args.runtime} scripts/compare-vm.sh"
     output = subprocess.run([str(ROOT / "scripts/vm-run.sh"), command], cwd=ROOT, env=env,
                             capture_output=True, text=True)
+    vm_log = Path("/var/tmp/zeroblk-compare-vm.log")
+    vm_log.write_text(output.stdout + "\n--- stderr\n" + output.stderr)
+    log(f"the VM's output is in {vm_log}")
     found = False
     for line in output.stdout.splitlines():
         if line.startswith("RESULT "):

@@ -298,6 +298,8 @@ impl Shared {
         drop(state);
         let freed: u64 = epochs.iter().map(|e| e.dirty_bytes()).sum();
         self.dirty_bytes.fetch_sub(freed, Ordering::AcqRel);
+        let logged: u64 = epochs.iter().map(|e| e.end() - e.start).sum();
+        self.log_bytes.fetch_sub(logged, Ordering::AcqRel);
         self.dirty_room.notify_waiters();
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
         let newest = epochs.last().map(|e| e.id);

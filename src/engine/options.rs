@@ -49,7 +49,8 @@ pub struct EngineOptions {
     pub durability: Durability,
     /// Written but not yet uploaded bytes past which writes wait.
     pub max_dirty_bytes: u64,
-    /// Longest time written data waits before its upload starts.
+    /// How often written data is committed: at the first pause in the
+    /// writes after this long, and at the latest after four times as long.
     pub commit_interval: Duration,
     /// Chunk uploads and downloads in flight at once during a commit.
     pub upload_concurrency: usize,

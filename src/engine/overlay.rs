@@ -55,11 +55,14 @@ impl ChunkSlots {
         ChunkSlots(vec![0; blocks].into_boxed_slice())
     }
 
-    fn set_if_newer(&mut self, block: usize, slot: Slot) {
+    /// Sets the block's slot unless it holds a newer one; says whether
+    /// the block held no data in this epoch before (nothing, or zeroes).
+    fn set_if_newer(&mut self, block: usize, slot: Slot) -> bool {
         let current = Slot::unpack(self.0[block]);
         if current.is_none_or(|c| c.position() < slot.position()) {
             self.0[block] = slot.pack();
         }
+        !matches!(current, Some(Slot::Data(_)))
     }
 
     fn get(&self, block: usize) -> Option<Slot> {
@@ -145,8 +148,10 @@ impl Overlay {
     }
 
     /// Records that `len` bytes at device `offset` are now the bytes at
-    /// `data_pos` in the log.
-    pub fn record_write(&self, offset: u64, len: u64, data_pos: u64) {
+    /// `data_pos` in the log. Returns how many of those bytes held no data
+    /// in this epoch before: what the write adds to the epoch's upload.
+    pub fn record_write(&self, offset: u64, len: u64, data_pos: u64) -> u64 {
+        let mut new_blocks = 0;
         for (chunk, blocks) in self.split(offset, len) {
             let first_device_block = chunk * self.blocks_per_chunk() as u64 + blocks.start as u64;
             let mut slots = self
@@ -156,9 +161,10 @@ impl Overlay {
             for (i, block) in blocks.enumerate() {
                 let device_block = first_device_block + i as u64;
                 let pos = data_pos + (device_block * BLOCK_SIZE - offset);
-                slots.set_if_newer(block, Slot::Data(pos));
+                new_blocks += u64::from(slots.set_if_newer(block, Slot::Data(pos)));
             }
         }
+        new_blocks * BLOCK_SIZE
     }
 
     /// Records that `len` bytes at device `offset` were zeroed by the
@@ -279,6 +285,24 @@ mod tests {
         assert_eq!(slots[0], None);
         assert_eq!(slots[1], Some(Slot::Data(1000)));
         assert_eq!(slots[2], Some(Slot::Data(1000 + 4096)));
+    }
+
+    #[test]
+    fn overwrites_add_nothing_to_the_upload() {
+        let overlay = Overlay::new(CHUNK);
+        assert_eq!(overlay.record_write(0, 8192, 100), 8192);
+        assert_eq!(
+            overlay.record_write(4096, 8192, 9000),
+            4096,
+            "one block new"
+        );
+        assert_eq!(overlay.record_write(0, 12288, 20000), 0, "all overwrites");
+        overlay.record_zero(16384, 4096, 30000);
+        assert_eq!(
+            overlay.record_write(16384, 4096, 40000),
+            4096,
+            "zeroes are not data"
+        );
     }
 
     #[test]

@@ -168,11 +168,11 @@ fn apply(
     match header.kind {
         RecordKind::Write => {
             let data_pos = pos + RECORD_HEADER_LEN as u64;
-            epoch
+            let new_bytes = epoch
                 .overlay
                 .record_write(header.offset, header.len, data_pos);
-            epoch.add_dirty(header.len);
-            replayed.dirty_bytes += header.len;
+            epoch.add_dirty(new_bytes);
+            replayed.dirty_bytes += new_bytes;
         }
         RecordKind::Zero => epoch.overlay.record_zero(header.offset, header.len, pos),
     }

@@ -3,7 +3,11 @@
 //!
 //! It commits when someone waits for it (a remote flush, a close), when
 //! dirty data passes half of `--max-dirty`, and otherwise once per
-//! commit interval if anything was written. An idle volume commits
+//! commit interval if anything was written, at the first pause in the
+//! writes: a commit re-encodes every chunk it touches, so during a burst
+//! the log absorbs the writes and the commit follows the burst, or comes
+//! after [`LONGEST_DEFERRAL`] intervals if the writes never pause. Local
+//! flushes never wait for any of this. An idle volume commits
 //! nothing; its only requests renew its lease (a GET and a PUT every
 //! 10 s, see `lease.rs`). Store errors that may pass are retried with exponential
 //! backoff and jitter, indefinitely: writes go on until `--max-dirty`, then
@@ -15,18 +19,27 @@ use std::time::{Duration, Instant};
 
 use super::volume::Shared;
 
+/// Intervals a due commit may wait for writes to pause.
+const LONGEST_DEFERRAL: u32 = 4;
+
 pub(super) async fn run(shared: Arc<Shared>) {
     let interval = shared.options.commit_interval;
+    // Writes are "paused" when none came during one look.
+    let look = (interval / 8).max(Duration::from_millis(10));
     let mut last_commit = Instant::now();
     let mut backoff = Backoff::default();
+    let mut writes_seen = shared.stats.write_requests();
     loop {
-        let _ = tokio::time::timeout(interval, shared.kick.notified()).await;
+        let _ = tokio::time::timeout(look, shared.kick.notified()).await;
+        let writes = shared.stats.write_requests();
+        let writing = writes != writes_seen;
+        writes_seen = writes;
         loop {
             if shared.check_running().is_err() {
                 return;
             }
-            let due = last_commit.elapsed() >= interval;
-            let pressure = shared.dirty_bytes.load(Ordering::Acquire) >= shared.upload_threshold();
+            let due = commit_due(last_commit.elapsed(), interval, writing);
+            let pressure = shared.upload_pressure();
             let wanted = shared.commit_wanted.load(Ordering::Acquire) > *shared.committed.borrow();
             if !(due || pressure || wanted) {
                 break;
@@ -54,6 +67,12 @@ pub(super) async fn run(shared: Arc<Shared>) {
             }
         }
     }
+}
+
+/// Whether the interval's commit is due: the interval has passed, and the
+/// writes paused or have gone on for [`LONGEST_DEFERRAL`] intervals.
+fn commit_due(since_commit: Duration, interval: Duration, writing: bool) -> bool {
+    since_commit >= interval && (!writing || since_commit >= interval * LONGEST_DEFERRAL)
 }
 
 /// Renews the writer's lease every third of its time to live. Failing to
@@ -100,5 +119,20 @@ impl Backoff {
         let ceiling = self.next;
         self.next = (self.next * 2).min(Duration::from_secs(10));
         ceiling.mul_f64(0.5 + fastrand::f64() / 2.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_due_commit_waits_for_a_pause_but_not_forever() {
+        let interval = Duration::from_secs(2);
+        let at = Duration::from_secs;
+        assert!(!commit_due(at(1), interval, false), "not yet due");
+        assert!(commit_due(at(2), interval, false), "due, writes paused");
+        assert!(!commit_due(at(3), interval, true), "due, but writes go on");
+        assert!(commit_due(at(8), interval, true), "writes never pause");
     }
 }

@@ -62,6 +62,13 @@ pub(super) struct IoStats {
     pub commits: AtomicU64,
 }
 
+impl IoStats {
+    /// Writes, discards and zeroings so far.
+    pub fn write_requests(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed) + self.zeroes.load(Ordering::Relaxed)
+    }
+}
+
 /// The state shared by a volume's callers and its background tasks.
 pub(super) struct Shared {
     pub name: String,
@@ -78,7 +85,10 @@ pub(super) struct Shared {
     pub durable: watch::Sender<u64>,
     /// The newest epoch whose writes are committed to the store.
     pub committed: watch::Sender<u64>,
+    /// Data bytes waiting for upload: each block once per epoch.
     pub dirty_bytes: AtomicU64,
+    /// Log bytes of the epochs not yet committed.
+    pub log_bytes: AtomicU64,
     pub dirty_room: Notify,
     pub kick: Notify,
     pub closing: AtomicBool,
@@ -398,6 +408,7 @@ impl Shared {
             root.chunk_size,
         ));
         let durable_epoch = replayed.epochs.last().map_or(first_epoch - 1, |e| e.id);
+        let replayed_log_bytes = replayed.epochs.iter().map(|e| e.end() - e.start).sum();
         let mut segments = replayed.segments;
         segments.push(first_segment);
         let (sealed_tx, sealed_rx) = mpsc::unbounded_channel();
@@ -424,6 +435,7 @@ impl Shared {
             durable: watch::Sender::new(durable_epoch),
             committed: watch::Sender::new(committed_epoch),
             dirty_bytes: AtomicU64::new(replayed.dirty_bytes),
+            log_bytes: AtomicU64::new(replayed_log_bytes),
             dirty_room: Notify::new(),
             kick: Notify::new(),
             closing: AtomicBool::new(false),

@@ -91,7 +91,7 @@ impl Volume {
             .log_record(reservation, header, record, Change::Write)
             .await?;
         shared.stats.bytes_written.fetch_add(len, Ordering::Relaxed);
-        if shared.dirty_bytes.load(Ordering::Acquire) >= shared.upload_threshold() {
+        if shared.upload_pressure() {
             shared.kick.notify_one();
         }
         self.flush_if(fua).await
@@ -157,6 +157,7 @@ impl Shared {
         loop {
             self.check_running()?;
             if let Some(reservation) = self.view.load().current.try_reserve(len) {
+                self.log_bytes.fetch_add(len, Ordering::AcqRel);
                 return Ok(reservation);
             }
             // The epoch was sealed a moment ago; its successor is being
@@ -211,11 +212,11 @@ impl Shared {
         match change {
             Change::Write => {
                 let data_pos = reservation.pos + RECORD_HEADER_LEN as u64;
-                epoch
+                let new_bytes = epoch
                     .overlay
                     .record_write(header.offset, header.len, data_pos);
-                epoch.add_dirty(header.len);
-                self.dirty_bytes.fetch_add(header.len, Ordering::AcqRel);
+                epoch.add_dirty(new_bytes);
+                self.dirty_bytes.fetch_add(new_bytes, Ordering::AcqRel);
             }
             Change::Zero => epoch
                 .overlay
@@ -225,7 +226,8 @@ impl Shared {
         Ok(())
     }
 
-    /// Waits while more than `--max-dirty` bytes wait for upload.
+    /// Waits while more than `--max-dirty` bytes wait for upload, or the
+    /// log holds more than [`Self::log_limit`].
     async fn wait_for_dirty_room(&self) -> Result<()> {
         let mut warned = false;
         loop {
@@ -234,11 +236,12 @@ impl Shared {
             room.as_mut().enable();
             self.check_running()?;
             let dirty = self.dirty_bytes.load(Ordering::Acquire);
-            if dirty < self.options.max_dirty_bytes {
+            let logged = self.log_bytes.load(Ordering::Acquire);
+            if dirty < self.options.max_dirty_bytes && logged < self.log_limit() {
                 return Ok(());
             }
             if !warned {
-                tracing::debug!(volume = %self.name, dirty, "writes wait for uploads (--max-dirty reached)");
+                tracing::debug!(volume = %self.name, dirty, logged, "writes wait for uploads (--max-dirty reached)");
                 warned = true;
             }
             self.kick.notify_one();
@@ -254,5 +257,18 @@ impl Shared {
     /// during the commit.
     pub fn upload_threshold(&self) -> u64 {
         (self.options.max_dirty_bytes / 2).max(self.superblock.chunk_size * 4)
+    }
+
+    /// Log bytes past which writes wait: dirty bytes count each block once
+    /// per epoch, however often it is overwritten, while the log keeps
+    /// every write until its epoch commits. Four times `--max-dirty`.
+    pub fn log_limit(&self) -> u64 {
+        self.options.max_dirty_bytes.saturating_mul(4)
+    }
+
+    /// Whether enough waits that the uploader should start now.
+    pub fn upload_pressure(&self) -> bool {
+        self.dirty_bytes.load(Ordering::Acquire) >= self.upload_threshold()
+            || self.log_bytes.load(Ordering::Acquire) >= self.log_limit() / 2
     }
 }
