@@ -1,15 +1,15 @@
 //! Request and byte counters for one store.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-/// Retry warnings are logged at most this often, in seconds.
-const WARN_EVERY_S: u64 = 10;
+/// Retry warnings are logged at most this often.
+const WARN_EVERY: Duration = Duration::from_secs(10);
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(super) struct StoreMetrics {
     gets: AtomicU64,
     get_misses: AtomicU64,
@@ -17,10 +17,8 @@ pub(super) struct StoreMetrics {
     deletes: AtomicU64,
     lists: AtomicU64,
     retries: AtomicU64,
-    /// When the last retry warning was logged (seconds since `started`,
-    /// plus [`WARN_EVERY_S`], so that 0 means never).
-    last_retry_warning_s: AtomicU64,
-    started: Instant,
+    /// When a retry was last logged as a warning.
+    last_retry_warning: Mutex<Option<Instant>>,
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
 }
@@ -38,23 +36,6 @@ pub struct StoreCounters {
     pub retries: u64,
     pub bytes_read: u64,
     pub bytes_written: u64,
-}
-
-impl Default for StoreMetrics {
-    fn default() -> Self {
-        StoreMetrics {
-            gets: AtomicU64::default(),
-            get_misses: AtomicU64::default(),
-            puts: AtomicU64::default(),
-            deletes: AtomicU64::default(),
-            lists: AtomicU64::default(),
-            retries: AtomicU64::default(),
-            last_retry_warning_s: AtomicU64::default(),
-            started: Instant::now(),
-            bytes_read: AtomicU64::default(),
-            bytes_written: AtomicU64::default(),
-        }
-    }
 }
 
 impl StoreMetrics {
@@ -84,16 +65,19 @@ impl StoreMetrics {
         self.lists.fetch_add(1, Relaxed);
     }
 
-    /// Counts a retry; says whether it is the first in 10 s, to be told.
+    /// Counts a retry; says whether it is the first in [`WARN_EVERY`], to
+    /// be logged as a warning (retries are rare: a lock is cheap here).
     pub(super) fn retry_should_warn(&self) -> bool {
         self.retries.fetch_add(1, Relaxed);
-        let now = self.started.elapsed().as_secs() + WARN_EVERY_S;
-        let last = self.last_retry_warning_s.load(Relaxed);
-        now >= last + WARN_EVERY_S
-            && self
-                .last_retry_warning_s
-                .compare_exchange(last, now, Relaxed, Relaxed)
-                .is_ok()
+        let mut last = self
+            .last_retry_warning
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let due = last.is_none_or(|at| at.elapsed() >= WARN_EVERY);
+        if due {
+            *last = Some(Instant::now());
+        }
+        due
     }
 
     pub(super) fn snapshot(&self) -> StoreCounters {

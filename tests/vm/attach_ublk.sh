@@ -52,7 +52,7 @@ step "kill -9 of the daemon under load, then attach --recover: no I/O error"
     --verify_fatal=1 --do_verify=1 --output-format=terse >"$WORK/fio-crash.out" 2>&1) &
 fio_pid=$!
 sleep 4
-daemon=$("$ZEROBLK" list --json | sed -n 's/.*"pid": \([0-9]*\).*/\1/p')
+daemon=$(daemon_pid)
 [ -n "$daemon" ] || fail "no daemon pid"
 kill -9 "$daemon"
 sleep 1

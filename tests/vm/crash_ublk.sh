@@ -19,7 +19,6 @@ blocks=4096
 modprobe ublk_drv
 modprobe btrfs
 
-daemon_pid() { "$ZEROBLK" list --json | sed -n 's/.*"pid": \([0-9]*\).*/\1/p' | head -n 1; }
 pause() { sleep "$(( $1 + RANDOM % $2 )).$(( RANDOM % 10 ))"; }
 # Waits until the writer's log ($1) has $2 writes: Python starts slowly here.
 writer_running() {

@@ -22,6 +22,9 @@ fail() {
     exit 1
 }
 
+# The pid of the (first) attach daemon.
+daemon_pid() { "$ZEROBLK" list --json | sed -n 's/.*"pid": \([0-9]*\).*/\1/p' | head -n 1; }
+
 # Starts `zeroblk serve ARGS...` in the background on PORT; sets SERVE_PID.
 start_serve() {
     local port="$1"; shift
