@@ -8,8 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 need_cargo
-need_apt fio libnbd-bin python3-libnbd qemu-utils nbdkit s3backer python3-matplotlib
-need_apt qemu-system-x86 busybox-static linux-image-6.12-amd64 btrfs-progs
+need_qemu
+need_apt fio libnbd-bin python3-libnbd nbdkit s3backer python3-matplotlib
+need_apt busybox-static linux-image-6.12-amd64 btrfs-progs
 need_pip moto_server 'moto[server]'
 need_pip vng virtme-ng
 say "building zeroblk (release)"

@@ -29,6 +29,23 @@ need_pip() {
     fi
 }
 
+# need_qemu : QEMU's system emulator and its utilities (qemu-img, qemu-nbd),
+# at one version. Some machine images come with a newer qemu-utils from
+# backports than the archive's qemu-system-x86, which breaks it: installing
+# the emulator alone would then remove qemu-img. Take both at the
+# emulator's version instead.
+need_qemu() {
+    command -v qemu-system-x86_64 >/dev/null 2>&1 && command -v qemu-img >/dev/null 2>&1 && return
+    local version
+    as_root apt-get update -qq
+    version=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ { print $2 }')
+    [ -n "$version" ] && [ "$version" != "(none)" ] \
+        || { echo "apt has no qemu-system-x86: add Debian's main archive to the apt sources" >&2; exit 1; }
+    say "installing qemu-system-x86 and qemu-utils $version"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --allow-downgrades \
+        qemu-system-x86 "qemu-utils=$version" >/dev/null
+}
+
 # need_cargo : makes sure cargo is on PATH.
 need_cargo() {
     if ! command -v cargo >/dev/null 2>&1; then

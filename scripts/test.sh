@@ -12,11 +12,12 @@ need_cargo
 # (python3-libnbd), qemu-img (qemu-utils) and fio.
 # libublk generates its kernel bindings with bindgen, which needs libclang.
 need_apt pkg-config libclang-dev
-need_apt python3-pip libnbd-bin python3-libnbd qemu-utils fio
+need_qemu
+need_apt python3-pip libnbd-bin python3-libnbd fio
 need_pip moto_server 'moto[server]'
 # A real kernel for the device tests: Debian's 6.12 (ublk_drv, nbd, btrfs,
 # nfsd as modules), booted under QEMU by virtme-ng (scripts/vm-run.sh).
-need_apt qemu-system-x86 busybox-static linux-image-6.12-amd64 nbd-client e2fsprogs
+need_apt busybox-static linux-image-6.12-amd64 nbd-client e2fsprogs
 # Provisioning: btrfs (tests/provision.rs on the host's loop devices, and
 # in the VM) and the kernel NFS server.
 need_apt btrfs-progs nfs-kernel-server

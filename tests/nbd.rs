@@ -220,7 +220,8 @@ fn fio_verifies_over_several_connections() {
         "256K",
     ]);
     let server = setup.serve(&["--max-dirty", "16M"]);
-    let output = run_ok(Command::new(&fio).args([
+    // fio keeps its verify state in the working directory: the test's own.
+    let output = run_ok(Command::new(&fio).current_dir(setup.dir.path()).args([
         "--name=verify",
         "--ioengine=nbd",
         &format!("--uri={}", server.uri("f")),
