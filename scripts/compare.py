@@ -3,8 +3,9 @@
 
 On this host, over NBD with fio's nbd engine: zeroblk (on a real S3
 server, moto), qemu-nbd and nbdkit's file plugin on a raw file, nbdkit's
-memory plugin, and s3backer on the same S3 server (its FUSE file, served by
-nbdkit's file plugin, since Debian's s3backer 1.5.4 predates its NBD mode).
+memory plugin, s3backer on the same S3 server (its FUSE file, served by
+nbdkit's file plugin, since Debian's s3backer 1.5.4 predates its NBD mode),
+and ZeroFS 0.19.1 from crates.io on the same S3 server (its NBD server).
 In the VM (Debian's 6.12 kernel): zeroblk over ublk, zeroblk over the
 kernel NBD client, and the kernel loop device on a file
 (scripts/compare-vm.sh). The profiles of fio-profiles/ run interleaved:
@@ -109,13 +110,23 @@ def run_fio_once(uri, rw, bs, iodepth, size, workdir):
 
 
 def run_fio(profile, section, target, size, runtime, workdir):
+    """One profile against one target; None (and a line saying why) when
+    fio fails, so one peer's failure does not cost the whole comparison."""
     out = Path(workdir) / "fio.json"
     env = dict(os.environ, FIO_TARGET=target, FIO_SIZE=size, FIO_RUNTIME=str(runtime))
-    subprocess.run(
-        ["fio", f"--section={section}", "--output-format=json", f"--output={out}",
-         str(ROOT / "fio-profiles" / f"{profile}.fio")],
-        env=env, cwd=workdir, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    try:
+        ran = subprocess.run(
+            ["fio", f"--section={section}", "--output-format=json", f"--output={out}",
+             str(ROOT / "fio-profiles" / f"{profile}.fio")],
+            env=env, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            timeout=runtime * 10 + 120,
+        )
+    except subprocess.TimeoutExpired:
+        log(f"fio did not finish on {target} ({profile}) in {runtime * 10 + 120} s")
+        return None
+    if ran.returncode != 0:
+        log(f"fio failed on {target} ({profile}): {ran.stderr.strip()[-500:]}")
+        return None
     return summarize(json.loads(out.read_text()))
 
 
@@ -144,6 +155,7 @@ class Zeroblk:
     """zeroblk serve on one volume of the S3 server."""
 
     name = "zeroblk"
+    needs_fill = True
 
     def __init__(self, work, endpoint, bucket, size, compression="zstd:3"):
         self.work = Path(work)
@@ -185,8 +197,12 @@ class Zeroblk:
 
 
 class Nbdkit:
-    def __init__(self, name, plugin_args):
+    """nbdkit with a plugin; `needs_fill` when it does not serve the image
+    already (the memory plugin)."""
+
+    def __init__(self, name, plugin_args, needs_fill=False):
         self.name = name
+        self.needs_fill = needs_fill
         self.port = free_port()
         self.process = subprocess.Popen(["nbdkit", "-f", "-i", "127.0.0.1", "-p", str(self.port), *plugin_args],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -203,6 +219,7 @@ class Nbdkit:
 class QemuNbd(Nbdkit):
     def __init__(self, image):
         self.name = "qemu-nbd (raw file)"
+        self.needs_fill = False
         self.port = free_port()
         self.process = subprocess.Popen(
             ["qemu-nbd", "-f", "raw", "-t", "-b", "127.0.0.1", "-p", str(self.port), "-x", "img",
@@ -221,6 +238,7 @@ class S3backer:
     blocks, 20 write-back threads), listBlocks off for a fresh bucket."""
 
     name = "s3backer (FUSE, via nbdkit)"
+    needs_fill = True
 
     def __init__(self, work, moto, size):
         self.mount = Path(work) / "s3backer"
@@ -246,6 +264,76 @@ class S3backer:
 
     def make_cold(self):
         self.stop()
+        drop_caches()
+        self.start()
+
+
+class ZeroFS:
+    """ZeroFS 0.19.1 (crates.io) on the same S3 server, configured as its
+    README shows, with the same memory cache as zeroblk. Its NBD devices are
+    files in `.nbd/` of its own filesystem, made through its NFS server:
+    libnfs's nfs-cp copies the image there, which creates the device and
+    fills it with the same bytes (no NFS client is in this kernel)."""
+
+    name = "ZeroFS (NBD)"
+    needs_fill = False
+
+    def __init__(self, work, moto, image):
+        self.work = Path(work) / "zerofs"
+        self.work.mkdir()
+        self.cache = self.work / "cache"
+        self.bucket = moto.bucket()
+        self.endpoint = moto.endpoint
+        self.start()
+        nfs = f"nfs://127.0.0.1/.nbd/device?nfsport={self.nfs_port}&mountport={self.nfs_port}"
+        subprocess.run(["nfs-cp", str(image), nfs], check=True, stdout=subprocess.DEVNULL)
+
+    def start(self):
+        self.nfs_port, self.nbd_port = free_port(), free_port()
+        config = self.work / "zerofs.toml"
+        config.write_text(f"""
+[cache]
+dir = "{self.cache}"
+disk_size_gb = 10.0
+memory_size_gb = 0.5
+
+[storage]
+url = "s3://{self.bucket}/zerofs"
+encryption_password = "{KEY}"
+
+[servers.nfs]
+addresses = ["127.0.0.1:{self.nfs_port}"]
+
+[servers.nbd]
+addresses = ["127.0.0.1:{self.nbd_port}"]
+
+[aws]
+access_key_id = "{KEY}"
+secret_access_key = "{KEY}"
+endpoint = "{self.endpoint}"
+default_region = "us-east-1"
+allow_http = "true"
+""")
+        self.log = open(self.work / "zerofs.log", "a")
+        self.process = subprocess.Popen(["zerofs", "run", "-c", str(config)],
+                                        stdout=self.log, stderr=self.log)
+        wait_for_port(self.nbd_port, self.process)
+        wait_for_port(self.nfs_port, self.process)
+
+    def uri(self):
+        return f"nbd://127.0.0.1:{self.nbd_port}/device"
+
+    def stop(self):
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def make_cold(self):
+        self.stop()
+        shutil.rmtree(self.cache, ignore_errors=True)
         drop_caches()
         self.start()
 
@@ -279,25 +367,30 @@ def host_comparison(args, work, results):
     raw2 = Path(work) / "raw2.img"
     shutil.copy(raw, raw2)
     zeroblk = Zeroblk(work, moto.endpoint, moto.bucket(), volume_size)
+    s3backer = S3backer(work, moto, volume_size)
+    zerofs = ZeroFS(work, moto, image)
     peers = [
         zeroblk,
         Nbdkit("nbdkit file (raw file)", ["file", f"file={raw}"]),
         QemuNbd(raw2),
-        Nbdkit("nbdkit memory", ["memory", volume_size]),
-        S3backer(work, moto, volume_size),
+        Nbdkit("nbdkit memory", ["memory", volume_size], needs_fill=True),
+        s3backer,
+        zerofs,
     ]
     log("filling every target with the same bytes")
     for peer in peers:
-        if not isinstance(peer, Nbdkit) or peer.name == "nbdkit memory":
+        if peer.needs_fill:
             fill(peer.uri(), image)
     for profile in PROFILES:
         for peer in peers:
             log(f"{profile}: {peer.name}")
-            results["runs"].append({"where": "host", "target": peer.name, "profile": profile, "cache": "warm",
-                                    "result": run_fio(profile, "nbd", peer.uri(), args.size, args.runtime, work)})
+            result = run_fio(profile, "nbd", peer.uri(), args.size, args.runtime, work)
+            if result is not None:
+                results["runs"].append({"where": "host", "target": peer.name, "profile": profile,
+                                        "cache": "warm", "result": result})
     results["peak_rss_bytes"] = {"zeroblk serve": zeroblk.peak_rss(), "memory_cache_bytes": 512 << 20}
     for profile, rw, bs, depth in COLD_PROFILES:
-        for peer in (zeroblk, peers[-1]):
+        for peer in (zeroblk, s3backer, zerofs):
             log(f"{profile}, cold: {peer.name}")
             peer.make_cold()
             results["runs"].append({"where": "host", "target": peer.name, "profile": profile, "cache": "cold",

@@ -13,6 +13,7 @@
 //! - [`provision`]: btrfs on an attached device, its snapshots, quotas and
 //!   NFS share (the only module that runs system tools);
 //! - [`cli`] and [`config`]: the command line and its configuration file;
+//! - [`inline`]: running a request where it arrived when it need not wait;
 //! - [`size`] and [`process`]: byte sizes, and whether a process runs.
 #![deny(unsafe_code)]
 
@@ -22,6 +23,7 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod format;
+pub mod inline;
 pub mod kernel_nbd;
 pub mod nbd;
 pub mod process;

@@ -74,7 +74,7 @@ pub use catalog::{
 pub use error::{EngineError, Result};
 pub use gc::{GcOptions, GcReport, collect as collect_garbage};
 pub use options::{Durability, EngineOptions};
-pub use read::Extent;
+pub use read::{Extent, ReadData, ReadPart};
 pub use verify::{BadObject, VerifyReport, verify};
 pub use volume::{Volume, VolumeCounters, local_dir};
 pub use write::WriteBuffer;

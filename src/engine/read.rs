@@ -14,7 +14,7 @@ use futures::future::try_join_all;
 use super::error::{EngineError, Result};
 use super::log::Segment;
 use super::resolve::{self, Run};
-use super::volume::{Shared, Volume};
+use super::volume::{Shared, View, Volume};
 use crate::format::{self, BLOCK_SIZE, ChunkRef, Root, keys};
 
 /// A stretch of a volume that holds data, or reads as zeroes (`zero`).
@@ -22,6 +22,86 @@ use crate::format::{self, BLOCK_SIZE, ChunkRef, Root, keys};
 pub struct Extent {
     pub len: u64,
     pub zero: bool,
+}
+
+/// Read data as the engine holds it, in order: slices of cached chunks,
+/// bytes from the log, and runs of zeroes. Transports send or copy the
+/// parts as they are, so a read costs no buffer of its own and, from a
+/// cached chunk, no copy at all.
+#[derive(Debug, Default)]
+pub struct ReadData {
+    parts: Vec<ReadPart>,
+}
+
+/// One stretch of a [`ReadData`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadPart {
+    Data(Bytes),
+    /// This many bytes that read as zeroes.
+    Zero(usize),
+}
+
+impl ReadPart {
+    pub fn len(&self) -> usize {
+        match self {
+            ReadPart::Data(data) => data.len(),
+            ReadPart::Zero(len) => *len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl ReadData {
+    /// Data made of `parts`, in order (adjacent zero runs merge).
+    pub fn from_parts(parts: impl IntoIterator<Item = ReadPart>) -> ReadData {
+        let mut data = ReadData::default();
+        for part in parts {
+            data.push(part);
+        }
+        data
+    }
+
+    pub fn parts(&self) -> &[ReadPart] {
+        &self.parts
+    }
+
+    pub fn len(&self) -> usize {
+        self.parts.iter().map(ReadPart::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Copies the data into `buf`, which must be exactly as long.
+    pub fn copy_to(&self, buf: &mut [u8]) {
+        assert_eq!(
+            buf.len(),
+            self.len(),
+            "a read copied into a buffer of another size"
+        );
+        let mut at = 0;
+        for part in &self.parts {
+            let out = &mut buf[at..at + part.len()];
+            match part {
+                ReadPart::Data(data) => out.copy_from_slice(data),
+                ReadPart::Zero(_) => out.fill(0),
+            }
+            at += part.len();
+        }
+    }
+
+    /// Appends a part, merging runs of zeroes.
+    fn push(&mut self, part: ReadPart) {
+        match (self.parts.last_mut(), part) {
+            (Some(ReadPart::Zero(len)), ReadPart::Zero(more)) => *len += more,
+            (_, part) if part.is_empty() => {}
+            (_, part) => self.parts.push(part),
+        }
+    }
 }
 
 /// A piece of a read that falls in one chunk.
@@ -33,72 +113,67 @@ struct Piece {
     first_block: usize,
 }
 
-/// Log bytes to copy into the caller's buffer.
-struct LogCopy {
-    segment: Arc<Segment>,
-    pos: u64,
-    out: std::ops::Range<usize>,
+/// Where one stretch of a read comes from.
+enum Source {
+    /// These bytes of the committed chunk.
+    Base {
+        chunk: u64,
+        from: usize,
+        len: usize,
+    },
+    Zero(usize),
+    /// These bytes of the log.
+    Log {
+        segment: Arc<Segment>,
+        pos: u64,
+        len: usize,
+    },
 }
+
+/// Log reads up to this many bytes in total run on the calling task: a
+/// pread from the page cache takes less than handing it to another thread.
+const INLINE_LOG_READ_MAX: usize = 64 << 10;
 
 impl Volume {
     /// Reads `buf.len()` bytes at byte `offset`.
     pub async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.read_parts(offset, buf.len()).await?.copy_to(buf);
+        Ok(())
+    }
+
+    /// Reads `len` bytes at byte `offset`, as the parts the engine holds.
+    pub async fn read_parts(&self, offset: u64, len: usize) -> Result<ReadData> {
         let shared = &self.shared;
-        shared.check_readable("read", offset, buf.len() as u64)?;
+        shared.check_readable("read", offset, len as u64)?;
         shared.stats.reads.fetch_add(1, Ordering::Relaxed);
         shared
             .stats
             .bytes_read
-            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+            .fetch_add(len as u64, Ordering::Relaxed);
         let view = shared.view.load_full();
-        let chunk_size = shared.superblock.chunk_size;
-        let mut log_copies = Vec::new();
-        let mut base_pieces: Vec<(u64, std::ops::Range<usize>, usize)> = Vec::new();
-        for piece in pieces(offset, buf.len(), chunk_size) {
-            let blocks =
-                piece.first_block..piece.first_block + piece.out.len() / BLOCK_SIZE as usize;
-            let sources = resolve::resolve(view.epochs_newest_first(), piece.chunk, blocks);
-            for run in resolve::runs(&sources) {
-                let (blocks, what) = match run {
-                    Run::Base(b) => (b, None),
-                    Run::Zero(b) => (b, Some(None)),
-                    Run::Log {
-                        blocks,
-                        segment,
-                        pos,
-                    } => (blocks, Some(Some((segment, pos)))),
-                };
-                let out = piece.out.start + blocks.start * BLOCK_SIZE as usize
-                    ..piece.out.start + blocks.end * BLOCK_SIZE as usize;
-                match what {
-                    None => base_pieces.push((piece.chunk, out, piece.first_block + blocks.start)),
-                    Some(None) => buf[out].fill(0),
-                    Some(Some((segment, pos))) => log_copies.push(LogCopy {
-                        segment: Arc::clone(segment),
-                        pos,
-                        out,
-                    }),
-                }
-            }
-        }
-        let chunks = try_join_all(
-            base_pieces
-                .iter()
-                .map(|(chunk, _, _)| shared.committed_chunk(&view.map, *chunk)),
-        )
+        let sources = sources(&view, offset, len, shared.superblock.chunk_size);
+        let chunks = try_join_all(sources.iter().filter_map(|source| match source {
+            Source::Base { chunk, .. } => Some(shared.committed_chunk(&view.map, *chunk)),
+            _ => None,
+        }))
         .await?;
-        for ((_, out, first_block), chunk) in base_pieces.iter().zip(chunks) {
-            let from = first_block * BLOCK_SIZE as usize;
-            match chunk {
-                Some(data) => buf[out.clone()].copy_from_slice(&data[from..from + out.len()]),
-                None => buf[out.clone()].fill(0),
-            }
+        let logged = read_log(&sources).await?;
+        let (mut chunks, mut logged) = (chunks.into_iter(), logged.into_iter());
+        let mut data = ReadData::default();
+        for source in sources {
+            data.push(match source {
+                Source::Base { from, len, .. } => match chunks.next().flatten() {
+                    Some(chunk) => ReadPart::Data(chunk.slice(from..from + len)),
+                    None => ReadPart::Zero(len),
+                },
+                Source::Zero(len) => ReadPart::Zero(len),
+                Source::Log { .. } => {
+                    ReadPart::Data(logged.next().expect("one read per log source"))
+                }
+            });
         }
-        if !log_copies.is_empty() {
-            read_log(log_copies, buf).await?;
-        }
-        shared.read_ahead(&view.map, offset, buf.len() as u64);
-        Ok(())
+        shared.read_ahead(&view.map, offset, len as u64);
+        Ok(data)
     }
 
     /// Which parts of `len` bytes at `offset` hold data and which read as
@@ -162,28 +237,69 @@ fn pieces(offset: u64, len: usize, chunk_size: u64) -> impl Iterator<Item = Piec
     })
 }
 
-async fn read_log(copies: Vec<LogCopy>, buf: &mut [u8]) -> Result<()> {
-    let read = tokio::task::spawn_blocking(move || {
-        copies
-            .into_iter()
-            .map(|copy| {
-                let mut data = vec![0u8; copy.out.len()];
-                copy.segment
-                    .read_at(&mut data, copy.pos)
-                    .map_err(|source| EngineError::Log {
-                        path: copy.segment.path().to_path_buf(),
-                        source,
-                    })?;
-                Ok((copy.out, data))
-            })
-            .collect::<Result<Vec<_>>>()
-    })
-    .await
-    .expect("log reads do not panic")?;
-    for (out, data) in read {
-        buf[out].copy_from_slice(&data);
+/// Where each stretch of `len` bytes at `offset` is, in `view`.
+fn sources(view: &View, offset: u64, len: usize, chunk_size: u64) -> Vec<Source> {
+    let mut sources = Vec::new();
+    for piece in pieces(offset, len, chunk_size) {
+        let blocks = piece.first_block..piece.first_block + piece.out.len() / BLOCK_SIZE as usize;
+        let resolved = resolve::resolve(view.epochs_newest_first(), piece.chunk, blocks);
+        for run in resolve::runs(&resolved) {
+            let bytes = |blocks: &std::ops::Range<usize>| blocks.len() * BLOCK_SIZE as usize;
+            sources.push(match run {
+                Run::Base(blocks) => Source::Base {
+                    chunk: piece.chunk,
+                    from: (piece.first_block + blocks.start) * BLOCK_SIZE as usize,
+                    len: bytes(&blocks),
+                },
+                Run::Zero(blocks) => Source::Zero(bytes(&blocks)),
+                Run::Log {
+                    blocks,
+                    segment,
+                    pos,
+                } => Source::Log {
+                    segment: Arc::clone(segment),
+                    pos,
+                    len: bytes(&blocks),
+                },
+            });
+        }
     }
-    Ok(())
+    sources
+}
+
+/// The bytes of every log source, in order: on the calling task when they
+/// are few, else in a blocking task.
+async fn read_log(sources: &[Source]) -> Result<Vec<Bytes>> {
+    let reads: Vec<(Arc<Segment>, u64, usize)> = sources
+        .iter()
+        .filter_map(|source| match source {
+            Source::Log { segment, pos, len } => Some((Arc::clone(segment), *pos, *len)),
+            _ => None,
+        })
+        .collect();
+    let total: usize = reads.iter().map(|(_, _, len)| len).sum();
+    if total <= INLINE_LOG_READ_MAX {
+        return read_log_now(reads);
+    }
+    tokio::task::spawn_blocking(move || read_log_now(reads))
+        .await
+        .expect("log reads do not panic")
+}
+
+fn read_log_now(reads: Vec<(Arc<Segment>, u64, usize)>) -> Result<Vec<Bytes>> {
+    reads
+        .into_iter()
+        .map(|(segment, pos, len)| {
+            let mut data = vec![0u8; len];
+            segment
+                .read_at(&mut data, pos)
+                .map_err(|source| EngineError::Log {
+                    path: segment.path().to_path_buf(),
+                    source,
+                })?;
+            Ok(Bytes::from(data))
+        })
+        .collect()
 }
 
 impl Shared {

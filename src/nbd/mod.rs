@@ -16,6 +16,7 @@
 
 pub mod handshake;
 pub mod proto;
+mod reply;
 pub mod server;
 pub mod transmission;
 

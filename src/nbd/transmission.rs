@@ -1,27 +1,36 @@
 //! One connection's transmission phase: requests are read in order, run
 //! concurrently (up to [`MAX_IN_FLIGHT`] at once), and answered as each
 //! completes, by a writer task that owns the socket's write half.
+//!
+//! A request is first run right where it was read: most (a write into the
+//! log, a read from the cache) finish without waiting, and then cost no
+//! task of their own. Only one that has to wait (for the store, a flush, or
+//! room for dirty data) is handed to a task of its own.
 
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::MAX_REQUEST_LEN;
 use super::handshake::{BASE_ALLOCATION_ID, Session};
 use super::proto::{self, Request, cflags, cmd, errno, reply};
+use super::reply::{Reply, simple_read, structured_read};
 use crate::engine::{EngineError, WriteBuffer};
+use crate::inline::poll_once;
 
 /// Requests of one connection running at once.
 pub const MAX_IN_FLIGHT: usize = 128;
 /// A write longer than the maximum is read through and refused if it is at
 /// most this long; longer claims end the connection.
 const MAX_DISCARDED_PAYLOAD: u32 = 2 * MAX_REQUEST_LEN;
-/// Zero runs at least this long come back as holes in structured reads.
-const MIN_HOLE: usize = 64 << 10;
+/// Bytes read from the socket at once: a burst of small requests, headers
+/// and payloads, comes in with a few reads.
+const READ_BUFFER: usize = 256 << 10;
 
 /// Serves requests until the client disconnects or `shutdown` turns true;
 /// requests already read are finished and answered either way.
@@ -33,8 +42,9 @@ pub async fn serve<S>(
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
-    let (mut reader, writer) = tokio::io::split(stream);
-    let (replies, queued) = mpsc::channel::<BytesMut>(MAX_IN_FLIGHT);
+    let (reader, writer) = tokio::io::split(stream);
+    let mut reader = BufReader::with_capacity(READ_BUFFER, reader);
+    let (replies, queued) = mpsc::channel::<Reply>(MAX_IN_FLIGHT);
     let writer = tokio::spawn(write_replies(writer, queued));
     let session = Arc::new(session);
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
@@ -75,13 +85,16 @@ where
             .acquire_owned()
             .await
             .expect("the semaphore is never closed");
-        handlers.spawn(handle(
+        let mut handler = Box::pin(handle(
             Arc::clone(&session),
             request,
             payload,
             replies.clone(),
             permit,
         ));
+        if poll_once(handler.as_mut()).is_pending() {
+            handlers.spawn(handler);
+        }
         while handlers.try_join_next().is_some() {}
     }
     while handlers.join_next().await.is_some() {}
@@ -116,24 +129,35 @@ async fn read_payload<R: AsyncRead + Unpin>(
 
 async fn write_replies<W: AsyncWrite>(
     writer: W,
-    mut queued: mpsc::Receiver<BytesMut>,
+    mut queued: mpsc::Receiver<Reply>,
 ) -> io::Result<()> {
     let mut writer = std::pin::pin!(BufWriter::with_capacity(256 << 10, writer));
     while let Some(reply) = queued.recv().await {
-        writer.write_all(&reply).await?;
+        write_reply(&mut writer, &reply).await?;
         while let Ok(more) = queued.try_recv() {
-            writer.write_all(&more).await?;
+            write_reply(&mut writer, &more).await?;
         }
         writer.flush().await?;
     }
     writer.shutdown().await
 }
 
+/// Small frames gather in the buffer; large ones go straight out.
+async fn write_reply<W: AsyncWrite>(
+    writer: &mut Pin<&mut BufWriter<W>>,
+    reply: &Reply,
+) -> io::Result<()> {
+    for frame in reply.frames() {
+        writer.write_all(frame).await?;
+    }
+    Ok(())
+}
+
 async fn handle(
     session: Arc<Session>,
     request: Request,
     payload: WriteBuffer,
-    replies: mpsc::Sender<BytesMut>,
+    replies: mpsc::Sender<Reply>,
     _permit: OwnedSemaphorePermit,
 ) {
     let reply = match respond(&session, &request, payload).await {
@@ -165,7 +189,7 @@ async fn respond(
     session: &Session,
     request: &Request,
     payload: WriteBuffer,
-) -> Result<BytesMut, Failure> {
+) -> Result<Reply, Failure> {
     let export = &session.export;
     let volume = &export.volume;
     let fua = request.has(cflags::FUA);
@@ -189,130 +213,54 @@ async fn respond(
 }
 
 /// The reply to a request that succeeded with nothing to return.
-fn done_reply(session: &Session, request: &Request) -> BytesMut {
+fn done_reply(session: &Session, request: &Request) -> Reply {
     let mut out = BytesMut::with_capacity(20);
     if session.structured {
         proto::encode_chunk_header(&mut out, reply::FLAG_DONE, reply::NONE, request.cookie, 0);
     } else {
         proto::encode_simple_reply(&mut out, 0, request.cookie);
     }
-    out
+    Reply::header(out)
 }
 
-fn error_reply(session: &Session, request: &Request, code: u32, message: &str) -> BytesMut {
+fn error_reply(session: &Session, request: &Request, code: u32, message: &str) -> Reply {
     let mut out = BytesMut::with_capacity(32 + message.len());
     if session.structured {
         proto::encode_error_chunk(&mut out, request.cookie, code, message);
     } else {
         proto::encode_simple_reply(&mut out, code, request.cookie);
     }
-    out
+    Reply::header(out)
 }
 
-async fn read(session: &Session, request: &Request) -> Result<BytesMut, Failure> {
+async fn read(session: &Session, request: &Request) -> Result<Reply, Failure> {
     if request.len > MAX_REQUEST_LEN {
         return Err(refuse(
             errno::EINVAL,
             "read longer than the maximum block size",
         ));
     }
-    let len = request.len as usize;
-    if !session.structured {
-        let mut out = BytesMut::with_capacity(16 + len);
-        proto::encode_simple_reply(&mut out, 0, request.cookie);
-        out.resize(16 + len, 0);
-        read_into(session, request, &mut out[16..]).await?;
-        return Ok(out);
-    }
-    if len == 0 {
+    if request.len == 0 && session.structured {
         return Ok(done_reply(session, request));
     }
-    // One OFFSET_DATA chunk, read in place; split out holes afterwards.
-    const DATA_HEADER: usize = 20 + 8;
-    let mut out = BytesMut::with_capacity(DATA_HEADER + len);
-    proto::encode_chunk_header(
-        &mut out,
-        reply::FLAG_DONE,
-        reply::OFFSET_DATA,
-        request.cookie,
-        8 + len as u32,
-    );
-    out.put_u64(request.offset);
-    out.resize(DATA_HEADER + len, 0);
-    read_into(session, request, &mut out[DATA_HEADER..]).await?;
-    if request.has(cflags::DF) {
-        return Ok(out);
-    }
-    let runs = zero_runs(&out[DATA_HEADER..]);
-    if runs.len() == 1 && !runs[0].1 {
-        return Ok(out);
-    }
-    Ok(split_holes(request, &out[DATA_HEADER..], &runs))
-}
-
-async fn read_into(session: &Session, request: &Request, buf: &mut [u8]) -> Result<(), Failure> {
-    session
+    let data = session
         .export
         .volume
-        .read(request.offset, buf)
+        .read_parts(request.offset, request.len as usize)
         .await
-        .map_err(|e| failure(request, e))
+        .map_err(|e| failure(request, e))?;
+    Ok(match session.structured {
+        true => structured_read(
+            request.cookie,
+            request.offset,
+            &data,
+            request.has(cflags::DF),
+        ),
+        false => simple_read(request.cookie, &data),
+    })
 }
 
-/// Runs of `data`: (length, whether it is a hole of at least [`MIN_HOLE`]).
-fn zero_runs(data: &[u8]) -> Vec<(usize, bool)> {
-    const BLOCK: usize = 4096;
-    let mut runs: Vec<(usize, bool)> = Vec::new();
-    for block in data.chunks(BLOCK) {
-        let zero = block.iter().all(|&b| b == 0);
-        match runs.last_mut() {
-            Some((len, is_zero)) if *is_zero == zero => *len += block.len(),
-            _ => runs.push((block.len(), zero)),
-        }
-    }
-    // Short zero runs are cheaper to send as data than as a chunk.
-    let mut merged: Vec<(usize, bool)> = Vec::new();
-    for (len, zero) in runs {
-        let zero = zero && len >= MIN_HOLE;
-        match merged.last_mut() {
-            Some((last, last_zero)) if *last_zero == zero => *last += len,
-            _ => merged.push((len, zero)),
-        }
-    }
-    merged
-}
-
-fn split_holes(request: &Request, data: &[u8], runs: &[(usize, bool)]) -> BytesMut {
-    let mut out = BytesMut::with_capacity(data.len() + runs.len() * 32);
-    let mut at = 0usize;
-    for (i, &(len, hole)) in runs.iter().enumerate() {
-        let flags = if i + 1 == runs.len() {
-            reply::FLAG_DONE
-        } else {
-            0
-        };
-        let offset = request.offset + at as u64;
-        if hole {
-            proto::encode_chunk_header(&mut out, flags, reply::OFFSET_HOLE, request.cookie, 12);
-            out.put_u64(offset);
-            out.put_u32(len as u32);
-        } else {
-            proto::encode_chunk_header(
-                &mut out,
-                flags,
-                reply::OFFSET_DATA,
-                request.cookie,
-                8 + len as u32,
-            );
-            out.put_u64(offset);
-            out.put_slice(&data[at..at + len]);
-        }
-        at += len;
-    }
-    out
-}
-
-async fn block_status(session: &Session, request: &Request) -> Result<BytesMut, Failure> {
+async fn block_status(session: &Session, request: &Request) -> Result<Reply, Failure> {
     if !session.structured || !session.base_allocation {
         return Err(refuse(
             errno::EINVAL,
@@ -351,24 +299,5 @@ async fn block_status(session: &Session, request: &Request) -> Result<BytesMut, 
             0
         });
     }
-    Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn holes_are_long_zero_runs() {
-        let mut data = vec![1u8; 4096];
-        data.extend(vec![0u8; 128 << 10]);
-        data.extend(vec![2u8; 4096]);
-        data.extend(vec![0u8; 8192]);
-        let runs = zero_runs(&data);
-        assert_eq!(
-            runs,
-            vec![(4096, false), (128 << 10, true), (4096 + 8192, false)]
-        );
-        assert_eq!(zero_runs(&vec![0u8; 1 << 20]), vec![(1 << 20, true)]);
-    }
+    Ok(Reply::header(out))
 }

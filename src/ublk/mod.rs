@@ -2,12 +2,15 @@
 //! engine. The only module that uses libublk.
 //!
 //! Each queue thread runs libublk's per-tag io tasks on a smol executor
-//! that waits on the queue ring. A request is handed to the engine on the
-//! tokio runtime; its completion is sent back on a oneshot channel, which
-//! wakes the io task, and then an eventfd is written, on which the ring
-//! keeps a read armed: its completion turns the queue loop, which runs the
-//! woken task and submits its commit. So queue threads never wait for the
-//! object store, and a request completes when the engine completes it.
+//! that waits on the queue ring, inside the tokio runtime's context. A
+//! request that finishes without waiting (a write into the log, a read
+//! from the memory cache) runs right there ([`crate::inline`]). One that
+//! waits is handed to the tokio runtime; its completion is sent back on a
+//! oneshot channel, which wakes the io task, and then an eventfd is
+//! written, on which the ring keeps a read armed: its completion turns the
+//! queue loop, which runs the woken task and submits its commit. So queue
+//! threads never wait for the object store, and a request completes when
+//! the engine completes it.
 //!
 //! FLUSH arrives with `start_sector = u64::MAX`: requests dispatch on the
 //! op before anything looks at the range.
@@ -15,9 +18,11 @@
 #![allow(unsafe_code)]
 
 use std::fs::File;
+use std::future::Future;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::Poll;
 use std::thread::JoinHandle;
 
 use io_uring::{opcode, types};
@@ -28,7 +33,8 @@ use libublk::uring_async::ublk_wake_task;
 use libublk::{BufDesc, UblkError, UblkFlags, UblkUringData, sys};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
-use crate::engine::{Volume, WriteBuffer};
+use crate::engine::{ReadData, Volume, WriteBuffer};
+use crate::inline::poll_once;
 
 /// Queue geometry, and a device to take over.
 #[derive(Debug, Clone, Copy)]
@@ -187,16 +193,15 @@ enum Op {
 }
 
 /// The engine's answer: bytes done and read data, or an errno.
-type Outcome = Result<Option<Vec<u8>>, i32>;
+type Outcome = Result<Option<ReadData>, i32>;
 
-async fn execute(volume: &Volume, op: Op) -> Outcome {
+async fn execute(volume: Arc<Volume>, op: Op) -> Outcome {
     let done = match op {
         Op::Read(offset, len) => {
-            let mut data = vec![0u8; len];
             return volume
-                .read(offset, &mut data)
+                .read_parts(offset, len)
                 .await
-                .map(|()| Some(data))
+                .map(Some)
                 .map_err(|e| e.errno());
         }
         Op::Write(offset, data, fua) => volume.write_buffer(offset, data, fua).await,
@@ -205,6 +210,26 @@ async fn execute(volume: &Volume, op: Op) -> Outcome {
         Op::Zeroes(offset, len) => volume.write_zeroes(offset, len, false).await,
     };
     done.map(|()| None).map_err(|e| e.errno())
+}
+
+/// Runs `execution` here if it finishes without waiting; otherwise on the
+/// runtime, which writes `wakeup` when it is done, so the ring wakes.
+async fn complete(
+    execution: impl Future<Output = Outcome> + Send + 'static,
+    runtime: &tokio::runtime::Handle,
+    wakeup: &Arc<EventFd>,
+) -> Outcome {
+    let mut execution = Box::pin(execution);
+    if let Poll::Ready(outcome) = poll_once(execution.as_mut()) {
+        return outcome;
+    }
+    let (send, receive) = futures::channel::oneshot::channel();
+    let wakeup = Arc::clone(wakeup);
+    runtime.spawn(async move {
+        let _ = send.send(execution.await);
+        let _ = wakeup.write(1);
+    });
+    receive.await.unwrap_or(Err(libc::EIO))
 }
 
 /// Decodes the request in `tag`'s descriptor; the op first, since a
@@ -234,6 +259,9 @@ fn decode(q: &UblkQueue, tag: u16, buf: &[u8]) -> Result<Op, i32> {
 const EVENTFD_DATA: u64 = UblkUringData::Target as u64 | UblkUringData::NonAsync as u64 | 0xe7;
 
 fn queue_thread(qid: u16, dev: &UblkDev, volume: Arc<Volume>, runtime: tokio::runtime::Handle) {
+    // Requests run here when they need not wait: in the runtime's context,
+    // so whatever they start (read-ahead, blocking log writes) goes to it.
+    let _in_runtime = runtime.enter();
     let queue = match UblkQueue::new(qid, dev) {
         Ok(queue) => Rc::new(queue),
         Err(error) => {
@@ -292,20 +320,13 @@ async fn io_task(
                     Op::Write(_, data, _) => data.len() as i32,
                     _ => 0,
                 };
-                let (send, receive) = futures::channel::oneshot::channel();
-                let (volume, wakeup) = (Arc::clone(&volume), Arc::clone(&wakeup));
-                runtime.spawn(async move {
-                    let _ = send.send(execute(&volume, op).await);
-                    let _ = wakeup.write(1);
-                });
-                match receive.await {
-                    Ok(Ok(Some(data))) => {
-                        buffer.as_mut_slice()[..data.len()].copy_from_slice(&data);
+                match complete(execute(Arc::clone(&volume), op), &runtime, &wakeup).await {
+                    Ok(Some(data)) => {
+                        data.copy_to(&mut buffer.as_mut_slice()[..data.len()]);
                         len
                     }
-                    Ok(Ok(None)) => len,
-                    Ok(Err(errno)) => -errno,
-                    Err(_) => -libc::EIO,
+                    Ok(None) => len,
+                    Err(errno) => -errno,
                 }
             }
         };
