@@ -416,10 +416,11 @@ def discard_2t(work, moto):
 
 
 def write_amplification(work, moto, image):
-    """Bytes and requests the store gets for a sequential write, counted by
-    a proxy in front of moto; chunk compression off, so that compression
-    does not hide overhead."""
-    log("write amplification: a sequential write through a counting proxy")
+    """Bytes and requests the store gets, counted by a proxy in front of
+    moto: for a sequential write of the image, then for reading it back
+    once with the cache dir wiped. Chunk compression off, so that
+    compression does not hide overhead."""
+    log("store requests and bytes: a sequential write and a cold read through a counting proxy")
     wa = Path(work) / "wa"
     wa.mkdir()
     stats = wa / "requests"
@@ -433,14 +434,27 @@ def write_amplification(work, moto, image):
     stats.write_text("")
     fill(zeroblk.uri(), image)
     zeroblk.stop()
+    writes = [line.split() for line in stats.read_text().splitlines()]
+    shutil.rmtree(zeroblk.cache)
+    zeroblk.start()
+    stats.write_text("")
+    subprocess.run(["nbdcopy", zeroblk.uri(), "null:"], check=True)
+    reads = [line.split() for line in stats.read_text().splitlines()]
+    zeroblk.stop()
     proxy.terminate()
     proxy.wait()
-    puts = [line.split() for line in stats.read_text().splitlines() if line.startswith("PUT ")]
-    written = image.stat().st_size
+    size = image.stat().st_size
+    puts = [r for r in writes if r[0] == "PUT"]
+    gets = [r for r in reads if r[0] == "GET"]
     uploaded = sum(int(p[1]) for p in puts)
-    return {"bytes_written": written, "bytes_uploaded": uploaded, "put_requests": len(puts),
-            "chunks_written": written // CHUNK, "uploaded_per_written": uploaded / written,
-            "requests_per_chunk": len(puts) / (written // CHUNK)}
+    downloaded = sum(int(g[2]) for g in gets)
+    gib = size / (1 << 30)
+    return {"bytes_written": size, "bytes_uploaded": uploaded, "put_requests": len(puts),
+            "write_requests": len(writes), "chunks_written": size // CHUNK,
+            "uploaded_per_written": uploaded / size, "requests_per_chunk": len(puts) / (size // CHUNK),
+            "requests_per_gib_written": len(writes) / gib, "bytes_read": size,
+            "bytes_downloaded": downloaded, "get_requests": len(gets), "read_requests": len(reads),
+            "downloaded_per_read": downloaded / size, "requests_per_gib_read": len(reads) / gib}
 
 
 def vm_comparison(args, results):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the peers and runs the comparison (scripts/compare.py): results,
 # tables and plots in docs/benchmarks/. Needs root (FUSE, page cache drops,
-# the VM). About 20 minutes.
+# the VM). About 30 minutes, and 15 more the first time (ZeroFS builds).
 #
 #   scripts/compare.sh [--runtime 10] [--size 256M] [--out DIR] [--skip-vm]
 set -euo pipefail
@@ -9,10 +9,13 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 need_cargo
 need_qemu
-need_apt fio libnbd-bin python3-libnbd nbdkit s3backer python3-matplotlib
+need_apt fio libnbd-bin python3-libnbd nbdkit s3backer python3-matplotlib libnfs-utils
 need_apt busybox-static linux-image-6.12-amd64 btrfs-progs
 need_pip moto_server 'moto[server]'
 need_pip vng virtme-ng
+# ZeroFS, the peer on S3 with an NBD server: 0.19.1 is the newest on
+# crates.io (about 15 minutes to build here, once).
+need_crate zerofs zerofs 0.19.1
 say "building zeroblk (release)"
 cargo build --release --quiet
 exec /usr/bin/python3 scripts/compare.py "$@"

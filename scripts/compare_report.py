@@ -1,6 +1,7 @@
 #!/usr/bin/python3
 """Turns results.json of scripts/compare.py into README.md (ratio tables and
 the targets of issue 7, met or not) and PNG plots, in the same directory.
+A hand-written notes.md there (what is short, and why) is appended.
 
     scripts/compare_report.py docs/benchmarks
 """
@@ -140,7 +141,8 @@ def main(out):
         "",
         "zeroblk serves from a real S3 server (moto) with its memory and disk caches warm; nbdkit and qemu-nbd "
         "serve a raw file in the page cache; s3backer uses the same S3 server, with its block size set to "
-        "zeroblk's chunk size (1 MiB). Every target was filled with the same bytes first.",
+        "zeroblk's chunk size (1 MiB); ZeroFS 0.19.1 (crates.io) uses the same S3 server too, through its "
+        "NBD server. Every target was filled with the same bytes first.",
         "",
         host_table,
         "",
@@ -148,8 +150,8 @@ def main(out):
         "",
         "## Cold reads (caches dropped)",
         "",
-        "zeroblk with its cache dir wiped and restarted; s3backer remounted; the page cache dropped. One "
-        "pass over the working set, each block read once, from the S3 server.",
+        "zeroblk and ZeroFS with their cache dirs wiped and restarted; s3backer remounted; the page cache "
+        "dropped. One pass over the working set, each block read once, from the S3 server.",
         "",
         cold_table,
         "",
@@ -166,8 +168,12 @@ def main(out):
         "",
         f"A sequential write of {wa.get('bytes_written', 0) >> 20} MiB (chunk compression off): "
         f"{wa.get('bytes_uploaded', 0) >> 20} MiB uploaded in {wa.get('put_requests', 0)} PUTs for "
-        f"{wa.get('chunks_written', 0)} chunks. Peak RSS of zeroblk serve over all host profiles: "
-        f"{rss.get('zeroblk serve', 0) >> 20} MiB, with a {rss.get('memory_cache_bytes', 0) >> 20} MiB memory cache.",
+        f"{wa.get('chunks_written', 0)} chunks, {wa.get('requests_per_gib_written', 0):,.0f} store requests "
+        f"per GiB written (every kind, lease renewals included). Read back once with the cache dir wiped: "
+        f"{wa.get('bytes_downloaded', 0) >> 20} MiB downloaded in {wa.get('get_requests', 0)} GETs, "
+        f"{wa.get('requests_per_gib_read', 0):,.0f} store requests per GiB read. Peak RSS of zeroblk serve over "
+        f"all host profiles: {rss.get('zeroblk serve', 0) >> 20} MiB, with a "
+        f"{rss.get('memory_cache_bytes', 0) >> 20} MiB memory cache.",
         "",
         "## Reproduce",
         "",
@@ -176,6 +182,9 @@ def main(out):
         "```",
         "",
     ]
+    notes = out / "notes.md"
+    if notes.exists():
+        lines += [notes.read_text()]
     (out / "README.md").write_text("\n".join(lines))
 
 

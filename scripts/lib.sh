@@ -46,6 +46,15 @@ need_qemu() {
         qemu-system-x86 "qemu-utils=$version" >/dev/null
 }
 
+# need_crate COMMAND CRATE VERSION : installs a crate's program from
+# crates.io when COMMAND is not on PATH.
+need_crate() {
+    if ! command -v "$1" >/dev/null 2>&1; then
+        say "installing $2 $3 from crates.io (cargo install; this takes a while)"
+        cargo install --quiet --locked "$2" --version "$3"
+    fi
+}
+
 # need_cargo : makes sure cargo is on PATH.
 need_cargo() {
     if ! command -v cargo >/dev/null 2>&1; then
