@@ -7,8 +7,11 @@
 //! cannot leave a hole in the log, and an epoch counts as drained only once
 //! each of its records is written and in its overlay.
 
+use std::io;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::epoch::Reservation;
 use super::error::{EngineError, Result};
@@ -34,11 +37,19 @@ pub struct WriteBuffer {
 }
 
 impl WriteBuffer {
-    /// A buffer of `len` zero bytes, to be filled through [`Self::data_mut`].
-    pub fn zeroed(len: usize) -> WriteBuffer {
-        WriteBuffer {
-            record: vec![0; RECORD_HEADER_LEN + len],
+    /// A buffer of exactly `len` bytes read from `reader`, which are read
+    /// straight into it (not zeroed first).
+    pub async fn read_from<R: AsyncRead + Unpin>(reader: &mut R, len: usize) -> io::Result<Self> {
+        let mut record = Vec::with_capacity(RECORD_HEADER_LEN + len);
+        record.resize(RECORD_HEADER_LEN, 0);
+        let mut left = len as u64;
+        while left > 0 {
+            match reader.take(left).read_buf(&mut record).await? {
+                0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+                read => left -= read as u64,
+            }
         }
+        Ok(WriteBuffer { record })
     }
 
     /// A buffer holding a copy of `data`.
@@ -51,10 +62,6 @@ impl WriteBuffer {
 
     pub fn data(&self) -> &[u8] {
         self.record.get(RECORD_HEADER_LEN..).unwrap_or_default()
-    }
-
-    pub fn data_mut(&mut self) -> &mut [u8] {
-        self.record.get_mut(RECORD_HEADER_LEN..).unwrap_or_default()
     }
 
     pub fn len(&self) -> usize {
@@ -270,5 +277,20 @@ impl Shared {
     pub fn upload_pressure(&self) -> bool {
         self.dirty_bytes.load(Ordering::Acquire) >= self.upload_threshold()
             || self.log_bytes.load(Ordering::Acquire) >= self.log_limit() / 2
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_buffer_reads_exactly_its_length() {
+        let mut input: &[u8] = &[1, 2, 3, 4, 5, 6];
+        let buffer = WriteBuffer::read_from(&mut input, 4).await.unwrap();
+        assert_eq!(buffer.data(), &[1, 2, 3, 4]);
+        assert_eq!(input, &[5, 6], "the next request's bytes stay unread");
+        let short = WriteBuffer::read_from(&mut input, 4).await.unwrap_err();
+        assert_eq!(short.kind(), io::ErrorKind::UnexpectedEof);
     }
 }

@@ -122,8 +122,7 @@ async fn read_payload<R: AsyncRead + Unpin>(
         tokio::io::copy(&mut reader.take(request.len.into()), &mut tokio::io::sink()).await?;
         return Ok(Payload::Refused);
     }
-    let mut payload = WriteBuffer::zeroed(request.len as usize);
-    reader.read_exact(payload.data_mut()).await?;
+    let payload = WriteBuffer::read_from(reader, request.len as usize).await?;
     Ok(Payload::Ok(payload))
 }
 
