@@ -130,6 +130,9 @@ async fn run(backend: Backend, durability: Durability, ops: Vec<Op>) {
         options.durability = durability;
         options.commit_interval = Duration::from_millis(20);
         options.max_dirty_bytes = 256 << 10;
+        // A few writes fill a segment: rotation, end records and reuse of
+        // committed segments are in almost every case.
+        options.log_segment_bytes = 32 << 10;
         options
     };
     let mut volume = Volume::open(&store.store, "m", options(cache.path()))

@@ -5,7 +5,7 @@
 //! flush point, never a mix. It uploads the changed chunks (read-modify-
 //! write for partly changed ones), then the changed map pages, then the
 //! root with create-if-absent. Only after the root is in does it swap the
-//! view (new map, fewer epochs) and delete log segments nothing needs.
+//! view (new map, fewer epochs) and retire log segments nothing needs.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -291,7 +291,7 @@ impl Shared {
         state.segments.retain(|segment| {
             let needed = live.iter().any(|s| Arc::ptr_eq(s, segment));
             if !needed {
-                self.log.remove_segment(segment);
+                self.log.retire_segment(segment);
             }
             needed
         });

@@ -11,7 +11,7 @@
 //! first damaged record, can never lose a flushed write.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tokio::sync::Notify;
 
@@ -37,6 +37,8 @@ pub struct Epoch {
     pub overlay: Overlay,
     /// Data bytes written in this epoch (zeroing records count nothing).
     dirty_bytes: AtomicU64,
+    /// The next epoch starts a new segment: this one closes its segment.
+    last_in_segment: AtomicBool,
 }
 
 impl std::fmt::Debug for Epoch {
@@ -74,6 +76,7 @@ impl Epoch {
             drained: Notify::new(),
             overlay: Overlay::new(chunk_size),
             dirty_bytes: AtomicU64::new(0),
+            last_in_segment: AtomicBool::new(false),
         }
     }
 
@@ -127,6 +130,15 @@ impl Epoch {
         self.word.fetch_or(SEALED, Ordering::AcqRel) & TAIL_MASK
     }
 
+    /// Says that the next epoch starts in a new segment (before sealing).
+    pub fn mark_last_in_segment(&self) {
+        self.last_in_segment.store(true, Ordering::Release);
+    }
+
+    pub fn is_last_in_segment(&self) -> bool {
+        self.last_in_segment.load(Ordering::Acquire)
+    }
+
     pub fn is_sealed(&self) -> bool {
         self.word.load(Ordering::Acquire) & SEALED != 0
     }
@@ -174,6 +186,7 @@ mod tests {
             log_id: uuid::Uuid::new_v4(),
             volume: uuid::Uuid::new_v4(),
             seq: 1,
+            first_epoch: 1,
         };
         let segment = Arc::new(Segment::create(dir, identity).unwrap());
         Arc::new(Epoch::new(1, segment, SEGMENT_HEADER_LEN, 1 << 20))

@@ -14,13 +14,9 @@ use tokio::sync::mpsc;
 
 use super::epoch::Epoch;
 use super::error::{EngineError, Result};
-use super::log::{SEGMENT_HEADER_LEN, Segment};
+use super::log::{RECORD_HEADER_LEN, RecordHeader, SEGMENT_HEADER_LEN, Segment};
 use super::options::Durability;
 use super::volume::{Shared, View, Volume};
-
-/// An epoch that ends past this point of its segment starts the next
-/// epoch in a new segment, so committed segments can be deleted.
-const SEGMENT_ROTATE_BYTES: u64 = 256 << 20;
 
 impl Volume {
     /// Makes every write acknowledged before this call durable, as the
@@ -48,8 +44,12 @@ impl Shared {
         if current.is_empty() {
             return Ok(current.id - 1);
         }
-        let fresh_segment = if current.end() >= SEGMENT_ROTATE_BYTES {
-            Some(self.create_segment(state.next_seq).await?)
+        let fresh_segment = if current.end() >= self.options.log_segment_bytes {
+            let segment = self
+                .create_segment(state.next_seq, state.next_epoch)
+                .await?;
+            current.mark_last_in_segment();
+            Some(segment)
         } else {
             None
         };
@@ -77,14 +77,19 @@ impl Shared {
         Ok(current.id)
     }
 
-    async fn create_segment(&self, seq: u64) -> Result<Arc<Segment>> {
+    async fn create_segment(&self, seq: u64, first_epoch: u64) -> Result<Arc<Segment>> {
         let log = super::log::LogDir {
             dir: self.log.dir.clone(),
             manifest: self.log.manifest,
         };
-        let created = tokio::task::spawn_blocking(move || log.create_segment(seq))
-            .await
-            .expect("segment creation does not panic");
+        // Taken here, before the blocking task exists, and held until it ends.
+        let creating = Arc::clone(&self.segment_creation).lock_owned().await;
+        let created = tokio::task::spawn_blocking(move || {
+            let _creating = creating;
+            log.create_segment(seq, first_epoch)
+        })
+        .await
+        .expect("segment creation does not panic");
         created.map(Arc::new).map_err(|source| EngineError::Log {
             path: self.log.dir.clone(),
             source,
@@ -109,16 +114,26 @@ pub(super) async fn durability_worker(
             return;
         }
         let mut syncs: Vec<(Arc<Segment>, u64)> = Vec::new();
+        let mut closing: Vec<(Arc<Segment>, u64, u64)> = Vec::new();
         for epoch in &batch {
+            let mut end = epoch.end();
+            if epoch.is_last_in_segment() {
+                closing.push((Arc::clone(&epoch.segment), end, epoch.id));
+                end += RECORD_HEADER_LEN as u64;
+            }
             match syncs
                 .iter_mut()
                 .find(|(s, _)| Arc::ptr_eq(s, &epoch.segment))
             {
-                Some((_, end)) => *end = (*end).max(epoch.end()),
-                None => syncs.push((Arc::clone(&epoch.segment), epoch.end())),
+                Some((_, synced_end)) => *synced_end = (*synced_end).max(end),
+                None => syncs.push((Arc::clone(&epoch.segment), end)),
             }
         }
         let synced = tokio::task::spawn_blocking(move || {
+            for (segment, at, epoch) in &closing {
+                close_segment(segment, *at, *epoch)
+                    .map_err(|e| (segment.path().to_path_buf(), e))?;
+            }
             for (segment, end) in &syncs {
                 segment
                     .sync_to(*end)
@@ -143,4 +158,15 @@ pub(super) async fn durability_worker(
             }
         }
     }
+}
+
+/// Writes the record that says `segment` ends at `at`, after its last
+/// epoch: what a recycled file holds past it is not part of the log. It is
+/// synced with that epoch, before any epoch of the next segment counts as
+/// durable, so a replay never mistakes the segment's end for a torn record
+/// (which would drop the next segment's flushed writes).
+fn close_segment(segment: &Segment, at: u64, epoch: u64) -> std::io::Result<()> {
+    let mut record = vec![0u8; RECORD_HEADER_LEN];
+    RecordHeader::end(epoch).write_header(&mut record);
+    segment.write_at(&record, at)
 }

@@ -61,6 +61,9 @@ pub struct EngineOptions {
     /// Take the lease over even from a writer that may be alive (after a
     /// crash on another host).
     pub take_over: bool,
+    /// An epoch that ends past this point of its log segment starts the
+    /// next epoch in another segment, so committed ones can be recycled.
+    pub log_segment_bytes: u64,
 }
 
 impl EngineOptions {
@@ -76,6 +79,7 @@ impl EngineOptions {
             readahead_chunks: 8,
             lease_ttl: Duration::from_secs(30),
             take_over: false,
+            log_segment_bytes: 256 << 20,
         }
     }
 }

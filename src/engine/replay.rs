@@ -2,8 +2,10 @@
 //! restart.
 //!
 //! Records are read in log order and checked (magic, header sanity, crc32c
-//! of header and payload). Replay stops at the first record that is not
-//! whole: the segment is cut there and later segments are removed. That
+//! of header and payload, an epoch no older than the segment's first and
+//! than the record before). A segment's end record sends replay on to the
+//! next segment. Replay stops at the first record that is not whole: the
+//! segment is cut there and later segments are removed. That
 //! loses no flushed write, because a flush returns only after every record
 //! before it is written and synced (see [`super::epoch`]): a torn record
 //! can only belong to writes that no flush covered, and so can everything
@@ -62,14 +64,22 @@ pub fn replay(
         let (segment, identity) = Segment::open(path)?;
         replayed.next_seq = replayed.next_seq.max(identity.seq + 1);
         if stopped || identity.log_id != log.manifest.log_id {
+            // Never reused: its records may be of epochs the log will
+            // number again, and must not pass for new ones.
             tracing::warn!(segment = %path.display(), "removing a log segment past the end of the log");
             log.remove_segment(&segment);
             continue;
         }
         let segment = Arc::new(segment);
-        let (valid_end, whole) = replay_segment(&segment, after, geometry, &mut replayed)?;
+        let (valid_end, whole) = replay_segment(
+            &segment,
+            identity.first_epoch,
+            after,
+            geometry,
+            &mut replayed,
+        )?;
         if !whole {
-            tracing::info!(segment = %path.display(), at = valid_end, "log ends in a torn record (writes no flush covered); cutting it there");
+            tracing::info!(segment = %path.display(), at = valid_end, "log ends here, in a torn record (writes no flush covered) or in what a recycled file held before; cutting it there");
             segment.truncate(valid_end)?;
             stopped = true;
         }
@@ -81,7 +91,7 @@ pub fn replay(
             segment.sync_to(valid_end)?;
             replayed.segments.push(segment);
         } else {
-            log.remove_segment(&segment);
+            log.retire_segment(&segment);
         }
     }
     Ok(replayed)
@@ -91,6 +101,7 @@ pub fn replay(
 /// whether the segment ended exactly there.
 fn replay_segment(
     segment: &Arc<Segment>,
+    first_epoch: u64,
     after: u64,
     geometry: Geometry,
     replayed: &mut Replayed,
@@ -104,7 +115,16 @@ fn replay_segment(
         let Some(header) = read_record(&mut reader, len - pos, &mut payload)? else {
             return Ok((pos, false));
         };
-        if !plausible(&header, geometry) || header.epoch < replayed.newest_in_log {
+        // Records of epochs before the segment's first are what a
+        // recycled file held before: the log ends here.
+        if header.epoch < first_epoch || header.epoch < replayed.newest_in_log {
+            return Ok((pos, false));
+        }
+        if header.kind == RecordKind::End {
+            replayed.newest_in_log = header.epoch;
+            return Ok((pos + header.record_len(), true));
+        }
+        if !plausible(&header, geometry) {
             return Ok((pos, false));
         }
         if header.epoch > after {
@@ -175,6 +195,8 @@ fn apply(
             replayed.dirty_bytes += new_bytes;
         }
         RecordKind::Zero => epoch.overlay.record_zero(header.offset, header.len, pos),
+        // Ends a segment; `replay_segment` stops before applying it.
+        RecordKind::End => {}
     }
     epoch.extend_replayed(pos + header.record_len());
 }

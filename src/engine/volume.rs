@@ -100,6 +100,8 @@ pub(super) struct Shared {
     pub fencing: Fencing,
     /// The writer's lease, checked before every commit.
     pub lease: tokio::sync::Mutex<Lease>,
+    /// Held while a blocking task makes a log segment (see `crash`).
+    pub segment_creation: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Everything a volume counts, for `volume info` and benchmarks.
@@ -179,12 +181,13 @@ impl Volume {
         };
         let first_segment = {
             let (seq, log_dir, manifest) = (replayed.next_seq, log.dir.clone(), log.manifest);
+            let first_epoch = replayed.last_epoch + 1;
             tokio::task::spawn_blocking(move || {
                 LogDir {
                     dir: log_dir,
                     manifest,
                 }
-                .create_segment(seq)
+                .create_segment(seq, first_epoch)
             })
             .await
             .expect("segment creation does not panic")
@@ -335,6 +338,10 @@ impl Volume {
     #[doc(hidden)]
     pub async fn crash(self, power_loss: bool, seed: u64) {
         self.stop_tasks().await;
+        // A segment being made in a blocking task goes on after its task is
+        // aborted; a killed process's would not. Let it end first, so that
+        // nothing of this volume touches the log once this returns.
+        drop(self.shared.segment_creation.lock().await);
         self.shared
             .fail(EngineError::InvalidArgument("crashed".into()));
         if power_loss {
@@ -445,6 +452,7 @@ impl Shared {
             next_readahead: AtomicU64::new(u64::MAX),
             fencing,
             lease: tokio::sync::Mutex::new(lease),
+            segment_creation: Arc::default(),
         };
         (shared, sealed_rx)
     }

@@ -90,6 +90,8 @@ pub fn engine_options(cache_dir: &Path) -> EngineOptions {
     options.memory_cache_bytes = 8 << 20;
     options.disk_cache_bytes = 16 << 20;
     options.commit_interval = Duration::from_millis(50);
+    // Small segments: every test rotates, closes and recycles log segments.
+    options.log_segment_bytes = 256 << 10;
     options
 }
 

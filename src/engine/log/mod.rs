@@ -89,6 +89,11 @@ impl LogDir {
 
     fn create(dir: &Path, root: &Root) -> io::Result<LogDir> {
         fs::create_dir_all(dir)?;
+        // A new log starts its epochs over: files of another log are never
+        // reused, so that their records cannot be taken for this one's.
+        for free in free_segments(dir)? {
+            fs::remove_file(free)?;
+        }
         let manifest = LogManifest {
             volume: root.volume,
             log_id: Uuid::new_v4(),
@@ -106,23 +111,71 @@ impl LogDir {
         })
     }
 
-    pub fn create_segment(&self, seq: u64) -> io::Result<Segment> {
-        Segment::create(
-            &self.dir,
-            SegmentIdentity {
-                log_id: self.manifest.log_id,
-                volume: self.manifest.volume,
-                seq,
-            },
-        )
-    }
-
-    /// Removes a segment whose every record is committed.
-    pub fn remove_segment(&self, segment: &Segment) {
-        if let Err(error) = fs::remove_file(segment.path()) {
-            tracing::warn!(path = %segment.path().display(), %error, "could not remove a committed log segment");
+    /// A new segment `seq` for epochs from `first_epoch` on: a retired
+    /// segment's file when one is free, else a new file.
+    pub fn create_segment(&self, seq: u64, first_epoch: u64) -> io::Result<Segment> {
+        let identity = SegmentIdentity {
+            log_id: self.manifest.log_id,
+            volume: self.manifest.volume,
+            seq,
+            first_epoch,
+        };
+        match free_segments(&self.dir)?.pop() {
+            Some(free) => Segment::recycle(&free, &self.dir, identity),
+            None => Segment::create(&self.dir, identity),
         }
     }
+
+    /// Removes a segment past the end of the log (after a torn record).
+    pub fn remove_segment(&self, segment: &Segment) {
+        if let Err(error) = fs::remove_file(segment.path()) {
+            tracing::warn!(path = %segment.path().display(), %error, "could not remove a log segment");
+        }
+    }
+
+    /// Gives up a segment whose every record is committed, once nobody
+    /// uses it any more (see [`take_back`]).
+    pub fn retire_segment(&self, segment: &Segment) {
+        segment.retire(&self.dir);
+    }
+}
+
+/// Retired segment files kept for reuse.
+const FREE_SEGMENTS: usize = 2;
+/// Larger retired segments are removed, not kept: the disk they hold.
+const MAX_RECYCLED_BYTES: u64 = 1 << 30;
+const FREE_PREFIX: &str = "free-";
+
+/// Takes back a retired segment's file: kept as a free file for a later
+/// segment while fewer than [`FREE_SEGMENTS`] are (and it is not
+/// oversized), removed otherwise.
+fn take_back(dir: &Path, segment: &Segment) {
+    let keep = segment.len().is_ok_and(|len| len <= MAX_RECYCLED_BYTES)
+        && free_segments(dir).is_ok_and(|free| free.len() < FREE_SEGMENTS);
+    let taken = match keep {
+        true => fs::rename(segment.path(), dir.join(free_name(segment.seq))),
+        false => fs::remove_file(segment.path()),
+    };
+    if let Err(error) = taken {
+        tracing::warn!(path = %segment.path().display(), %error, "could not retire a committed log segment");
+    }
+}
+
+fn free_name(seq: u64) -> String {
+    format!("{FREE_PREFIX}{}", Segment::file_name(seq))
+}
+
+/// The free segment files in `dir`.
+fn free_segments(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with(FREE_PREFIX) {
+            found.push(entry.path());
+        }
+    }
+    found.sort();
+    Ok(found)
 }
 
 fn read_manifest(dir: &Path) -> io::Result<Option<LogManifest>> {

@@ -5,7 +5,8 @@
 //!      0    4 magic "ZBLR"
 //!      4    4 crc32c of bytes 8..40 and of the payload
 //!      8    8 epoch
-//!     16    1 kind: 1 write, 2 zero (discard or write-zeroes)
+//!     16    1 kind: 1 write, 2 zero (discard or write-zeroes), 3 end of
+//!               segment (nothing after it in this segment is a record)
 //!     17    3 reserved, zero
 //!     20    4 payload length
 //!     24    8 device offset
@@ -22,6 +23,8 @@ const MAGIC: &[u8; 4] = b"ZBLR";
 pub enum RecordKind {
     Write,
     Zero,
+    /// The segment's last record: the log goes on in the next segment.
+    End,
 }
 
 /// What a record says happened to the device.
@@ -55,6 +58,17 @@ impl RecordHeader {
         }
     }
 
+    /// The record that closes a segment, after its last epoch's records.
+    pub fn end(epoch: u64) -> Self {
+        RecordHeader {
+            epoch,
+            kind: RecordKind::End,
+            payload_len: 0,
+            offset: 0,
+            len: 0,
+        }
+    }
+
     /// Bytes the record takes in the log.
     pub fn record_len(&self) -> u64 {
         HEADER_LEN as u64 + u64::from(self.payload_len)
@@ -80,6 +94,7 @@ impl RecordHeader {
         out.put_u8(match self.kind {
             RecordKind::Write => 1,
             RecordKind::Zero => 2,
+            RecordKind::End => 3,
         });
         out.put_slice(&[0; 3]);
         out.put_u32_le(self.payload_len);
@@ -101,6 +116,7 @@ impl RecordHeader {
         let kind = match buf.get_u8() {
             1 => RecordKind::Write,
             2 => RecordKind::Zero,
+            3 => RecordKind::End,
             _ => return None,
         };
         buf.advance(3);
@@ -110,6 +126,7 @@ impl RecordHeader {
         let consistent = match kind {
             RecordKind::Write => u64::from(payload_len) == len,
             RecordKind::Zero => payload_len == 0,
+            RecordKind::End => payload_len == 0 && len == 0 && offset == 0,
         };
         consistent.then_some((
             RecordHeader {
