@@ -459,7 +459,8 @@ def write_amplification(work, moto, image):
 
 def vm_comparison(args, results):
     log("in the VM: ublk, kernel NBD and loop (Debian 6.12 under QEMU/TCG)")
-    env = dict(os.environ, ZEROBLK_VM_MEMORY="4G")
+    # The guest's /tmp, where the volumes live, is a tmpfs of half of it.
+    env = dict(os.environ, ZEROBLK_VM_MEMORY="12G")
     command = f"ZEROBLK={ZEROBLK} FIO_SIZE={args.size} FIO_RUNTIME={args.runtime} scripts/compare-vm.sh"
     output = subprocess.run([str(ROOT / "scripts/vm-run.sh"), command], cwd=ROOT, env=env,
                             capture_output=True, text=True)
