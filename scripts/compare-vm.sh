@@ -79,7 +79,7 @@ start=$(date +%s%N)
 mkfs.btrfs -q -f "$big" >/dev/null || echo "mkfs.btrfs on 2 TiB failed" >&2
 mkfs=$(seconds_since "$start")
 start=$(date +%s%N)
-blkdiscard "$big" || echo "blkdiscard on 2 TiB failed" >&2
+blkdiscard -f "$big" || echo "blkdiscard on 2 TiB failed" >&2
 discard=$(seconds_since "$start")
 "$ZEROBLK" detach big >&2
 printf 'RESULT {"mkfs_btrfs_2t_seconds": %s, "blkdiscard_2t_seconds": %s}\n' "$mkfs" "$discard"

@@ -47,11 +47,15 @@ impl Shared {
         if let Some(last) = epochs.last() {
             self.wait_for(&self.durable, last.id).await?;
         }
+        let started = std::time::Instant::now();
         let next = self
             .build_generation(&view.map, &epochs, pending_size)
             .await?;
         self.publish_root(&next).await?;
+        let generation = next.generation;
+        let log_bytes: u64 = epochs.iter().map(|e| e.end() - e.start).sum();
         self.install(next, &epochs).await;
+        tracing::debug!(volume = %self.name, generation, epochs = epochs.len(), log_bytes, took = ?started.elapsed(), "committed");
         Ok(true)
     }
 
