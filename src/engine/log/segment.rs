@@ -210,15 +210,20 @@ impl Drop for Segment {
 mod tests {
     use super::*;
 
+    /// A segment of a new log.
+    fn identity(seq: u64, first_epoch: u64) -> SegmentIdentity {
+        SegmentIdentity {
+            log_id: Uuid::new_v4(),
+            volume: Uuid::new_v4(),
+            seq,
+            first_epoch,
+        }
+    }
+
     #[test]
     fn creates_and_reopens() {
         let dir = tempfile::tempdir().unwrap();
-        let identity = SegmentIdentity {
-            log_id: Uuid::new_v4(),
-            volume: Uuid::new_v4(),
-            seq: 3,
-            first_epoch: 12,
-        };
+        let identity = identity(3, 12);
         let segment = Segment::create(dir.path(), identity).unwrap();
         segment.write_at(b"hello", SEGMENT_HEADER_LEN).unwrap();
         segment.sync_to(SEGMENT_HEADER_LEN + 5).unwrap();
@@ -234,12 +239,7 @@ mod tests {
     #[test]
     fn a_recycled_segment_has_its_new_identity_and_keeps_its_blocks() {
         let dir = tempfile::tempdir().unwrap();
-        let first = SegmentIdentity {
-            log_id: Uuid::new_v4(),
-            volume: Uuid::new_v4(),
-            seq: 1,
-            first_epoch: 1,
-        };
+        let first = identity(1, 1);
         let old = Segment::create(dir.path(), first).unwrap();
         old.write_at(&[7u8; 8192], SEGMENT_HEADER_LEN).unwrap();
         let free = dir.path().join("free");
