@@ -15,11 +15,8 @@
 //! FLUSH arrives with `start_sector = u64::MAX`: requests dispatch on the
 //! op before anything looks at the range.
 
-#![allow(unsafe_code)]
-
-use std::fs::File;
 use std::future::Future;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Poll;
@@ -335,20 +332,16 @@ async fn io_task(
     }
 }
 
-/// Waits on the queue ring (and, through it, on the wakeup eventfd) and
-/// drives the io tasks until the queue is down.
+/// Sleeps in `io_uring_enter` on the queue ring (woken by the kernel's
+/// requests and, through the armed read, by the wakeup eventfd) and drives
+/// the io tasks until the queue is down. One syscall per turn submits the
+/// turn's commits and waits for the next requests.
 async fn event_loop<T>(
     executor: &smol::LocalExecutor<'_>,
     q: &UblkQueue<'_>,
     tasks: Vec<smol::Task<T>>,
     wakeup: &EventFd,
 ) -> Result<(), UblkError> {
-    let ring_fd = libublk::io::with_task_io_ring(|ring| ring.as_raw_fd());
-    // SAFETY: the ring's descriptor stays open for this whole function (the
-    // queue owns it); the File is turned back into a raw fd below, before
-    // it could close it.
-    let ring = unsafe { File::from_raw_fd(ring_fd) };
-    let ring = smol::Async::new(ring).map_err(|_| UblkError::OtherError(-libc::EINVAL))?;
     let mut counter = Box::new([0u8; 8]);
     let arm = |counter: &mut [u8; 8]| {
         let read = opcode::Read::new(
@@ -362,13 +355,7 @@ async fn event_loop<T>(
     };
     arm(&mut counter)?;
     let woken = std::cell::Cell::new(false);
-    let poll = || async {
-        libublk::io::with_task_io_ring_mut(|r| r.submit_and_wait(0))?;
-        ring.readable()
-            .await
-            .map_err(|_| UblkError::OtherError(-libc::EIO))?;
-        Ok(false)
-    };
+    let poll = || async { libublk::uring_poll_io_fn::<io_uring::squeue::Entry>(q, None, 1) };
     let counter_cell = std::cell::RefCell::new(counter);
     let reap = |poll_timeout| {
         let aborted = libublk::uring_async::ublk_reap_io_events_with_update_queue(
@@ -390,7 +377,5 @@ async fn event_loop<T>(
     };
     let run = || while executor.try_tick() {};
     let done = || tasks.iter().all(|task| task.is_finished());
-    let result = libublk::run_uring_tasks(poll, reap, run, done).await;
-    let _ = ring.into_inner().map(IntoRawFd::into_raw_fd);
-    result
+    libublk::run_uring_tasks(poll, reap, run, done).await
 }
