@@ -78,10 +78,7 @@ impl Shared {
     }
 
     async fn create_segment(&self, seq: u64, first_epoch: u64) -> Result<Arc<Segment>> {
-        let log = super::log::LogDir {
-            dir: self.log.dir.clone(),
-            manifest: self.log.manifest,
-        };
+        let log = self.log.clone();
         // Taken here, before the blocking task exists, and held until it ends.
         let creating = Arc::clone(&self.segment_creation).lock_owned().await;
         let created = tokio::task::spawn_blocking(move || {

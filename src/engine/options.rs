@@ -67,6 +67,14 @@ pub struct EngineOptions {
 }
 
 impl EngineOptions {
+    /// Bytes of retired log segment files kept for reuse: what the log
+    /// holds when its size starts a commit (half its limit, see
+    /// `Shared::log_limit`), so a steady stream of writes cycles through
+    /// files already on disk instead of growing new ones.
+    pub fn free_log_bytes(&self) -> u64 {
+        self.max_dirty_bytes.saturating_mul(2)
+    }
+
     pub fn new(cache_dir: impl Into<PathBuf>) -> Self {
         EngineOptions {
             cache_dir: cache_dir.into(),

@@ -148,24 +148,18 @@ impl Volume {
         let lease = Lease::acquire(store, name, options.lease_ttl, options.take_over).await?;
 
         let opened = LogDir::open(&dir.join("log"), &root).map_err(cache_dir_error)?;
-        let log = opened.log;
+        let mut log = opened.log;
+        log.keep_free_bytes = options.free_log_bytes();
         let geometry = Geometry {
             size: root.size,
             chunk_size: root.chunk_size,
         };
         let replayed = {
-            let (log_dir, paths, after) = (log.dir.clone(), opened.segments, opened.replay_after);
-            let manifest = log.manifest;
-            tokio::task::spawn_blocking(move || {
-                let log = LogDir {
-                    dir: log_dir,
-                    manifest,
-                };
-                replay::replay(&log, &paths, after, geometry)
-            })
-            .await
-            .expect("replay does not panic")
-            .map_err(cache_dir_error)?
+            let (log, paths, after) = (log.clone(), opened.segments, opened.replay_after);
+            tokio::task::spawn_blocking(move || replay::replay(&log, &paths, after, geometry))
+                .await
+                .expect("replay does not panic")
+                .map_err(cache_dir_error)?
         };
         if !replayed.epochs.is_empty() {
             tracing::info!(
@@ -180,18 +174,12 @@ impl Volume {
             bytes => Some(DiskCache::open(&dir.join("chunks"), bytes).map_err(cache_dir_error)?),
         };
         let first_segment = {
-            let (seq, log_dir, manifest) = (replayed.next_seq, log.dir.clone(), log.manifest);
+            let (seq, log) = (replayed.next_seq, log.clone());
             let first_epoch = replayed.last_epoch + 1;
-            tokio::task::spawn_blocking(move || {
-                LogDir {
-                    dir: log_dir,
-                    manifest,
-                }
-                .create_segment(seq, first_epoch)
-            })
-            .await
-            .expect("segment creation does not panic")
-            .map_err(cache_dir_error)?
+            tokio::task::spawn_blocking(move || log.create_segment(seq, first_epoch))
+                .await
+                .expect("segment creation does not panic")
+                .map_err(cache_dir_error)?
         };
         let chunks = ChunkCache::new(options.memory_cache_bytes, disk);
         let shared = Shared::new(

@@ -34,10 +34,12 @@ pub struct LogManifest {
 }
 
 /// The log folder of one volume.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct LogDir {
     pub dir: PathBuf,
     pub manifest: LogManifest,
+    /// Bytes of retired segment files kept for reuse (see [`FreeFiles`]).
+    pub keep_free_bytes: u64,
 }
 
 /// An opened log: its folder, and the segments a replay must read.
@@ -70,6 +72,7 @@ impl LogDir {
                 let log = LogDir {
                     dir: dir.to_path_buf(),
                     manifest,
+                    keep_free_bytes: DEFAULT_FREE_BYTES,
                 };
                 return Ok(OpenedLog {
                     log,
@@ -108,6 +111,7 @@ impl LogDir {
         Ok(LogDir {
             dir: dir.to_path_buf(),
             manifest,
+            keep_free_bytes: DEFAULT_FREE_BYTES,
         })
     }
 
@@ -136,33 +140,56 @@ impl LogDir {
     /// Gives up a segment whose every record is committed, once nobody
     /// uses it any more (see [`take_back`]).
     pub fn retire_segment(&self, segment: &Segment) {
-        segment.retire(&self.dir);
+        segment.retire(FreeFiles {
+            dir: self.dir.clone(),
+            keep_bytes: self.keep_free_bytes,
+        });
     }
 }
 
-/// Retired segment files kept for reuse.
-const FREE_SEGMENTS: usize = 2;
-/// Larger retired segments are removed, not kept: the disk they hold.
-const MAX_RECYCLED_BYTES: u64 = 1 << 30;
+/// Bytes of retired segment files kept unless the volume says otherwise.
+const DEFAULT_FREE_BYTES: u64 = 512 << 20;
 const FREE_PREFIX: &str = "free-";
 
-/// Takes back a retired segment's file: kept as a free file for a later
-/// segment while fewer than [`FREE_SEGMENTS`] are (and it is not
-/// oversized), removed otherwise.
-fn take_back(dir: &Path, segment: &Segment) {
-    let keep = segment.len().is_ok_and(|len| len <= MAX_RECYCLED_BYTES)
-        && free_segments(dir).is_ok_and(|free| free.len() < FREE_SEGMENTS);
-    let taken = match keep {
-        true => fs::rename(segment.path(), dir.join(free_name(segment.seq))),
-        false => fs::remove_file(segment.path()),
-    };
-    if let Err(error) = taken {
-        tracing::warn!(path = %segment.path().display(), %error, "could not retire a committed log segment");
+/// Where retired segment files go: they wait in `dir` as free files for
+/// later segments, up to `keep_bytes` of them. A reused file overwrites
+/// blocks the filesystem has already allocated, often in pages still in
+/// the page cache: on the machines measured, several times faster than
+/// appending to a new file, whose blocks must be allocated and written
+/// back first.
+#[derive(Debug)]
+pub struct FreeFiles {
+    dir: PathBuf,
+    keep_bytes: u64,
+}
+
+impl FreeFiles {
+    /// Takes back a retired segment's file: kept as a free file while the
+    /// free files, it included, hold at most `keep_bytes`; removed
+    /// otherwise.
+    fn take_back(&self, segment: &Segment) {
+        let keep = segment.len().is_ok_and(|len| {
+            free_bytes(&self.dir).is_ok_and(|free| free.saturating_add(len) <= self.keep_bytes)
+        });
+        let taken = match keep {
+            true => fs::rename(segment.path(), self.dir.join(free_name(segment.seq))),
+            false => fs::remove_file(segment.path()),
+        };
+        if let Err(error) = taken {
+            tracing::warn!(path = %segment.path().display(), %error, "could not retire a committed log segment");
+        }
     }
 }
 
 fn free_name(seq: u64) -> String {
     format!("{FREE_PREFIX}{}", Segment::file_name(seq))
+}
+
+/// Bytes held by the free segment files in `dir`.
+fn free_bytes(dir: &Path) -> io::Result<u64> {
+    free_segments(dir)?
+        .iter()
+        .try_fold(0u64, |sum, path| Ok(sum + fs::metadata(path)?.len()))
 }
 
 /// The free segment files in `dir`.
@@ -257,5 +284,24 @@ mod tests {
             })
             .count();
         assert_eq!(aside, 1);
+    }
+
+    #[test]
+    fn retired_files_are_kept_up_to_the_byte_budget_then_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::empty(Uuid::new_v4(), 1 << 30, 1 << 20);
+        let mut log = LogDir::open(dir.path(), &root).unwrap().log;
+        log.keep_free_bytes = 3 * 4096;
+        for seq in 1..=3 {
+            let segment = log.create_segment(seq, seq).unwrap();
+            segment.write_at(&[seq as u8; 4096], 4096).unwrap();
+            log.retire_segment(&segment);
+        }
+        let free = free_segments(dir.path()).unwrap();
+        assert_eq!(free.len(), 1, "one 8 KiB file fits in 12 KiB: {free:?}");
+        assert_eq!(free_bytes(dir.path()).unwrap(), 2 * 4096);
+        let reused = log.create_segment(4, 4).unwrap();
+        assert_eq!(reused.len().unwrap(), 2 * 4096, "the free file was reused");
+        assert!(free_segments(dir.path()).unwrap().is_empty());
     }
 }

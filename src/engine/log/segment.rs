@@ -23,6 +23,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
 use uuid::Uuid;
 
+use super::FreeFiles;
+
 pub const SEGMENT_HEADER_LEN: u64 = 64;
 const MAGIC: &[u8; 8] = b"ZBLOG002";
 /// Segments written before recycling: no first epoch.
@@ -38,7 +40,7 @@ pub struct Segment {
     synced_len: AtomicU64,
     /// Set once every record is committed: the log folder that takes the
     /// file back (for reuse, or to remove it) when the last user lets go.
-    retired: OnceLock<PathBuf>,
+    retired: OnceLock<FreeFiles>,
 }
 
 /// The identity a segment's header carries.
@@ -119,11 +121,11 @@ impl Segment {
         }
     }
 
-    /// Gives the segment back to the log folder `dir` once nobody uses it:
+    /// Gives the segment's file back to `free` once nobody uses it:
     /// a reader that resolved a block to it may still read it, and reuse
     /// must never overwrite what a reader is about to read.
-    pub fn retire(&self, dir: &Path) {
-        let _ = self.retired.set(dir.to_path_buf());
+    pub fn retire(&self, free: FreeFiles) {
+        let _ = self.retired.set(free);
     }
 
     /// Opens an existing segment for replay, returning its identity.
@@ -200,8 +202,8 @@ impl Segment {
 
 impl Drop for Segment {
     fn drop(&mut self) {
-        if let Some(dir) = self.retired.get() {
-            super::take_back(dir, self);
+        if let Some(free) = self.retired.get() {
+            free.take_back(self);
         }
     }
 }
