@@ -4,6 +4,10 @@
 //! (weighed by bytes) and disk (bounded, kept across restarts). A chunk is
 //! named by its hash, so a cached copy can never be stale; a miss in both
 //! tiers runs the caller's loader once however many readers wait for it.
+//! The disk tier holds what was fetched from the store; chunks a commit
+//! just made go to memory only, since writing them to disk as well would
+//! double the local writes of every write-heavy workload (and, on disks
+//! that allocate slowly, stall the whole machine in dirty-page writeback).
 //! [`MemoryCache`] also holds the engine's decoded map pages.
 
 mod disk;
@@ -81,11 +85,9 @@ impl ChunkCache {
             .await
     }
 
-    /// Adds a chunk the caller just made (after an upload, say).
+    /// Adds a chunk the caller just made (after an upload, say), in
+    /// memory only.
     pub async fn insert(&self, id: ObjectId, data: Bytes) {
-        if let Some(written) = self.store_on_disk(id, data.clone()) {
-            let _ = written.await;
-        }
         self.memory.insert(id, data).await;
     }
 
@@ -153,12 +155,24 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_disk_tier_serves_after_memory_is_gone() {
+    async fn the_disk_tier_serves_what_was_fetched_after_memory_is_gone() {
         let dir = tempfile::tempdir().unwrap();
         let data = Bytes::from(vec![5u8; 8192]);
         let id = ObjectId::of(&data);
         let first = ChunkCache::new(1 << 20, Some(DiskCache::open(dir.path(), 1 << 20).unwrap()));
-        first.insert(id, data.clone()).await;
+        let fetched = first
+            .get_or_fetch(id, async { Ok::<_, std::io::Error>(data.clone()) })
+            .await
+            .unwrap();
+        assert_eq!(fetched, data);
+        // The disk copy is written in the background.
+        for _ in 0..500 {
+            if first.counters().disk_bytes > 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(first.counters().disk_bytes, data.len() as u64);
         let second = ChunkCache::new(1 << 20, Some(DiskCache::open(dir.path(), 1 << 20).unwrap()));
         let got = second
             .get_or_fetch(id, async {
@@ -168,5 +182,23 @@ mod tests {
             .unwrap();
         assert_eq!(got, data);
         assert_eq!(second.counters().disk_hits, 1);
+    }
+
+    #[tokio::test]
+    async fn chunks_the_caller_made_stay_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = Bytes::from(vec![7u8; 8192]);
+        let id = ObjectId::of(&data);
+        let cache = ChunkCache::new(1 << 20, Some(DiskCache::open(dir.path(), 1 << 20).unwrap()));
+        cache.insert(id, data.clone()).await;
+        let got = cache
+            .get_or_fetch(id, async {
+                Err::<Bytes, _>(std::io::Error::other("no store"))
+            })
+            .await
+            .unwrap();
+        assert_eq!(got, data);
+        assert_eq!(cache.counters().memory_hits, 1);
+        assert_eq!(cache.counters().disk_bytes, 0, "nothing written to disk");
     }
 }
