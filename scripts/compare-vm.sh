@@ -6,6 +6,9 @@
 # a 2 TiB ublk volume. Prints one line per result: RESULT {json}.
 #
 #   ZEROBLK=... FIO_SIZE=256M FIO_RUNTIME=10 scripts/compare-vm.sh
+#
+# COMPARE_PROFILES="randread-4k-qd32 seqread-1m" runs only those profiles
+# (for a quick look at one change; the published run takes them all).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ZEROBLK="${ZEROBLK:?}"
@@ -15,7 +18,8 @@ export ZEROBLK_STORE="file://$work/store" ZEROBLK_CACHE_DIR="$work/cache" ZEROBL
 # Run a copy in the VM's memory: the host's files come over 9p, uncached.
 cp "$ZEROBLK" "$work/zeroblk"
 ZEROBLK="$work/zeroblk"
-profiles=(randread-4k-qd1 randread-4k-qd32 randwrite-4k-qd32 seqread-1m seqwrite-1m randrw-70-30-4k-qd32 fdatasync-4k)
+all_profiles="randread-4k-qd1 randread-4k-qd32 randwrite-4k-qd32 seqread-1m seqwrite-1m randrw-70-30-4k-qd32 fdatasync-4k"
+read -r -a profiles <<<"${COMPARE_PROFILES:-$all_profiles}"
 
 modprobe ublk_drv
 modprobe nbd
