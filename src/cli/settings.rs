@@ -13,7 +13,7 @@ use crate::store::{Store, StoreOptions};
 /// Options of commands that open a volume for I/O.
 #[derive(Debug, clap::Args, Clone, Default)]
 pub struct EngineArgs {
-    /// Memory for cached chunks [default: 512M, or [cache] memory_size_gb]
+    /// Memory for chunks: cached ones, and those in flight to and from the store [default: 512M, or [cache] memory_size_gb]
     #[arg(long, value_name = "SIZE")]
     pub memory_cache: Option<ByteSize>,
     /// Disk for cached chunks, in the cache dir [default: 10G, or [cache] disk_size_gb]

@@ -42,7 +42,8 @@ impl std::fmt::Display for Durability {
 pub struct EngineOptions {
     /// Holds the write-back log and the disk cache, one folder per volume.
     pub cache_dir: PathBuf,
-    /// Bytes of decompressed chunks kept in memory.
+    /// Memory for chunks: the cache of decompressed chunks, and the chunks
+    /// in flight beside it (see [`EngineOptions::chunk_cache_bytes`]).
     pub memory_cache_bytes: u64,
     /// Bytes of decompressed chunks kept in the disk cache (0: none).
     pub disk_cache_bytes: u64,
@@ -67,6 +68,18 @@ pub struct EngineOptions {
 }
 
 impl EngineOptions {
+    /// Of `memory_cache_bytes`, what the cache of decompressed chunks may
+    /// hold. The rest is for chunks in flight, which the cache does not
+    /// see: a commit's raw and encoded chunks (two per upload in flight)
+    /// and read-ahead downloads. At least half goes to the cache.
+    pub fn chunk_cache_bytes(&self, chunk_size: u64) -> u64 {
+        let in_flight =
+            (2 * self.upload_concurrency as u64 + self.readahead_chunks).saturating_mul(chunk_size);
+        self.memory_cache_bytes
+            .saturating_sub(in_flight)
+            .max(self.memory_cache_bytes / 2)
+    }
+
     /// Bytes of retired log segment files kept for reuse: what the log
     /// holds when its size starts a commit (half its limit, see
     /// `Shared::log_limit`), so a steady stream of writes cycles through
@@ -89,5 +102,21 @@ impl EngineOptions {
             take_over: false,
             log_segment_bytes: 256 << 20,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_in_flight_come_out_of_the_memory_budget_but_never_more_than_half() {
+        let mut options = EngineOptions::new("/nonexistent");
+        let mib = 1 << 20;
+        options.memory_cache_bytes = 512 * mib;
+        // 16 uploads (raw and encoded) and 8 chunks read ahead, of 1 MiB.
+        assert_eq!(options.chunk_cache_bytes(mib), 472 * mib);
+        options.memory_cache_bytes = 32 * mib;
+        assert_eq!(options.chunk_cache_bytes(mib), 16 * mib);
     }
 }

@@ -364,7 +364,8 @@ impl Shared {
     }
 
     fn spawn_prefetch(self: &Arc<Self>, map: Arc<Root>, chunks: std::ops::Range<u64>) {
-        let fits_in_memory = self.options.memory_cache_bytes / self.superblock.chunk_size;
+        let chunk_size = self.superblock.chunk_size;
+        let fits_in_memory = self.options.chunk_cache_bytes(chunk_size) / chunk_size;
         let end = chunks.end.min(chunks.start + fits_in_memory);
         for chunk in chunks.start..end {
             let shared = Arc::clone(self);

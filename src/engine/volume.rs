@@ -181,7 +181,7 @@ impl Volume {
                 .expect("segment creation does not panic")
                 .map_err(cache_dir_error)?
         };
-        let chunks = ChunkCache::new(options.memory_cache_bytes, disk);
+        let chunks = ChunkCache::new(options.chunk_cache_bytes(superblock.chunk_size), disk);
         let shared = Shared::new(
             name,
             superblock,
