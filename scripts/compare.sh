@@ -3,7 +3,7 @@
 # tables and plots in docs/benchmarks/. Needs root (FUSE, page cache drops,
 # the VM). About 30 minutes, and 15 more the first time (ZeroFS builds).
 #
-#   scripts/compare.sh [--runtime 10] [--size 256M] [--out DIR] [--skip-vm]
+#   scripts/compare.sh [--runtime 10] [--size 256M] [--out DIR] [--skip-vm] [--s3 garage|moto]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -16,6 +16,9 @@ need_pip vng virtme-ng
 # ZeroFS, the peer on S3 with an NBD server: 0.19.1 is the newest on
 # crates.io (about 15 minutes to build here, once).
 need_crate zerofs zerofs 0.19.1
+# Garage, a real object store in Rust, for --s3 garage (about 15 minutes
+# to build here, once).
+if [[ " $* " == *" --s3 garage "* ]]; then need_crate garage garage 2.5.0; fi
 say "building zeroblk (release)"
 cargo build --release --quiet
 exec /usr/bin/python3 scripts/compare.py "$@"
