@@ -6,6 +6,7 @@ A hand-written notes.md there (what is short, and why) is appended.
     scripts/compare_report.py docs/benchmarks
 """
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -134,6 +135,9 @@ def main(out):
         "|---|---:|---|---|",
     ]
     for name, value, goal in targets:
+        if math.isnan(value):
+            lines.append(f"| {name} | not run | {goal} | |")
+            continue
         lines.append(f"| {name} | {value:.2f} | {goal} | {'yes' if met(value, goal) else '**no**'} |")
     server = {"Garage": "Garage, one node, data in memory", "moto": "moto"}.get(
         results.get("s3_server", "moto"), results.get("s3_server"))
