@@ -174,6 +174,10 @@ fn bad_input_gets_one_clear_line() {
         &["volume", "info", "missing"],
         "zeroblk volume create missing",
     );
+    zb.fails(
+        &["serve", "--readahead", "1000", "x"],
+        "--readahead 1000 is too many chunks",
+    );
     let bad_url = Zeroblk {
         store: "ftp://x".into(),
         cache: tempfile::tempdir().unwrap(),

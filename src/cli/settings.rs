@@ -10,6 +10,10 @@ use crate::engine::{Durability, EngineOptions};
 use crate::size::ByteSize;
 use crate::store::{Store, StoreOptions};
 
+/// More read-ahead than this only holds chunks the memory cache may evict
+/// before the reader gets to them.
+const MAX_READAHEAD_CHUNKS: u64 = 256;
+
 /// Options of commands that open a volume for I/O.
 #[derive(Debug, clap::Args, Clone, Default)]
 pub struct EngineArgs {
@@ -30,6 +34,10 @@ pub struct EngineArgs {
     /// in the writes (at the latest after four times this) [default: 2s]
     #[arg(long, value_name = "DURATION")]
     pub commit_interval: Option<humantime::Duration>,
+    /// Chunks fetched from the store ahead of a sequential reader, at once
+    /// (0: none) [default: 8]
+    #[arg(long, value_name = "CHUNKS")]
+    pub readahead: Option<u64>,
     /// Take the volume over from a writer on another host that crashed (its
     /// lease may not have run out); that writer, if alive, stops
     #[arg(long)]
@@ -117,6 +125,13 @@ impl Settings {
                 "--commit-interval must be longer than zero, e.g. 2s"
             );
             options.commit_interval = interval.into();
+        }
+        if let Some(chunks) = args.readahead {
+            anyhow::ensure!(
+                chunks <= MAX_READAHEAD_CHUNKS,
+                "--readahead {chunks} is too many chunks: give at most {MAX_READAHEAD_CHUNKS}"
+            );
+            options.readahead_chunks = chunks;
         }
         options.durability = args.durability;
         options.take_over = args.force;
