@@ -154,12 +154,22 @@ mod tests {
         assert_eq!(fetches.load(Relaxed), 1);
     }
 
+    /// A cache of 1 MiB in memory and 1 MiB on disk in `dir`.
+    fn two_tiers(dir: &std::path::Path) -> ChunkCache {
+        ChunkCache::new(1 << 20, Some(DiskCache::open(dir, 1 << 20).unwrap()))
+    }
+
+    /// A cache fetch that must not happen.
+    async fn no_store() -> Result<Bytes, std::io::Error> {
+        Err(std::io::Error::other("no store"))
+    }
+
     #[tokio::test]
     async fn the_disk_tier_serves_what_was_fetched_after_memory_is_gone() {
         let dir = tempfile::tempdir().unwrap();
         let data = Bytes::from(vec![5u8; 8192]);
         let id = ObjectId::of(&data);
-        let first = ChunkCache::new(1 << 20, Some(DiskCache::open(dir.path(), 1 << 20).unwrap()));
+        let first = two_tiers(dir.path());
         let fetched = first
             .get_or_fetch(id, async { Ok::<_, std::io::Error>(data.clone()) })
             .await
@@ -173,13 +183,8 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         assert_eq!(first.counters().disk_bytes, data.len() as u64);
-        let second = ChunkCache::new(1 << 20, Some(DiskCache::open(dir.path(), 1 << 20).unwrap()));
-        let got = second
-            .get_or_fetch(id, async {
-                Err::<Bytes, _>(std::io::Error::other("no store"))
-            })
-            .await
-            .unwrap();
+        let second = two_tiers(dir.path());
+        let got = second.get_or_fetch(id, no_store()).await.unwrap();
         assert_eq!(got, data);
         assert_eq!(second.counters().disk_hits, 1);
     }
@@ -189,14 +194,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data = Bytes::from(vec![7u8; 8192]);
         let id = ObjectId::of(&data);
-        let cache = ChunkCache::new(1 << 20, Some(DiskCache::open(dir.path(), 1 << 20).unwrap()));
+        let cache = two_tiers(dir.path());
         cache.insert(id, data.clone()).await;
-        let got = cache
-            .get_or_fetch(id, async {
-                Err::<Bytes, _>(std::io::Error::other("no store"))
-            })
-            .await
-            .unwrap();
+        let got = cache.get_or_fetch(id, no_store()).await.unwrap();
         assert_eq!(got, data);
         assert_eq!(cache.counters().memory_hits, 1);
         assert_eq!(cache.counters().disk_bytes, 0, "nothing written to disk");

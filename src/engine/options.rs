@@ -80,12 +80,18 @@ impl EngineOptions {
             .max(self.memory_cache_bytes / 2)
     }
 
-    /// Bytes of retired log segment files kept for reuse: what the log
-    /// holds when its size starts a commit (half its limit, see
-    /// `Shared::log_limit`), so a steady stream of writes cycles through
-    /// files already on disk instead of growing new ones.
-    pub fn free_log_bytes(&self) -> u64 {
-        self.max_dirty_bytes.saturating_mul(2)
+    /// Log bytes past which writes wait: dirty bytes count each block once
+    /// per epoch, however often it is overwritten, while the log keeps
+    /// every write until its epoch commits. Four times `--max-dirty`.
+    pub fn log_limit_bytes(&self) -> u64 {
+        self.max_dirty_bytes.saturating_mul(4)
+    }
+
+    /// Log bytes that start a commit at once: half the limit. Also how
+    /// many bytes of retired segment files the log keeps for reuse, so a
+    /// steady stream of writes cycles through files already on disk.
+    pub fn log_commit_bytes(&self) -> u64 {
+        self.log_limit_bytes() / 2
     }
 
     pub fn new(cache_dir: impl Into<PathBuf>) -> Self {

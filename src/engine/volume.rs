@@ -149,7 +149,7 @@ impl Volume {
 
         let opened = LogDir::open(&dir.join("log"), &root).map_err(cache_dir_error)?;
         let mut log = opened.log;
-        log.keep_free_bytes = options.free_log_bytes();
+        log.keep_free_bytes = options.log_commit_bytes();
         let geometry = Geometry {
             size: root.size,
             chunk_size: root.chunk_size,

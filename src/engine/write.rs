@@ -234,7 +234,7 @@ impl Shared {
     }
 
     /// Waits while more than `--max-dirty` bytes wait for upload, or the
-    /// log holds more than [`Self::log_limit`].
+    /// log holds more than [`super::EngineOptions::log_limit_bytes`].
     async fn wait_for_dirty_room(&self) -> Result<()> {
         let mut warned = false;
         loop {
@@ -244,7 +244,7 @@ impl Shared {
             self.check_running()?;
             let dirty = self.dirty_bytes.load(Ordering::Acquire);
             let logged = self.log_bytes.load(Ordering::Acquire);
-            if dirty < self.options.max_dirty_bytes && logged < self.log_limit() {
+            if dirty < self.options.max_dirty_bytes && logged < self.options.log_limit_bytes() {
                 return Ok(());
             }
             if !warned {
@@ -266,17 +266,10 @@ impl Shared {
         (self.options.max_dirty_bytes / 2).max(self.superblock.chunk_size * 4)
     }
 
-    /// Log bytes past which writes wait: dirty bytes count each block once
-    /// per epoch, however often it is overwritten, while the log keeps
-    /// every write until its epoch commits. Four times `--max-dirty`.
-    pub fn log_limit(&self) -> u64 {
-        self.options.max_dirty_bytes.saturating_mul(4)
-    }
-
     /// Whether enough waits that the uploader should start now.
     pub fn upload_pressure(&self) -> bool {
         self.dirty_bytes.load(Ordering::Acquire) >= self.upload_threshold()
-            || self.log_bytes.load(Ordering::Acquire) >= self.log_limit() / 2
+            || self.log_bytes.load(Ordering::Acquire) >= self.options.log_commit_bytes()
     }
 }
 

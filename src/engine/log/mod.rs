@@ -138,7 +138,7 @@ impl LogDir {
     }
 
     /// Gives up a segment whose every record is committed, once nobody
-    /// uses it any more (see [`take_back`]).
+    /// uses it any more (see [`FreeFiles`]).
     pub fn retire_segment(&self, segment: &Segment) {
         segment.retire(FreeFiles {
             dir: self.dir.clone(),
