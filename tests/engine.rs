@@ -99,6 +99,100 @@ async fn a_crash_replays_the_log() {
     .await;
 }
 
+/// Bytes held by the log segments under `dir`.
+fn log_bytes(dir: &std::path::Path) -> u64 {
+    walk(dir)
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "zlog"))
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum()
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        match path.is_dir() {
+            true => found.extend(walk(&path)),
+            false => found.push(path),
+        }
+    }
+    found
+}
+
+/// Flips one byte inside the log data of the block tagged `tag`, as a
+/// rewrite cut short by a crash would have left it.
+fn tear_log_block(dir: &std::path::Path, tag: u64) {
+    let pattern = block_of(tag);
+    for path in walk(dir) {
+        if path.extension().is_none_or(|e| e != "zlog") {
+            continue;
+        }
+        let mut bytes = std::fs::read(&path).unwrap();
+        if let Some(at) = bytes.windows(4096).position(|w| w == pattern.as_slice()) {
+            bytes[at + 100] ^= 0xff;
+            std::fs::write(&path, bytes).unwrap();
+            return;
+        }
+    }
+    panic!("no log block holds tag {tag}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rewrites_reuse_the_log_and_a_torn_one_leaves_the_other_copy() {
+    let store = TestStore::new(Backend::File);
+    engine::create(&store.store, &new_volume("v", 16 * MIB, 64 << 10))
+        .await
+        .unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let mut options = engine_options(cache.path());
+    options.commit_interval = Duration::from_secs(3600);
+    let volume = Volume::open(&store.store, "v", options.clone())
+        .await
+        .unwrap();
+    // One 64 KiB extent written in four passes, then a small write after.
+    let pass = |n: u64| (0..16).map(|i| n * 100 + i).collect::<Vec<u64>>();
+    write_tags(&volume, 32, &pass(1)).await;
+    write_tags(&volume, 32, &pass(2)).await;
+    let two_copies = log_bytes(cache.path());
+    write_tags(&volume, 32, &pass(3)).await;
+    write_tags(&volume, 32, &pass(4)).await;
+    assert_eq!(
+        log_bytes(cache.path()),
+        two_copies,
+        "passes 3 and 4 were written over passes 1 and 2"
+    );
+    assert_eq!(volume.counters().rewrites, 2);
+    assert_eq!(read_tags(&volume, 32, 16).await, pass(4));
+    write_tags(&volume, 100, &[7]).await;
+    volume.crash(false, 0).await;
+
+    let volume = Volume::open(&store.reopen(), "v", options.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        read_tags(&volume, 32, 16).await,
+        pass(4),
+        "a process crash loses no rewrite"
+    );
+    assert_eq!(read_tags(&volume, 100, 1).await, [7]);
+    volume.crash(false, 0).await;
+
+    tear_log_block(cache.path(), 405);
+    let volume = Volume::open(&store.reopen(), "v", options).await.unwrap();
+    assert_eq!(
+        read_tags(&volume, 32, 16).await,
+        pass(3),
+        "a torn rewrite leaves the other copy"
+    );
+    assert_eq!(
+        read_tags(&volume, 100, 1).await,
+        [7],
+        "replay goes on past a torn record"
+    );
+    volume.close().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lost_cache_dir_opens_at_the_last_commit() {
     for_each_backend(|backend| async move {

@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 
 use super::log::Segment;
 use super::overlay::Overlay;
+use super::rewrite::Copies;
 
 const SEALED: u64 = 1 << 63;
 const INFLIGHT_ONE: u64 = 1 << 44;
@@ -35,6 +36,10 @@ pub struct Epoch {
     word: AtomicU64,
     drained: Notify,
     pub overlay: Overlay,
+    /// The last sequence number given to a record of this epoch.
+    seq: AtomicU64,
+    /// The records an in-place rewrite may reuse.
+    pub copies: Copies,
     /// Data bytes written in this epoch (zeroing records count nothing).
     dirty_bytes: AtomicU64,
     /// The next epoch starts a new segment: this one closes its segment.
@@ -75,6 +80,8 @@ impl Epoch {
             word: AtomicU64::new(start),
             drained: Notify::new(),
             overlay: Overlay::new(chunk_size),
+            seq: AtomicU64::new(0),
+            copies: Copies::default(),
             dirty_bytes: AtomicU64::new(0),
             last_in_segment: AtomicBool::new(false),
         }
@@ -167,6 +174,12 @@ impl Epoch {
         }
     }
 
+    /// The sequence number for the epoch's next record (from 1): where
+    /// records overlap, the higher wins.
+    pub fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
     pub fn add_dirty(&self, bytes: u64) {
         self.dirty_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
@@ -187,6 +200,7 @@ mod tests {
             volume: uuid::Uuid::new_v4(),
             seq: 1,
             first_epoch: 1,
+            format: crate::engine::log::RecordFormat::Sequenced,
         };
         let segment = Arc::new(Segment::create(dir, identity).unwrap());
         Arc::new(Epoch::new(1, segment, SEGMENT_HEADER_LEN, 1 << 20))

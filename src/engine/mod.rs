@@ -22,13 +22,17 @@
 //!    whole epochs: the store holds the device's state at some epoch
 //!    boundary, never a mix of older and newer writes.
 //! 4. **Recovery.** After a crash the log is replayed on top of the newest
-//!    committed generation; the result holds every flushed write. If the
-//!    cache directory is lost, the volume opens at its newest committed
-//!    generation: consistent, as of some flush point, possibly older than
-//!    the last local flush (with `Durability::Local`).
+//!    committed generation; the result holds every flushed write. After a
+//!    process crash (`kill -9`) it holds every acknowledged write too;
+//!    after a power cut, each block past the last flush holds what it held
+//!    at that flush or a later write, as a disk's volatile write cache
+//!    would leave it. If the cache directory is lost, the volume opens at
+//!    its newest committed generation: consistent, as of some flush point,
+//!    possibly older than the last local flush (with `Durability::Local`).
 //! 5. **Nothing wrong is ever returned.** Every chunk and page read from
-//!    the store is checked against its BLAKE3 name and every log record
-//!    against its crc32c; a mismatch is an error, never data.
+//!    the store is checked against its BLAKE3 name, a mismatch is an
+//!    error, never data; a log record that fails its crc32c is never
+//!    replayed.
 //! 6. **One writer.** A commit writes its root with create-if-absent; a
 //!    writer that finds its generation already taken by someone else stops
 //!    ([`EngineError::Fenced`]). Stores that ignore conditional writes are
@@ -45,7 +49,8 @@
 //!
 //! `volume` (state, open, close), `write`, `read`, `flush`, `commit`,
 //! `uploader`; `epoch` and `overlay` (what changed, where in the log);
-//! `log` and `replay` (the write-back log); `map` (committed pages);
+//! `rewrite` (reusing log space within the open epoch); `log` and `replay`
+//! (the write-back log); `map` (committed pages);
 //! `catalog` (volumes of a store).
 
 mod catalog;
@@ -62,6 +67,7 @@ mod overlay;
 mod read;
 mod replay;
 mod resolve;
+mod rewrite;
 mod uploader;
 mod verify;
 mod volume;

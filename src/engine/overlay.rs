@@ -1,10 +1,12 @@
 //! What one epoch changed: per block, where its newest bytes are in the log.
 //!
-//! Each changed block has a slot: the log position of its data, or the
-//! position of the record that zeroed it. Whole chunks zeroed by a large
-//! discard are kept as ranges instead, so discarding 2 TiB costs one range,
-//! not two million slots. Within an epoch the later log position wins:
-//! writes that race on a block resolve the same way in memory as in replay.
+//! Each changed block has a slot: the log position of its data, or a mark
+//! that a record zeroed it, with the sequence number of the record that
+//! put it there. Whole chunks zeroed by a large discard are kept as ranges
+//! instead, so discarding 2 TiB costs one range, not two million slots.
+//! Within an epoch the higher sequence wins: writes that race on a block
+//! resolve the same way in memory as in replay, and a record rewritten in
+//! place (with a new sequence) wins over the records it follows in the log.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -20,84 +22,89 @@ use crate::format::BLOCK_SIZE;
 pub enum Slot {
     /// The block's 4 KiB start at this position of the epoch's segment.
     Data(u64),
-    /// The block was zeroed by the record at this position.
-    Zero(u64),
+    /// A record zeroed the block.
+    Zero,
 }
 
-impl Slot {
-    fn position(self) -> u64 {
-        match self {
-            Slot::Data(pos) | Slot::Zero(pos) => pos,
-        }
-    }
+/// One block's slot and the sequence of the record that set it
+/// (sequence 0: the epoch did not change the block).
+#[derive(Debug, Clone, Copy, Default)]
+struct Entry {
+    seq: u64,
+    /// The data's position shifted left by one, or 1 for zeroes.
+    at: u64,
+}
 
-    fn pack(self) -> u64 {
-        match self {
+impl Entry {
+    fn new(seq: u64, slot: Slot) -> Entry {
+        let at = match slot {
             Slot::Data(pos) => pos << 1,
-            Slot::Zero(pos) => (pos << 1) | 1,
-        }
+            Slot::Zero => 1,
+        };
+        Entry { seq, at }
     }
 
-    fn unpack(raw: u64) -> Option<Slot> {
-        match raw {
-            0 => None,
-            _ if raw & 1 == 1 => Some(Slot::Zero(raw >> 1)),
-            _ => Some(Slot::Data(raw >> 1)),
+    fn slot(self) -> Option<(u64, Slot)> {
+        match (self.seq, self.at) {
+            (0, _) => None,
+            (seq, 1) => Some((seq, Slot::Zero)),
+            (seq, at) => Some((seq, Slot::Data(at >> 1))),
         }
     }
 }
 
 /// The slots of one chunk.
-struct ChunkSlots(Box<[u64]>);
+struct ChunkSlots(Box<[Entry]>);
 
 impl ChunkSlots {
     fn new(blocks: usize) -> Self {
-        ChunkSlots(vec![0; blocks].into_boxed_slice())
+        ChunkSlots(vec![Entry::default(); blocks].into_boxed_slice())
     }
 
     /// Sets the block's slot unless it holds a newer one; says whether
     /// the block held no data in this epoch before (nothing, or zeroes).
-    fn set_if_newer(&mut self, block: usize, slot: Slot) -> bool {
-        let current = Slot::unpack(self.0[block]);
-        if current.is_none_or(|c| c.position() < slot.position()) {
-            self.0[block] = slot.pack();
+    fn set_if_newer(&mut self, block: usize, seq: u64, slot: Slot) -> bool {
+        let current = self.0[block].slot();
+        if current.is_none_or(|(newest, _)| newest < seq) {
+            self.0[block] = Entry::new(seq, slot);
         }
-        !matches!(current, Some(Slot::Data(_)))
+        !matches!(current, Some((_, Slot::Data(_))))
     }
 
-    fn get(&self, block: usize) -> Option<Slot> {
-        Slot::unpack(self.0[block])
+    fn get(&self, block: usize) -> Option<(u64, Slot)> {
+        self.0[block].slot()
     }
 }
 
-/// Non-overlapping ranges of whole chunks, each zeroed at a log position.
+/// Non-overlapping ranges of whole chunks, each zeroed by a record of some
+/// sequence.
 #[derive(Default)]
 struct ZeroRanges {
-    /// start chunk -> (end chunk, position)
+    /// start chunk -> (end chunk, sequence)
     ranges: BTreeMap<u64, (u64, u64)>,
 }
 
 impl ZeroRanges {
     fn covering(&self, chunk: u64) -> Option<u64> {
-        let (_, &(end, pos)) = self.ranges.range(..=chunk).next_back()?;
-        (chunk < end).then_some(pos)
+        let (_, &(end, seq)) = self.ranges.range(..=chunk).next_back()?;
+        (chunk < end).then_some(seq)
     }
 
-    /// Adds `chunks` zeroed at `pos`, keeping newer positions where ranges
-    /// overlap.
-    fn insert(&mut self, chunks: Range<u64>, pos: u64) {
+    /// Adds `chunks` zeroed by record `seq`, keeping newer sequences where
+    /// ranges overlap.
+    fn insert(&mut self, chunks: Range<u64>, seq: u64) {
         let overlapping: Vec<(u64, u64, u64)> = self
             .ranges
             .range(..chunks.end)
             .rev()
             .take_while(|(_, (end, _))| *end > chunks.start)
-            .map(|(&start, &(end, pos))| (start, end, pos))
+            .map(|(&start, &(end, seq))| (start, end, seq))
             .collect();
         for (start, _, _) in &overlapping {
             self.ranges.remove(start);
         }
         let mut pieces = overlapping;
-        pieces.push((chunks.start, chunks.end, pos));
+        pieces.push((chunks.start, chunks.end, seq));
         let mut edges: Vec<u64> = pieces.iter().flat_map(|p| [p.0, p.1]).collect();
         edges.sort_unstable();
         edges.dedup();
@@ -109,19 +116,19 @@ impl ZeroRanges {
                 .filter(|p| p.0 <= from && to <= p.1)
                 .map(|p| p.2)
                 .max();
-            let Some(pos) = newest else { continue };
+            let Some(seq) = newest else { continue };
             match merged.last_mut() {
-                Some(last) if last.1 == from && last.2 == pos => last.1 = to,
-                _ => merged.push((from, to, pos)),
+                Some(last) if last.1 == from && last.2 == seq => last.1 = to,
+                _ => merged.push((from, to, seq)),
             }
         }
-        for (start, end, pos) in merged {
-            self.ranges.insert(start, (end, pos));
+        for (start, end, seq) in merged {
+            self.ranges.insert(start, (end, seq));
         }
     }
 
     fn iter(&self) -> impl Iterator<Item = (Range<u64>, u64)> + '_ {
-        self.ranges.iter().map(|(&s, &(e, p))| (s..e, p))
+        self.ranges.iter().map(|(&s, &(e, q))| (s..e, q))
     }
 }
 
@@ -148,9 +155,10 @@ impl Overlay {
     }
 
     /// Records that `len` bytes at device `offset` are now the bytes at
-    /// `data_pos` in the log. Returns how many of those bytes held no data
-    /// in this epoch before: what the write adds to the epoch's upload.
-    pub fn record_write(&self, offset: u64, len: u64, data_pos: u64) -> u64 {
+    /// `data_pos` in the log, written by record `seq`. Returns how many of
+    /// those bytes held no data in this epoch before: what the write adds
+    /// to the epoch's upload.
+    pub fn record_write(&self, offset: u64, len: u64, data_pos: u64, seq: u64) -> u64 {
         let mut new_blocks = 0;
         for (chunk, blocks) in self.split(offset, len) {
             let first_device_block = chunk * self.blocks_per_chunk() as u64 + blocks.start as u64;
@@ -161,22 +169,22 @@ impl Overlay {
             for (i, block) in blocks.enumerate() {
                 let device_block = first_device_block + i as u64;
                 let pos = data_pos + (device_block * BLOCK_SIZE - offset);
-                new_blocks += u64::from(slots.set_if_newer(block, Slot::Data(pos)));
+                new_blocks += u64::from(slots.set_if_newer(block, seq, Slot::Data(pos)));
             }
         }
         new_blocks * BLOCK_SIZE
     }
 
-    /// Records that `len` bytes at device `offset` were zeroed by the
-    /// record at `record_pos`.
-    pub fn record_zero(&self, offset: u64, len: u64, record_pos: u64) {
+    /// Records that `len` bytes at device `offset` were zeroed by record
+    /// `seq`.
+    pub fn record_zero(&self, offset: u64, len: u64, seq: u64) {
         let whole_start = offset.div_ceil(self.chunk_size);
         let whole_end = (offset + len) / self.chunk_size;
         if whole_start < whole_end {
             self.zeroes
                 .write()
                 .expect("zero ranges lock")
-                .insert(whole_start..whole_end, record_pos);
+                .insert(whole_start..whole_end, seq);
             self.has_zeroes.store(true, Ordering::Release);
         }
         for (chunk, blocks) in self.split(offset, len) {
@@ -188,9 +196,26 @@ impl Overlay {
                 .entry(chunk)
                 .or_insert_with(|| ChunkSlots::new(self.blocks_per_chunk()));
             for block in blocks {
-                slots.set_if_newer(block, Slot::Zero(record_pos));
+                slots.set_if_newer(block, seq, Slot::Zero);
             }
         }
+    }
+
+    /// Whether every block of `offset..offset+len` reads, in this epoch,
+    /// from the log data that starts at `data_pos` (so that no other
+    /// record of the epoch shows through in that range).
+    pub fn shows_only(&self, offset: u64, len: u64, data_pos: u64) -> bool {
+        self.split(offset, len).all(|(chunk, blocks)| {
+            let first = chunk * self.chunk_size + blocks.start as u64 * BLOCK_SIZE;
+            let mut found = vec![None; blocks.len()];
+            self.resolve(chunk, blocks, &mut found, |slot| slot);
+            found.iter().enumerate().all(|(i, slot)| {
+                *slot
+                    == Some(Slot::Data(
+                        data_pos + first - offset + i as u64 * BLOCK_SIZE,
+                    ))
+            })
+        })
     }
 
     /// The chunks and blocks within them that `offset..offset+len` covers.
@@ -219,9 +244,9 @@ impl Overlay {
         out: &mut [Option<T>],
         mut make: impl FnMut(Slot) -> T,
     ) {
-        let range_pos = self.zero_range_covering(chunk);
+        let range_seq = self.zero_range_covering(chunk);
         let slots = self.chunks.get(&chunk);
-        if range_pos.is_none() && slots.is_none() {
+        if range_seq.is_none() && slots.is_none() {
             return;
         }
         for (entry, block) in out.iter_mut().zip(blocks) {
@@ -229,10 +254,10 @@ impl Overlay {
                 continue;
             }
             let slot = slots.as_ref().and_then(|s| s.get(block));
-            let newest = match (slot, range_pos) {
-                (Some(slot), Some(pos)) if slot.position() < pos => Some(Slot::Zero(pos)),
-                (Some(slot), _) => Some(slot),
-                (None, Some(pos)) => Some(Slot::Zero(pos)),
+            let newest = match (slot, range_seq) {
+                (Some((seq, _)), Some(zeroed)) if seq < zeroed => Some(Slot::Zero),
+                (Some((_, slot)), _) => Some(slot),
+                (None, Some(_)) => Some(Slot::Zero),
                 (None, None) => None,
             };
             *entry = newest.map(&mut make);
@@ -254,7 +279,7 @@ impl Overlay {
         self.chunks.iter().map(|entry| *entry.key()).collect()
     }
 
-    /// Ranges of whole chunks zeroed, with the position that zeroed them.
+    /// Ranges of whole chunks zeroed, with the sequence that zeroed them.
     pub fn zeroed_ranges(&self) -> Vec<(Range<u64>, u64)> {
         self.zeroes
             .read()
@@ -277,10 +302,10 @@ mod tests {
     }
 
     #[test]
-    fn later_positions_win() {
+    fn higher_sequences_win() {
         let overlay = Overlay::new(CHUNK);
-        overlay.record_write(4096, 8192, 1000);
-        overlay.record_write(4096, 4096, 500); // an earlier record, applied late
+        overlay.record_write(4096, 8192, 1000, 1000);
+        overlay.record_write(4096, 4096, 500, 500); // an earlier record, applied late
         let slots = resolve(&overlay, 0);
         assert_eq!(slots[0], None);
         assert_eq!(slots[1], Some(Slot::Data(1000)));
@@ -288,18 +313,40 @@ mod tests {
     }
 
     #[test]
+    fn a_record_rewritten_in_place_wins_over_the_records_after_it() {
+        let overlay = Overlay::new(CHUNK);
+        overlay.record_write(0, 8192, 100, 1);
+        overlay.record_write(0, 8192, 9000, 2);
+        assert!(overlay.shows_only(0, 8192, 9000));
+        assert!(!overlay.shows_only(0, 8192, 100), "hidden by the later one");
+        assert_eq!(overlay.record_write(0, 8192, 100, 3), 0, "no new bytes");
+        assert_eq!(resolve(&overlay, 0)[1], Some(Slot::Data(100 + 4096)));
+        assert!(overlay.shows_only(0, 8192, 100));
+        overlay.record_zero(4096, 4096, 4);
+        assert!(!overlay.shows_only(0, 8192, 100), "partly zeroed since");
+        overlay.record_write(0, 8192, 100, 5);
+        assert!(overlay.shows_only(0, 8192, 100));
+        overlay.record_zero(0, 1 << 20, 6);
+        assert!(!overlay.shows_only(0, 8192, 100), "in a zeroed range");
+    }
+
+    #[test]
     fn overwrites_add_nothing_to_the_upload() {
         let overlay = Overlay::new(CHUNK);
-        assert_eq!(overlay.record_write(0, 8192, 100), 8192);
+        assert_eq!(overlay.record_write(0, 8192, 100, 100), 8192);
         assert_eq!(
-            overlay.record_write(4096, 8192, 9000),
+            overlay.record_write(4096, 8192, 9000, 9000),
             4096,
             "one block new"
         );
-        assert_eq!(overlay.record_write(0, 12288, 20000), 0, "all overwrites");
+        assert_eq!(
+            overlay.record_write(0, 12288, 20000, 20000),
+            0,
+            "all overwrites"
+        );
         overlay.record_zero(16384, 4096, 30000);
         assert_eq!(
-            overlay.record_write(16384, 4096, 40000),
+            overlay.record_write(16384, 4096, 40000, 40000),
             4096,
             "zeroes are not data"
         );
@@ -308,7 +355,7 @@ mod tests {
     #[test]
     fn writes_spanning_chunks_map_each_block() {
         let overlay = Overlay::new(CHUNK);
-        overlay.record_write(CHUNK - 4096, 8192, 100);
+        overlay.record_write(CHUNK - 4096, 8192, 100, 100);
         assert_eq!(resolve(&overlay, 0)[15], Some(Slot::Data(100)));
         assert_eq!(resolve(&overlay, 1)[0], Some(Slot::Data(100 + 4096)));
     }
@@ -316,13 +363,13 @@ mod tests {
     #[test]
     fn whole_chunk_zeroes_are_ranges_and_later_writes_beat_them() {
         let overlay = Overlay::new(CHUNK);
-        overlay.record_write(CHUNK, 4096, 100);
+        overlay.record_write(CHUNK, 4096, 100, 100);
         overlay.record_zero(0, 1 << 40, 200);
-        assert_eq!(resolve(&overlay, 1)[0], Some(Slot::Zero(200)));
-        overlay.record_write(CHUNK, 4096, 300);
+        assert_eq!(resolve(&overlay, 1)[0], Some(Slot::Zero));
+        overlay.record_write(CHUNK, 4096, 300, 300);
         assert_eq!(resolve(&overlay, 1)[0], Some(Slot::Data(300)));
-        assert_eq!(resolve(&overlay, 1)[1], Some(Slot::Zero(200)));
-        assert_eq!(resolve(&overlay, 1_000_000)[5], Some(Slot::Zero(200)));
+        assert_eq!(resolve(&overlay, 1)[1], Some(Slot::Zero));
+        assert_eq!(resolve(&overlay, 1_000_000)[5], Some(Slot::Zero));
         assert_eq!(overlay.zeroed_ranges().len(), 1);
     }
 
@@ -332,8 +379,8 @@ mod tests {
         overlay.record_zero(4096, CHUNK, 50);
         let first = resolve(&overlay, 0);
         assert_eq!(first[0], None);
-        assert_eq!(first[1], Some(Slot::Zero(50)));
-        assert_eq!(resolve(&overlay, 1)[0], Some(Slot::Zero(50)));
+        assert_eq!(first[1], Some(Slot::Zero));
+        assert_eq!(resolve(&overlay, 1)[0], Some(Slot::Zero));
         assert_eq!(resolve(&overlay, 1)[1], None);
     }
 

@@ -4,12 +4,17 @@
 //! Records are read in log order and checked (magic, header sanity, crc32c
 //! of header and payload, an epoch no older than the segment's first and
 //! than the record before). A segment's end record sends replay on to the
-//! next segment. Replay stops at the first record that is not whole: the
-//! segment is cut there and later segments are removed. That
-//! loses no flushed write, because a flush returns only after every record
-//! before it is written and synced (see [`super::epoch`]): a torn record
-//! can only belong to writes that no flush covered, and so can everything
-//! after it.
+//! next segment. Replay stops where no record can be read (a hole, a
+//! header that is not one): the segment is cut there and later segments
+//! are removed. A record whose header reads but whose checksum fails was
+//! cut short by the crash (an append or an in-place rewrite in flight) and
+//! is skipped: after a rewrite torn that way, the other copy of its extent
+//! still holds the last acknowledged bytes (see [`super::rewrite`]).
+//!
+//! None of this loses a flushed write, because a flush returns only after
+//! every record before it is written and synced (see [`super::epoch`]): a
+//! torn or missing record can only belong to writes that no flush covered,
+//! and so can everything after it.
 
 use std::fs::File;
 use std::io::{self, BufReader, Read};
@@ -18,7 +23,8 @@ use std::sync::Arc;
 
 use super::epoch::Epoch;
 use super::log::{
-    LogDir, RECORD_HEADER_LEN, RecordHeader, RecordKind, SEGMENT_HEADER_LEN, Segment,
+    LogDir, RECORD_HEADER_LEN, RecordFormat, RecordHeader, RecordKind, SEGMENT_HEADER_LEN, Segment,
+    SegmentIdentity,
 };
 use crate::format::BLOCK_SIZE;
 
@@ -71,13 +77,8 @@ pub fn replay(
             continue;
         }
         let segment = Arc::new(segment);
-        let (valid_end, whole) = replay_segment(
-            &segment,
-            identity.first_epoch,
-            after,
-            geometry,
-            &mut replayed,
-        )?;
+        let (valid_end, whole) =
+            replay_segment(&segment, identity, after, geometry, &mut replayed)?;
         if !whole {
             tracing::info!(segment = %path.display(), at = valid_end, "log ends here, in a torn record (writes no flush covered) or in what a recycled file held before; cutting it there");
             segment.truncate(valid_end)?;
@@ -97,66 +98,81 @@ pub fn replay(
     Ok(replayed)
 }
 
-/// Replays one segment; returns where its last whole record ends and
+/// Replays one segment; returns where its last readable record ends and
 /// whether the segment ended exactly there.
 fn replay_segment(
     segment: &Arc<Segment>,
-    first_epoch: u64,
+    identity: SegmentIdentity,
     after: u64,
     geometry: Geometry,
     replayed: &mut Replayed,
 ) -> io::Result<(u64, bool)> {
+    let format = identity.format;
     let len = segment.len()?;
     let mut reader = BufReader::with_capacity(1 << 20, File::open(segment.path())?);
     io::copy(&mut (&mut reader).take(SEGMENT_HEADER_LEN), &mut io::sink())?;
     let mut pos = SEGMENT_HEADER_LEN;
     let mut payload = Vec::new();
     while pos < len {
-        let Some(header) = read_record(&mut reader, len - pos, &mut payload)? else {
+        let Some((mut header, whole)) = read_record(&mut reader, format, len - pos, &mut payload)?
+        else {
             return Ok((pos, false));
         };
         // Records of epochs before the segment's first are what a
         // recycled file held before: the log ends here.
-        if header.epoch < first_epoch || header.epoch < replayed.newest_in_log {
+        if header.epoch < identity.first_epoch || header.epoch < replayed.newest_in_log {
             return Ok((pos, false));
         }
         if header.kind == RecordKind::End {
+            if !whole {
+                return Ok((pos, false));
+            }
             replayed.newest_in_log = header.epoch;
-            return Ok((pos + header.record_len(), true));
+            return Ok((pos + header.record_len(format), true));
         }
         if !plausible(&header, geometry) {
             return Ok((pos, false));
         }
-        if header.epoch > after {
-            apply(segment, pos, &header, geometry, replayed);
+        if format == RecordFormat::Positional {
+            header.seq = pos;
+        }
+        if !whole {
+            tracing::info!(segment = %segment.path().display(), at = pos, "skipping a log record the crash cut short (a write no flush covered)");
+        } else if header.epoch > after {
+            apply(segment, pos, &header, format, geometry, replayed);
         }
         replayed.newest_in_log = header.epoch;
         replayed.last_epoch = replayed.last_epoch.max(header.epoch);
-        pos += header.record_len();
+        pos += header.record_len(format);
     }
     Ok((pos, true))
 }
 
-/// Reads the next record if it is whole; `None` at a torn or absent one.
+/// Reads the next record's header and payload, and says whether the
+/// checksum matched; `None` where no record can be read.
 fn read_record(
     reader: &mut impl Read,
+    format: RecordFormat,
     left: u64,
     payload: &mut Vec<u8>,
-) -> io::Result<Option<RecordHeader>> {
-    if left < RECORD_HEADER_LEN as u64 {
+) -> io::Result<Option<(RecordHeader, bool)>> {
+    let header_len = format.header_len();
+    if left < header_len as u64 {
         return Ok(None);
     }
     let mut head = [0u8; RECORD_HEADER_LEN];
-    reader.read_exact(&mut head)?;
-    let Some((header, crc)) = RecordHeader::decode(&head) else {
+    let head = &mut head[..header_len];
+    reader.read_exact(head)?;
+    let Some((header, crc)) = RecordHeader::decode(head, format) else {
         return Ok(None);
     };
-    if header.record_len() > left {
+    if header.record_len(format) > left {
         return Ok(None);
     }
     payload.resize(header.payload_len as usize, 0);
     reader.read_exact(payload)?;
-    Ok(RecordHeader::verify(&head, payload, crc).then_some(header))
+    let whole = RecordHeader::verify(head, payload, crc);
+    Ok(Some((header, whole)))
 }
 
 fn plausible(header: &RecordHeader, geometry: Geometry) -> bool {
@@ -173,6 +189,7 @@ fn apply(
     segment: &Arc<Segment>,
     pos: u64,
     header: &RecordHeader,
+    format: RecordFormat,
     geometry: Geometry,
     replayed: &mut Replayed,
 ) {
@@ -187,16 +204,19 @@ fn apply(
     let epoch = replayed.epochs.last().expect("just ensured");
     match header.kind {
         RecordKind::Write => {
-            let data_pos = pos + RECORD_HEADER_LEN as u64;
-            let new_bytes = epoch
-                .overlay
-                .record_write(header.offset, header.len, data_pos);
+            let data_pos = pos + format.header_len() as u64;
+            let new_bytes =
+                epoch
+                    .overlay
+                    .record_write(header.offset, header.len, data_pos, header.seq);
             epoch.add_dirty(new_bytes);
             replayed.dirty_bytes += new_bytes;
         }
-        RecordKind::Zero => epoch.overlay.record_zero(header.offset, header.len, pos),
+        RecordKind::Zero => epoch
+            .overlay
+            .record_zero(header.offset, header.len, header.seq),
         // Ends a segment; `replay_segment` stops before applying it.
         RecordKind::End => {}
     }
-    epoch.extend_replayed(pos + header.record_len());
+    epoch.extend_replayed(pos + header.record_len(format));
 }

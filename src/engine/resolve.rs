@@ -48,7 +48,7 @@ pub fn resolve<'a>(
             .overlay
             .resolve(chunk, blocks.clone(), &mut slots, |slot| match slot {
                 Slot::Data(pos) => BlockSource::Log(segment, pos),
-                Slot::Zero(_) => BlockSource::Zero,
+                Slot::Zero => BlockSource::Zero,
             });
         unresolved = slots.iter().filter(|s| s.is_none()).count();
     }

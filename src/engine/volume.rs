@@ -59,6 +59,8 @@ pub(super) struct IoStats {
     pub zeroes: AtomicU64,
     pub bytes_read: AtomicU64,
     pub bytes_written: AtomicU64,
+    /// Writes that reused an older record's place in the log.
+    pub rewrites: AtomicU64,
     pub commits: AtomicU64,
 }
 
@@ -117,6 +119,8 @@ pub struct VolumeCounters {
     pub zeroes: u64,
     pub bytes_read: u64,
     pub bytes_written: u64,
+    /// Writes that reused an older record's place in the log.
+    pub rewrites: u64,
     pub commits: u64,
     pub store: StoreCounters,
     pub cache: CacheCounters,
@@ -255,6 +259,7 @@ impl Volume {
             zeroes: load(&stats.zeroes),
             bytes_read: load(&stats.bytes_read),
             bytes_written: load(&stats.bytes_written),
+            rewrites: load(&stats.rewrites),
             commits: load(&stats.commits),
             store: shared.store.counters(),
             cache: shared.chunks.counters(),

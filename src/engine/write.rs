@@ -1,7 +1,9 @@
 //! The write path: writes, discards and zeroes go to the log, then to the
 //! open epoch's overlay, and are acknowledged.
 //!
-//! A write reserves its record's place in the open epoch, and from then on
+//! A write reserves its record's place in the open epoch (or claims an
+//! older record of the same extent to rewrite, see [`super::rewrite`]),
+//! and from then on
 //! it runs to completion without an await (small records) or in a blocking
 //! task that owns the reservation (large ones): a caller that gives up
 //! cannot leave a hole in the log, and an epoch counts as drained only once
@@ -16,6 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use super::epoch::Reservation;
 use super::error::{EngineError, Result};
 use super::log::{RECORD_HEADER_LEN, RecordHeader};
+use super::rewrite::{Claim, REWRITE_MIN};
 use super::volume::{Shared, Volume};
 use crate::format::BLOCK_SIZE;
 
@@ -26,6 +29,23 @@ const INLINE_RECORD_MAX: usize = 64 << 10;
 enum Change {
     Write,
     Zero,
+}
+
+/// Where a record goes: appended at its reservation, or over an older
+/// record of the same extent (the reservation then holds no log space, and
+/// only keeps the epoch from draining before the rewrite is done).
+struct Placement {
+    reservation: Reservation,
+    rewrite: Option<Claim>,
+}
+
+impl Placement {
+    fn pos(&self) -> u64 {
+        match &self.rewrite {
+            Some(claim) => claim.record_pos(),
+            None => self.reservation.pos,
+        }
+    }
 }
 
 /// A write's data, laid out as the log record it becomes (room for the
@@ -92,10 +112,11 @@ impl Volume {
         }
         shared.wait_for_dirty_room().await?;
         let record = buffer.record;
-        let reservation = shared.reserve(record.len() as u64).await?;
-        let header = RecordHeader::write(reservation.epoch.id, offset, len as usize);
+        let placement = shared.place_write(offset, len, record.len() as u64).await?;
+        let epoch = &placement.reservation.epoch;
+        let header = RecordHeader::write(epoch.id, epoch.next_seq(), offset, len as usize);
         shared
-            .log_record(reservation, header, record, Change::Write)
+            .log_record(placement, header, record, Change::Write)
             .await?;
         shared.stats.bytes_written.fetch_add(len, Ordering::Relaxed);
         if shared.upload_pressure() {
@@ -121,10 +142,15 @@ impl Volume {
         shared.stats.zeroes.fetch_add(1, Ordering::Relaxed);
         if len > 0 {
             let reservation = shared.reserve(RECORD_HEADER_LEN as u64).await?;
-            let header = RecordHeader::zero(reservation.epoch.id, offset, len);
+            let epoch = &reservation.epoch;
+            let header = RecordHeader::zero(epoch.id, epoch.next_seq(), offset, len);
             let record = vec![0; RECORD_HEADER_LEN];
+            let placement = Placement {
+                reservation,
+                rewrite: None,
+            };
             shared
-                .log_record(reservation, header, record, Change::Zero)
+                .log_record(placement, header, record, Change::Zero)
                 .await?;
         }
         self.flush_if(fua).await
@@ -173,40 +199,61 @@ impl Shared {
         }
     }
 
-    /// Writes a record at its reserved place, then records it in the
-    /// epoch's overlay. Once the place is reserved this cannot be
+    /// Finds a write's place: over the older copy of its extent when the
+    /// open epoch has one to spare, else at the end of the epoch.
+    async fn place_write(&self, offset: u64, len: u64, record_len: u64) -> Result<Placement> {
+        if len >= REWRITE_MIN {
+            let pinned = self.reserve(0).await?;
+            if let Some(claim) = Claim::take(&pinned.epoch, offset, len) {
+                return Ok(Placement {
+                    reservation: pinned,
+                    rewrite: Some(claim),
+                });
+            }
+        }
+        Ok(Placement {
+            reservation: self.reserve(record_len).await?,
+            rewrite: None,
+        })
+    }
+
+    /// Writes a record at its place, then records it in the epoch's
+    /// overlay. Once the place is reserved this cannot be
     /// cancelled: a small record is written right here, with no await
     /// between reservation and overlay (a pwrite into the page cache takes
     /// microseconds, less than handing it to another thread); a large one
     /// in a blocking task that owns the reservation.
     async fn log_record(
         self: &Arc<Self>,
-        reservation: Reservation,
+        placement: Placement,
         header: RecordHeader,
         record: Vec<u8>,
         change: Change,
     ) -> Result<()> {
         if record.len() <= INLINE_RECORD_MAX {
-            return self.apply_record(reservation, header, record, change);
+            return self.apply_record(placement, header, record, change);
         }
         let shared = Arc::clone(self);
-        tokio::task::spawn_blocking(move || {
-            shared.apply_record(reservation, header, record, change)
-        })
-        .await
-        .expect("log writes do not panic")
+        tokio::task::spawn_blocking(move || shared.apply_record(placement, header, record, change))
+            .await
+            .expect("log writes do not panic")
     }
 
     fn apply_record(
         &self,
-        reservation: Reservation,
+        placement: Placement,
         header: RecordHeader,
         mut record: Vec<u8>,
         change: Change,
     ) -> Result<()> {
         header.write_header(&mut record);
+        let pos = placement.pos();
+        let Placement {
+            reservation,
+            rewrite,
+        } = placement;
         let epoch = &reservation.epoch;
-        if let Err(source) = epoch.segment.write_at(&record, reservation.pos) {
+        if let Err(source) = epoch.segment.write_at(&record, pos) {
             // The reserved bytes stay a hole, and replay stops at a hole:
             // stop the volume before this epoch can drain, so no later
             // flush claims what follows it is durable.
@@ -218,16 +265,24 @@ impl Shared {
         }
         match change {
             Change::Write => {
-                let data_pos = reservation.pos + RECORD_HEADER_LEN as u64;
-                let new_bytes = epoch
-                    .overlay
-                    .record_write(header.offset, header.len, data_pos);
+                let data_pos = pos + RECORD_HEADER_LEN as u64;
+                let new_bytes =
+                    epoch
+                        .overlay
+                        .record_write(header.offset, header.len, data_pos, header.seq);
                 epoch.add_dirty(new_bytes);
                 self.dirty_bytes.fetch_add(new_bytes, Ordering::AcqRel);
+                match rewrite {
+                    Some(claim) => {
+                        claim.done();
+                        self.stats.rewrites.fetch_add(1, Ordering::Relaxed);
+                    }
+                    None => epoch.copies.appended(header.offset, header.len, data_pos),
+                }
             }
             Change::Zero => epoch
                 .overlay
-                .record_zero(header.offset, header.len, reservation.pos),
+                .record_zero(header.offset, header.len, header.seq),
         }
         drop(reservation);
         Ok(())

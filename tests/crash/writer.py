@@ -6,11 +6,14 @@ TARGET is an NBD URI (libnbd, with up to 32 writes in flight) or a block
 device path such as /dev/ublkb0 (O_DIRECT writes from 16 threads, and
 fsync, which the kernel sends to the device as a FLUSH).
 
-Each write fills a block with its tag (a u64, little endian, repeated), so
-a block read back says which write it holds. Writes go in batches of up to
-32, to distinct blocks; a batch ends when all of it is acknowledged. Every
-few batches, a flush. The log, written before the server can see anything:
-  W TAG BLOCK   a write is about to be sent
+Each block written is filled with its tag (a u64, little endian,
+repeated), so a block read back says which write it holds. Writes go in
+batches, to distinct blocks; a batch ends when all of it is acknowledged.
+A batch is either up to 32 single blocks, or one or two 64 KiB extents out
+of a few (each block of an extent gets its own tag): extents written over
+and over within one epoch are what the server rewrites in place. Every few
+batches, a flush. The log, written before the server can see anything:
+  W TAG BLOCK   a block is about to be sent
   D             every write so far is acknowledged
   F TAG         a flush is acknowledged: every write with a smaller tag
                 is durable
@@ -23,10 +26,14 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 BLOCK = 4096
+# Extents of 16 blocks (64 KiB, the least the server rewrites in place),
+# few of them, so that one epoch often writes one three times or more.
+EXTENT = 16
+EXTENTS = 4
 
 
-def tagged(tag):
-    return struct.pack("<Q", tag) * (BLOCK // 8)
+def tagged(first_tag, blocks=1):
+    return b"".join(struct.pack("<Q", first_tag + i) * (BLOCK // 8) for i in range(blocks))
 
 
 class NbdTarget:
@@ -42,8 +49,8 @@ class NbdTarget:
 
     def write_batch(self, writes):
         cookies = []
-        for tag, block in writes:
-            data = self.nbd.Buffer.from_bytearray(bytearray(tagged(tag)))
+        for tag, block, blocks in writes:
+            data = self.nbd.Buffer.from_bytearray(bytearray(tagged(tag, blocks)))
             cookies.append(self.h.aio_pwrite(data, block * BLOCK))
         while self.h.aio_in_flight() > 0:
             self.h.poll(-1)
@@ -63,10 +70,10 @@ class DeviceTarget:
         self.fd = os.open(path, os.O_RDWR | os.O_DIRECT)
         self.pool = ThreadPoolExecutor(max_workers=16)
 
-    def write_one(self, tag, block):
-        buffer = mmap.mmap(-1, BLOCK)  # page aligned, as O_DIRECT needs
-        buffer.write(tagged(tag))
-        if os.pwritev(self.fd, [buffer], block * BLOCK) != BLOCK:
+    def write_one(self, tag, block, blocks):
+        buffer = mmap.mmap(-1, blocks * BLOCK)  # page aligned, as O_DIRECT needs
+        buffer.write(tagged(tag, blocks))
+        if os.pwritev(self.fd, [buffer], block * BLOCK) != blocks * BLOCK:
             raise OSError("short write")
 
     def write_batch(self, writes):
@@ -93,10 +100,17 @@ def main():
             # Distinct blocks: two writes in flight to one block may land in
             # either order, so a batch never has two.
             writes = []
-            for block in rng.sample(range(blocks), rng.randint(1, 32)):
-                say(f"W {tag} {block}")
-                writes.append((tag, block))
-                tag += 1
+            if rng.random() < 0.4:
+                starts = [e * EXTENT for e in rng.sample(range(EXTENTS), rng.randint(1, 2))]
+                size = EXTENT
+            else:
+                starts = rng.sample(range(blocks), rng.randint(1, 32))
+                size = 1
+            for start in starts:
+                for i in range(size):
+                    say(f"W {tag + i} {start + i}")
+                writes.append((tag, start, size))
+                tag += size
             target.write_batch(writes)
             say("D")
             if rng.random() < 0.3:

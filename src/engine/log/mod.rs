@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-pub use record::{HEADER_LEN as RECORD_HEADER_LEN, RecordHeader, RecordKind};
+pub use record::{HEADER_LEN as RECORD_HEADER_LEN, RecordFormat, RecordHeader, RecordKind};
 pub use segment::{SEGMENT_HEADER_LEN, Segment, SegmentIdentity};
 
 use crate::format::Root;
@@ -123,6 +123,7 @@ impl LogDir {
             volume: self.manifest.volume,
             seq,
             first_epoch,
+            format: RecordFormat::Sequenced,
         };
         match free_segments(&self.dir)?.pop() {
             Some(free) => Segment::recycle(&free, &self.dir, identity),

@@ -1,9 +1,9 @@
-//! Log records: a 40-byte header and, for writes, the data.
+//! Log records: a 48-byte header and, for writes, the data.
 //!
 //! ```text
 //! offset size field
 //!      0    4 magic "ZBLR"
-//!      4    4 crc32c of bytes 8..40 and of the payload
+//!      4    4 crc32c of bytes 8..48 and of the payload
 //!      8    8 epoch
 //!     16    1 kind: 1 write, 2 zero (discard or write-zeroes), 3 end of
 //!               segment (nothing after it in this segment is a record)
@@ -11,13 +11,41 @@
 //!     20    4 payload length
 //!     24    8 device offset
 //!     32    8 length on the device
-//!     40    - payload (writes only)
+//!     40    8 sequence: within an epoch, the record with the higher one
+//!               wins where records overlap
+//!     48    - payload (writes only)
 //! ```
+//!
+//! The sequence is what lets a record be rewritten in place (see
+//! [`crate::engine`]'s `rewrite`): the rewrite takes a new one, and so
+//! wins over records after it in the log. Segments from before rewrites
+//! ([`RecordFormat::Positional`]) have 40-byte headers without it; there
+//! a record's position in the log is its sequence.
 
 use bytes::{Buf, BufMut};
 
-pub const HEADER_LEN: usize = 40;
+pub const HEADER_LEN: usize = 48;
+/// Headers of [`RecordFormat::Positional`] segments: no sequence.
+const POSITIONAL_HEADER_LEN: usize = 40;
 const MAGIC: &[u8; 4] = b"ZBLR";
+
+/// How the records of a segment are laid out (its header says which).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordFormat {
+    /// 40-byte headers; records are ordered by their position.
+    Positional,
+    /// 48-byte headers carrying a sequence number.
+    Sequenced,
+}
+
+impl RecordFormat {
+    pub fn header_len(self) -> usize {
+        match self {
+            RecordFormat::Positional => POSITIONAL_HEADER_LEN,
+            RecordFormat::Sequenced => HEADER_LEN,
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecordKind {
@@ -35,26 +63,30 @@ pub struct RecordHeader {
     pub payload_len: u32,
     pub offset: u64,
     pub len: u64,
+    /// Which record wins where two of an epoch overlap: the higher.
+    pub seq: u64,
 }
 
 impl RecordHeader {
-    pub fn write(epoch: u64, offset: u64, payload_len: usize) -> Self {
+    pub fn write(epoch: u64, seq: u64, offset: u64, payload_len: usize) -> Self {
         RecordHeader {
             epoch,
             kind: RecordKind::Write,
             payload_len: payload_len as u32,
             offset,
             len: payload_len as u64,
+            seq,
         }
     }
 
-    pub fn zero(epoch: u64, offset: u64, len: u64) -> Self {
+    pub fn zero(epoch: u64, seq: u64, offset: u64, len: u64) -> Self {
         RecordHeader {
             epoch,
             kind: RecordKind::Zero,
             payload_len: 0,
             offset,
             len,
+            seq,
         }
     }
 
@@ -66,12 +98,13 @@ impl RecordHeader {
             payload_len: 0,
             offset: 0,
             len: 0,
+            seq: 0,
         }
     }
 
-    /// Bytes the record takes in the log.
-    pub fn record_len(&self) -> u64 {
-        HEADER_LEN as u64 + u64::from(self.payload_len)
+    /// Bytes the record takes in a log of `format`.
+    pub fn record_len(&self, format: RecordFormat) -> u64 {
+        format.header_len() as u64 + u64::from(self.payload_len)
     }
 
     /// The whole record, header and payload, in one buffer.
@@ -100,13 +133,16 @@ impl RecordHeader {
         out.put_u32_le(self.payload_len);
         out.put_u64_le(self.offset);
         out.put_u64_le(self.len);
+        out.put_u64_le(self.seq);
         let crc = crc32c::crc32c(&record[8..]);
         record[4..8].copy_from_slice(&crc.to_le_bytes());
     }
 
-    /// Parses a header; `None` when these bytes are not one (the end of
-    /// the log, or a record torn by a crash).
-    pub fn decode(bytes: &[u8; HEADER_LEN]) -> Option<(RecordHeader, u32)> {
+    /// Parses a header of `format` (`bytes` is its header length); `None`
+    /// when these bytes are not one (the end of the log, or a record torn
+    /// by a crash). Positional headers have sequence 0.
+    pub fn decode(bytes: &[u8], format: RecordFormat) -> Option<(RecordHeader, u32)> {
+        debug_assert_eq!(bytes.len(), format.header_len());
         if &bytes[..4] != MAGIC {
             return None;
         }
@@ -123,6 +159,10 @@ impl RecordHeader {
         let payload_len = buf.get_u32_le();
         let offset = buf.get_u64_le();
         let len = buf.get_u64_le();
+        let seq = match format {
+            RecordFormat::Positional => 0,
+            RecordFormat::Sequenced => buf.get_u64_le(),
+        };
         let consistent = match kind {
             RecordKind::Write => u64::from(payload_len) == len,
             RecordKind::Zero => payload_len == 0,
@@ -135,13 +175,14 @@ impl RecordHeader {
                 payload_len,
                 offset,
                 len,
+                seq,
             },
             crc,
         ))
     }
 
     /// Whether header bytes and payload match the checksum.
-    pub fn verify(header: &[u8; HEADER_LEN], payload: &[u8], crc: u32) -> bool {
+    pub fn verify(header: &[u8], payload: &[u8], crc: u32) -> bool {
         let partial = crc32c::crc32c(&header[8..]);
         crc32c::crc32c_append(partial, payload) == crc
     }
@@ -153,13 +194,24 @@ mod tests {
 
     #[test]
     fn round_trips_and_checks() {
-        let header = RecordHeader::write(7, 8192, 4);
+        let header = RecordHeader::write(7, 3, 8192, 4);
         let record = header.encode(b"data");
-        let head: [u8; HEADER_LEN] = record[..HEADER_LEN].try_into().unwrap();
-        let (decoded, crc) = RecordHeader::decode(&head).unwrap();
+        let head = &record[..HEADER_LEN];
+        let (decoded, crc) = RecordHeader::decode(head, RecordFormat::Sequenced).unwrap();
+        assert_eq!(decoded, header);
+        assert!(RecordHeader::verify(head, b"data", crc));
+        assert!(!RecordHeader::verify(head, b"dbta", crc));
+        assert!(RecordHeader::decode(&[0; HEADER_LEN], RecordFormat::Sequenced).is_none());
+    }
+
+    #[test]
+    fn positional_headers_are_read_without_a_sequence() {
+        let header = RecordHeader::write(7, 0, 8192, 4);
+        let mut head = header.encode(b"data")[..POSITIONAL_HEADER_LEN].to_vec();
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&head[8..]), b"data");
+        head[4..8].copy_from_slice(&crc.to_le_bytes());
+        let (decoded, crc) = RecordHeader::decode(&head, RecordFormat::Positional).unwrap();
         assert_eq!(decoded, header);
         assert!(RecordHeader::verify(&head, b"data", crc));
-        assert!(!RecordHeader::verify(&head, b"dbta", crc));
-        assert!(RecordHeader::decode(&[0; HEADER_LEN]).is_none());
     }
 }

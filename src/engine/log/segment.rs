@@ -1,6 +1,6 @@
 //! One file of the write-back log.
 //!
-//! A segment starts with a 64-byte header (magic "ZBLOG002", the log's id,
+//! A segment starts with a 64-byte header (magic "ZBLOG003", the log's id,
 //! the volume's uuid, the segment's sequence number, the first epoch it
 //! may hold); records follow. Each record is written once, at an offset
 //! reserved for it, with `pwrite`.
@@ -10,8 +10,14 @@
 //! block allocation and fdatasync no metadata, and finds its pages in the
 //! page cache. What the file held before stays behind the new records, and
 //! can never pass for them: every old record belongs to an epoch before the
-//! header's first epoch. ("ZBLOG001" segments, from before recycling,
-//! have no first epoch and are read as they always were.)
+//! header's first epoch.
+//!
+//! Within the open epoch a record may also be rewritten in place, once the
+//! records after it hide all of its blocks (see the engine's `rewrite`).
+//!
+//! Older segments are read as they always were: "ZBLOG002" ones have
+//! positional records ([`RecordFormat::Positional`]), and "ZBLOG001" ones,
+//! from before recycling, no first epoch either.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -24,10 +30,13 @@ use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
 use uuid::Uuid;
 
 use super::FreeFiles;
+use super::record::RecordFormat;
 
 pub const SEGMENT_HEADER_LEN: u64 = 64;
-const MAGIC: &[u8; 8] = b"ZBLOG002";
-/// Segments written before recycling: no first epoch.
+const MAGIC: &[u8; 8] = b"ZBLOG003";
+/// Segments written before sequenced records.
+const MAGIC_V2: &[u8; 8] = b"ZBLOG002";
+/// Segments written before recycling: no first epoch either.
 const MAGIC_V1: &[u8; 8] = b"ZBLOG001";
 
 /// An open log segment.
@@ -52,6 +61,8 @@ pub struct SegmentIdentity {
     /// Records of earlier epochs are left over from the file's earlier
     /// life: the segment ends before the first of them.
     pub first_epoch: u64,
+    /// How its records are laid out: new segments are always sequenced.
+    pub format: RecordFormat,
 }
 
 impl SegmentIdentity {
@@ -133,9 +144,10 @@ impl Segment {
         let file = OpenOptions::new().read(true).write(true).open(path)?;
         let mut header = [0u8; SEGMENT_HEADER_LEN as usize];
         file.read_exact_at(&mut header, 0)?;
-        let first_epoch_at = match &header[..8] {
-            magic if magic == MAGIC => Some(48),
-            magic if magic == MAGIC_V1 => None,
+        let (first_epoch_at, format) = match &header[..8] {
+            magic if magic == MAGIC => (Some(48), RecordFormat::Sequenced),
+            magic if magic == MAGIC_V2 => (Some(48), RecordFormat::Positional),
+            magic if magic == MAGIC_V1 => (None, RecordFormat::Positional),
             _ => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
@@ -151,6 +163,7 @@ impl Segment {
             volume: uuid_at(24),
             seq: u64_at(40),
             first_epoch: first_epoch_at.map_or(0, u64_at),
+            format,
         };
         let len = file.metadata()?.len();
         let segment = Segment::new(identity.seq, path.to_path_buf(), file);
@@ -219,6 +232,7 @@ mod tests {
             volume: Uuid::new_v4(),
             seq,
             first_epoch,
+            format: RecordFormat::Sequenced,
         }
     }
 
