@@ -10,6 +10,7 @@ use common::{
     ALL_BACKENDS, Backend, TestStore, block_of, engine_options, new_volume, read_tags, write_tags,
 };
 use zeroblk::engine::{self, Durability, EngineError, Volume};
+use zeroblk::format::{Root, keys};
 
 const MIB: u64 = 1 << 20;
 
@@ -191,6 +192,81 @@ async fn rewrites_reuse_the_log_and_a_torn_one_leaves_the_other_copy() {
         "replay goes on past a torn record"
     );
     volume.close().await.unwrap();
+}
+
+/// Puts a root of `generation` into the store, as a killed writer's last
+/// request could land after its successor opened: the state of root 0,
+/// said to come from log `log_id` up to epoch 1.
+async fn land_a_late_root(store: &zeroblk::store::Store, generation: u64, log_id: uuid::Uuid) {
+    let first = keys::root("v", 0);
+    let bytes = store.get(&first).await.unwrap().unwrap();
+    let late = Root {
+        generation,
+        log_id,
+        log_epoch: 1,
+        ..Root::decode(&first, &bytes).unwrap()
+    };
+    store
+        .put(&keys::root("v", generation), late.encode().into())
+        .await
+        .unwrap();
+}
+
+/// The id of the write-back log under `cache`.
+fn log_id(cache: &std::path::Path) -> uuid::Uuid {
+    let manifest = walk(cache)
+        .into_iter()
+        .find(|p| p.file_name().is_some_and(|n| n == "log.json"))
+        .expect("a log manifest");
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(manifest).unwrap()).unwrap();
+    json["log_id"].as_str().unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_late_commit_from_this_log_is_built_on_and_one_from_another_fences() {
+    let store = TestStore::new(Backend::File);
+    engine::create(&store.store, &new_volume("v", 16 * MIB, 64 << 10))
+        .await
+        .unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let mut options = engine_options(cache.path());
+    options.commit_interval = Duration::from_secs(3600);
+    let volume = Volume::open(&store.store, "v", options.clone())
+        .await
+        .unwrap();
+    write_tags(&volume, 0, &[1, 2]).await;
+    volume.flush().await.unwrap();
+    volume.crash(false, 0).await;
+
+    let volume = Volume::open(&store.reopen(), "v", options.clone())
+        .await
+        .unwrap();
+    land_a_late_root(&store.store, 1, log_id(cache.path())).await;
+    write_tags(&volume, 5, &[9]).await;
+    volume
+        .close()
+        .await
+        .expect("not fenced by its own late commit");
+    assert_eq!(
+        engine::info(&store.store, "v").await.unwrap().generation,
+        2,
+        "committed on top of it"
+    );
+    drop(volume);
+
+    let fresh = tempfile::tempdir().unwrap();
+    let volume = Volume::open(&store.reopen(), "v", engine_options(fresh.path()))
+        .await
+        .unwrap();
+    assert_eq!(read_tags(&volume, 0, 6).await, [1, 2, 0, 0, 0, 9]);
+    land_a_late_root(&store.store, 3, uuid::Uuid::new_v4()).await;
+    write_tags(&volume, 7, &[4]).await;
+    let error = volume.close().await.unwrap_err();
+    assert!(
+        matches!(error, EngineError::Fenced { .. } | EngineError::Stopped(_)),
+        "a root from another log means another writer: {error:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

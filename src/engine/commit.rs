@@ -48,10 +48,10 @@ impl Shared {
             self.wait_for(&self.durable, last.id).await?;
         }
         let started = std::time::Instant::now();
-        let next = self
+        let mut next = self
             .build_generation(&view.map, &epochs, pending_size)
             .await?;
-        self.publish_root(&next).await?;
+        self.publish_root(&mut next).await?;
         let generation = next.generation;
         let log_bytes: u64 = epochs.iter().map(|e| e.end() - e.start).sum();
         self.install(next, &epochs).await;
@@ -237,30 +237,43 @@ impl Shared {
     }
 
     /// Writes the root: the commit point. A root of this generation that
-    /// is already there is ours only if it says what ours says (a retried
-    /// PUT whose first reply was lost); anything else means another writer
-    /// committed, and this one is fenced out.
-    async fn publish_root(&self, next: &Root) -> Result<()> {
+    /// is already there is ours if it says what ours says (a retried PUT
+    /// whose first reply was lost). One written from this same log, of no
+    /// later epoch, is a commit of this cache's writer from before a
+    /// restart that landed late (the store finished a request its killed
+    /// process had sent): this commit holds everything it did, since
+    /// commits only take epochs synced to the log and replay kept them, so
+    /// it goes on top, as the next generation. Anything else means another
+    /// writer committed, and this one is fenced out.
+    async fn publish_root(&self, next: &mut Root) -> Result<()> {
         self.lease
             .lock()
             .await
             .check(&self.store, &self.name)
             .await?;
-        let key = keys::root(&self.name, next.generation);
-        let created = self
-            .store
-            .put_if_absent(&key, Bytes::from(next.encode()))
-            .await?;
-        if created == Created::AlreadyExists {
+        loop {
+            let key = keys::root(&self.name, next.generation);
+            let created = self
+                .store
+                .put_if_absent(&key, Bytes::from(next.encode()))
+                .await?;
+            if created == Created::Created {
+                break;
+            }
             let existing = self.store.get(&key).await?;
-            let ours = existing
-                .and_then(|bytes| Root::decode(&key, &bytes).ok())
-                .is_some_and(|found| same_commit(&found, next));
-            if !ours {
-                return Err(EngineError::Fenced {
-                    name: self.name.clone(),
-                    generation: next.generation,
-                });
+            let found = existing.and_then(|bytes| Root::decode(&key, &bytes).ok());
+            match found {
+                Some(found) if same_commit(&found, next) => break,
+                Some(found) if landed_late(&found, next) => {
+                    tracing::info!(volume = %self.name, generation = next.generation, "a commit from before this writer restarted landed late; committing on top of it");
+                    next.generation += 1;
+                }
+                _ => {
+                    return Err(EngineError::Fenced {
+                        name: self.name.clone(),
+                        generation: next.generation,
+                    });
+                }
             }
         }
         if let Err(error) = catalog::write_head(&self.store, &self.name, next.generation).await {
@@ -343,6 +356,15 @@ fn zero_chunks(
             }
         }
     }
+}
+
+/// Whether `found` was committed from the same log as `ours`, of epochs
+/// `ours` holds too.
+fn landed_late(found: &Root, ours: &Root) -> bool {
+    found.volume == ours.volume
+        && found.log_id == ours.log_id
+        && found.log_epoch <= ours.log_epoch
+        && found.size <= ours.size
 }
 
 fn same_commit(found: &Root, ours: &Root) -> bool {
