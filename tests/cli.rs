@@ -198,6 +198,31 @@ fn bad_input_gets_one_clear_line() {
 }
 
 #[test]
+fn a_reader_that_went_away_ends_the_output_quietly() {
+    let (zb, _dir) = Zeroblk::file();
+    zb.ok(&["volume", "create", "one", "--size", "16M"]);
+    // `zeroblk volume list | grep -q one`: the pipe closes before the
+    // output is written.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let output = Command::new(env!("CARGO_BIN_EXE_zeroblk"))
+        .args(["--store", &zb.store, "--cache-dir"])
+        .arg(zb.cache.path())
+        .args(["volume", "list"])
+        .env_remove("ZEROBLK_CONFIG")
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "exit {:?}: {stderr}",
+        output.status
+    );
+    assert!(stderr.is_empty(), "nothing on stderr: {stderr}");
+}
+
+#[test]
 fn the_config_file_sets_the_store() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("zeroblk.toml");

@@ -279,7 +279,7 @@ fn spawn_daemon(name: &str, dir: &std::path::Path) -> anyhow::Result<()> {
             log.display()
         );
     }
-    println!("{device}");
+    outln!("{device}");
     Ok(())
 }
 
@@ -299,9 +299,11 @@ pub async fn detach(target: &str) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    println!(
+    outln!(
         "detached {} ({}); everything is committed to {}",
-        record.name, record.device, record.store
+        record.name,
+        record.device,
+        record.store
     );
     Ok(())
 }
@@ -322,7 +324,7 @@ fn detach_dead(dir: &std::path::Path, record: &registry::AttachRecord) -> anyhow
         })?;
     }
     registry::remove(dir, &record.name);
-    println!(
+    outln!(
         "the daemon of {} (pid {}) had died (its log: {}); removed {}. Writes it acknowledged are in the cache's write-back log: `zeroblk attach {}` replays them",
         record.name,
         record.pid,
@@ -336,19 +338,25 @@ fn detach_dead(dir: &std::path::Path, record: &registry::AttachRecord) -> anyhow
 pub fn list(json: bool) -> anyhow::Result<()> {
     let records = registry::list(&registry::runtime_dir())?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&records)?);
+        outln!("{}", serde_json::to_string_pretty(&records)?);
         return Ok(());
     }
     if records.is_empty() {
-        println!("nothing attached; attach a volume with `zeroblk attach NAME --size 100G`");
+        outln!("nothing attached; attach a volume with `zeroblk attach NAME --size 100G`");
         return Ok(());
     }
-    println!(
+    outln!(
         "{:<20} {:<14} {:>8} {:>8} {:<10} {:<9} {:<24} STORE",
-        "NAME", "DEVICE", "SIZE", "PID", "TRANSPORT", "STATE", "MOUNT"
+        "NAME",
+        "DEVICE",
+        "SIZE",
+        "PID",
+        "TRANSPORT",
+        "STATE",
+        "MOUNT"
     );
     for r in records {
-        println!(
+        outln!(
             "{:<20} {:<14} {:>8} {:>8} {:<10} {:<9} {:<24} {}",
             r.name,
             r.device,

@@ -1,6 +1,16 @@
 //! The command line: the only user of clap, and the only place errors
 //! become `anyhow` (one line on stderr, a non-zero exit).
 
+/// `println!` for command output: a reader that went away (`zeroblk
+/// snapshot list | grep -q one`) costs the rest of the output, never a
+/// panic, and never stops a daemon that happens to print.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        $crate::cli::stdout_result(writeln!(std::io::stdout().lock(), $($arg)*));
+    }};
+}
+
 mod attach;
 mod provision;
 mod serve;
@@ -89,6 +99,17 @@ pub enum Command {
     /// Run by the attach daemon, in the host's mount namespace
     #[command(subcommand, hide = true)]
     ProvisionHook(provision::HookCommand),
+}
+
+/// What [`outln!`] does with a failed write to stdout: nothing when the
+/// reader left (a closed pipe); one warning on stderr otherwise.
+pub(crate) fn stdout_result(result: std::io::Result<()>) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    if let Err(error) = result
+        && error.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        WARNED.call_once(|| eprintln!("zeroblk: cannot write the output: {error}"));
+    }
 }
 
 /// Runs the command line and turns the outcome into an exit status.

@@ -158,22 +158,23 @@ pub fn snapshot(command: SnapshotCommand) -> anyhow::Result<()> {
             let mount = mount_point(&target)?;
             let taken =
                 snapshot::create(&mount, &subvolume, label.as_deref(), writable, Utc::now())?;
-            println!("{}", taken.path.display());
+            outln!("{}", taken.path.display());
         }
         SnapshotCommand::List { target, json } => list_snapshots(targets(target)?, json)?,
         SnapshotCommand::Delete { target, snapshots } => {
             let mount = mount_point(&target)?;
             for name in snapshots {
                 snapshot::delete(&mount, &name)?;
-                println!("deleted {name}");
+                outln!("deleted {name}");
             }
         }
         SnapshotCommand::Rollback { target, snapshot } => {
             let mount = mount_point(&target)?;
             let kept = snapshot::rollback(&mount, &snapshot, Utc::now())?;
-            println!(
+            outln!(
                 "rolled {} back to {snapshot}; what it held is kept as {}",
-                kept.subvolume, kept.name
+                kept.subvolume,
+                kept.name
             );
         }
         SnapshotCommand::Prune {
@@ -208,22 +209,26 @@ fn list_snapshots(targets: Vec<(String, PathBuf)>, json: bool) -> anyhow::Result
         all.insert(name, snapshot::list(&mount)?);
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&all)?);
+        outln!("{}", serde_json::to_string_pretty(&all)?);
         return Ok(());
     }
     if all.is_empty() {
-        println!(
+        outln!(
             "no provisioned volume is attached here: name a mount point, or attach one with `zeroblk attach NAME --mount-point DIR`"
         );
         return Ok(());
     }
-    println!(
+    outln!(
         "{:<16} {:<48} {:<12} {:<20} {:<4} LABEL",
-        "VOLUME", "SNAPSHOT", "SUBVOLUME", "CREATED (UTC)", "RO"
+        "VOLUME",
+        "SNAPSHOT",
+        "SUBVOLUME",
+        "CREATED (UTC)",
+        "RO"
     );
     for (volume, snapshots) in all {
         for s in snapshots {
-            println!(
+            outln!(
                 "{:<16} {:<48} {:<12} {:<20} {:<4} {}",
                 volume,
                 s.name,
@@ -247,12 +252,12 @@ fn prune_snapshots(mount: &Path, retention: &Retention, dry_run: bool) -> anyhow
         let kept = prune::keep(&times, retention);
         for (index, s) in snapshots.iter().enumerate() {
             if kept.contains(&index) {
-                println!("keep   {}", s.name);
+                outln!("keep   {}", s.name);
             } else if dry_run {
-                println!("delete {} (dry run)", s.name);
+                outln!("delete {} (dry run)", s.name);
             } else {
                 match snapshot::delete(mount, &s.name) {
-                    Ok(()) => println!("delete {}", s.name),
+                    Ok(()) => outln!("delete {}", s.name),
                     // Another prune got there first.
                     Err(_) if !s.path.exists() => {}
                     Err(error) => return Err(error.into()),
@@ -280,23 +285,26 @@ pub fn quota(command: QuotaCommand) -> anyhow::Result<()> {
                 ),
             };
             quota::set(&mount, &subvolume, bytes)?;
-            println!("{subvolume} of {target}: limit {limit}");
+            outln!("{subvolume} of {target}: limit {limit}");
         }
         QuotaCommand::Show { target, json } => {
             let rows = quota::show(&mount_point(&target)?)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                outln!("{}", serde_json::to_string_pretty(&rows)?);
             } else if rows.is_empty() {
-                println!(
+                outln!(
                     "quotas are off: `zeroblk quota set {target} --subvolume @home 50G` turns them on"
                 );
             } else {
-                println!(
+                outln!(
                     "{:<32} {:>10} {:>10} {:>10}",
-                    "SUBVOLUME", "REFERENCED", "EXCLUSIVE", "LIMIT"
+                    "SUBVOLUME",
+                    "REFERENCED",
+                    "EXCLUSIVE",
+                    "LIMIT"
                 );
                 for row in rows {
-                    println!(
+                    outln!(
                         "{:<32} {:>10} {:>10} {:>10}",
                         row.subvolume,
                         ByteSize(row.referenced).to_string(),

@@ -71,7 +71,7 @@ pub async fn run(command: VolumeCommand, settings: &Settings) -> anyhow::Result<
                 compression,
             };
             let superblock = engine::create(&store, &new).await?;
-            println!(
+            outln!(
                 "created volume {name}: {size}, {chunk_size} chunks, {compression}, in {} (uuid {})",
                 store.url(),
                 superblock.uuid
@@ -83,7 +83,7 @@ pub async fn run(command: VolumeCommand, settings: &Settings) -> anyhow::Result<
                 volumes.push(engine::info(&store, &name).await?);
             }
             if json {
-                println!("{}", serde_json::to_string_pretty(&volumes)?);
+                outln!("{}", serde_json::to_string_pretty(&volumes)?);
             } else {
                 print_list(&volumes);
             }
@@ -96,10 +96,10 @@ pub async fn run(command: VolumeCommand, settings: &Settings) -> anyhow::Result<
                 value["store"] = store.url().into();
                 value["fencing"] = serde_json::to_value(fencing)?;
                 value["requests"] = serde_json::to_value(store.counters())?;
-                println!("{}", serde_json::to_string_pretty(&value)?);
+                outln!("{}", serde_json::to_string_pretty(&value)?);
             } else {
                 print_info(&info);
-                println!(
+                outln!(
                     "store:       {} (fencing: {})",
                     store.url(),
                     serde_json::to_value(fencing)?.as_str().unwrap_or("?")
@@ -108,17 +108,17 @@ pub async fn run(command: VolumeCommand, settings: &Settings) -> anyhow::Result<
         }
         VolumeCommand::Delete { name } => {
             engine::delete_unused(&store, &name, &settings.cache_dir).await?;
-            println!("deleted volume {name}; `zeroblk gc` frees chunks no volume uses");
+            outln!("deleted volume {name}; `zeroblk gc` frees chunks no volume uses");
         }
         VolumeCommand::Verify { name, json } => {
             let report = engine::verify(&store, &name).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                outln!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 for bad in &report.bad {
-                    println!("BAD {}: {}", bad.key, bad.problem);
+                    outln!("BAD {}: {}", bad.key, bad.problem);
                 }
-                println!(
+                outln!(
                     "volume {name}, generation {}: {} pages and {} chunks ({}) checked, {} bad",
                     report.generation,
                     report.pages,
@@ -138,7 +138,7 @@ pub async fn run(command: VolumeCommand, settings: &Settings) -> anyhow::Result<
             let before = volume.size();
             volume.resize(size.bytes()).await?;
             volume.close().await?;
-            println!("volume {name}: {} -> {size}", ByteSize(before));
+            outln!("volume {name}: {} -> {size}", ByteSize(before));
         }
     }
     Ok(())
@@ -154,11 +154,11 @@ pub async fn gc(
     let store = settings.open_store()?;
     let report = engine::collect_garbage(&store, engine::GcOptions { grace, dry_run }).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
     let verb = if dry_run { "would free" } else { "freed" };
-    println!(
+    outln!(
         "{verb} {} in {} chunks, {} map pages and {} old roots, across {} volumes; {} chunks and {} pages are in use",
         human(report.bytes_freed),
         report.chunks_deleted,
@@ -173,15 +173,20 @@ pub async fn gc(
 
 fn print_list(volumes: &[VolumeInfo]) {
     if volumes.is_empty() {
-        println!("no volumes; create one with `zeroblk volume create NAME --size 100G`");
+        outln!("no volumes; create one with `zeroblk volume create NAME --size 100G`");
         return;
     }
-    println!(
+    outln!(
         "{:<24} {:>10} {:>8} {:>12} {:>12} {:>10}",
-        "NAME", "SIZE", "CHUNK", "ALLOCATED", "STORED", "GENERATION"
+        "NAME",
+        "SIZE",
+        "CHUNK",
+        "ALLOCATED",
+        "STORED",
+        "GENERATION"
     );
     for v in volumes {
-        println!(
+        outln!(
             "{:<24} {:>10} {:>8} {:>12} {:>12} {:>10}",
             v.name,
             ByteSize(v.size).to_string(),
@@ -195,23 +200,23 @@ fn print_list(volumes: &[VolumeInfo]) {
 
 fn print_info(v: &VolumeInfo) {
     let committed = UNIX_EPOCH + Duration::from_millis(v.committed_at_ms);
-    println!("name:        {}", v.name);
-    println!("uuid:        {}", v.uuid);
-    println!("size:        {} ({} bytes)", ByteSize(v.size), v.size);
-    println!("chunk size:  {}", ByteSize(v.chunk_size));
-    println!("compression: {}", v.compression);
-    println!("format:      version {}", v.format_version);
-    println!(
+    outln!("name:        {}", v.name);
+    outln!("uuid:        {}", v.uuid);
+    outln!("size:        {} ({} bytes)", ByteSize(v.size), v.size);
+    outln!("chunk size:  {}", ByteSize(v.chunk_size));
+    outln!("compression: {}", v.compression);
+    outln!("format:      version {}", v.format_version);
+    outln!(
         "generation:  {} (committed {})",
         v.generation,
         humantime::format_rfc3339_seconds(committed)
     );
-    println!(
+    outln!(
         "allocated:   {} ({} bytes)",
         human(v.allocated_bytes),
         v.allocated_bytes
     );
-    println!(
+    outln!(
         "stored:      {} ({} bytes)",
         human(v.stored_bytes),
         v.stored_bytes
