@@ -12,8 +12,9 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 need_cargo
-# libublk generates its kernel bindings with bindgen, which needs libclang.
-need_apt pkg-config libclang-dev
+# libublk generates its kernel bindings with bindgen, which needs libclang;
+# jemalloc (the binary's allocator) builds with make.
+need_apt pkg-config libclang-dev make
 say "building zeroblk (release)"
 cargo build --release --quiet
 zeroblk=target/release/zeroblk

@@ -10,8 +10,9 @@ cd "$(dirname "$0")/.."
 need_cargo
 # Real NBD clients: nbdinfo/nbdcopy (libnbd-bin), libnbd's Python module
 # (python3-libnbd), qemu-img (qemu-utils) and fio.
-# libublk generates its kernel bindings with bindgen, which needs libclang.
-need_apt pkg-config libclang-dev
+# libublk generates its kernel bindings with bindgen, which needs libclang;
+# jemalloc (the binary's allocator) builds with make.
+need_apt pkg-config libclang-dev make
 need_qemu
 need_apt python3-pip libnbd-bin python3-libnbd fio
 need_pip moto_server 'moto[server]'
