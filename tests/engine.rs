@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::{
     ALL_BACKENDS, Backend, TestStore, block_of, engine_options, new_volume, read_tags, write_tags,
 };
-use zeroblk::engine::{self, Durability, EngineError, Volume};
+use zeroblk::engine::{self, Durability, EngineError, EngineOptions, Volume};
 use zeroblk::format::{Root, keys};
 
 const MIB: u64 = 1 << 20;
@@ -139,8 +139,9 @@ fn tear_log_block(dir: &std::path::Path, tag: u64) {
     panic!("no log block holds tag {tag}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn rewrites_reuse_the_log_and_a_torn_one_leaves_the_other_copy() {
+/// A 16 MiB volume "v" of 64 KiB chunks on a local directory, open with
+/// commits only at close: what is written to it stays in its log.
+async fn uncommitted_volume() -> (TestStore, tempfile::TempDir, EngineOptions, Volume) {
     let store = TestStore::new(Backend::File);
     engine::create(&store.store, &new_volume("v", 16 * MIB, 64 << 10))
         .await
@@ -151,6 +152,12 @@ async fn rewrites_reuse_the_log_and_a_torn_one_leaves_the_other_copy() {
     let volume = Volume::open(&store.store, "v", options.clone())
         .await
         .unwrap();
+    (store, cache, options, volume)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rewrites_reuse_the_log_and_a_torn_one_leaves_the_other_copy() {
+    let (store, cache, options, volume) = uncommitted_volume().await;
     // One 64 KiB extent written in four passes, then a small write after.
     let pass = |n: u64| (0..16).map(|i| n * 100 + i).collect::<Vec<u64>>();
     write_tags(&volume, 32, &pass(1)).await;
@@ -225,16 +232,7 @@ fn log_id(cache: &std::path::Path) -> uuid::Uuid {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_late_commit_from_this_log_is_built_on_and_one_from_another_fences() {
-    let store = TestStore::new(Backend::File);
-    engine::create(&store.store, &new_volume("v", 16 * MIB, 64 << 10))
-        .await
-        .unwrap();
-    let cache = tempfile::tempdir().unwrap();
-    let mut options = engine_options(cache.path());
-    options.commit_interval = Duration::from_secs(3600);
-    let volume = Volume::open(&store.store, "v", options.clone())
-        .await
-        .unwrap();
+    let (store, cache, options, volume) = uncommitted_volume().await;
     write_tags(&volume, 0, &[1, 2]).await;
     volume.flush().await.unwrap();
     volume.crash(false, 0).await;
