@@ -61,6 +61,16 @@ impl ChunkCache {
         }
     }
 
+    /// The chunk `id` if it is in memory: the fast path, whose future is
+    /// small (callers box the slower [`ChunkCache::get_or_fetch`]).
+    pub async fn get_from_memory(&self, id: &ObjectId) -> Option<Bytes> {
+        let hit = self.memory.get(id).await;
+        if hit.is_some() {
+            self.counts.memory_hits.fetch_add(1, Relaxed);
+        }
+        hit
+    }
+
     /// The chunk `id` from memory, else disk, else `fetch` (which must
     /// return verified bytes); what was fetched fills both tiers.
     pub async fn get_or_fetch<E, F>(&self, id: ObjectId, fetch: F) -> Result<Bytes, Arc<E>>
@@ -68,8 +78,7 @@ impl ChunkCache {
         F: Future<Output = Result<Bytes, E>>,
         E: Send + Sync + 'static,
     {
-        if let Some(hit) = self.memory.get(&id).await {
-            self.counts.memory_hits.fetch_add(1, Relaxed);
+        if let Some(hit) = self.get_from_memory(&id).await {
             return Ok(hit);
         }
         self.counts.memory_misses.fetch_add(1, Relaxed);
@@ -152,6 +161,17 @@ mod tests {
             assert_eq!(reader.unwrap(), data);
         }
         assert_eq!(fetches.load(Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn memory_lookups_see_only_what_was_fetched_or_inserted() {
+        let cache = ChunkCache::new(1 << 20, None);
+        let data = Bytes::from(vec![4u8; 4096]);
+        let id = ObjectId::of(&data);
+        assert_eq!(cache.get_from_memory(&id).await, None);
+        cache.insert(id, data.clone()).await;
+        assert_eq!(cache.get_from_memory(&id).await, Some(data));
+        assert_eq!(cache.counters().memory_hits, 1);
     }
 
     /// A cache of 1 MiB in memory and 1 MiB on disk in `dir`.

@@ -50,8 +50,16 @@ impl Pages {
         if slot.is_empty() {
             return Ok(zero_page());
         }
-        let id = slot.id;
-        let generation = root.generation;
+        if let Some(page) = self.cache.get(&slot.id).await {
+            return Ok(page);
+        }
+        // Boxed: a store request makes a future of kilobytes, which every
+        // read would move around even when the page is cached.
+        Box::pin(self.load(slot.id, root.generation)).await
+    }
+
+    /// Fetches and decodes page `id`, once however many readers ask.
+    async fn load(&self, id: ObjectId, generation: u64) -> Result<Arc<MapPage>> {
         self.cache
             .get_or_load(id, async move {
                 let key = keys::page(&id);

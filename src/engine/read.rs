@@ -322,6 +322,16 @@ impl Shared {
 
     /// A chunk's bytes from the caches, else from the store (verified).
     pub async fn load_chunk(&self, entry: ChunkRef, generation: u64) -> Result<Bytes> {
+        if let Some(hit) = self.chunks.get_from_memory(&entry.id).await {
+            return Ok(hit);
+        }
+        // Boxed: a store request makes a future of kilobytes, which every
+        // read would move around even when the chunk is in memory.
+        Box::pin(self.fetch_chunk(entry, generation)).await
+    }
+
+    /// A chunk missing from memory: from disk, else from the store.
+    async fn fetch_chunk(&self, entry: ChunkRef, generation: u64) -> Result<Bytes> {
         let id = entry.id;
         self.chunks
             .get_or_fetch(id, async move {
