@@ -16,8 +16,11 @@ const NOW: GcOptions = GcOptions {
 };
 
 async fn object_count(store: &TestStore) -> usize {
-    store.store.list_keys("chunks/").await.unwrap().len()
-        + store.store.list_keys("pages/").await.unwrap().len()
+    let mut count = 0;
+    for prefix in ["chunks/", "packs/", "pages/"] {
+        count += store.store.list_keys(prefix).await.unwrap().len();
+    }
+    count
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -53,7 +56,10 @@ async fn gc_frees_what_no_volume_references_and_nothing_else() {
         )
         .await
         .unwrap();
-        assert!(dry.chunks_deleted >= 3, "a's old chunks and c's: {dry:?}");
+        assert!(
+            dry.chunks_deleted + dry.packs_deleted >= 2,
+            "a's old chunks and c's: {dry:?}"
+        );
         assert!(dry.roots_deleted >= 1, "{dry:?}");
         assert_eq!(
             object_count(&store).await,
@@ -71,17 +77,18 @@ async fn gc_frees_what_no_volume_references_and_nothing_else() {
         .await
         .unwrap();
         assert_eq!(
-            young.chunks_deleted + young.pages_deleted,
+            young.chunks_deleted + young.packs_deleted + young.pages_deleted,
             0,
             "the grace period spares young objects"
         );
 
         let report = engine::collect_garbage(&store.store, NOW).await.unwrap();
         assert_eq!(report.chunks_deleted, dry.chunks_deleted);
+        assert_eq!(report.packs_deleted, dry.packs_deleted);
         assert!(report.bytes_freed > 0);
         assert_eq!(
             object_count(&store).await as u64,
-            before as u64 - report.chunks_deleted - report.pages_deleted
+            before as u64 - report.chunks_deleted - report.packs_deleted - report.pages_deleted
         );
         assert_eq!(
             engine::collect_garbage(&store.store, NOW)

@@ -43,6 +43,11 @@ where
         self.inner.get(key).await
     }
 
+    /// Whether `key` is cached (not merely being loaded).
+    pub fn contains(&self, key: &K) -> bool {
+        self.inner.contains_key(key)
+    }
+
     pub async fn insert(&self, key: K, value: V) {
         self.inner.insert(key, value).await;
     }

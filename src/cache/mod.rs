@@ -71,6 +71,11 @@ impl ChunkCache {
         hit
     }
 
+    /// Whether the chunk `id` is in memory (not counted as a hit or miss).
+    pub fn in_memory(&self, id: &ObjectId) -> bool {
+        self.memory.contains(id)
+    }
+
     /// The chunk `id` from memory, else disk, else `fetch` (which must
     /// return verified bytes); what was fetched fills both tiers.
     pub async fn get_or_fetch<E, F>(&self, id: ObjectId, fetch: F) -> Result<Bytes, Arc<E>>

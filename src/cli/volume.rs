@@ -159,13 +159,16 @@ pub async fn gc(
     }
     let verb = if dry_run { "would free" } else { "freed" };
     outln!(
-        "{verb} {} in {} chunks, {} map pages and {} old roots, across {} volumes; {} chunks and {} pages are in use",
+        "{verb} {} in {} chunks, {} packs ({} more split, being mostly garbage), {} map pages and {} old roots, across {} volumes; {} chunks in {} packs or on their own, and {} pages, are in use",
         human(report.bytes_freed),
         report.chunks_deleted,
+        report.packs_deleted,
+        report.packs_split,
         report.pages_deleted,
         report.roots_deleted,
         report.volumes,
         report.chunks_kept,
+        report.packs_kept,
         report.pages_kept
     );
     Ok(())

@@ -3,9 +3,10 @@
 //! A commit takes every sealed epoch at once, oldest to newest, so the
 //! generation it writes is the device's state at the newest one's seal: a
 //! flush point, never a mix. It uploads the changed chunks (read-modify-
-//! write for partly changed ones), then the changed map pages, then the
-//! root with create-if-absent. Only after the root is in does it swap the
-//! view (new map, fewer epochs) and retire log segments nothing needs.
+//! write for partly changed ones), in volume order, in packs (a lone new
+//! chunk as its own object), then the changed map pages, then the root
+//! with create-if-absent. Only after the root is in does it swap the view
+//! (new map, fewer epochs) and retire log segments nothing needs.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt, stream};
+use tokio::task::JoinSet;
 
 use super::catalog;
 use super::epoch::Epoch;
@@ -21,10 +23,29 @@ use super::map::page_of;
 use super::resolve::{self, Run};
 use super::volume::{Shared, View};
 use crate::format::{
-    self, BLOCK_SIZE, ChunkRef, MapPage, PAGE_ENTRIES, PageSlot, Root, keys,
+    self, BLOCK_SIZE, ChunkRef, EncodedChunk, MapPage, PAGE_ENTRIES, PageSlot, Root, keys,
+    pack::PackBuilder,
     root::{now_ms, page_count},
 };
 use crate::store::Created;
+
+/// Pack uploads in flight at once during a commit.
+pub(super) const PACKS_IN_FLIGHT: usize = 4;
+
+/// A chunk as a commit built it.
+enum Built {
+    /// Its map entry is settled: zeroes, or the object it had before.
+    Settled(ChunkRef),
+    /// New bytes, to be stored.
+    New(EncodedChunk),
+}
+
+/// The new chunks of a pack being filled, and their indexes in the volume.
+#[derive(Default)]
+struct Packing {
+    chunks: Vec<u64>,
+    pack: PackBuilder,
+}
 
 /// What a commit changes in one map page.
 #[derive(Default)]
@@ -85,18 +106,11 @@ impl Shared {
             .iter()
             .flat_map(|e| e.overlay.touched_chunks())
             .collect();
-        let concurrency = self.options.upload_concurrency;
-        let chunks: Vec<(u64, ChunkRef)> = stream::iter(touched)
-            .map(|chunk| async move {
-                Ok::<_, EngineError>((chunk, self.build_chunk(base, epochs, chunk).await?))
-            })
-            .buffer_unordered(concurrency)
-            .try_collect()
-            .await?;
-        for (chunk, entry) in chunks {
+        for (chunk, entry) in self.store_chunks(base, epochs, touched).await? {
             let (page, slot) = page_of(chunk);
             edits.entry(page).or_default().slots.insert(slot, entry);
         }
+        let concurrency = self.options.upload_concurrency;
         let pages: Vec<(usize, PageSlot)> = stream::iter(edits)
             .map(|(page, edit)| async move {
                 Ok::<_, EngineError>((page, self.build_page(base, page, edit).await?))
@@ -110,18 +124,80 @@ impl Shared {
         Ok(next)
     }
 
-    /// The new content of `chunk` after `epochs`, uploaded if it changed.
-    async fn build_chunk(
-        &self,
-        base: &Root,
+    /// Builds the `touched` chunks and stores the new ones, in volume
+    /// order, so that a sequential reader finds neighbours in one pack.
+    /// Returns every touched chunk's map entry.
+    async fn store_chunks(
+        self: &Arc<Self>,
+        base: &Arc<Root>,
         epochs: &[Arc<Epoch>],
-        chunk: u64,
-    ) -> Result<ChunkRef> {
+        touched: BTreeSet<u64>,
+    ) -> Result<Entries> {
+        let mut built = std::pin::pin!(
+            stream::iter(touched)
+                .map(|chunk| async move {
+                    Ok::<_, EngineError>((chunk, self.build_chunk(base, epochs, chunk).await?))
+                })
+                .buffered(self.options.upload_concurrency)
+        );
+        let mut entries = Vec::new();
+        let mut packing = Packing::default();
+        let mut uploads = JoinSet::new();
+        while let Some((chunk, built)) = built.try_next().await? {
+            match built {
+                Built::Settled(entry) => entries.push((chunk, entry)),
+                Built::New(encoded) => {
+                    packing.chunks.push(chunk);
+                    packing.pack.push(encoded);
+                }
+            }
+            if packing.pack.is_full() {
+                if uploads.len() >= PACKS_IN_FLIGHT {
+                    entries.extend(joined(uploads.join_next().await)?);
+                }
+                uploads.spawn(Arc::clone(self).store_pack(std::mem::take(&mut packing)));
+            }
+        }
+        if !packing.pack.is_empty() {
+            uploads.spawn(Arc::clone(self).store_pack(packing));
+        }
+        while let Some(done) = uploads.join_next().await {
+            entries.extend(joined(Some(done))?);
+        }
+        Ok(entries)
+    }
+
+    /// Uploads a pack, or a lone chunk as its own object (which any other
+    /// volume holding the same bytes shares).
+    async fn store_pack(self: Arc<Self>, packing: Packing) -> Result<Entries> {
+        let pack = packing.pack.finish();
+        let refs = match pack.refs.as_slice() {
+            [lone] => {
+                // A chunk already stored (by any volume) holds the same
+                // bytes: writing it again is harmless, and renews its age,
+                // so that `zeroblk gc` (which spares young objects) cannot
+                // take it before the root that references it lands.
+                let object = pack.parts.into_iter().next().expect("one part");
+                self.store.put(&keys::chunk(&lone.id), object).await?;
+                vec![ChunkRef::own(lone.id, lone.stored_len)]
+            }
+            _ => {
+                self.store
+                    .put_parts(&keys::pack(&pack.id), pack.parts)
+                    .await?;
+                pack.refs
+            }
+        };
+        Ok(packing.chunks.into_iter().zip(refs).collect())
+    }
+
+    /// The new content of `chunk` after `epochs`.
+    async fn build_chunk(&self, base: &Root, epochs: &[Arc<Epoch>], chunk: u64) -> Result<Built> {
         let blocks = (base.chunk_size / BLOCK_SIZE) as usize;
         let sources = resolve::resolve(epochs.iter().rev(), chunk, 0..blocks);
         let runs = resolve::runs(&sources);
         if let [Run::Zero(_)] = runs.as_slice() {
-            return Ok(ChunkRef::ZERO);
+            return Ok(Built::Settled(ChunkRef::ZERO));
         }
         let old = self.pages.lookup(base, chunk).await?;
         let old_data = match runs.iter().any(|r| matches!(r, Run::Base(_))) && !old.is_zero() {
@@ -176,23 +252,13 @@ impl Shared {
         .await
         .expect("chunk encoding does not panic")?;
         let Some((encoded, data)) = built else {
-            return Ok(ChunkRef::ZERO);
+            return Ok(Built::Settled(ChunkRef::ZERO));
         };
-        let entry = ChunkRef {
-            id: encoded.id,
-            stored_len: encoded.object.len() as u32,
-        };
-        if entry.id != old.id {
-            // A chunk already stored (by any volume) holds the same bytes:
-            // writing it again is harmless, and renews its age, so that
-            // `zeroblk gc` (which spares young objects) cannot take it
-            // before the root that references it lands.
-            self.store
-                .put(&keys::chunk(&entry.id), encoded.object)
-                .await?;
+        self.chunks.insert(encoded.id, Bytes::from(data)).await;
+        if encoded.id == old.id {
+            return Ok(Built::Settled(old));
         }
-        self.chunks.insert(entry.id, Bytes::from(data)).await;
-        Ok(entry)
+        Ok(Built::New(encoded))
     }
 
     /// Applies an edit to a page and uploads the result.
@@ -325,6 +391,19 @@ impl Shared {
                 *committed = (*committed).max(newest);
             }
         });
+    }
+}
+
+/// Chunks and the map entries a commit gives them.
+type Entries = Vec<(u64, ChunkRef)>;
+
+/// The entries of a finished pack upload (`None`: there was none).
+fn joined(
+    done: Option<std::result::Result<Result<Entries>, tokio::task::JoinError>>,
+) -> Result<Entries> {
+    match done {
+        None => Ok(Vec::new()),
+        Some(done) => done.expect("pack uploads do not panic"),
     }
 }
 

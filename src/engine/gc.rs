@@ -1,9 +1,17 @@
 //! `zeroblk gc`: deletes what no volume needs any more.
 //!
 //! What it keeps, for every volume in the store: the newest root, and every
-//! root younger than the grace period; and every map page and chunk those
-//! roots reference. Everything else under `chunks/` and `pages/` goes once
-//! it is older than the grace period, as do the older roots.
+//! root younger than the grace period; and every map page, chunk and pack
+//! those roots reference. Everything else under `chunks/`, `packs/` and
+//! `pages/` goes once it is older than the grace period, as do the older
+//! roots.
+//!
+//! A pack that is mostly garbage (less than half of its bytes referenced)
+//! is split: each chunk still referenced is checked and stored as its own
+//! object, then the pack is deleted. Maps keep naming the pack, and readers
+//! that find it gone read the chunk's own object instead; so the map never
+//! needs rewriting, and a reader racing the split gets the same bytes
+//! either way.
 //!
 //! Why that is safe with writers running: a writer uploads a chunk or page
 //! (a plain put, which renews the age of one that exists already) before
@@ -13,7 +21,7 @@
 //! included: the default is an hour. A page that cannot be read stops the
 //! collection before anything is deleted: what it references is unknown.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime};
 
 use futures::{StreamExt, TryStreamExt};
@@ -21,7 +29,7 @@ use serde::Serialize;
 
 use super::catalog::{self, superblock};
 use super::error::{EngineError, Result};
-use crate::format::{ObjectId, Root, Superblock, keys, page::MapPage};
+use crate::format::{ChunkRef, ObjectId, Root, Superblock, chunk, keys, pack, page::MapPage};
 use crate::store::{ObjectInfo, Store};
 
 const CONCURRENCY: usize = 16;
@@ -43,16 +51,43 @@ pub struct GcReport {
     pub roots_deleted: u64,
     pub pages_deleted: u64,
     pub chunks_deleted: u64,
+    pub packs_deleted: u64,
+    /// Packs mostly garbage, whose live chunks became objects of their own.
+    pub packs_split: u64,
     pub bytes_freed: u64,
     pub pages_kept: u64,
     pub chunks_kept: u64,
+    pub packs_kept: u64,
 }
 
-/// The pages and chunks the kept roots reference.
+/// The pages, chunks and packs the kept roots reference.
 #[derive(Default)]
 struct Live {
     pages: HashSet<ObjectId>,
+    /// Every chunk, wherever it is stored.
     chunks: HashSet<ObjectId>,
+    /// The chunks referenced in each pack.
+    packs: HashMap<ObjectId, HashSet<ChunkRef>>,
+}
+
+impl Live {
+    fn add_chunk(&mut self, entry: ChunkRef) {
+        self.chunks.insert(entry.id);
+        if let Some(pack) = entry.pack() {
+            self.packs.entry(pack).or_default().insert(entry);
+        }
+    }
+
+    /// The live chunks of the pack at `key`, if any.
+    fn in_pack(&self, key: &str) -> Option<&HashSet<ChunkRef>> {
+        self.packs.get(&id_of(key)?)
+    }
+}
+
+/// Whether less than half of a pack of `size` bytes holds `live` chunks.
+fn mostly_garbage(size: u64, live: &HashSet<ChunkRef>) -> bool {
+    let live_bytes: u64 = live.iter().map(|e| u64::from(e.stored_len)).sum();
+    live_bytes * 2 < size
 }
 
 /// Collects garbage in the whole store.
@@ -86,6 +121,7 @@ pub async fn collect(store: &Store, options: GcOptions) -> Result<GcReport> {
     }
     let pages = store.list_objects("pages/").await?;
     let chunks = store.list_objects("chunks/").await?;
+    let packs = store.list_objects("packs/").await?;
     let dead_pages: Vec<_> = pages
         .into_iter()
         .filter(|o| !is_live(&o.key, &live.pages) && is_old(o))
@@ -94,17 +130,42 @@ pub async fn collect(store: &Store, options: GcOptions) -> Result<GcReport> {
         .into_iter()
         .filter(|o| !is_live(&o.key, &live.chunks) && is_old(o))
         .collect();
+    let (mut dead_packs, mut to_split) = (Vec::new(), Vec::new());
+    for pack in packs.into_iter().filter(is_old) {
+        match live.in_pack(&pack.key) {
+            None if id_of(&pack.key).is_some() => dead_packs.push(pack),
+            Some(chunks) if mostly_garbage(pack.size, chunks) => to_split.push(pack),
+            _ => {}
+        }
+    }
     report.pages_kept = live.pages.len() as u64;
     report.chunks_kept = live.chunks.len() as u64;
+    report.packs_kept = (live.packs.len() - to_split.len()) as u64;
     report.roots_deleted = old_roots.len() as u64;
     report.pages_deleted = dead_pages.len() as u64;
     report.chunks_deleted = dead_chunks.len() as u64;
+    report.packs_deleted = dead_packs.len() as u64;
+    report.packs_split = to_split.len() as u64;
+    let split_out: u64 = to_split
+        .iter()
+        .flat_map(|pack| live.in_pack(&pack.key).into_iter().flatten())
+        .map(|entry| u64::from(entry.stored_len))
+        .sum();
+    if !options.dry_run {
+        futures::stream::iter(&to_split)
+            .map(|pack| split(store, pack, live.in_pack(&pack.key).expect("live")))
+            .buffer_unordered(CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
+    }
     let all_dead: Vec<ObjectInfo> = old_roots
         .into_iter()
         .chain(dead_pages)
         .chain(dead_chunks)
+        .chain(dead_packs)
+        .chain(to_split)
         .collect();
-    report.bytes_freed = all_dead.iter().map(|o| o.size).sum();
+    report.bytes_freed = all_dead.iter().map(|o| o.size).sum::<u64>() - split_out;
     if !options.dry_run {
         futures::stream::iter(all_dead)
             .map(|object| async move { store.delete(&object.key).await })
@@ -115,24 +176,49 @@ pub async fn collect(store: &Store, options: GcOptions) -> Result<GcReport> {
     Ok(report)
 }
 
+/// Stores the `live` chunks of `pack` as objects of their own, each
+/// checked first: a damaged chunk stops the collection, so the pack stays.
+async fn split(store: &Store, pack: &ObjectInfo, live: &HashSet<ChunkRef>) -> Result<()> {
+    let Some(bytes) = store.get(&pack.key).await? else {
+        return Ok(()); // deleted since the listing
+    };
+    let objects = live
+        .iter()
+        .map(|entry| Ok((entry.id, pack::chunk_object(&bytes, 0, entry)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let objects = tokio::task::spawn_blocking(move || {
+        for (id, object) in &objects {
+            chunk::decode(*id, object)?;
+        }
+        Ok::<_, EngineError>(objects)
+    })
+    .await
+    .expect("chunk decoding does not panic")?;
+    futures::stream::iter(objects)
+        .map(|(id, object)| async move { store.put(&keys::chunk(&id), object).await })
+        .buffer_unordered(CONCURRENCY)
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(())
+}
+
 /// The generation a root's key names (`volumes/NAME/roots/GEN`).
 fn generation_of(key: &str) -> Option<u64> {
     key.rsplit('/').next()?.parse().ok()
 }
 
-/// Whether the object at `key` (`chunks/xx/HEX` or `pages/xx/HEX`) is in
-/// `live`. A key that names no object id is kept: gc deletes only what it
-/// understands.
+/// The object id a key ends in (`chunks/xx/HEX`, `packs/xx/HEX`,
+/// `pages/xx/HEX`), if it names one.
+fn id_of(key: &str) -> Option<ObjectId> {
+    let hex = key.rsplit('/').next()?;
+    let bytes = hex::decode(hex).ok()?;
+    Some(ObjectId(bytes.try_into().ok()?))
+}
+
+/// Whether the object at `key` is in `live`. A key that names no object
+/// id is kept: gc deletes only what it understands.
 fn is_live(key: &str, live: &HashSet<ObjectId>) -> bool {
-    let id = key
-        .rsplit('/')
-        .next()
-        .and_then(|hex| hex::decode(hex).ok())
-        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok());
-    match id {
-        Some(id) => live.contains(&ObjectId(id)),
-        None => true,
-    }
+    id_of(key).is_none_or(|id| live.contains(&id))
 }
 
 /// Adds what the root at `key` references to `live`.
@@ -170,8 +256,9 @@ async fn mark_live(
         .await?;
     for (id, page) in pages {
         live.pages.insert(id);
-        live.chunks
-            .extend(page.entries().iter().filter(|e| !e.is_zero()).map(|e| e.id));
+        for entry in page.entries().iter().filter(|e| !e.is_zero()) {
+            live.add_chunk(*entry);
+        }
     }
     Ok(())
 }
@@ -195,5 +282,24 @@ mod tests {
             is_live("chunks/ab/not-an-id", &live),
             "unknown keys are kept"
         );
+        assert_eq!(id_of(&keys::pack(&id)), Some(id));
+    }
+
+    use crate::format::Place;
+
+    #[test]
+    fn a_pack_is_split_when_most_of_it_is_garbage() {
+        let entry = |len| ChunkRef {
+            id: ObjectId::of(&[len as u8]),
+            stored_len: len,
+            place: Place::Packed {
+                pack: ObjectId::NONE,
+                offset: 0,
+            },
+        };
+        let live: HashSet<_> = [entry(30), entry(19)].into();
+        assert!(mostly_garbage(100, &live));
+        let live: HashSet<_> = [entry(30), entry(20)].into();
+        assert!(!mostly_garbage(100, &live));
     }
 }

@@ -47,8 +47,8 @@
 //!
 //! # Layout
 //!
-//! `volume` (state, open, close), `write`, `read`, `flush`, `commit`,
-//! `uploader`; `epoch` and `overlay` (what changed, where in the log);
+//! `volume` (state, open, close), `write`, `read`, `fetch` (committed
+//! chunks from the store), `flush`, `commit`, `uploader`; `epoch` and `overlay` (what changed, where in the log);
 //! `rewrite` (reusing log space within the open epoch); `log` and `replay`
 //! (the write-back log); `map` (committed pages);
 //! `catalog` (volumes of a store).
@@ -57,6 +57,7 @@ mod catalog;
 mod commit;
 mod epoch;
 mod error;
+mod fetch;
 mod flush;
 mod gc;
 mod lease;

@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::commit::PACKS_IN_FLIGHT;
+use crate::format::pack::PACK_TARGET_BYTES;
+
 /// What a FLUSH (or a FUA write) waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -53,7 +56,8 @@ pub struct EngineOptions {
     /// How often written data is committed: at the first pause in the
     /// writes after this long, and at the latest after four times as long.
     pub commit_interval: Duration,
-    /// Chunk uploads and downloads in flight at once during a commit.
+    /// Chunks built at once during a commit (each may download the chunk's
+    /// older version first).
     pub upload_concurrency: usize,
     /// Chunks fetched ahead of a sequential reader.
     pub readahead_chunks: u64,
@@ -70,11 +74,14 @@ pub struct EngineOptions {
 impl EngineOptions {
     /// Of `memory_cache_bytes`, what the cache of decompressed chunks may
     /// hold. The rest is for chunks in flight, which the cache does not
-    /// see: a commit's raw and encoded chunks (two per upload in flight)
-    /// and read-ahead downloads. At least half goes to the cache.
+    /// see: a commit's chunks being built (raw and encoded), its packs
+    /// (the one filling and those uploading) and read-ahead downloads. At
+    /// least half goes to the cache.
     pub fn chunk_cache_bytes(&self, chunk_size: u64) -> u64 {
-        let in_flight =
+        let chunks =
             (2 * self.upload_concurrency as u64 + self.readahead_chunks).saturating_mul(chunk_size);
+        let packs = (PACKS_IN_FLIGHT as u64 + 1) * PACK_TARGET_BYTES as u64;
+        let in_flight = chunks.saturating_add(packs);
         self.memory_cache_bytes
             .saturating_sub(in_flight)
             .max(self.memory_cache_bytes / 2)
@@ -120,8 +127,9 @@ mod tests {
         let mut options = EngineOptions::new("/nonexistent");
         let mib = 1 << 20;
         options.memory_cache_bytes = 512 * mib;
-        // 16 uploads (raw and encoded) and 8 chunks read ahead, of 1 MiB.
-        assert_eq!(options.chunk_cache_bytes(mib), 472 * mib);
+        // 16 chunks being built (raw and encoded), 8 read ahead, of 1 MiB,
+        // and five packs of 8 MiB.
+        assert_eq!(options.chunk_cache_bytes(mib), 432 * mib);
         options.memory_cache_bytes = 32 * mib;
         assert_eq!(options.chunk_cache_bytes(mib), 16 * mib);
     }

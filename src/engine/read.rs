@@ -15,7 +15,7 @@ use super::error::{EngineError, Result};
 use super::log::Segment;
 use super::resolve::{self, Run};
 use super::volume::{Shared, View, Volume};
-use crate::format::{self, BLOCK_SIZE, ChunkRef, Root, keys};
+use crate::format::{BLOCK_SIZE, ChunkRef, Root};
 
 /// A stretch of a volume that holds data, or reads as zeroes (`zero`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -330,59 +330,74 @@ impl Shared {
         Box::pin(self.fetch_chunk(entry, generation)).await
     }
 
-    /// A chunk missing from memory: from disk, else from the store.
-    async fn fetch_chunk(&self, entry: ChunkRef, generation: u64) -> Result<Bytes> {
-        let id = entry.id;
-        self.chunks
-            .get_or_fetch(id, async move {
-                let key = keys::chunk(&id);
-                let object = self
-                    .store
-                    .get(&key)
-                    .await?
-                    .ok_or(EngineError::MissingObject { key, generation })?;
-                let raw = tokio::task::spawn_blocking(move || format::chunk::decode(id, &object))
-                    .await
-                    .expect("chunk decoding does not panic")?;
-                Ok::<_, EngineError>(Bytes::from(raw))
-            })
-            .await
-            .map_err(|error| {
-                tracing::error!(chunk = %id, %error, "cannot read a chunk");
-                EngineError::Shared(error)
-            })
-    }
-
-    /// After a read that continues the previous one, fetches the next
-    /// chunks in the background, so a sequential reader finds them cached.
+    /// After a read that continues the previous one, fetches the chunks
+    /// ahead of it in the background, so a sequential reader finds them
+    /// cached. It fetches once at least half the window is left to fetch,
+    /// so that each fetch is a run of chunks (one GET per run, when they
+    /// lie in one pack), not one chunk at a time.
     fn read_ahead(self: &Arc<Self>, map: &Arc<Root>, offset: u64, len: u64) {
         let chunk_size = self.superblock.chunk_size;
         let expected = self.next_readahead.swap(offset + len, Ordering::AcqRel);
-        let window = self.options.readahead_chunks;
+        let window = self.readahead_window();
         if expected != offset || window == 0 {
             return;
         }
-        // Look ahead once per chunk entered, not once per request.
-        let entered_a_chunk = offset.is_multiple_of(chunk_size)
-            || offset / chunk_size != (offset + len - 1) / chunk_size;
-        if !entered_a_chunk {
-            return;
-        }
         let next_chunk = (offset + len).div_ceil(chunk_size);
-        let end = (next_chunk + window).min(map.chunk_count());
-        self.spawn_prefetch(Arc::clone(map), next_chunk..end);
+        let fetched_to = self.readahead_end.load(Ordering::Acquire);
+        let Some(batch) = readahead_batch(next_chunk, window, fetched_to) else {
+            return;
+        };
+        self.readahead_end.store(batch.end, Ordering::Release);
+        let end = batch.end.min(map.chunk_count());
+        if batch.start < end {
+            self.spawn_prefetch(Arc::clone(map), batch.start..end);
+        }
+    }
+
+    /// Chunks read ahead at most: `--readahead`, or what fits in memory.
+    fn readahead_window(&self) -> u64 {
+        let chunk_size = self.superblock.chunk_size;
+        let fits_in_memory = self.options.chunk_cache_bytes(chunk_size) / chunk_size;
+        self.options.readahead_chunks.min(fits_in_memory)
     }
 
     fn spawn_prefetch(self: &Arc<Self>, map: Arc<Root>, chunks: std::ops::Range<u64>) {
         let chunk_size = self.superblock.chunk_size;
         let fits_in_memory = self.options.chunk_cache_bytes(chunk_size) / chunk_size;
         let end = chunks.end.min(chunks.start + fits_in_memory);
-        for chunk in chunks.start..end {
-            let shared = Arc::clone(self);
-            let map = Arc::clone(&map);
-            tokio::spawn(async move {
-                let _ = shared.committed_chunk(&map, chunk).await;
-            });
-        }
+        tokio::spawn(Arc::clone(self).prefetch(map, chunks.start..end));
+    }
+}
+
+/// The chunks read-ahead fetches now, if any: the `window` chunks from
+/// `next_chunk` on, less those an earlier read-ahead asked for (up to
+/// `fetched_to`), once they are at least half the window.
+fn readahead_batch(next_chunk: u64, window: u64, fetched_to: u64) -> Option<std::ops::Range<u64>> {
+    let end = next_chunk + window;
+    let start = match (next_chunk..=end).contains(&fetched_to) {
+        true => fetched_to,
+        false => next_chunk,
+    };
+    (end - start >= window.div_ceil(2)).then_some(start..end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_ahead_fetches_half_windows() {
+        // A new stream fetches the whole window.
+        assert_eq!(readahead_batch(10, 8, 0), Some(10..18));
+        // Then nothing until half of it was read...
+        assert_eq!(readahead_batch(11, 8, 18), None);
+        assert_eq!(readahead_batch(13, 8, 18), None);
+        // ...then the next half window.
+        assert_eq!(readahead_batch(14, 8, 18), Some(18..22));
+        // A reader that passed what was fetched, or went back, starts over.
+        assert_eq!(readahead_batch(30, 8, 22), Some(30..38));
+        assert_eq!(readahead_batch(2, 8, 22), Some(2..10));
+        assert_eq!(readahead_batch(5, 1, 5), Some(5..6));
+        assert_eq!(readahead_batch(5, 1, 6), None);
     }
 }

@@ -1,16 +1,18 @@
 //! `zeroblk volume verify`: fetches every map page and chunk the newest
 //! generation of a volume references, and checks each against its name
 //! (the BLAKE3 hash of its contents) and the length the map recorded.
+//! A packed chunk is fetched with a ranged GET of its pack.
 
-use std::collections::BTreeSet;
+use std::collections::HashSet;
 
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use super::catalog::{newest_root, superblock};
-use super::error::Result;
-use crate::format::{ObjectId, PageSlot, chunk, keys, page::MapPage};
-use crate::store::Store;
+use super::error::{EngineError, Result};
+use super::fetch::{chunk_object, key_of};
+use crate::format::{ChunkRef, PageSlot, chunk, keys, page::MapPage};
+use crate::store::{Store, StoreError};
 
 /// Objects fetched at once.
 const CONCURRENCY: usize = 16;
@@ -62,16 +64,11 @@ pub async fn verify(store: &Store, name: &str) -> Result<VerifyReport> {
         .buffer_unordered(CONCURRENCY)
         .try_collect()
         .await?;
-    let mut chunks = BTreeSet::new();
+    let mut chunks = HashSet::new();
     for (slot, outcome) in pages {
         report.pages += 1;
         match outcome {
-            Ok(page) => chunks.extend(
-                page.entries()
-                    .iter()
-                    .filter(|e| !e.is_zero())
-                    .map(|e| (e.id, e.stored_len)),
-            ),
+            Ok(page) => chunks.extend(page.entries().iter().filter(|e| !e.is_zero()).copied()),
             Err(problem) => report.bad.push(BadObject {
                 key: keys::page(&slot.id),
                 problem,
@@ -79,16 +76,20 @@ pub async fn verify(store: &Store, name: &str) -> Result<VerifyReport> {
         }
     }
     let checked: Vec<_> = futures::stream::iter(chunks)
-        .map(|(id, stored_len)| check_chunk(store, id, stored_len))
+        .map(|entry| check_chunk(store, entry))
         .buffer_unordered(CONCURRENCY)
         .try_collect()
         .await?;
-    for (id, outcome) in checked {
+    for (entry, outcome) in checked {
         report.chunks += 1;
         match outcome {
             Ok(len) => report.bytes += len,
+            Err(problem) if entry.pack().is_some() => report.bad.push(BadObject {
+                key: key_of(&entry),
+                problem: format!("chunk {}: {problem}", entry.id),
+            }),
             Err(problem) => report.bad.push(BadObject {
-                key: keys::chunk(&id),
+                key: key_of(&entry),
                 problem,
             }),
         }
@@ -115,21 +116,26 @@ async fn check_page(
 /// Fetches and decodes one chunk; returns its stored length.
 async fn check_chunk(
     store: &Store,
-    id: ObjectId,
-    stored_len: u32,
-) -> Result<(ObjectId, std::result::Result<u64, String>)> {
-    let Some(object) = store.get(&keys::chunk(&id)).await? else {
-        return Ok((id, Err("missing".into())));
+    entry: ChunkRef,
+) -> Result<(ChunkRef, std::result::Result<u64, String>)> {
+    let object = match chunk_object(store, &entry).await {
+        Ok(Some(object)) => object,
+        Ok(None) => return Ok((entry, Err("missing".into()))),
+        Err(EngineError::Store(StoreError::ShortRead { got, .. })) => {
+            return Ok((entry, Err(format!("the pack ends {got} bytes into it"))));
+        }
+        Err(error) => return Err(error),
     };
+    let stored_len = entry.stored_len;
     if object.len() != stored_len as usize {
         let problem = format!("{} bytes, but the map says {stored_len}", object.len());
-        return Ok((id, Err(problem)));
+        return Ok((entry, Err(problem)));
     }
-    let decoded = tokio::task::spawn_blocking(move || chunk::decode(id, &object).map(|_| ()))
+    let decoded = tokio::task::spawn_blocking(move || chunk::decode(entry.id, &object).map(|_| ()))
         .await
         .expect("chunk decoding does not panic");
     Ok((
-        id,
+        entry,
         decoded
             .map(|()| u64::from(stored_len))
             .map_err(|e| e.to_string()),

@@ -98,7 +98,10 @@ pub(super) struct Shared {
     pub commit_wanted: AtomicU64,
     pub failure: OnceLock<Arc<EngineError>>,
     pub stats: IoStats,
+    /// Where a sequential reader's next read is expected to start.
     pub next_readahead: AtomicU64,
+    /// The chunk before which read-ahead has asked for every chunk.
+    pub readahead_end: AtomicU64,
     pub fencing: Fencing,
     /// The writer's lease, checked before every commit.
     pub lease: tokio::sync::Mutex<Lease>,
@@ -443,6 +446,7 @@ impl Shared {
             failure: OnceLock::new(),
             stats: IoStats::default(),
             next_readahead: AtomicU64::new(u64::MAX),
+            readahead_end: AtomicU64::new(0),
             fencing,
             lease: tokio::sync::Mutex::new(lease),
             segment_creation: Arc::default(),

@@ -3,7 +3,7 @@
 //! ```text
 //! offset size field
 //!      0    4 magic "ZBCK"
-//!      4    1 version (1)
+//!      4    1 format version (1 or 2; see the module above)
 //!      5    1 codec: 0 raw, 1 zstd
 //!      6    2 reserved, zero
 //!      8    4 raw length (little endian)

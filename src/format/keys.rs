@@ -9,6 +9,11 @@ pub fn chunk(id: &ObjectId) -> String {
     format!("chunks/{}/{hex}", &hex[..2])
 }
 
+pub fn pack(id: &ObjectId) -> String {
+    let hex = id.to_hex();
+    format!("packs/{}/{hex}", &hex[..2])
+}
+
 pub fn page(id: &ObjectId) -> String {
     let hex = id.to_hex();
     format!("pages/{}/{hex}", &hex[..2])
@@ -59,6 +64,7 @@ mod tests {
     fn keys_are_stable() {
         let id = ObjectId([0xab; 32]);
         assert!(chunk(&id).starts_with("chunks/ab/abab"));
+        assert!(pack(&id).starts_with("packs/ab/abab"));
         assert_eq!(root("v", 7), "volumes/v/roots/00000000000000000007");
     }
 

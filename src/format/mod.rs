@@ -1,5 +1,11 @@
-//! The on-store format, version 1. Everything zeroblk writes to an object
+//! The on-store format, version 2. Everything zeroblk writes to an object
 //! store is defined here; nothing else decides what a byte in the bucket means.
+//!
+//! Version 2 added packs: map pages say where each chunk object is, and
+//! roots, pages and chunks carry version 2, so an older zeroblk refuses
+//! such a volume with "upgrade zeroblk" instead of misreading it. Version 1
+//! objects are still read, and a version 1 volume goes on in version 2 at
+//! its next commit.
 //!
 //! # Objects
 //!
@@ -9,25 +15,31 @@
 //! | `volumes/NAME/roots/GEN` (20 digits) | [`Root`]: one committed generation of the chunk map | written once, with create-if-absent: the commit point |
 //! | `volumes/NAME/head` | the newest generation a writer knows of (a hint) | overwritten |
 //! | `pages/XX/ID` | [`MapPage`]: [`PAGE_ENTRIES`] chunk references | immutable, content addressed |
-//! | `chunks/XX/ID` | a chunk of volume data | immutable, content addressed |
+//! | `packs/XX/ID` | chunk objects of one commit, back to back ([`pack`]) | immutable, content addressed |
+//! | `chunks/XX/ID` | a chunk object of its own | immutable, content addressed |
 //!
-//! `ID` is the lowercase hex BLAKE3 hash of the object's plaintext and `XX`
-//! its first two characters, which spreads keys over S3's partitions.
+//! `ID` is the lowercase hex BLAKE3 hash of the object's plaintext (of a
+//! pack: of its bytes) and `XX` its first two characters, which spreads
+//! keys over S3's partitions.
 //!
 //! # Chunks
 //!
 //! A volume is cut into chunks of its chunk size (a power of two, 64 KiB to
 //! 16 MiB, fixed at creation). A chunk object is a 16-byte header (see
 //! [`chunk`]) followed by the chunk's bytes, zstd-compressed unless that
-//! does not pay. Its key is the BLAKE3 hash of the uncompressed bytes, so a
-//! reader always verifies what it got, and identical chunks are stored once
-//! across all volumes of a store. A chunk of zeroes is never stored: its map
-//! entry is [`ChunkRef::ZERO`].
+//! does not pay. Its name is the BLAKE3 hash of the uncompressed bytes, so
+//! a reader always verifies what it got. A commit stores its new chunk
+//! objects in packs of about 8 MiB, in volume order (one PUT per pack, and
+//! one ranged GET for a run of neighbours); a commit's only new chunk is
+//! stored as `chunks/XX/ID`, where identical chunks of all volumes of a
+//! store are one object. A chunk unchanged by a commit keeps its object. A
+//! chunk of zeroes is never stored: its map entry is [`ChunkRef::ZERO`].
 //!
 //! # The map and its commit point
 //!
 //! The chunk map (chunk index -> [`ChunkRef`]) is cut into pages of
-//! [`PAGE_ENTRIES`] entries. A root lists the page ids of one generation
+//! [`PAGE_ENTRIES`] entries; an entry names the chunk and where its object
+//! is ([`Place`]). A root lists the page ids of one generation
 //! (an all-zero page is not stored and listed as absent). A commit uploads
 //! new chunks, then changed pages, then the root `GEN + 1` with
 //! create-if-absent: the root is the single atomic commit point, and a second
@@ -37,6 +49,7 @@
 
 pub mod chunk;
 pub mod keys;
+pub mod pack;
 pub mod page;
 pub mod root;
 pub mod superblock;
@@ -49,7 +62,7 @@ pub use superblock::Superblock;
 use std::fmt;
 
 /// The format version this build writes, and the newest it reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Smallest and largest chunk sizes a volume may be created with.
 pub const MIN_CHUNK_SIZE: u64 = 64 << 10;
@@ -91,23 +104,55 @@ impl fmt::Debug for ObjectId {
     }
 }
 
-/// One entry of the chunk map: which object holds a chunk, and how many
-/// bytes that object takes in the store (for accounting and garbage
-/// collection). [`ChunkRef::ZERO`] means the chunk reads as zeroes.
+/// One entry of the chunk map: which object holds a chunk, where that
+/// object is stored, and how many bytes it takes in the store (for
+/// accounting and garbage collection). [`ChunkRef::ZERO`] means the chunk
+/// reads as zeroes.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
 pub struct ChunkRef {
     pub id: ObjectId,
     pub stored_len: u32,
+    pub place: Place,
+}
+
+/// Where a chunk object is stored.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+pub enum Place {
+    /// In its own object, `chunks/XX/ID`.
+    #[default]
+    Own,
+    /// At byte `offset` of the pack `packs/XX/PACK`, `stored_len` bytes
+    /// long; or in its own object, if `zeroblk gc` took it out of a pack
+    /// that was mostly garbage.
+    Packed { pack: ObjectId, offset: u32 },
 }
 
 impl ChunkRef {
     pub const ZERO: ChunkRef = ChunkRef {
         id: ObjectId::NONE,
         stored_len: 0,
+        place: Place::Own,
     };
+
+    /// A chunk in its own object.
+    pub fn own(id: ObjectId, stored_len: u32) -> ChunkRef {
+        ChunkRef {
+            id,
+            stored_len,
+            place: Place::Own,
+        }
+    }
 
     pub fn is_zero(&self) -> bool {
         self.id.is_none()
+    }
+
+    /// The pack holding the chunk, if it was stored in one.
+    pub fn pack(&self) -> Option<ObjectId> {
+        match self.place {
+            Place::Own => None,
+            Place::Packed { pack, .. } => Some(pack),
+        }
     }
 }
 

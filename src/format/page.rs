@@ -1,16 +1,30 @@
 //! Map pages: [`PAGE_ENTRIES`] consecutive entries of a volume's chunk map.
 //!
-//! A page's plaintext is its entries, 36 bytes each: the chunk's 32-byte
-//! object id (all zero for a zero chunk) and its stored length (u32, little
-//! endian). The object is that plaintext wrapped like a chunk object (header
-//! and zstd), named by the plaintext's BLAKE3 hash, and so verified on read.
+//! A page's plaintext is the magic `ZBPAGE02`, then its entries, 72 bytes
+//! each (integers little endian):
+//!
+//! ```text
+//! offset size field
+//!      0   32 the chunk's object id (all zero for a zero chunk)
+//!     32    4 its stored length
+//!     36   32 the pack holding it (all zero: its own object)
+//!     68    4 its offset in that pack
+//! ```
+//!
+//! Pages written before packs existed hold 36-byte entries (the first two
+//! fields) and no magic; they are still read. The object is the plaintext
+//! wrapped like a chunk object (header and zstd), named by the plaintext's
+//! BLAKE3 hash, and so verified on read.
 
 use super::chunk::{self, Compression};
-use super::{ChunkRef, FormatError, ObjectId};
+use super::{ChunkRef, FormatError, ObjectId, Place};
 
 /// Entries per page: one page maps 1 GiB of a volume with 1 MiB chunks.
 pub const PAGE_ENTRIES: usize = 1024;
-const ENTRY_LEN: usize = 36;
+const MAGIC: &[u8; 8] = b"ZBPAGE02";
+const ENTRY_LEN: usize = 72;
+/// Entries of pages written before packs: id and stored length only.
+const OWN_ENTRY_LEN: usize = 36;
 
 /// One page of the chunk map.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -45,10 +59,17 @@ impl MapPage {
 
     /// The page as an object: its id and bytes.
     pub fn encode(&self) -> chunk::EncodedChunk {
-        let mut plain = Vec::with_capacity(PAGE_ENTRIES * ENTRY_LEN);
+        let mut plain = Vec::with_capacity(MAGIC.len() + PAGE_ENTRIES * ENTRY_LEN);
+        plain.extend_from_slice(MAGIC);
         for entry in &self.entries {
+            let (pack, offset) = match entry.place {
+                Place::Own => (ObjectId::NONE, 0),
+                Place::Packed { pack, offset } => (pack, offset),
+            };
             plain.extend_from_slice(&entry.id.0);
             plain.extend_from_slice(&entry.stored_len.to_le_bytes());
+            plain.extend_from_slice(&pack.0);
+            plain.extend_from_slice(&offset.to_le_bytes());
         }
         chunk::encode(&plain, Compression::Zstd { level: 1 })
     }
@@ -56,25 +77,47 @@ impl MapPage {
     /// Decodes and verifies the page object named `id`.
     pub fn decode(id: ObjectId, object: &[u8]) -> Result<MapPage, FormatError> {
         let plain = chunk::decode(id, object)?;
-        if plain.len() != PAGE_ENTRIES * ENTRY_LEN {
+        let entries = if plain.len() == PAGE_ENTRIES * OWN_ENTRY_LEN {
+            plain.chunks_exact(OWN_ENTRY_LEN).map(own_entry).collect()
+        } else if plain.len() == MAGIC.len() + PAGE_ENTRIES * ENTRY_LEN && plain.starts_with(MAGIC)
+        {
+            plain[MAGIC.len()..]
+                .chunks_exact(ENTRY_LEN)
+                .map(entry)
+                .collect()
+        } else {
             return Err(FormatError::corrupt(
                 format!("map page {id}"),
-                format!("{} bytes, not {}", plain.len(), PAGE_ENTRIES * ENTRY_LEN),
+                format!("{} bytes, which is no page format", plain.len()),
             ));
-        }
-        let entries = plain
-            .chunks_exact(ENTRY_LEN)
-            .map(|raw| {
-                let mut id = [0u8; 32];
-                id.copy_from_slice(&raw[..32]);
-                let stored_len = u32::from_le_bytes([raw[32], raw[33], raw[34], raw[35]]);
-                ChunkRef {
-                    id: ObjectId(id),
-                    stored_len,
-                }
-            })
-            .collect();
+        };
         Ok(MapPage { entries })
+    }
+}
+
+fn object_id(raw: &[u8]) -> ObjectId {
+    ObjectId(raw.try_into().expect("32 bytes"))
+}
+
+fn u32_le(raw: &[u8]) -> u32 {
+    u32::from_le_bytes(raw.try_into().expect("4 bytes"))
+}
+
+fn own_entry(raw: &[u8]) -> ChunkRef {
+    ChunkRef::own(object_id(&raw[..32]), u32_le(&raw[32..36]))
+}
+
+fn entry(raw: &[u8]) -> ChunkRef {
+    let pack = object_id(&raw[36..68]);
+    ChunkRef {
+        place: match pack.is_none() {
+            true => Place::Own,
+            false => Place::Packed {
+                pack,
+                offset: u32_le(&raw[68..72]),
+            },
+        },
+        ..own_entry(raw)
     }
 }
 
@@ -86,19 +129,42 @@ mod tests {
     fn round_trips_and_verifies() {
         let mut page = MapPage::default();
         assert!(page.is_all_zero());
-        page.set(
-            3,
-            ChunkRef {
-                id: ObjectId::of(b"x"),
-                stored_len: 77,
+        page.set(3, ChunkRef::own(ObjectId::of(b"x"), 77));
+        let packed = ChunkRef {
+            id: ObjectId::of(b"y"),
+            stored_len: 99,
+            place: Place::Packed {
+                pack: ObjectId::of(b"pack"),
+                offset: 1 << 20,
             },
-        );
+        };
+        page.set(4, packed);
         assert!(!page.is_all_zero());
         let encoded = page.encode();
         assert!(encoded.object.len() < 1024, "zero entries compress");
         let decoded = MapPage::decode(encoded.id, &encoded.object).unwrap();
         assert_eq!(decoded, page);
         assert_eq!(decoded.get(3).stored_len, 77);
+        assert_eq!(decoded.get(4), packed);
         assert!(MapPage::decode(ObjectId::of(b"y"), &encoded.object).is_err());
+    }
+
+    #[test]
+    fn pages_from_before_packs_are_read() {
+        let id = ObjectId::of(b"x");
+        let mut plain = vec![0u8; PAGE_ENTRIES * OWN_ENTRY_LEN];
+        plain[OWN_ENTRY_LEN..OWN_ENTRY_LEN + 32].copy_from_slice(&id.0);
+        plain[OWN_ENTRY_LEN + 32..OWN_ENTRY_LEN + 36].copy_from_slice(&5u32.to_le_bytes());
+        let encoded = chunk::encode(&plain, Compression::Zstd { level: 1 });
+        let page = MapPage::decode(encoded.id, &encoded.object).unwrap();
+        assert_eq!(page.get(1), ChunkRef::own(id, 5));
+        assert!(page.get(0).is_zero());
+    }
+
+    #[test]
+    fn a_page_of_another_length_is_refused() {
+        let encoded = chunk::encode(&[0u8; 100], Compression::None);
+        let error = MapPage::decode(encoded.id, &encoded.object).unwrap_err();
+        assert!(error.to_string().contains("no page format"), "{error}");
     }
 }

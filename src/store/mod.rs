@@ -59,6 +59,14 @@ pub enum StoreError {
         "no credentials for the object store {store}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL or --s3-endpoint for a server other than AWS)"
     )]
     NoCredentials { store: String },
+    #[error(
+        "the object store returned {got} bytes of {key} where {expected} were asked for: the object is shorter than the map says (run `zeroblk volume verify`)"
+    )]
+    ShortRead {
+        key: String,
+        expected: u64,
+        got: u64,
+    },
     #[error("object store {op} of {key} failed: {source}")]
     Request {
         op: &'static str,
@@ -182,25 +190,71 @@ impl Store {
     /// The object at `key`, or `None` when there is none.
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
         let path = Path::from(key);
-        let attempt = || async {
-            let result = async { self.inner.get(&path).await?.bytes().await }.await;
-            match &result {
-                Ok(bytes) => self.metrics.get(Some(bytes.len())),
-                Err(object_store::Error::NotFound { .. }) => self.metrics.get(None),
-                Err(_) => self.metrics.get_failed(),
+        let attempt = || self.counted_get(async { self.inner.get(&path).await?.bytes().await });
+        self.found("GET", key, self.retrying("GET", key, attempt).await.result)
+    }
+
+    /// Bytes `range` of the object at `key`, or `None` when there is no
+    /// such object. A range past the object's end is an error.
+    pub async fn get_range(
+        &self,
+        key: &str,
+        range: std::ops::Range<u64>,
+    ) -> Result<Option<Bytes>, StoreError> {
+        let path = Path::from(key);
+        let attempt = || self.counted_get(self.inner.get_range(&path, range.clone()));
+        let found = self.found("GET", key, self.retrying("GET", key, attempt).await.result)?;
+        match found {
+            Some(bytes) if bytes.len() as u64 != range.end - range.start => {
+                Err(StoreError::ShortRead {
+                    key: key.to_string(),
+                    expected: range.end - range.start,
+                    got: bytes.len() as u64,
+                })
             }
-            result
-        };
-        match self.retrying("GET", key, attempt).await.result {
+            found => Ok(found),
+        }
+    }
+
+    /// One GET attempt, counted.
+    async fn counted_get(
+        &self,
+        request: impl std::future::Future<Output = object_store::Result<Bytes>>,
+    ) -> object_store::Result<Bytes> {
+        let result = request.await;
+        match &result {
+            Ok(bytes) => self.metrics.get(Some(bytes.len())),
+            Err(object_store::Error::NotFound { .. }) => self.metrics.get(None),
+            Err(_) => self.metrics.get_failed(),
+        }
+        result
+    }
+
+    /// A GET's outcome: not found is `None`, not an error.
+    fn found(
+        &self,
+        op: &'static str,
+        key: &str,
+        result: object_store::Result<Bytes>,
+    ) -> Result<Option<Bytes>, StoreError> {
+        match result {
             Ok(bytes) => Ok(Some(bytes)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(self.classify("GET", key, e)),
+            Err(e) => Err(self.classify(op, key, e)),
         }
     }
 
     /// Writes `key`, replacing what was there.
     pub async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
-        self.put_with_mode(key, bytes, PutMode::Overwrite)
+        self.put_with_mode(key, bytes.into(), PutMode::Overwrite)
+            .await
+            .map(|_| ())
+    }
+
+    /// Writes `key` from `parts`, one after the other, without copying
+    /// them into one buffer first.
+    pub async fn put_parts(&self, key: &str, parts: Vec<Bytes>) -> Result<(), StoreError> {
+        self.put_with_mode(key, parts.into_iter().collect(), PutMode::Overwrite)
             .await
             .map(|_| ())
     }
@@ -211,7 +265,7 @@ impl Store {
     /// attempt landed and only its reply was lost.
     pub async fn put_if_absent(&self, key: &str, bytes: Bytes) -> Result<Created, StoreError> {
         let (created, retried) = self
-            .put_with_mode(key, bytes.clone(), PutMode::Create)
+            .put_with_mode(key, bytes.clone().into(), PutMode::Create)
             .await?;
         let landed_before = created == Created::AlreadyExists
             && retried
@@ -227,7 +281,7 @@ impl Store {
     async fn put_with_mode(
         &self,
         key: &str,
-        bytes: Bytes,
+        payload: PutPayload,
         mode: PutMode,
     ) -> Result<(Created, bool), StoreError> {
         let path = Path::from(key);
@@ -236,9 +290,8 @@ impl Store {
                 mode: mode.clone(),
                 ..PutOptions::default()
             };
-            self.metrics.put(bytes.len());
-            self.inner
-                .put_opts(&path, PutPayload::from_bytes(bytes.clone()), options)
+            self.metrics.put(payload.content_length());
+            self.inner.put_opts(&path, payload.clone(), options)
         };
         let outcome = self.retrying("PUT", key, attempt).await;
         match outcome.result {
@@ -416,13 +469,29 @@ mod tests {
             .unwrap();
         assert_eq!(again, Created::AlreadyExists);
         assert_eq!(store.get("a/b").await.unwrap().unwrap(), "hello");
+        assert_eq!(store.get_range("a/b", 1..4).await.unwrap().unwrap(), "ell");
+        assert_eq!(store.get_range("a/c", 1..4).await.unwrap(), None);
+        let short = store.get_range("a/b", 3..9).await.unwrap_err();
+        assert!(
+            matches!(short, StoreError::ShortRead { got: 2, .. }),
+            "{short}"
+        );
+        store
+            .put_parts(
+                "a/p",
+                vec![Bytes::from_static(b"he"), Bytes::from_static(b"y")],
+            )
+            .await
+            .unwrap();
+        assert_eq!(store.get("a/p").await.unwrap().unwrap(), "hey");
+        store.delete("a/p").await.unwrap();
         assert_eq!(store.list_dirs("").await.unwrap(), vec!["a".to_string()]);
         store.delete("a/b").await.unwrap();
         store.delete("a/b").await.unwrap();
         let counters = store.counters();
-        assert_eq!(counters.gets, 3);
-        assert_eq!(counters.get_misses, 1);
-        assert_eq!(counters.bytes_read, 10);
+        assert_eq!(counters.gets, 7);
+        assert_eq!(counters.get_misses, 2);
+        assert_eq!(counters.bytes_read, 18);
     }
 
     #[tokio::test]
