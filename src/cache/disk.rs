@@ -74,6 +74,12 @@ impl DiskCache {
         Ok(())
     }
 
+    /// Whether a copy of the chunk is indexed (it may still turn out
+    /// damaged when loaded).
+    pub fn contains(&self, id: &ObjectId) -> bool {
+        self.index.contains_key(id)
+    }
+
     /// The cached chunk, if a whole and undamaged copy is here.
     pub fn load(&self, id: &ObjectId) -> Option<Bytes> {
         self.index.get(id)?;

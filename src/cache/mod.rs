@@ -71,9 +71,10 @@ impl ChunkCache {
         hit
     }
 
-    /// Whether the chunk `id` is in memory (not counted as a hit or miss).
-    pub fn in_memory(&self, id: &ObjectId) -> bool {
-        self.memory.contains(id)
+    /// Whether the chunk `id` is in memory or on disk (not counted as a
+    /// hit or miss).
+    pub fn is_cached(&self, id: &ObjectId) -> bool {
+        self.memory.contains(id) || self.disk.as_ref().is_some_and(|disk| disk.contains(id))
     }
 
     /// The chunk `id` from memory, else disk, else `fetch` (which must

@@ -34,8 +34,8 @@ pub struct EngineArgs {
     /// in the writes (at the latest after four times this) [default: 2s]
     #[arg(long, value_name = "DURATION")]
     pub commit_interval: Option<humantime::Duration>,
-    /// Chunks fetched from the store ahead of a sequential reader, at once
-    /// (0: none) [default: 8]
+    /// Chunks fetched from the store ahead of a sequential reader, half a
+    /// window at a time (0: none) [default: 32]
     #[arg(long, value_name = "CHUNKS")]
     pub readahead: Option<u64>,
     /// Take the volume over from a writer on another host that crashed (its

@@ -27,7 +27,7 @@ use crate::format::{
     pack::PackBuilder,
     root::{now_ms, page_count},
 };
-use crate::store::Created;
+use crate::store::{Created, Store};
 
 /// Pack uploads in flight at once during a commit.
 pub(super) const PACKS_IN_FLIGHT: usize = 4;
@@ -155,40 +155,16 @@ impl Shared {
                 if uploads.len() >= PACKS_IN_FLIGHT {
                     entries.extend(joined(uploads.join_next().await)?);
                 }
-                uploads.spawn(Arc::clone(self).store_pack(std::mem::take(&mut packing)));
+                uploads.spawn(store_pack(self.store.clone(), std::mem::take(&mut packing)));
             }
         }
         if !packing.pack.is_empty() {
-            uploads.spawn(Arc::clone(self).store_pack(packing));
+            uploads.spawn(store_pack(self.store.clone(), packing));
         }
         while let Some(done) = uploads.join_next().await {
             entries.extend(joined(Some(done))?);
         }
         Ok(entries)
-    }
-
-    /// Uploads a pack, or a lone chunk as its own object (which any other
-    /// volume holding the same bytes shares).
-    async fn store_pack(self: Arc<Self>, packing: Packing) -> Result<Entries> {
-        let pack = packing.pack.finish();
-        let refs = match pack.refs.as_slice() {
-            [lone] => {
-                // A chunk already stored (by any volume) holds the same
-                // bytes: writing it again is harmless, and renews its age,
-                // so that `zeroblk gc` (which spares young objects) cannot
-                // take it before the root that references it lands.
-                let object = pack.parts.into_iter().next().expect("one part");
-                self.store.put(&keys::chunk(&lone.id), object).await?;
-                vec![ChunkRef::own(lone.id, lone.stored_len)]
-            }
-            _ => {
-                self.store
-                    .put_parts(&keys::pack(&pack.id), pack.parts)
-                    .await?;
-                pack.refs
-            }
-        };
-        Ok(packing.chunks.into_iter().zip(refs).collect())
     }
 
     /// The new content of `chunk` after `epochs`.
@@ -392,6 +368,28 @@ impl Shared {
             }
         });
     }
+}
+
+/// Uploads a pack, or a lone chunk as its own object (which any other
+/// volume holding the same bytes shares).
+async fn store_pack(store: Store, packing: Packing) -> Result<Entries> {
+    let pack = packing.pack.finish();
+    let refs = match pack.refs.as_slice() {
+        [lone] => {
+            // A chunk already stored (by any volume) holds the same
+            // bytes: writing it again is harmless, and renews its age,
+            // so that `zeroblk gc` (which spares young objects) cannot
+            // take it before the root that references it lands.
+            let object = pack.parts.into_iter().next().expect("one part");
+            store.put(&keys::chunk(&lone.id), object).await?;
+            vec![ChunkRef::own(lone.id, lone.stored_len)]
+        }
+        _ => {
+            store.put_parts(&keys::pack(&pack.id), pack.parts).await?;
+            pack.refs
+        }
+    };
+    Ok(packing.chunks.into_iter().zip(refs).collect())
 }
 
 /// Chunks and the map entries a commit gives them.

@@ -3,23 +3,28 @@
 //! A chunk lives in its own object or in a pack (see
 //! [`crate::format::pack`]). One chunk is one GET, ranged for a packed one.
 //! Read-ahead and NBD's CACHE fetch runs of chunks that lie back to back
-//! in one pack with one ranged GET, and every chunk of the run reaches
-//! the cache through the cache's single-flight load, so a reader asking
-//! for one of them meanwhile waits for that GET instead of making its own.
+//! in one pack with one ranged GET.
+//!
+//! Every fetch from the store is registered, chunk by chunk, in
+//! [`InFlight`] until it ends: a reader that needs a chunk a fetch is
+//! getting waits for that fetch, and read-ahead leaves such chunks out of
+//! its runs, so no chunk is downloaded twice at once.
 //!
 //! A packed chunk whose pack is gone was taken out of it by `zeroblk gc`
 //! (which does so to packs that are mostly garbage, storing each live chunk
 //! as its own object first): it is read from its own object.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::FutureExt;
-use futures::future::{Shared as SharedFuture, join_all};
+use futures::future::{BoxFuture, Shared as SharedFuture, join_all, try_join_all};
 
 use super::error::{EngineError, Result};
 use super::volume::Shared;
-use crate::format::{self, ChunkRef, Place, Root, keys, pack};
+use crate::format::{self, ChunkRef, ObjectId, Place, Root, keys, pack};
 use crate::store::Store;
 
 /// A run fetched with one GET is at most this long.
@@ -51,135 +56,215 @@ pub(super) fn key_of(entry: &ChunkRef) -> String {
 pub(super) fn runs(entries: Vec<ChunkRef>) -> Vec<Vec<ChunkRef>> {
     let mut runs: Vec<Vec<ChunkRef>> = Vec::new();
     for entry in entries {
-        let extends_last = runs.last().is_some_and(|run| {
-            let (first, last) = (run[0], run[run.len() - 1]);
-            match (first.place, last.place, entry.place) {
-                (
-                    Place::Packed { offset: start, .. },
-                    Place::Packed { pack, offset },
-                    Place::Packed {
-                        pack: next_pack,
-                        offset: next,
-                    },
-                ) => {
-                    pack == next_pack
-                        && next == offset + last.stored_len
-                        && u64::from(next - start) + u64::from(entry.stored_len) <= MAX_RUN_BYTES
-                }
-                _ => false,
-            }
-        });
         match runs.last_mut() {
-            Some(run) if extends_last => run.push(entry),
+            Some(run) if continues(run, &entry) => run.push(entry),
             _ => runs.push(vec![entry]),
         }
     }
     runs
 }
 
-/// The decoded chunks of a run, shared by every chunk's cache load.
-type RunFetch = SharedFuture<futures::future::BoxFuture<'static, RunResult>>;
+/// Whether `entry` lies right after `run` in the same pack, within the
+/// longest run.
+fn continues(run: &[ChunkRef], entry: &ChunkRef) -> bool {
+    let (first, last) = (run[0], run[run.len() - 1]);
+    match (first.place, last.place, entry.place) {
+        (
+            Place::Packed { offset: start, .. },
+            Place::Packed { pack, offset },
+            Place::Packed {
+                pack: next_pack,
+                offset: next,
+            },
+        ) => {
+            pack == next_pack
+                && next == offset + last.stored_len
+                && u64::from(next - start) + u64::from(entry.stored_len) <= MAX_RUN_BYTES
+        }
+        _ => false,
+    }
+}
+
+/// The decoded chunks of a run, in order, shared by everyone waiting.
+type RunFetch = SharedFuture<BoxFuture<'static, RunResult>>;
 type RunResult = std::result::Result<Arc<Vec<Bytes>>, Arc<EngineError>>;
 
-impl Shared {
-    /// A chunk missing from memory: from disk, else from the store.
-    pub(super) async fn fetch_chunk(&self, entry: ChunkRef, generation: u64) -> Result<Bytes> {
-        let id = entry.id;
-        self.chunks
-            .get_or_fetch(id, async move {
-                let object = chunk_object(&self.store, &entry).await?.ok_or_else(|| {
-                    EngineError::MissingObject {
-                        key: key_of(&entry),
-                        generation,
-                    }
-                })?;
-                decode(vec![(entry, object)])
-                    .await
-                    .map(|mut raw| raw.remove(0))
-            })
-            .await
-            .map_err(|error| {
-                tracing::error!(chunk = %id, %error, "cannot read a chunk");
-                EngineError::Shared(error)
-            })
+/// Store fetches in flight: for each chunk being fetched, the fetch and
+/// the chunk's place in its run.
+#[derive(Default)]
+pub(super) struct InFlight {
+    chunks: Mutex<HashMap<ObjectId, Member>>,
+    serial: AtomicU64,
+}
+
+#[derive(Clone)]
+struct Member {
+    serial: u64,
+    fetch: RunFetch,
+    index: usize,
+}
+
+impl InFlight {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectId, Member>> {
+        self.chunks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Fetches the committed `chunks` of `map` that are not in memory into
-    /// the cache, a run at a time. Failures are left for a read to meet.
-    pub(super) async fn prefetch(self: Arc<Self>, map: Arc<Root>, chunks: std::ops::Range<u64>) {
-        let mut missing = Vec::new();
-        for chunk in chunks {
-            match self.pages.lookup(&map, chunk).await {
-                Ok(entry) if !entry.is_zero() && !self.chunks.in_memory(&entry.id) => {
-                    missing.push(entry);
-                }
-                Ok(_) => {}
-                Err(error) => {
-                    tracing::debug!(%error, "read-ahead stopped");
-                    return;
-                }
+    fn contains(&self, entry: &ChunkRef) -> bool {
+        self.lock().contains_key(&entry.id)
+    }
+
+    /// The fetch getting `entry`, or a new one of it alone, registered.
+    fn join_or_start(
+        self: &Arc<Self>,
+        store: &Store,
+        entry: ChunkRef,
+        generation: u64,
+    ) -> (RunFetch, usize) {
+        let mut chunks = self.lock();
+        if let Some(member) = chunks.get(&entry.id) {
+            return (member.fetch.clone(), member.index);
+        }
+        let fetch = self.register(&mut chunks, store, vec![entry], generation);
+        (fetch, 0)
+    }
+
+    /// Registers fetches of the chunks of `run` no fetch is getting yet,
+    /// cut where one is; returns each fetch and its chunks.
+    fn start_runs(
+        self: &Arc<Self>,
+        store: &Store,
+        run: Vec<ChunkRef>,
+        generation: u64,
+    ) -> Vec<(RunFetch, Vec<ChunkRef>)> {
+        let mut chunks = self.lock();
+        let mut pieces: Vec<Vec<ChunkRef>> = vec![Vec::new()];
+        for entry in run {
+            match chunks.contains_key(&entry.id) {
+                true => pieces.push(Vec::new()),
+                false => pieces.last_mut().expect("one piece").push(entry),
             }
         }
-        let fetches = runs(missing)
+        pieces
             .into_iter()
-            .map(|run| self.fetch_run(run, map.generation));
-        join_all(fetches).await;
+            .filter(|piece| !piece.is_empty())
+            .map(|piece| {
+                let fetch = self.register(&mut chunks, store, piece.clone(), generation);
+                (fetch, piece)
+            })
+            .collect()
     }
 
-    /// Fetches a run into the cache: one ranged GET for all of it.
-    async fn fetch_run(&self, run: Vec<ChunkRef>, generation: u64) {
-        if let [entry] = run.as_slice() {
-            let _ = self.fetch_chunk(*entry, generation).await;
-            return;
+    fn register(
+        self: &Arc<Self>,
+        chunks: &mut HashMap<ObjectId, Member>,
+        store: &Store,
+        run: Vec<ChunkRef>,
+        generation: u64,
+    ) -> RunFetch {
+        let serial = self.serial.fetch_add(1, Ordering::Relaxed);
+        let ids: Vec<ObjectId> = run.iter().map(|e| e.id).collect();
+        let in_flight = Arc::clone(self);
+        let store = store.clone();
+        let forget = ids.clone();
+        let fetch = async move {
+            let fetched = fetch_run(&store, run, generation).await;
+            in_flight.forget(&forget, serial);
+            fetched.map(Arc::new).map_err(Arc::new)
         }
-        let fetch = self.run_fetch(run.clone(), generation);
-        let loads = run.iter().enumerate().map(|(i, entry)| {
+        .boxed()
+        .shared();
+        for (index, id) in ids.into_iter().enumerate() {
             let fetch = fetch.clone();
-            self.chunks.get_or_fetch(
-                entry.id,
-                fetch.map(move |got| got.map(|raw| raw[i].clone())),
-            )
-        });
-        for load in join_all(loads).await {
-            if let Err(error) = load {
-                tracing::debug!(%error, "read-ahead of a run failed; reads fetch its chunks one by one");
+            chunks.insert(
+                id,
+                Member {
+                    serial,
+                    fetch,
+                    index,
+                },
+            );
+        }
+        fetch
+    }
+
+    /// Drops the chunks of `fetch`, which will not run.
+    fn abandon(&self, fetch: &RunFetch, run: &[ChunkRef]) {
+        let mut chunks = self.lock();
+        for entry in run {
+            if chunks.get(&entry.id).is_some_and(|m| m.fetch.ptr_eq(fetch)) {
+                chunks.remove(&entry.id);
             }
         }
     }
 
-    /// The GET of a run, decoded; it starts when a chunk's load polls it.
-    fn run_fetch(&self, run: Vec<ChunkRef>, generation: u64) -> RunFetch {
-        let store = self.store.clone();
-        async move {
-            let first = run[0];
-            let last = run[run.len() - 1];
-            let (
-                Place::Packed {
-                    pack,
-                    offset: start,
-                },
-                Place::Packed { offset: end, .. },
-            ) = (first.place, last.place)
-            else {
-                unreachable!("runs of more than one chunk are packed");
-            };
-            let range = u64::from(start)..u64::from(end) + u64::from(last.stored_len);
-            let key = keys::pack(&pack);
-            let data = store
-                .get_range(&key, range)
-                .await
-                .map_err(EngineError::from)?
-                .ok_or(EngineError::MissingObject { key, generation })?;
-            let objects = run
-                .iter()
-                .map(|entry| Ok((*entry, pack::chunk_object(&data, start, entry)?)))
-                .collect::<Result<Vec<_>>>()?;
-            Ok(Arc::new(decode(objects).await?))
+    /// Drops the chunks of fetch `serial`, which ended.
+    fn forget(&self, ids: &[ObjectId], serial: u64) {
+        let mut chunks = self.lock();
+        for id in ids {
+            if chunks.get(id).is_some_and(|m| m.serial == serial) {
+                chunks.remove(id);
+            }
         }
-        .map(|result: Result<Arc<Vec<Bytes>>>| result.map_err(Arc::new))
-        .boxed()
-        .shared()
     }
+}
+
+/// Fetches and decodes a run: one ranged GET of its pack, or, for a chunk
+/// alone or a pack gone, each chunk's object.
+async fn fetch_run(store: &Store, run: Vec<ChunkRef>, generation: u64) -> Result<Vec<Bytes>> {
+    let objects = match run_range(&run) {
+        Some((pack, range)) => match store.get_range(&keys::pack(&pack), range.clone()).await? {
+            Some(data) => run
+                .iter()
+                .map(|entry| {
+                    Ok((
+                        *entry,
+                        pack::chunk_object(&data, range.start as u32, entry)?,
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()?,
+            None => each_object(store, &run, generation).await?,
+        },
+        None => each_object(store, &run, generation).await?,
+    };
+    decode(objects).await
+}
+
+/// The pack and byte range of a run of more than one chunk.
+fn run_range(run: &[ChunkRef]) -> Option<(ObjectId, std::ops::Range<u64>)> {
+    let (first, last) = (run.first()?, run.last()?);
+    match (run.len(), first.place, last.place) {
+        (
+            2..,
+            Place::Packed {
+                pack,
+                offset: start,
+            },
+            Place::Packed { offset: end, .. },
+        ) => Some((
+            pack,
+            u64::from(start)..u64::from(end) + u64::from(last.stored_len),
+        )),
+        _ => None,
+    }
+}
+
+/// Each chunk's object, wherever it is.
+async fn each_object(
+    store: &Store,
+    run: &[ChunkRef],
+    generation: u64,
+) -> Result<Vec<(ChunkRef, Bytes)>> {
+    try_join_all(run.iter().map(|entry| async move {
+        let object =
+            chunk_object(store, entry)
+                .await?
+                .ok_or_else(|| EngineError::MissingObject {
+                    key: key_of(entry),
+                    generation,
+                })?;
+        Ok::<_, EngineError>((*entry, object))
+    }))
+    .await
 }
 
 /// Decodes and verifies chunk objects, off the async threads.
@@ -194,10 +279,83 @@ async fn decode(objects: Vec<(ChunkRef, Bytes)>) -> Result<Vec<Bytes>> {
     .expect("chunk decoding does not panic")
 }
 
+impl Shared {
+    /// A chunk missing from memory: from disk, else from the store (or
+    /// from the fetch already getting it).
+    pub(super) async fn fetch_chunk(&self, entry: ChunkRef, generation: u64) -> Result<Bytes> {
+        let id = entry.id;
+        let from_store = async move {
+            let (fetch, index) = self.in_flight.join_or_start(&self.store, entry, generation);
+            fetch.await.map(|chunks| chunks[index].clone())
+        };
+        self.chunks
+            .get_or_fetch(id, from_store)
+            .await
+            .map_err(|error| {
+                tracing::error!(chunk = %id, %error, "cannot read a chunk");
+                EngineError::Shared(Arc::clone(&error))
+            })
+    }
+
+    /// The chunk `entry` into the cache from `fetch`, unless the cache has
+    /// it (or is loading it) already.
+    async fn load_from(&self, entry: ChunkRef, fetch: RunFetch, index: usize) -> Result<Bytes> {
+        let fetched = fetch.map(move |got| got.map(|chunks| chunks[index].clone()));
+        self.chunks
+            .get_or_fetch(entry.id, fetched)
+            .await
+            .map_err(|error| EngineError::Shared(Arc::clone(&error)))
+    }
+
+    /// Fetches the committed `chunks` of `map` that are neither cached nor
+    /// being fetched into the cache, a run at a time. Failures are left
+    /// for a read to meet.
+    pub(super) async fn prefetch(self: Arc<Self>, map: Arc<Root>, chunks: std::ops::Range<u64>) {
+        let mut missing = Vec::new();
+        for chunk in chunks {
+            match self.pages.lookup(&map, chunk).await {
+                Ok(entry)
+                    if !entry.is_zero()
+                        && !self.chunks.is_cached(&entry.id)
+                        && !self.in_flight.contains(&entry) =>
+                {
+                    missing.push(entry);
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::debug!(%error, "read-ahead stopped");
+                    return;
+                }
+            }
+        }
+        let mut loads = Vec::new();
+        let mut started = Vec::new();
+        for run in runs(missing) {
+            for (fetch, run) in self.in_flight.start_runs(&self.store, run, map.generation) {
+                for (index, entry) in run.iter().enumerate() {
+                    loads.push(self.load_from(*entry, fetch.clone(), index));
+                }
+                started.push((fetch, run));
+            }
+        }
+        for load in join_all(loads).await {
+            if let Err(error) = load {
+                tracing::debug!(%error, "read-ahead failed; reads will fetch again");
+            }
+        }
+        // A fetch none of whose chunks' loads ran (the cache had them by
+        // then) never started: it must not stay registered.
+        for (fetch, run) in started {
+            if fetch.peek().is_none() {
+                self.in_flight.abandon(&fetch, &run);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::ObjectId;
 
     fn packed(pack: &[u8], offset: u32, len: u32) -> ChunkRef {
         ChunkRef {
@@ -231,5 +389,28 @@ mod tests {
         let entries: Vec<_> = (0..40).map(|i| packed(b"p", i * mib, mib)).collect();
         let lens: Vec<usize> = runs(entries).iter().map(Vec::len).collect();
         assert_eq!(lens, [32, 8]);
+    }
+
+    #[tokio::test]
+    async fn a_chunk_in_flight_is_left_out_of_new_runs_and_forgotten_after() {
+        let store = Store::memory();
+        let in_flight = Arc::new(InFlight::default());
+        let run: Vec<_> = (0..4).map(|i| packed(b"p", i * 10, 10)).collect();
+        let (single, _) = in_flight.join_or_start(&store, run[2], 1);
+        let (joined, index) = in_flight.join_or_start(&store, run[2], 1);
+        assert!(
+            joined.ptr_eq(&single) && index == 0,
+            "the second asker joins"
+        );
+        let started = in_flight.start_runs(&store, run.clone(), 1);
+        let pieces: Vec<Vec<ChunkRef>> = started.iter().map(|(_, r)| r.clone()).collect();
+        assert_eq!(pieces, [vec![run[0], run[1]], vec![run[3]]]);
+        assert!(run.iter().all(|e| in_flight.contains(e)));
+        // The store has no such pack: each fetch fails, and is forgotten.
+        assert!(single.await.is_err());
+        for (fetch, _) in started {
+            assert!(fetch.await.is_err());
+        }
+        assert!(run.iter().all(|e| !in_flight.contains(e)));
     }
 }

@@ -110,7 +110,7 @@ impl EngineOptions {
             max_dirty_bytes: 1 << 30,
             commit_interval: Duration::from_secs(2),
             upload_concurrency: 16,
-            readahead_chunks: 8,
+            readahead_chunks: 32,
             lease_ttl: Duration::from_secs(30),
             take_over: false,
             log_segment_bytes: 256 << 20,
@@ -127,9 +127,9 @@ mod tests {
         let mut options = EngineOptions::new("/nonexistent");
         let mib = 1 << 20;
         options.memory_cache_bytes = 512 * mib;
-        // 16 chunks being built (raw and encoded), 8 read ahead, of 1 MiB,
+        // 16 chunks being built (raw and encoded), 32 read ahead, of 1 MiB,
         // and five packs of 8 MiB.
-        assert_eq!(options.chunk_cache_bytes(mib), 432 * mib);
+        assert_eq!(options.chunk_cache_bytes(mib), 408 * mib);
         options.memory_cache_bytes = 32 * mib;
         assert_eq!(options.chunk_cache_bytes(mib), 16 * mib);
     }

@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use super::catalog;
 use super::epoch::Epoch;
 use super::error::{EngineError, Result};
+use super::fetch::InFlight;
 use super::lease::Lease;
 use super::log::{LogDir, SEGMENT_HEADER_LEN, Segment};
 use super::map::Pages;
@@ -78,6 +79,8 @@ pub(super) struct Shared {
     pub store: Store,
     pub options: EngineOptions,
     pub chunks: ChunkCache,
+    /// Chunks being fetched from the store.
+    pub in_flight: Arc<InFlight>,
     pub pages: Pages,
     pub log: LogDir,
     pub view: ArcSwap<View>,
@@ -340,6 +343,7 @@ impl Volume {
         drop(self.shared.segment_creation.lock().await);
         self.shared
             .fail(EngineError::InvalidArgument("crashed".into()));
+        self.shared.lease.lock().await.holder_died();
         if power_loss {
             let mut rng = fastrand::Rng::with_seed(seed);
             let segments = self.shared.switch.lock().await.segments.clone();
@@ -418,6 +422,7 @@ impl Shared {
         let shared = Shared {
             name: name.to_string(),
             pages: Pages::new(store.clone(), PAGE_CACHE_BYTES),
+            in_flight: Arc::default(),
             superblock,
             store,
             options,
