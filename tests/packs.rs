@@ -150,6 +150,12 @@ async fn gc_splits_a_mostly_dead_pack_and_readers_find_its_chunks() {
             "A's dead chunks and the old roots: {report:?}"
         );
 
+        let again = engine::collect_garbage(&store.store, NOW).await.unwrap();
+        assert_eq!(
+            (again.chunks_deleted, again.packs_split, again.bytes_freed),
+            (0, 0, 0),
+            "the split-out chunks stay: their pack is gone; {again:?}"
+        );
         let (volume, _cache) = open_fresh(&store, "v").await;
         assert_eq!(read_tags(&volume, 0, 16 * BLOCKS_PER_CHUNK).await, expected);
         volume.close().await.unwrap();

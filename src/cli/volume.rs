@@ -159,7 +159,7 @@ pub async fn gc(
     }
     let verb = if dry_run { "would free" } else { "freed" };
     outln!(
-        "{verb} {} in {} chunks, {} packs ({} more split, being mostly garbage), {} map pages and {} old roots, across {} volumes; {} chunks in {} packs or on their own, and {} pages, are in use",
+        "{verb} {} in {} chunks, {} packs ({} more split, being mostly garbage), {} map pages and {} old roots, across {} volumes; {} chunks on their own, {} packs and {} pages are in use",
         human(report.bytes_freed),
         report.chunks_deleted,
         report.packs_deleted,

@@ -56,6 +56,7 @@ pub struct GcReport {
     pub packs_split: u64,
     pub bytes_freed: u64,
     pub pages_kept: u64,
+    /// Chunks kept as objects of their own (packed ones are in packs).
     pub chunks_kept: u64,
     pub packs_kept: u64,
 }
@@ -64,23 +65,43 @@ pub struct GcReport {
 #[derive(Default)]
 struct Live {
     pages: HashSet<ObjectId>,
-    /// Every chunk, wherever it is stored.
-    chunks: HashSet<ObjectId>,
+    /// Chunks stored as objects of their own.
+    own: HashSet<ObjectId>,
     /// The chunks referenced in each pack.
     packs: HashMap<ObjectId, HashSet<ChunkRef>>,
 }
 
 impl Live {
     fn add_chunk(&mut self, entry: ChunkRef) {
-        self.chunks.insert(entry.id);
-        if let Some(pack) = entry.pack() {
-            self.packs.entry(pack).or_default().insert(entry);
+        match entry.pack() {
+            Some(pack) => {
+                self.packs.entry(pack).or_default().insert(entry);
+            }
+            None => {
+                self.own.insert(entry.id);
+            }
         }
     }
 
     /// The live chunks of the pack at `key`, if any.
     fn in_pack(&self, key: &str) -> Option<&HashSet<ChunkRef>> {
         self.packs.get(&id_of(key)?)
+    }
+
+    /// The chunks that must be objects of their own: those stored so, and
+    /// the live chunks of packs that are gone (split) or being split.
+    fn own_objects(
+        &self,
+        listed_packs: &HashSet<ObjectId>,
+        splitting: &[ObjectInfo],
+    ) -> HashSet<ObjectId> {
+        let splitting: HashSet<ObjectId> = splitting.iter().filter_map(|p| id_of(&p.key)).collect();
+        let out_of_packs = self
+            .packs
+            .iter()
+            .filter(|(pack, _)| !listed_packs.contains(pack) || splitting.contains(pack))
+            .flat_map(|(_, chunks)| chunks.iter().map(|e| e.id));
+        self.own.iter().copied().chain(out_of_packs).collect()
     }
 }
 
@@ -122,14 +143,7 @@ pub async fn collect(store: &Store, options: GcOptions) -> Result<GcReport> {
     let pages = store.list_objects("pages/").await?;
     let chunks = store.list_objects("chunks/").await?;
     let packs = store.list_objects("packs/").await?;
-    let dead_pages: Vec<_> = pages
-        .into_iter()
-        .filter(|o| !is_live(&o.key, &live.pages) && is_old(o))
-        .collect();
-    let dead_chunks: Vec<_> = chunks
-        .into_iter()
-        .filter(|o| !is_live(&o.key, &live.chunks) && is_old(o))
-        .collect();
+    let listed_packs: HashSet<ObjectId> = packs.iter().filter_map(|p| id_of(&p.key)).collect();
     let (mut dead_packs, mut to_split) = (Vec::new(), Vec::new());
     for pack in packs.into_iter().filter(is_old) {
         match live.in_pack(&pack.key) {
@@ -138,14 +152,28 @@ pub async fn collect(store: &Store, options: GcOptions) -> Result<GcReport> {
             _ => {}
         }
     }
+    let own = live.own_objects(&listed_packs, &to_split);
+    let dead_pages: Vec<_> = pages
+        .into_iter()
+        .filter(|o| !is_live(&o.key, &live.pages) && is_old(o))
+        .collect();
+    let dead_chunks: Vec<_> = chunks
+        .into_iter()
+        .filter(|o| !is_live(&o.key, &own) && is_old(o))
+        .collect();
     report.pages_kept = live.pages.len() as u64;
-    report.chunks_kept = live.chunks.len() as u64;
-    report.packs_kept = (live.packs.len() - to_split.len()) as u64;
+    report.chunks_kept = own.len() as u64;
+    report.packs_split = to_split.len() as u64;
+    report.packs_kept = live
+        .packs
+        .keys()
+        .filter(|p| listed_packs.contains(p))
+        .count() as u64
+        - report.packs_split;
     report.roots_deleted = old_roots.len() as u64;
     report.pages_deleted = dead_pages.len() as u64;
     report.chunks_deleted = dead_chunks.len() as u64;
     report.packs_deleted = dead_packs.len() as u64;
-    report.packs_split = to_split.len() as u64;
     let split_out: u64 = to_split
         .iter()
         .flat_map(|pack| live.in_pack(&pack.key).into_iter().flatten())
@@ -286,6 +314,40 @@ mod tests {
     }
 
     use crate::format::Place;
+
+    fn packed(pack: &[u8], byte: u8) -> ChunkRef {
+        ChunkRef {
+            id: ObjectId::of(&[byte]),
+            stored_len: 1,
+            place: Place::Packed {
+                pack: ObjectId::of(pack),
+                offset: u32::from(byte),
+            },
+        }
+    }
+
+    fn listed(key: String) -> ObjectInfo {
+        ObjectInfo {
+            key,
+            size: 8,
+            last_modified: SystemTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn chunks_of_their_own_are_those_stored_so_and_those_out_of_their_packs() {
+        let mut live = Live::default();
+        let own = ObjectId::of(b"own");
+        live.add_chunk(ChunkRef::own(own, 5));
+        for (pack, byte) in [(&b"kept"[..], 1), (b"gone", 2), (b"split", 3)] {
+            live.add_chunk(packed(pack, byte));
+        }
+        let listed_packs: HashSet<_> = [ObjectId::of(b"kept"), ObjectId::of(b"split")].into();
+        let splitting = [listed(keys::pack(&ObjectId::of(b"split")))];
+        let objects = live.own_objects(&listed_packs, &splitting);
+        let expected: HashSet<_> = [own, ObjectId::of(&[2]), ObjectId::of(&[3])].into();
+        assert_eq!(objects, expected);
+    }
 
     #[test]
     fn a_pack_is_split_when_most_of_it_is_garbage() {
