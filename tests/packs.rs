@@ -30,11 +30,13 @@ async fn create_raw(store: &TestStore, name: &str, size: u64) {
     engine::create(&store.store, &new).await.unwrap();
 }
 
-/// Opens `name` with a fresh cache dir and room for a read-ahead window.
+/// Opens `name` with a fresh cache dir and room for a read-ahead window;
+/// it commits when told to or at close, so each test knows its packs.
 async fn open_fresh(store: &TestStore, name: &str) -> (Volume, tempfile::TempDir) {
     let cache = tempfile::tempdir().unwrap();
     let mut options = common::engine_options(cache.path());
     options.memory_cache_bytes = 128 * MIB;
+    options.commit_interval = Duration::from_secs(3600);
     let volume = Volume::open(&store.reopen(), name, options).await.unwrap();
     (volume, cache)
 }
@@ -57,10 +59,10 @@ async fn a_commit_packs_its_chunks_and_a_cold_reader_fetches_runs() {
         let store = TestStore::new(backend);
         create_raw(&store, "v", 64 * MIB).await;
         let (volume, _cache) = open_fresh(&store, "v").await;
-        let puts_before = store.store.counters().puts;
+        let puts_before = volume.counters().store.puts;
         write_tags(&volume, 0, &tags(0..32, 1)).await;
         volume.close().await.unwrap();
-        let puts = store.store.counters().puts - puts_before;
+        let puts = volume.counters().store.puts - puts_before;
         assert_eq!(count(&store, "packs/").await, 4, "32 chunks in packs of 8");
         assert_eq!(count(&store, "chunks/").await, 0);
         assert!(
@@ -69,7 +71,7 @@ async fn a_commit_packs_its_chunks_and_a_cold_reader_fetches_runs() {
         );
 
         let (volume, _cache) = open_fresh(&store, "v").await;
-        let gets_before = store.store.counters().gets;
+        let gets_before = volume.counters().store.gets;
         let mut read = Vec::new();
         for chunk in 0..32 {
             // 256 KiB reads, as a sequential reader makes them.
@@ -79,7 +81,7 @@ async fn a_commit_packs_its_chunks_and_a_cold_reader_fetches_runs() {
             }
         }
         assert_eq!(read, tags(0..32, 1));
-        let gets = store.store.counters().gets - gets_before;
+        let gets = volume.counters().store.gets - gets_before;
         assert!(
             gets <= 16,
             "32 chunks read in runs, not one by one: {gets} GETs"
@@ -89,6 +91,44 @@ async fn a_commit_packs_its_chunks_and_a_cold_reader_fetches_runs() {
         assert!(verified.is_clean(), "{:?}", verified.bad);
         assert_eq!(verified.chunks, 32);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cold_reader_fetches_each_packs_share_of_a_scattered_stretch_at_once() {
+    let store = TestStore::new(common::Backend::File);
+    create_raw(&store, "v", 64 * MIB).await;
+    let (volume, _cache) = open_fresh(&store, "v").await;
+    write_tags(&volume, 0, &tags(0..16, 1)).await; // packs A (0..8), B (8..16)
+    volume.commit().await.unwrap();
+    // Every other chunk rewritten: neighbours now sit in different packs.
+    let mut expected = tags(0..16, 1);
+    for chunk in (0..16).step_by(2) {
+        let new = tags(chunk..chunk + 1, 100_000);
+        write_tags(&volume, chunk * BLOCKS_PER_CHUNK, &new).await;
+        let at = (chunk * BLOCKS_PER_CHUNK) as usize;
+        expected[at..at + new.len()].copy_from_slice(&new);
+    }
+    volume.close().await.unwrap();
+
+    let (volume, _cache) = open_fresh(&store, "v").await;
+    let gets_before = volume.counters().store.gets;
+    let mut read = Vec::new();
+    for quarter in 0..64 {
+        read.extend(
+            read_tags(
+                &volume,
+                quarter * BLOCKS_PER_CHUNK / 4,
+                BLOCKS_PER_CHUNK / 4,
+            )
+            .await,
+        );
+    }
+    assert_eq!(read, expected);
+    let gets = volume.counters().store.gets - gets_before;
+    // One for chunk 0, one per pack for the rest, and the map page; one
+    // per chunk when runs took only neighbours in the volume.
+    assert!(gets <= 7, "16 chunks from 3 packs: {gets} GETs");
+    volume.close().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -14,7 +14,7 @@
 //! (which does so to packs that are mostly garbage, storing each live chunk
 //! as its own object first): it is read from its own object.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -29,6 +29,12 @@ use crate::store::Store;
 
 /// A run fetched with one GET is at most this long.
 const MAX_RUN_BYTES: u64 = 32 << 20;
+
+/// Bytes between two chunks of a pack that a run fetches and drops rather
+/// than make another request: on S3 a request's latency costs about as
+/// much time as a few MiB of transfer (object_store coalesces ranges the
+/// same way, 1 MiB apart by default). Two MiB spans a dead 1 MiB chunk.
+const MAX_GAP_BYTES: u64 = 2 << 20;
 
 /// The stored object of the chunk `entry` places, wherever it is; `None`
 /// when it is nowhere.
@@ -50,22 +56,44 @@ pub(super) fn key_of(entry: &ChunkRef) -> String {
     }
 }
 
-/// Cuts `entries` (in volume order) into runs that one ranged GET can
-/// fetch: chunks back to back in one pack, at most [`MAX_RUN_BYTES`]. A
-/// chunk in its own object is a run of one.
+/// Cuts `entries` into runs that one ranged GET can fetch: chunks of one
+/// pack, in pack order, at most [`MAX_GAP_BYTES`] apart and
+/// [`MAX_RUN_BYTES`] in all. A chunk in its own object is a run of one.
+///
+/// The chunks of a run need not be neighbours in the volume: a commit packs
+/// the chunks it touched in volume order, so after scattered writes a
+/// stretch of the volume finds several of its chunks in each of a few
+/// packs, and fetches each pack's share with one GET.
 pub(super) fn runs(entries: Vec<ChunkRef>) -> Vec<Vec<ChunkRef>> {
     let mut runs: Vec<Vec<ChunkRef>> = Vec::new();
+    let mut by_pack: BTreeMap<ObjectId, Vec<ChunkRef>> = BTreeMap::new();
     for entry in entries {
-        match runs.last_mut() {
-            Some(run) if continues(run, &entry) => run.push(entry),
-            _ => runs.push(vec![entry]),
+        match entry.pack() {
+            Some(pack) => by_pack.entry(pack).or_default().push(entry),
+            None => runs.push(vec![entry]),
+        }
+    }
+    for (_, mut chunks) in by_pack {
+        chunks.sort_by_key(offset_of);
+        for entry in chunks {
+            match runs.last_mut() {
+                Some(run) if continues(run, &entry) => run.push(entry),
+                _ => runs.push(vec![entry]),
+            }
         }
     }
     runs
 }
 
-/// Whether `entry` lies right after `run` in the same pack, within the
-/// longest run.
+fn offset_of(entry: &ChunkRef) -> u32 {
+    match entry.place {
+        Place::Packed { offset, .. } => offset,
+        Place::Own => 0,
+    }
+}
+
+/// Whether `entry` lies after `run` in the same pack, close enough, within
+/// the longest run.
 fn continues(run: &[ChunkRef], entry: &ChunkRef) -> bool {
     let (first, last) = (run[0], run[run.len() - 1]);
     match (first.place, last.place, entry.place) {
@@ -77,9 +105,12 @@ fn continues(run: &[ChunkRef], entry: &ChunkRef) -> bool {
                 offset: next,
             },
         ) => {
+            let end = u64::from(offset) + u64::from(last.stored_len);
+            let next = u64::from(next);
             pack == next_pack
-                && next == offset + last.stored_len
-                && u64::from(next - start) + u64::from(entry.stored_len) <= MAX_RUN_BYTES
+                && next >= end
+                && next - end <= MAX_GAP_BYTES
+                && next - u64::from(start) + u64::from(entry.stored_len) <= MAX_RUN_BYTES
         }
         _ => false,
     }
@@ -312,10 +343,12 @@ impl Shared {
     /// for a read to meet.
     pub(super) async fn prefetch(self: Arc<Self>, map: Arc<Root>, chunks: std::ops::Range<u64>) {
         let mut missing = Vec::new();
+        let mut seen = HashSet::new();
         for chunk in chunks {
             match self.pages.lookup(&map, chunk).await {
                 Ok(entry)
                     if !entry.is_zero()
+                        && seen.insert(entry.id)
                         && !self.chunks.is_cached(&entry.id)
                         && !self.in_flight.contains(&entry) =>
                 {
@@ -369,18 +402,23 @@ mod tests {
     }
 
     #[test]
-    fn runs_are_back_to_back_in_one_pack() {
+    fn runs_take_each_pack_in_pack_order_across_small_gaps() {
         let own = ChunkRef::own(ObjectId::of(b"own"), 10);
+        let mib = 1 << 20;
+        // In volume order, as a window of a volume scattered by writes
+        // finds them: packs p and q interleaved.
         let entries = vec![
             packed(b"p", 0, 100),
+            packed(b"q", 0, 10),
             packed(b"p", 100, 50),
             own,
-            packed(b"p", 150, 10),
-            packed(b"p", 200, 10), // a gap: the chunk between is cached
-            packed(b"q", 210, 10), // another pack
+            packed(b"q", 10, 10),
+            packed(b"p", 150 + 2 * mib, 10), // a gap of 2 MiB: fetched and dropped
+            packed(b"p", 5 * mib, 10),       // too far: a GET of its own
         ];
-        let lens: Vec<usize> = runs(entries).iter().map(Vec::len).collect();
-        assert_eq!(lens, [2, 1, 1, 1, 1]);
+        let mut lens: Vec<usize> = runs(entries).iter().map(Vec::len).collect();
+        lens.sort();
+        assert_eq!(lens, [1, 1, 2, 3]);
     }
 
     #[test]
