@@ -2,8 +2,8 @@
 //!
 //! A chunk lives in its own object or in a pack (see
 //! [`crate::format::pack`]). One chunk is one GET, ranged for a packed one.
-//! Read-ahead and NBD's CACHE fetch runs of chunks that lie back to back
-//! in one pack with one ranged GET.
+//! Read-ahead and NBD's CACHE fetch runs: the chunks they want from one
+//! pack, in pack order and close together, with one ranged GET ([`runs`]).
 //!
 //! Every fetch from the store is registered, chunk by chunk, in
 //! [`InFlight`] until it ends: a reader that needs a chunk a fetch is
