@@ -131,6 +131,37 @@ async fn a_cold_reader_fetches_each_packs_share_of_a_scattered_stretch_at_once()
     volume.close().await.unwrap();
 }
 
+/// fio's sequential reader at depth 8: eight 1 MiB reads in flight at
+/// once, sent in order. They finish in any order, and must still be seen
+/// as one sequential reader, whose read-ahead the later seven join.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_in_flight_together_are_read_ahead_as_one_sequential_reader() {
+    let store = TestStore::new(common::Backend::File);
+    create_raw(&store, "v", 64 * MIB).await;
+    let (volume, _cache) = open_fresh(&store, "v").await;
+    write_tags(&volume, 0, &tags(0..32, 1)).await; // 4 packs of 8
+    volume.close().await.unwrap();
+
+    let (volume, _cache) = open_fresh(&store, "v").await;
+    let gets_before = volume.counters().store.gets;
+    let mut read = Vec::new();
+    for depth8 in 0..4 {
+        let reads = (depth8 * 8..depth8 * 8 + 8)
+            .map(|chunk| read_tags(&volume, chunk * BLOCKS_PER_CHUNK, BLOCKS_PER_CHUNK));
+        read.extend(futures::future::join_all(reads).await.concat());
+    }
+    assert_eq!(read, tags(0..32, 1));
+    let gets = volume.counters().store.gets - gets_before;
+    // The map page, chunk 0, then the 4 packs' shares of the read-ahead;
+    // a read-ahead started only when reads finish in order lets each of
+    // the first eight reads fetch its chunk alone.
+    assert!(
+        gets <= 7,
+        "32 chunks in 4 packs read at depth 8: {gets} GETs"
+    );
+    volume.close().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lone_new_chunk_is_stored_on_its_own() {
     let store = TestStore::new(common::Backend::File);

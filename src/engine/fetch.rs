@@ -242,6 +242,7 @@ impl InFlight {
 /// Fetches and decodes a run: one ranged GET of its pack, or, for a chunk
 /// alone or a pack gone, each chunk's object.
 async fn fetch_run(store: &Store, run: Vec<ChunkRef>, generation: u64) -> Result<Vec<Bytes>> {
+    tracing::trace!(chunks = run.len(), first = %run[0].id, "fetching a run");
     let objects = match run_range(&run) {
         Some((pack, range)) => match store.get_range(&keys::pack(&pack), range.clone()).await? {
             Some(data) => run
@@ -338,39 +339,56 @@ impl Shared {
             .map_err(|error| EngineError::Shared(Arc::clone(&error)))
     }
 
-    /// Fetches the committed `chunks` of `map` that are neither cached nor
-    /// being fetched into the cache, a run at a time. Failures are left
-    /// for a read to meet.
-    pub(super) async fn prefetch(self: Arc<Self>, map: Arc<Root>, chunks: std::ops::Range<u64>) {
+    /// Starts fetching the committed `chunks` of `map` that are neither
+    /// cached nor being fetched, a run at a time, and returns once the
+    /// runs are registered: a read that comes after joins them. Failures
+    /// are left for a read to meet.
+    pub(super) async fn start_prefetch(self: &Arc<Self>, map: &Root, chunks: std::ops::Range<u64>) {
+        let missing = match self.missing_chunks(map, chunks).await {
+            Ok(missing) => missing,
+            Err(error) => {
+                tracing::debug!(%error, "read-ahead stopped");
+                return;
+            }
+        };
+        let mut started = Vec::new();
+        for run in runs(missing) {
+            started.extend(self.in_flight.start_runs(&self.store, run, map.generation));
+        }
+        if !started.is_empty() {
+            tokio::spawn(Arc::clone(self).load_runs(started));
+        }
+    }
+
+    /// The committed chunks of `chunks` that are neither cached nor in
+    /// flight, each once.
+    async fn missing_chunks(
+        &self,
+        map: &Root,
+        chunks: std::ops::Range<u64>,
+    ) -> Result<Vec<ChunkRef>> {
         let mut missing = Vec::new();
         let mut seen = HashSet::new();
         for chunk in chunks {
-            match self.pages.lookup(&map, chunk).await {
-                Ok(entry)
-                    if !entry.is_zero()
-                        && seen.insert(entry.id)
-                        && !self.chunks.is_cached(&entry.id)
-                        && !self.in_flight.contains(&entry) =>
-                {
-                    missing.push(entry);
-                }
-                Ok(_) => {}
-                Err(error) => {
-                    tracing::debug!(%error, "read-ahead stopped");
-                    return;
-                }
+            let entry = self.pages.lookup(map, chunk).await?;
+            if !entry.is_zero()
+                && seen.insert(entry.id)
+                && !self.chunks.is_cached(&entry.id)
+                && !self.in_flight.contains(&entry)
+            {
+                missing.push(entry);
             }
         }
-        let mut loads = Vec::new();
-        let mut started = Vec::new();
-        for run in runs(missing) {
-            for (fetch, run) in self.in_flight.start_runs(&self.store, run, map.generation) {
-                for (index, entry) in run.iter().enumerate() {
-                    loads.push(self.load_from(*entry, fetch.clone(), index));
-                }
-                started.push((fetch, run));
-            }
-        }
+        Ok(missing)
+    }
+
+    /// Runs the registered fetches `started` into the cache.
+    async fn load_runs(self: Arc<Self>, started: Vec<(RunFetch, Vec<ChunkRef>)>) {
+        let loads = started.iter().flat_map(|(fetch, run)| {
+            run.iter()
+                .enumerate()
+                .map(|(index, entry)| self.load_from(*entry, fetch.clone(), index))
+        });
         for load in join_all(loads).await {
             if let Err(error) = load {
                 tracing::debug!(%error, "read-ahead failed; reads will fetch again");

@@ -152,6 +152,11 @@ impl Volume {
             .fetch_add(len as u64, Ordering::Relaxed);
         let view = shared.view.load_full();
         let sources = sources(&view, offset, len, shared.superblock.chunk_size);
+        // Before this read fetches anything: requests reach the engine in
+        // the order the client sent them, but finish in any order, and the
+        // reads a sequential reader has in flight must find the read-ahead
+        // started, to join it rather than fetch their chunks alone.
+        shared.read_ahead(&view.map, offset, len as u64).await;
         let chunks = try_join_all(sources.iter().filter_map(|source| match source {
             Source::Base { chunk, .. } => Some(shared.committed_chunk(&view.map, *chunk)),
             _ => None,
@@ -172,7 +177,6 @@ impl Volume {
                 }
             });
         }
-        shared.read_ahead(&view.map, offset, len as u64);
         Ok(data)
     }
 
@@ -215,7 +219,8 @@ impl Volume {
         let map = Arc::clone(&shared.view.load().map);
         let chunk_size = shared.superblock.chunk_size;
         let chunks = offset / chunk_size..(offset + len).div_ceil(chunk_size);
-        shared.spawn_prefetch(map, chunks);
+        let shared = Arc::clone(shared);
+        tokio::spawn(async move { shared.prefetch_within_memory(&map, chunks).await });
         Ok(())
     }
 }
@@ -335,7 +340,7 @@ impl Shared {
     /// cached. It fetches once at least half the window is left to fetch,
     /// so that each fetch is a run of chunks (one GET per run, when they
     /// lie in one pack), not one chunk at a time.
-    fn read_ahead(self: &Arc<Self>, map: &Arc<Root>, offset: u64, len: u64) {
+    async fn read_ahead(self: &Arc<Self>, map: &Root, offset: u64, len: u64) {
         let chunk_size = self.superblock.chunk_size;
         let expected = self.next_readahead.swap(offset + len, Ordering::AcqRel);
         let window = self.readahead_window();
@@ -350,7 +355,7 @@ impl Shared {
         self.readahead_end.store(batch.end, Ordering::Release);
         let end = batch.end.min(map.chunk_count());
         if batch.start < end {
-            self.spawn_prefetch(Arc::clone(map), batch.start..end);
+            self.prefetch_within_memory(map, batch.start..end).await;
         }
     }
 
@@ -361,11 +366,12 @@ impl Shared {
         self.options.readahead_chunks.min(fits_in_memory)
     }
 
-    fn spawn_prefetch(self: &Arc<Self>, map: Arc<Root>, chunks: std::ops::Range<u64>) {
+    /// Starts fetching `chunks`, as many as the memory cache holds.
+    async fn prefetch_within_memory(self: &Arc<Self>, map: &Root, chunks: std::ops::Range<u64>) {
         let chunk_size = self.superblock.chunk_size;
         let fits_in_memory = self.options.chunk_cache_bytes(chunk_size) / chunk_size;
         let end = chunks.end.min(chunks.start + fits_in_memory);
-        tokio::spawn(Arc::clone(self).prefetch(map, chunks.start..end));
+        self.start_prefetch(map, chunks.start..end).await;
     }
 }
 
