@@ -160,7 +160,8 @@ def main(out):
         "## Cold reads (caches dropped)",
         "",
         "zeroblk and ZeroFS with their cache dirs wiped and restarted; s3backer remounted; the page cache "
-        "dropped. One pass over the working set, each block read once, from the S3 server.",
+        "dropped. A pass reads the working set once, each block once, from the S3 server, with only the "
+        "peer measured running. Three passes per peer, interleaved; the table shows the median pass.",
         "",
         cold_table,
         "",
