@@ -41,6 +41,21 @@ async fn open_fresh(store: &TestStore, name: &str) -> (Volume, tempfile::TempDir
     (volume, cache)
 }
 
+/// What `read` reads from `name` opened with a fresh cache dir, and the
+/// GETs it took.
+async fn read_cold(
+    store: &TestStore,
+    name: &str,
+    read: impl AsyncFnOnce(&Volume) -> Vec<u64>,
+) -> (Vec<u64>, u64) {
+    let (volume, _cache) = open_fresh(store, name).await;
+    let gets_before = volume.counters().store.gets;
+    let read = read(&volume).await;
+    let gets = volume.counters().store.gets - gets_before;
+    volume.close().await.unwrap();
+    (read, gets)
+}
+
 /// The tags of chunks `chunks`, each chunk's blocks tagged `base + block`.
 fn tags(chunks: std::ops::Range<u64>, base: u64) -> Vec<u64> {
     (chunks.start * BLOCKS_PER_CHUNK..chunks.end * BLOCKS_PER_CHUNK)
@@ -70,23 +85,23 @@ async fn a_commit_packs_its_chunks_and_a_cold_reader_fetches_runs() {
             "4 packs, a page, the root, the head and the lease: {puts} PUTs"
         );
 
-        let (volume, _cache) = open_fresh(&store, "v").await;
-        let gets_before = volume.counters().store.gets;
-        let mut read = Vec::new();
-        for chunk in 0..32 {
-            // 256 KiB reads, as a sequential reader makes them.
-            for quarter in 0..4 {
-                let first = chunk * BLOCKS_PER_CHUNK + quarter * BLOCKS_PER_CHUNK / 4;
-                read.extend(read_tags(&volume, first, BLOCKS_PER_CHUNK / 4).await);
+        let (read, gets) = read_cold(&store, "v", async |volume| {
+            let mut read = Vec::new();
+            for chunk in 0..32 {
+                // 256 KiB reads, as a sequential reader makes them.
+                for quarter in 0..4 {
+                    let first = chunk * BLOCKS_PER_CHUNK + quarter * BLOCKS_PER_CHUNK / 4;
+                    read.extend(read_tags(volume, first, BLOCKS_PER_CHUNK / 4).await);
+                }
             }
-        }
+            read
+        })
+        .await;
         assert_eq!(read, tags(0..32, 1));
-        let gets = volume.counters().store.gets - gets_before;
         assert!(
             gets <= 16,
             "32 chunks read in runs, not one by one: {gets} GETs"
         );
-        volume.close().await.unwrap();
         let verified = engine::verify(&store.reopen(), "v").await.unwrap();
         assert!(verified.is_clean(), "{:?}", verified.bad);
         assert_eq!(verified.chunks, 32);
@@ -110,25 +125,19 @@ async fn a_cold_reader_fetches_each_packs_share_of_a_scattered_stretch_at_once()
     }
     volume.close().await.unwrap();
 
-    let (volume, _cache) = open_fresh(&store, "v").await;
-    let gets_before = volume.counters().store.gets;
-    let mut read = Vec::new();
-    for quarter in 0..64 {
-        read.extend(
-            read_tags(
-                &volume,
-                quarter * BLOCKS_PER_CHUNK / 4,
-                BLOCKS_PER_CHUNK / 4,
-            )
-            .await,
-        );
-    }
+    let (read, gets) = read_cold(&store, "v", async |volume| {
+        let mut read = Vec::new();
+        for quarter in 0..64 {
+            let first = quarter * BLOCKS_PER_CHUNK / 4;
+            read.extend(read_tags(volume, first, BLOCKS_PER_CHUNK / 4).await);
+        }
+        read
+    })
+    .await;
     assert_eq!(read, expected);
-    let gets = volume.counters().store.gets - gets_before;
     // One for chunk 0, one per pack for the rest, and the map page; one
     // per chunk when runs took only neighbours in the volume.
     assert!(gets <= 7, "16 chunks from 3 packs: {gets} GETs");
-    volume.close().await.unwrap();
 }
 
 /// fio's sequential reader at depth 8: eight 1 MiB reads in flight at
@@ -142,16 +151,17 @@ async fn reads_in_flight_together_are_read_ahead_as_one_sequential_reader() {
     write_tags(&volume, 0, &tags(0..32, 1)).await; // 4 packs of 8
     volume.close().await.unwrap();
 
-    let (volume, _cache) = open_fresh(&store, "v").await;
-    let gets_before = volume.counters().store.gets;
-    let mut read = Vec::new();
-    for depth8 in 0..4 {
-        let reads = (depth8 * 8..depth8 * 8 + 8)
-            .map(|chunk| read_tags(&volume, chunk * BLOCKS_PER_CHUNK, BLOCKS_PER_CHUNK));
-        read.extend(futures::future::join_all(reads).await.concat());
-    }
+    let (read, gets) = read_cold(&store, "v", async |volume| {
+        let mut read = Vec::new();
+        for depth8 in 0..4 {
+            let reads = (depth8 * 8..depth8 * 8 + 8)
+                .map(|chunk| read_tags(volume, chunk * BLOCKS_PER_CHUNK, BLOCKS_PER_CHUNK));
+            read.extend(futures::future::join_all(reads).await.concat());
+        }
+        read
+    })
+    .await;
     assert_eq!(read, tags(0..32, 1));
-    let gets = volume.counters().store.gets - gets_before;
     // The map page, chunk 0, then the 4 packs' shares of the read-ahead;
     // a read-ahead started only when reads finish in order lets each of
     // the first eight reads fetch its chunk alone.
@@ -159,7 +169,6 @@ async fn reads_in_flight_together_are_read_ahead_as_one_sequential_reader() {
         gets <= 7,
         "32 chunks in 4 packs read at depth 8: {gets} GETs"
     );
-    volume.close().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -355,7 +355,9 @@ impl Shared {
         self.readahead_end.store(batch.end, Ordering::Release);
         let end = batch.end.min(map.chunk_count());
         if batch.start < end {
-            self.prefetch_within_memory(map, batch.start..end).await;
+            // Boxed: a read that starts no read-ahead (most of them) must
+            // not carry the page lookups' future around.
+            Box::pin(self.prefetch_within_memory(map, batch.start..end)).await;
         }
     }
 
