@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use super::epoch::Reservation;
 use super::error::{EngineError, Result};
 use super::log::{RECORD_HEADER_LEN, RecordHeader};
-use super::rewrite::{Claim, REWRITE_MIN};
+use super::rewrite::Claim;
 use super::volume::{Shared, Volume};
 use crate::format::BLOCK_SIZE;
 
@@ -202,15 +202,14 @@ impl Shared {
     /// Finds a write's place: over the older copy of its extent when the
     /// open epoch has one to spare, else at the end of the epoch.
     async fn place_write(&self, offset: u64, len: u64, record_len: u64) -> Result<Placement> {
-        if len >= REWRITE_MIN {
-            let pinned = self.reserve(0).await?;
-            if let Some(claim) = Claim::take(&pinned.epoch, offset, len) {
-                return Ok(Placement {
-                    reservation: pinned,
-                    rewrite: Some(claim),
-                });
-            }
+        let pinned = self.reserve(0).await?;
+        if let Some(claim) = Claim::take(&pinned.epoch, offset, len) {
+            return Ok(Placement {
+                reservation: pinned,
+                rewrite: Some(claim),
+            });
         }
+        drop(pinned);
         Ok(Placement {
             reservation: self.reserve(record_len).await?,
             rewrite: None,
