@@ -16,6 +16,7 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt, stream};
 use tokio::task::JoinSet;
 
+use super::background;
 use super::catalog;
 use super::epoch::Epoch;
 use super::error::{EngineError, Result};
@@ -200,7 +201,7 @@ impl Shared {
             .collect();
         let chunk_size = base.chunk_size as usize;
         let compression = self.superblock.compression;
-        let built = tokio::task::spawn_blocking(move || {
+        let built = background::run(move || {
             let mut data = vec![0u8; chunk_size];
             let bytes = |blocks: &std::ops::Range<usize>| {
                 blocks.start * BLOCK_SIZE as usize..blocks.end * BLOCK_SIZE as usize
@@ -225,8 +226,7 @@ impl Shared {
             let encoded = format::chunk::encode(&data, compression);
             Ok::<_, EngineError>(Some((encoded, data)))
         })
-        .await
-        .expect("chunk encoding does not panic")?;
+        .await?;
         let Some((encoded, data)) = built else {
             return Ok(Built::Settled(ChunkRef::ZERO));
         };

@@ -53,6 +53,7 @@
 //! (the write-back log); `map` (committed pages);
 //! `catalog` (volumes of a store).
 
+mod background;
 mod catalog;
 mod commit;
 mod epoch;
