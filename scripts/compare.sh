@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the peers and runs the comparison (scripts/compare.py): results,
 # tables and plots in docs/benchmarks/. Needs root (FUSE, page cache drops,
-# the VM). About 30 minutes, and 15 more the first time (ZeroFS builds).
+# the VM). About 45 minutes, and 15 more the first time (ZeroFS builds).
 #
 #   scripts/compare.sh [--runtime 10] [--size 256M] [--out DIR] [--skip-vm] [--s3 garage|moto]
 set -euo pipefail

@@ -151,7 +151,9 @@ def main(out):
         + ("ZeroFS 0.19.1 (crates.io) uses the same S3 server too, through its NBD server. "
            if any(r["target"].startswith("ZeroFS") for r in runs) else
            "ZeroFS is left out: it refuses an S3 server that ignores conditional writes. ")
-        + "Every target was filled with the same bytes first.",
+        + "Every target was filled with the same bytes first. The profiles with a target (4K random read "
+        "and write at QD32, 1M sequential read and write) ran three passes per peer, interleaved; the table "
+        "shows each peer's median pass, and results.json every pass.",
         "",
         host_table,
         "",
@@ -168,7 +170,8 @@ def main(out):
         "## Block devices in the VM",
         "",
         "Debian's 6.12 kernel under QEMU with TCG (no KVM here), so absolute numbers are low; the ratios "
-        "between transports are what matters.",
+        "between transports are what matters. 4K random read at QD32, the profile with targets here, ran "
+        "three passes per target, interleaved; the table shows each target's median pass.",
         "",
         vm_table if vm else "(not run)",
         "",
