@@ -76,9 +76,9 @@ for profile in "${profiles[@]}"; do
     done
   done
     # Overwrites leave old chunks in the store: free them between profiles.
-    # The grace must exceed the longest commit (src/engine/gc.rs), and
-    # under emulation a commit beside fio can take over 30 s.
-    "$ZEROBLK" gc --grace 5m >/dev/null || echo "zeroblk gc failed" >&2
+    # The grace must exceed the longest commit (src/engine/gc.rs): gc
+    # refuses less than 10m while volumes are attached.
+    "$ZEROBLK" gc --grace 10m >/dev/null || echo "zeroblk gc failed" >&2
 done
 "$ZEROBLK" detach vu >&2
 "$ZEROBLK" detach vn >&2

@@ -117,6 +117,42 @@ async fn gc_frees_what_no_volume_references_and_nothing_else() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gc_refuses_a_short_grace_while_a_volume_is_attached() {
+    let store = TestStore::new(Backend::Memory);
+    let (volume, _cache) = create_and_open(&store.store, "busy", 16 * MIB, 1 << 20).await;
+    write_tags(&volume, 0, &[1, 2, 3]).await;
+    volume.commit().await.unwrap();
+
+    let refused = engine::collect_garbage(&store.store, NOW)
+        .await
+        .unwrap_err();
+    let message = refused.to_string();
+    assert!(
+        message.contains("busy") && message.contains("--grace 10m"),
+        "names the attached volume and the fix: {message}"
+    );
+    let dry = GcOptions {
+        dry_run: true,
+        ..NOW
+    };
+    engine::collect_garbage(&store.store, dry)
+        .await
+        .expect("a dry run deletes nothing, so any grace will do");
+    let long_enough = GcOptions {
+        grace: engine::MIN_GRACE_WHILE_ATTACHED,
+        dry_run: false,
+    };
+    engine::collect_garbage(&store.store, long_enough)
+        .await
+        .expect("a grace of the minimum is accepted while attached");
+
+    volume.close().await.unwrap();
+    engine::collect_garbage(&store.store, NOW)
+        .await
+        .expect("once detached, any grace will do");
+}
+
 /// Flips one byte of every object under `prefix` in a file store.
 fn flip_a_byte_under(root: &std::path::Path, prefix: &str) -> Vec<String> {
     let mut flipped = Vec::new();

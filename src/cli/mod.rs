@@ -85,6 +85,7 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
         /// Keep whatever is younger than this, for writers in mid-commit
+        /// (at least 10m while any volume is attached)
         #[arg(long, value_name = "DURATION", default_value = "1h")]
         grace: humantime::Duration,
         #[arg(long)]

@@ -54,6 +54,18 @@ pub enum EngineError {
         pid: u32,
     },
     #[error(
+        "gc grace {} is too short while {volumes} {} attached: a commit in flight could lose objects it has just uploaded; detach first, or use --grace {} or longer",
+        humantime::format_duration(*grace),
+        if volumes.contains(',') { "are" } else { "is" },
+        humantime::format_duration(*minimum)
+    )]
+    GraceTooShort {
+        grace: std::time::Duration,
+        minimum: std::time::Duration,
+        /// The attached volumes, comma-separated.
+        volumes: String,
+    },
+    #[error(
         "volume `{name}` was taken over by {by} (its lease is not ours any more): this writer stops and commits nothing more"
     )]
     LeaseLost { name: String, by: String },

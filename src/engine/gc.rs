@@ -18,8 +18,11 @@
 //! it publishes the root that references it, and does so within seconds.
 //! An object young enough to belong to a commit in flight is never
 //! deleted, so the grace period must exceed the longest commit, retries
-//! included: the default is an hour. A page that cannot be read stops the
-//! collection before anything is deleted: what it references is unknown.
+//! included: the default is an hour. While any volume is attached (its
+//! lease may be alive), gc refuses a grace shorter than
+//! [`MIN_GRACE_WHILE_ATTACHED`]: a short grace is for stores nobody writes.
+//! A page that cannot be read stops the collection before anything is
+//! deleted: what it references is unknown.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime};
@@ -29,10 +32,15 @@ use serde::Serialize;
 
 use super::catalog::{self, superblock};
 use super::error::{EngineError, Result};
+use super::lease;
 use crate::format::{ChunkRef, ObjectId, Root, Superblock, chunk, keys, pack, page::MapPage};
 use crate::store::{ObjectInfo, Store};
 
 const CONCURRENCY: usize = 16;
+
+/// The shortest grace gc accepts while a volume is attached: longer than
+/// any commit takes, retries included, even on a slow machine.
+pub const MIN_GRACE_WHILE_ATTACHED: Duration = Duration::from_secs(10 * 60);
 
 /// How `gc` runs.
 #[derive(Debug, Clone, Copy)]
@@ -124,7 +132,11 @@ pub async fn collect(store: &Store, options: GcOptions) -> Result<GcReport> {
     };
     let mut live = Live::default();
     let mut old_roots = Vec::new();
-    for name in catalog::list(store).await? {
+    let volumes = catalog::list(store).await?;
+    if !options.dry_run {
+        refuse_short_grace_while_attached(store, &volumes, options.grace).await?;
+    }
+    for name in volumes {
         let superblock = superblock(store, &name).await?;
         report.volumes += 1;
         let roots = store
@@ -202,6 +214,32 @@ pub async fn collect(store: &Store, options: GcOptions) -> Result<GcReport> {
             .await?;
     }
     Ok(report)
+}
+
+/// Fails if `grace` is shorter than [`MIN_GRACE_WHILE_ATTACHED`] and any
+/// of `volumes` has a writer that may be alive.
+async fn refuse_short_grace_while_attached(
+    store: &Store,
+    volumes: &[String],
+    grace: Duration,
+) -> Result<()> {
+    if grace >= MIN_GRACE_WHILE_ATTACHED {
+        return Ok(());
+    }
+    let mut attached = Vec::new();
+    for name in volumes {
+        if lease::live_holder(store, name).await?.is_some() {
+            attached.push(name.as_str());
+        }
+    }
+    if attached.is_empty() {
+        return Ok(());
+    }
+    Err(EngineError::GraceTooShort {
+        grace,
+        minimum: MIN_GRACE_WHILE_ATTACHED,
+        volumes: attached.join(", "),
+    })
 }
 
 /// Stores the `live` chunks of `pack` as objects of their own, each

@@ -180,6 +180,12 @@ impl Drop for Lease {
     }
 }
 
+/// The lease on volume `name`, if its holder may still be writing.
+pub async fn live_holder(store: &Store, name: &str) -> Result<Option<LeaseRecord>> {
+    let record = read(store, &keys::volume_file(name, "lease")).await?;
+    Ok(record.filter(LeaseRecord::may_be_alive))
+}
+
 async fn read(store: &Store, key: &str) -> Result<Option<LeaseRecord>> {
     let Some(bytes) = store.get(key).await? else {
         return Ok(None);

@@ -80,7 +80,7 @@ pub use catalog::{
     read_volume_file, validate_size, write_volume_file,
 };
 pub use error::{EngineError, Result};
-pub use gc::{GcOptions, GcReport, collect as collect_garbage};
+pub use gc::{GcOptions, GcReport, MIN_GRACE_WHILE_ATTACHED, collect as collect_garbage};
 pub use options::{Durability, EngineOptions};
 pub use read::{Extent, ReadData, ReadPart};
 pub use verify::{BadObject, VerifyReport, verify};
