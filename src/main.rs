@@ -26,13 +26,19 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 ///   throughput to a third. A second keeps both.
 /// - `muzzy_decay_ms:0`: lazily freed pages (still counted in RSS until the
 ///   kernel needs them) are skipped: pages go back at once.
+/// - `thp:always`: jemalloc asks for transparent huge pages (the kernels
+///   here give them on request, `madvise`). A cold read decompresses every
+///   chunk into new memory, and faulting it in 4 KiB at a time took a
+///   third of the daemon's CPU: with 2 MiB pages, a cold sequential read
+///   used 0.5 CPU-seconds per 256 MiB, not 0.7, and ran a fifth faster.
+///   Peak RSS grew by under 20 MiB (pages partly in use).
 // SAFETY: jemalloc reads this symbol (its weak default overridden here) as
 // a `const char *` to a NUL-terminated string; it is immutable, 'static,
 // and NUL-terminated.
 #[allow(unsafe_code)]
 #[unsafe(export_name = "_rjem_malloc_conf")]
-static MALLOC_CONF: &[u8; 70] =
-    b"narenas:1,background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+static MALLOC_CONF: &[u8; 81] =
+    b"narenas:1,background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0,thp:always\0";
 
 fn main() -> std::process::ExitCode {
     zeroblk::cli::main()

@@ -301,3 +301,26 @@ fn attach_without_kernel_support_says_what_is_missing() {
     );
     zb.fails(&["detach", "nothing"], "not attached");
 }
+
+#[test]
+fn the_allocator_accepts_its_options() {
+    let output = Command::new(env!("CARGO_BIN_EXE_zeroblk"))
+        .arg("--version")
+        .env("_RJEM_MALLOC_CONF", "stats_print:true")
+        .output()
+        .expect("run zeroblk");
+    assert!(output.status.success());
+    let stats = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !stats.contains("Invalid conf"),
+        "jemalloc rejects part of src/main.rs's MALLOC_CONF: {stats}"
+    );
+    for option in [
+        "opt.narenas: 1",
+        "opt.dirty_decay_ms: 1000",
+        "opt.muzzy_decay_ms: 0",
+        "opt.thp: \"always\"",
+    ] {
+        assert!(stats.contains(option), "{option} missing: {stats}");
+    }
+}
