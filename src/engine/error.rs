@@ -54,16 +54,16 @@ pub enum EngineError {
         pid: u32,
     },
     #[error(
-        "gc grace {} is too short while {volumes} {} attached: a commit in flight could lose objects it has just uploaded; detach first, or use --grace {} or longer",
+        "gc --grace {} is too short while {} attached: a commit in flight could lose objects it has just uploaded; detach first, or use --grace {} or longer",
         humantime::format_duration(*grace),
-        if volumes.contains(',') { "are" } else { "is" },
+        volumes_are(volumes),
         humantime::format_duration(*minimum)
     )]
     GraceTooShort {
         grace: std::time::Duration,
         minimum: std::time::Duration,
-        /// The attached volumes, comma-separated.
-        volumes: String,
+        /// The attached volumes.
+        volumes: Vec<String>,
     },
     #[error(
         "volume `{name}` was taken over by {by} (its lease is not ours any more): this writer stops and commits nothing more"
@@ -121,6 +121,15 @@ impl EngineError {
 impl From<Arc<EngineError>> for EngineError {
     fn from(shared: Arc<EngineError>) -> Self {
         EngineError::Shared(shared)
+    }
+}
+
+/// "volume `a` is", or "volumes `a`, `b` are".
+fn volumes_are(names: &[String]) -> String {
+    let quoted: Vec<String> = names.iter().map(|name| format!("`{name}`")).collect();
+    match quoted.as_slice() {
+        [one] => format!("volume {one} is"),
+        many => format!("volumes {} are", many.join(", ")),
     }
 }
 

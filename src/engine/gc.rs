@@ -229,7 +229,7 @@ async fn refuse_short_grace_while_attached(
     let mut attached = Vec::new();
     for name in volumes {
         if lease::live_holder(store, name).await?.is_some() {
-            attached.push(name.as_str());
+            attached.push(name.clone());
         }
     }
     if attached.is_empty() {
@@ -238,7 +238,7 @@ async fn refuse_short_grace_while_attached(
     Err(EngineError::GraceTooShort {
         grace,
         minimum: MIN_GRACE_WHILE_ATTACHED,
-        volumes: attached.join(", "),
+        volumes: attached,
     })
 }
 
