@@ -8,6 +8,12 @@
 //! - The holder renews it every third of its time to live, and checks it
 //!   before every commit. A writer that finds the lease taken stops at
 //!   once: it commits nothing more, and its writes fail.
+//! - A renewal reads the lease, then replaces it only if it is still the
+//!   version this holder wrote (If-Match), so a takeover landing between
+//!   the read and the write is never overwritten. Stores that cannot
+//!   replace conditionally (a local directory; Garage ignores the
+//!   condition) have only the read: there a takeover in that instant can
+//!   be undone, and the taker finds the lease lost at its first commit.
 //! - A writer that takes the lease over from a holder that may be alive
 //!   waits half the time to live before its first commit, so the old
 //!   holder's next check (or renewal) sees the takeover first. On stores
@@ -26,7 +32,7 @@ use uuid::Uuid;
 use super::error::{EngineError, Result};
 use crate::format::keys;
 use crate::format::root::now_ms;
-use crate::store::Store;
+use crate::store::{Replaced, Store, Version};
 
 /// Holders alive in this process (a lease that names this process but a
 /// holder not in here was left by a volume that crashed in-process).
@@ -65,6 +71,11 @@ impl LeaseRecord {
 pub struct Lease {
     key: String,
     record: LeaseRecord,
+    /// The version of the lease object this holder wrote last.
+    version: Version,
+    /// Whether renewals replace that version only (false once the store
+    /// said it cannot).
+    conditional: bool,
     /// Until then, commits wait: a takeover from a holder that may live.
     quiet_until_ms: u64,
 }
@@ -97,7 +108,7 @@ impl Lease {
             renewed_at_ms: now_ms(),
             ttl_ms: ttl.as_millis() as u64,
         };
-        write(store, &key, &record).await?;
+        let version = write(store, &key, &record).await?;
         LIVE_HOLDERS
             .lock()
             .expect("holders lock")
@@ -115,6 +126,8 @@ impl Lease {
         Ok(Lease {
             key,
             record,
+            version,
+            conditional: true,
             quiet_until_ms,
         })
     }
@@ -128,8 +141,28 @@ impl Lease {
     /// transient means another writer took it.
     pub async fn renew(&mut self, store: &Store, name: &str) -> Result<()> {
         self.check(store, name).await?;
-        self.record.renewed_at_ms = now_ms();
-        write(store, &self.key, &self.record).await
+        let mut renewed = self.record.clone();
+        renewed.renewed_at_ms = now_ms();
+        if self.conditional {
+            let json = Bytes::from(serde_json::to_vec(&renewed).expect("a lease serializes"));
+            match store
+                .replace_if_unchanged(&self.key, json, &self.version)
+                .await?
+            {
+                Replaced::Replaced(version) => {
+                    self.record = renewed;
+                    self.version = version;
+                    return Ok(());
+                }
+                // Taken over since the check, or an attempt of ours landed
+                // and only its reply was lost: the check tells which.
+                Replaced::Changed => self.check(store, name).await?,
+                Replaced::Unsupported => self.conditional = false,
+            }
+        }
+        self.record = renewed;
+        self.version = write(store, &self.key, &self.record).await?;
+        Ok(())
     }
 
     /// Checks the lease is still ours, and waits out a takeover's quiet
@@ -194,8 +227,7 @@ async fn read(store: &Store, key: &str) -> Result<Option<LeaseRecord>> {
     Ok(serde_json::from_slice(&bytes).ok())
 }
 
-async fn write(store: &Store, key: &str, record: &LeaseRecord) -> Result<()> {
+async fn write(store: &Store, key: &str, record: &LeaseRecord) -> Result<Version> {
     let json = serde_json::to_vec(record).expect("a lease serializes");
-    store.put(key, Bytes::from(json)).await?;
-    Ok(())
+    Ok(store.put_versioned(key, Bytes::from(json)).await?)
 }

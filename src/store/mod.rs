@@ -25,7 +25,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
 use tokio::sync::OnceCell;
 
 pub use metrics::StoreCounters;
@@ -118,6 +118,27 @@ pub enum Fencing {
 pub enum Created {
     Created,
     AlreadyExists,
+}
+
+/// Which version of an object a write left, for a later write that must
+/// replace exactly that version (see [`Store::replace_if_unchanged`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version {
+    e_tag: Option<String>,
+    version: Option<String>,
+}
+
+/// What a conditional replace did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replaced {
+    /// The object was the version given, and now holds the new bytes.
+    Replaced(Version),
+    /// Somebody wrote or deleted the object since that version (or an
+    /// attempt of ours landed and only its reply was lost): nothing written.
+    Changed,
+    /// The store cannot replace conditionally (a local directory): nothing
+    /// written.
+    Unsupported,
 }
 
 /// A handle on one object store; cheap to clone.
@@ -249,6 +270,59 @@ impl Store {
         self.put_with_mode(key, bytes.into(), PutMode::Overwrite)
             .await
             .map(|_| ())
+    }
+
+    /// Writes `key`, replacing what was there; returns the version written.
+    pub async fn put_versioned(&self, key: &str, bytes: Bytes) -> Result<Version, StoreError> {
+        let path = Path::from(key);
+        let payload = PutPayload::from(bytes);
+        let attempt = || {
+            self.metrics.put(payload.content_length());
+            self.inner.put(&path, payload.clone())
+        };
+        match self.retrying("PUT", key, attempt).await.result {
+            Ok(written) => Ok(Version {
+                e_tag: written.e_tag,
+                version: written.version,
+            }),
+            Err(e) => Err(self.classify("PUT", key, e)),
+        }
+    }
+
+    /// Writes `key` only if it still holds `version` (If-Match). Stores that
+    /// ignore the condition (Garage) replace whatever is there: callers
+    /// that must notice another writer read the object first as well.
+    pub async fn replace_if_unchanged(
+        &self,
+        key: &str,
+        bytes: Bytes,
+        version: &Version,
+    ) -> Result<Replaced, StoreError> {
+        let path = Path::from(key);
+        let payload = PutPayload::from(bytes);
+        let expected = UpdateVersion {
+            e_tag: version.e_tag.clone(),
+            version: version.version.clone(),
+        };
+        let attempt = || {
+            let options = PutOptions {
+                mode: PutMode::Update(expected.clone()),
+                ..PutOptions::default()
+            };
+            self.metrics.put(payload.content_length());
+            self.inner.put_opts(&path, payload.clone(), options)
+        };
+        match self.retrying("PUT", key, attempt).await.result {
+            Ok(written) => Ok(Replaced::Replaced(Version {
+                e_tag: written.e_tag,
+                version: written.version,
+            })),
+            Err(
+                object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. },
+            ) => Ok(Replaced::Changed),
+            Err(object_store::Error::NotImplemented { .. }) => Ok(Replaced::Unsupported),
+            Err(e) => Err(self.classify("PUT", key, e)),
+        }
     }
 
     /// Writes `key` from `parts`, one after the other, without copying
@@ -501,5 +575,48 @@ mod tests {
         let store = Store::open(&url, &StoreOptions::default()).unwrap();
         assert_eq!(store.fencing().await.unwrap(), Fencing::Enforced);
         assert_eq!(Store::memory().fencing().await.unwrap(), Fencing::Enforced);
+    }
+
+    #[tokio::test]
+    async fn a_conditional_replace_writes_only_over_the_version_given() {
+        let store = Store::memory();
+        let first = store
+            .put_versioned("lease", Bytes::from_static(b"a1"))
+            .await
+            .unwrap();
+        let Replaced::Replaced(second) = store
+            .replace_if_unchanged("lease", Bytes::from_static(b"a2"), &first)
+            .await
+            .unwrap()
+        else {
+            panic!("the version given was the object's");
+        };
+        store.put("lease", Bytes::from_static(b"b1")).await.unwrap();
+        assert_eq!(
+            store
+                .replace_if_unchanged("lease", Bytes::from_static(b"a3"), &second)
+                .await
+                .unwrap(),
+            Replaced::Changed
+        );
+        assert_eq!(
+            store.get("lease").await.unwrap().unwrap(),
+            Bytes::from_static(b"b1"),
+            "another writer's object stays"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", dir.path().display());
+        let local = Store::open(&url, &StoreOptions::default()).unwrap();
+        let version = local
+            .put_versioned("lease", Bytes::from_static(b"a1"))
+            .await
+            .unwrap();
+        assert_eq!(
+            local
+                .replace_if_unchanged("lease", Bytes::from_static(b"a2"), &version)
+                .await
+                .unwrap(),
+            Replaced::Unsupported
+        );
     }
 }
