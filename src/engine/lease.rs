@@ -144,9 +144,8 @@ impl Lease {
         let mut renewed = self.record.clone();
         renewed.renewed_at_ms = now_ms();
         if self.conditional {
-            let json = Bytes::from(serde_json::to_vec(&renewed).expect("a lease serializes"));
             match store
-                .replace_if_unchanged(&self.key, json, &self.version)
+                .replace_if_unchanged(&self.key, encode(&renewed), &self.version)
                 .await?
             {
                 Replaced::Replaced(version) => {
@@ -228,6 +227,9 @@ async fn read(store: &Store, key: &str) -> Result<Option<LeaseRecord>> {
 }
 
 async fn write(store: &Store, key: &str, record: &LeaseRecord) -> Result<Version> {
-    let json = serde_json::to_vec(record).expect("a lease serializes");
-    Ok(store.put_versioned(key, Bytes::from(json)).await?)
+    Ok(store.put_versioned(key, encode(record)).await?)
+}
+
+fn encode(record: &LeaseRecord) -> Bytes {
+    Bytes::from(serde_json::to_vec(record).expect("a lease serializes"))
 }

@@ -25,7 +25,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
+use object_store::{
+    ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, PutResult, UpdateVersion,
+};
 use tokio::sync::OnceCell;
 
 pub use metrics::StoreCounters;
@@ -123,9 +125,15 @@ pub enum Created {
 /// Which version of an object a write left, for a later write that must
 /// replace exactly that version (see [`Store::replace_if_unchanged`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Version {
-    e_tag: Option<String>,
-    version: Option<String>,
+pub struct Version(UpdateVersion);
+
+impl From<PutResult> for Version {
+    fn from(written: PutResult) -> Version {
+        Version(UpdateVersion {
+            e_tag: written.e_tag,
+            version: written.version,
+        })
+    }
 }
 
 /// What a conditional replace did.
@@ -274,17 +282,12 @@ impl Store {
 
     /// Writes `key`, replacing what was there; returns the version written.
     pub async fn put_versioned(&self, key: &str, bytes: Bytes) -> Result<Version, StoreError> {
-        let path = Path::from(key);
-        let payload = PutPayload::from(bytes);
-        let attempt = || {
-            self.metrics.put(payload.content_length());
-            self.inner.put(&path, payload.clone())
-        };
-        match self.retrying("PUT", key, attempt).await.result {
-            Ok(written) => Ok(Version {
-                e_tag: written.e_tag,
-                version: written.version,
-            }),
+        match self
+            .put_retried(key, bytes.into(), PutMode::Overwrite)
+            .await
+            .result
+        {
+            Ok(written) => Ok(written.into()),
             Err(e) => Err(self.classify("PUT", key, e)),
         }
     }
@@ -298,25 +301,9 @@ impl Store {
         bytes: Bytes,
         version: &Version,
     ) -> Result<Replaced, StoreError> {
-        let path = Path::from(key);
-        let payload = PutPayload::from(bytes);
-        let expected = UpdateVersion {
-            e_tag: version.e_tag.clone(),
-            version: version.version.clone(),
-        };
-        let attempt = || {
-            let options = PutOptions {
-                mode: PutMode::Update(expected.clone()),
-                ..PutOptions::default()
-            };
-            self.metrics.put(payload.content_length());
-            self.inner.put_opts(&path, payload.clone(), options)
-        };
-        match self.retrying("PUT", key, attempt).await.result {
-            Ok(written) => Ok(Replaced::Replaced(Version {
-                e_tag: written.e_tag,
-                version: written.version,
-            })),
+        let mode = PutMode::Update(version.0.clone());
+        match self.put_retried(key, bytes.into(), mode).await.result {
+            Ok(written) => Ok(Replaced::Replaced(written.into())),
             Err(
                 object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. },
             ) => Ok(Replaced::Changed),
@@ -358,6 +345,24 @@ impl Store {
         payload: PutPayload,
         mode: PutMode,
     ) -> Result<(Created, bool), StoreError> {
+        let outcome = self.put_retried(key, payload, mode).await;
+        match outcome.result {
+            Ok(_) => Ok((Created::Created, outcome.retried)),
+            Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
+            ) => Ok((Created::AlreadyExists, outcome.retried)),
+            Err(e) => Err(self.classify("PUT", key, e)),
+        }
+    }
+
+    /// One PUT of `payload` to `key` as `mode` says, counted and retried.
+    async fn put_retried(
+        &self,
+        key: &str,
+        payload: PutPayload,
+        mode: PutMode,
+    ) -> retry::Outcome<PutResult> {
         let path = Path::from(key);
         let attempt = || {
             let options = PutOptions {
@@ -367,15 +372,7 @@ impl Store {
             self.metrics.put(payload.content_length());
             self.inner.put_opts(&path, payload.clone(), options)
         };
-        let outcome = self.retrying("PUT", key, attempt).await;
-        match outcome.result {
-            Ok(_) => Ok((Created::Created, outcome.retried)),
-            Err(
-                object_store::Error::AlreadyExists { .. }
-                | object_store::Error::Precondition { .. },
-            ) => Ok((Created::AlreadyExists, outcome.retried)),
-            Err(e) => Err(self.classify("PUT", key, e)),
-        }
+        self.retrying("PUT", key, attempt).await
     }
 
     /// Deletes `key`; deleting what is not there is not an error.
