@@ -284,7 +284,7 @@ async fn a_lost_cache_dir_opens_at_the_last_commit() {
         write_tags(&volume, 10, &[5, 6]).await;
         volume.flush().await.unwrap();
         write_tags(&volume, 10, &[8]).await;
-        volume.crash(true, 1).await;
+        volume.crash(false, 1).await;
         drop(cache);
 
         let cache = tempfile::tempdir().unwrap();

@@ -5,7 +5,10 @@
 //!
 //! - a process crash (`kill -9`) loses nothing acknowledged;
 //! - a power cut keeps, per block, the value at the last flush or a value
-//!   written after it;
+//!   written after it. The cut undoes whatever the log had not made
+//!   durable, in every file and directory of the cache dir: unsynced
+//!   pages of any segment (replayed and recycled ones too), lengths, and
+//!   directory entries not yet synced (`engine::simulate_power_cuts`);
 //! - losing the cache directory keeps, with remote durability, the same;
 //!   with local durability, some value the block once held.
 
@@ -21,6 +24,8 @@ const CHUNK: u64 = 64 << 10;
 const BLOCKS_PER_CHUNK: u64 = CHUNK / 4096;
 const CHUNKS: u64 = 8;
 const BLOCKS: u64 = CHUNKS * BLOCKS_PER_CHUNK;
+/// A step that takes longer is stuck: fail, don't hang.
+const STEP_LIMIT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -119,32 +124,62 @@ async fn read_all(volume: &Volume) -> Vec<u64> {
     buf.chunks(4096).map(tag_of).collect()
 }
 
-async fn run(backend: Backend, durability: Durability, ops: Vec<Op>) {
-    let store = TestStore::new(backend);
-    engine::create(&store.store, &new_volume("m", BLOCKS * 4096, CHUNK))
-        .await
-        .unwrap();
-    let mut cache = tempfile::tempdir().unwrap();
-    let options = |dir: &std::path::Path| -> EngineOptions {
-        let mut options = engine_options(dir);
-        options.durability = durability;
+/// A volume under test, its cache dir and the model it is checked against.
+struct Run {
+    store: TestStore,
+    durability: Durability,
+    cache: tempfile::TempDir,
+    volume: Option<Volume>,
+    model: Model,
+}
+
+impl Run {
+    async fn start(backend: Backend, durability: Durability) -> Run {
+        let store = TestStore::new(backend);
+        engine::create(&store.store, &new_volume("m", BLOCKS * 4096, CHUNK))
+            .await
+            .unwrap();
+        let mut run = Run {
+            store,
+            durability,
+            cache: armed_cache_dir(),
+            volume: None,
+            model: Model::new(),
+        };
+        run.open().await;
+        run
+    }
+
+    fn options(&self) -> EngineOptions {
+        let mut options = engine_options(self.cache.path());
+        options.durability = self.durability;
         options.commit_interval = Duration::from_millis(20);
         options.max_dirty_bytes = 256 << 10;
         // A few writes fill a segment: rotation, end records and reuse of
         // committed segments are in almost every case.
         options.log_segment_bytes = 32 << 10;
         options
-    };
-    let mut volume = Volume::open(&store.store, "m", options(cache.path()))
-        .await
-        .unwrap();
-    let mut model = Model::new();
-    for (step, op) in ops.into_iter().enumerate() {
+    }
+
+    async fn open(&mut self) {
+        let volume = Volume::open(&self.store.reopen(), "m", self.options())
+            .await
+            .unwrap();
+        self.volume = Some(volume);
+    }
+
+    fn volume(&self) -> &Volume {
+        self.volume.as_ref().expect("the volume is open")
+    }
+
+    async fn apply(&mut self, step: usize, op: Op) {
+        let model = &mut self.model;
         match op {
             Op::Write { block, blocks, fua } => {
                 let tags: Vec<u64> = (0..blocks).map(|i| model.next_tag + i).collect();
                 model.next_tag += blocks;
                 let data: Vec<u8> = tags.iter().flat_map(|&t| block_of(t)).collect();
+                let volume = self.volume.as_ref().expect("open");
                 volume.write(block * 4096, &data, fua).await.unwrap();
                 for (i, tag) in tags.into_iter().enumerate() {
                     model.set(block + i as u64, tag);
@@ -154,6 +189,7 @@ async fn run(backend: Backend, durability: Durability, ops: Vec<Op>) {
                 }
             }
             Op::Zero { block, blocks } => {
+                let volume = self.volume.as_ref().expect("open");
                 volume
                     .discard(block * 4096, blocks * 4096, false)
                     .await
@@ -161,11 +197,12 @@ async fn run(backend: Backend, durability: Durability, ops: Vec<Op>) {
                 (block..block + blocks).for_each(|b| model.set(b, 0));
             }
             Op::Flush => {
-                volume.flush().await.unwrap();
+                self.volume.as_ref().expect("open").flush().await.unwrap();
                 model.flush();
             }
             Op::Read { block, blocks } => {
                 let mut buf = vec![0u8; (blocks * 4096) as usize];
+                let volume = self.volume.as_ref().expect("open");
                 volume.read(block * 4096, &mut buf).await.unwrap();
                 let found: Vec<u64> = buf.chunks(4096).map(tag_of).collect();
                 let expected = &model.current[block as usize..(block + blocks) as usize];
@@ -176,29 +213,29 @@ async fn run(backend: Backend, durability: Durability, ops: Vec<Op>) {
             }
             Op::Settle => tokio::time::sleep(Duration::from_millis(30)).await,
             Op::Crash { power_loss } => {
+                let volume = self.volume.take().expect("open");
                 volume.crash(power_loss, step as u64).await;
-                volume = Volume::open(&store.reopen(), "m", options(cache.path()))
-                    .await
-                    .unwrap();
-                let found = read_all(&volume).await;
+                self.open().await;
+                let found = read_all(self.volume()).await;
                 if power_loss {
-                    model.recover(&found, at_flush_or_later, "a power cut");
+                    self.model.recover(&found, at_flush_or_later, "a power cut");
                 } else {
-                    model.recover(&found, |m, b, t| m.current[b] == t, "a process crash");
+                    self.model
+                        .recover(&found, |m, b, t| m.current[b] == t, "a process crash");
                 }
             }
             Op::LoseCache => {
+                let volume = self.volume.take().expect("open");
                 volume.crash(true, step as u64).await;
-                cache = tempfile::tempdir().unwrap();
-                volume = Volume::open(&store.reopen(), "m", options(cache.path()))
-                    .await
-                    .unwrap();
-                let found = read_all(&volume).await;
-                match durability {
+                self.cache = armed_cache_dir();
+                self.open().await;
+                let found = read_all(self.volume()).await;
+                match self.durability {
                     Durability::Remote => {
-                        model.recover(&found, at_flush_or_later, "losing the cache")
+                        self.model
+                            .recover(&found, at_flush_or_later, "losing the cache")
                     }
-                    Durability::Local => model.recover(
+                    Durability::Local => self.model.recover(
                         &found,
                         |m, b, t| m.history[b].contains(&t),
                         "losing the cache",
@@ -206,22 +243,42 @@ async fn run(backend: Backend, durability: Durability, ops: Vec<Op>) {
                 }
             }
             Op::Reopen => {
+                let volume = self.volume.take().expect("open");
                 volume.close().await.unwrap();
                 drop(volume);
-                volume = Volume::open(&store.reopen(), "m", options(cache.path()))
-                    .await
-                    .unwrap();
-                let found = read_all(&volume).await;
-                model.recover(&found, |m, b, t| m.current[b] == t, "a clean close");
+                self.open().await;
+                let found = read_all(self.volume()).await;
+                self.model
+                    .recover(&found, |m, b, t| m.current[b] == t, "a clean close");
             }
         }
     }
-    let found = read_all(&volume).await;
-    assert_eq!(found, model.current, "final state");
-    volume.close().await.unwrap();
+}
+
+/// A fresh cache dir whose changes a simulated power cut may undo.
+fn armed_cache_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    engine::simulate_power_cuts(dir.path());
+    dir
+}
+
+async fn run(backend: Backend, durability: Durability, ops: Vec<Op>) {
+    let mut run = Run::start(backend, durability).await;
+    for (step, op) in ops.into_iter().enumerate() {
+        let what = format!("{op:?}");
+        let applied = tokio::time::timeout(STEP_LIMIT, run.apply(step, op)).await;
+        assert!(
+            applied.is_ok(),
+            "step {step}: {what} did not finish within {STEP_LIMIT:?}"
+        );
+    }
+    let found = read_all(run.volume()).await;
+    assert_eq!(found, run.model.current, "final state");
+    run.volume().close().await.unwrap();
 }
 
 fn check(backend: Backend, durability: Durability, ops: Vec<Op>) {
+    common::init_tracing();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

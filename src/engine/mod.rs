@@ -84,5 +84,7 @@ pub use gc::{GcOptions, GcReport, MIN_GRACE_WHILE_ATTACHED, collect as collect_g
 pub use options::{Durability, EngineOptions};
 pub use read::{Extent, ReadData, ReadPart};
 pub use verify::{BadObject, VerifyReport, verify};
+#[cfg(feature = "failpoints")]
+pub use volume::simulate_power_cuts;
 pub use volume::{Volume, VolumeCounters, local_dir};
 pub use write::WriteBuffer;

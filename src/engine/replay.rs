@@ -16,7 +16,6 @@
 //! torn or missing record can only belong to writes that no flush covered,
 //! and so can everything after it.
 
-use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -109,7 +108,7 @@ fn replay_segment(
 ) -> io::Result<(u64, bool)> {
     let format = identity.format;
     let len = segment.len()?;
-    let mut reader = BufReader::with_capacity(1 << 20, File::open(segment.path())?);
+    let mut reader = BufReader::with_capacity(1 << 20, segment.reader()?);
     io::copy(&mut (&mut reader).take(SEGMENT_HEADER_LEN), &mut io::sink())?;
     let mut pos = SEGMENT_HEADER_LEN;
     let mut payload = Vec::new();

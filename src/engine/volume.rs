@@ -332,8 +332,9 @@ impl Volume {
     }
 
     /// For crash tests: stops the volume as `kill -9` would. With
-    /// `power_loss`, also drops log bytes that were never fsynced (each
-    /// segment is cut at a random point past its synced length).
+    /// `power_loss`, the machine loses power too: whatever the log had not
+    /// made durable may be lost (see [`simulate_power_cuts`]).
+    #[cfg(feature = "failpoints")]
     #[doc(hidden)]
     pub async fn crash(self, power_loss: bool, seed: u64) {
         self.stop_tasks().await;
@@ -343,18 +344,21 @@ impl Volume {
         drop(self.shared.segment_creation.lock().await);
         self.shared
             .fail(EngineError::InvalidArgument("crashed".into()));
+        self.shared.log.abandon();
         self.shared.lease.lock().await.holder_died();
         if power_loss {
-            let mut rng = fastrand::Rng::with_seed(seed);
-            let segments = self.shared.switch.lock().await.segments.clone();
-            for segment in segments {
-                let synced = segment.synced_len();
-                let len = segment.len().unwrap_or(synced).max(synced);
-                let keep = rng.u64(synced..=len);
-                let _ = segment.truncate(keep);
-            }
+            super::log::power_cut::cut(&self.shared.log.dir, seed);
         }
     }
+}
+
+/// For crash tests: journals every change under `dir` (a cache directory)
+/// that is not durable yet, so that [`Volume::crash`] with a power loss
+/// can undo it.
+#[cfg(feature = "failpoints")]
+#[doc(hidden)]
+pub fn simulate_power_cuts(dir: &std::path::Path) {
+    super::log::power_cut::arm(dir);
 }
 
 impl Drop for Volume {

@@ -84,6 +84,17 @@ impl TestStore {
     }
 }
 
+/// Logs the engine's tracing to the test's output when `RUST_LOG` is set
+/// (for example `RUST_LOG=zeroblk=debug`).
+pub fn init_tracing() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 /// Engine options for tests: small caches, quick commits.
 pub fn engine_options(cache_dir: &Path) -> EngineOptions {
     let mut options = EngineOptions::new(cache_dir);

@@ -8,12 +8,17 @@
 //! if someone else committed the volume since, the log is moved aside, not
 //! replayed over their state.
 
+mod file;
+#[cfg(feature = "failpoints")]
+pub mod power_cut;
 mod record;
 mod segment;
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -40,6 +45,9 @@ pub struct LogDir {
     pub manifest: LogManifest,
     /// Bytes of retired segment files kept for reuse (see [`FreeFiles`]).
     pub keep_free_bytes: u64,
+    /// Set when the process that wrote the log is gone (a simulated
+    /// crash): segments dropped after that leave their files as they are.
+    abandoned: Arc<AtomicBool>,
 }
 
 /// An opened log: its folder, and the segments a replay must read.
@@ -73,6 +81,7 @@ impl LogDir {
                     dir: dir.to_path_buf(),
                     manifest,
                     keep_free_bytes: DEFAULT_FREE_BYTES,
+                    abandoned: Arc::default(),
                 };
                 return Ok(OpenedLog {
                     log,
@@ -95,7 +104,7 @@ impl LogDir {
         // A new log starts its epochs over: files of another log are never
         // reused, so that their records cannot be taken for this one's.
         for free in free_segments(dir)? {
-            fs::remove_file(free)?;
+            file::remove(&free)?;
         }
         let manifest = LogManifest {
             volume: root.volume,
@@ -104,14 +113,14 @@ impl LogDir {
         };
         let temporary = dir.join(".log.json.tmp");
         let json = serde_json::to_vec_pretty(&manifest).map_err(io::Error::other)?;
-        fs::write(&temporary, json)?;
-        fs::File::open(&temporary)?.sync_all()?;
-        fs::rename(&temporary, dir.join(MANIFEST))?;
-        fs::File::open(dir)?.sync_all()?;
+        file::write_synced(&temporary, &json)?;
+        file::rename(&temporary, &dir.join(MANIFEST))?;
+        file::sync_dir(dir)?;
         Ok(LogDir {
             dir: dir.to_path_buf(),
             manifest,
             keep_free_bytes: DEFAULT_FREE_BYTES,
+            abandoned: Arc::default(),
         })
     }
 
@@ -133,7 +142,7 @@ impl LogDir {
 
     /// Removes a segment past the end of the log (after a torn record).
     pub fn remove_segment(&self, segment: &Segment) {
-        if let Err(error) = fs::remove_file(segment.path()) {
+        if let Err(error) = file::remove(segment.path()) {
             tracing::warn!(path = %segment.path().display(), %error, "could not remove a log segment");
         }
     }
@@ -144,7 +153,16 @@ impl LogDir {
         segment.retire(FreeFiles {
             dir: self.dir.clone(),
             keep_bytes: self.keep_free_bytes,
+            abandoned: Arc::clone(&self.abandoned),
         });
+    }
+
+    /// For crash tests: from now on this process leaves the log's files
+    /// alone, as a killed one would (segments still referenced somewhere
+    /// are dropped later).
+    #[cfg(feature = "failpoints")]
+    pub fn abandon(&self) {
+        self.abandoned.store(true, Ordering::Release);
     }
 }
 
@@ -162,6 +180,7 @@ const FREE_PREFIX: &str = "free-";
 pub struct FreeFiles {
     dir: PathBuf,
     keep_bytes: u64,
+    abandoned: Arc<AtomicBool>,
 }
 
 impl FreeFiles {
@@ -169,12 +188,15 @@ impl FreeFiles {
     /// free files, it included, hold at most `keep_bytes`; removed
     /// otherwise.
     fn take_back(&self, segment: &Segment) {
+        if self.abandoned.load(Ordering::Acquire) {
+            return;
+        }
         let keep = segment.len().is_ok_and(|len| {
             free_bytes(&self.dir).is_ok_and(|free| free.saturating_add(len) <= self.keep_bytes)
         });
         let taken = match keep {
-            true => fs::rename(segment.path(), self.dir.join(free_name(segment.seq))),
-            false => fs::remove_file(segment.path()),
+            true => file::rename(segment.path(), &self.dir.join(free_name(segment.seq))),
+            false => file::remove(segment.path()),
         };
         if let Err(error) = taken {
             tracing::warn!(path = %segment.path().display(), %error, "could not retire a committed log segment");

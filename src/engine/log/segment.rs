@@ -19,17 +19,16 @@
 //! positional records ([`RecordFormat::Positional`]), and "ZBLOG001" ones,
 //! from before recycling, no first epoch either.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
 use uuid::Uuid;
 
 use super::FreeFiles;
+use super::file::{self, LogFile};
 use super::record::RecordFormat;
 
 pub const SEGMENT_HEADER_LEN: u64 = 64;
@@ -44,7 +43,7 @@ const MAGIC_V1: &[u8; 8] = b"ZBLOG001";
 pub struct Segment {
     pub seq: u64,
     path: PathBuf,
-    file: File,
+    file: LogFile,
     /// Bytes known to be on stable storage.
     synced_len: AtomicU64,
     /// Set once every record is committed: the log folder that takes the
@@ -91,14 +90,10 @@ impl Segment {
     /// directory entry), so an fsync of its data later is enough.
     pub fn create(dir: &Path, identity: SegmentIdentity) -> io::Result<Segment> {
         let path = dir.join(Self::file_name(identity.seq));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
-        file.write_all_at(&identity.header(), 0)?;
-        file.sync_all()?;
-        File::open(dir)?.sync_all()?;
+        let file = LogFile::create_new(&path)?;
+        file.write_at(&identity.header(), 0)?;
+        file.sync_data()?;
+        file::sync_dir(dir)?;
         Ok(Segment::new(identity.seq, path, file))
     }
 
@@ -106,23 +101,18 @@ impl Segment {
     /// header, made durable before the file takes the segment's name, so
     /// a crash leaves either a free file or the new segment.
     pub fn recycle(old: &Path, dir: &Path, identity: SegmentIdentity) -> io::Result<Segment> {
-        let file = OpenOptions::new().read(true).write(true).open(old)?;
-        file.write_all_at(&identity.header(), 0)?;
+        let file = LogFile::open(old)?;
+        file.write_at(&identity.header(), 0)?;
         file.sync_data()?;
+        fail::fail_point!("log::recycle_before_rename");
         let path = dir.join(Self::file_name(identity.seq));
         // Never over a segment of that name: fail as creating one would.
-        renameat2(
-            AT_FDCWD,
-            old,
-            AT_FDCWD,
-            &path,
-            RenameFlags::RENAME_NOREPLACE,
-        )?;
-        File::open(dir)?.sync_all()?;
+        file::rename_noreplace(old, &path)?;
+        file::sync_dir(dir)?;
         Ok(Segment::new(identity.seq, path, file))
     }
 
-    fn new(seq: u64, path: PathBuf, file: File) -> Segment {
+    fn new(seq: u64, path: PathBuf, file: LogFile) -> Segment {
         Segment {
             seq,
             path,
@@ -141,9 +131,9 @@ impl Segment {
 
     /// Opens an existing segment for replay, returning its identity.
     pub fn open(path: &Path) -> io::Result<(Segment, SegmentIdentity)> {
-        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        let file = LogFile::open(path)?;
         let mut header = [0u8; SEGMENT_HEADER_LEN as usize];
-        file.read_exact_at(&mut header, 0)?;
+        file.read_at(&mut header, 0)?;
         let (first_epoch_at, format) = match &header[..8] {
             magic if magic == MAGIC => (Some(48), RecordFormat::Sequenced),
             magic if magic == MAGIC_V2 => (Some(48), RecordFormat::Positional),
@@ -165,7 +155,7 @@ impl Segment {
             first_epoch: first_epoch_at.map_or(0, u64_at),
             format,
         };
-        let len = file.metadata()?.len();
+        let len = file.len()?;
         let segment = Segment::new(identity.seq, path.to_path_buf(), file);
         segment.synced_len.store(len, Ordering::Release);
         Ok((segment, identity))
@@ -176,15 +166,20 @@ impl Segment {
     }
 
     pub fn write_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
-        self.file.write_all_at(data, offset)
+        self.file.write_at(data, offset)
     }
 
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.file.read_exact_at(buf, offset)
+        self.file.read_at(buf, offset)
     }
 
     pub fn len(&self) -> io::Result<u64> {
-        Ok(self.file.metadata()?.len())
+        self.file.len()
+    }
+
+    /// A handle that reads the segment from its start (for replay).
+    pub fn reader(&self) -> io::Result<File> {
+        self.file.reader()
     }
 
     /// Makes every byte below `end` durable (one fdatasync, skipped when an
@@ -201,15 +196,9 @@ impl Segment {
     /// Cuts the segment at `len` (the end of its last whole record) and
     /// makes that durable.
     pub fn truncate(&self, len: u64) -> io::Result<()> {
-        self.file.set_len(len)?;
-        self.file.sync_all()?;
+        self.file.truncate(len)?;
         self.synced_len.store(len, Ordering::Release);
         Ok(())
-    }
-
-    /// For crash tests: the bytes a power cut would have kept at least.
-    pub fn synced_len(&self) -> u64 {
-        self.synced_len.load(Ordering::Acquire)
     }
 }
 
