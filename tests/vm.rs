@@ -87,6 +87,11 @@ fn provision_btrfs_snapshots_and_nfs_over_ublk() {
 }
 
 #[test]
+fn detach_after_recovering_a_mounted_volume_over_ublk() {
+    run_in_vm("recover_mounted.sh");
+}
+
+#[test]
 fn crashes_over_ublk_lose_no_flushed_write_and_leave_a_checkable_filesystem() {
     let out = tempfile::tempdir().unwrap();
     run_in_vm_writing("crash_ublk.sh", Some(out.path()));

@@ -119,11 +119,8 @@ pub fn main() -> ExitCode {
     init_logging(cli.global.verbose);
     if let Command::Attach(args) = &cli.command
         && args.foreground
-        && let Err(error) = crate::attach::namespace::leave_host_mount_namespace()
     {
-        // Only root can; without it, a mount of the device made in this
-        // namespace could deadlock the daemon's exit.
-        tracing::warn!(%error, "serving from the host's mount namespace");
+        leave_host_mount_namespace();
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -141,6 +138,24 @@ pub fn main() -> ExitCode {
             eprintln!("zeroblk: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The attach daemon's own mount namespace, or a warning of what may hang
+/// without it.
+fn leave_host_mount_namespace() {
+    use crate::attach::namespace::{self, NamespaceError};
+    match namespace::leave_host_mount_namespace() {
+        Ok(()) => {}
+        // Only root can; without it, a mount of the device made in this
+        // namespace could deadlock the daemon's exit.
+        Err(error @ NamespaceError::Leave(_)) => {
+            tracing::warn!(%error, "serving from the host's mount namespace");
+        }
+        Err(error) => tracing::warn!(
+            %error,
+            "the daemon's mount namespace still mounts a ublk or NBD device: detaching that device may hang"
+        ),
     }
 }
 
