@@ -158,13 +158,15 @@ pub fn created(path: &Path, file: &File) {
     });
 }
 
-/// Journals the bytes a write of `len` at `offset` is about to replace.
+/// Journals the bytes a write of `len` at `offset` is about to replace
+/// (zeroes past the file's end: a page written past it may never reach
+/// the disk while the length does).
 pub fn before_write(key: FileKey, file: &File, offset: u64, len: usize) {
     let file_len = file.metadata().map(|m| m.len()).unwrap_or(0);
     let readable = file_len.saturating_sub(offset).min(len as u64) as usize;
-    let mut old = vec![0u8; readable];
-    if file.read_exact_at(&mut old, offset).is_err() {
-        old.clear();
+    let mut old = vec![0u8; len];
+    if file.read_exact_at(&mut old[..readable], offset).is_err() {
+        old[..readable].fill(0);
     }
     with_journal(|j| {
         if let Some(history) = j.files.get_mut(&key) {
