@@ -361,11 +361,17 @@ impl Shared {
         self.log_bytes.fetch_sub(logged, Ordering::AcqRel);
         self.dirty_room.notify_waiters();
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
-        let newest = epochs.last().map(|e| e.id);
+        // Every epoch before the oldest one still waiting is committed, or
+        // had nothing to commit (a replay that found its records torn).
+        let waiting = self.view.load();
+        let committed_through = waiting
+            .sealed
+            .first()
+            .unwrap_or(&waiting.current)
+            .id
+            .saturating_sub(1);
         self.committed.send_modify(|committed| {
-            if let Some(newest) = newest {
-                *committed = (*committed).max(newest);
-            }
+            *committed = (*committed).max(committed_through);
         });
     }
 }

@@ -68,6 +68,15 @@ pub fn replay(
     for path in paths {
         let (segment, identity) = Segment::open(path)?;
         replayed.next_seq = replayed.next_seq.max(identity.seq + 1);
+        if !named_as(path, &identity) {
+            // A free file recycled into a later segment whose new name did
+            // not survive a crash (the header is synced before the rename):
+            // none of its records are that segment's, and the log does not
+            // end here.
+            tracing::info!(segment = %path.display(), seq = identity.seq, "removing a recycled log file whose new name was lost");
+            log.remove_segment(&segment);
+            continue;
+        }
         if stopped || identity.log_id != log.manifest.log_id {
             // Never reused: its records may be of epochs the log will
             // number again, and must not pass for new ones.
@@ -95,6 +104,14 @@ pub fn replay(
         }
     }
     Ok(replayed)
+}
+
+/// Whether the segment file at `path` is named for the segment its
+/// header says it is.
+fn named_as(path: &std::path::Path, identity: &SegmentIdentity) -> bool {
+    path.file_name()
+        .and_then(|name| Segment::parse_file_name(&name.to_string_lossy()))
+        == Some(identity.seq)
 }
 
 /// Replays one segment; returns where its last readable record ends and

@@ -418,7 +418,9 @@ impl Shared {
             SEGMENT_HEADER_LEN,
             root.chunk_size,
         ));
-        let durable_epoch = replayed.epochs.last().map_or(first_epoch - 1, |e| e.id);
+        // Replay synced what it kept, and epochs it found nothing of (their
+        // records torn) have nothing to sync.
+        let durable_epoch = first_epoch - 1;
         let replayed_log_bytes = replayed.epochs.iter().map(|e| e.end() - e.start).sum();
         let mut segments = replayed.segments;
         segments.push(first_segment);

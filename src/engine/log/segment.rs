@@ -104,7 +104,9 @@ impl Segment {
         let file = LogFile::open(old)?;
         file.write_at(&identity.header(), 0)?;
         file.sync_data()?;
-        fail::fail_point!("log::recycle_before_rename");
+        fail::fail_point!("log::recycle_before_rename", |_| Err(io::Error::other(
+            "failpoint log::recycle_before_rename"
+        )));
         let path = dir.join(Self::file_name(identity.seq));
         // Never over a segment of that name: fail as creating one would.
         file::rename_noreplace(old, &path)?;
@@ -155,9 +157,11 @@ impl Segment {
             first_epoch: first_epoch_at.map_or(0, u64_at),
             format,
         };
-        let len = file.len()?;
         let segment = Segment::new(identity.seq, path.to_path_buf(), file);
-        segment.synced_len.store(len, Ordering::Release);
+        // Nothing of it counts as durable yet: a killed process leaves its
+        // writes in the page cache, unsynced, and a replay that keeps them
+        // must sync them before anything after them is acknowledged.
+        segment.synced_len.store(0, Ordering::Release);
         Ok((segment, identity))
     }
 
