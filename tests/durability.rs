@@ -13,6 +13,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::failpoints::{Passed, Pause};
 use common::{Backend, TestStore, engine_options, new_volume, read_tags, write_tags};
 use zeroblk::engine::{self, EngineOptions, Volume};
 
@@ -85,7 +86,7 @@ async fn a_power_cut_after_a_replay_keeps_what_was_flushed_since() {
 /// found nothing of as durable and committed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_flush_after_a_replay_of_torn_records_returns() {
-    for seed in 0..24 {
+    for (seed, committed_first) in (0..48).map(|seed| (seed, seed % 2 == 1)) {
         let store = TestStore::new(Backend::Memory);
         engine::create(&store.store, &new_volume("v", 16 * MIB, 64 << 10))
             .await
@@ -96,7 +97,11 @@ async fn a_flush_after_a_replay_of_torn_records_returns() {
             .await
             .unwrap();
         write_tags(&volume, 0, &[1]).await;
-        volume.flush().await.unwrap();
+        match committed_first {
+            // Nothing is left to replay but the torn record.
+            true => volume.commit().await.unwrap(),
+            false => volume.flush().await.unwrap(),
+        }
         write_tags(&volume, 1, &[2]).await;
         volume.crash(true, seed).await;
 
@@ -108,7 +113,10 @@ async fn a_flush_after_a_replay_of_torn_records_returns() {
             volume.close().await.unwrap();
         })
         .await;
-        assert!(finished.is_ok(), "seed {seed}: flush or close hung");
+        assert!(
+            finished.is_ok(),
+            "seed {seed} (committed first: {committed_first}): flush or close hung"
+        );
     }
 }
 
@@ -158,4 +166,123 @@ async fn a_recycled_file_that_lost_its_new_name_does_not_end_the_log() {
         volume.close().await.unwrap();
         scenario.teardown();
     }
+}
+
+/// Path 5: a record of 64 KiB or more is written on a blocking thread,
+/// while later small writes are written and acknowledged at once. A
+/// `kill -9` before the large record landed left a gap in the log, where
+/// replay stops: the small writes after it were lost, though acknowledged.
+/// Now a write is acknowledged only once every record before it is
+/// written.
+///
+/// Fails on bcd1811; passes from the commit that acknowledges writes in
+/// log order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_kill_during_a_large_record_loses_no_acknowledged_write() {
+    let scenario = fail::FailScenario::setup();
+    let store = TestStore::new(Backend::Memory);
+    engine::create(&store.store, &new_volume("v", 16 * MIB, 64 << 10))
+        .await
+        .unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let volume = std::sync::Arc::new(
+        Volume::open(&store.store, "v", log_only(cache.path()))
+            .await
+            .unwrap(),
+    );
+    let large = Pause::first_at("log::large_record");
+    let writer = std::sync::Arc::clone(&volume);
+    let large_write = tokio::spawn(async move {
+        let _ = writer.write(0, &vec![1u8; 256 << 10], false).await;
+    });
+    large.reached().await;
+
+    let held_back = Passed::at("log::ack_waits_for_earlier_records");
+    let writer = std::sync::Arc::clone(&volume);
+    let mut small_write =
+        tokio::spawn(async move { writer.write(1 << 20, &common::block_of(42), false).await });
+    let acknowledged = tokio::select! {
+        done = &mut small_write => { done.unwrap().unwrap(); true }
+        () = held_back.wait() => false,
+    };
+    // kill -9: the writes in flight end with the process.
+    large_write.abort();
+    let _ = large_write.await;
+    if !acknowledged {
+        small_write.abort();
+        let _ = small_write.await;
+    }
+    let volume = std::sync::Arc::into_inner(volume).expect("the writers are gone");
+    volume.crash(false, 0).await;
+    large.resume();
+
+    let volume = Volume::open(&store.store, "v", log_only(cache.path()))
+        .await
+        .unwrap();
+    if acknowledged {
+        assert_eq!(
+            read_tags(&volume, 256, 1).await,
+            [42],
+            "an acknowledged write after the large record was lost"
+        );
+    }
+    volume.close().await.unwrap();
+    scenario.teardown();
+}
+
+/// Path 5 at a segment switch: the record that ends a segment was written
+/// by the durability worker, after the epoch it closes had drained, while
+/// writes in the next segment were acknowledged at once. A `kill -9`
+/// before it landed left a reused segment file ending in what it held
+/// before, which replay took for the end of the log: the next segment,
+/// acknowledged writes and all, was removed. Now the end record is
+/// written as the epoch is sealed, before the next segment exists.
+///
+/// Fails on bcd1811; passes from the commit that acknowledges writes in
+/// log order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_kill_before_a_segment_is_closed_loses_no_acknowledged_write() {
+    let scenario = fail::FailScenario::setup();
+    let store = TestStore::new(Backend::Memory);
+    engine::create(&store.store, &new_volume("v", 16 * MIB, 64 << 10))
+        .await
+        .unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let mut options = log_only(cache.path());
+    options.log_segment_bytes = 32 << 10;
+    let volume = std::sync::Arc::new(
+        Volume::open(&store.store, "v", options.clone())
+            .await
+            .unwrap(),
+    );
+    // Segments 1 and 2 fill and are committed, so that segment 3 reuses
+    // segment 1's file: past its new records it holds the old ones.
+    let ten: Vec<u64> = (1..=10).collect();
+    write_tags(&volume, 0, &ten).await;
+    volume.commit().await.unwrap();
+    write_tags(&volume, 0, &ten).await;
+    volume.commit().await.unwrap();
+    write_tags(&volume, 0, &(11..=19).collect::<Vec<_>>()).await;
+
+    // Segment 3 is left for segment 4 while the sync is held up.
+    let sync = Pause::first_at("log::before_sync");
+    let flusher = std::sync::Arc::clone(&volume);
+    let flush = tokio::spawn(async move { flusher.flush().await });
+    sync.reached().await;
+    write_tags(&volume, 100, &[42]).await;
+
+    flush.abort();
+    let _ = flush.await;
+    let volume = std::sync::Arc::into_inner(volume).expect("the flusher is gone");
+    volume.crash(false, 0).await;
+    sync.resume();
+
+    let volume = Volume::open(&store.store, "v", options).await.unwrap();
+    assert_eq!(
+        read_tags(&volume, 100, 1).await,
+        [42],
+        "an acknowledged write in the next segment was lost"
+    );
+    volume.close().await.unwrap();
+    scenario.teardown();
 }

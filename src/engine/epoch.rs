@@ -9,9 +9,18 @@
 //! epoch's records lie wholly before the next epoch's, and once drained
 //! and synced, the log holds them without holes: replay, which stops at the
 //! first damaged record, can never lose a flushed write.
+//!
+//! Writes finish out of order (a large record is still being written
+//! while small ones after it are done), and replay stops at a record that
+//! was reserved but never written: a write after such a gap would be lost
+//! to a `kill -9`. So an epoch also tracks how far its region is written
+//! without a gap ([`Epoch::appended`]), and knows the epoch before it
+//! until it has seen it whole ([`Epoch::earlier_epochs_whole`]): a write
+//! is acknowledged only once every record before its own is written.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
@@ -44,6 +53,22 @@ pub struct Epoch {
     dirty_bytes: AtomicU64,
     /// The next epoch starts a new segment: this one closes its segment.
     last_in_segment: AtomicBool,
+    /// How far the region is written without a gap.
+    written: Mutex<Written>,
+    /// Writes waiting for the region before them to be written.
+    waiting: AtomicUsize,
+    written_grew: Notify,
+    /// The epoch before this one, until this one has seen it whole.
+    earlier: Mutex<Option<Arc<Epoch>>>,
+}
+
+/// The region's records written so far: a prefix without a gap, and the
+/// records written past a gap.
+#[derive(Debug, Default)]
+struct Written {
+    through: u64,
+    /// start -> length of records written after the first gap.
+    ahead: BTreeMap<u64, u64>,
 }
 
 impl std::fmt::Debug for Epoch {
@@ -72,7 +97,15 @@ impl Drop for Reservation {
 }
 
 impl Epoch {
-    pub fn new(id: u64, segment: Arc<Segment>, start: u64, chunk_size: u64) -> Epoch {
+    /// An open epoch whose region starts at `start` of `segment`, after
+    /// `earlier` (none after a restart: replayed epochs are whole).
+    pub fn new(
+        id: u64,
+        segment: Arc<Segment>,
+        start: u64,
+        chunk_size: u64,
+        earlier: Option<Arc<Epoch>>,
+    ) -> Epoch {
         Epoch {
             id,
             segment,
@@ -84,13 +117,20 @@ impl Epoch {
             copies: Copies::default(),
             dirty_bytes: AtomicU64::new(0),
             last_in_segment: AtomicBool::new(false),
+            written: Mutex::new(Written {
+                through: start,
+                ahead: BTreeMap::new(),
+            }),
+            waiting: AtomicUsize::new(0),
+            written_grew: Notify::new(),
+            earlier: Mutex::new(earlier),
         }
     }
 
     /// An epoch being rebuilt from the log after a restart: sealed, its
     /// region growing with [`Epoch::extend_replayed`].
     pub fn replayed(id: u64, segment: Arc<Segment>, start: u64, chunk_size: u64) -> Epoch {
-        let epoch = Epoch::new(id, segment, start, chunk_size);
+        let epoch = Epoch::new(id, segment, start, chunk_size, None);
         epoch.word.store(SEALED | start, Ordering::Release);
         epoch
     }
@@ -98,6 +138,78 @@ impl Epoch {
     /// Moves a replayed epoch's end past one more of its records.
     pub fn extend_replayed(&self, end: u64) {
         self.word.store(SEALED | end, Ordering::Release);
+        self.lock_written().through = end;
+    }
+
+    fn lock_written(&self) -> std::sync::MutexGuard<'_, Written> {
+        self.written.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Says the record reserved at `pos`, `len` bytes, is written.
+    pub fn appended(&self, pos: u64, len: u64) {
+        let mut written = self.lock_written();
+        if pos != written.through {
+            written.ahead.insert(pos, len);
+            return;
+        }
+        let Written { through, ahead } = &mut *written;
+        *through += len;
+        while let Some(next) = ahead.remove(through) {
+            *through += next;
+        }
+        drop(written);
+        if self.waiting.load(Ordering::Acquire) > 0 {
+            self.written_grew.notify_waiters();
+        }
+    }
+
+    /// Whether every record reserved below `end` is written.
+    pub fn written_through(&self, end: u64) -> bool {
+        self.lock_written().through >= end
+    }
+
+    /// Waits until [`Epoch::written_through`] `end`, or until
+    /// [`Epoch::wake_waiters`]; says which.
+    pub async fn wait_written_through(&self, end: u64) -> bool {
+        let grew = self.written_grew.notified();
+        tokio::pin!(grew);
+        grew.as_mut().enable();
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        if !self.written_through(end) {
+            grew.await;
+        }
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        self.written_through(end)
+    }
+
+    /// Wakes the writes waiting in [`Epoch::wait_written_through`] (the
+    /// volume stopped, and they must see it).
+    pub fn wake_waiters(&self) {
+        self.written_grew.notify_waiters();
+    }
+
+    /// Waits until every epoch before this one is whole: each of its
+    /// records written (its end record included, which is written when it
+    /// is sealed), so that nothing before this epoch's records in the log
+    /// is a gap.
+    pub async fn earlier_epochs_whole(&self) {
+        let mut chain = Vec::new();
+        let mut next = self.lock_earlier().clone();
+        while let Some(epoch) = next {
+            next = epoch.lock_earlier().clone();
+            chain.push(epoch);
+        }
+        if chain.is_empty() {
+            return;
+        }
+        for epoch in chain.iter().rev() {
+            epoch.drained().await;
+        }
+        *self.lock_earlier() = None;
+    }
+
+    fn lock_earlier(&self) -> std::sync::MutexGuard<'_, Option<Arc<Epoch>>> {
+        self.earlier.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Reserves `len` bytes of log for a write, or `None` once the epoch is
@@ -203,7 +315,7 @@ mod tests {
             format: crate::engine::log::RecordFormat::Sequenced,
         };
         let segment = Arc::new(Segment::create(dir, identity).unwrap());
-        Arc::new(Epoch::new(1, segment, SEGMENT_HEADER_LEN, 1 << 20))
+        Arc::new(Epoch::new(1, segment, SEGMENT_HEADER_LEN, 1 << 20, None))
     }
 
     #[tokio::test]

@@ -58,13 +58,25 @@ impl Shared {
         let end = current.seal();
         let (segment, start) = match fresh_segment {
             Some(segment) => {
+                fail::fail_point!("log::segment_switch");
+                if let Err(source) = close_segment(&current.segment, end, current.id) {
+                    let path = current.segment.path().to_path_buf();
+                    self.fail(EngineError::Log { path, source });
+                    return Err(self.check_running().expect_err("just failed"));
+                }
                 state.next_seq += 1;
                 state.segments.push(Arc::clone(&segment));
                 (segment, SEGMENT_HEADER_LEN)
             }
             None => (Arc::clone(&current.segment), end),
         };
-        let next = Epoch::new(state.next_epoch, segment, start, self.superblock.chunk_size);
+        let next = Epoch::new(
+            state.next_epoch,
+            segment,
+            start,
+            self.superblock.chunk_size,
+            Some(Arc::clone(current)),
+        );
         state.next_epoch += 1;
         let mut sealed = view.sealed.clone();
         sealed.push(Arc::clone(current));
@@ -111,11 +123,9 @@ pub(super) async fn durability_worker(
             return;
         }
         let mut syncs: Vec<(Arc<Segment>, u64)> = Vec::new();
-        let mut closing: Vec<(Arc<Segment>, u64, u64)> = Vec::new();
         for epoch in &batch {
             let mut end = epoch.end();
             if epoch.is_last_in_segment() {
-                closing.push((Arc::clone(&epoch.segment), end, epoch.id));
                 end += RECORD_HEADER_LEN as u64;
             }
             match syncs
@@ -127,10 +137,7 @@ pub(super) async fn durability_worker(
             }
         }
         let synced = tokio::task::spawn_blocking(move || {
-            for (segment, at, epoch) in &closing {
-                close_segment(segment, *at, *epoch)
-                    .map_err(|e| (segment.path().to_path_buf(), e))?;
-            }
+            fail::fail_point!("log::before_sync");
             for (segment, end) in &syncs {
                 segment
                     .sync_to(*end)
@@ -159,9 +166,10 @@ pub(super) async fn durability_worker(
 
 /// Writes the record that says `segment` ends at `at`, after its last
 /// epoch: what a recycled file holds past it is not part of the log. It is
-/// synced with that epoch, before any epoch of the next segment counts as
-/// durable, so a replay never mistakes the segment's end for a torn record
-/// (which would drop the next segment's flushed writes).
+/// written as the epoch is sealed, before the next segment gets any
+/// record, and synced with that epoch, before any epoch of the next
+/// segment counts as durable: a replay never mistakes the segment's end
+/// for a torn record (which would drop the next segment's writes).
 fn close_segment(segment: &Segment, at: u64, epoch: u64) -> std::io::Result<()> {
     let mut record = vec![0u8; RECORD_HEADER_LEN];
     RecordHeader::end(epoch).write_header(&mut record);

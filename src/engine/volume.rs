@@ -202,7 +202,6 @@ impl Volume {
             chunks,
             replayed,
             Arc::new(first_segment),
-            opened.replay_after,
             fencing,
             lease,
         );
@@ -406,7 +405,6 @@ impl Shared {
         chunks: ChunkCache,
         replayed: Replayed,
         first_segment: Arc<Segment>,
-        committed_epoch: u64,
         fencing: Fencing,
         lease: Lease,
     ) -> (Shared, mpsc::UnboundedReceiver<Arc<Epoch>>) {
@@ -417,10 +415,13 @@ impl Shared {
             Arc::clone(&first_segment),
             SEGMENT_HEADER_LEN,
             root.chunk_size,
+            None,
         ));
         // Replay synced what it kept, and epochs it found nothing of (their
-        // records torn) have nothing to sync.
+        // records torn) have nothing to sync, nor to commit: everything
+        // before the oldest replayed epoch is in the store.
         let durable_epoch = first_epoch - 1;
+        let committed_epoch = replayed.epochs.first().map_or(durable_epoch, |e| e.id - 1);
         let replayed_log_bytes = replayed.epochs.iter().map(|e| e.end() - e.start).sum();
         let mut segments = replayed.segments;
         segments.push(first_segment);
@@ -482,6 +483,9 @@ impl Shared {
         self.committed.send_modify(|_| {});
         self.dirty_room.notify_waiters();
         self.kick.notify_one();
+        for epoch in self.view.load().epochs_newest_first() {
+            epoch.wake_waiters();
+        }
     }
 
     /// The error the volume stopped with, if it did.

@@ -8,6 +8,13 @@
 //! task that owns the reservation (large ones): a caller that gives up
 //! cannot leave a hole in the log, and an epoch counts as drained only once
 //! each of its records is written and in its overlay.
+//!
+//! A write is acknowledged only once every record before its own in the
+//! log is written too (see [`super::epoch`]): replay stops at a record
+//! that was reserved and never written, so a write acknowledged past one
+//! would be lost to a `kill -9` that came before it. A large record still
+//! being written holds back the acknowledgement of the small writes after
+//! it, never their data.
 
 use std::io;
 use std::sync::Arc;
@@ -37,6 +44,12 @@ enum Change {
 struct Placement {
     reservation: Reservation,
     rewrite: Option<Claim>,
+}
+
+/// A record written to the log: its epoch, and where it ends.
+struct Written {
+    epoch: Arc<super::epoch::Epoch>,
+    end: u64,
 }
 
 impl Placement {
@@ -229,24 +242,46 @@ impl Shared {
         record: Vec<u8>,
         change: Change,
     ) -> Result<()> {
-        if record.len() <= INLINE_RECORD_MAX {
-            return self.apply_record(placement, header, record, change);
-        }
-        let shared = Arc::clone(self);
-        tokio::task::spawn_blocking(move || shared.apply_record(placement, header, record, change))
+        let written = if record.len() <= INLINE_RECORD_MAX {
+            self.apply_record(placement, header, record, change)?
+        } else {
+            let shared = Arc::clone(self);
+            tokio::task::spawn_blocking(move || {
+                fail::fail_point!("log::large_record");
+                // A crashed volume (in tests) writes nothing more.
+                shared.check_running()?;
+                shared.apply_record(placement, header, record, change)
+            })
             .await
-            .expect("log writes do not panic")
+            .expect("log writes do not panic")?
+        };
+        self.wait_for_earlier_records(&written).await
     }
 
+    /// Waits until every record before `written` in the log is written.
+    async fn wait_for_earlier_records(&self, written: &Written) -> Result<()> {
+        let epoch = &written.epoch;
+        epoch.earlier_epochs_whole().await;
+        while !epoch.written_through(written.end) {
+            fail::fail_point!("log::ack_waits_for_earlier_records");
+            self.check_running()?;
+            epoch.wait_written_through(written.end).await;
+        }
+        Ok(())
+    }
+
+    /// Writes a record at its place and records it in the epoch's overlay;
+    /// returns where it ends.
     fn apply_record(
         &self,
         placement: Placement,
         header: RecordHeader,
         mut record: Vec<u8>,
         change: Change,
-    ) -> Result<()> {
+    ) -> Result<Written> {
         header.write_header(&mut record);
         let pos = placement.pos();
+        let appended = placement.rewrite.is_none();
         let Placement {
             reservation,
             rewrite,
@@ -260,7 +295,10 @@ impl Shared {
                 path: epoch.segment.path().to_path_buf(),
                 source,
             });
-            return self.check_running();
+            self.check_running()?;
+        }
+        if appended {
+            epoch.appended(pos, record.len() as u64);
         }
         match change {
             Change::Write => {
@@ -283,8 +321,12 @@ impl Shared {
                 .overlay
                 .record_zero(header.offset, header.len, header.seq),
         }
+        let written = Written {
+            epoch: Arc::clone(epoch),
+            end: pos + record.len() as u64,
+        };
         drop(reservation);
-        Ok(())
+        Ok(written)
     }
 
     /// Waits while more than `--max-dirty` bytes wait for upload, or the

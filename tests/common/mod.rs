@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod crash_model;
+pub mod failpoints;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
