@@ -286,3 +286,44 @@ async fn a_kill_before_a_segment_is_closed_loses_no_acknowledged_write() {
     volume.close().await.unwrap();
     scenario.teardown();
 }
+
+/// Path 6: 9p and NFS answer `RENAME_NOREPLACE` with EINVAL, and a log on
+/// them stopped at its first recycled segment (`attach --recover` failed
+/// with "cache directory ...: Invalid argument"). The EINVAL is injected
+/// here; tests/vm.rs runs this test again inside the VM with its cache dir
+/// on 9p and `ZEROBLK_REAL_RENAME=1`, where the kernel refuses the flag.
+///
+/// Fails on eba6841.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_log_reuses_segments_where_rename_noreplace_is_refused() {
+    let scenario = fail::FailScenario::setup();
+    if std::env::var_os("ZEROBLK_REAL_RENAME").is_none() {
+        fail::cfg("log::rename_noreplace", "return").unwrap();
+    }
+    let store = TestStore::new(Backend::Memory);
+    engine::create(&store.store, &new_volume("v", 16 * MIB, 64 << 10))
+        .await
+        .unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let mut options = log_only(cache.path());
+    options.log_segment_bytes = 32 << 10;
+    let volume = Volume::open(&store.store, "v", options.clone())
+        .await
+        .unwrap();
+    // Each round fills a segment; from the second on, the next one
+    // reuses the file of a segment committed before.
+    for round in 0..6u64 {
+        let tags: Vec<u64> = (0..10).map(|i| round * 100 + i).collect();
+        write_tags(&volume, round * 10, &tags).await;
+        volume.commit().await.unwrap();
+    }
+    write_tags(&volume, 200, &[7, 8]).await;
+    volume.flush().await.unwrap();
+    volume.crash(false, 0).await;
+
+    let volume = Volume::open(&store.store, "v", options).await.unwrap();
+    assert_eq!(read_tags(&volume, 200, 2).await, [7, 8]);
+    assert_eq!(read_tags(&volume, 50, 2).await, [500, 501]);
+    volume.close().await.unwrap();
+    scenario.teardown();
+}

@@ -20,6 +20,11 @@ fn run_in_vm(script: &str) {
 /// [`run_in_vm`], with `out` (a host directory) writable in the VM and
 /// named to the script by `ZEROBLK_VM_OUT`.
 fn run_in_vm_writing(script: &str, out: Option<&Path>) {
+    run_in_vm_with(script, out, "");
+}
+
+/// [`run_in_vm_writing`], with `env` (`NAME=value ...`) set for the script.
+fn run_in_vm_with(script: &str, out: Option<&Path>, env: &str) {
     let _turn = ONE_VM_AT_A_TIME
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -32,7 +37,7 @@ fn run_in_vm_writing(script: &str, out: Option<&Path>) {
         format!("ZEROBLK_VM_OUT={} ", o.display())
     });
     let command = format!(
-        "{out_env}ZEROBLK={} tests/vm/{script}",
+        "{out_env}{env} ZEROBLK={} tests/vm/{script}",
         env!("CARGO_BIN_EXE_zeroblk")
     );
     let boot = || {
@@ -117,4 +122,38 @@ fn crashes_over_ublk_lose_no_flushed_write_and_leave_a_checkable_filesystem() {
     if let Err(problem) = check_state_existed(&vec![0; 4096], &log("lost.log"), &lost) {
         panic!("lost cache dir: {problem}");
     }
+}
+
+#[test]
+fn the_write_back_log_works_on_9p_which_refuses_rename_noreplace() {
+    let out = tempfile::tempdir().unwrap();
+    let test = sibling_test_binary("durability");
+    run_in_vm_with(
+        "log_on_9p.sh",
+        Some(out.path()),
+        &format!("DURABILITY_TEST={}", test.display()),
+    );
+}
+
+/// The newest build of the test binary `name` beside this one (cargo
+/// builds every test target before it runs any).
+fn sibling_test_binary(name: &str) -> std::path::PathBuf {
+    let this = std::env::current_exe().unwrap();
+    let dir = this.parent().unwrap();
+    let prefix = format!("{name}-");
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            let file = e.file_name().to_string_lossy().into_owned();
+            file.starts_with(&prefix) && !file.contains('.')
+        })
+        .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
+        .map(|e| e.path())
+        .unwrap_or_else(|| {
+            panic!(
+                "no {name} test binary in {}: run `cargo test`",
+                dir.display()
+            )
+        })
 }

@@ -128,7 +128,29 @@ pub fn rename(from: &Path, to: &Path) -> io::Result<()> {
 }
 
 /// Renames `from` to `to`, failing with `AlreadyExists` when `to` exists.
+///
+/// Where the filesystem cannot rename without replacing (9p and NFS
+/// answer `RENAME_NOREPLACE` with EINVAL), this looks before it renames.
+/// That is only safe because nobody else renames in the log's folder: the
+/// caller holds the volume's lock.
 pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    match rename_noreplace_by_kernel(from, to) {
+        Err(e) if unsupported(&e) => {
+            tracing::debug!(path = %to.display(), "this filesystem cannot rename without replacing; checking first instead");
+            match std::fs::symlink_metadata(to) {
+                Ok(_) => Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{} exists already", to.display()),
+                )),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => rename(from, to),
+                Err(e) => Err(e),
+            }
+        }
+        other => other,
+    }
+}
+
+fn rename_noreplace_by_kernel(from: &Path, to: &Path) -> io::Result<()> {
     fail::fail_point!("log::rename_noreplace", |_| Err(
         io::Error::from_raw_os_error(libc::EINVAL)
     ));
@@ -138,6 +160,14 @@ pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     #[cfg(feature = "failpoints")]
     power_cut::renamed(undo);
     Ok(())
+}
+
+/// Whether a failed `RENAME_NOREPLACE` means the filesystem lacks it.
+fn unsupported(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
+    )
 }
 
 /// Removes the file at `path`.
@@ -177,5 +207,28 @@ mod tests {
         rename_noreplace(&a, &c).unwrap();
         assert_eq!(std::fs::read(&c).unwrap(), b"a");
         assert_eq!(std::fs::read(&b).unwrap(), b"b");
+    }
+
+    /// Path 6 of the durability review: 9p and NFS refuse
+    /// `RENAME_NOREPLACE` with EINVAL, and recycling a segment failed there.
+    /// Fails on eba6841.
+    #[test]
+    fn a_filesystem_without_rename_noreplace_is_not_a_failure() {
+        let scenario = fail::FailScenario::setup();
+        fail::cfg("log::rename_noreplace", "return").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c) = (
+            dir.path().join("a"),
+            dir.path().join("b"),
+            dir.path().join("c"),
+        );
+        std::fs::write(&a, b"a").unwrap();
+        std::fs::write(&b, b"b").unwrap();
+        let refused = rename_noreplace(&a, &b).unwrap_err();
+        assert_eq!(refused.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&b).unwrap(), b"b");
+        rename_noreplace(&a, &c).unwrap();
+        assert_eq!(std::fs::read(&c).unwrap(), b"a");
+        scenario.teardown();
     }
 }
