@@ -14,7 +14,9 @@
 //!   NFS share (the only module that runs system tools);
 //! - [`cli`] and [`config`]: the command line and its configuration file;
 //! - [`inline`]: running a request where it arrived when it need not wait;
-//! - [`size`] and [`process`]: byte sizes, and whether a process runs.
+//! - [`size`] and [`process`]: byte sizes, and whether a process runs;
+//! - [`failpoint`]: named points where tests pause or fail an actor
+//!   (compiled in only for tests).
 #![deny(unsafe_code)]
 
 pub mod attach;
@@ -22,6 +24,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod failpoint;
 pub mod format;
 pub mod inline;
 pub mod kernel_nbd;

@@ -36,6 +36,7 @@ fn log_only(cache: &std::path::Path) -> EngineOptions {
 /// the fix); passes from the commit that syncs replayed segments.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_power_cut_after_a_replay_keeps_what_was_flushed_since() {
+    let _scenario = fail::FailScenario::setup();
     for seed in 0..24 {
         let store = TestStore::new(Backend::Memory);
         engine::create(&store.store, &new_volume("v", 16 * MIB, 64 << 10))
@@ -86,6 +87,7 @@ async fn a_power_cut_after_a_replay_keeps_what_was_flushed_since() {
 /// found nothing of as durable and committed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_flush_after_a_replay_of_torn_records_returns() {
+    let _scenario = fail::FailScenario::setup();
     for (seed, committed_first) in (0..48).map(|seed| (seed, seed % 2 == 1)) {
         let store = TestStore::new(Backend::Memory);
         engine::create(&store.store, &new_volume("v", 16 * MIB, 64 << 10))
@@ -326,4 +328,174 @@ async fn the_log_reuses_segments_where_rename_noreplace_is_refused() {
     assert_eq!(read_tags(&volume, 50, 2).await, [500, 501]);
     volume.close().await.unwrap();
     scenario.teardown();
+}
+
+/// Path 4: taking the lease was read-then-write. Two opens racing could
+/// both find it free and both write it, and both went on to acknowledge
+/// flushed writes. Here the first open is held between its read and its
+/// write while the second opens; the first must then be refused.
+///
+/// Fails on 33a3eeb (with the failpoint added between the read and the
+/// write); passes from the commit that takes leases by conditional writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_writers_opening_at_once_never_both_hold_the_lease() {
+    let scenario = fail::FailScenario::setup();
+    for backend in [Backend::Memory, Backend::File, Backend::S3] {
+        let store = TestStore::new(backend);
+        engine::create(&store.store, &new_volume("v", 16 * MIB, 64 << 10))
+            .await
+            .unwrap();
+        let (cache_a, cache_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (options_a, options_b) = (log_only(cache_a.path()), log_only(cache_b.path()));
+
+        let between = Pause::first_at("lease::before_create");
+        let store_a = store.reopen();
+        let first = tokio::spawn(async move { Volume::open(&store_a, "v", options_a).await });
+        between.reached().await;
+        let second = Volume::open(&store.reopen(), "v", options_b)
+            .await
+            .expect("the second open takes the free lease");
+        between.resume();
+        let first = first.await.unwrap();
+        assert!(
+            matches!(first, Err(engine::EngineError::Leased { .. })),
+            "{backend:?}: both opens took the lease: {:?}",
+            first.map(|_| "opened")
+        );
+        second.close().await.unwrap();
+    }
+    scenario.teardown();
+}
+
+/// Writes a lease as a writer on another host would (its JSON, by hand).
+async fn foreign_lease(store: &zeroblk::store::Store, renewed_at_ms: u64, renewals: u64) {
+    let record = serde_json::json!({
+        "holder": "6b1f3c1e-0000-4000-8000-000000000001",
+        "host": "another-host.example",
+        "pid": 4242,
+        "renewed_at_ms": renewed_at_ms,
+        "ttl_ms": 1000,
+        "renewals": renewals,
+    });
+    store
+        .put(
+            "volumes/v/lease",
+            bytes::Bytes::from(serde_json::to_vec(&record).unwrap()),
+        )
+        .await
+        .unwrap();
+}
+
+/// Path 4: whether a lease on another host expired was judged by
+/// comparing its renewal time, stamped by that host's clock, with this
+/// host's clock. A holder whose clock is behind was taken over while it
+/// renewed; one whose clock is ahead locked the volume long after it
+/// died. Now a taker watches the lease for one time to live on its own
+/// monotonic clock: renewed means alive.
+///
+/// Fails on 33a3eeb; passes from the commit that takes leases by
+/// conditional writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lease_on_another_host_is_judged_by_its_renewals_not_its_clock() {
+    let _scenario = fail::FailScenario::setup();
+    let store = TestStore::new(Backend::Memory);
+    engine::create(&store.store, &new_volume("v", 16 * MIB, 64 << 10))
+        .await
+        .unwrap();
+    let cache = tempfile::tempdir().unwrap();
+
+    // A live holder whose clock says 1970: it renews every 200 ms.
+    foreign_lease(&store.store, 1, 0).await;
+    let renewing = {
+        let store = store.store.clone();
+        tokio::spawn(async move {
+            for renewals in 1.. {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                foreign_lease(&store, 1, renewals).await;
+            }
+        })
+    };
+    let refused = Volume::open(&store.store, "v", log_only(cache.path())).await;
+    renewing.abort();
+    assert!(
+        matches!(refused, Err(engine::EngineError::Leased { .. })),
+        "a renewing holder was taken over because its clock is behind: {:?}",
+        refused.map(|_| "opened")
+    );
+
+    // A dead holder whose clock said a day ahead: it never renews again.
+    let tomorrow = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        + 86_400_000;
+    foreign_lease(&store.store, tomorrow, 7).await;
+    let opened = tokio::time::timeout(
+        Duration::from_secs(30),
+        Volume::open(&store.store, "v", log_only(cache.path())),
+    )
+    .await
+    .expect("opening waits one time to live, not a day");
+    let volume = opened.expect("a lease nobody renews for its time to live is free");
+    volume.close().await.unwrap();
+}
+
+/// Path 2: a commit's root PUT sent before a `--force` takeover can land
+/// after it (a slow store, retries). The new writer then found its first
+/// generation taken, was fenced out, and lost the writes it had flushed.
+/// Now a writer claims the next generation before it serves anything, so
+/// the old writer's late PUT can only fail.
+///
+/// Fails on 33a3eeb (with the failpoints added around the root PUT);
+/// passes from the commit that claims a generation at open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_late_commit_of_a_writer_taken_over_cannot_fence_the_new_one() {
+    let _scenario = fail::FailScenario::setup();
+    common::init_tracing();
+    for backend in [Backend::Memory, Backend::S3] {
+        let store = TestStore::new(backend);
+        engine::create(&store.store, &new_volume("v", 16 * MIB, 64 << 10))
+            .await
+            .unwrap();
+        let (cache_a, cache_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut options = log_only(cache_a.path());
+        options.lease_ttl = Duration::from_secs(1);
+        let old = std::sync::Arc::new(
+            Volume::open(&store.store, "v", options.clone())
+                .await
+                .unwrap(),
+        );
+        write_tags(&old, 0, &[1]).await;
+        // The old writer's commit is held just before its root PUT.
+        let before_root = Pause::first_at("commit::before_root");
+        let committing = std::sync::Arc::clone(&old);
+        let old_commit = tokio::spawn(async move { committing.commit().await });
+        before_root.reached().await;
+
+        options.cache_dir = cache_b.path().to_path_buf();
+        options.take_over = true;
+        let new = Volume::open(&store.reopen(), "v", options).await.unwrap();
+        write_tags(&new, 10, &[2]).await;
+        new.flush().await.unwrap();
+
+        // The old writer's PUT lands now, after the takeover.
+        let landed = Passed::at("commit::after_root");
+        before_root.resume();
+        landed.wait().await;
+        assert!(
+            old_commit.await.unwrap().is_err(),
+            "{backend:?}: the old writer committed after the takeover"
+        );
+
+        new.commit()
+            .await
+            .unwrap_or_else(|e| panic!("{backend:?}: the new writer lost its flushed writes: {e}"));
+        new.close().await.unwrap();
+        let fresh = tempfile::tempdir().unwrap();
+        let reader = Volume::open(&store.reopen(), "v", log_only(fresh.path()))
+            .await
+            .unwrap();
+        assert_eq!(read_tags(&reader, 10, 1).await, [2], "{backend:?}");
+        reader.close().await.unwrap();
+    }
 }

@@ -88,7 +88,10 @@ async fn a_crash_replays_the_log() {
             "a process crash loses nothing written"
         );
         assert_eq!(
-            engine::info(&store.store, "v").await.unwrap().generation,
+            engine::info(&store.store, "v")
+                .await
+                .unwrap()
+                .allocated_bytes,
             0,
             "nothing was committed"
         );
@@ -201,10 +204,14 @@ async fn rewrites_reuse_the_log_and_a_torn_one_leaves_the_other_copy() {
     volume.close().await.unwrap();
 }
 
-/// Puts a root of `generation` into the store, as a killed writer's last
-/// request could land after its successor opened: the state of root 0,
-/// said to come from log `log_id` up to epoch 1.
-async fn land_a_late_root(store: &zeroblk::store::Store, generation: u64, log_id: uuid::Uuid) {
+/// Sends a root of `generation` to the store as a writer's commit would
+/// (create-if-absent): the state of root 0, said to come from log `log_id`
+/// up to epoch 1.
+async fn land_a_late_root(
+    store: &zeroblk::store::Store,
+    generation: u64,
+    log_id: uuid::Uuid,
+) -> zeroblk::store::Created {
     let first = keys::root("v", 0);
     let bytes = store.get(&first).await.unwrap().unwrap();
     let late = Root {
@@ -214,9 +221,9 @@ async fn land_a_late_root(store: &zeroblk::store::Store, generation: u64, log_id
         ..Root::decode(&first, &bytes).unwrap()
     };
     store
-        .put(&keys::root("v", generation), late.encode().into())
+        .put_if_absent(&keys::root("v", generation), late.encode().into())
         .await
-        .unwrap();
+        .unwrap()
 }
 
 /// The id of the write-back log under `cache`.
@@ -230,27 +237,34 @@ fn log_id(cache: &std::path::Path) -> uuid::Uuid {
     json["log_id"].as_str().unwrap().parse().unwrap()
 }
 
+/// A killed writer's last commit can reach the store after its successor
+/// on the same cache dir opened. That commit is a create-if-absent of the
+/// generation after the one it read, which the successor claimed as it
+/// opened: it cannot land, and the successor commits on. A root of another
+/// log at the next generation means another writer: this one is fenced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_late_commit_from_this_log_is_built_on_and_one_from_another_fences() {
+async fn a_late_commit_cannot_land_after_a_restart_and_another_writers_root_fences() {
     let (store, cache, options, volume) = uncommitted_volume().await;
     write_tags(&volume, 0, &[1, 2]).await;
     volume.flush().await.unwrap();
+    let read_by_the_dead_writer = engine::info(&store.store, "v").await.unwrap().generation;
     volume.crash(false, 0).await;
 
     let volume = Volume::open(&store.reopen(), "v", options.clone())
         .await
         .unwrap();
-    land_a_late_root(&store.store, 1, log_id(cache.path())).await;
-    write_tags(&volume, 5, &[9]).await;
-    volume
-        .close()
-        .await
-        .expect("not fenced by its own late commit");
     assert_eq!(
-        engine::info(&store.store, "v").await.unwrap().generation,
-        2,
-        "committed on top of it"
+        land_a_late_root(
+            &store.store,
+            read_by_the_dead_writer + 1,
+            log_id(cache.path())
+        )
+        .await,
+        zeroblk::store::Created::AlreadyExists,
+        "the successor claimed the generation as it opened"
     );
+    write_tags(&volume, 5, &[9]).await;
+    volume.close().await.expect("not fenced by a late commit");
     drop(volume);
 
     let fresh = tempfile::tempdir().unwrap();
@@ -258,7 +272,11 @@ async fn a_late_commit_from_this_log_is_built_on_and_one_from_another_fences() {
         .await
         .unwrap();
     assert_eq!(read_tags(&volume, 0, 6).await, [1, 2, 0, 0, 0, 9]);
-    land_a_late_root(&store.store, 3, uuid::Uuid::new_v4()).await;
+    let next = engine::info(&store.store, "v").await.unwrap().generation + 1;
+    assert_eq!(
+        land_a_late_root(&store.store, next, uuid::Uuid::new_v4()).await,
+        zeroblk::store::Created::Created
+    );
     write_tags(&volume, 7, &[4]).await;
     let error = volume.close().await.unwrap_err();
     assert!(

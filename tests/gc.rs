@@ -182,7 +182,8 @@ async fn a_flipped_byte_is_an_io_error_and_verify_names_the_object() {
     drop(volume);
     assert!(engine::verify(&store.store, "v").await.unwrap().is_clean());
 
-    let flipped = flip_a_byte_under(&root, "chunks");
+    // The one chunk written is stored as a pack of its own.
+    let flipped = flip_a_byte_under(&root, "packs");
     assert_eq!(flipped.len(), 1);
     let report = engine::verify(&store.reopen(), "v").await.unwrap();
     let bad: Vec<_> = report.bad.iter().map(|b| b.key.as_str()).collect();

@@ -169,6 +169,33 @@ async fn read_head(store: &Store, name: &str) -> Result<u64> {
         .unwrap_or(0))
 }
 
+/// Publishes `root` as its volume's generation, unless that generation
+/// exists already: says whether it did. The root is then the newest, and
+/// the head hint says so.
+pub async fn publish_root(store: &Store, name: &str, root: &Root) -> Result<bool> {
+    let key = keys::root(name, root.generation);
+    if store
+        .put_if_absent(&key, Bytes::from(root.encode()))
+        .await?
+        == Created::AlreadyExists
+    {
+        return Ok(false);
+    }
+    if let Err(error) = write_head(store, name, root.generation).await {
+        tracing::debug!(%error, "could not update the head hint; opening will probe further");
+    }
+    Ok(true)
+}
+
+/// The root of generation `generation` of volume `name`, if it is there.
+pub async fn root_at(
+    store: &Store,
+    superblock: &Superblock,
+    generation: u64,
+) -> Result<Option<Root>> {
+    read_root(store, superblock, generation).await
+}
+
 /// Records the newest generation as a hint for the next open.
 pub async fn write_head(store: &Store, name: &str, generation: u64) -> Result<()> {
     store

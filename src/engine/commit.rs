@@ -24,14 +24,21 @@ use super::map::page_of;
 use super::resolve::{self, Run};
 use super::volume::{Shared, View};
 use crate::format::{
-    self, BLOCK_SIZE, ChunkRef, EncodedChunk, MapPage, PAGE_ENTRIES, PageSlot, Root, keys,
+    self, BLOCK_SIZE, ChunkRef, EncodedChunk, PAGE_ENTRIES, PageSlot, Root, RootKind, keys,
     pack::PackBuilder,
     root::{now_ms, page_count},
 };
-use crate::store::{Created, Store};
+use crate::store::Store;
 
 /// Pack uploads in flight at once during a commit.
 pub(super) const PACKS_IN_FLIGHT: usize = 4;
+
+/// What publishing a root came to.
+enum Published {
+    Committed,
+    /// gc fenced the commit with this barrier: build it again on top.
+    AfterGcBarrier(Root),
+}
 
 /// A chunk as a commit built it.
 enum Built {
@@ -70,10 +77,17 @@ impl Shared {
             self.wait_for(&self.durable, last.id).await?;
         }
         let started = std::time::Instant::now();
-        let mut next = self
-            .build_generation(&view.map, &epochs, pending_size)
-            .await?;
-        self.publish_root(&mut next).await?;
+        let mut base = Arc::clone(&view.map);
+        let next = loop {
+            let next = self.build_generation(&base, &epochs, pending_size).await?;
+            match self.publish_root(&next).await? {
+                Published::Committed => break next,
+                Published::AfterGcBarrier(barrier) => {
+                    tracing::info!(volume = %self.name, generation = barrier.generation, "zeroblk gc fenced this commit: it starts over on top of gc's barrier, uploading again");
+                    base = Arc::new(barrier);
+                }
+            }
+        };
         let generation = next.generation;
         let log_bytes: u64 = epochs.iter().map(|e| e.end() - e.start).sum();
         self.install(next, &epochs).await;
@@ -87,8 +101,7 @@ impl Shared {
         epochs: &[Arc<Epoch>],
         pending_size: Option<u64>,
     ) -> Result<Root> {
-        let mut next = (**base).clone();
-        next.generation += 1;
+        let mut next = base.succeeded_by(RootKind::Commit);
         next.log_id = self.log.manifest.log_id;
         next.log_epoch = epochs.last().map_or(*self.committed.borrow(), |e| e.id);
         next.committed_at_ms = now_ms();
@@ -240,16 +253,20 @@ impl Shared {
     /// Applies an edit to a page and uploads the result.
     async fn build_page(&self, base: &Root, page: usize, edit: PageEdit) -> Result<PageSlot> {
         let old = base.pages.get(page).copied().unwrap_or(PageSlot::EMPTY);
-        let mut content = if edit.cleared || old.is_empty() {
-            MapPage::default()
-        } else {
-            (*self.pages.page(base, &old).await?).clone()
+        // A cleared page (a discard of all of it) is not read.
+        let old_content = match edit.cleared || old.is_empty() {
+            true => None,
+            false => Some(self.pages.page(base, &old).await?),
         };
+        let mut content = old_content.as_deref().cloned().unwrap_or_default();
         for (slot, entry) in edit.slots {
             content.set(slot, entry);
         }
         if content.is_all_zero() {
             return Ok(PageSlot::EMPTY);
+        }
+        if old_content.is_some_and(|old_content| *old_content == content) {
+            return Ok(old);
         }
         let allocated = content.entries().iter().filter(|e| !e.is_zero()).count() as u32;
         let stored = content
@@ -264,12 +281,11 @@ impl Shared {
                 .await
                 .expect("page encoding does not panic")
         };
-        if encoded.id != old.id {
-            // As for chunks: a plain put renews an existing page's age.
-            self.store
-                .put(&keys::page(&encoded.id), encoded.object)
-                .await?;
-        }
+        // A new object (pages carry random bytes), never one gc may be
+        // deleting.
+        self.store
+            .put(&keys::page(&encoded.id), encoded.object)
+            .await?;
         self.pages.remember(encoded.id, content).await;
         Ok(PageSlot {
             id: encoded.id,
@@ -280,48 +296,33 @@ impl Shared {
 
     /// Writes the root: the commit point. A root of this generation that
     /// is already there is ours if it says what ours says (a retried PUT
-    /// whose first reply was lost). One written from this same log, of no
-    /// later epoch, is a commit of this cache's writer from before a
-    /// restart that landed late (the store finished a request its killed
-    /// process had sent): this commit holds everything it did, since
-    /// commits only take epochs synced to the log and replay kept them, so
-    /// it goes on top, as the next generation. Anything else means another
-    /// writer committed, and this one is fenced out.
-    async fn publish_root(&self, next: &mut Root) -> Result<()> {
+    /// whose first reply was lost); gc's barrier if gc fenced this commit
+    /// (its uploads may be deleted: it starts over on the barrier);
+    /// anything else means another writer committed, and this one is
+    /// fenced out.
+    async fn publish_root(&self, next: &Root) -> Result<Published> {
         self.lease
             .lock()
             .await
             .check(&self.store, &self.name)
             .await?;
-        loop {
-            let key = keys::root(&self.name, next.generation);
-            let created = self
-                .store
-                .put_if_absent(&key, Bytes::from(next.encode()))
-                .await?;
-            if created == Created::Created {
-                break;
-            }
-            let existing = self.store.get(&key).await?;
-            let found = existing.and_then(|bytes| Root::decode(&key, &bytes).ok());
-            match found {
-                Some(found) if same_commit(&found, next) => break,
-                Some(found) if landed_late(&found, next) => {
-                    tracing::info!(volume = %self.name, generation = next.generation, "a commit from before this writer restarted landed late; committing on top of it");
-                    next.generation += 1;
-                }
-                _ => {
-                    return Err(EngineError::Fenced {
-                        name: self.name.clone(),
-                        generation: next.generation,
-                    });
-                }
-            }
+        crate::async_fail_point!("commit::before_root");
+        let published = catalog::publish_root(&self.store, &self.name, next).await?;
+        crate::async_fail_point!("commit::after_root");
+        if published {
+            return Ok(Published::Committed);
         }
-        if let Err(error) = catalog::write_head(&self.store, &self.name, next.generation).await {
-            tracing::debug!(%error, "could not update the head hint; opening will probe further");
+        let found = catalog::root_at(&self.store, &self.superblock, next.generation).await?;
+        match found {
+            Some(found) if same_commit(&found, next) => Ok(Published::Committed),
+            Some(found) if found.kind == RootKind::GcBarrier => {
+                Ok(Published::AfterGcBarrier(found))
+            }
+            _ => Err(EngineError::Fenced {
+                name: self.name.clone(),
+                generation: next.generation,
+            }),
         }
-        Ok(())
     }
 
     /// Makes a committed generation the one readers see, and lets go of
@@ -376,26 +377,12 @@ impl Shared {
     }
 }
 
-/// Uploads a pack, or a lone chunk as its own object (which any other
-/// volume holding the same bytes shares).
+/// Uploads a pack: always a new object, even for one chunk, so that a
+/// commit never writes over an object `zeroblk gc` may be deleting.
 async fn store_pack(store: Store, packing: Packing) -> Result<Entries> {
     let pack = packing.pack.finish();
-    let refs = match pack.refs.as_slice() {
-        [lone] => {
-            // A chunk already stored (by any volume) holds the same
-            // bytes: writing it again is harmless, and renews its age,
-            // so that `zeroblk gc` (which spares young objects) cannot
-            // take it before the root that references it lands.
-            let object = pack.parts.into_iter().next().expect("one part");
-            store.put(&keys::chunk(&lone.id), object).await?;
-            vec![ChunkRef::own(lone.id, lone.stored_len)]
-        }
-        _ => {
-            store.put_parts(&keys::pack(&pack.id), pack.parts).await?;
-            pack.refs
-        }
-    };
-    Ok(packing.chunks.into_iter().zip(refs).collect())
+    store.put_parts(&keys::pack(&pack.id), pack.parts).await?;
+    Ok(packing.chunks.into_iter().zip(pack.refs).collect())
 }
 
 /// Chunks and the map entries a commit gives them.
@@ -439,15 +426,6 @@ fn zero_chunks(
             }
         }
     }
-}
-
-/// Whether `found` was committed from the same log as `ours`, of epochs
-/// `ours` holds too.
-fn landed_late(found: &Root, ours: &Root) -> bool {
-    found.volume == ours.volume
-        && found.log_id == ours.log_id
-        && found.log_epoch <= ours.log_epoch
-        && found.size <= ours.size
 }
 
 fn same_commit(found: &Root, ours: &Root) -> bool {

@@ -304,7 +304,11 @@ async fn decode(objects: Vec<(ChunkRef, Bytes)>) -> Result<Vec<Bytes>> {
     tokio::task::spawn_blocking(move || {
         objects
             .iter()
-            .map(|(entry, object)| Ok(Bytes::from(format::chunk::decode(entry.id, object)?)))
+            .map(|(entry, object)| {
+                let decoded = format::chunk::decode(entry.id, object)
+                    .map_err(|error| error.stored_in(&key_of(entry)))?;
+                Ok(Bytes::from(decoded))
+            })
             .collect()
     })
     .await

@@ -58,7 +58,7 @@ impl Shared {
         let end = current.seal();
         let (segment, start) = match fresh_segment {
             Some(segment) => {
-                fail::fail_point!("log::segment_switch");
+                crate::async_fail_point!("log::segment_switch");
                 if let Err(source) = close_segment(&current.segment, end, current.id) {
                     let path = current.segment.path().to_path_buf();
                     self.fail(EngineError::Log { path, source });

@@ -1,29 +1,35 @@
 //! The writer's lease: one object per volume (`volumes/NAME/lease`) that
 //! says which process, on which host, writes to it.
 //!
-//! - Opening a volume takes the lease, unless another writer holds it:
-//!   a live process on this host, or another host that renewed it within
-//!   its time to live. Then the open is refused, naming the holder;
-//!   `--force` takes it over (after a crash on another host).
-//! - The holder renews it every third of its time to live, and checks it
-//!   before every commit. A writer that finds the lease taken stops at
-//!   once: it commits nothing more, and its writes fail.
-//! - A renewal reads the lease, then replaces it only if it is still the
-//!   version this holder wrote (If-Match), so a takeover landing between
-//!   the read and the write is never overwritten. Stores that cannot
-//!   replace conditionally (a local directory; Garage ignores the
-//!   condition) have only the read: there a takeover in that instant can
-//!   be undone, and the taker finds the lease lost at its first commit.
-//! - A writer that takes the lease over from a holder that may be alive
-//!   waits half the time to live before its first commit, so the old
-//!   holder's next check (or renewal) sees the takeover first. On stores
-//!   that enforce create-if-absent, the commit itself fences whatever
-//!   slips through; on stores that cannot (see `volume info`), the lease
-//!   is the only guard.
+//! Every write of the lease is conditional, so two writers can never both
+//! believe they hold it:
+//!
+//! - a free lease (no object) is taken with create-if-absent;
+//! - a lease whose holder is gone (it released it, or is judged dead) is
+//!   taken by replacing exactly the version that was read (If-Match): a
+//!   renewal, a release or another taker landing first makes it fail, and
+//!   the taker looks again;
+//! - the holder renews it every third of its time to live, again by
+//!   replacing the version it wrote last: once anyone else wrote it, the
+//!   renewal fails and the holder stops (its writes fail, it commits
+//!   nothing more). It also checks the lease before every commit.
+//!
+//! Whether a holder is gone is never judged by comparing two hosts'
+//! clocks. On this host, by its process (is the pid alive?). On another
+//! host, by watching the lease for one time to live, measured on this
+//! host's monotonic clock: a live holder renews it meanwhile, a dead one
+//! does not. So attaching a volume whose writer on another host crashed
+//! waits that long (30 s by default); `--force` takes the lease at once,
+//! for when the operator knows the old writer is gone.
+//!
+//! A local directory cannot replace conditionally; the store emulates it
+//! under a lock (`store/local.rs`). Stores that silently ignore conditions
+//! (Garage) are detected when a volume opens (`volume info` shows
+//! `fencing: unsupported`): there the lease is advisory.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -38,30 +44,63 @@ use crate::store::{Replaced, Store, Version};
 /// holder not in here was left by a volume that crashed in-process).
 static LIVE_HOLDERS: Mutex<Option<HashSet<Uuid>>> = Mutex::new(None);
 
+/// The longest a taker watches a lease for renewals, whatever time to
+/// live the lease claims (the bucket is not trusted to say).
+const LONGEST_WATCH: Duration = Duration::from_secs(300);
+
 /// What the lease object says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseRecord {
     pub holder: Uuid,
     pub host: String,
     pub pid: u32,
+    /// When the holder last renewed it, by the holder's clock: shown to
+    /// users, never compared with another clock.
     pub renewed_at_ms: u64,
     pub ttl_ms: u64,
+    /// How many times the holder renewed it: what a taker watches.
+    #[serde(default)]
+    pub renewals: u64,
+    /// The holder gave it up: anyone may take it.
+    #[serde(default)]
+    pub released: bool,
 }
 
 impl LeaseRecord {
-    /// Whether its holder may still be writing.
-    fn may_be_alive(&self) -> bool {
-        if self.host == hostname() {
-            if self.pid == std::process::id() {
-                return LIVE_HOLDERS
-                    .lock()
-                    .expect("holders lock")
-                    .as_ref()
-                    .is_some_and(|live| live.contains(&self.holder));
-            }
-            return crate::process::is_running(self.pid);
+    fn new(ttl: Duration) -> LeaseRecord {
+        LeaseRecord {
+            holder: Uuid::new_v4(),
+            host: hostname(),
+            pid: std::process::id(),
+            renewed_at_ms: now_ms(),
+            ttl_ms: ttl.as_millis() as u64,
+            renewals: 0,
+            released: false,
         }
-        now_ms() < self.renewed_at_ms.saturating_add(self.ttl_ms)
+    }
+
+    fn is_on_this_host(&self) -> bool {
+        self.host == hostname()
+    }
+
+    /// On this host: whether its holder still runs.
+    fn holder_runs_here(&self) -> bool {
+        if self.pid == std::process::id() {
+            return LIVE_HOLDERS
+                .lock()
+                .expect("holders lock")
+                .as_ref()
+                .is_some_and(|live| live.contains(&self.holder));
+        }
+        crate::process::is_running(self.pid)
+    }
+
+    fn ttl(&self) -> Duration {
+        Duration::from_millis(self.ttl_ms).min(LONGEST_WATCH)
+    }
+
+    fn holder_name(&self) -> String {
+        format!("pid {} on {}", self.pid, self.host)
     }
 }
 
@@ -73,9 +112,6 @@ pub struct Lease {
     record: LeaseRecord,
     /// The version of the lease object this holder wrote last.
     version: Version,
-    /// Whether renewals replace that version only (false once the store
-    /// said it cannot).
-    conditional: bool,
     /// Until then, commits wait: a takeover from a holder that may live.
     quiet_until_ms: u64,
 }
@@ -92,44 +128,61 @@ impl Lease {
     /// that may be alive.
     pub async fn acquire(store: &Store, name: &str, ttl: Duration, force: bool) -> Result<Lease> {
         let key = keys::volume_file(name, "lease");
-        let current = read(store, &key).await?;
-        let contested = current.as_ref().is_some_and(LeaseRecord::may_be_alive);
-        if let Some(holder) = current.filter(|_| contested && !force) {
-            return Err(EngineError::Leased {
-                name: name.to_string(),
-                host: holder.host,
-                pid: holder.pid,
-            });
+        let ours = LeaseRecord::new(ttl);
+        loop {
+            let Some((current, version)) = read_versioned(store, &key).await? else {
+                crate::async_fail_point!("lease::before_create");
+                match store.create_versioned(&key, encode(&ours)).await? {
+                    Some(version) => return Ok(Lease::held(key, ours, version, false)),
+                    None => continue, // someone took it first: look again
+                }
+            };
+            if let Some(holder) = current.filter(|c| !c.released)
+                && !force
+                && holder_is_alive(store, &key, &holder).await?
+            {
+                return Err(EngineError::Leased {
+                    name: name.to_string(),
+                    host: holder.host,
+                    pid: holder.pid,
+                });
+            }
+            crate::async_fail_point!("lease::before_take");
+            match store
+                .replace_if_unchanged(&key, encode(&ours), &version)
+                .await?
+            {
+                Replaced::Replaced(version) => {
+                    if force {
+                        tracing::warn!(
+                            volume = name,
+                            "took the lease over (--force) from a writer that may be alive; waiting before the first commit"
+                        );
+                    }
+                    return Ok(Lease::held(key, ours, version, force));
+                }
+                // Renewed, released or taken since it was read.
+                Replaced::Changed => continue,
+            }
         }
-        let record = LeaseRecord {
-            holder: Uuid::new_v4(),
-            host: hostname(),
-            pid: std::process::id(),
-            renewed_at_ms: now_ms(),
-            ttl_ms: ttl.as_millis() as u64,
-        };
-        let version = write(store, &key, &record).await?;
+    }
+
+    fn held(key: String, record: LeaseRecord, version: Version, forced: bool) -> Lease {
         LIVE_HOLDERS
             .lock()
             .expect("holders lock")
             .get_or_insert_with(HashSet::new)
             .insert(record.holder);
-        let quiet_until_ms = if contested {
-            tracing::warn!(
-                volume = name,
-                "took the lease over from a writer that may be alive; waiting before the first commit"
-            );
-            now_ms() + record.ttl_ms / 2
-        } else {
-            0
+        let quiet_until_ms = match forced {
+            true => now_ms() + record.ttl_ms / 2,
+            false => 0,
         };
-        Ok(Lease {
+        Lease {
             key,
             record,
             version,
-            conditional: true,
             quiet_until_ms,
-        })
+        }
     }
 
     /// How often to renew.
@@ -137,30 +190,27 @@ impl Lease {
         Duration::from_millis((self.record.ttl_ms / 3).max(1))
     }
 
-    /// Checks the lease is still ours and renews it; an error that is not
-    /// transient means another writer took it.
+    /// Renews the lease; an error that is not transient means another
+    /// writer took it.
     pub async fn renew(&mut self, store: &Store, name: &str) -> Result<()> {
-        self.check(store, name).await?;
         let mut renewed = self.record.clone();
+        renewed.renewals += 1;
         renewed.renewed_at_ms = now_ms();
-        if self.conditional {
-            match store
-                .replace_if_unchanged(&self.key, encode(&renewed), &self.version)
-                .await?
-            {
-                Replaced::Replaced(version) => {
-                    self.record = renewed;
-                    self.version = version;
-                    return Ok(());
-                }
-                // Taken over since the check, or an attempt of ours landed
-                // and only its reply was lost: the check tells which.
-                Replaced::Changed => self.check(store, name).await?,
-                Replaced::Unsupported => self.conditional = false,
-            }
-        }
+        crate::async_fail_point!("lease::before_renew");
+        let replaced = store
+            .replace_if_unchanged(&self.key, encode(&renewed), &self.version)
+            .await?;
+        let version = match replaced {
+            Replaced::Replaced(version) => version,
+            // Taken over, or a retried renewal of ours landed and only its
+            // reply was lost: the object tells which.
+            Replaced::Changed => match read_versioned(store, &self.key).await? {
+                Some((Some(found), version)) if found == renewed => version,
+                found => return Err(self.lost(name, found.and_then(|(r, _)| r))),
+            },
+        };
         self.record = renewed;
-        self.version = write(store, &self.key, &self.record).await?;
+        self.version = version;
         Ok(())
     }
 
@@ -172,30 +222,36 @@ impl Lease {
             tokio::time::sleep(Duration::from_millis(wait)).await;
         }
         match read(store, &self.key).await? {
-            Some(found) if found.holder == self.record.holder => Ok(()),
-            found => Err(EngineError::LeaseLost {
-                name: name.to_string(),
-                by: found.map_or_else(
-                    || "nobody (it was deleted)".into(),
-                    |f| format!("pid {} on {}", f.pid, f.host),
-                ),
-            }),
+            Some(found) if found.holder == self.record.holder && !found.released => Ok(()),
+            found => Err(self.lost(name, found)),
         }
     }
 
-    /// Gives the lease up, if it is still ours.
-    pub async fn release(&self, store: &Store) -> Result<()> {
-        if read(store, &self.key)
-            .await?
-            .is_some_and(|f| f.holder == self.record.holder)
-        {
-            store.delete(&self.key).await?;
+    fn lost(&self, name: &str, found: Option<LeaseRecord>) -> EngineError {
+        EngineError::LeaseLost {
+            name: name.to_string(),
+            by: found.map_or_else(
+                || "nobody (it was deleted)".into(),
+                |found| found.holder_name(),
+            ),
         }
+    }
+
+    /// Gives the lease up, if it is still ours: marks it released, by the
+    /// same conditional replace as a renewal.
+    pub async fn release(&self, store: &Store) -> Result<()> {
+        let released = LeaseRecord {
+            released: true,
+            renewed_at_ms: now_ms(),
+            ..self.record.clone()
+        };
+        // Changed: someone else holds it now, and it is theirs to keep.
+        store
+            .replace_if_unchanged(&self.key, encode(&released), &self.version)
+            .await?;
         Ok(())
     }
-}
 
-impl Lease {
     /// Stops counting as alive in this process, as a killed process's
     /// lease would (for crash tests: tasks still holding the volume end
     /// later than a killed process's would).
@@ -212,22 +268,59 @@ impl Drop for Lease {
     }
 }
 
-/// The lease on volume `name`, if its holder may still be writing.
+/// Whether the holder of `current` (the lease at `key`) is alive: on this
+/// host, its process; elsewhere, whether it renews the lease within one
+/// time to live, watched on this host's clock.
+async fn holder_is_alive(store: &Store, key: &str, current: &LeaseRecord) -> Result<bool> {
+    if current.is_on_this_host() {
+        return Ok(current.holder_runs_here());
+    }
+    let ttl = current.ttl();
+    tracing::info!(
+        lease = key,
+        holder = %current.holder_name(),
+        "the lease is held on another host; watching it for {} to see whether its holder renews it (--force takes it over now)",
+        humantime::format_duration(ttl)
+    );
+    let watch_until = Instant::now() + ttl;
+    loop {
+        let left = watch_until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(false);
+        }
+        tokio::time::sleep(left.min(ttl / 4).max(Duration::from_millis(10))).await;
+        match read(store, key).await? {
+            Some(found) if found == *current => {}
+            // Renewed (alive), or taken by someone else (who is).
+            Some(found) if !found.released => return Ok(true),
+            // Released or gone: free.
+            _ => return Ok(false),
+        }
+    }
+}
+
+/// The lease on volume `name`, unless it was released or its holder, on
+/// this host, is gone. A holder on another host counts as alive: telling
+/// would take a time to live of watching.
 pub async fn live_holder(store: &Store, name: &str) -> Result<Option<LeaseRecord>> {
     let record = read(store, &keys::volume_file(name, "lease")).await?;
-    Ok(record.filter(LeaseRecord::may_be_alive))
+    Ok(record.filter(|r| !r.released && (!r.is_on_this_host() || r.holder_runs_here())))
 }
 
 async fn read(store: &Store, key: &str) -> Result<Option<LeaseRecord>> {
-    let Some(bytes) = store.get(key).await? else {
-        return Ok(None);
-    };
-    // An unreadable lease protects nothing: treat it as absent.
-    Ok(serde_json::from_slice(&bytes).ok())
+    Ok(read_versioned(store, key).await?.and_then(|(r, _)| r))
 }
 
-async fn write(store: &Store, key: &str, record: &LeaseRecord) -> Result<Version> {
-    Ok(store.put_versioned(key, encode(record)).await?)
+/// The lease object at `key` and its version; the record is `None` when
+/// the object is unreadable (which protects nothing).
+async fn read_versioned(
+    store: &Store,
+    key: &str,
+) -> Result<Option<(Option<LeaseRecord>, Version)>> {
+    let Some((bytes, version)) = store.get_versioned(key).await? else {
+        return Ok(None);
+    };
+    Ok(Some((serde_json::from_slice(&bytes).ok(), version)))
 }
 
 fn encode(record: &LeaseRecord) -> Bytes {

@@ -20,7 +20,7 @@ use super::map::Pages;
 use super::options::EngineOptions;
 use super::replay::{self, Geometry, Replayed};
 use crate::cache::{CacheCounters, ChunkCache, DiskCache};
-use crate::format::{BLOCK_SIZE, Root, Superblock};
+use crate::format::{BLOCK_SIZE, Root, RootKind, Superblock};
 use crate::store::{Fencing, Store, StoreCounters};
 
 /// Bytes of decoded map pages kept in memory.
@@ -146,7 +146,6 @@ impl Volume {
     /// replaying what its write-back log holds beyond the store.
     pub async fn open(store: &Store, name: &str, options: EngineOptions) -> Result<Volume> {
         let superblock = catalog::superblock(store, name).await?;
-        let root = catalog::newest_root(store, &superblock).await?;
         let fencing = store.fencing().await?;
         let dir = local_dir(&options.cache_dir, &superblock);
         let cache_dir_error = |source| EngineError::CacheDir {
@@ -156,29 +155,28 @@ impl Volume {
         std::fs::create_dir_all(&dir).map_err(cache_dir_error)?;
         let lock = lock_volume(&dir, name)?;
         let lease = Lease::acquire(store, name, options.lease_ttl, options.take_over).await?;
-
-        let opened = LogDir::open(&dir.join("log"), &root).map_err(cache_dir_error)?;
-        let mut log = opened.log;
-        log.keep_free_bytes = options.log_commit_bytes();
-        let geometry = Geometry {
-            size: root.size,
-            chunk_size: root.chunk_size,
-        };
-        let replayed = {
-            let (log, paths, after) = (log.clone(), opened.segments, opened.replay_after);
-            tokio::task::spawn_blocking(move || replay::replay(&log, &paths, after, geometry))
-                .await
-                .expect("replay does not panic")
-                .map_err(cache_dir_error)?
-        };
-        if !replayed.epochs.is_empty() {
+        let (root, mut log, replayed) = loop {
+            let newest = catalog::newest_root(store, &superblock).await?;
+            let (log, replayed, after) = open_log(&dir, &newest).await?;
+            // The next generation is this writer's before it serves
+            // anything: a commit of an earlier writer that lands late (a
+            // PUT sent before a takeover) can then only fail.
+            let claim = Root {
+                log_id: log.manifest.log_id,
+                log_epoch: after,
+                ..newest.succeeded_by(RootKind::Open)
+            };
+            crate::async_fail_point!("open::before_claim");
+            if catalog::publish_root(store, name, &claim).await? {
+                break (claim, log, replayed);
+            }
             tracing::info!(
                 volume = name,
-                epochs = replayed.epochs.len(),
-                bytes = replayed.dirty_bytes,
-                "replayed writes from the write-back log that the store does not have yet"
+                generation = claim.generation,
+                "the volume was committed as this writer opened it (by the writer it takes over from, or gc's barrier); looking again"
             );
-        }
+        };
+        log.keep_free_bytes = options.log_commit_bytes();
         let disk = match options.disk_cache_bytes {
             0 => None,
             bytes => Some(DiskCache::open(&dir.join("chunks"), bytes).map_err(cache_dir_error)?),
@@ -368,6 +366,37 @@ impl Drop for Volume {
             }
         }
     }
+}
+
+/// Opens the write-back log in `dir` for a volume whose newest root is
+/// `root`, and replays it: the log, what it holds beyond the store, and
+/// the epoch after which that starts.
+async fn open_log(dir: &std::path::Path, root: &Root) -> Result<(LogDir, Replayed, u64)> {
+    let cache_dir_error = |source| EngineError::CacheDir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let opened = LogDir::open(&dir.join("log"), root).map_err(cache_dir_error)?;
+    let geometry = Geometry {
+        size: root.size,
+        chunk_size: root.chunk_size,
+    };
+    let (log, paths, after) = (opened.log, opened.segments, opened.replay_after);
+    let replaying = log.clone();
+    let replayed =
+        tokio::task::spawn_blocking(move || replay::replay(&replaying, &paths, after, geometry))
+            .await
+            .expect("replay does not panic")
+            .map_err(cache_dir_error)?;
+    if !replayed.epochs.is_empty() {
+        tracing::info!(
+            volume = %root.volume,
+            epochs = replayed.epochs.len(),
+            bytes = replayed.dirty_bytes,
+            "replayed writes from the write-back log that the store does not have yet"
+        );
+    }
+    Ok((log, replayed, after))
 }
 
 /// The folder in `cache_dir` that holds a volume's log and cached chunks.

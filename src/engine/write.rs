@@ -263,7 +263,7 @@ impl Shared {
         let epoch = &written.epoch;
         epoch.earlier_epochs_whole().await;
         while !epoch.written_through(written.end) {
-            fail::fail_point!("log::ack_waits_for_earlier_records");
+            crate::async_fail_point!("log::ack_waits_for_earlier_records");
             self.check_running()?;
             epoch.wait_written_through(written.end).await;
         }

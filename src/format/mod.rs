@@ -56,13 +56,13 @@ pub mod superblock;
 
 pub use chunk::{Compression, EncodedChunk};
 pub use page::{MapPage, PAGE_ENTRIES};
-pub use root::{PageSlot, Root};
+pub use root::{PageSlot, Root, RootKind};
 pub use superblock::Superblock;
 
 use std::fmt;
 
 /// The format version this build writes, and the newest it reads.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 /// Smallest and largest chunk sizes a volume may be created with.
 pub const MIN_CHUNK_SIZE: u64 = 64 << 10;
@@ -185,6 +185,27 @@ impl FormatError {
         FormatError::Corrupt {
             what: what.into(),
             reason: reason.into(),
+        }
+    }
+
+    /// The same error, saying which stored object held the damaged bytes
+    /// (a chunk is named by its hash; it may live in a pack).
+    pub fn stored_in(self, key: &str) -> FormatError {
+        match self {
+            FormatError::Corrupt { what, reason } => FormatError::Corrupt {
+                what: format!("{what} (in {key})"),
+                reason: format!("{reason} (run `zeroblk volume verify`)"),
+            },
+            FormatError::HashMismatch {
+                what,
+                expected,
+                actual,
+            } => FormatError::HashMismatch {
+                what: format!("{what} (in {key})"),
+                expected,
+                actual,
+            },
+            other => other,
         }
     }
 }

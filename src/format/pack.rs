@@ -6,11 +6,16 @@
 //! A pack turns a commit's chunks into a PUT per [`PACK_TARGET_BYTES`],
 //! and lets a sequential reader fetch a run of chunks with one ranged GET.
 //!
-//! A pack has no header and no index of its own: the map says where each
-//! chunk object starts ([`Place::Packed`]) and how long it is, and each
-//! chunk object decodes and verifies on its own. A pack is named by the
-//! BLAKE3 hash of its bytes, so it is immutable and content addressed like
-//! every other object.
+//! A pack has no index of its own: the map says where each chunk object
+//! starts ([`Place::Packed`]) and how long it is, and each chunk object
+//! decodes and verifies on its own. A pack is named by the BLAKE3 hash of
+//! its bytes, so it is immutable and content addressed like every other
+//! object. Since format 3 a pack starts with 16 random bytes (its chunks
+//! after them), so every pack written is a new object, even one whose
+//! chunks an older pack held: a commit never writes over an object that
+//! `zeroblk gc` may be deleting (see the engine's `gc`). Packs of format 2
+//! start with their first chunk; readers go by the map's offsets either
+//! way.
 
 use bytes::Bytes;
 
@@ -20,12 +25,25 @@ use super::{ChunkRef, FormatError, ObjectId, Place};
 /// A pack is closed once it holds this many bytes.
 pub const PACK_TARGET_BYTES: usize = 8 << 20;
 
+/// The random bytes a pack starts with.
+const NONCE_LEN: usize = 16;
+
 /// A pack being filled, in the order its chunks are pushed.
-#[derive(Default)]
 pub struct PackBuilder {
     parts: Vec<Bytes>,
     members: Vec<(ObjectId, u32)>,
     len: usize,
+}
+
+impl Default for PackBuilder {
+    fn default() -> Self {
+        let nonce = Bytes::copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        PackBuilder {
+            parts: vec![nonce],
+            members: Vec::new(),
+            len: NONCE_LEN,
+        }
+    }
 }
 
 /// A closed pack: its name, its bytes (in parts, as pushed), and where
@@ -67,7 +85,7 @@ impl PackBuilder {
         let refs = self
             .members
             .iter()
-            .zip(&self.parts)
+            .zip(self.parts.iter().skip(1))
             .map(|(&(chunk, offset), object)| ChunkRef {
                 id: chunk,
                 stored_len: object.len() as u32,
@@ -88,7 +106,7 @@ impl Pack {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.parts.is_empty()
+        self.refs.is_empty()
     }
 }
 
@@ -139,6 +157,13 @@ mod tests {
         let pack = builder.finish();
         let bytes: Bytes = pack.parts.concat().into();
         assert_eq!(pack.id, ObjectId::of(&bytes), "named by its bytes");
+        let mut again = PackBuilder::default();
+        chunks.iter().for_each(|chunk| again.push(chunk.clone()));
+        assert_ne!(
+            again.finish().id,
+            pack.id,
+            "every pack written is a new object"
+        );
         for (chunk, entry) in chunks.iter().zip(&pack.refs) {
             assert_eq!(entry.id, chunk.id);
             assert_eq!(entry.pack(), Some(pack.id));

@@ -1,7 +1,7 @@
 //! Map pages: [`PAGE_ENTRIES`] consecutive entries of a volume's chunk map.
 //!
-//! A page's plaintext is the magic `ZBPAGE02`, then its entries, 72 bytes
-//! each (integers little endian):
+//! A page's plaintext is the magic `ZBPAGE03`, 16 random bytes, then its
+//! entries, 72 bytes each (integers little endian):
 //!
 //! ```text
 //! offset size field
@@ -11,17 +11,23 @@
 //!     68    4 its offset in that pack
 //! ```
 //!
-//! Pages written before packs existed hold 36-byte entries (the first two
-//! fields) and no magic; they are still read. The object is the plaintext
-//! wrapped like a chunk object (header and zstd), named by the plaintext's
-//! BLAKE3 hash, and so verified on read.
+//! The random bytes make every page written a new object, even one whose
+//! entries an older page held: a commit never writes over an object that
+//! `zeroblk gc` may be deleting (see the engine's `gc`). Pages of format 2
+//! (`ZBPAGE02`, no random bytes) and those written before packs existed
+//! (36-byte entries, the first two fields, and no magic) are still read.
+//! The object is the plaintext wrapped like a chunk object (header and
+//! zstd), named by the plaintext's BLAKE3 hash, and so verified on read.
 
 use super::chunk::{self, Compression};
 use super::{ChunkRef, FormatError, ObjectId, Place};
 
 /// Entries per page: one page maps 1 GiB of a volume with 1 MiB chunks.
 pub const PAGE_ENTRIES: usize = 1024;
-const MAGIC: &[u8; 8] = b"ZBPAGE02";
+const MAGIC: &[u8; 8] = b"ZBPAGE03";
+/// Pages of format 2: no random bytes after the magic.
+const MAGIC_V2: &[u8; 8] = b"ZBPAGE02";
+const NONCE_LEN: usize = 16;
 const ENTRY_LEN: usize = 72;
 /// Entries of pages written before packs: id and stored length only.
 const OWN_ENTRY_LEN: usize = 36;
@@ -57,10 +63,12 @@ impl MapPage {
         self.entries.iter().all(ChunkRef::is_zero)
     }
 
-    /// The page as an object: its id and bytes.
+    /// The page as a new object (never one written before): its id and
+    /// bytes.
     pub fn encode(&self) -> chunk::EncodedChunk {
-        let mut plain = Vec::with_capacity(MAGIC.len() + PAGE_ENTRIES * ENTRY_LEN);
+        let mut plain = Vec::with_capacity(MAGIC.len() + NONCE_LEN + PAGE_ENTRIES * ENTRY_LEN);
         plain.extend_from_slice(MAGIC);
+        plain.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
         for entry in &self.entries {
             let (pack, offset) = match entry.place {
                 Place::Own => (ObjectId::NONE, 0),
@@ -77,14 +85,16 @@ impl MapPage {
     /// Decodes and verifies the page object named `id`.
     pub fn decode(id: ObjectId, object: &[u8]) -> Result<MapPage, FormatError> {
         let plain = chunk::decode(id, object)?;
+        let packed = |skip: usize| -> Vec<ChunkRef> {
+            plain[skip..].chunks_exact(ENTRY_LEN).map(entry).collect()
+        };
+        let entries_len = PAGE_ENTRIES * ENTRY_LEN;
         let entries = if plain.len() == PAGE_ENTRIES * OWN_ENTRY_LEN {
             plain.chunks_exact(OWN_ENTRY_LEN).map(own_entry).collect()
-        } else if plain.len() == MAGIC.len() + PAGE_ENTRIES * ENTRY_LEN && plain.starts_with(MAGIC)
-        {
-            plain[MAGIC.len()..]
-                .chunks_exact(ENTRY_LEN)
-                .map(entry)
-                .collect()
+        } else if plain.len() == MAGIC.len() + NONCE_LEN + entries_len && plain.starts_with(MAGIC) {
+            packed(MAGIC.len() + NONCE_LEN)
+        } else if plain.len() == MAGIC_V2.len() + entries_len && plain.starts_with(MAGIC_V2) {
+            packed(MAGIC_V2.len())
         } else {
             return Err(FormatError::corrupt(
                 format!("map page {id}"),
@@ -144,6 +154,11 @@ mod tests {
         assert!(encoded.object.len() < 1024, "zero entries compress");
         let decoded = MapPage::decode(encoded.id, &encoded.object).unwrap();
         assert_eq!(decoded, page);
+        assert_ne!(
+            page.encode().id,
+            encoded.id,
+            "every page written is a new object"
+        );
         assert_eq!(decoded.get(3).stored_len, 77);
         assert_eq!(decoded.get(4), packed);
         assert!(MapPage::decode(ObjectId::of(b"y"), &encoded.object).is_err());
@@ -159,6 +174,18 @@ mod tests {
         let page = MapPage::decode(encoded.id, &encoded.object).unwrap();
         assert_eq!(page.get(1), ChunkRef::own(id, 5));
         assert!(page.get(0).is_zero());
+    }
+
+    #[test]
+    fn pages_of_format_2_are_read() {
+        let id = ObjectId::of(b"x");
+        let mut plain = MAGIC_V2.to_vec();
+        plain.resize(MAGIC_V2.len() + PAGE_ENTRIES * ENTRY_LEN, 0);
+        plain[8 + ENTRY_LEN..8 + ENTRY_LEN + 32].copy_from_slice(&id.0);
+        plain[8 + ENTRY_LEN + 32..8 + ENTRY_LEN + 36].copy_from_slice(&5u32.to_le_bytes());
+        let encoded = chunk::encode(&plain, Compression::Zstd { level: 1 });
+        let page = MapPage::decode(encoded.id, &encoded.object).unwrap();
+        assert_eq!(page.get(1), ChunkRef::own(id, 5));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! ```text
 //! magic "ZBRT" | version u32 | volume uuid (16) | generation u64 | size u64
 //! | chunk size u64 | log id (16) | log epoch u64 | committed at (unix ms) u64
-//! | page count u32 | pages | BLAKE3 of all of the above (32)
+//! | kind u8 (version 3 on) | page count u32 | pages | BLAKE3 of all of the above (32)
 //!
 //! page: id (32 bytes, zero = absent, all its chunks zero)
 //!       | allocated chunks u32 | stored bytes u64
@@ -13,6 +13,13 @@
 //! restarting after a crash knows which of its log records are still to be
 //! replayed. Each page's counts let a commit that drops a whole page (a
 //! discard) keep the volume's totals without reading the page.
+//!
+//! `kind` says what wrote the root ([`RootKind`]): a writer's commit; a
+//! writer that opened the volume and claims the next generation before it
+//! serves anything (so that a late commit of the writer it took over from
+//! cannot land); or `zeroblk gc`, whose barrier makes a commit in flight
+//! start over (see the engine's `gc`). The last two carry the map of the
+//! root before them unchanged. Roots before version 3 are commits.
 
 use bytes::{Buf, BufMut};
 use uuid::Uuid;
@@ -20,7 +27,8 @@ use uuid::Uuid;
 use super::{FORMAT_VERSION, FormatError, ObjectId, PAGE_ENTRIES};
 
 const MAGIC: &[u8; 4] = b"ZBRT";
-const FIXED_LEN: usize = 4 + 4 + 16 + 8 * 3 + 16 + 8 * 2 + 4;
+/// Bytes before the pages in a version 3 root; version 2 lacks the kind.
+const FIXED_LEN: usize = 4 + 4 + 16 + 8 * 3 + 16 + 8 * 2 + 1 + 4;
 const PAGE_SLOT_LEN: usize = 32 + 4 + 8;
 const CHECKSUM_LEN: usize = 32;
 
@@ -34,7 +42,40 @@ pub struct Root {
     pub log_id: Uuid,
     pub log_epoch: u64,
     pub committed_at_ms: u64,
+    pub kind: RootKind,
     pub pages: Vec<PageSlot>,
+}
+
+/// What wrote a root.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RootKind {
+    /// A writer committed epochs of its log.
+    #[default]
+    Commit,
+    /// A writer opened the volume: the map is the generation before's.
+    Open,
+    /// `zeroblk gc` fenced commits in flight: the map is the generation
+    /// before's.
+    GcBarrier,
+}
+
+impl RootKind {
+    fn code(self) -> u8 {
+        match self {
+            RootKind::Commit => 0,
+            RootKind::Open => 1,
+            RootKind::GcBarrier => 2,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<RootKind> {
+        match code {
+            0 => Some(RootKind::Commit),
+            1 => Some(RootKind::Open),
+            2 => Some(RootKind::GcBarrier),
+            _ => None,
+        }
+    }
 }
 
 /// A root's entry for one map page.
@@ -71,7 +112,18 @@ impl Root {
             log_id: Uuid::nil(),
             log_epoch: 0,
             committed_at_ms: now_ms(),
+            kind: RootKind::Commit,
             pages: vec![PageSlot::EMPTY; page_count(size, chunk_size)],
+        }
+    }
+
+    /// The next generation, with this one's map, written by `kind`.
+    pub fn succeeded_by(&self, kind: RootKind) -> Root {
+        Root {
+            generation: self.generation + 1,
+            committed_at_ms: now_ms(),
+            kind,
+            ..self.clone()
         }
     }
 
@@ -101,6 +153,7 @@ impl Root {
         out.put_slice(self.log_id.as_bytes());
         out.put_u64_le(self.log_epoch);
         out.put_u64_le(self.committed_at_ms);
+        out.put_u8(self.kind.code());
         out.put_u32_le(self.pages.len() as u32);
         for page in &self.pages {
             out.put_slice(&page.id.0);
@@ -114,7 +167,7 @@ impl Root {
 
     pub fn decode(what: &str, object: &[u8]) -> Result<Root, FormatError> {
         let corrupt = |reason: &str| FormatError::corrupt(what, reason);
-        if object.len() < FIXED_LEN + CHECKSUM_LEN || &object[..4] != MAGIC {
+        if object.len() < FIXED_LEN - 1 + CHECKSUM_LEN || &object[..4] != MAGIC {
             return Err(corrupt("not a root object"));
         }
         let (body, checksum) = object.split_at(object.len() - CHECKSUM_LEN);
@@ -137,6 +190,14 @@ impl Root {
         let log_id = take_uuid(&mut buf);
         let log_epoch = buf.get_u64_le();
         let committed_at_ms = buf.get_u64_le();
+        let kind = match version {
+            0..=2 => RootKind::Commit,
+            _ => RootKind::from_code(buf.get_u8())
+                .ok_or_else(|| corrupt("it says it was written by something unknown"))?,
+        };
+        if buf.remaining() < 4 {
+            return Err(corrupt("page list length is wrong"));
+        }
         let count = buf.get_u32_le() as usize;
         if buf.remaining() != count * PAGE_SLOT_LEN || chunk_size == 0 {
             return Err(corrupt("page list length is wrong"));
@@ -163,6 +224,7 @@ impl Root {
             log_id,
             log_epoch,
             committed_at_ms,
+            kind,
             pages,
         })
     }
@@ -201,6 +263,7 @@ mod tests {
         };
         root.generation = 42;
         root.log_id = Uuid::new_v4();
+        root.kind = RootKind::GcBarrier;
         let bytes = root.encode();
         assert_eq!(Root::decode("root", &bytes).unwrap(), root);
         assert_eq!(root.allocated_chunks(), 3);
@@ -209,6 +272,22 @@ mod tests {
         damaged[30] ^= 0x10;
         assert!(Root::decode("root", &damaged).is_err());
         assert!(Root::decode("root", &bytes[..20]).is_err());
+    }
+
+    #[test]
+    fn version_2_roots_are_read_as_commits() {
+        let mut root = Root::empty(Uuid::new_v4(), 1 << 30, 1 << 20);
+        root.kind = RootKind::Open;
+        let v3 = root.encode();
+        let kind_at = FIXED_LEN - 4 - 1;
+        let mut v2 = v3[..v3.len() - CHECKSUM_LEN].to_vec();
+        v2.remove(kind_at);
+        v2[4..8].copy_from_slice(&2u32.to_le_bytes());
+        let checksum = blake3::hash(&v2);
+        v2.extend_from_slice(checksum.as_bytes());
+        let decoded = Root::decode("root", &v2).unwrap();
+        assert_eq!(decoded.kind, RootKind::Commit);
+        assert_eq!(decoded.pages, root.pages);
     }
 
     #[test]

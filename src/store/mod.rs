@@ -14,12 +14,13 @@
 //! is told apart from someone else's object by its bytes.
 
 pub mod faults;
+mod local;
 mod metrics;
 mod retry;
 mod url;
 
 use std::fmt::Display;
-use std::path::PathBuf;
+use std::path::{Path as LocalPath, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -104,13 +105,15 @@ pub struct ObjectInfo {
     pub last_modified: std::time::SystemTime,
 }
 
-/// Whether the store refuses a create-if-absent put of an existing key.
+/// Whether the store refuses conditional writes whose condition fails:
+/// a create-if-absent of an existing key, a replace of a stale version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Fencing {
-    /// Conditional creates work: a second writer is refused at its commit.
+    /// Conditional writes work: a second writer cannot take a held lease,
+    /// and is refused at its commit.
     Enforced,
-    /// The store overwrote an existing object on a conditional create:
+    /// The store wrote over an existing object on a conditional write:
     /// nothing stops two writers of one volume from interleaving.
     Unsupported,
 }
@@ -144,9 +147,6 @@ pub enum Replaced {
     /// Somebody wrote or deleted the object since that version (or an
     /// attempt of ours landed and only its reply was lost): nothing written.
     Changed,
-    /// The store cannot replace conditionally (a local directory): nothing
-    /// written.
-    Unsupported,
 }
 
 /// A handle on one object store; cheap to clone.
@@ -157,6 +157,9 @@ pub struct Store {
     metrics: Arc<StoreMetrics>,
     fencing: Arc<OnceCell<Fencing>>,
     retry: RetryPolicy,
+    /// The directory of a `file://` store, whose conditional replaces are
+    /// emulated under a lock (see `local.rs`).
+    local_root: Option<Arc<PathBuf>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -168,8 +171,12 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Opens the store a URL names. No request is made yet.
     pub fn open(url: &str, options: &StoreOptions) -> Result<Store, StoreError> {
-        let inner = StoreUrl::parse(url)?.build(options)?;
+        let parsed = StoreUrl::parse(url)?;
+        let inner = parsed.build(options)?;
         let mut store = Store::from_object_store(url, inner);
+        if let StoreUrl::File(root) = parsed {
+            store.local_root = Some(Arc::new(root));
+        }
         if let Some(timeout) = options.request_timeout {
             store.retry = RetryPolicy::with_attempt_timeout(timeout);
         }
@@ -188,6 +195,7 @@ impl Store {
             metrics: Arc::default(),
             fencing: Arc::default(),
             retry: RetryPolicy::default(),
+            local_root: None,
         }
     }
 
@@ -280,35 +288,133 @@ impl Store {
             .map(|_| ())
     }
 
-    /// Writes `key`, replacing what was there; returns the version written.
-    pub async fn put_versioned(&self, key: &str, bytes: Bytes) -> Result<Version, StoreError> {
-        match self
-            .put_retried(key, bytes.into(), PutMode::Overwrite)
-            .await
-            .result
-        {
-            Ok(written) => Ok(written.into()),
+    /// The object at `key` and the version it is, or `None` when there is
+    /// none.
+    pub async fn get_versioned(&self, key: &str) -> Result<Option<(Bytes, Version)>, StoreError> {
+        let path = Path::from(key);
+        let attempt = || async {
+            let got = self.inner.get(&path).await;
+            let got = match got {
+                Ok(got) => got,
+                Err(e) => {
+                    match e {
+                        object_store::Error::NotFound { .. } => self.metrics.get(None),
+                        _ => self.metrics.get_failed(),
+                    }
+                    return Err(e);
+                }
+            };
+            let version = Version(UpdateVersion {
+                e_tag: got.meta.e_tag.clone(),
+                version: got.meta.version.clone(),
+            });
+            let bytes = got.bytes().await?;
+            self.metrics.get(Some(bytes.len()));
+            Ok((bytes, version))
+        };
+        match self.retrying("GET", key, attempt).await.result {
+            Ok(found) => Ok(Some(found)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.classify("GET", key, e)),
+        }
+    }
+
+    /// Writes `key` only if no object is there; returns the version
+    /// written, or `None` when an object was there (see [`Store::fencing`]
+    /// for stores that ignore the condition).
+    pub async fn create_versioned(
+        &self,
+        key: &str,
+        bytes: Bytes,
+    ) -> Result<Option<Version>, StoreError> {
+        let outcome = self
+            .put_retried(key, bytes.clone().into(), PutMode::Create)
+            .await;
+        match outcome.result {
+            Ok(written) => Ok(Some(written.into())),
+            Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
+            ) => {
+                // An earlier attempt may have landed, its reply lost: then
+                // the object is ours.
+                let found = match outcome.retried {
+                    true => self.get_versioned(key).await?,
+                    false => None,
+                };
+                Ok(found
+                    .filter(|(found, _)| *found == bytes)
+                    .map(|(_, version)| version))
+            }
             Err(e) => Err(self.classify("PUT", key, e)),
         }
     }
 
     /// Writes `key` only if it still holds `version` (If-Match). Stores that
-    /// ignore the condition (Garage) replace whatever is there: callers
-    /// that must notice another writer read the object first as well.
+    /// ignore the condition (Garage) replace whatever is there:
+    /// [`Store::fencing`] says which do. A local directory, which cannot
+    /// replace conditionally, does it under a lock (see `local.rs`).
     pub async fn replace_if_unchanged(
         &self,
         key: &str,
         bytes: Bytes,
         version: &Version,
     ) -> Result<Replaced, StoreError> {
+        if self.local_root.is_some() {
+            return self.replace_locally(key, bytes, version).await;
+        }
         let mode = PutMode::Update(version.0.clone());
         match self.put_retried(key, bytes.into(), mode).await.result {
             Ok(written) => Ok(Replaced::Replaced(written.into())),
             Err(
                 object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. },
             ) => Ok(Replaced::Changed),
-            Err(object_store::Error::NotImplemented { .. }) => Ok(Replaced::Unsupported),
             Err(e) => Err(self.classify("PUT", key, e)),
+        }
+    }
+
+    /// [`Store::replace_if_unchanged`] for a local directory.
+    async fn replace_locally(
+        &self,
+        key: &str,
+        bytes: Bytes,
+        version: &Version,
+    ) -> Result<Replaced, StoreError> {
+        let root = self.local_root.as_deref().expect("a local store");
+        let _lock = local::lock(root)
+            .await
+            .map_err(|source| StoreError::LocalDir {
+                path: LocalPath::new(root.as_path()).to_path_buf(),
+                source,
+            })?;
+        let current = self.head_version(key).await?;
+        if current.as_ref() != Some(version) {
+            return Ok(Replaced::Changed);
+        }
+        match self
+            .put_retried(key, bytes.into(), PutMode::Overwrite)
+            .await
+            .result
+        {
+            Ok(written) => Ok(Replaced::Replaced(written.into())),
+            Err(e) => Err(self.classify("PUT", key, e)),
+        }
+    }
+
+    /// The version of the object at `key`, if there is one.
+    async fn head_version(&self, key: &str) -> Result<Option<Version>, StoreError> {
+        let path = Path::from(key);
+        let attempt = || {
+            self.metrics.get_failed(); // a request, counted with the GETs
+            self.inner.head(&path)
+        };
+        match self.retrying("HEAD", key, attempt).await.result {
+            Ok(meta) => Ok(Some(Version(UpdateVersion {
+                e_tag: meta.e_tag,
+                version: meta.version,
+            }))),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.classify("HEAD", key, e)),
         }
     }
 
@@ -457,29 +563,51 @@ impl Store {
         self.retry.run(attempt, on_retry).await
     }
 
-    /// Whether this store enforces create-if-absent, probed once per handle
-    /// with two conditional puts of one fresh key.
+    /// Whether this store enforces conditional writes, probed once per
+    /// handle on a fresh key: a second create-if-absent must be refused,
+    /// and so must a replace of a version that is not the object's any
+    /// more (If-Match).
     pub async fn fencing(&self) -> Result<Fencing, StoreError> {
         self.fencing
             .get_or_try_init(|| async {
                 let key = format!("probes/fencing-{}", uuid::Uuid::new_v4());
-                let first = self.put_if_absent(&key, Bytes::from_static(b"1")).await?;
-                let second = self.put_if_absent(&key, Bytes::from_static(b"2")).await?;
+                let enforced = self.conditions_hold(&key).await;
                 self.delete(&key).await?;
-                let fencing = match (first, second) {
-                    (Created::Created, Created::AlreadyExists) => Fencing::Enforced,
-                    _ => Fencing::Unsupported,
+                let fencing = match enforced? {
+                    true => Fencing::Enforced,
+                    false => Fencing::Unsupported,
                 };
                 if fencing == Fencing::Unsupported {
                     tracing::warn!(
                         store = %self.url,
-                        "this object store ignores conditional writes (If-None-Match): zeroblk cannot stop a second writer of a volume from overwriting the first's commits; attach each volume from one place only"
+                        "this object store ignores conditional writes (If-None-Match, If-Match): zeroblk cannot stop a second writer of a volume from overwriting the first's commits or lease; attach each volume from one place only, and take one over with --force only when its old writer is surely gone"
                     );
                 }
                 Ok(fencing)
             })
             .await
             .copied()
+    }
+
+    /// Whether conditional creates and replaces of `key` are refused when
+    /// their condition does not hold.
+    async fn conditions_hold(&self, key: &str) -> Result<bool, StoreError> {
+        let Some(first) = self.create_versioned(key, Bytes::from_static(b"1")).await? else {
+            return Ok(false);
+        };
+        let created_twice = self
+            .create_versioned(key, Bytes::from_static(b"2"))
+            .await?
+            .is_some();
+        let replaced = self
+            .replace_if_unchanged(key, Bytes::from_static(b"3"), &first)
+            .await?;
+        let stale_replaced = self
+            .replace_if_unchanged(key, Bytes::from_static(b"4"), &first)
+            .await?;
+        Ok(!created_twice
+            && matches!(replaced, Replaced::Replaced(_))
+            && stale_replaced == Replaced::Changed)
     }
 
     fn classify(&self, op: &'static str, key: &str, error: object_store::Error) -> StoreError {
@@ -576,44 +704,46 @@ mod tests {
 
     #[tokio::test]
     async fn a_conditional_replace_writes_only_over_the_version_given() {
-        let store = Store::memory();
-        let first = store
-            .put_versioned("lease", Bytes::from_static(b"a1"))
-            .await
-            .unwrap();
-        let Replaced::Replaced(second) = store
-            .replace_if_unchanged("lease", Bytes::from_static(b"a2"), &first)
-            .await
-            .unwrap()
-        else {
-            panic!("the version given was the object's");
-        };
-        store.put("lease", Bytes::from_static(b"b1")).await.unwrap();
-        assert_eq!(
-            store
-                .replace_if_unchanged("lease", Bytes::from_static(b"a3"), &second)
-                .await
-                .unwrap(),
-            Replaced::Changed
-        );
-        assert_eq!(
-            store.get("lease").await.unwrap().unwrap(),
-            Bytes::from_static(b"b1"),
-            "another writer's object stays"
-        );
         let dir = tempfile::tempdir().unwrap();
         let url = format!("file://{}", dir.path().display());
         let local = Store::open(&url, &StoreOptions::default()).unwrap();
-        let version = local
-            .put_versioned("lease", Bytes::from_static(b"a1"))
-            .await
-            .unwrap();
-        assert_eq!(
-            local
-                .replace_if_unchanged("lease", Bytes::from_static(b"a2"), &version)
+        for store in [Store::memory(), local] {
+            let first = store
+                .create_versioned("lease", Bytes::from_static(b"a1"))
                 .await
-                .unwrap(),
-            Replaced::Unsupported
-        );
+                .unwrap()
+                .expect("created");
+            assert_eq!(
+                store
+                    .create_versioned("lease", Bytes::from_static(b"x"))
+                    .await
+                    .unwrap(),
+                None,
+                "{store:?}: created only if absent"
+            );
+            let Replaced::Replaced(second) = store
+                .replace_if_unchanged("lease", Bytes::from_static(b"a2"), &first)
+                .await
+                .unwrap()
+            else {
+                panic!("{store:?}: the version given was the object's");
+            };
+            let (read, read_version) = store.get_versioned("lease").await.unwrap().unwrap();
+            assert_eq!((read, &read_version), (Bytes::from_static(b"a2"), &second));
+            store.put("lease", Bytes::from_static(b"b1")).await.unwrap();
+            assert_eq!(
+                store
+                    .replace_if_unchanged("lease", Bytes::from_static(b"a3"), &second)
+                    .await
+                    .unwrap(),
+                Replaced::Changed,
+                "{store:?}"
+            );
+            assert_eq!(
+                store.get("lease").await.unwrap().unwrap(),
+                Bytes::from_static(b"b1"),
+                "{store:?}: another writer's object stays"
+            );
+        }
     }
 }
