@@ -66,6 +66,14 @@ pub enum EngineError {
         volumes: Vec<String>,
     },
     #[error(
+        "another zeroblk gc is running (pid {pid} on {host}): let it finish; if it died, the next gc takes over once its lease is not renewed"
+    )]
+    GcRunning { host: String, pid: u32 },
+    #[error(
+        "zeroblk gc lost its lease to another gc ({by}): it stopped before deleting anything more; run it again"
+    )]
+    GcLeaseLost { by: String },
+    #[error(
         "volume `{name}` was taken over by {by} (its lease is not ours any more): this writer stops and commits nothing more"
     )]
     LeaseLost { name: String, by: String },
@@ -97,7 +105,7 @@ impl EngineError {
             | EngineError::OutOfRange { .. }
             | EngineError::InvalidArgument(_) => libc::EINVAL,
             EngineError::Fenced { .. } | EngineError::LeaseLost { .. } => libc::EROFS,
-            EngineError::Leased { .. } => libc::EBUSY,
+            EngineError::Leased { .. } | EngineError::GcRunning { .. } => libc::EBUSY,
             EngineError::Log { source, .. } | EngineError::CacheDir { source, .. }
                 if source.raw_os_error() == Some(libc::ENOSPC) =>
             {

@@ -13,18 +13,50 @@
 //! needs rewriting, and a reader racing the split gets the same bytes
 //! either way.
 //!
-//! Why that is safe with writers running: a writer uploads a chunk or page
-//! (a plain put, which renews the age of one that exists already) before
-//! it publishes the root that references it, and does so within seconds.
-//! An object young enough to belong to a commit in flight is never
-//! deleted, so the grace period must exceed the longest commit, retries
-//! included: the default is an hour. While any volume is attached (its
-//! lease may be alive), gc refuses a grace shorter than
-//! [`MIN_GRACE_WHILE_ATTACHED`]: a short grace is for stores nobody writes.
-//! A page that cannot be read stops the collection before anything is
-//! deleted: what it references is unknown.
+//! # Why a commit in flight never loses an object
+//!
+//! gc runs in this order: it takes the store's gc lease (one gc at a time:
+//! two would each split a pack and delete the other's chunks), lists the
+//! objects, then gives every volume whose writer's lease is held a
+//! *barrier* (a root of the next generation, kind `GcBarrier`, with the
+//! newest root's map, written with create-if-absent), then reads the roots
+//! and marks what they reference, and deletes the unmarked objects it
+//! listed that are older than the grace period, its lease checked first.
+//! The claim: no object referenced by a root published after gc started is
+//! deleted, whatever the timing.
+//!
+//! - gc deletes only objects it listed. Every object a commit uploads is a
+//!   new one (packs and pages start with random bytes, and commits write no
+//!   other kind of object), so an upload after the listing is never
+//!   deleted. The one kind commits do not write, `chunks/`, only gc writes
+//!   (when it splits a pack), and one gc runs at a time.
+//! - A root published before the barrier is read by the mark, which comes
+//!   after the barrier (a commit's root is the newest, or younger than the
+//!   grace period), so what it references is kept.
+//! - A volume whose lease was free (never taken, or released) after the
+//!   listing had no commit in flight then: a writer commits only while it
+//!   holds the lease, and releases it after its last commit. A writer that
+//!   takes it later uploads after the listing.
+//! - A root published after the barrier sits on top of it. The commit that
+//!   publishes it found its generation taken by the barrier (create-if-absent
+//!   lets exactly one of the two land) and started over: it built its
+//!   chunks and pages again on the barrier's map and uploaded them anew,
+//!   after the barrier, hence after the listing. What it references is
+//!   either such a new object or one the barrier's map references, which
+//!   gc marked. A writer that opens claims its first generation the same
+//!   way, so a barrier makes it look again.
+//!
+//! Stores that ignore conditional writes (`fencing: unsupported`) could let
+//! a barrier overwrite a commit's root: gc writes none there, and the grace
+//! period (which must then exceed the longest commit) is the only guard. On
+//! every store, while any volume is attached, gc refuses a grace shorter
+//! than [`MIN_GRACE_WHILE_ATTACHED`]: a read in flight on the root before
+//! the newest still needs that root's objects. A page that cannot be read
+//! stops the collection before anything is deleted: what it references is
+//! unknown.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures::{StreamExt, TryStreamExt};
@@ -32,11 +64,16 @@ use serde::Serialize;
 
 use super::catalog::{self, superblock};
 use super::error::{EngineError, Result};
-use super::lease;
-use crate::format::{ChunkRef, ObjectId, Root, Superblock, chunk, keys, pack, page::MapPage};
-use crate::store::{ObjectInfo, Store};
+use super::lease::{self, Lease};
+use crate::format::{
+    ChunkRef, ObjectId, Root, RootKind, Superblock, chunk, keys, pack, page::MapPage,
+};
+use crate::store::{Fencing, ObjectInfo, Store};
 
 const CONCURRENCY: usize = 16;
+
+/// How long gc's lease lasts without renewal.
+const GC_LEASE_TTL: Duration = Duration::from_secs(30);
 
 /// The shortest grace gc accepts while a volume is attached: longer than
 /// any commit takes, retries included, even on a slow machine.
@@ -130,12 +167,28 @@ pub async fn collect(store: &Store, options: GcOptions) -> Result<GcReport> {
         dry_run: options.dry_run,
         ..GcReport::default()
     };
+    let volumes = catalog::list(store).await?;
+    let lease = match options.dry_run {
+        true => None,
+        false => {
+            refuse_short_grace_while_attached(store, &volumes, options.grace).await?;
+            Some(GcLease::take(store).await?)
+        }
+    };
+    // What may be garbage: nothing uploaded from now on is.
+    let pages = store.list_objects("pages/").await?;
+    let chunks = store.list_objects("chunks/").await?;
+    let packs = store.list_objects("packs/").await?;
+    crate::async_fail_point!("gc::listed");
+    if !options.dry_run && store.fencing().await? == Fencing::Enforced {
+        for name in &volumes {
+            if lease::is_held(store, name).await? {
+                raise_barrier(store, name).await?;
+            }
+        }
+    }
     let mut live = Live::default();
     let mut old_roots = Vec::new();
-    let volumes = catalog::list(store).await?;
-    if !options.dry_run {
-        refuse_short_grace_while_attached(store, &volumes, options.grace).await?;
-    }
     for name in volumes {
         let superblock = superblock(store, &name).await?;
         report.volumes += 1;
@@ -152,9 +205,7 @@ pub async fn collect(store: &Store, options: GcOptions) -> Result<GcReport> {
             mark_live(store, &superblock, &root.key, &mut live).await?;
         }
     }
-    let pages = store.list_objects("pages/").await?;
-    let chunks = store.list_objects("chunks/").await?;
-    let packs = store.list_objects("packs/").await?;
+    crate::async_fail_point!("gc::marked");
     let listed_packs: HashSet<ObjectId> = packs.iter().filter_map(|p| id_of(&p.key)).collect();
     let (mut dead_packs, mut to_split) = (Vec::new(), Vec::new());
     for pack in packs.into_iter().filter(is_old) {
@@ -191,7 +242,8 @@ pub async fn collect(store: &Store, options: GcOptions) -> Result<GcReport> {
         .flat_map(|pack| live.in_pack(&pack.key).into_iter().flatten())
         .map(|entry| u64::from(entry.stored_len))
         .sum();
-    if !options.dry_run {
+    if let Some(lease) = &lease {
+        lease.still_ours(store).await?;
         futures::stream::iter(&to_split)
             .map(|pack| split(store, pack, live.in_pack(&pack.key).expect("live")))
             .buffer_unordered(CONCURRENCY)
@@ -206,14 +258,86 @@ pub async fn collect(store: &Store, options: GcOptions) -> Result<GcReport> {
         .chain(to_split)
         .collect();
     report.bytes_freed = all_dead.iter().map(|o| o.size).sum::<u64>() - split_out;
-    if !options.dry_run {
+    if let Some(lease) = lease {
+        lease.still_ours(store).await?;
+        crate::async_fail_point!("gc::before_delete");
         futures::stream::iter(all_dead)
             .map(|object| async move { store.delete(&object.key).await })
             .buffer_unordered(CONCURRENCY)
             .try_collect::<Vec<()>>()
             .await?;
+        lease.release(store).await?;
     }
     Ok(report)
+}
+
+/// Gives volume `name` a barrier: the next generation, with the newest
+/// root's map, so that a commit in flight starts over (see the module
+/// documentation).
+async fn raise_barrier(store: &Store, name: &str) -> Result<()> {
+    let superblock = superblock(store, name).await?;
+    loop {
+        let newest = catalog::newest_root(store, &superblock).await?;
+        let barrier = newest.succeeded_by(RootKind::GcBarrier);
+        if catalog::publish_root(store, name, &barrier).await? {
+            return Ok(());
+        }
+    }
+}
+
+/// The lease of the gc that runs, renewed in the background meanwhile.
+struct GcLease {
+    lease: Arc<tokio::sync::Mutex<Lease>>,
+    renewing: tokio::task::JoinHandle<()>,
+}
+
+impl GcLease {
+    async fn take(store: &Store) -> Result<GcLease> {
+        let key = keys::GC_LEASE.to_string();
+        let lease = Lease::acquire_at(store, key, GC_LEASE_TTL, false)
+            .await?
+            .map_err(|holder| EngineError::GcRunning {
+                host: holder.host,
+                pid: holder.pid,
+            })?;
+        let every = lease.renew_every();
+        let lease = Arc::new(tokio::sync::Mutex::new(lease));
+        let renewing = {
+            let (lease, store) = (Arc::clone(&lease), store.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    // Lost: `still_ours` says so before anything is deleted.
+                    if let Err(error) = lease.lock().await.renew(&store, "gc").await
+                        && !error.is_transient()
+                    {
+                        return;
+                    }
+                }
+            })
+        };
+        Ok(GcLease { lease, renewing })
+    }
+
+    /// Fails if another gc took the lease: this one must delete nothing.
+    async fn still_ours(&self, store: &Store) -> Result<()> {
+        let checked = self.lease.lock().await.check(store, "gc").await;
+        checked.map_err(|error| match error {
+            EngineError::LeaseLost { by, .. } => EngineError::GcLeaseLost { by },
+            other => other,
+        })
+    }
+
+    async fn release(self, store: &Store) -> Result<()> {
+        self.renewing.abort();
+        self.lease.lock().await.release(store).await
+    }
+}
+
+impl Drop for GcLease {
+    fn drop(&mut self) {
+        self.renewing.abort();
+    }
 }
 
 /// Fails if `grace` is shorter than [`MIN_GRACE_WHILE_ATTACHED`] and any

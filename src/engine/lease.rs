@@ -128,12 +128,29 @@ impl Lease {
     /// that may be alive.
     pub async fn acquire(store: &Store, name: &str, ttl: Duration, force: bool) -> Result<Lease> {
         let key = keys::volume_file(name, "lease");
+        Lease::acquire_at(store, key, ttl, force)
+            .await?
+            .map_err(|holder| EngineError::Leased {
+                name: name.to_string(),
+                host: holder.host,
+                pid: holder.pid,
+            })
+    }
+
+    /// Takes the lease at `key`, unless a holder that is alive has it: then
+    /// the inner error is what the lease says of it.
+    pub async fn acquire_at(
+        store: &Store,
+        key: String,
+        ttl: Duration,
+        force: bool,
+    ) -> Result<std::result::Result<Lease, LeaseRecord>> {
         let ours = LeaseRecord::new(ttl);
         loop {
             let Some((current, version)) = read_versioned(store, &key).await? else {
                 crate::async_fail_point!("lease::before_create");
                 match store.create_versioned(&key, encode(&ours)).await? {
-                    Some(version) => return Ok(Lease::held(key, ours, version, false)),
+                    Some(version) => return Ok(Ok(Lease::held(key, ours, version, false))),
                     None => continue, // someone took it first: look again
                 }
             };
@@ -141,11 +158,7 @@ impl Lease {
                 && !force
                 && holder_is_alive(store, &key, &holder).await?
             {
-                return Err(EngineError::Leased {
-                    name: name.to_string(),
-                    host: holder.host,
-                    pid: holder.pid,
-                });
+                return Ok(Err(holder));
             }
             crate::async_fail_point!("lease::before_take");
             match store
@@ -155,11 +168,11 @@ impl Lease {
                 Replaced::Replaced(version) => {
                     if force {
                         tracing::warn!(
-                            volume = name,
+                            lease = key,
                             "took the lease over (--force) from a writer that may be alive; waiting before the first commit"
                         );
                     }
-                    return Ok(Lease::held(key, ours, version, force));
+                    return Ok(Ok(Lease::held(key, ours, version, force)));
                 }
                 // Renewed, released or taken since it was read.
                 Replaced::Changed => continue,
@@ -305,6 +318,13 @@ async fn holder_is_alive(store: &Store, key: &str, current: &LeaseRecord) -> Res
 pub async fn live_holder(store: &Store, name: &str) -> Result<Option<LeaseRecord>> {
     let record = read(store, &keys::volume_file(name, "lease")).await?;
     Ok(record.filter(|r| !r.released && (!r.is_on_this_host() || r.holder_runs_here())))
+}
+
+/// Whether volume `name`'s lease is held (taken and not released), by a
+/// holder alive or not; a lease that cannot be read may be.
+pub async fn is_held(store: &Store, name: &str) -> Result<bool> {
+    let found = read_versioned(store, &keys::volume_file(name, "lease")).await?;
+    Ok(found.is_some_and(|(record, _)| record.is_none_or(|r| !r.released)))
 }
 
 async fn read(store: &Store, key: &str) -> Result<Option<LeaseRecord>> {

@@ -36,6 +36,9 @@ pub fn volume_file(name: &str, file: &str) -> String {
     format!("{VOLUMES_DIR}/{name}/{file}")
 }
 
+/// The lease of whoever runs `zeroblk gc`: one at a time per store.
+pub const GC_LEASE: &str = "gc/lease";
+
 pub fn root(name: &str, generation: u64) -> String {
     format!("{VOLUMES_DIR}/{name}/roots/{generation:020}")
 }
