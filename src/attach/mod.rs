@@ -12,7 +12,7 @@
 //! ([`namespace`]) and provisions its device through a hook that runs in
 //! the host's ([`hook`]), so it never shares a namespace with a mount of
 //! its own device: mounts its copy of the host's namespace starts with are
-//! detached from it ([`mountinfo`] reads the mount table).
+//! detached from it (`mountinfo` reads the mount table).
 
 pub mod daemon;
 mod hook;

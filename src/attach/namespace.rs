@@ -50,7 +50,7 @@ pub enum NamespaceError {
 }
 
 /// Moves this process into a private copy of the host's mount namespace,
-/// without the mounts of served devices ([`drop_served_device_mounts`]).
+/// without the mounts of served devices (`drop_served_device_mounts`).
 /// Call it while the process has a single thread (unshare refuses
 /// otherwise), before any runtime starts.
 pub fn leave_host_mount_namespace() -> Result<(), NamespaceError> {

@@ -8,6 +8,10 @@ use super::settings::{EngineArgs, Settings};
 use crate::engine::{self, NewVolume, Volume, VolumeInfo};
 use crate::format::{Compression, DEFAULT_CHUNK_SIZE};
 use crate::size::{ByteSize, human};
+use crate::store::Fencing;
+
+/// What a store that ignores conditional writes risks, said by `volume info`.
+const UNFENCED_RISK: &str = "this store ignores conditional writes: the lease cannot keep a second writer out, and a writer taken over with --force that still runs can overwrite the new writer's commits and lease (its flushed writes are then lost), and gc keeps a commit in flight only by its grace period; take a volume over only when its old writer is surely gone";
 
 #[derive(Debug, Subcommand)]
 pub enum VolumeCommand {
@@ -95,6 +99,9 @@ pub async fn run(command: VolumeCommand, settings: &Settings) -> anyhow::Result<
                 let mut value = serde_json::to_value(&info)?;
                 value["store"] = store.url().into();
                 value["fencing"] = serde_json::to_value(fencing)?;
+                if fencing == Fencing::Unsupported {
+                    value["fencing_risk"] = UNFENCED_RISK.into();
+                }
                 value["requests"] = serde_json::to_value(store.counters())?;
                 outln!("{}", serde_json::to_string_pretty(&value)?);
             } else {
@@ -104,6 +111,9 @@ pub async fn run(command: VolumeCommand, settings: &Settings) -> anyhow::Result<
                     store.url(),
                     serde_json::to_value(fencing)?.as_str().unwrap_or("?")
                 );
+                if fencing == Fencing::Unsupported {
+                    outln!("             {UNFENCED_RISK}");
+                }
             }
         }
         VolumeCommand::Delete { name } => {

@@ -8,8 +8,10 @@
 //!
 //! # Durability and consistency contract
 //!
-//! 1. **Acknowledged writes are visible.** Once `write` returns, every
-//!    later `read` returns the new bytes (or newer ones).
+//! 1. **Acknowledged writes are visible, and in the log without a gap.**
+//!    Once `write` returns, every later `read` returns the new bytes (or
+//!    newer ones), and every record before its own in the write-back log
+//!    is written: replay, which stops at a gap, never stops before it.
 //! 2. **A flush makes everything acknowledged before it durable.** `flush`,
 //!    and a write with FUA, return only when every write, discard and
 //!    zeroing acknowledged before the call survives a crash:
@@ -22,7 +24,8 @@
 //!    whole epochs: the store holds the device's state at some epoch
 //!    boundary, never a mix of older and newer writes.
 //! 4. **Recovery.** After a crash the log is replayed on top of the newest
-//!    committed generation; the result holds every flushed write. After a
+//!    committed generation, and what it kept is fsynced before anything is
+//!    served; the result holds every flushed write. After a
 //!    process crash (`kill -9`) it holds every acknowledged write too;
 //!    after a power cut, each block past the last flush holds what it held
 //!    at that flush or a later write, as a disk's volatile write cache
@@ -33,10 +36,20 @@
 //!    the store is checked against its BLAKE3 name, a mismatch is an
 //!    error, never data; a log record that fails its crc32c is never
 //!    replayed.
-//! 6. **One writer.** A commit writes its root with create-if-absent; a
-//!    writer that finds its generation already taken by someone else stops
-//!    ([`EngineError::Fenced`]). Stores that ignore conditional writes are
-//!    detected when a volume opens ([`crate::store::Fencing`]).
+//! 6. **One writer.** A writer holds the volume's lease, taken and renewed
+//!    only by conditional writes, never judged by another host's clock
+//!    (`lease`). Before it serves anything it claims the next generation
+//!    (a root that changes nothing), so a commit of a writer it took over
+//!    from can no longer land. A commit writes its root with
+//!    create-if-absent; a writer that finds its generation taken by another
+//!    writer stops ([`EngineError::Fenced`]), one that finds gc's barrier
+//!    there builds the commit again on top of it. Stores that ignore
+//!    conditional writes are detected when a volume opens
+//!    ([`crate::store::Fencing`]).
+//! 7. **gc takes nothing in use.** No object referenced by a root
+//!    published after `zeroblk gc` started is deleted, whatever the timing:
+//!    every object a commit uploads is a new one, and gc's barrier makes a
+//!    commit in flight upload again after gc's listing (see `gc`).
 //!
 //! # Flow control
 //!
@@ -48,10 +61,13 @@
 //! # Layout
 //!
 //! `volume` (state, open, close), `write`, `read`, `fetch` (committed
-//! chunks from the store), `flush`, `commit`, `uploader`; `epoch` and `overlay` (what changed, where in the log);
-//! `rewrite` (reusing log space within the open epoch); `log` and `replay`
-//! (the write-back log); `map` (committed pages);
-//! `catalog` (volumes of a store).
+//! chunks from the store), `flush`, `commit`, `uploader`; `epoch` and
+//! `overlay` (what changed, where in the log, and how far it is written);
+//! `rewrite` (reusing log space within the open epoch); `log` (the
+//! write-back log: its files, through `log/file.rs`, and in tests their
+//! simulated power cuts) and `replay`; `map` (committed pages); `lease`
+//! (one writer); `catalog` (volumes of a store, their roots); `gc` and
+//! `verify`.
 
 mod background;
 mod catalog;
