@@ -32,3 +32,5 @@ say "benchmarks, once each (cargo test --benches)"
 cargo test --benches --quiet
 say "cargo test"
 cargo test --lib --bins --tests --no-fail-fast
+say "a bounded soak: the reliability tests again, with other seeds"
+ZEROBLK_SOAK_PROFILE=dev bash scripts/soak.sh 3

@@ -19,6 +19,16 @@ use zeroblk::engine::{self, EngineOptions, Volume};
 
 const MIB: u64 = 1 << 20;
 
+/// `count` seeds for power cuts, from `ZEROBLK_SEED` on (0 unless set:
+/// scripts/soak.sh sets it, so that every round cuts differently).
+fn seeds(count: u64) -> std::ops::Range<u64> {
+    let first = std::env::var("ZEROBLK_SEED")
+        .ok()
+        .and_then(|seed| seed.parse().ok())
+        .unwrap_or(0);
+    first..first + count
+}
+
 /// Options that leave everything in the log: no commit unless asked.
 fn log_only(cache: &std::path::Path) -> EngineOptions {
     let mut options = engine_options(cache);
@@ -37,7 +47,7 @@ fn log_only(cache: &std::path::Path) -> EngineOptions {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_power_cut_after_a_replay_keeps_what_was_flushed_since() {
     let _scenario = fail::FailScenario::setup();
-    for seed in 0..24 {
+    for seed in seeds(24) {
         let store = TestStore::new(Backend::Memory);
         engine::create(&store.store, &new_volume("v", 16 * MIB, 64 << 10))
             .await
@@ -88,7 +98,7 @@ async fn a_power_cut_after_a_replay_keeps_what_was_flushed_since() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_flush_after_a_replay_of_torn_records_returns() {
     let _scenario = fail::FailScenario::setup();
-    for (seed, committed_first) in (0..48).map(|seed| (seed, seed % 2 == 1)) {
+    for (seed, committed_first) in seeds(48).map(|seed| (seed, seed % 2 == 1)) {
         let store = TestStore::new(Backend::Memory);
         engine::create(&store.store, &new_volume("v", 16 * MIB, 64 << 10))
             .await
@@ -131,7 +141,7 @@ async fn a_flush_after_a_replay_of_torn_records_returns() {
 /// Fails on 360e6aa; passes from the commit that removes such files.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_recycled_file_that_lost_its_new_name_does_not_end_the_log() {
-    for seed in 0..16 {
+    for seed in seeds(16) {
         let scenario = fail::FailScenario::setup();
         let store = TestStore::new(Backend::Memory);
         engine::create(&store.store, &new_volume("v", 16 * MIB, 64 << 10))
