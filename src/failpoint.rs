@@ -7,6 +7,28 @@
 //! other tasks to the runtime first (`block_in_place`) when a test has
 //! configured the point; otherwise it costs what `fail_point!` does.
 //! Without the `failpoints` feature (release builds) it is nothing.
+//!
+//! The points, by the step they stand before or after:
+//!
+//! | point | where |
+//! | --- | --- |
+//! | `log::large_record` | a record of 64 KiB or more, before its blocking write |
+//! | `log::ack_waits_for_earlier_records` | a written record waits for the records before it |
+//! | `log::segment_switch` | a sealed epoch leaves its segment, before its end record |
+//! | `log::before_sync` | the durability worker, before it fsyncs sealed epochs |
+//! | `log::recycle_before_rename` | a free file's new header is synced, before its new name |
+//! | `log::rename_noreplace` | `renameat2(RENAME_NOREPLACE)` (`return`: EINVAL, as 9p and NFS) |
+//! | `replay::before_sync` | replay kept a segment's records, before it fsyncs them |
+//! | `open::before_claim` | a writer opened, before it claims the next generation |
+//! | `commit::uploaded` | a commit's chunks and pages are uploaded, before its lease check |
+//! | `commit::before_root` | after the lease check, before the root's conditional PUT |
+//! | `commit::after_root` | after the root's PUT, whatever it came to |
+//! | `lease::before_create` | a free lease was found, before it is created |
+//! | `lease::before_take` | a lease was judged free, before the conditional replace |
+//! | `lease::before_renew` | before a renewal's conditional replace |
+//! | `gc::listed` | gc listed the objects, before its barriers |
+//! | `gc::marked` | gc marked what the roots reference, before it splits and deletes |
+//! | `gc::before_delete` | gc checked its lease, before its deletes |
 
 /// A named failpoint in async code (see the module documentation).
 #[macro_export]

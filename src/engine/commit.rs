@@ -80,6 +80,7 @@ impl Shared {
         let mut base = Arc::clone(&view.map);
         let next = loop {
             let next = self.build_generation(&base, &epochs, pending_size).await?;
+            crate::async_fail_point!("commit::uploaded");
             match self.publish_root(&next).await? {
                 Published::Committed => break next,
                 Published::AfterGcBarrier(barrier) => {

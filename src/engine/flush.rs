@@ -61,8 +61,7 @@ impl Shared {
                 crate::async_fail_point!("log::segment_switch");
                 if let Err(source) = close_segment(&current.segment, end, current.id) {
                     let path = current.segment.path().to_path_buf();
-                    self.fail(EngineError::Log { path, source });
-                    return Err(self.check_running().expect_err("just failed"));
+                    return Err(self.stop(EngineError::Log { path, source }));
                 }
                 state.next_seq += 1;
                 state.segments.push(Arc::clone(&segment));

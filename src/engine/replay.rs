@@ -97,6 +97,7 @@ pub fn replay(
             .last()
             .is_some_and(|e| Arc::ptr_eq(&e.segment, &segment));
         if holds_uncommitted {
+            fail::fail_point!("replay::before_sync");
             segment.sync_to(valid_end)?;
             replayed.segments.push(segment);
         } else {

@@ -517,6 +517,14 @@ impl Shared {
         }
     }
 
+    /// Stops the volume (see [`Shared::fail`]); returns the error every
+    /// caller sees from then on.
+    pub fn stop(&self, error: EngineError) -> EngineError {
+        self.fail(error);
+        let failure = self.failure.get().expect("fail sets the failure");
+        EngineError::Stopped(Arc::clone(failure))
+    }
+
     /// The error the volume stopped with, if it did.
     pub fn check_running(&self) -> Result<()> {
         match self.failure.get() {
