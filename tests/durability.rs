@@ -387,6 +387,10 @@ async fn foreign_lease(store: &zeroblk::store::Store, renewed_at_ms: u64, renewa
         "ttl_ms": 1000,
         "renewals": renewals,
     });
+    put_lease(store, record).await;
+}
+
+async fn put_lease(store: &zeroblk::store::Store, record: serde_json::Value) {
     store
         .put(
             "volumes/v/lease",
@@ -394,6 +398,17 @@ async fn foreign_lease(store: &zeroblk::store::Store, renewed_at_ms: u64, renewa
         )
         .await
         .unwrap();
+}
+
+fn this_hostname() -> String {
+    nix::unistd::gethostname().unwrap().into_string().unwrap()
+}
+
+/// When process `pid` started (field 22 of /proc/PID/stat).
+fn start_time(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let (_, fields) = stat.rsplit_once(')').unwrap();
+    fields.split_whitespace().nth(22 - 3).unwrap().parse().unwrap()
 }
 
 /// Path 4: whether a lease on another host expired was judged by
@@ -604,4 +619,100 @@ async fn gc_never_deletes_what_a_commit_in_flight_publishes() {
         .unwrap();
     assert_eq!(read_tags(&reader, 0, 64).await, tags);
     reader.close().await.unwrap();
+}
+
+/// Red-team finding: a holder was judged by its hostname, so a second
+/// `serve` in another pid namespace (a container with the host's name)
+/// looked up the holder's pid in its own namespace, found nothing, and
+/// took the lease from a live writer without `--force`. Now only a record
+/// from this boot and this pid namespace is judged by its process; any
+/// other is watched for renewals, whatever its hostname says.
+///
+/// Fails on d88585e; passes from the commit that records the pid space.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_holder_in_another_pid_namespace_is_judged_by_its_renewals() {
+    let _scenario = fail::FailScenario::setup();
+    let store = TestStore::new(Backend::Memory);
+    engine::create(&store.store, &new_volume("v", 16 * MIB, 64 << 10))
+        .await
+        .unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let lease = |renewals: u64| {
+        serde_json::json!({
+            "holder": "6b1f3c1e-0000-4000-8000-000000000002",
+            "host": this_hostname(),
+            "pid": u32::MAX - 1, // no such process here
+            "pid_started": 1,
+            "pid_space": "another-boot/pid:[4026531836]",
+            "renewed_at_ms": 1,
+            "ttl_ms": 1000,
+            "renewals": renewals,
+        })
+    };
+    put_lease(&store.store, lease(0)).await;
+    let renewing = {
+        let store = store.store.clone();
+        tokio::spawn(async move {
+            for renewals in 1.. {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                put_lease(&store, lease(renewals)).await;
+            }
+        })
+    };
+    let refused = Volume::open(&store.store, "v", log_only(cache.path())).await;
+    renewing.abort();
+    assert!(
+        matches!(refused, Err(engine::EngineError::Leased { .. })),
+        "a renewing holder in another pid namespace was taken over: {:?}",
+        refused.map(|_| "opened")
+    );
+}
+
+/// Red-team finding: a holder on this host was judged alive by its pid
+/// alone, so once it died and the kernel gave its pid to another process,
+/// its lease was stuck until that process exited. Now the lease records
+/// when the holder started, and a pid that started at another time is
+/// another process.
+///
+/// Fails on d88585e (open waits out the 300 s watch limit, or refuses);
+/// passes from the commit that records the start time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_holders_pid_reused_by_another_process_frees_its_lease() {
+    let _scenario = fail::FailScenario::setup();
+    let store = TestStore::new(Backend::Memory);
+    engine::create(&store.store, &new_volume("v", 16 * MIB, 64 << 10))
+        .await
+        .unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let mut stranger = std::process::Command::new("sleep")
+        .arg("120")
+        .spawn()
+        .unwrap();
+    let pid = stranger.id();
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    let namespace = std::fs::read_link("/proc/self/ns/pid").unwrap();
+    put_lease(
+        &store.store,
+        serde_json::json!({
+            "holder": "6b1f3c1e-0000-4000-8000-000000000003",
+            "host": this_hostname(),
+            "pid": pid,
+            "pid_started": start_time(pid) - 1, // the holder, not the stranger
+            "pid_space": format!("{}/{}", boot.trim(), namespace.display()),
+            "renewed_at_ms": 1,
+            "ttl_ms": 300_000,
+            "renewals": 0,
+        }),
+    )
+    .await;
+    let opened = tokio::time::timeout(
+        Duration::from_secs(60),
+        Volume::open(&store.store, "v", log_only(cache.path())),
+    )
+    .await
+    .expect("the holder is gone: nothing to watch");
+    stranger.kill().unwrap();
+    let _ = stranger.wait();
+    let volume = opened.expect("a dead holder's lease is free, whoever has its pid now");
+    volume.close().await.unwrap();
 }

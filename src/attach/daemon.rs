@@ -140,6 +140,7 @@ pub async fn run(
         size: volume.size(),
         store: options.store_url.clone(),
         pid: std::process::id(),
+        pid_started: crate::process::ProcessId::current().started(),
         transport: match device {
             Device::Ublk(_) => "ublk".into(),
             Device::Nbd(..) => "nbd".into(),

@@ -15,6 +15,10 @@ pub struct AttachRecord {
     pub size: u64,
     pub store: String,
     pub pid: u32,
+    /// When the daemon started (`process::ProcessId`): a later process
+    /// given its pid is not it.
+    #[serde(default)]
+    pub pid_started: u64,
     pub transport: String,
     /// `attached`, or `dead` when its daemon is gone.
     pub state: String,
@@ -31,7 +35,7 @@ pub struct AttachRecord {
 
 impl AttachRecord {
     pub fn daemon_alive(&self) -> bool {
-        crate::process::is_running(self.pid)
+        crate::process::ProcessId::recorded(self.pid, self.pid_started).is_running()
     }
 }
 
@@ -124,6 +128,7 @@ mod tests {
             size: 1 << 30,
             store: "file:///x".into(),
             pid: std::process::id(),
+            pid_started: crate::process::ProcessId::current().started(),
             transport: "nbd".into(),
             state: "attached".into(),
             control_socket: control_socket(dir.path(), "v"),

@@ -15,8 +15,11 @@
 //!   nothing more). It also checks the lease before every commit.
 //!
 //! Whether a holder is gone is never judged by comparing two hosts'
-//! clocks. On this host, by its process (is the pid alive?). On another
-//! host, by watching the lease for one time to live, measured on this
+//! clocks. Where its pid means the same process as here (same boot of the
+//! same kernel, same pid namespace), by its process: does that pid still
+//! run, and is it the process that started then, not a later one given
+//! the same number? Anywhere else (another host, a VM, a container with
+//! its own pids), by watching the lease for one time to live, measured on this
 //! host's monotonic clock: a live holder renews it meanwhile, a dead one
 //! does not. So attaching a volume whose writer on another host crashed
 //! waits that long (30 s by default); `--force` takes the lease at once,
@@ -38,6 +41,7 @@ use uuid::Uuid;
 use super::error::{EngineError, Result};
 use crate::format::keys;
 use crate::format::root::now_ms;
+use crate::process::ProcessId;
 use crate::store::{Replaced, Store, Version};
 
 /// Holders alive in this process (a lease that names this process but a
@@ -52,8 +56,17 @@ const LONGEST_WATCH: Duration = Duration::from_secs(300);
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseRecord {
     pub holder: Uuid,
+    /// The holder's hostname: shown to users, never trusted to tell hosts
+    /// apart (containers share it, hosts may repeat it).
     pub host: String,
     pub pid: u32,
+    /// When the holder's process started (`process::ProcessId`).
+    #[serde(default)]
+    pub pid_started: u64,
+    /// Where `pid` means that process (`process::pid_space`); a taker in
+    /// another one watches renewals instead.
+    #[serde(default)]
+    pub pid_space: String,
     /// When the holder last renewed it, by the holder's clock: shown to
     /// users, never compared with another clock.
     pub renewed_at_ms: u64,
@@ -68,10 +81,13 @@ pub struct LeaseRecord {
 
 impl LeaseRecord {
     fn new(ttl: Duration) -> LeaseRecord {
+        let me = ProcessId::current();
         LeaseRecord {
             holder: Uuid::new_v4(),
             host: hostname(),
-            pid: std::process::id(),
+            pid: me.pid(),
+            pid_started: me.started(),
+            pid_space: crate::process::pid_space(),
             renewed_at_ms: now_ms(),
             ttl_ms: ttl.as_millis() as u64,
             renewals: 0,
@@ -79,11 +95,12 @@ impl LeaseRecord {
         }
     }
 
-    fn is_on_this_host(&self) -> bool {
-        self.host == hostname()
+    /// Whether its pid names a process this host can look at.
+    fn shares_pid_space(&self) -> bool {
+        !self.pid_space.is_empty() && self.pid_space == crate::process::pid_space()
     }
 
-    /// On this host: whether its holder still runs.
+    /// In this pid space: whether its holder still runs.
     fn holder_runs_here(&self) -> bool {
         if self.pid == std::process::id() {
             return LIVE_HOLDERS
@@ -92,7 +109,7 @@ impl LeaseRecord {
                 .as_ref()
                 .is_some_and(|live| live.contains(&self.holder));
         }
-        crate::process::is_running(self.pid)
+        ProcessId::recorded(self.pid, self.pid_started).is_running()
     }
 
     fn ttl(&self) -> Duration {
@@ -285,14 +302,14 @@ impl Drop for Lease {
 /// host, its process; elsewhere, whether it renews the lease within one
 /// time to live, watched on this host's clock.
 async fn holder_is_alive(store: &Store, key: &str, current: &LeaseRecord) -> Result<bool> {
-    if current.is_on_this_host() {
+    if current.shares_pid_space() {
         return Ok(current.holder_runs_here());
     }
     let ttl = current.ttl();
     tracing::info!(
         lease = key,
         holder = %current.holder_name(),
-        "the lease is held on another host; watching it for {} to see whether its holder renews it (--force takes it over now)",
+        "the lease is held on another host (or another pid namespace); watching it for {} to see whether its holder renews it (--force takes it over now)",
         humantime::format_duration(ttl)
     );
     let watch_until = Instant::now() + ttl;
@@ -313,11 +330,11 @@ async fn holder_is_alive(store: &Store, key: &str, current: &LeaseRecord) -> Res
 }
 
 /// The lease on volume `name`, unless it was released or its holder, on
-/// this host, is gone. A holder on another host counts as alive: telling
+/// this host (its pid space), is gone. A holder elsewhere counts as alive: telling
 /// would take a time to live of watching.
 pub async fn live_holder(store: &Store, name: &str) -> Result<Option<LeaseRecord>> {
     let record = read(store, &keys::volume_file(name, "lease")).await?;
-    Ok(record.filter(|r| !r.released && (!r.is_on_this_host() || r.holder_runs_here())))
+    Ok(record.filter(|r| !r.released && (!r.shares_pid_space() || r.holder_runs_here())))
 }
 
 /// Whether volume `name`'s lease is held (taken and not released), by a
