@@ -104,7 +104,10 @@ mod tests {
         let child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id();
         std::thread::sleep(std::time::Duration::from_millis(200));
-        assert!(!ProcessId::recorded(pid, 0).is_running(), "exited, not yet reaped");
+        assert!(
+            !ProcessId::recorded(pid, 0).is_running(),
+            "exited, not yet reaped"
+        );
         drop(child);
     }
 

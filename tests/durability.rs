@@ -408,7 +408,12 @@ fn this_hostname() -> String {
 fn start_time(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     let (_, fields) = stat.rsplit_once(')').unwrap();
-    fields.split_whitespace().nth(22 - 3).unwrap().parse().unwrap()
+    fields
+        .split_whitespace()
+        .nth(22 - 3)
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 /// Path 4: whether a lease on another host expired was judged by
