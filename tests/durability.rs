@@ -721,3 +721,44 @@ async fn a_dead_holders_pid_reused_by_another_process_frees_its_lease() {
     let volume = opened.expect("a dead holder's lease is free, whoever has its pid now");
     volume.close().await.unwrap();
 }
+
+/// Red-team finding: the first session of a volume on a host made its
+/// cache folder (`NAME.UUID/`, and the cache dir itself if missing) and
+/// its `log/` without syncing the directories that name them. A power cut
+/// could then take the whole write-back log, every flushed write in it.
+/// Now each new level is synced into its parent, and the power-cut model
+/// undoes directories that were not.
+///
+/// Passes from the commit that creates the cache directories durably;
+/// fails with `create_dir_durably` replaced by a mkdir that does not sync
+/// its parent (the code before it, which the model could not see).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_power_cut_in_a_volumes_first_session_keeps_what_was_flushed() {
+    let _scenario = fail::FailScenario::setup();
+    for seed in seeds(24) {
+        let store = TestStore::new(Backend::Memory);
+        engine::create(&store.store, &new_volume("v", 16 * MIB, 64 << 10))
+            .await
+            .unwrap();
+        let host = tempfile::tempdir().unwrap();
+        engine::simulate_power_cuts(host.path());
+        let cache = host.path().join("var/cache/zeroblk");
+
+        let volume = Volume::open(&store.store, "v", log_only(&cache))
+            .await
+            .unwrap();
+        write_tags(&volume, 0, &[1, 2, 3]).await;
+        volume.flush().await.unwrap();
+        volume.crash(true, seed).await;
+
+        let volume = Volume::open(&store.store, "v", log_only(&cache))
+            .await
+            .unwrap();
+        assert_eq!(
+            read_tags(&volume, 0, 3).await,
+            [1, 2, 3],
+            "seed {seed}: a flushed write of the first session was lost to the power cut"
+        );
+        volume.close().await.unwrap();
+    }
+}

@@ -152,7 +152,7 @@ impl Volume {
             path: dir.clone(),
             source,
         };
-        std::fs::create_dir_all(&dir).map_err(cache_dir_error)?;
+        super::log::create_dir_durably(&dir).map_err(cache_dir_error)?;
         let lock = lock_volume(&dir, name)?;
         let lease = Lease::acquire(store, name, options.lease_ttl, options.take_over).await?;
         let (root, mut log, replayed) = loop {
@@ -344,7 +344,7 @@ impl Volume {
         self.shared.log.abandon();
         self.shared.lease.lock().await.holder_died();
         if power_loss {
-            super::log::power_cut::cut(&self.shared.log.dir, seed);
+            super::log::power_cut::cut_around(&self.shared.log.dir, seed);
         }
     }
 }

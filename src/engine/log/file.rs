@@ -180,6 +180,43 @@ pub fn remove(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Creates directory `dir` and whatever of its parents is missing, and
+/// makes every level durable: each new directory is synced, and so is the
+/// directory that names it. The parent of `dir` is synced even when `dir`
+/// existed, in case the process that made it died before syncing (a
+/// directory whose name may vanish in a power cut takes all it holds with
+/// it, however well its files were synced).
+pub fn create_dir_durably(dir: &Path) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut level = dir;
+    while !level.is_dir() {
+        missing.push(level);
+        level = match level.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => break,
+        };
+    }
+    for new in missing.iter().rev() {
+        match std::fs::create_dir(new) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
+        #[cfg(feature = "failpoints")]
+        power_cut::dir_created(new);
+        sync_dir(new)?;
+    }
+    let named = match missing.is_empty() {
+        true => vec![dir],
+        false => missing,
+    };
+    for level in named.iter().rev() {
+        if let Some(parent) = level.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
+    }
+    Ok(())
+}
+
 /// Makes the entries of directory `dir` durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()?;

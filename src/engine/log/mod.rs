@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub use file::create_dir_durably;
 pub use record::{HEADER_LEN as RECORD_HEADER_LEN, RecordFormat, RecordHeader, RecordKind};
 pub use segment::{SEGMENT_HEADER_LEN, Segment, SegmentIdentity};
 
@@ -65,6 +66,7 @@ impl LogDir {
     /// starting a new one when there is none or the old one no longer
     /// applies (which is then moved aside, with a warning).
     pub fn open(dir: &Path, root: &Root) -> io::Result<OpenedLog> {
+        file::create_dir_durably(dir)?;
         if let Some(manifest) = read_manifest(dir)? {
             let replay = if manifest.volume != root.volume {
                 None
@@ -100,7 +102,9 @@ impl LogDir {
     }
 
     fn create(dir: &Path, root: &Root) -> io::Result<LogDir> {
-        fs::create_dir_all(dir)?;
+        // Also makes a move aside of an older log durable: both are
+        // changes to the same parent.
+        file::create_dir_durably(dir)?;
         // A new log starts its epochs over: files of another log are never
         // reused, so that their records cannot be taken for this one's.
         for free in free_segments(dir)? {
@@ -265,7 +269,7 @@ fn move_aside(dir: &Path, root: &Root) -> io::Result<()> {
         generation = root.generation,
         "this cache's write-back log belongs to an older state of the volume (another writer committed since); it was not replayed and was moved aside"
     );
-    fs::rename(dir, aside)
+    file::rename(dir, &aside)
 }
 
 #[cfg(test)]

@@ -12,7 +12,8 @@
 //!   the file's length is one it had in that time;
 //! - each directory keeps its changes since its last fsync up to some
 //!   point, in order (a journaling filesystem commits them in order), and
-//!   loses the rest.
+//!   loses the rest; a directory whose own creation is lost takes all it
+//!   held, synced or not.
 //!
 //! The journal outlives the volumes that wrote it, as the page cache
 //! outlives a killed process: a crash without a power cut keeps every
@@ -53,6 +54,8 @@ struct History {
 #[derive(Debug)]
 enum DirChange {
     Created(PathBuf),
+    /// A new directory: undoing it takes everything in it too.
+    CreatedDir(PathBuf),
     Renamed {
         from: PathBuf,
         to: PathBuf,
@@ -187,6 +190,14 @@ pub fn synced(key: FileKey, file: &File) {
     });
 }
 
+pub fn dir_created(path: &Path) {
+    with_journal(|j| {
+        if j.is_armed(path) {
+            j.dir_change(path, DirChange::CreatedDir(path.to_path_buf()));
+        }
+    });
+}
+
 /// What a rename is about to change, to be journaled once it is done.
 pub struct RenameUndo(Option<DirChange>);
 
@@ -208,15 +219,33 @@ pub fn renamed(undo: RenameUndo) {
     let Some(change) = undo.0 else { return };
     with_journal(|j| {
         if let DirChange::Renamed { from, to, .. } = &change {
+            // A renamed directory takes its files, and their pending
+            // changes, along.
             for history in j.files.values_mut() {
-                if history.path == *from {
-                    history.path = to.clone();
+                if let Some(moved) = rebased(&history.path, from, to) {
+                    history.path = moved;
+                }
+            }
+            let pending: Vec<PathBuf> = j.dirs.keys().cloned().collect();
+            for dir in pending {
+                if let Some(moved) = rebased(&dir, from, to) {
+                    let changes = j.dirs.remove(&dir).expect("listed");
+                    j.dirs.entry(moved).or_default().extend(changes);
                 }
             }
             let to = to.clone();
             j.dir_change(&to, change);
         }
     });
+}
+
+/// `path` as named after `from` was renamed to `to`, if it was under it.
+fn rebased(path: &Path, from: &Path, to: &Path) -> Option<PathBuf> {
+    let rest = path.strip_prefix(from).ok()?;
+    Some(match rest.as_os_str().is_empty() {
+        true => to.to_path_buf(),
+        false => to.join(rest),
+    })
 }
 
 /// What a removal is about to take away.
@@ -263,12 +292,15 @@ pub fn cut(root: &Path, seed: u64) {
                 revert_file(&history.path, &history, &mut rng);
             }
         }
-        let dirs: Vec<PathBuf> = j
+        // Deepest first: a directory whose creation is undone goes with
+        // all it holds, after its own changes were undone.
+        let mut dirs: Vec<PathBuf> = j
             .dirs
             .keys()
             .filter(|d| d.starts_with(root))
             .cloned()
             .collect();
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
         for dir in dirs {
             let changes = j.dirs.remove(&dir).expect("listed");
             let kept = rng.usize(0..=changes.len());
@@ -277,6 +309,20 @@ pub fn cut(root: &Path, seed: u64) {
             }
         }
     });
+}
+
+/// Cuts the whole armed folder that holds `path` (a volume's log: its
+/// cache directory goes through the cut too, with the directories that
+/// lead to the log).
+pub fn cut_around(path: &Path, seed: u64) {
+    let root = with_journal(|j| {
+        j.armed
+            .iter()
+            .filter(|root| path.starts_with(root))
+            .min_by_key(|root| root.components().count())
+            .cloned()
+    });
+    cut(root.as_deref().unwrap_or(path), seed);
 }
 
 /// Whether `path` still names the file `key`.
@@ -340,6 +386,9 @@ fn undo(change: DirChange, rng: &mut fastrand::Rng) {
         DirChange::Created(path) => {
             let _ = std::fs::remove_file(path);
         }
+        DirChange::CreatedDir(path) => {
+            let _ = std::fs::remove_dir_all(path);
+        }
         DirChange::Renamed { from, to, replaced } => {
             let _ = std::fs::rename(&to, &from);
             if let Some(saved) = replaced {
@@ -358,7 +407,9 @@ fn restore(saved: Saved, rng: &mut fastrand::Rng) {
         let len = history.lengths[rng.usize(0..history.lengths.len())];
         bytes.resize(len as usize, 0);
     }
-    std::fs::write(&saved.path, bytes).expect("restore a file for a power cut");
+    if saved.path.parent().is_some_and(Path::is_dir) {
+        std::fs::write(&saved.path, bytes).expect("restore a file for a power cut");
+    }
 }
 
 #[cfg(test)]
@@ -397,6 +448,40 @@ mod tests {
             outcomes.insert((bytes[4096], bytes.len(), root.join("new").exists()));
         }
         assert!(outcomes.len() >= 4, "cuts differ by seed: {outcomes:?}");
+    }
+
+    /// Red-team finding: the directories of a new volume's cache (its
+    /// folder, its log) were made with `create_dir_all` and their parents
+    /// never synced, so a power cut could take the whole log, synced
+    /// segments and all.
+    #[test]
+    fn a_new_directory_is_lost_with_its_files_unless_its_parent_was_synced() {
+        let mut lost = 0;
+        for seed in 0..32 {
+            let dir = tempfile::tempdir().unwrap();
+            arm(dir.path());
+            let (careless, durable) = (dir.path().join("a/log"), dir.path().join("b/log"));
+            for (new, durably) in [(&careless, false), (&durable, true)] {
+                match durably {
+                    true => file::create_dir_durably(new).unwrap(),
+                    false => {
+                        for level in [new.parent().unwrap(), new.as_path()] {
+                            std::fs::create_dir(level).unwrap();
+                            dir_created(level);
+                        }
+                    }
+                }
+                let f = LogFile::create_new(&new.join("segment")).unwrap();
+                f.write_at(b"flushed", 0).unwrap();
+                f.sync_data().unwrap();
+                file::sync_dir(new).unwrap();
+            }
+            cut(dir.path(), seed);
+            disarm(dir.path());
+            assert_eq!(std::fs::read(durable.join("segment")).unwrap(), b"flushed");
+            lost += usize::from(!careless.join("segment").exists());
+        }
+        assert!(lost > 0, "some cut took the carelessly made directory");
     }
 
     #[test]
