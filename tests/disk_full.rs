@@ -114,3 +114,68 @@ h.flush()\n";
     );
     server.stop();
 }
+
+/// Red-team finding: reads alone made the volume unwritable. The disk
+/// chunk cache (10G by default) filled the cache dir's filesystem, the
+/// next log record found no room, and after a restart the same happened
+/// at once: the cache never gave its room back to the log. Now the cache
+/// leaves the log's limit (4 x `--max-dirty`) free, evicting to keep it.
+#[test]
+fn reads_that_fill_the_disk_cache_leave_room_for_writes() {
+    require_tool("nbdcopy", "libnbd-bin");
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("file://{}/store", dir.path().display());
+    let roomy = dir.path().join("roomy");
+    zeroblk(
+        &store,
+        &roomy,
+        &[],
+        &[
+            "volume",
+            "create",
+            "v",
+            "--size",
+            "64M",
+            "--chunk-size",
+            "64K",
+            "--compression",
+            "none",
+        ],
+    );
+    let data = random_file(&dir.path().join("data"), 32 << 20, 2);
+    let server = ZeroblkServer::start(&store, &roomy, &[], &["v"]);
+    run_ok(
+        Command::new("nbdcopy")
+            .arg(dir.path().join("data"))
+            .arg(server.uri("v")),
+    );
+    server.stop();
+
+    let cache = dir.path().join("cache");
+    let _tmpfs = Tmpfs::mount(&cache, "12m");
+    for session in 1..=2 {
+        let server = ZeroblkServer::start(&store, &cache, &[], &["--max-dirty", "1M", "v"]);
+        let out = dir.path().join("out");
+        run_ok(Command::new("nbdcopy").arg(server.uri("v")).arg(&out));
+        let back = std::fs::read(&out).unwrap();
+        assert!(
+            back[..data.len()] == data[..],
+            "session {session}: the data read back differs"
+        );
+        let write = "import sys, nbd\n\
+h = nbd.NBD(); h.connect_uri(sys.argv[1])\n\
+h.pwrite(b'w' * 65536, 40 << 20)\n\
+h.flush()\n";
+        let written = Command::new(common::nbd_python())
+            .args(["-c", write, &server.uri("v")])
+            .output()
+            .unwrap();
+        assert!(
+            written.status.success(),
+            "session {session}: after reads filled the disk cache, a 64K write failed: {}\n{}",
+            String::from_utf8_lossy(&written.stderr),
+            server.log_text()
+        );
+        server.stop();
+    }
+}

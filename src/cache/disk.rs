@@ -6,6 +6,13 @@
 //! re-hashes the file: a damaged cache file is dropped and counted as a
 //! miss, never returned. The cache is never fsynced: losing it loses only
 //! speed.
+//!
+//! The cache shares its filesystem with the write-back log, which holds
+//! data nobody else has; so it never takes the log's room. It keeps a
+//! reserve of free space (what the log may grow to): a chunk that would
+//! leave less free is stored only after evicting enough to make room, or
+//! not at all, and opening the cache gives back whatever of the reserve
+//! it holds (the log may have grown, or other files, since it was full).
 
 use std::fs;
 use std::io;
@@ -25,12 +32,15 @@ use crate::format::ObjectId;
 pub struct DiskCache {
     dir: Arc<PathBuf>,
     index: Cache<ObjectId, u32>,
+    /// Free bytes to leave on the filesystem, for the log.
+    reserve: u64,
 }
 
 impl DiskCache {
     /// Opens (creating it if needed) a cache of at most `max_bytes` in
-    /// `dir`, indexing the files a previous run left there, oldest first.
-    pub fn open(dir: &Path, max_bytes: u64) -> io::Result<DiskCache> {
+    /// `dir`, indexing the files a previous run left there, oldest first,
+    /// and evicting what it must to leave `reserve` bytes free.
+    pub fn open(dir: &Path, max_bytes: u64, reserve: u64) -> io::Result<DiskCache> {
         fs::create_dir_all(dir)?;
         let dir = Arc::new(dir.to_path_buf());
         let evict_dir = Arc::clone(&dir);
@@ -44,8 +54,13 @@ impl DiskCache {
                 }
             })
             .build();
-        let cache = DiskCache { dir, index };
+        let cache = DiskCache {
+            dir,
+            index,
+            reserve,
+        };
         cache.index_existing_files()?;
+        cache.make_room(0);
         Ok(cache)
     }
 
@@ -102,6 +117,9 @@ impl DiskCache {
         if self.index.contains_key(id) {
             return;
         }
+        if !self.make_room(data.len() as u64) {
+            return;
+        }
         let path = self.path(id);
         let temporary = self.dir.join(format!(".{}.tmp", id.to_hex()));
         let written = fs::write(&temporary, data).and_then(|()| fs::rename(&temporary, &path));
@@ -116,6 +134,41 @@ impl DiskCache {
         }
     }
 
+    /// Evicts until `bytes` more fit and the reserve stays free; false if
+    /// they cannot (the cache is empty and the room is still not there).
+    /// Under this pressure any chunk goes, not only the least recently
+    /// used: room for the log matters more than which chunk leaves.
+    fn make_room(&self, bytes: u64) -> bool {
+        let need = bytes.saturating_add(self.reserve);
+        loop {
+            let Some(free) = free_bytes(&self.dir) else {
+                return true; // cannot tell: the write itself will say
+            };
+            if free >= need {
+                return true;
+            }
+            let mut deficit = need - free;
+            let mut evicted = false;
+            for (id, len) in self.index.iter() {
+                self.index.invalidate(&*id);
+                evicted = true;
+                deficit = deficit.saturating_sub(u64::from(len));
+                if deficit == 0 {
+                    break;
+                }
+            }
+            self.index.run_pending_tasks();
+            if !evicted {
+                tracing::debug!(
+                    free,
+                    reserve = self.reserve,
+                    "the disk cache leaves its filesystem's room to the write-back log"
+                );
+                return false;
+            }
+        }
+    }
+
     pub fn weighted_size(&self) -> u64 {
         self.index.run_pending_tasks();
         self.index.weighted_size()
@@ -124,6 +177,12 @@ impl DiskCache {
     fn path(&self, id: &ObjectId) -> PathBuf {
         self.dir.join(id.to_hex())
     }
+}
+
+/// Bytes an unprivileged writer may still use on `dir`'s filesystem.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    let stat = nix::sys::statvfs::statvfs(dir).ok()?;
+    Some(stat.blocks_available().saturating_mul(stat.fragment_size()))
 }
 
 fn parse_id(name: &str) -> Option<ObjectId> {
@@ -145,17 +204,17 @@ mod tests {
     fn keeps_chunks_across_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let (id, data) = chunk(1);
-        DiskCache::open(dir.path(), 1 << 20)
+        DiskCache::open(dir.path(), 1 << 20, 0)
             .unwrap()
             .store(&id, &data);
-        let reopened = DiskCache::open(dir.path(), 1 << 20).unwrap();
+        let reopened = DiskCache::open(dir.path(), 1 << 20, 0).unwrap();
         assert_eq!(reopened.load(&id).unwrap(), data);
     }
 
     #[test]
     fn evicts_past_its_bound_and_deletes_the_files() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = DiskCache::open(dir.path(), 3 * 4096).unwrap();
+        let cache = DiskCache::open(dir.path(), 3 * 4096, 0).unwrap();
         for byte in 0..10 {
             let (id, data) = chunk(byte);
             cache.store(&id, &data);
@@ -166,9 +225,29 @@ mod tests {
     }
 
     #[test]
+    fn the_logs_reserve_is_never_taken_and_is_given_back_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let free = free_bytes(dir.path()).unwrap();
+        let (id, data) = chunk(3);
+        let cache = DiskCache::open(dir.path(), 1 << 20, 0).unwrap();
+        cache.store(&id, &data);
+        assert!(cache.load(&id).is_some());
+
+        // A reserve larger than the free space: nothing more is stored,
+        // and what is cached leaves at the next open.
+        let (other, other_data) = chunk(4);
+        let reserving = DiskCache::open(dir.path(), 1 << 20, free + (1 << 30)).unwrap();
+        assert!(reserving.load(&id).is_none(), "kept a chunk in the reserve");
+        reserving.store(&other, &other_data);
+        assert!(reserving.load(&other).is_none(), "stored into the reserve");
+        let files = fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(files, 0, "files left in the reserve");
+    }
+
+    #[test]
     fn a_damaged_file_is_a_miss() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = DiskCache::open(dir.path(), 1 << 20).unwrap();
+        let cache = DiskCache::open(dir.path(), 1 << 20, 0).unwrap();
         let (id, data) = chunk(7);
         cache.store(&id, &data);
         fs::write(dir.path().join(id.to_hex()), b"garbage").unwrap();

@@ -182,7 +182,7 @@ mod tests {
 
     /// A cache of 1 MiB in memory and 1 MiB on disk in `dir`.
     fn two_tiers(dir: &std::path::Path) -> ChunkCache {
-        ChunkCache::new(1 << 20, Some(DiskCache::open(dir, 1 << 20).unwrap()))
+        ChunkCache::new(1 << 20, Some(DiskCache::open(dir, 1 << 20, 0).unwrap()))
     }
 
     /// A cache fetch that must not happen.

@@ -179,7 +179,10 @@ impl Volume {
         log.keep_free_bytes = options.log_commit_bytes();
         let disk = match options.disk_cache_bytes {
             0 => None,
-            bytes => Some(DiskCache::open(&dir.join("chunks"), bytes).map_err(cache_dir_error)?),
+            bytes => Some(
+                DiskCache::open(&dir.join("chunks"), bytes, options.log_limit_bytes())
+                    .map_err(cache_dir_error)?,
+            ),
         };
         let first_segment = {
             let (seq, log) = (replayed.next_seq, log.clone());
