@@ -12,13 +12,32 @@ pub type DeviceNumber = (u32, u32);
 /// One line of a mountinfo table: the fields [`super::namespace`] needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mount {
-    pub id: u64,
+    id: u64,
+    device: DeviceNumber,
+    mount_point: PathBuf,
+    source: String,
+}
+
+impl Mount {
+    /// The mount's id in its table.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
     /// The `st_dev` of files on the mount: a block device's own number for
     /// most filesystems, an anonymous `0:N` for btrfs.
-    pub device: DeviceNumber,
-    pub mount_point: PathBuf,
+    pub fn device(&self) -> DeviceNumber {
+        self.device
+    }
+
+    pub fn mount_point(&self) -> &Path {
+        &self.mount_point
+    }
+
     /// What was mounted, as the filesystem shows it (`/dev/ublkb0`).
-    pub source: String,
+    pub fn source(&self) -> &str {
+        &self.source
+    }
 }
 
 /// Every mount of a mountinfo table that parses, in the table's order.

@@ -87,21 +87,21 @@ fn drop_served_device_mounts() -> Result<(), NamespaceError> {
         let mounts = mountinfo::parse(&table);
         let served = mounts
             .iter()
-            .filter(|m| !failed_ids.contains(&m.id) && is_served_device_mount(m, &numbers));
+            .filter(|m| !failed_ids.contains(&m.id()) && is_served_device_mount(m, &numbers));
         let Some(mount) = mountinfo::deepest_first(served).first().copied() else {
             return failure.map_or(Ok(()), Err);
         };
-        match umount2(&mount.mount_point, MntFlags::MNT_DETACH) {
+        match umount2(mount.mount_point(), MntFlags::MNT_DETACH) {
             Ok(()) => tracing::info!(
-                source = %mount.source,
-                mount_point = %mount.mount_point.display(),
+                source = %mount.source(),
+                mount_point = %mount.mount_point().display(),
                 "detached from the daemon's mount namespace"
             ),
             Err(errno) => {
-                failed_ids.push(mount.id);
+                failed_ids.push(mount.id());
                 failure.get_or_insert(NamespaceError::Detach {
-                    source_device: mount.source.clone(),
-                    mount_point: mount.mount_point.clone(),
+                    source_device: mount.source().to_string(),
+                    mount_point: mount.mount_point().to_path_buf(),
                     errno,
                 });
             }
@@ -127,10 +127,10 @@ fn served_device_numbers() -> Vec<DeviceNumber> {
 /// filesystems), or by its source, a `/dev` path that may be a symlink
 /// (btrfs shows an anonymous device number; a deleted device has none).
 fn is_served_device_mount(mount: &Mount, numbers: &[DeviceNumber]) -> bool {
-    if numbers.contains(&mount.device) {
+    if numbers.contains(&mount.device()) {
         return true;
     }
-    let source = Path::new(&mount.source);
+    let source = Path::new(mount.source());
     if !source.starts_with("/dev") {
         return false;
     }
