@@ -16,7 +16,9 @@
 //!    and a write with FUA, return only when every write, discard and
 //!    zeroing acknowledged before the call survives a crash:
 //!    - `Durability::Local` (the default): the write-back log in the cache
-//!      directory is fsynced; the upload follows in the background;
+//!      directory is fsynced, and so is every directory that leads to it
+//!      (made durable as it is created); the upload follows in the
+//!      background;
 //!    - `Durability::Remote`: the data is committed to the object store.
 //! 3. **The store only ever holds states the device was in.** Writes are
 //!    grouped in epochs, cut at each flush (and when the uploader decides).
@@ -38,7 +40,9 @@
 //!    replayed.
 //! 6. **One writer.** A writer holds the volume's lease, taken and renewed
 //!    only by conditional writes, never judged by another host's clock
-//!    (`lease`). Before it serves anything it claims the next generation
+//!    (`lease`); a holder is judged dead by its process only where its pid
+//!    means that process (same boot, same pid namespace, same start time),
+//!    elsewhere by its renewals stopping. Before it serves anything it claims the next generation
 //!    (a root that changes nothing), so a commit of a writer it took over
 //!    from can no longer land. A commit writes its root with
 //!    create-if-absent; a writer that finds its generation taken by another
