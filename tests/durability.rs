@@ -762,3 +762,82 @@ async fn a_power_cut_in_a_volumes_first_session_keeps_what_was_flushed() {
         volume.close().await.unwrap();
     }
 }
+
+/// Writes block `block` tagged `tag` and flushes it: what a client's write
+/// and flush are acknowledged with.
+async fn write_and_flush(volume: &Volume, block: u64, tag: u64) -> engine::Result<()> {
+    volume
+        .write(block * 4096, &common::block_of(tag), false)
+        .await?;
+    volume.flush().await
+}
+
+/// Red-team finding (second pass): a writer whose renewals could not get
+/// through (a slow store, a stalled process) went on acknowledging
+/// flushes long after its lease ran out. A second `serve`, in another pid
+/// namespace, had meanwhile watched the lease for its time to live, judged
+/// the first gone and taken the volume: two writers acknowledged writes at
+/// once, and the first one's were lost with its log. Now a writer
+/// acknowledges nothing later than three quarters of a time to live after
+/// it sent its last renewal that went through (`engine::tenure`): its
+/// writes and flushes wait, go on once a renewal gets through, and fail
+/// once one finds the lease taken.
+///
+/// Fails on b763d72 (the held write returns); passes from the commit that
+/// gives the writer a tenure. Waiting out the tenure is the one sleep:
+/// the property is about time passing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_writer_whose_lease_lapsed_acknowledges_nothing_until_it_is_renewed() {
+    let _scenario = fail::FailScenario::setup();
+    let store = TestStore::new(Backend::Memory);
+    engine::create(&store.store, &new_volume("v", 16 * MIB, 64 << 10))
+        .await
+        .unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let mut options = log_only(cache.path());
+    options.lease_ttl = Duration::from_secs(2); // a tenure of 1.5 s
+    let volume = std::sync::Arc::new(Volume::open(&store.store, "v", options).await.unwrap());
+    write_and_flush(&volume, 0, 1).await.unwrap();
+    let held_write = |block: u64, tag: u64| {
+        let volume = volume.clone();
+        tokio::spawn(async move { write_and_flush(&volume, block, tag).await })
+    };
+
+    // A renewal that cannot get through, for longer than the tenure (the
+    // last one that did was sent before this one started).
+    let stalled = Pause::first_at("lease::before_renew");
+    stalled.reached().await;
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let mut write = held_write(1, 2);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), &mut write)
+            .await
+            .is_err(),
+        "a writer whose lease lapsed acknowledged a write and a flush"
+    );
+    stalled.resume();
+    tokio::time::timeout(Duration::from_secs(20), write)
+        .await
+        .expect("the write goes on once a renewal gets through")
+        .unwrap()
+        .expect("the renewed writer acknowledges it");
+
+    // Stalled again, and meanwhile another writer took the volume.
+    let stalled = Pause::first_at("lease::before_renew");
+    stalled.reached().await;
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    foreign_lease(&store.store, 1, 0).await;
+    let mut write = held_write(2, 3);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), &mut write)
+            .await
+            .is_err(),
+        "a writer whose lease lapsed acknowledged a write and a flush"
+    );
+    stalled.resume();
+    let taken = tokio::time::timeout(Duration::from_secs(20), write)
+        .await
+        .expect("the write ends once the renewal finds the lease taken")
+        .unwrap();
+    assert!(taken.is_err(), "a writer taken over acknowledged a write");
+}

@@ -29,7 +29,7 @@ impl Volume {
         if shared.options.durability == Durability::Remote {
             shared.wait_committed(target).await?;
         }
-        Ok(())
+        shared.check_tenure().await
     }
 }
 

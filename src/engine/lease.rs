@@ -131,6 +131,9 @@ pub struct Lease {
     version: Version,
     /// Until then, commits wait: a takeover from a holder that may live.
     quiet_until_ms: u64,
+    /// When the write that took or last renewed it was sent (what the
+    /// writer's tenure counts from, see `tenure`).
+    sent: Instant,
 }
 
 fn hostname() -> String {
@@ -166,8 +169,9 @@ impl Lease {
         loop {
             let Some((current, version)) = read_versioned(store, &key).await? else {
                 crate::async_fail_point!("lease::before_create");
+                let sent = Instant::now();
                 match store.create_versioned(&key, encode(&ours)).await? {
-                    Some(version) => return Ok(Ok(Lease::held(key, ours, version, false))),
+                    Some(version) => return Ok(Ok(Lease::held(key, ours, version, sent, false))),
                     None => continue, // someone took it first: look again
                 }
             };
@@ -178,6 +182,7 @@ impl Lease {
                 return Ok(Err(holder));
             }
             crate::async_fail_point!("lease::before_take");
+            let sent = Instant::now();
             match store
                 .replace_if_unchanged(&key, encode(&ours), &version)
                 .await?
@@ -189,7 +194,7 @@ impl Lease {
                             "took the lease over (--force) from a writer that may be alive; waiting before the first commit"
                         );
                     }
-                    return Ok(Ok(Lease::held(key, ours, version, force)));
+                    return Ok(Ok(Lease::held(key, ours, version, sent, force)));
                 }
                 // Renewed, released or taken since it was read.
                 Replaced::Changed => continue,
@@ -197,7 +202,13 @@ impl Lease {
         }
     }
 
-    fn held(key: String, record: LeaseRecord, version: Version, forced: bool) -> Lease {
+    fn held(
+        key: String,
+        record: LeaseRecord,
+        version: Version,
+        sent: Instant,
+        forced: bool,
+    ) -> Lease {
         LIVE_HOLDERS
             .lock()
             .expect("holders lock")
@@ -212,6 +223,7 @@ impl Lease {
             record,
             version,
             quiet_until_ms,
+            sent,
         }
     }
 
@@ -227,6 +239,7 @@ impl Lease {
         renewed.renewals += 1;
         renewed.renewed_at_ms = now_ms();
         crate::async_fail_point!("lease::before_renew");
+        let sent = Instant::now();
         let replaced = store
             .replace_if_unchanged(&self.key, encode(&renewed), &self.version)
             .await?;
@@ -241,7 +254,13 @@ impl Lease {
         };
         self.record = renewed;
         self.version = version;
+        self.sent = sent;
         Ok(())
+    }
+
+    /// When the write that took or last renewed the lease was sent.
+    pub fn last_sent(&self) -> Instant {
+        self.sent
     }
 
     /// Checks the lease is still ours, and waits out a takeover's quiet

@@ -42,7 +42,10 @@
 //!    only by conditional writes, never judged by another host's clock
 //!    (`lease`); a holder is judged dead by its process only where its pid
 //!    means that process (same boot, same pid namespace, same start time),
-//!    elsewhere by its renewals stopping. Before it serves anything it claims the next generation
+//!    elsewhere by its renewals stopping. A writer acknowledges nothing
+//!    later than three quarters of a time to live after the last renewal
+//!    it sent that went through (`tenure`), so it has stopped before any
+//!    taker can judge it gone. Before it serves anything it claims the next generation
 //!    (a root that changes nothing), so a commit of a writer it took over
 //!    from can no longer land. A commit writes its root with
 //!    create-if-absent; a writer that finds its generation taken by another
@@ -90,6 +93,7 @@ mod read;
 mod replay;
 mod resolve;
 mod rewrite;
+mod tenure;
 mod uploader;
 mod verify;
 mod volume;

@@ -81,14 +81,13 @@ pub(super) async fn renew_lease(shared: Arc<Shared>) {
     let every = shared.lease.lock().await.renew_every();
     loop {
         tokio::time::sleep(every).await;
-        let renewed = shared
-            .lease
-            .lock()
-            .await
-            .renew(&shared.store, &shared.name)
-            .await;
+        let renewed = {
+            let mut lease = shared.lease.lock().await;
+            let renewed = lease.renew(&shared.store, &shared.name).await;
+            renewed.map(|()| lease.last_sent())
+        };
         match renewed {
-            Ok(()) => {}
+            Ok(sent) => shared.tenure.renewed(sent),
             Err(error) if error.is_transient() => {
                 tracing::warn!(volume = %shared.name, %error, "cannot renew the lease; retrying");
             }

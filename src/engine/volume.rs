@@ -19,6 +19,7 @@ use super::log::{LogDir, SEGMENT_HEADER_LEN, Segment};
 use super::map::Pages;
 use super::options::EngineOptions;
 use super::replay::{self, Geometry, Replayed};
+use super::tenure::Tenure;
 use crate::cache::{CacheCounters, ChunkCache, DiskCache};
 use crate::format::{BLOCK_SIZE, Root, RootKind, Superblock};
 use crate::store::{Fencing, Store, StoreCounters};
@@ -108,6 +109,8 @@ pub(super) struct Shared {
     pub fencing: Fencing,
     /// The writer's lease, checked before every commit.
     pub lease: tokio::sync::Mutex<Lease>,
+    /// Until when the lease lets this writer acknowledge anything.
+    pub tenure: Tenure,
     /// Held while a blocking task makes a log segment (see `crash`).
     pub segment_creation: Arc<tokio::sync::Mutex<()>>,
 }
@@ -440,6 +443,7 @@ impl Shared {
         fencing: Fencing,
         lease: Lease,
     ) -> (Shared, mpsc::UnboundedReceiver<Arc<Epoch>>) {
+        let tenure = Tenure::new(options.lease_ttl, lease.last_sent());
         options.upload_concurrency = options.upload_concurrency.max(1);
         let first_epoch = replayed.last_epoch + 1;
         let current = Arc::new(Epoch::new(
@@ -492,6 +496,7 @@ impl Shared {
             next_readahead: AtomicU64::new(u64::MAX),
             readahead_end: AtomicU64::new(0),
             fencing,
+            tenure,
             lease: tokio::sync::Mutex::new(lease),
             segment_creation: Arc::default(),
         };
@@ -514,6 +519,7 @@ impl Shared {
         self.durable.send_modify(|_| {});
         self.committed.send_modify(|_| {});
         self.dirty_room.notify_waiters();
+        self.tenure.wake();
         self.kick.notify_one();
         for epoch in self.view.load().epochs_newest_first() {
             epoch.wake_waiters();
@@ -533,6 +539,29 @@ impl Shared {
         match self.failure.get() {
             Some(error) => Err(EngineError::Stopped(Arc::clone(error))),
             None => Ok(()),
+        }
+    }
+
+    /// Returns once this writer may acknowledge (see `tenure`): at once
+    /// while its lease is renewed in time; else when a renewal gets
+    /// through, or with an error when the volume stops (the lease was
+    /// found taken).
+    pub async fn check_tenure(&self) -> Result<()> {
+        let mut warned = false;
+        loop {
+            let renewal = self.tenure.renewal();
+            if self.tenure.holds() {
+                return Ok(());
+            }
+            self.check_running()?;
+            if !std::mem::replace(&mut warned, true) {
+                tracing::warn!(
+                    volume = %self.name,
+                    lapsed_for = ?self.tenure.lapsed_for(),
+                    "the lease has not been renewed in time (is the store reachable?): writes and flushes wait until it is, since another writer may take the volume over"
+                );
+            }
+            renewal.await;
         }
     }
 

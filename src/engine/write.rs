@@ -121,7 +121,7 @@ impl Volume {
         shared.check_request("write", offset, len)?;
         shared.stats.writes.fetch_add(1, Ordering::Relaxed);
         if buffer.is_empty() {
-            return self.flush_if(fua).await;
+            return self.acknowledge(fua).await;
         }
         shared.wait_for_dirty_room().await?;
         let record = buffer.record;
@@ -135,7 +135,7 @@ impl Volume {
         if shared.upload_pressure() {
             shared.kick.notify_one();
         }
-        self.flush_if(fua).await
+        self.acknowledge(fua).await
     }
 
     /// Discards `len` bytes at `offset`: they read as zeroes afterwards.
@@ -166,11 +166,16 @@ impl Volume {
                 .log_record(placement, header, record, Change::Zero)
                 .await?;
         }
-        self.flush_if(fua).await
+        self.acknowledge(fua).await
     }
 
-    async fn flush_if(&self, fua: bool) -> Result<()> {
-        if fua { self.flush().await } else { Ok(()) }
+    /// Ends a write that is in the log: with `fua`, flushes; either way
+    /// returns only while this writer may acknowledge (see `tenure`).
+    async fn acknowledge(&self, fua: bool) -> Result<()> {
+        match fua {
+            true => self.flush().await,
+            false => self.shared.check_tenure().await,
+        }
     }
 }
 
