@@ -119,7 +119,7 @@ h.flush()\n";
 /// chunk cache (10G by default) filled the cache dir's filesystem, the
 /// next log record found no room, and after a restart the same happened
 /// at once: the cache never gave its room back to the log. Now the cache
-/// leaves the log's limit (4 x `--max-dirty`) free, evicting to keep it.
+/// leaves the log's room (7 x `--max-dirty`) free, evicting to keep it.
 #[test]
 fn reads_that_fill_the_disk_cache_leave_room_for_writes() {
     require_tool("nbdcopy", "libnbd-bin");

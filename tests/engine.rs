@@ -532,3 +532,45 @@ async fn growing_a_volume_keeps_its_data() {
     assert_eq!(read_tags(&volume, 1023, 2).await, [9, 0]);
     assert_eq!(read_tags(&volume, 1024 * 1024 - 1, 1).await, [10]);
 }
+
+/// Red-team finding (second pass): the write-back log was said to be
+/// bounded at four times `--max-dirty` on disk, but a segment took new
+/// epochs until it reached 256 MiB, whatever the limit, holding committed
+/// records all along: with `--max-dirty 4M` the log grew past 24 MiB and
+/// filled the filesystem sized for it. Now a segment takes no new epoch
+/// past a quarter of the limit, and the log stays within
+/// `EngineOptions::log_disk_bytes` (seven times `--max-dirty`), which is
+/// also what the disk cache leaves free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_log_on_disk_stays_within_its_bound() {
+    let store = TestStore::new(Backend::Memory);
+    engine::create(&store.store, &new_volume("v", 16 * MIB, 64 << 10))
+        .await
+        .unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let mut options = engine_options(cache.path());
+    options.max_dirty_bytes = 1 << 20;
+    options.log_segment_bytes = 256 << 20;
+    options.disk_cache_bytes = 0;
+    let bound = options.log_disk_bytes();
+    assert_eq!(bound, 7 << 20);
+    let volume = Volume::open(&store.store, "v", options).await.unwrap();
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut largest = 0;
+    for i in 0..1024u64 {
+        let block = rng.u64(0..256) * 16;
+        volume
+            .write(block * 4096, &block_of(i).repeat(16), false)
+            .await
+            .unwrap();
+        if i % 8 == 7 {
+            volume.flush().await.unwrap();
+            largest = largest.max(log_bytes(cache.path()));
+        }
+    }
+    volume.close().await.unwrap();
+    assert!(
+        largest <= bound + (64 << 10),
+        "the log took {largest} bytes on disk, past its bound of {bound}"
+    );
+}

@@ -44,7 +44,7 @@ impl Shared {
         if current.is_empty() {
             return Ok(current.id - 1);
         }
-        let fresh_segment = if current.end() >= self.options.log_segment_bytes {
+        let fresh_segment = if current.end() >= self.options.segment_switch_bytes() {
             let segment = self
                 .create_segment(state.next_seq, state.next_epoch)
                 .await?;

@@ -101,6 +101,29 @@ impl EngineOptions {
         self.log_limit_bytes() / 2
     }
 
+    /// Where an epoch that ends past it starts the next in a fresh segment:
+    /// `log_segment_bytes`, but at most a quarter of the log's limit, so
+    /// that the committed start of the current segment never holds much
+    /// disk.
+    pub fn segment_switch_bytes(&self) -> u64 {
+        self.log_segment_bytes
+            .min(self.log_limit_bytes() / 4)
+            .max(1)
+    }
+
+    /// The most disk the write-back log takes: records not yet committed
+    /// (up to the limit, one write past it at most); the committed start
+    /// of the oldest segment still in use (commits go in order, so only
+    /// that one holds committed records, and fewer than a quarter of the
+    /// limit: a segment takes no new epoch once past that); and retired
+    /// segment files kept for reuse (half the limit). Seven times
+    /// `max_dirty_bytes`; the disk cache leaves this much free.
+    pub fn log_disk_bytes(&self) -> u64 {
+        self.log_limit_bytes()
+            .saturating_add(self.segment_switch_bytes())
+            .saturating_add(self.log_commit_bytes())
+    }
+
     pub fn new(cache_dir: impl Into<PathBuf>) -> Self {
         EngineOptions {
             cache_dir: cache_dir.into(),

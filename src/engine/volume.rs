@@ -183,7 +183,7 @@ impl Volume {
         let disk = match options.disk_cache_bytes {
             0 => None,
             bytes => Some(
-                DiskCache::open(&dir.join("chunks"), bytes, options.log_limit_bytes())
+                DiskCache::open(&dir.join("chunks"), bytes, options.log_disk_bytes())
                     .map_err(cache_dir_error)?,
             ),
         };
