@@ -12,6 +12,7 @@
 //!
 //! | point | where |
 //! | --- | --- |
+//! | `write::admitted` | a write was let into the log, before it has its place there |
 //! | `log::large_record` | a record of 64 KiB or more, before its blocking write |
 //! | `log::ack_waits_for_earlier_records` | a written record waits for the records before it |
 //! | `log::segment_switch` | a sealed epoch leaves its segment, before its end record |

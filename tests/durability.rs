@@ -841,3 +841,66 @@ async fn a_writer_whose_lease_lapsed_acknowledges_nothing_until_it_is_renewed() 
         .unwrap();
     assert!(taken.is_err(), "a writer taken over acknowledged a write");
 }
+
+/// Red-team finding (third pass): writes arriving at once each checked
+/// the log's limit before any of them had its place in the log, so all
+/// passed, and the log went past its bound on disk (a cache filesystem
+/// sized for it ran out of room). Now a write is counted from the moment
+/// it is let in: while one is on its way and the log is at its limit, the
+/// others wait.
+///
+/// Fails on fb3aebf (with the `write::admitted` failpoint added); passes
+/// from the commit that counts admitted writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_arriving_at_once_cannot_all_pass_the_logs_limit() {
+    let _scenario = fail::FailScenario::setup();
+    let store = TestStore::new(Backend::Memory);
+    engine::create(&store.store, &new_volume("v", 16 * MIB, 64 << 10))
+        .await
+        .unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let mut options = log_only(cache.path());
+    options.max_dirty_bytes = MIB; // a log limit of 4 MiB
+    let volume = std::sync::Arc::new(Volume::open(&store.store, "v", options).await.unwrap());
+    let write = |block: u64, tag: u64| {
+        let volume = volume.clone();
+        tokio::spawn(async move {
+            let data = common::block_of(tag).repeat(64);
+            volume.write(block * 4096, &data, false).await
+        })
+    };
+
+    // The log 256 KiB short of its limit, and the commit that would drain
+    // it held. Each write starts a block after the one before, so that the
+    // log grows by every write while dirty bytes (each block once) stay
+    // well under --max-dirty.
+    let commit = Pause::first_at("commit::uploaded");
+    for i in 0..14 {
+        write(i, i).await.unwrap().unwrap();
+    }
+    commit.reached().await;
+
+    // One write let in and held on its way; others arrive meanwhile.
+    let on_its_way = Pause::first_at("write::admitted");
+    let first = write(14, 14);
+    on_its_way.reached().await;
+    let mut others: Vec<_> = (15..23).map(|i| write(i, i)).collect();
+    let passed = tokio::time::timeout(
+        Duration::from_secs(1),
+        futures::future::select_all(others.iter_mut()),
+    )
+    .await;
+    assert!(
+        passed.is_err(),
+        "a write passed the log's limit while another was on its way"
+    );
+
+    on_its_way.resume();
+    commit.resume();
+    first.await.unwrap().unwrap();
+    for other in others {
+        other.await.unwrap().unwrap();
+    }
+    // Block 85 is the last write's alone.
+    assert_eq!(read_tags(&volume, 22 + 63, 1).await, [22]);
+}

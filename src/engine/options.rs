@@ -112,7 +112,7 @@ impl EngineOptions {
     }
 
     /// The most disk the write-back log takes: records not yet committed
-    /// (up to the limit, one write past it at most); the committed start
+    /// (up to the limit); the committed start
     /// of the oldest segment still in use (commits go in order, so only
     /// that one holds committed records, and fewer than a quarter of the
     /// limit: a segment takes no new epoch once past that); and retired

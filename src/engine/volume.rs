@@ -95,6 +95,10 @@ pub(super) struct Shared {
     pub dirty_bytes: AtomicU64,
     /// Log bytes of the epochs not yet committed.
     pub log_bytes: AtomicU64,
+    /// Log bytes of writes let past the log's limit but not yet placed in
+    /// an epoch: counted with `log_bytes`, so that writes arriving at once
+    /// cannot all pass the limit (see `write::LogAdmission`).
+    pub log_admitted: AtomicU64,
     pub dirty_room: Notify,
     pub kick: Notify,
     pub closing: AtomicBool,
@@ -487,6 +491,7 @@ impl Shared {
             committed: watch::Sender::new(committed_epoch),
             dirty_bytes: AtomicU64::new(replayed.dirty_bytes),
             log_bytes: AtomicU64::new(replayed_log_bytes),
+            log_admitted: AtomicU64::new(0),
             dirty_room: Notify::new(),
             kick: Notify::new(),
             closing: AtomicBool::new(false),

@@ -123,14 +123,16 @@ impl Volume {
         if buffer.is_empty() {
             return self.acknowledge(fua).await;
         }
-        shared.wait_for_dirty_room().await?;
         let record = buffer.record;
+        let admission = shared.wait_for_dirty_room(record.len() as u64).await?;
+        crate::async_fail_point!("write::admitted");
         let placement = shared.place_write(offset, len, record.len() as u64).await?;
         let epoch = &placement.reservation.epoch;
         let header = RecordHeader::write(epoch.id, epoch.next_seq(), offset, len as usize);
         shared
             .log_record(placement, header, record, Change::Write)
             .await?;
+        admission.landed();
         shared.stats.bytes_written.fetch_add(len, Ordering::Relaxed);
         if shared.upload_pressure() {
             shared.kick.notify_one();
@@ -335,8 +337,9 @@ impl Shared {
     }
 
     /// Waits while more than `--max-dirty` bytes wait for upload, or the
-    /// log holds more than [`super::EngineOptions::log_limit_bytes`].
-    async fn wait_for_dirty_room(&self) -> Result<()> {
+    /// log holds more than [`super::EngineOptions::log_limit_bytes`]; then
+    /// admits a record of `len` bytes to the log.
+    async fn wait_for_dirty_room(&self, len: u64) -> Result<LogAdmission<'_>> {
         let mut warned = false;
         loop {
             let room = self.dirty_room.notified();
@@ -344,17 +347,36 @@ impl Shared {
             room.as_mut().enable();
             self.check_running()?;
             let dirty = self.dirty_bytes.load(Ordering::Acquire);
-            let logged = self.log_bytes.load(Ordering::Acquire);
-            if dirty < self.options.max_dirty_bytes && logged < self.options.log_limit_bytes() {
-                return Ok(());
+            if dirty < self.options.max_dirty_bytes && self.admit_to_log(len) {
+                return Ok(LogAdmission {
+                    shared: self,
+                    len,
+                    landed: false,
+                });
             }
             if !warned {
+                let logged = self.log_bytes.load(Ordering::Acquire);
                 tracing::debug!(volume = %self.name, dirty, logged, "writes wait for uploads (--max-dirty reached)");
                 warned = true;
             }
             self.kick.notify_one();
             room.await;
         }
+    }
+
+    /// Admits `len` more bytes to the log if they fit under its limit
+    /// with what it holds and what was admitted and is on its way, however
+    /// many writes arrive at once. A record larger than the limit goes in
+    /// alone, into an empty log.
+    fn admit_to_log(&self, len: u64) -> bool {
+        let limit = self.options.log_limit_bytes();
+        let logged = self.log_bytes.load(Ordering::Acquire);
+        self.log_admitted
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |admitted| {
+                let held = logged.saturating_add(admitted);
+                (held == 0 || held.saturating_add(len) <= limit).then_some(admitted + len)
+            })
+            .is_ok()
     }
 
     /// Dirty bytes past which the uploader starts without waiting for its
@@ -371,6 +393,34 @@ impl Shared {
     pub fn upload_pressure(&self) -> bool {
         self.dirty_bytes.load(Ordering::Acquire) >= self.upload_threshold()
             || self.log_bytes.load(Ordering::Acquire) >= self.options.log_commit_bytes()
+    }
+}
+
+/// A record let into the log (see [`Shared::admit_to_log`]), counted as
+/// admitted until it has its place in an epoch.
+struct LogAdmission<'a> {
+    shared: &'a Shared,
+    len: u64,
+    landed: bool,
+}
+
+impl LogAdmission<'_> {
+    /// The record is in the log, counted in `log_bytes` (or took the
+    /// place of an older one).
+    fn landed(mut self) {
+        self.landed = true;
+    }
+}
+
+impl Drop for LogAdmission<'_> {
+    fn drop(&mut self) {
+        self.shared
+            .log_admitted
+            .fetch_sub(self.len, Ordering::AcqRel);
+        if !self.landed {
+            // It never got there: its room is someone else's.
+            self.shared.dirty_room.notify_waiters();
+        }
     }
 }
 
