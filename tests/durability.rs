@@ -29,6 +29,16 @@ fn seeds(count: u64) -> std::ops::Range<u64> {
     first..first + count
 }
 
+/// A store in memory holding volume `v` (16 MiB, 64 KiB chunks), and a
+/// fresh cache dir for it.
+async fn volume_in_memory() -> (TestStore, tempfile::TempDir) {
+    let store = TestStore::new(Backend::Memory);
+    engine::create(&store.store, &new_volume("v", 16 * MIB, 64 << 10))
+        .await
+        .unwrap();
+    (store, tempfile::tempdir().unwrap())
+}
+
 /// Options that leave everything in the log: no commit unless asked.
 fn log_only(cache: &std::path::Path) -> EngineOptions {
     let mut options = engine_options(cache);
@@ -192,11 +202,7 @@ async fn a_recycled_file_that_lost_its_new_name_does_not_end_the_log() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_kill_during_a_large_record_loses_no_acknowledged_write() {
     let scenario = fail::FailScenario::setup();
-    let store = TestStore::new(Backend::Memory);
-    engine::create(&store.store, &new_volume("v", 16 * MIB, 64 << 10))
-        .await
-        .unwrap();
-    let cache = tempfile::tempdir().unwrap();
+    let (store, cache) = volume_in_memory().await;
     let volume = std::sync::Arc::new(
         Volume::open(&store.store, "v", log_only(cache.path()))
             .await
@@ -255,11 +261,7 @@ async fn a_kill_during_a_large_record_loses_no_acknowledged_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_kill_before_a_segment_is_closed_loses_no_acknowledged_write() {
     let scenario = fail::FailScenario::setup();
-    let store = TestStore::new(Backend::Memory);
-    engine::create(&store.store, &new_volume("v", 16 * MIB, 64 << 10))
-        .await
-        .unwrap();
-    let cache = tempfile::tempdir().unwrap();
+    let (store, cache) = volume_in_memory().await;
     let mut options = log_only(cache.path());
     options.log_segment_bytes = 32 << 10;
     let volume = std::sync::Arc::new(
@@ -312,11 +314,7 @@ async fn the_log_reuses_segments_where_rename_noreplace_is_refused() {
     if std::env::var_os("ZEROBLK_REAL_RENAME").is_none() {
         fail::cfg("log::rename_noreplace", "return").unwrap();
     }
-    let store = TestStore::new(Backend::Memory);
-    engine::create(&store.store, &new_volume("v", 16 * MIB, 64 << 10))
-        .await
-        .unwrap();
-    let cache = tempfile::tempdir().unwrap();
+    let (store, cache) = volume_in_memory().await;
     let mut options = log_only(cache.path());
     options.log_segment_bytes = 32 << 10;
     let volume = Volume::open(&store.store, "v", options.clone())
@@ -428,11 +426,7 @@ fn start_time(pid: u32) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lease_on_another_host_is_judged_by_its_renewals_not_its_clock() {
     let _scenario = fail::FailScenario::setup();
-    let store = TestStore::new(Backend::Memory);
-    engine::create(&store.store, &new_volume("v", 16 * MIB, 64 << 10))
-        .await
-        .unwrap();
-    let cache = tempfile::tempdir().unwrap();
+    let (store, cache) = volume_in_memory().await;
 
     // A live holder whose clock says 1970: it renews every 200 ms.
     foreign_lease(&store.store, 1, 0).await;
@@ -637,11 +631,7 @@ async fn gc_never_deletes_what_a_commit_in_flight_publishes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_holder_in_another_pid_namespace_is_judged_by_its_renewals() {
     let _scenario = fail::FailScenario::setup();
-    let store = TestStore::new(Backend::Memory);
-    engine::create(&store.store, &new_volume("v", 16 * MIB, 64 << 10))
-        .await
-        .unwrap();
-    let cache = tempfile::tempdir().unwrap();
+    let (store, cache) = volume_in_memory().await;
     let lease = |renewals: u64| {
         serde_json::json!({
             "holder": "6b1f3c1e-0000-4000-8000-000000000002",
@@ -684,11 +674,7 @@ async fn a_holder_in_another_pid_namespace_is_judged_by_its_renewals() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_dead_holders_pid_reused_by_another_process_frees_its_lease() {
     let _scenario = fail::FailScenario::setup();
-    let store = TestStore::new(Backend::Memory);
-    engine::create(&store.store, &new_volume("v", 16 * MIB, 64 << 10))
-        .await
-        .unwrap();
-    let cache = tempfile::tempdir().unwrap();
+    let (store, cache) = volume_in_memory().await;
     let mut stranger = std::process::Command::new("sleep")
         .arg("120")
         .spawn()
@@ -789,11 +775,7 @@ async fn write_and_flush(volume: &Volume, block: u64, tag: u64) -> engine::Resul
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_writer_whose_lease_lapsed_acknowledges_nothing_until_it_is_renewed() {
     let _scenario = fail::FailScenario::setup();
-    let store = TestStore::new(Backend::Memory);
-    engine::create(&store.store, &new_volume("v", 16 * MIB, 64 << 10))
-        .await
-        .unwrap();
-    let cache = tempfile::tempdir().unwrap();
+    let (store, cache) = volume_in_memory().await;
     let mut options = log_only(cache.path());
     options.lease_ttl = Duration::from_secs(2); // a tenure of 1.5 s
     let volume = std::sync::Arc::new(Volume::open(&store.store, "v", options).await.unwrap());
@@ -854,11 +836,7 @@ async fn a_writer_whose_lease_lapsed_acknowledges_nothing_until_it_is_renewed() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn writes_arriving_at_once_cannot_all_pass_the_logs_limit() {
     let _scenario = fail::FailScenario::setup();
-    let store = TestStore::new(Backend::Memory);
-    engine::create(&store.store, &new_volume("v", 16 * MIB, 64 << 10))
-        .await
-        .unwrap();
-    let cache = tempfile::tempdir().unwrap();
+    let (store, cache) = volume_in_memory().await;
     let mut options = log_only(cache.path());
     options.max_dirty_bytes = MIB; // a log limit of 4 MiB
     let volume = std::sync::Arc::new(Volume::open(&store.store, "v", options).await.unwrap());
