@@ -552,6 +552,9 @@ impl Shared {
     /// through, or with an error when the volume stops (the lease was
     /// found taken).
     pub async fn check_tenure(&self) -> Result<()> {
+        if self.tenure.holds() {
+            return Ok(()); // every write asks: no waiter made unless needed
+        }
         let mut warned = false;
         loop {
             let renewal = self.tenure.renewal();
