@@ -9,11 +9,20 @@
 //! double the local writes of every write-heavy workload (and, on disks
 //! that allocate slowly, stall the whole machine in dirty-page writeback).
 //! [`MemoryCache`] also holds the engine's decoded map pages.
+//!
+//! A read of part of a chunk that is on disk but not in memory reads only
+//! the 4 KiB blocks it needs, checked against the chunk's id (see
+//! [`blocks`]), and promotes the chunk to memory only once its reads have
+//! earned it (see [`promotion`]): a working set larger than memory is
+//! served from disk, not thrashed through memory a whole chunk per read.
 
+pub mod blocks;
 mod disk;
 mod memory;
+mod promotion;
 
 use std::future::Future;
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -22,6 +31,7 @@ use serde::Serialize;
 
 pub use disk::DiskCache;
 pub use memory::{MemoryCache, Weighted};
+use promotion::Promotion;
 
 use crate::format::ObjectId;
 
@@ -49,14 +59,20 @@ struct Counts {
 pub struct ChunkCache {
     memory: MemoryCache<ObjectId, Bytes>,
     disk: Option<DiskCache>,
+    promotion: Promotion,
     counts: Arc<Counts>,
 }
+
+/// Disk reads up to this many bytes run on the calling task: a pread from
+/// the page cache takes less than handing it to another thread.
+const INLINE_DISK_READ_MAX: usize = 64 << 10;
 
 impl ChunkCache {
     pub fn new(memory_bytes: u64, disk: Option<DiskCache>) -> ChunkCache {
         ChunkCache {
             memory: MemoryCache::new(memory_bytes),
             disk,
+            promotion: Promotion::default(),
             counts: Arc::default(),
         }
     }
@@ -88,6 +104,37 @@ impl ChunkCache {
             return Ok(hit);
         }
         self.counts.memory_misses.fetch_add(1, Relaxed);
+        self.load_whole(id, fetch).await
+    }
+
+    /// Bytes `range` of chunk `id`, which the caller just missed in
+    /// memory ([`ChunkCache::get_from_memory`]): from disk (reading only
+    /// the blocks around `range`), else from the whole chunk `fetch`
+    /// returns (verified), which fills both tiers.
+    pub async fn load_range_or_fetch<E, F>(
+        &self,
+        id: ObjectId,
+        range: Range<usize>,
+        fetch: F,
+    ) -> Result<Bytes, Arc<E>>
+    where
+        F: Future<Output = Result<Bytes, E>>,
+        E: Send + Sync + 'static,
+    {
+        self.counts.memory_misses.fetch_add(1, Relaxed);
+        if let Some(part) = self.load_range_from_disk(id, range.clone()).await {
+            return Ok(part);
+        }
+        let chunk = self.load_whole(id, fetch).await?;
+        Ok(chunk.slice(range))
+    }
+
+    /// The chunk `id` from disk, else `fetch`, into memory.
+    async fn load_whole<E, F>(&self, id: ObjectId, fetch: F) -> Result<Bytes, Arc<E>>
+    where
+        F: Future<Output = Result<Bytes, E>>,
+        E: Send + Sync + 'static,
+    {
         self.memory
             .get_or_load(id, async {
                 if let Some(hit) = self.load_from_disk(id).await {
@@ -104,6 +151,45 @@ impl ChunkCache {
     /// memory only.
     pub async fn insert(&self, id: ObjectId, data: Bytes) {
         self.memory.insert(id, data).await;
+    }
+
+    /// Bytes `range` of chunk `id` if the disk tier has them (misses are
+    /// counted by the whole load that follows), promoting the chunk when
+    /// its reads have earned it.
+    async fn load_range_from_disk(&self, id: ObjectId, range: Range<usize>) -> Option<Bytes> {
+        let disk = self.disk.as_ref()?;
+        let (part, chunk_len) = match range.len() <= INLINE_DISK_READ_MAX {
+            true => disk.load_range(&id, range),
+            false => {
+                let disk = disk.clone();
+                tokio::task::spawn_blocking(move || disk.load_range(&id, range))
+                    .await
+                    .ok()
+                    .flatten()
+            }
+        }?;
+        self.counts.disk_hits.fetch_add(1, Relaxed);
+        if self.promotion.served(&id, part.len(), chunk_len) {
+            self.promote(id, &part, chunk_len).await;
+        }
+        Some(part)
+    }
+
+    /// Puts chunk `id` in memory: `part`, if it is the whole chunk, else
+    /// the chunk read from disk in the background.
+    async fn promote(&self, id: ObjectId, part: &Bytes, chunk_len: usize) {
+        if part.len() == chunk_len {
+            return self.memory.insert(id, part.clone()).await;
+        }
+        let (Some(disk), memory) = (self.disk.clone(), self.memory.clone()) else {
+            return;
+        };
+        tokio::spawn(async move {
+            let loaded = tokio::task::spawn_blocking(move || disk.load(&id)).await;
+            if let Ok(Some(chunk)) = loaded {
+                memory.insert(id, chunk).await;
+            }
+        });
     }
 
     async fn load_from_disk(&self, id: ObjectId) -> Option<Bytes> {
@@ -180,9 +266,9 @@ mod tests {
         assert_eq!(cache.counters().memory_hits, 1);
     }
 
-    /// A cache of 1 MiB in memory and 1 MiB on disk in `dir`.
+    /// A cache of 4 MiB in memory and 4 MiB on disk in `dir`.
     fn two_tiers(dir: &std::path::Path) -> ChunkCache {
-        ChunkCache::new(1 << 20, Some(DiskCache::open(dir, 1 << 20, 0).unwrap()))
+        ChunkCache::new(4 << 20, Some(DiskCache::open(dir, 4 << 20, 0).unwrap()))
     }
 
     /// A cache fetch that must not happen.
@@ -202,17 +288,76 @@ mod tests {
             .unwrap();
         assert_eq!(fetched, data);
         // The disk copy is written in the background.
-        for _ in 0..500 {
-            if first.counters().disk_bytes > 0 {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        assert_eq!(first.counters().disk_bytes, data.len() as u64);
+        wait_for(|| first.counters().disk_bytes > 0).await;
+        assert_eq!(first.counters().disk_bytes, data.len() as u64 + 64);
         let second = two_tiers(dir.path());
         let got = second.get_or_fetch(id, no_store()).await.unwrap();
         assert_eq!(got, data);
         assert_eq!(second.counters().disk_hits, 1);
+    }
+
+    /// A 1 MiB chunk on disk only: fetched by one cache over `dir`, then
+    /// seen by a second one, whose memory is empty.
+    async fn chunk_on_disk_only(dir: &std::path::Path) -> (ObjectId, Bytes, ChunkCache) {
+        let mut rng = fastrand::Rng::with_seed(11);
+        let data: Bytes = (0..1 << 20).map(|_| rng.u8(..)).collect::<Vec<u8>>().into();
+        let id = ObjectId::of(&data);
+        let first = two_tiers(dir);
+        first
+            .get_or_fetch(id, async { Ok::<_, std::io::Error>(data.clone()) })
+            .await
+            .unwrap();
+        wait_for(|| first.counters().disk_bytes > 0).await;
+        (id, data, two_tiers(dir))
+    }
+
+    async fn wait_for(done: impl Fn() -> bool) {
+        for _ in 0..500 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("waited 5 s in vain");
+    }
+
+    #[tokio::test]
+    async fn small_reads_from_disk_earn_their_chunk_a_place_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let (id, data, cache) = chunk_on_disk_only(dir.path()).await;
+        for read in 0..1024 {
+            let block = read % 256;
+            let range = block * 4096..block * 4096 + 4096;
+            let got = cache
+                .load_range_or_fetch(id, range.clone(), no_store())
+                .await
+                .unwrap();
+            assert_eq!(got, data.slice(range));
+            assert_eq!(cache.counters().memory_bytes, 0, "promoted after {read}");
+        }
+        assert_eq!(cache.counters().disk_hits, 1024);
+        // Four chunks' worth served: the next read promotes it.
+        cache
+            .load_range_or_fetch(id, 0..10, no_store())
+            .await
+            .unwrap();
+        wait_for(|| cache.memory.contains(&id)).await;
+        let got = cache.get_from_memory(&id).await.unwrap();
+        assert_eq!(got, data);
+        assert_eq!(cache.counters().memory_hits, 1);
+    }
+
+    #[tokio::test]
+    async fn a_chunk_read_whole_from_disk_is_promoted_the_second_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let (id, data, cache) = chunk_on_disk_only(dir.path()).await;
+        let whole = 0..data.len();
+        for _ in 0..2 {
+            let got = cache.load_range_or_fetch(id, whole.clone(), no_store());
+            assert_eq!(got.await.unwrap(), data);
+        }
+        assert!(cache.memory.contains(&id));
+        assert_eq!(cache.counters().disk_hits, 2);
     }
 
     #[tokio::test]

@@ -117,6 +117,7 @@ pub(crate) fn stdout_result(result: std::io::Result<()>) {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.global.verbose);
+    crate::process::raise_open_file_limit();
     if let Command::Attach(args) = &cli.command
         && args.foreground
     {

@@ -261,6 +261,12 @@ async fn fetch_run(store: &Store, run: Vec<ChunkRef>, generation: u64) -> Result
     decode(objects).await
 }
 
+/// The error of a read whose chunk could not be loaded.
+fn unreadable(entry: &ChunkRef, error: &Arc<EngineError>) -> EngineError {
+    tracing::error!(chunk = %entry.id, %error, "cannot read a chunk");
+    EngineError::Shared(Arc::clone(error))
+}
+
 /// The pack and byte range of a run of more than one chunk.
 fn run_range(run: &[ChunkRef]) -> Option<(ObjectId, std::ops::Range<u64>)> {
     let (first, last) = (run.first()?, run.last()?);
@@ -319,18 +325,36 @@ impl Shared {
     /// A chunk missing from memory: from disk, else from the store (or
     /// from the fetch already getting it).
     pub(super) async fn fetch_chunk(&self, entry: ChunkRef, generation: u64) -> Result<Bytes> {
-        let id = entry.id;
-        let from_store = async move {
-            let (fetch, index) = self.in_flight.join_or_start(&self.store, entry, generation);
-            fetch.await.map(|chunks| chunks[index].clone())
-        };
-        self.chunks
-            .get_or_fetch(id, from_store)
-            .await
-            .map_err(|error| {
-                tracing::error!(chunk = %id, %error, "cannot read a chunk");
-                EngineError::Shared(Arc::clone(&error))
-            })
+        let from_store = self.fetch_from_store(entry, generation);
+        let fetched = self.chunks.get_or_fetch(entry.id, from_store).await;
+        fetched.map_err(|error| unreadable(&entry, &error))
+    }
+
+    /// Bytes `range` of a chunk missing from memory: from disk, reading
+    /// only the blocks around them, else from the whole chunk fetched as
+    /// [`Shared::fetch_chunk`] does.
+    pub(super) async fn fetch_range(
+        &self,
+        entry: ChunkRef,
+        generation: u64,
+        range: std::ops::Range<usize>,
+    ) -> Result<Bytes> {
+        let from_store = self.fetch_from_store(entry, generation);
+        let fetched = self
+            .chunks
+            .load_range_or_fetch(entry.id, range, from_store)
+            .await;
+        fetched.map_err(|error| unreadable(&entry, &error))
+    }
+
+    /// The chunk `entry` from the store, joining the fetch getting it.
+    async fn fetch_from_store(
+        &self,
+        entry: ChunkRef,
+        generation: u64,
+    ) -> std::result::Result<Bytes, Arc<EngineError>> {
+        let (fetch, index) = self.in_flight.join_or_start(&self.store, entry, generation);
+        fetch.await.map(|chunks| chunks[index].clone())
     }
 
     /// The chunk `entry` into the cache from `fetch`, unless the cache has

@@ -158,7 +158,9 @@ impl Volume {
         // started, to join it rather than fetch their chunks alone.
         shared.read_ahead(&view.map, offset, len as u64).await;
         let chunks = try_join_all(sources.iter().filter_map(|source| match source {
-            Source::Base { chunk, .. } => Some(shared.committed_chunk(&view.map, *chunk)),
+            Source::Base { chunk, from, len } => {
+                Some(shared.committed_range(&view.map, *chunk, *from..*from + *len))
+            }
             _ => None,
         }))
         .await?;
@@ -167,8 +169,8 @@ impl Volume {
         let mut data = ReadData::default();
         for source in sources {
             data.push(match source {
-                Source::Base { from, len, .. } => match chunks.next().flatten() {
-                    Some(chunk) => ReadPart::Data(chunk.slice(from..from + len)),
+                Source::Base { len, .. } => match chunks.next().flatten() {
+                    Some(data) => ReadPart::Data(data),
                     None => ReadPart::Zero(len),
                 },
                 Source::Zero(len) => ReadPart::Zero(len),
@@ -316,13 +318,24 @@ impl Shared {
         }
     }
 
-    /// The committed content of `chunk` in `root`; `None` when zero.
-    pub async fn committed_chunk(&self, root: &Root, chunk: u64) -> Result<Option<Bytes>> {
+    /// Bytes `range` of the committed content of `chunk` in `root`;
+    /// `None` when the chunk is zero.
+    async fn committed_range(
+        &self,
+        root: &Root,
+        chunk: u64,
+        range: std::ops::Range<usize>,
+    ) -> Result<Option<Bytes>> {
         let entry = self.pages.lookup(root, chunk).await?;
         if entry.is_zero() {
             return Ok(None);
         }
-        self.load_chunk(entry, root.generation).await.map(Some)
+        if let Some(hit) = self.chunks.get_from_memory(&entry.id).await {
+            return Ok(Some(hit.slice(range)));
+        }
+        // Boxed, as in load_chunk.
+        let part = Box::pin(self.fetch_range(entry, root.generation, range)).await?;
+        Ok(Some(part))
     }
 
     /// A chunk's bytes from the caches, else from the store (verified).

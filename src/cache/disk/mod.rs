@@ -1,11 +1,21 @@
 //! The disk tier: decompressed chunks as files, bounded in bytes, least
 //! recently used out first, kept across restarts.
 //!
-//! Files are named by the chunk's hash and written through a temporary name
-//! and a rename, so a crash leaves either a whole file or none. Every load
-//! re-hashes the file: a damaged cache file is dropped and counted as a
-//! miss, never returned. The cache is never fsynced: losing it loses only
-//! speed.
+//! A file holds a chunk's bytes followed by its [`BlockTable`], and is
+//! named by the chunk's hash (`<hash>.chunk`); it is written under a
+//! temporary name and renamed, so a crash leaves either a whole file or
+//! none, and its length gives the chunk's. Nothing read back is trusted:
+//! a whole chunk is re-hashed against its id, and a read of part of one
+//! reads only the 4 KiB blocks around that part and checks them against
+//! the table, itself checked against the id when it is first loaded. A
+//! damaged file is dropped and counted as a miss, never returned. The
+//! cache is never fsynced: losing it loses only speed. Files of older
+//! layouts are removed at open.
+//!
+//! The files of the chunks read most recently stay open, with their
+//! checked tables (see [`open`]), so a small read costs one pread and one
+//! block's hash. A file evicted while open is unlinked, and its space
+//! comes back when the last read of it closes it.
 //!
 //! The cache shares its filesystem with the write-back log, which holds
 //! data nobody else has; so it never takes the log's room. It keeps a
@@ -14,8 +24,12 @@
 //! not at all, and opening the cache gives back whatever of the reserve
 //! it holds (the log may have grown, or other files, since it was full).
 
+mod open;
+
 use std::fs;
-use std::io;
+use std::io::{self, Write};
+use std::ops::Range;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -25,13 +39,21 @@ use moka::notification::RemovalCause;
 use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
 
+use super::blocks::{BLOCK, BlockTable, table_len};
 use crate::format::ObjectId;
+use open::{OpenChunk, OpenChunks, Unreadable};
+
+/// The suffix of a cached chunk's file name.
+const SUFFIX: &str = ".chunk";
 
 /// The disk tier of the chunk cache.
 #[derive(Clone)]
 pub struct DiskCache {
     dir: Arc<PathBuf>,
+    /// Each cached chunk's length, weighed by its file's.
     index: Cache<ObjectId, u32>,
+    /// The files of the chunks read most recently.
+    open: OpenChunks,
     /// Free bytes to leave on the filesystem, for the log.
     reserve: u64,
 }
@@ -43,20 +65,23 @@ impl DiskCache {
     pub fn open(dir: &Path, max_bytes: u64, reserve: u64) -> io::Result<DiskCache> {
         fs::create_dir_all(dir)?;
         let dir = Arc::new(dir.to_path_buf());
-        let evict_dir = Arc::clone(&dir);
+        let open = OpenChunks::new();
+        let (evict_dir, evict_open) = (Arc::clone(&dir), open.clone());
         let index = Cache::builder()
             .max_capacity(max_bytes)
-            .weigher(|_id: &ObjectId, len: &u32| *len)
+            .weigher(|_id: &ObjectId, len: &u32| file_len(*len))
             .eviction_policy(EvictionPolicy::lru())
             .eviction_listener(move |id: Arc<ObjectId>, _len, cause| {
                 if cause != RemovalCause::Replaced {
-                    let _ = fs::remove_file(evict_dir.join(id.to_hex()));
+                    evict_open.forget(&id);
+                    let _ = fs::remove_file(path_in(&evict_dir, &id));
                 }
             })
             .build();
         let cache = DiskCache {
             dir,
             index,
+            open,
             reserve,
         };
         cache.index_existing_files()?;
@@ -68,13 +93,15 @@ impl DiskCache {
         let mut found: Vec<(SystemTime, ObjectId, u32)> = Vec::new();
         for entry in fs::read_dir(self.dir.as_path())? {
             let entry = entry?;
+            let meta = entry.metadata()?;
             let name = entry.file_name();
-            let name = name.to_string_lossy();
-            match parse_id(&name) {
-                Some(id) => {
-                    let meta = entry.metadata()?;
+            let chunk = parse_id(&name.to_string_lossy())
+                .zip(chunk_len_of(meta.len()))
+                .filter(|_| meta.is_file());
+            match chunk {
+                Some((id, len)) => {
                     let touched = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-                    found.push((touched, id, meta.len().try_into().unwrap_or(u32::MAX)));
+                    found.push((touched, id, len));
                 }
                 None => {
                     let _ = fs::remove_file(entry.path());
@@ -97,43 +124,69 @@ impl DiskCache {
 
     /// The cached chunk, if a whole and undamaged copy is here.
     pub fn load(&self, id: &ObjectId) -> Option<Bytes> {
-        self.index.get(id)?;
-        match fs::read(self.path(id)) {
-            Ok(data) if ObjectId::of(&data) == *id => Some(Bytes::from(data)),
-            Ok(_) => {
-                tracing::warn!(chunk = %id, "dropping a damaged disk cache file");
-                self.index.invalidate(id);
-                None
-            }
-            Err(_) => {
-                self.index.invalidate(id);
-                None
-            }
-        }
+        let len = self.index.get(id)? as usize;
+        let read = self.open_chunk(id, len).and_then(|open| open.whole());
+        self.answer(id, read)
     }
 
-    /// Adds a chunk; errors (a full disk) only cost the cache its copy.
+    /// Bytes `range` of the cached chunk, and the chunk's length, if they
+    /// are here undamaged: read and checked by whole blocks. `None` as
+    /// well when `range` is not within the chunk.
+    pub fn load_range(&self, id: &ObjectId, range: Range<usize>) -> Option<(Bytes, usize)> {
+        let len = self.index.get(id)? as usize;
+        if range.start >= range.end || range.end > len {
+            return None;
+        }
+        let read = self.open_chunk(id, len).and_then(|open| open.range(range));
+        self.answer(id, read).map(|data| (data, len))
+    }
+
+    fn open_chunk(&self, id: &ObjectId, len: usize) -> Result<Arc<OpenChunk>, Unreadable> {
+        let path = self.path(id);
+        self.open
+            .get_or_open(id, len, &path)
+            .map_err(|_| Unreadable::Gone)
+    }
+
+    /// What a read found; a chunk that could not be read is forgotten.
+    fn answer(&self, id: &ObjectId, read: Result<Bytes, Unreadable>) -> Option<Bytes> {
+        match read {
+            Ok(data) => return Some(data),
+            Err(Unreadable::Damaged) => {
+                tracing::warn!(chunk = %id, "dropping a damaged disk cache file");
+            }
+            Err(Unreadable::Gone) => {}
+        }
+        self.index.invalidate(id);
+        self.open.forget(id);
+        None
+    }
+
+    /// Adds a chunk whose bytes were verified; errors (a full disk) only
+    /// cost the cache its copy.
     pub fn store(&self, id: &ObjectId, data: &[u8]) {
-        if self.index.contains_key(id) {
+        let Ok(len) = u32::try_from(data.len()) else {
+            return;
+        };
+        if self.index.contains_key(id) || !self.make_room(u64::from(file_len(len))) {
             return;
         }
-        if !self.make_room(data.len() as u64) {
-            return;
-        }
+        let encoded = BlockTable::of(data)
+            .as_ref()
+            .map(BlockTable::encode)
+            .unwrap_or_default();
         let path = self.path(id);
         let temporary = self.dir.join(format!(".{}.tmp", id.to_hex()));
-        let written = fs::write(&temporary, data).and_then(|()| fs::rename(&temporary, &path));
+        let written = write_private(&temporary, &[data, &encoded])
+            .and_then(|()| fs::rename(&temporary, &path));
         match written {
-            Ok(()) => self
-                .index
-                .insert(*id, data.len().try_into().unwrap_or(u32::MAX)),
+            Ok(()) => self.index.insert(*id, len),
             Err(error) => {
                 let _ = fs::remove_file(&temporary);
                 tracing::debug!(chunk = %id, %error, "disk cache write failed");
             }
         }
     }
-
     /// Evicts until `bytes` more fit and the reserve stays free; false if
     /// they cannot (the cache is empty and the room is still not there).
     /// Under this pressure any chunk goes, not only the least recently
@@ -175,8 +228,44 @@ impl DiskCache {
     }
 
     fn path(&self, id: &ObjectId) -> PathBuf {
-        self.dir.join(id.to_hex())
+        path_in(&self.dir, id)
     }
+}
+
+fn path_in(dir: &Path, id: &ObjectId) -> PathBuf {
+    dir.join(format!("{}{SUFFIX}", id.to_hex()))
+}
+
+/// Writes `parts` to a new file only its owner may read.
+fn write_private(path: &Path, parts: &[&[u8]]) -> io::Result<()> {
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    for part in parts {
+        file.write_all(part)?;
+    }
+    Ok(())
+}
+
+/// Bytes of the file of a chunk of `len` bytes: the chunk, then its table.
+fn file_len(len: u32) -> u32 {
+    len.saturating_add(table_len(u64::from(len)) as u32)
+}
+
+/// The length of the chunk a file of `file_len` bytes holds, if a chunk
+/// file can be that long. Each whole block of a chunk adds 32 bytes of
+/// table (and none for a chunk of one block), so a file of more than one
+/// block holds `ceil(file_len / 4128)` blocks.
+fn chunk_len_of(size: u64) -> Option<u32> {
+    let len = match size <= BLOCK as u64 {
+        true => size,
+        false => size - 32 * size.div_ceil(BLOCK as u64 + 32),
+    };
+    let len = u32::try_from(len).ok()?;
+    (u64::from(file_len(len)) == size).then_some(len)
 }
 
 /// Bytes an unprivileged writer may still use on `dir`'s filesystem.
@@ -187,13 +276,14 @@ fn free_bytes(dir: &Path) -> Option<u64> {
 
 fn parse_id(name: &str) -> Option<ObjectId> {
     let mut raw = [0u8; 32];
-    hex::decode_to_slice(name, &mut raw).ok()?;
+    hex::decode_to_slice(name.strip_suffix(SUFFIX)?, &mut raw).ok()?;
     Some(ObjectId(raw))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::FileExt;
 
     fn chunk(byte: u8) -> (ObjectId, Vec<u8>) {
         let data = vec![byte; 4096];
@@ -250,7 +340,147 @@ mod tests {
         let cache = DiskCache::open(dir.path(), 1 << 20, 0).unwrap();
         let (id, data) = chunk(7);
         cache.store(&id, &data);
-        fs::write(dir.path().join(id.to_hex()), b"garbage").unwrap();
+        fs::write(path_in(dir.path(), &id), b"garbage").unwrap();
         assert!(cache.load(&id).is_none());
+    }
+
+    /// A chunk of `len` bytes that differ from block to block.
+    fn big_chunk(len: usize) -> (ObjectId, Vec<u8>) {
+        let mut rng = fastrand::Rng::with_seed(len as u64);
+        let data: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+        (ObjectId::of(&data), data)
+    }
+
+    /// Flips one byte at `at` in the cached file of `id`.
+    fn damage(dir: &Path, id: &ObjectId, at: u64) {
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path_in(dir, id))
+            .unwrap();
+        let mut byte = [0u8];
+        file.read_exact_at(&mut byte, at).unwrap();
+        file.write_all_at(&[byte[0] ^ 1], at).unwrap();
+    }
+
+    #[test]
+    fn a_range_reads_back_as_stored_from_a_reopened_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let (id, data) = big_chunk((1 << 20) - 100);
+        DiskCache::open(dir.path(), 4 << 20, 0)
+            .unwrap()
+            .store(&id, &data);
+        let cache = DiskCache::open(dir.path(), 4 << 20, 0).unwrap();
+        for range in [
+            0..1,
+            4095..4097,
+            5000..70000,
+            1000..data.len(),
+            0..data.len(),
+        ] {
+            let (got, len) = cache.load_range(&id, range.clone()).unwrap();
+            assert_eq!(
+                (got, len),
+                (Bytes::copy_from_slice(&data[range]), data.len())
+            );
+        }
+        assert!(cache.load_range(&id, 0..data.len() + 1).is_none());
+    }
+
+    #[test]
+    fn a_range_needs_only_its_own_blocks_undamaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = DiskCache::open(dir.path(), 4 << 20, 0).unwrap();
+        let (id, data) = big_chunk(1 << 20);
+        cache.store(&id, &data);
+        damage(dir.path(), &id, 10 * BLOCK as u64);
+        let elsewhere = 2 * BLOCK..3 * BLOCK + 1;
+        let (got, _) = cache.load_range(&id, elsewhere.clone()).unwrap();
+        assert_eq!(got, data[elsewhere]);
+        let damaged_block = 10 * BLOCK + 100..10 * BLOCK + 200;
+        assert!(cache.load_range(&id, damaged_block).is_none());
+        assert!(!cache.contains(&id), "a damaged chunk is forgotten");
+    }
+
+    #[test]
+    fn a_damaged_table_is_refused_when_it_is_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let (id, data) = big_chunk(1 << 20);
+        DiskCache::open(dir.path(), 4 << 20, 0)
+            .unwrap()
+            .store(&id, &data);
+        damage(dir.path(), &id, (1 << 20) + 40);
+        let cache = DiskCache::open(dir.path(), 4 << 20, 0).unwrap();
+        assert!(cache.load_range(&id, 0..BLOCK).is_none());
+    }
+
+    #[test]
+    fn files_of_another_layout_are_removed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (id, data) = big_chunk(8192);
+        fs::write(dir.path().join(id.to_hex()), &data).unwrap();
+        let cache = DiskCache::open(dir.path(), 4 << 20, 0).unwrap();
+        assert!(!cache.contains(&id));
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+        // A file with no table reads as a shorter chunk, which fails.
+        fs::write(path_in(dir.path(), &id), &data).unwrap();
+        let cache = DiskCache::open(dir.path(), 4 << 20, 0).unwrap();
+        assert!(cache.load_range(&id, 0..BLOCK).is_none());
+        assert!(cache.load(&id).is_none());
+    }
+
+    #[test]
+    fn stored_files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (id, data) = chunk(9);
+        DiskCache::open(dir.path(), 1 << 20, 0)
+            .unwrap()
+            .store(&id, &data);
+        let mode = fs::metadata(path_in(dir.path(), &id))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+        /// Against the model (the chunk's bytes): any range of any chunk
+        /// reads back as those bytes, through a reopened cache.
+        #[test]
+        fn any_range_reads_as_the_chunks_bytes(
+            len in 1usize..(160 << 10),
+            ranges in proptest::collection::vec((0usize..(160 << 10), 1usize..(70 << 10)), 1..20),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let (id, data) = big_chunk(len);
+            DiskCache::open(dir.path(), 4 << 20, 0).unwrap().store(&id, &data);
+            let cache = DiskCache::open(dir.path(), 4 << 20, 0).unwrap();
+            for (start, count) in ranges {
+                let start = start % len;
+                let range = start..(start + count).min(len);
+                let (got, _) = cache.load_range(&id, range.clone()).unwrap();
+                proptest::prop_assert_eq!(got, &data[range]);
+            }
+        }
+    }
+
+    #[test]
+    fn a_files_length_gives_its_chunks() {
+        for len in [
+            0,
+            1,
+            4096,
+            4097,
+            8192,
+            8193,
+            1 << 20,
+            (1 << 20) - 1,
+            5 << 20,
+        ] {
+            assert_eq!(chunk_len_of(u64::from(file_len(len))), Some(len), "{len}");
+        }
+        assert_eq!(chunk_len_of(4100), None, "between one block and two");
     }
 }
