@@ -5,6 +5,12 @@
 //! - a write into the write-back log (4 KiB and 1 MiB);
 //! - chunk encode and decode (zstd and BLAKE3) on half-compressible data;
 //! - a map lookup (a read of a zero region resolves through the map);
+//! - the disk tier: a 4 KiB read of a cached chunk, against reading and
+//!   hashing the whole chunk (what such a read cost before);
+//! - the two ways to check one 4 KiB block of a chunk read from disk: its
+//!   BLAKE3 chaining value, checked against the chunk's id through a table
+//!   of them (the one zeroblk uses), and a per-block CRC-32C table; and
+//!   what making each table costs, and checking it when it is loaded;
 //! - a flush of N dirty chunks, committed to an in-memory store.
 //!
 //! The data is neither zero nor fully compressible: half of each block is
@@ -15,6 +21,8 @@ use std::time::Duration;
 
 use divan::counter::BytesCount;
 use divan::{Bencher, black_box};
+use zeroblk::cache::DiskCache;
+use zeroblk::cache::blocks::{BLOCK, BlockTable};
 use zeroblk::engine::{self, Durability, EngineOptions, NewVolume, Volume};
 use zeroblk::format::{Compression, ObjectId, chunk};
 use zeroblk::store::Store;
@@ -173,4 +181,73 @@ fn flush_dirty_chunks(bencher: Bencher, chunks: u64) {
             });
         })
         .bench_local_values(|()| f.runtime.block_on(f.volume.flush()).unwrap());
+}
+
+/// A 1 MiB chunk in a disk cache, read back 4 KiB (or all of it) at a
+/// time from the page cache, each read checked.
+#[divan::bench(args = [4096, 1 << 20])]
+fn disk_tier_read(bencher: Bencher, len: usize) {
+    let dir = tempfile::tempdir().expect("cache dir");
+    let cache = DiskCache::open(dir.path(), 64 << 20, 0).expect("disk cache");
+    let raw = half_compressible(CHUNK as usize, 7);
+    let id = ObjectId::of(&raw);
+    cache.store(&id, &raw);
+    let mut block = 0usize;
+    bencher.counter(BytesCount::new(len)).bench_local(|| {
+        block = (block + 97) % (CHUNK as usize / len);
+        let start = block * len;
+        cache.load_range(&id, start..start + len).expect("cached").0
+    });
+}
+
+/// Checking one 4 KiB block: `blake3` (its chaining value, against a
+/// table checked against the chunk's id) or `crc32c` (a checksum table).
+#[divan::bench(args = ["blake3", "crc32c"])]
+fn verify_block(bencher: Bencher, scheme: &str) {
+    let raw = half_compressible(CHUNK as usize, 8);
+    let table = BlockTable::of(&raw).expect("more than a block");
+    let crcs: Vec<u32> = raw.chunks(BLOCK).map(crc32c::crc32c).collect();
+    let mut block = 0usize;
+    bencher.counter(BytesCount::new(BLOCK)).bench_local(|| {
+        block = (block + 97) % (CHUNK as usize / BLOCK);
+        let data = black_box(&raw[block * BLOCK..(block + 1) * BLOCK]);
+        match scheme {
+            "blake3" => table.verify(block, data),
+            _ => crc32c::crc32c(data) == crcs[block],
+        }
+    });
+}
+
+/// Checking a chunk's table as it is loaded from disk: `blake3` merges
+/// 256 chaining values up to the chunk's id; `crc32c` checks a checksum
+/// of its 1 KiB table (which proves the table whole, not that it belongs
+/// to the chunk).
+#[divan::bench(args = ["blake3", "crc32c"])]
+fn check_table(bencher: Bencher, scheme: &str) {
+    let raw = half_compressible(CHUNK as usize, 9);
+    let id = ObjectId::of(&raw);
+    let encoded = BlockTable::of(&raw).expect("more than a block").encode();
+    let crcs: Vec<u8> = raw
+        .chunks(BLOCK)
+        .flat_map(|block| crc32c::crc32c(block).to_le_bytes())
+        .collect();
+    let sum = crc32c::crc32c(&crcs);
+    bencher.bench_local(|| match scheme {
+        "blake3" => BlockTable::decode(black_box(&encoded), CHUNK, &id).is_some(),
+        _ => crc32c::crc32c(black_box(&crcs)) == sum,
+    });
+}
+
+/// Making a chunk's table as it enters the disk cache: `blake3` hashes
+/// each 4 KiB block as a subtree (fewer SIMD lanes than hashing the whole
+/// chunk, see `blake3_only`); `crc32c` checksums each block.
+#[divan::bench(args = ["blake3", "crc32c"])]
+fn build_table(bencher: Bencher, scheme: &str) {
+    let raw = half_compressible(CHUNK as usize, 10);
+    bencher
+        .counter(BytesCount::new(CHUNK))
+        .bench_local(|| match scheme {
+            "blake3" => BlockTable::of(black_box(&raw)).map_or(0, |t| t.weight() as usize),
+            _ => black_box(&raw).chunks(BLOCK).map(crc32c::crc32c).count(),
+        });
 }
