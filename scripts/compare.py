@@ -11,8 +11,9 @@ In the VM (Debian's 6.12 kernel): zeroblk over ublk, zeroblk over the
 kernel NBD client, and the kernel loop device on a file
 (scripts/compare-vm.sh). The profiles of fio-profiles/ run interleaved:
 each profile against every target in turn; a profile with a target runs
-three passes and each target's median pass counts. Then cold reads
-(caches dropped), write amplification and peak memory.
+three passes and each target's median pass counts. Then reads of a
+working set four times zeroblk's memory cache, from its disk cache; cold
+reads (caches dropped), write amplification and peak memory.
 
     scripts/compare.sh [--runtime 10] [--size 256M] [--out docs/benchmarks] [--s3 garage|moto]
 
@@ -53,6 +54,11 @@ WARM_PASSES = 3
 COLD_PROFILES = [("seqread-1m", "read", "1m", 8), ("randread-4k-qd32", "randread", "4k", 32)]
 # Cold passes per peer and profile; the median counts.
 COLD_PASSES = 3
+# Beyond memory: a working set four times zeroblk's memory cache, all of it
+# in the disk cache, against nbdkit's file plugin on the same bytes.
+BEYOND_MEMORY_CACHE = "256M"
+BEYOND_MEMORY_SIZE = "1G"
+BEYOND_MEMORY_PROFILES = ["randread-4k-qd32", "seqread-1m"]
 CHUNK = 1 << 20
 # Garage's key format (GK and 24 hex digits, a 64-digit secret); moto takes any.
 ACCESS_KEY = "GK" + "7a" * 12
@@ -116,6 +122,20 @@ def run_fio_once(uri, rw, bs, iodepth, size, workdir):
         ["fio", "--name=cold", "--ioengine=nbd", f"--uri={uri}", f"--rw={rw}", f"--bs={bs}",
          f"--iodepth={iodepth}", f"--size={size}", "--direct=1", "--lat_percentiles=1",
          "--percentile_list=50:90:99:99.9", "--output-format=json", f"--output={out}"],
+        cwd=workdir, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    return summarize(json.loads(out.read_text()))
+
+
+def read_file_once(path, size, workdir):
+    """One sequential pass over `size` bytes of a file, 1 MiB at a time,
+    through the page cache: how `dd bs=1M` reads it, as a user of a FUSE
+    file reads it."""
+    out = Path(workdir) / "fio.json"
+    subprocess.run(
+        ["fio", "--name=cold-file", "--ioengine=psync", f"--filename={path}", "--rw=read", "--bs=1m",
+         f"--size={size}", "--lat_percentiles=1", "--percentile_list=50:90:99:99.9",
+         "--output-format=json", f"--output={out}"],
         cwd=workdir, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     return summarize(json.loads(out.read_text()))
@@ -237,8 +257,9 @@ class Zeroblk:
     name = "zeroblk"
     needs_fill = True
 
-    def __init__(self, work, endpoint, bucket, size, compression="zstd:3"):
+    def __init__(self, work, endpoint, bucket, size, compression="zstd:3", serve_args=()):
         self.work = Path(work)
+        self.serve_args = list(serve_args)
         self.cache = self.work / "zeroblk-cache"
         self.env = dict(os.environ, **ENV_S3, AWS_ENDPOINT_URL=endpoint,
                         ZEROBLK_STORE=f"s3://{bucket}/zeroblk", ZEROBLK_CACHE_DIR=str(self.cache))
@@ -251,7 +272,8 @@ class Zeroblk:
     def start(self):
         self.port = free_port()
         self.log = open(self.work / "zeroblk.log", "a")
-        self.process = subprocess.Popen([ZEROBLK, "serve", "--listen", f"127.0.0.1:{self.port}", "vol"],
+        self.process = subprocess.Popen([ZEROBLK, "serve", "--listen", f"127.0.0.1:{self.port}", *self.serve_args,
+                                         "vol"],
                                         env=self.env, stdout=subprocess.DEVNULL, stderr=self.log)
         wait_for_port(self.port, self.process)
 
@@ -317,6 +339,9 @@ class S3backer:
     blocks, 20 write-back threads), listBlocks off for a fresh bucket."""
 
     name = "s3backer (FUSE, via nbdkit)"
+    # Its cold sequential read is also measured the way its users read it:
+    # the FUSE file itself, 1 MiB at a time.
+    file_name = "s3backer (FUSE file, read directly)"
     needs_fill = True
 
     def __init__(self, work, moto, size):
@@ -350,6 +375,9 @@ class S3backer:
     def start_cold(self):
         drop_caches()
         self.start()
+
+    def file(self):
+        return self.mount / "file"
 
 
 class ZeroFS:
@@ -473,6 +501,7 @@ def host_comparison(args, work, results):
     for profile in PROFILES:
         warm_runs(results, profile, peers, args, work)
     results["peak_rss_bytes"] = {"zeroblk serve": zeroblk.peak_rss(), "memory_cache_bytes": 512 << 20}
+    beyond_memory(results, moto, work, args.runtime)
     cold_peers = [p for p in (zeroblk, s3backer, zerofs) if p is not None]
     cold_reads(results, moto, cold_peers, args.size, work)
     for peer in peers:
@@ -498,6 +527,42 @@ def warm_runs(results, profile, peers, args, work):
     for peer in peers:
         if passes[peer.name]:
             results["runs"].append(median_run("host", peer.name, profile, "warm", passes[peer.name]))
+
+
+def beyond_memory(results, moto, work, runtime):
+    """A working set four times zeroblk's memory cache, all of it in its
+    disk cache: written, committed, then read once after a restart (each
+    chunk fetched from the store once, kept on disk), against nbdkit's file
+    plugin on a copy of the same bytes in the page cache. Three passes of
+    each profile, interleaved; the median pass counts."""
+    log(f"beyond memory: {BEYOND_MEMORY_SIZE} of data, a {BEYOND_MEMORY_CACHE} memory cache")
+    where = Path(work) / "beyond-memory"
+    where.mkdir()
+    image = where / "fill.img"
+    half_compressible(image, parse_size(BEYOND_MEMORY_SIZE))
+    raw = where / "raw.img"
+    shutil.copy(image, raw)
+    zeroblk = Zeroblk(where, moto.endpoint, moto.bucket(), "2G",
+                      serve_args=["--memory-cache", BEYOND_MEMORY_CACHE])
+    fill(zeroblk.uri(), image)
+    zeroblk.stop()
+    zeroblk.start()
+    subprocess.run(["nbdcopy", zeroblk.uri(), "null:"], check=True)
+    peers = [zeroblk, Nbdkit("nbdkit file (raw file)", ["file", f"file={raw}"])]
+    for profile in BEYOND_MEMORY_PROFILES:
+        passes = {peer.name: [] for peer in peers}
+        for n in range(WARM_PASSES):
+            for peer in peers:
+                log(f"{profile}, beyond memory, pass {n + 1} of {WARM_PASSES}: {peer.name}")
+                result = run_fio(profile, "nbd", peer.uri(), BEYOND_MEMORY_SIZE, runtime, where)
+                if result is not None:
+                    passes[peer.name].append(result)
+        for peer in peers:
+            if passes[peer.name]:
+                results["runs"].append(median_run("host", peer.name, profile, "beyond-memory", passes[peer.name]))
+    results["beyond_memory"] = {"size": BEYOND_MEMORY_SIZE, "memory_cache": BEYOND_MEMORY_CACHE}
+    for peer in peers:
+        peer.stop()
 
 
 def median_run(where, target, profile, cache, passes):
@@ -553,6 +618,16 @@ def cold_reads(results, moto, peers, size, work):
                 peer.stop()
         for peer in peers:
             results["runs"].append(median_run("host", peer.name, profile, "cold", passes[peer.name]))
+    files = [peer for peer in peers if hasattr(peer, "file")]
+    for peer in files:
+        passes = []
+        for n in range(COLD_PASSES):
+            log(f"seqread-1m, cold, pass {n + 1} of {COLD_PASSES}: {peer.file_name}")
+            wait_until_idle(moto)
+            peer.start_cold()
+            passes.append(read_file_once(peer.file(), size, work))
+            peer.stop()
+        results["runs"].append(median_run("host", peer.file_name, "seqread-1m", "cold", passes))
 
 
 def discard_2t(work, moto):
