@@ -7,10 +7,10 @@
 //! - a map lookup (a read of a zero region resolves through the map);
 //! - the disk tier: a 4 KiB read of a cached chunk, against reading and
 //!   hashing the whole chunk (what such a read cost before);
-//! - the two ways to check one 4 KiB block of a chunk read from disk: its
-//!   BLAKE3 chaining value, checked against the chunk's id through a table
-//!   of them (the one zeroblk uses), and a per-block CRC-32C table; and
-//!   what making each table costs, and checking it when it is loaded;
+//! - the two ways measured to check one 4 KiB block of a chunk read from
+//!   disk: a sealed table of per-block CRC-32C (the one zeroblk uses), and
+//!   BLAKE3 chaining values that merge up to the chunk's id; and what
+//!   making each table costs, and checking it when it is loaded;
 //! - a flush of N dirty chunks, committed to an in-memory store.
 //!
 //! The data is neither zero nor fully compressible: half of each block is
@@ -19,6 +19,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use blake3::hazmat::{
+    ChainingValue, HasherExt, Mode, left_subtree_len, merge_subtrees_non_root, merge_subtrees_root,
+};
 use divan::counter::BytesCount;
 use divan::{Bencher, black_box};
 use zeroblk::cache::DiskCache;
@@ -200,54 +203,87 @@ fn disk_tier_read(bencher: Bencher, len: usize) {
     });
 }
 
-/// Checking one 4 KiB block: `blake3` (its chaining value, against a
-/// table checked against the chunk's id) or `crc32c` (a checksum table).
-#[divan::bench(args = ["blake3", "crc32c"])]
+/// Checking one 4 KiB block: `crc32c` (its sum in a [`BlockTable`], what
+/// the disk tier uses) or `blake3` (its chaining value, from a table of
+/// them that merges up to the chunk's id).
+#[divan::bench(args = ["crc32c", "blake3"])]
 fn verify_block(bencher: Bencher, scheme: &str) {
     let raw = half_compressible(CHUNK as usize, 8);
-    let table = BlockTable::of(&raw).expect("more than a block");
-    let crcs: Vec<u32> = raw.chunks(BLOCK).map(crc32c::crc32c).collect();
+    let table = BlockTable::of(&raw);
+    let cvs = chaining_values(&raw);
     let mut block = 0usize;
     bencher.counter(BytesCount::new(BLOCK)).bench_local(|| {
         block = (block + 97) % (CHUNK as usize / BLOCK);
         let data = black_box(&raw[block * BLOCK..(block + 1) * BLOCK]);
         match scheme {
-            "blake3" => table.verify(block, data),
-            _ => crc32c::crc32c(data) == crcs[block],
+            "crc32c" => table.verify(block, data),
+            _ => block_cv(block, data) == cvs[block],
         }
     });
 }
 
-/// Checking a chunk's table as it is loaded from disk: `blake3` merges
-/// 256 chaining values up to the chunk's id; `crc32c` checks a checksum
-/// of its 1 KiB table (which proves the table whole, not that it belongs
-/// to the chunk).
-#[divan::bench(args = ["blake3", "crc32c"])]
+/// Checking a chunk's table as it is loaded from disk: `crc32c` checks
+/// its seal; `blake3` merges 256 chaining values up to the chunk's id.
+#[divan::bench(args = ["crc32c", "blake3"])]
 fn check_table(bencher: Bencher, scheme: &str) {
     let raw = half_compressible(CHUNK as usize, 9);
     let id = ObjectId::of(&raw);
-    let encoded = BlockTable::of(&raw).expect("more than a block").encode();
-    let crcs: Vec<u8> = raw
-        .chunks(BLOCK)
-        .flat_map(|block| crc32c::crc32c(block).to_le_bytes())
-        .collect();
-    let sum = crc32c::crc32c(&crcs);
+    let encoded = BlockTable::of(&raw).encode(&id);
+    let cvs = chaining_values(&raw);
     bencher.bench_local(|| match scheme {
-        "blake3" => BlockTable::decode(black_box(&encoded), CHUNK, &id).is_some(),
-        _ => crc32c::crc32c(black_box(&crcs)) == sum,
+        "crc32c" => BlockTable::decode(black_box(&encoded), CHUNK, &id).is_some(),
+        _ => root_of(black_box(&cvs), CHUNK) == id.0,
     });
 }
 
-/// Making a chunk's table as it enters the disk cache: `blake3` hashes
-/// each 4 KiB block as a subtree (fewer SIMD lanes than hashing the whole
-/// chunk, see `blake3_only`); `crc32c` checksums each block.
-#[divan::bench(args = ["blake3", "crc32c"])]
+/// Making a chunk's table as it enters the disk cache, and checking a
+/// whole chunk read back: `crc32c` sums each block; `blake3` hashes each
+/// block as a subtree (fewer SIMD lanes than hashing the whole chunk at
+/// once, which `blake3_only` measures).
+#[divan::bench(args = ["crc32c", "blake3"])]
 fn build_table(bencher: Bencher, scheme: &str) {
     let raw = half_compressible(CHUNK as usize, 10);
     bencher
         .counter(BytesCount::new(CHUNK))
         .bench_local(|| match scheme {
-            "blake3" => BlockTable::of(black_box(&raw)).map_or(0, |t| t.weight() as usize),
-            _ => black_box(&raw).chunks(BLOCK).map(crc32c::crc32c).count(),
+            "crc32c" => BlockTable::of(black_box(&raw)).verify(0, &raw),
+            _ => !chaining_values(black_box(&raw)).is_empty(),
         });
+}
+
+/// The BLAKE3 chaining values of a chunk's 4 KiB blocks (each block is a
+/// subtree of the chunk's BLAKE3 tree).
+fn chaining_values(chunk: &[u8]) -> Vec<ChainingValue> {
+    chunk
+        .chunks(BLOCK)
+        .enumerate()
+        .map(|(index, block)| block_cv(index, block))
+        .collect()
+}
+
+fn block_cv(index: usize, block: &[u8]) -> ChainingValue {
+    blake3::Hasher::new()
+        .set_input_offset((index * BLOCK) as u64)
+        .update(block)
+        .finalize_non_root()
+}
+
+/// The chunk's BLAKE3 hash, merged up from its blocks' chaining values.
+fn root_of(cvs: &[ChainingValue], len: u64) -> [u8; 32] {
+    let left_len = left_subtree_len(len);
+    let split = (left_len / BLOCK as u64) as usize;
+    let left = subtree_cv(&cvs[..split], left_len);
+    let right = subtree_cv(&cvs[split..], len - left_len);
+    *merge_subtrees_root(&left, &right, Mode::Hash).as_bytes()
+}
+
+fn subtree_cv(cvs: &[ChainingValue], len: u64) -> ChainingValue {
+    if cvs.len() == 1 {
+        return cvs[0];
+    }
+    let left_len = left_subtree_len(len);
+    let split = (left_len / BLOCK as u64) as usize;
+    let left = subtree_cv(&cvs[..split], left_len);
+    let right = subtree_cv(&cvs[split..], len - left_len);
+    merge_subtrees_non_root(&left, &right, Mode::Hash)
 }

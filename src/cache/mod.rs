@@ -11,8 +11,8 @@
 //! [`MemoryCache`] also holds the engine's decoded map pages.
 //!
 //! A read of part of a chunk that is on disk but not in memory reads only
-//! the 4 KiB blocks it needs, checked against the chunk's id (see
-//! [`blocks`]), and promotes the chunk to memory only once its reads have
+//! the 4 KiB blocks it needs, each checked against a table of checksums
+//! sealed to the chunk's id (see [`blocks`]), and promotes the chunk to memory only once its reads have
 //! earned it (see [`promotion`]): a working set larger than memory is
 //! served from disk, not thrashed through memory a whole chunk per read.
 
@@ -289,7 +289,7 @@ mod tests {
         assert_eq!(fetched, data);
         // The disk copy is written in the background.
         wait_for(|| first.counters().disk_bytes > 0).await;
-        assert_eq!(first.counters().disk_bytes, data.len() as u64 + 64);
+        assert_eq!(first.counters().disk_bytes, data.len() as u64 + 12);
         let second = two_tiers(dir.path());
         let got = second.get_or_fetch(id, no_store()).await.unwrap();
         assert_eq!(got, data);

@@ -1,13 +1,13 @@
 //! The disk tier: decompressed chunks as files, bounded in bytes, least
 //! recently used out first, kept across restarts.
 //!
-//! A file holds a chunk's bytes followed by its [`BlockTable`], and is
-//! named by the chunk's hash (`<hash>.chunk`); it is written under a
-//! temporary name and renamed, so a crash leaves either a whole file or
-//! none, and its length gives the chunk's. Nothing read back is trusted:
-//! a whole chunk is re-hashed against its id, and a read of part of one
-//! reads only the 4 KiB blocks around that part and checks them against
-//! the table, itself checked against the id when it is first loaded. A
+//! A file holds a chunk's bytes (verified against its id before they get
+//! here) followed by its [`BlockTable`], and is named by the chunk's hash
+//! (`<hash>.chunk`); it is written under a temporary name and renamed, so
+//! a crash leaves either a whole file or none, and its length gives the
+//! chunk's. Nothing read back is trusted: a read reads only the 4 KiB
+//! blocks around what it asks for and checks each against the table,
+//! itself checked to be sealed for this chunk when first loaded. A
 //! damaged file is dropped and counted as a miss, never returned. The
 //! cache is never fsynced: losing it loses only speed. Files of older
 //! layouts are removed at open.
@@ -171,10 +171,7 @@ impl DiskCache {
         if self.index.contains_key(id) || !self.make_room(u64::from(file_len(len))) {
             return;
         }
-        let encoded = BlockTable::of(data)
-            .as_ref()
-            .map(BlockTable::encode)
-            .unwrap_or_default();
+        let encoded = BlockTable::of(data).encode(id);
         let path = self.path(id);
         let temporary = self.dir.join(format!(".{}.tmp", id.to_hex()));
         let written = write_private(&temporary, &[data, &encoded])
@@ -255,15 +252,13 @@ fn file_len(len: u32) -> u32 {
     len.saturating_add(table_len(u64::from(len)) as u32)
 }
 
-/// The length of the chunk a file of `file_len` bytes holds, if a chunk
-/// file can be that long. Each whole block of a chunk adds 32 bytes of
-/// table (and none for a chunk of one block), so a file of more than one
-/// block holds `ceil(file_len / 4128)` blocks.
+/// The length of the chunk a file of `size` bytes holds, if a chunk file
+/// can be that long. A chunk of `n` blocks has a table of `4n + 4` bytes;
+/// so past the seal and one more byte, every 4,100 bytes of file are one
+/// more block.
 fn chunk_len_of(size: u64) -> Option<u32> {
-    let len = match size <= BLOCK as u64 {
-        true => size,
-        false => size - 32 * size.div_ceil(BLOCK as u64 + 32),
-    };
+    let blocks = size.saturating_sub(8).div_ceil(BLOCK as u64 + 4);
+    let len = size.checked_sub(4 * blocks + 4)?;
     let len = u32::try_from(len).ok()?;
     (u64::from(file_len(len)) == size).then_some(len)
 }
@@ -481,6 +476,7 @@ mod tests {
         ] {
             assert_eq!(chunk_len_of(u64::from(file_len(len))), Some(len), "{len}");
         }
-        assert_eq!(chunk_len_of(4100), None, "between one block and two");
+        assert_eq!(chunk_len_of(5), None, "shorter than a table");
+        assert_eq!(chunk_len_of(4105), None, "two blocks with the table of one");
     }
 }
