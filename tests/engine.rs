@@ -595,3 +595,57 @@ async fn the_log_on_disk_stays_within_its_bound() {
         "the log took {largest} bytes on disk, past its bound of {bound}"
     );
 }
+
+/// Data four times the memory cache, all of it on disk: every read, of a
+/// block, a few or across chunks, returns what was written, from the disk
+/// tier, without pulling each chunk it touches into memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_beyond_the_memory_cache_come_from_the_disk_tier() {
+    let store = TestStore::new(Backend::Memory);
+    engine::create(&store.store, &new_volume("v", 64 * MIB, MIB))
+        .await
+        .unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let mut options = engine_options(cache.path());
+    options.memory_cache_bytes = 8 * MIB;
+    options.disk_cache_bytes = 64 * MIB;
+    let blocks = 32 * MIB / 4096;
+    let tags: Vec<u64> = (0..blocks).map(|b| b * 7 + 1).collect();
+    let volume = Volume::open(&store.store, "v", options.clone())
+        .await
+        .unwrap();
+    write_tags(&volume, 0, &tags).await;
+    volume.close().await.unwrap();
+    drop(volume);
+    // Reading it all once fetches every chunk, which fills the disk tier.
+    let volume = Volume::open(&store.store, "v", options.clone())
+        .await
+        .unwrap();
+    assert_eq!(read_tags(&volume, 0, blocks).await, tags);
+    volume.close().await.unwrap();
+    drop(volume);
+
+    let volume = Volume::open(&store.store, "v", options).await.unwrap();
+    let mut rng = fastrand::Rng::with_seed(5);
+    for _ in 0..2000 {
+        let first = rng.u64(0..blocks - 3);
+        let count = rng.u64(1..=3);
+        let want = &tags[first as usize..(first + count) as usize];
+        assert_eq!(read_tags(&volume, first, count).await, want, "at {first}");
+    }
+    // Across a chunk boundary.
+    assert_eq!(read_tags(&volume, 255, 2).await, &tags[255..257]);
+    let counters = volume.counters();
+    assert_eq!(
+        counters.cache.disk_misses, 0,
+        "fetched from the store: {:?}",
+        counters.cache
+    );
+    assert!(counters.cache.disk_hits >= 1000, "{:?}", counters.cache);
+    assert!(
+        counters.cache.memory_bytes <= 2 * MIB,
+        "small reads pulled chunks into memory: {:?}",
+        counters.cache
+    );
+    volume.close().await.unwrap();
+}
