@@ -85,7 +85,13 @@ impl DiskCache {
             reserve,
         };
         cache.index_existing_files()?;
-        cache.make_room(0);
+        if !cache.make_room(0) {
+            tracing::warn!(
+                dir = %cache.dir.display(),
+                reserve = reserve,
+                "the disk cache stays empty: its filesystem has less free space than the write-back log may need; give the cache dir more room, or lower --max-dirty"
+            );
+        }
         Ok(cache)
     }
 
@@ -422,6 +428,39 @@ mod tests {
         let cache = DiskCache::open(dir.path(), 4 << 20, 0).unwrap();
         assert!(cache.load_range(&id, 0..BLOCK).is_none());
         assert!(cache.load(&id).is_none());
+    }
+
+    /// Whatever takes a chunk file's place is refused, and promptly: a
+    /// FIFO would block its reader until some writer opened it.
+    #[test]
+    fn a_fifo_symlink_or_directory_in_a_chunks_place_is_a_miss() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = DiskCache::open(dir.path(), 16 << 20, 0).unwrap();
+        let chunks: Vec<_> = (0..4).map(|i| big_chunk(64 << 10 | i)).collect();
+        for (id, data) in &chunks {
+            cache.store(id, data);
+        }
+        let path = |i: usize| path_in(dir.path(), &chunks[i].0);
+        fs::remove_file(path(0)).unwrap();
+        nix::unistd::mkfifo(&path(0), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        fs::remove_file(path(1)).unwrap();
+        std::os::unix::fs::symlink(path(3), path(1)).unwrap();
+        fs::remove_file(path(2)).unwrap();
+        fs::create_dir(path(2)).unwrap();
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let misses = (0..3)
+                .map(|i| {
+                    cache.load_range(&chunks[i].0, 0..BLOCK).is_none()
+                        && cache.load(&chunks[i].0).is_none()
+                })
+                .collect::<Vec<_>>();
+            done.send(misses).unwrap();
+        });
+        let misses = finished
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("a read blocked on what took a chunk file's place");
+        assert_eq!(misses, [true, true, true]);
     }
 
     #[test]

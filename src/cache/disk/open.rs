@@ -9,7 +9,7 @@
 use std::fs::File;
 use std::io::{self, Read};
 use std::ops::Range;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
@@ -79,7 +79,7 @@ impl OpenChunks {
         let open = Arc::new(OpenChunk {
             id: *id,
             path: path.to_path_buf(),
-            file: File::open(path)?,
+            file: open_regular(path)?,
             len,
             table: OnceLock::new(),
         });
@@ -100,7 +100,7 @@ impl OpenChunk {
     pub fn whole(&self) -> Result<Bytes, Unreadable> {
         let file_len = self.len + table_len(self.len as u64);
         let mut data = Vec::with_capacity(file_len);
-        File::open(&self.path)
+        open_regular(&self.path)
             .and_then(|file| file.take(file_len as u64).read_to_end(&mut data))
             .map_err(|_| Unreadable::Gone)?;
         if data.len() != file_len {
@@ -160,6 +160,23 @@ impl OpenChunk {
             .read_exact_at(&mut data, offset)
             .map_err(|_| Unreadable::Gone)?;
         Ok(data)
+    }
+}
+
+/// The regular file at `path`, open for reading. Anything else put in its
+/// place (a FIFO, whose open would wait for a writer; a symlink; a device)
+/// is refused without blocking.
+fn open_regular(path: &Path) -> io::Result<File> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(path)?;
+    match file.metadata()?.is_file() {
+        true => Ok(file),
+        false => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a regular file",
+        )),
     }
 }
 
