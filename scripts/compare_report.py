@@ -100,7 +100,6 @@ def main(out):
     rss = results.get("peak_rss_bytes", {})
     vm_extra = results.get("vm", {})
     nbdkit = "nbdkit file (raw file)"
-    s3backer = "s3backer (FUSE, via nbdkit)"
     targets = [
         ("4K random read QD32 vs nbdkit file (warm)", ratio(host, ZEROBLK_HOST, nbdkit, "randread-4k-qd32"), ">= 1.0"),
         ("1M sequential read vs nbdkit file (warm)", ratio(host, ZEROBLK_HOST, nbdkit, "seqread-1m"), ">= 1.0"),
@@ -110,7 +109,6 @@ def main(out):
         ("beyond memory: 1M sequential read vs nbdkit file", ratio(beyond, ZEROBLK_HOST, nbdkit, "seqread-1m"), ">= 0.8"),
         ("cold 1M sequential read vs s3backer's FUSE file read directly (cold)",
          ratio(cold, ZEROBLK_HOST, "s3backer (FUSE file, read directly)", "seqread-1m"), ">= 3.0"),
-        ("cold 1M sequential read vs s3backer via nbdkit (cold)", ratio(cold, ZEROBLK_HOST, s3backer, "seqread-1m"), ">= 3.0"),
         ("ublk vs zeroblk kernel NBD, 4K random read QD32", ratio(vm, "zeroblk ublk", "zeroblk kernel NBD", "randread-4k-qd32"), ">= 1.5"),
         ("ublk vs kernel loop, 4K random read QD32", ratio(vm, "zeroblk ublk", "kernel loop (file)", "randread-4k-qd32"), ">= 0.5"),
         ("bytes uploaded per byte written (sequential, no compression)", wa.get("uploaded_per_written", float("nan")), "<= 1.05"),
