@@ -26,8 +26,9 @@ pub struct EngineArgs {
     /// What a flush waits for: local (the log is fsynced) or remote (committed to the store)
     #[arg(long, value_name = "MODE", default_value = "local")]
     pub durability: Durability,
-    /// Written bytes not yet uploaded past which writes wait (the log on
-    /// disk holds at most four times this) [default: 1G]
+    /// Written bytes not yet uploaded past which writes wait (log records
+    /// not yet committed take at most four times this on disk, the log's
+    /// files seven times) [default: 1G]
     #[arg(long, value_name = "SIZE")]
     pub max_dirty: Option<ByteSize>,
     /// How often written data is committed to the store, at the first pause

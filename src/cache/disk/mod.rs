@@ -29,7 +29,7 @@ mod open;
 use std::fs;
 use std::io::{self, Write};
 use std::ops::Range;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -63,7 +63,10 @@ impl DiskCache {
     /// `dir`, indexing the files a previous run left there, oldest first,
     /// and evicting what it must to leave `reserve` bytes free.
     pub fn open(dir: &Path, max_bytes: u64, reserve: u64) -> io::Result<DiskCache> {
-        fs::create_dir_all(dir)?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
         let dir = Arc::new(dir.to_path_buf());
         let open = OpenChunks::new();
         let (evict_dir, evict_open) = (Arc::clone(&dir), open.clone());
@@ -466,12 +469,13 @@ mod tests {
     #[test]
     fn stored_files_are_private() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("chunks");
         let (id, data) = chunk(9);
-        DiskCache::open(dir.path(), 1 << 20, 0)
-            .unwrap()
-            .store(&id, &data);
-        let mode = fs::metadata(path_in(dir.path(), &id))
+        DiskCache::open(&dir, 1 << 20, 0).unwrap().store(&id, &data);
+        let dir_mode = fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(dir_mode & 0o777, 0o700);
+        let mode = fs::metadata(path_in(&dir, &id))
             .unwrap()
             .permissions()
             .mode();
