@@ -289,6 +289,12 @@ mod tests {
     use super::*;
     use std::os::unix::fs::FileExt;
 
+    /// Stores a chunk through a cache of `max_bytes` opened on `dir` and
+    /// dropped at once, as a run that ended would.
+    fn store_once(dir: &Path, max_bytes: u64, id: &ObjectId, data: &[u8]) {
+        DiskCache::open(dir, max_bytes, 0).unwrap().store(id, data);
+    }
+
     fn chunk(byte: u8) -> (ObjectId, Vec<u8>) {
         let data = vec![byte; 4096];
         (ObjectId::of(&data), data)
@@ -298,9 +304,7 @@ mod tests {
     fn keeps_chunks_across_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let (id, data) = chunk(1);
-        DiskCache::open(dir.path(), 1 << 20, 0)
-            .unwrap()
-            .store(&id, &data);
+        store_once(dir.path(), 1 << 20, &id, &data);
         let reopened = DiskCache::open(dir.path(), 1 << 20, 0).unwrap();
         assert_eq!(reopened.load(&id).unwrap(), data);
     }
@@ -371,9 +375,7 @@ mod tests {
     fn a_range_reads_back_as_stored_from_a_reopened_cache() {
         let dir = tempfile::tempdir().unwrap();
         let (id, data) = big_chunk((1 << 20) - 100);
-        DiskCache::open(dir.path(), 4 << 20, 0)
-            .unwrap()
-            .store(&id, &data);
+        store_once(dir.path(), 4 << 20, &id, &data);
         let cache = DiskCache::open(dir.path(), 4 << 20, 0).unwrap();
         for range in [
             0..1,
@@ -410,9 +412,7 @@ mod tests {
     fn a_damaged_table_is_refused_when_it_is_loaded() {
         let dir = tempfile::tempdir().unwrap();
         let (id, data) = big_chunk(1 << 20);
-        DiskCache::open(dir.path(), 4 << 20, 0)
-            .unwrap()
-            .store(&id, &data);
+        store_once(dir.path(), 4 << 20, &id, &data);
         damage(dir.path(), &id, (1 << 20) + 40);
         let cache = DiskCache::open(dir.path(), 4 << 20, 0).unwrap();
         assert!(cache.load_range(&id, 0..BLOCK).is_none());
@@ -472,7 +472,7 @@ mod tests {
         let parent = tempfile::tempdir().unwrap();
         let dir = parent.path().join("chunks");
         let (id, data) = chunk(9);
-        DiskCache::open(&dir, 1 << 20, 0).unwrap().store(&id, &data);
+        store_once(&dir, 1 << 20, &id, &data);
         let dir_mode = fs::metadata(&dir).unwrap().permissions().mode();
         assert_eq!(dir_mode & 0o777, 0o700);
         let mode = fs::metadata(path_in(&dir, &id))
@@ -493,7 +493,7 @@ mod tests {
         ) {
             let dir = tempfile::tempdir().unwrap();
             let (id, data) = big_chunk(len);
-            DiskCache::open(dir.path(), 4 << 20, 0).unwrap().store(&id, &data);
+            store_once(dir.path(), 4 << 20, &id, &data);
             let cache = DiskCache::open(dir.path(), 4 << 20, 0).unwrap();
             for (start, count) in ranges {
                 let start = start % len;
