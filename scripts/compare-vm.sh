@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # The VM half of scripts/compare.py, run inside the VM by scripts/vm-run.sh:
-# zeroblk over ublk, zeroblk over the kernel NBD client, and the kernel loop
-# device on a file, each filled with the same bytes, then the profiles of
-# fio-profiles/ interleaved; then mkfs.btrfs and a whole-device discard on
-# a 2 TiB ublk volume. Prints one line per result: RESULT {json}.
+# zeroblk over ublk, zeroblk over the kernel NBD client, rublk's loop target
+# (the reference ublk daemon, crates.io) and the kernel loop device, the
+# last two on files in the guest's memory, each filled with the same bytes,
+# then the profiles of fio-profiles/ interleaved; then mkfs.btrfs and a
+# whole-device discard on a 2 TiB ublk volume. Prints one line per result:
+# RESULT {json}.
 #
-#   ZEROBLK=... FIO_SIZE=256M FIO_RUNTIME=10 scripts/compare-vm.sh
+#   ZEROBLK=... RUBLK=... FIO_SIZE=256M FIO_RUNTIME=10 scripts/compare-vm.sh
+#
+# Without RUBLK (rublk 0.2.15, `cargo install rublk`), rublk is left out.
 #
 # COMPARE_PROFILES="randread-4k-qd32 seqread-1m" runs only those profiles
 # (for a quick look at one change; the published run takes them all).
@@ -18,6 +22,8 @@ export ZEROBLK_STORE="file://$work/store" ZEROBLK_CACHE_DIR="$work/cache" ZEROBL
 # Run a copy in the VM's memory: the host's files come over 9p, uncached.
 cp "$ZEROBLK" "$work/zeroblk"
 ZEROBLK="$work/zeroblk"
+RUBLK="${RUBLK:-}"
+if [[ -n "$RUBLK" ]]; then cp "$RUBLK" "$work/rublk" && RUBLK="$work/rublk"; fi
 all_profiles="randread-4k-qd1 randread-4k-qd32 randwrite-4k-qd32 seqread-1m seqwrite-1m randrw-70-30-4k-qd32 fdatasync-4k"
 read -r -a profiles <<<"${COMPARE_PROFILES:-$all_profiles}"
 
@@ -47,15 +53,34 @@ device[zeroblk kernel NBD]=$("$ZEROBLK" attach vn --size 2G --transport nbd "${e
 truncate -s 2G "$work/loop.img"
 device[kernel loop (file)]=$(losetup -f --show "$work/loop.img")
 targets=("zeroblk ublk" "zeroblk kernel NBD" "kernel loop (file)")
+# rublk's loop target as its users run it on a file, with buffered I/O like
+# the kernel loop device (the file is on the guest's tmpfs). Its default
+# queue (one queue, depth 128, 512 KiB buffers) matches zeroblk's ublk.
+if [[ -n "$RUBLK" ]]; then
+    truncate -s 2G "$work/rublk.img"
+    before=$(ls /dev/ublkb* 2>/dev/null || true)
+    "$RUBLK" add loop --file "$work/rublk.img" --buffered-io --quiet >&2
+    for _ in $(seq 50); do
+        rublk_dev=$(comm -13 <(echo "$before") <(ls /dev/ublkb* 2>/dev/null) | head -n 1)
+        [[ -n "$rublk_dev" ]] && break
+        sleep 0.1
+    done
+    if [[ -n "$rublk_dev" ]]; then
+        device[rublk loop (file)]=$rublk_dev
+        targets+=("rublk loop (file)")
+    else
+        echo "rublk add loop made no device; rublk left out" >&2
+    fi
+fi
 for target in "${targets[@]}"; do
     dd if="$work/fill.img" of="${device[$target]}" bs=1M oflag=direct status=none
 done
 
 for profile in "${profiles[@]}"; do
-  # The profile with a target runs three passes, interleaved; compare.py
+  # The profiles with targets run three passes, interleaved; compare.py
   # keeps each target's median.
   passes=1
-  [[ "$profile" == randread-4k-qd32 ]] && passes=3
+  [[ "$profile" =~ ^(randread-4k-qd32|seqread-1m|seqwrite-1m)$ ]] && passes=3
   for pass in $(seq "$passes"); do
     for target in "${targets[@]}"; do
         echo "$profile, pass $pass of $passes: $target" >&2
@@ -83,6 +108,9 @@ done
 "$ZEROBLK" detach vu >&2
 "$ZEROBLK" detach vn >&2
 losetup -d "${device[kernel loop (file)]}"
+if [[ -n "${device[rublk loop (file)]:-}" ]]; then
+    "$RUBLK" del --number "${device[rublk loop (file)]#/dev/ublkb}" >&2 || echo "rublk del failed" >&2
+fi
 
 # mkfs.btrfs as users run it, full-device discard included, on 2 TiB.
 big=$("$ZEROBLK" attach big --size 2T --transport ublk)

@@ -90,6 +90,7 @@ impl Shared {
 
     async fn create_segment(&self, seq: u64, first_epoch: u64) -> Result<Arc<Segment>> {
         let log = self.log.clone();
+        fail::fail_point!("log::segment_creation_waits");
         // Taken here, before the blocking task exists, and held until it ends.
         let creating = Arc::clone(&self.segment_creation).lock_owned().await;
         let created = tokio::task::spawn_blocking(move || {
@@ -98,10 +99,34 @@ impl Shared {
         })
         .await
         .expect("segment creation does not panic");
-        created.map(Arc::new).map_err(|source| EngineError::Log {
+        let created = created.map(Arc::new).map_err(|source| EngineError::Log {
             path: self.log.dir.clone(),
             source,
-        })
+        })?;
+        self.prepare_spare_segment();
+        Ok(created)
+    }
+
+    /// Has a spare segment file made in the background, when the log has
+    /// no free file for its next segment (see `LogDir::prepare_spare`).
+    /// Failing only costs speed: the next segment is then a new file.
+    pub fn prepare_spare_segment(&self) {
+        let (log, len) = (self.log.clone(), self.options.segment_switch_bytes());
+        let creation = Arc::clone(&self.segment_creation);
+        tokio::spawn(async move {
+            // Held until the file is made: a segment switch meanwhile waits
+            // and then finds it, and close and crash wait for it to end.
+            let preparing = creation.lock_owned().await;
+            let prepared = tokio::task::spawn_blocking(move || {
+                let _preparing = preparing;
+                log.prepare_spare(len)
+            })
+            .await
+            .expect("preparing a spare does not panic");
+            if let Err(error) = prepared {
+                tracing::warn!(%error, "could not prepare a spare log segment; the next one is a new file, whose flushes cost more");
+            }
+        });
     }
 }
 

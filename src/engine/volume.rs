@@ -115,7 +115,8 @@ pub(super) struct Shared {
     pub lease: tokio::sync::Mutex<Lease>,
     /// Until when the lease lets this writer acknowledge anything.
     pub tenure: Tenure,
-    /// Held while a blocking task makes a log segment (see `crash`).
+    /// Held while a blocking task makes a log segment or a spare file
+    /// for one (see `crash`).
     pub segment_creation: Arc<tokio::sync::Mutex<()>>,
 }
 
@@ -215,6 +216,7 @@ impl Volume {
         );
         let (shared, sealed_rx) = shared;
         let shared = Arc::new(shared);
+        shared.prepare_spare_segment();
         let tasks = vec![
             tokio::spawn(super::flush::durability_worker(
                 Arc::clone(&shared),
@@ -327,6 +329,10 @@ impl Volume {
             self.name()
         )));
         self.stop_tasks().await;
+        // A spare segment file being made stops; nothing of this volume
+        // touches the log once this returns.
+        self.shared.log.stop_spares();
+        drop(self.shared.segment_creation.lock().await);
         Ok(())
     }
 
@@ -345,13 +351,14 @@ impl Volume {
     #[doc(hidden)]
     pub async fn crash(self, power_loss: bool, seed: u64) {
         self.stop_tasks().await;
-        // A segment being made in a blocking task goes on after its task is
-        // aborted; a killed process's would not. Let it end first, so that
+        // A segment or spare file being made in a blocking task goes on
+        // after its task is aborted; a killed process's would not. The
+        // spare stops where it is, and a segment is let end first, so that
         // nothing of this volume touches the log once this returns.
+        self.shared.log.abandon();
         drop(self.shared.segment_creation.lock().await);
         self.shared
             .fail(EngineError::InvalidArgument("crashed".into()));
-        self.shared.log.abandon();
         self.shared.lease.lock().await.holder_died();
         if power_loss {
             super::log::power_cut::cut_around(&self.shared.log.dir, seed);
