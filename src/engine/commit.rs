@@ -69,7 +69,7 @@ impl Shared {
     pub async fn commit_sealed(self: &Arc<Self>) -> Result<bool> {
         let pending_size = self.switch.lock().await.pending_size;
         let view = self.view.load_full();
-        let epochs = view.sealed.clone();
+        let epochs = view.sealed.oldest_first();
         if epochs.is_empty() && pending_size.is_none() {
             return Ok(false);
         }
@@ -334,14 +334,9 @@ impl Shared {
             state.pending_size = None;
         }
         let view = self.view.load_full();
-        let sealed: Vec<Arc<Epoch>> = view
-            .sealed
-            .iter()
-            .filter(|e| !epochs.iter().any(|c| Arc::ptr_eq(c, e)))
-            .cloned()
-            .collect();
+        let sealed = view.sealed.without(epochs);
         let live: Vec<_> = std::iter::once(&view.current)
-            .chain(&sealed)
+            .chain(sealed.newest_first())
             .map(|e| Arc::clone(&e.segment))
             .collect();
         self.view.store(Arc::new(View {
@@ -368,7 +363,7 @@ impl Shared {
         let waiting = self.view.load();
         let committed_through = waiting
             .sealed
-            .first()
+            .oldest()
             .unwrap_or(&waiting.current)
             .id
             .saturating_sub(1);

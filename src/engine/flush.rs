@@ -77,11 +77,9 @@ impl Shared {
             Some(Arc::clone(current)),
         );
         state.next_epoch += 1;
-        let mut sealed = view.sealed.clone();
-        sealed.push(Arc::clone(current));
         self.view.store(Arc::new(View {
             current: Arc::new(next),
-            sealed,
+            sealed: view.sealed.with_newest(Arc::clone(current)),
             map: Arc::clone(&view.map),
         }));
         let _ = self.sealed_tx.send(Arc::clone(current));

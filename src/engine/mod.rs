@@ -70,6 +70,7 @@
 //! `volume` (state, open, close), `write`, `read`, `fetch` (committed
 //! chunks from the store), `flush`, `commit`, `uploader`; `epoch` and
 //! `overlay` (what changed, where in the log, and how far it is written);
+//! `sealed` (the sealed epochs a view shares with the views before it);
 //! `rewrite` (reusing log space within the open epoch); `log` (the
 //! write-back log: its files, through `log/file.rs`, and in tests their
 //! simulated power cuts) and `replay`; `map` (committed pages); `lease`
@@ -93,6 +94,7 @@ mod read;
 mod replay;
 mod resolve;
 mod rewrite;
+mod sealed;
 mod tenure;
 mod uploader;
 mod verify;

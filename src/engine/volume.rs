@@ -19,6 +19,7 @@ use super::log::{LogDir, SEGMENT_HEADER_LEN, Segment};
 use super::map::Pages;
 use super::options::EngineOptions;
 use super::replay::{self, Geometry, Replayed};
+use super::sealed::SealedEpochs;
 use super::tenure::Tenure;
 use crate::cache::{CacheCounters, ChunkCache, DiskCache};
 use crate::format::{BLOCK_SIZE, Root, RootKind, Superblock};
@@ -32,13 +33,13 @@ const PAGE_CACHE_BYTES: u64 = 64 << 20;
 /// committed generation.
 pub(super) struct View {
     pub current: Arc<Epoch>,
-    pub sealed: Vec<Arc<Epoch>>,
+    pub sealed: SealedEpochs,
     pub map: Arc<Root>,
 }
 
 impl View {
     pub fn epochs_newest_first(&self) -> impl Iterator<Item = &Arc<Epoch>> {
-        std::iter::once(&self.current).chain(self.sealed.iter().rev())
+        std::iter::once(&self.current).chain(self.sealed.newest_first())
     }
 }
 
@@ -484,7 +485,7 @@ impl Shared {
             log,
             view: ArcSwap::from_pointee(View {
                 current,
-                sealed: replayed.epochs,
+                sealed: SealedEpochs::from_oldest_first(replayed.epochs),
                 map: Arc::new(root),
             }),
             switch: tokio::sync::Mutex::new(SwitchState {
