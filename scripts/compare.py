@@ -8,7 +8,8 @@ memory plugin, s3backer on the same S3 server (its FUSE file, served by
 nbdkit's file plugin, since Debian's s3backer 1.5.4 predates its NBD mode),
 and ZeroFS 0.19.1 from crates.io on the same S3 server (its NBD server).
 In the VM (Debian's 6.12 kernel): zeroblk over ublk, zeroblk over the
-kernel NBD client, and the kernel loop device on a file
+kernel NBD client, rublk's loop target (crates.io 0.2.15, the reference
+ublk daemon) and the kernel loop device on a file
 (scripts/compare-vm.sh). The profiles of fio-profiles/ run interleaved:
 each profile against every target in turn; a profile with a target runs
 three passes and each target's median pass counts. Then reads of a
@@ -686,10 +687,12 @@ def write_amplification(work, moto, image):
 
 
 def vm_comparison(args, results):
-    log("in the VM: ublk, kernel NBD and loop (Debian 6.12 under QEMU/TCG)")
+    log("in the VM: ublk, kernel NBD, rublk and loop (Debian 6.12 under QEMU/TCG)")
     # The guest's /tmp, where the volumes live, is a tmpfs of half of it.
     env = dict(os.environ, ZEROBLK_VM_MEMORY="12G")
-    command = f"ZEROBLK={ZEROBLK} FIO_SIZE={args.size} FIO_RUNTIME={args.runtime} scripts/compare-vm.sh"
+    rublk = shutil.which("rublk") or ""
+    command = (f"ZEROBLK={ZEROBLK} RUBLK={rublk} FIO_SIZE={args.size} FIO_RUNTIME={args.runtime} "
+               "scripts/compare-vm.sh")
     output = subprocess.run([str(ROOT / "scripts/vm-run.sh"), command], cwd=ROOT, env=env,
                             capture_output=True, text=True)
     vm_log = Path("/var/tmp/zeroblk-compare-vm.log")

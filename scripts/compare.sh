@@ -16,6 +16,8 @@ need_pip vng virtme-ng
 # ZeroFS, the peer on S3 with an NBD server: 0.19.1 is the newest on
 # crates.io (about 15 minutes to build here, once).
 need_crate zerofs zerofs 0.19.1
+# rublk, the reference ublk daemon, as the VM's ublk peer (its loop target).
+need_crate rublk rublk 0.2.15
 # Garage, a real object store in Rust, for --s3 garage (about 15 minutes
 # to build here, once).
 if [[ " $* " == *" --s3 garage "* ]]; then need_crate garage garage 2.5.0; fi

@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 ZEROBLK_HOST = "zeroblk"
+RUBLK = "rublk loop (file)"
 
 
 def main_metric(profile, result):
@@ -118,12 +119,17 @@ def main(out):
         ("1M sequential read vs nbdkit file (warm)", ratio(host, ZEROBLK_HOST, nbdkit, "seqread-1m"), ">= 1.2"),
         ("4K random write QD32 vs nbdkit file", ratio(host, ZEROBLK_HOST, nbdkit, "randwrite-4k-qd32"), ">= 0.8"),
         ("1M sequential write vs nbdkit file", ratio(host, ZEROBLK_HOST, nbdkit, "seqwrite-1m"), ">= 0.8"),
+        ("fdatasync-4k vs nbdkit file", ratio(host, ZEROBLK_HOST, nbdkit, "fdatasync-4k"), ">= 1.0"),
         ("beyond memory: 4K random read QD32 vs nbdkit file", ratio(beyond, ZEROBLK_HOST, nbdkit, "randread-4k-qd32"), ">= 0.7"),
         ("beyond memory: 1M sequential read vs nbdkit file", ratio(beyond, ZEROBLK_HOST, nbdkit, "seqread-1m"), ">= 0.8"),
         ("cold 1M sequential read vs s3backer's FUSE file read directly (cold)",
          ratio(cold, ZEROBLK_HOST, "s3backer (FUSE file, read directly)", "seqread-1m"), ">= 3.0"),
         ("ublk vs zeroblk kernel NBD, 4K random read QD32", ratio(vm, "zeroblk ublk", "zeroblk kernel NBD", "randread-4k-qd32"), ">= 1.5"),
         ("ublk vs kernel loop, 4K random read QD32", ratio(vm, "zeroblk ublk", "kernel loop (file)", "randread-4k-qd32"), ">= 0.5"),
+        ("ublk vs rublk loop, 4K random read QD32", ratio(vm, "zeroblk ublk", RUBLK, "randread-4k-qd32"), ">= 0.8"),
+        ("ublk vs rublk loop, 1M sequential read", ratio(vm, "zeroblk ublk", RUBLK, "seqread-1m"), ">= 0.8"),
+        ("ublk vs rublk loop, 1M sequential write", ratio(vm, "zeroblk ublk", RUBLK, "seqwrite-1m"), ">= 0.8"),
+        ("ublk vs kernel loop, 1M sequential read", ratio(vm, "zeroblk ublk", "kernel loop (file)", "seqread-1m"), ">= 0.5"),
         ("bytes uploaded per byte written (sequential, no compression)", wa.get("uploaded_per_written", float("nan")), "<= 1.05"),
         ("store requests per chunk written", wa.get("requests_per_chunk", float("nan")), "<= 1.0"),
         ("peak RSS / (memory cache + 128 MiB)", rss.get("zeroblk serve", 0) / ((rss.get("memory_cache_bytes", 1) + (128 << 20))), "<= 1.0"),
@@ -200,8 +206,11 @@ def main(out):
         "## Block devices in the VM",
         "",
         "Debian's 6.12 kernel under QEMU with TCG (no KVM here), so absolute numbers are low; the ratios "
-        "between transports are what matters. 4K random read at QD32, the profile with targets here, ran "
-        "three passes per target, interleaved; the table shows each target's median pass.",
+        "between transports are what matters. zeroblk's two volumes live in the guest's memory (tmpfs), "
+        "with their data in the memory cache; rublk 0.2.15's loop target (crates.io, the reference ublk "
+        "daemon) and the kernel loop device serve files on that tmpfs with buffered I/O. 4K random read at "
+        "QD32 and 1M sequential read and write, the profiles with targets here, ran three passes per "
+        "target, interleaved; the table shows each target's median pass.",
         "",
         vm_table if vm else "(not run)",
         "",
