@@ -54,25 +54,65 @@ impl Entry {
 }
 
 /// The slots of one chunk.
-struct ChunkSlots(Box<[Entry]>);
+/// The slots of one chunk's blocks. A chunk an epoch touches in a few
+/// blocks keeps just those (a flush after every 4 KiB write makes an epoch
+/// per write, thousands per commit interval, and a table of every block
+/// for each was 4 KiB of memory per write); past [`SPARSE_BLOCKS_MAX`]
+/// blocks it becomes a table indexed by block.
+enum ChunkSlots {
+    Sparse(Vec<(u32, Entry)>),
+    Dense(Box<[Entry]>),
+}
+
+/// Blocks of a chunk kept as a list before it becomes a table: a list
+/// this short is searched about as fast as the table is indexed.
+const SPARSE_BLOCKS_MAX: usize = 16;
 
 impl ChunkSlots {
-    fn new(blocks: usize) -> Self {
-        ChunkSlots(vec![Entry::default(); blocks].into_boxed_slice())
+    fn new() -> Self {
+        ChunkSlots::Sparse(Vec::new())
     }
 
     /// Sets the block's slot unless it holds a newer one; says whether
     /// the block held no data in this epoch before (nothing, or zeroes).
-    fn set_if_newer(&mut self, block: usize, seq: u64, slot: Slot) -> bool {
-        let current = self.0[block].slot();
+    /// `blocks` is the chunk's number of blocks.
+    fn set_if_newer(&mut self, blocks: usize, block: usize, seq: u64, slot: Slot) -> bool {
+        let current = self.get(block);
         if current.is_none_or(|(newest, _)| newest < seq) {
-            self.0[block] = Entry::new(seq, slot);
+            self.set(blocks, block, Entry::new(seq, slot));
         }
         !matches!(current, Some((_, Slot::Data(_))))
     }
 
+    fn set(&mut self, blocks: usize, block: usize, entry: Entry) {
+        match self {
+            ChunkSlots::Dense(table) => table[block] = entry,
+            ChunkSlots::Sparse(list) => {
+                let key = u32::try_from(block).expect("a chunk has fewer than 2^32 blocks");
+                match list.iter().position(|(b, _)| *b == key) {
+                    Some(at) => list[at].1 = entry,
+                    None if list.len() < SPARSE_BLOCKS_MAX => list.push((key, entry)),
+                    None => {
+                        let mut table = vec![Entry::default(); blocks].into_boxed_slice();
+                        for &(b, kept) in list.iter() {
+                            table[b as usize] = kept;
+                        }
+                        table[block] = entry;
+                        *self = ChunkSlots::Dense(table);
+                    }
+                }
+            }
+        }
+    }
+
     fn get(&self, block: usize) -> Option<(u64, Slot)> {
-        self.0[block].slot()
+        match self {
+            ChunkSlots::Dense(table) => table[block].slot(),
+            ChunkSlots::Sparse(list) => list
+                .iter()
+                .find(|(b, _)| *b as usize == block)
+                .and_then(|(_, entry)| entry.slot()),
+        }
     }
 }
 
@@ -162,14 +202,12 @@ impl Overlay {
         let mut new_blocks = 0;
         for (chunk, blocks) in self.split(offset, len) {
             let first_device_block = chunk * self.blocks_per_chunk() as u64 + blocks.start as u64;
-            let mut slots = self
-                .chunks
-                .entry(chunk)
-                .or_insert_with(|| ChunkSlots::new(self.blocks_per_chunk()));
+            let mut slots = self.chunks.entry(chunk).or_insert_with(ChunkSlots::new);
             for (i, block) in blocks.enumerate() {
                 let device_block = first_device_block + i as u64;
                 let pos = data_pos + (device_block * BLOCK_SIZE - offset);
-                new_blocks += u64::from(slots.set_if_newer(block, seq, Slot::Data(pos)));
+                let per_chunk = self.blocks_per_chunk();
+                new_blocks += u64::from(slots.set_if_newer(per_chunk, block, seq, Slot::Data(pos)));
             }
         }
         new_blocks * BLOCK_SIZE
@@ -191,12 +229,9 @@ impl Overlay {
             if (whole_start..whole_end).contains(&chunk) {
                 continue;
             }
-            let mut slots = self
-                .chunks
-                .entry(chunk)
-                .or_insert_with(|| ChunkSlots::new(self.blocks_per_chunk()));
+            let mut slots = self.chunks.entry(chunk).or_insert_with(ChunkSlots::new);
             for block in blocks {
-                slots.set_if_newer(block, seq, Slot::Zero);
+                slots.set_if_newer(self.blocks_per_chunk(), block, seq, Slot::Zero);
             }
         }
     }
@@ -397,5 +432,28 @@ mod tests {
         assert_eq!(ranges.covering(20), None);
         let all: Vec<_> = ranges.iter().collect();
         assert_eq!(all, vec![(0..8, 5), (8..12, 9), (12..20, 3)]);
+    }
+
+    proptest::proptest! {
+        /// A chunk's slots, sparse or grown into a table, against a table
+        /// of every block: the same answers after any writes, in any order.
+        #[test]
+        fn chunk_slots_answer_as_a_table_does(
+            writes in proptest::collection::vec((0usize..64, 1u64..50, proptest::bool::ANY), 0..120)
+        ) {
+            let mut slots = ChunkSlots::new();
+            let mut table = vec![Entry::default(); 64];
+            for (i, &(block, seq, zero)) in writes.iter().enumerate() {
+                let slot = if zero { Slot::Zero } else { Slot::Data(4096 * i as u64) };
+                let held_data = matches!(table[block].slot(), Some((_, Slot::Data(_))));
+                if table[block].slot().is_none_or(|(newest, _)| newest < seq) {
+                    table[block] = Entry::new(seq, slot);
+                }
+                proptest::prop_assert_eq!(slots.set_if_newer(64, block, seq, slot), !held_data);
+                for b in 0..64 {
+                    proptest::prop_assert_eq!(slots.get(b), table[b].slot());
+                }
+            }
+        }
     }
 }
