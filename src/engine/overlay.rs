@@ -450,8 +450,8 @@ mod tests {
                     table[block] = Entry::new(seq, slot);
                 }
                 proptest::prop_assert_eq!(slots.set_if_newer(64, block, seq, slot), !held_data);
-                for b in 0..64 {
-                    proptest::prop_assert_eq!(slots.get(b), table[b].slot());
+                for (b, entry) in table.iter().enumerate() {
+                    proptest::prop_assert_eq!(slots.get(b), entry.slot());
                 }
             }
         }
