@@ -175,22 +175,25 @@ impl LogDir {
         }
         let unfinished = self.dir.join(UNFINISHED_SPARE);
         remove_unfinished_spare(&self.dir)?;
-        let spare = LogFile::create_new(&unfinished)?;
-        let zeros = vec![0u8; SPARE_WRITE_BYTES];
-        let mut at = 0;
-        while at < len {
-            if self.spares_stopped() {
-                return Ok(false);
+        match self.write_zeros(&unfinished, len) {
+            Ok(true) => {}
+            // Stopped, or the disk is full: what was written goes, so a
+            // spare never holds room the log needs (a crashed process
+            // leaves it for the next open).
+            stopped_or_failed => {
+                if !self.abandoned.load(Ordering::Acquire) {
+                    let _ = file::remove(&unfinished);
+                }
+                return stopped_or_failed;
             }
-            let n = zeros.len().min((len - at) as usize);
-            spare.write_at(&zeros[..n], at)?;
-            at += n as u64;
         }
-        spare.sync_data()?;
         fail::fail_point!("log::spare_before_rename", |_| Err(io::Error::other(
             "failpoint log::spare_before_rename"
         )));
         if self.spares_stopped() {
+            if !self.abandoned.load(Ordering::Acquire) {
+                let _ = file::remove(&unfinished);
+            }
             return Ok(false);
         }
         // Its name needs no directory sync: a spare whose rename a power
@@ -204,6 +207,27 @@ impl LogDir {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Writes `len` zeros to a new file at `path` and syncs them; false if
+    /// the spares were stopped first.
+    fn write_zeros(&self, path: &Path, len: u64) -> io::Result<bool> {
+        let spare = LogFile::create_new(path)?;
+        let zeros = vec![0u8; SPARE_WRITE_BYTES];
+        let mut at = 0;
+        while at < len {
+            if self.spares_stopped() {
+                return Ok(false);
+            }
+            let n = zeros.len().min((len - at) as usize);
+            fail::fail_point!("log::spare_write", |_| Err(io::Error::from_raw_os_error(
+                libc::ENOSPC
+            )));
+            spare.write_at(&zeros[..n], at)?;
+            at += n as u64;
+        }
+        spare.sync_data()?;
+        Ok(true)
     }
 
     /// No spare is made from now on (the volume is closing); one being
@@ -457,6 +481,24 @@ mod tests {
 
         LogDir::open(dir.path(), &root).unwrap();
         assert!(!unfinished.exists(), "the next open removes it");
+        scenario.teardown();
+    }
+
+    #[test]
+    fn a_spare_the_disk_has_no_room_for_leaves_nothing_behind() {
+        let scenario = fail::FailScenario::setup();
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::empty(Uuid::new_v4(), 1 << 30, 1 << 20);
+        let log = LogDir::open(dir.path(), &root).unwrap().log;
+        fail::cfg("log::spare_write", "1*off->return").unwrap();
+        let refused = log.prepare_spare(4 << 20).unwrap_err();
+        assert_eq!(refused.raw_os_error(), Some(libc::ENOSPC));
+        fail::remove("log::spare_write");
+        assert!(
+            !dir.path().join(UNFINISHED_SPARE).exists(),
+            "its room is given back"
+        );
+        assert!(free_segments(dir.path()).unwrap().is_empty());
         scenario.teardown();
     }
 }
