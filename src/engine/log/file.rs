@@ -46,9 +46,15 @@ impl LogFile {
         Ok(LogFile::new(path, file))
     }
 
-    /// Opens an existing file for reading and writing.
+    /// Opens an existing file for reading and writing, never through a
+    /// symlink (ELOOP).
     pub fn open(path: &Path) -> io::Result<LogFile> {
-        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)?;
         Ok(LogFile::new(path, file))
     }
 

@@ -82,7 +82,9 @@ impl LogDir {
             };
             if let Some(replay_after) = replay {
                 let segments = list_segments(dir)?;
-                remove_unfinished_spare(dir)?;
+                if let Err(error) = remove_unfinished_spare(dir) {
+                    tracing::warn!(dir = %dir.display(), %error, "could not remove an unfinished spare log file");
+                }
                 let log = LogDir {
                     dir: dir.to_path_buf(),
                     manifest,
@@ -115,7 +117,9 @@ impl LogDir {
         for free in free_segments(dir)? {
             file::remove(&free)?;
         }
-        remove_unfinished_spare(dir)?;
+        if let Err(error) = remove_unfinished_spare(dir) {
+            tracing::warn!(dir = %dir.display(), %error, "could not remove an unfinished spare log file");
+        }
         let manifest = LogManifest {
             volume: root.volume,
             log_id: Uuid::new_v4(),
@@ -321,13 +325,19 @@ fn free_bytes(dir: &Path) -> io::Result<u64> {
         .try_fold(0u64, |sum, path| Ok(sum + fs::metadata(path)?.len()))
 }
 
-/// The free segment files in `dir`.
+/// The free segment files in `dir`: regular files only, so that a symlink
+/// or anything else put there under a free name is never written through.
 fn free_segments(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let mut found = Vec::new();
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
-        if entry.file_name().to_string_lossy().starts_with(FREE_PREFIX) {
+        if !entry.file_name().to_string_lossy().starts_with(FREE_PREFIX) {
+            continue;
+        }
+        if entry.file_type()?.is_file() {
             found.push(entry.path());
+        } else {
+            tracing::warn!(path = %entry.path().display(), "not a regular file, so not reused as a log segment; remove it");
         }
     }
     found.sort();
@@ -500,5 +510,25 @@ mod tests {
         );
         assert!(free_segments(dir.path()).unwrap().is_empty());
         scenario.teardown();
+    }
+
+    #[test]
+    fn a_symlink_under_a_free_name_is_never_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        std::fs::write(&victim, b"keep me").unwrap();
+        let root = Root::empty(Uuid::new_v4(), 1 << 30, 1 << 20);
+        let log = LogDir::open(dir.path(), &root).unwrap().log;
+        std::os::unix::fs::symlink(&victim, dir.path().join(SPARE_NAME)).unwrap();
+        std::fs::create_dir(dir.path().join("free-0000000000000009.zlog")).unwrap();
+        let segment = log.create_segment(1, 1).unwrap();
+        segment.write_at(&[1u8; 4096], SEGMENT_HEADER_LEN).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
+        assert!(!segment.path().is_symlink());
+        assert!(
+            LogDir::open(dir.path(), &root).is_ok(),
+            "odd entries do not stop an open"
+        );
     }
 }
