@@ -396,6 +396,14 @@ fn move_aside(dir: &Path, root: &Root) -> io::Result<()> {
 mod tests {
     use super::*;
 
+    /// A new log in a temporary folder, for a volume whose root is `root`.
+    fn new_log() -> (tempfile::TempDir, Root, LogDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::empty(Uuid::new_v4(), 1 << 30, 1 << 20);
+        let log = LogDir::open(dir.path(), &root).unwrap().log;
+        (dir, root, log)
+    }
+
     #[test]
     fn a_log_applies_to_its_own_commits_and_to_an_unchanged_volume() {
         let dir = tempfile::tempdir().unwrap();
@@ -478,9 +486,7 @@ mod tests {
     #[test]
     fn a_spare_cut_short_is_removed_when_the_log_opens_and_never_listed() {
         let scenario = fail::FailScenario::setup();
-        let dir = tempfile::tempdir().unwrap();
-        let root = Root::empty(Uuid::new_v4(), 1 << 30, 1 << 20);
-        let log = LogDir::open(dir.path(), &root).unwrap().log;
+        let (dir, root, log) = new_log();
         fail::cfg("log::spare_before_rename", "return").unwrap();
         assert!(log.prepare_spare(16 << 10).is_err());
         fail::remove("log::spare_before_rename");
@@ -497,9 +503,7 @@ mod tests {
     #[test]
     fn a_spare_the_disk_has_no_room_for_leaves_nothing_behind() {
         let scenario = fail::FailScenario::setup();
-        let dir = tempfile::tempdir().unwrap();
-        let root = Root::empty(Uuid::new_v4(), 1 << 30, 1 << 20);
-        let log = LogDir::open(dir.path(), &root).unwrap().log;
+        let (dir, _root, log) = new_log();
         fail::cfg("log::spare_write", "1*off->return").unwrap();
         let refused = log.prepare_spare(4 << 20).unwrap_err();
         assert_eq!(refused.raw_os_error(), Some(libc::ENOSPC));
