@@ -15,6 +15,10 @@
 //! sealed to the chunk's id (see [`blocks`]), and promotes the chunk to memory only once its reads have
 //! earned it (see [`promotion`]): a working set larger than memory is
 //! served from disk, not thrashed through memory a whole chunk per read.
+//!
+//! Copies to disk are written in the background; [`ChunkCache::settle`]
+//! waits for those in flight, so a volume that closes leaves a disk tier
+//! that its next open finds whole.
 
 pub mod blocks;
 mod disk;
@@ -28,6 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use bytes::Bytes;
 use serde::Serialize;
+use tokio::sync::Semaphore;
 
 pub use disk::DiskCache;
 pub use memory::{MemoryCache, Weighted};
@@ -61,11 +66,17 @@ pub struct ChunkCache {
     disk: Option<DiskCache>,
     promotion: Promotion,
     counts: Arc<Counts>,
+    /// A permit per disk write in flight; closed once the cache is
+    /// settled, so that no more start.
+    disk_writes: Arc<Semaphore>,
 }
 
 /// Disk reads up to this many bytes run on the calling task: a pread from
 /// the page cache takes less than handing it to another thread.
 const INLINE_DISK_READ_MAX: usize = 64 << 10;
+
+/// Disk writes in flight at most; a fetch past that is not copied to disk.
+const DISK_WRITES_MAX: u32 = 1 << 16;
 
 impl ChunkCache {
     pub fn new(memory_bytes: u64, disk: Option<DiskCache>) -> ChunkCache {
@@ -74,6 +85,7 @@ impl ChunkCache {
             disk,
             promotion: Promotion::default(),
             counts: Arc::default(),
+            disk_writes: Arc::new(Semaphore::new(DISK_WRITES_MAX as usize)),
         }
     }
 
@@ -141,7 +153,7 @@ impl ChunkCache {
                     return Ok(hit);
                 }
                 let data = fetch.await?;
-                let _in_background = self.store_on_disk(id, data.clone());
+                self.store_on_disk(id, data.clone());
                 Ok(data)
             })
             .await
@@ -206,9 +218,27 @@ impl ChunkCache {
         found
     }
 
-    fn store_on_disk(&self, id: ObjectId, data: Bytes) -> Option<tokio::task::JoinHandle<()>> {
-        let disk = self.disk.clone()?;
-        Some(tokio::task::spawn_blocking(move || disk.store(&id, &data)))
+    /// Copies a fetched chunk to disk in the background, unless the cache
+    /// is settled.
+    fn store_on_disk(&self, id: ObjectId, data: Bytes) {
+        let Some(disk) = self.disk.clone() else {
+            return;
+        };
+        let Ok(writing) = Arc::clone(&self.disk_writes).try_acquire_owned() else {
+            return;
+        };
+        tokio::task::spawn_blocking(move || {
+            disk.store(&id, &data);
+            drop(writing);
+        });
+    }
+
+    /// Waits for the disk writes in flight and starts no more: what was
+    /// fetched is on disk for the next open of the cache dir.
+    pub async fn settle(&self) {
+        if let Ok(_all) = self.disk_writes.acquire_many(DISK_WRITES_MAX).await {
+            self.disk_writes.close();
+        }
     }
 
     pub fn counters(&self) -> CacheCounters {
@@ -287,8 +317,8 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(fetched, data);
-        // The disk copy is written in the background.
-        wait_for(|| first.counters().disk_bytes > 0).await;
+        // The disk copy is written in the background; settling waits.
+        first.settle().await;
         assert_eq!(first.counters().disk_bytes, data.len() as u64 + 12);
         let second = two_tiers(dir.path());
         let got = second.get_or_fetch(id, no_store()).await.unwrap();
@@ -307,7 +337,7 @@ mod tests {
             .get_or_fetch(id, async { Ok::<_, std::io::Error>(data.clone()) })
             .await
             .unwrap();
-        wait_for(|| first.counters().disk_bytes > 0).await;
+        first.settle().await;
         (id, data, two_tiers(dir))
     }
 
@@ -371,5 +401,19 @@ mod tests {
         assert_eq!(got, data);
         assert_eq!(cache.counters().memory_hits, 1);
         assert_eq!(cache.counters().disk_bytes, 0, "nothing written to disk");
+    }
+
+    #[tokio::test]
+    async fn a_settled_cache_writes_nothing_more_to_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = two_tiers(dir.path());
+        cache.settle().await;
+        let data = Bytes::from(vec![8u8; 8192]);
+        let id = ObjectId::of(&data);
+        let got = cache.get_or_fetch(id, async { Ok::<_, std::io::Error>(data.clone()) });
+        assert_eq!(got.await.unwrap(), data);
+        cache.settle().await;
+        assert_eq!(cache.counters().disk_bytes, 0);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }

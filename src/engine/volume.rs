@@ -330,6 +330,8 @@ impl Volume {
             self.name()
         )));
         self.stop_tasks().await;
+        // Chunks fetched last are on disk for the next open.
+        self.shared.chunks.settle().await;
         // A spare segment file being made stops; nothing of this volume
         // touches the log once this returns.
         self.shared.log.stop_spares();
