@@ -6,7 +6,7 @@
 use bytes::Bytes;
 use serde::Serialize;
 
-use crate::format::{self, Compression, Root, Superblock, keys, validate_chunk_size};
+use crate::format::{self, Compression, FormatError, Root, Superblock, keys, validate_chunk_size};
 use crate::store::{Created, Store};
 
 use super::error::{EngineError, Result};
@@ -104,7 +104,20 @@ pub async fn superblock(store: &Store, name: &str) -> Result<Superblock> {
         .get(&key)
         .await?
         .ok_or_else(|| EngineError::NoSuchVolume(name.to_string()))?;
-    Ok(Superblock::decode(&key, &bytes)?)
+    let superblock = Superblock::decode(&key, &bytes)?;
+    // The name builds paths under the cache dir (and `volume delete`
+    // removes them): only the name it is stored under may be used.
+    if superblock.name != name {
+        return Err(FormatError::corrupt(
+            &key,
+            format!(
+                "it names volume `{}`, not `{name}`: the bucket was changed outside zeroblk; restore the object from a backup or recreate the volume",
+                superblock.name
+            ),
+        )
+        .into());
+    }
+    Ok(superblock)
 }
 
 /// The newest committed generation: the head hint, then the roots after
@@ -315,6 +328,30 @@ mod tests {
             Err(EngineError::NoSuchVolume(_))
         ));
         create(&store, &new_volume("a")).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_superblock_naming_another_volume_is_refused() {
+        let store = Store::memory();
+        let mut tampered = create(&store, &new_volume("v")).await.unwrap();
+        tampered.name = "../../etc".to_string();
+        store
+            .put(&keys::superblock("v"), Bytes::from(tampered.encode()))
+            .await
+            .unwrap();
+        let refused = superblock(&store, "v").await.unwrap_err().to_string();
+        assert!(refused.contains("names volume `../../etc`"), "{refused}");
+        assert!(info(&store, "v").await.is_err());
+        // Deleting it removes it from the store, and nothing the tampered
+        // name points at outside the cache dir.
+        let top = tempfile::tempdir().unwrap();
+        let cache_dir = top.path().join("a/b/cache");
+        let outside = top.path().join(format!("a/etc.{}", tampered.uuid));
+        std::fs::create_dir_all(&cache_dir).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        delete_unused(&store, "v", &cache_dir).await.unwrap();
+        assert!(outside.exists());
+        assert!(list(&store).await.unwrap().is_empty());
     }
 
     #[tokio::test]
