@@ -17,6 +17,9 @@ pub async fn bring_up(device: &str, name: &str, provision: &Provision) -> Result
         name.into(),
         "--spec".into(),
         spec,
+        // Not part of the spec, which is what the volume remembers.
+        "--mount-options".into(),
+        provision.mount.to_string(),
     ])
     .await
 }

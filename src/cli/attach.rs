@@ -14,7 +14,9 @@ use crate::attach::{AttachError, Transport, choose_transport, registry};
 use crate::engine::{self, EngineError, NewVolume, Volume};
 use crate::format::{Compression, DEFAULT_CHUNK_SIZE};
 use crate::nbd::ListenAddr;
-use crate::provision::{self, BtrfsCompression, Filesystem, NfsExport, PROVISION_FILE, Provision};
+use crate::provision::{
+    self, BtrfsCompression, Filesystem, MountOptions, NfsExport, PROVISION_FILE, Provision,
+};
 use crate::size::ByteSize;
 use crate::store::Store;
 
@@ -59,7 +61,7 @@ pub struct AttachArgs {
 
 /// How to provision the device; remembered with the volume, so a later
 /// `zeroblk attach NAME` brings the same back.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Default, clap::Args)]
 pub struct ProvisionArgs {
     /// Put btrfs on the device (made only if the device is empty), with
     /// the subvolumes @, @home and @snapshots, mounted here
@@ -75,6 +77,10 @@ pub struct ProvisionArgs {
     /// "rw,sync,no_subtree_check,10.0.0.0/24"
     #[arg(long, value_name = "OPTIONS")]
     pub nfs_options: Option<NfsExport>,
+    /// Lift the nosuid and nodev the mount gets: `suid`, `dev` or
+    /// `suid,dev`. Only for this host; never remembered with the volume
+    #[arg(long, value_name = "LIST")]
+    pub mount_options: Option<MountOptions>,
 }
 
 impl ProvisionArgs {
@@ -147,21 +153,56 @@ fn device_to_recover(dir: &std::path::Path, name: &str) -> anyhow::Result<u32> {
 }
 
 /// The provisioning to bring up: the flags given, over what the volume
-/// remembers; remembered in turn when it changed.
+/// remembers; remembered in turn when it changed. What the volume
+/// remembers is checked like the flags (whoever can write the bucket
+/// writes it), and its NFS export is applied only when this host's flags
+/// repeat it.
 async fn resolve_provision(
     store: &Store,
     name: &str,
     args: &ProvisionArgs,
 ) -> anyhow::Result<Option<Provision>> {
-    let stored = match engine::read_volume_file(store, name, PROVISION_FILE).await? {
-        Some(bytes) => Some(serde_json::from_slice::<Provision>(&bytes).with_context(|| {
-            format!("the provisioning settings of volume {name} ({PROVISION_FILE}) are unreadable: attach it again with --mount-point and the other options to rewrite them")
-        })?),
-        None => None,
+    let stored = stored_provision(store, name, args).await?;
+    let wanted = match args.given() {
+        true => provision_from_flags(store, name, args, stored.as_ref()).await?,
+        false => stored,
     };
-    if !args.given() {
-        return Ok(stored);
+    Ok(wanted.map(|provision| applied_on_this_host(name, provision, args)))
+}
+
+/// What volume `name` remembers, checked; when it fails the check, an
+/// error, unless the flags give a mount point to replace it.
+async fn stored_provision(
+    store: &Store,
+    name: &str,
+    args: &ProvisionArgs,
+) -> anyhow::Result<Option<Provision>> {
+    let Some(bytes) = engine::read_volume_file(store, name, PROVISION_FILE).await? else {
+        return Ok(None);
+    };
+    let checked = serde_json::from_slice::<Provision>(&bytes)
+        .map_err(|e| e.to_string())
+        .and_then(|p| p.check().map(|()| p).map_err(|e| e.to_string()));
+    match checked {
+        Ok(provision) => Ok(Some(provision)),
+        Err(why) if args.mount_point.is_some() => {
+            tracing::warn!(volume = name, %why, "replacing the stored provisioning settings with the flags");
+            Ok(None)
+        }
+        Err(why) => anyhow::bail!(
+            "the provisioning settings stored with volume {name} ({PROVISION_FILE}) are refused: {why}; attach it with --mount-point DIR and the other options to replace them"
+        ),
     }
+}
+
+/// The provisioning the flags ask for, over `stored`; remembered with the
+/// volume when it changed.
+async fn provision_from_flags(
+    store: &Store,
+    name: &str,
+    args: &ProvisionArgs,
+    stored: Option<&Provision>,
+) -> anyhow::Result<Option<Provision>> {
     if args.filesystem == Some(Filesystem::None) {
         anyhow::ensure!(
             args.mount_point.is_none() && args.compress.is_none() && args.nfs_options.is_none(),
@@ -175,33 +216,45 @@ async fn resolve_provision(
     let mount_point = args
         .mount_point
         .clone()
-        .or_else(|| stored.as_ref().map(|p| p.mount_point.clone()))
+        .or_else(|| stored.map(|p| p.mount_point.clone()))
         .context(
             "a filesystem needs a place to mount it: give --mount-point DIR (e.g. /mnt/NAME)",
         )?;
-    anyhow::ensure!(
-        mount_point.is_absolute(),
-        "--mount-point {} must be an absolute path",
-        mount_point.display()
-    );
     let provision = Provision {
         filesystem: Filesystem::Btrfs,
         compress: args
             .compress
             .clone()
-            .or_else(|| stored.as_ref().map(|p| p.compress.clone()))
+            .or_else(|| stored.map(|p| p.compress.clone()))
             .unwrap_or_default(),
         mount_point,
         nfs: args
             .nfs_options
             .clone()
-            .or_else(|| stored.as_ref().and_then(|p| p.nfs.clone())),
+            .or_else(|| stored.and_then(|p| p.nfs.clone())),
+        mount: MountOptions::default(),
     };
-    if stored.as_ref() != Some(&provision) {
+    provision.check()?;
+    if stored != Some(&provision) {
         let json = serde_json::to_vec_pretty(&provision)?;
         engine::write_volume_file(store, name, PROVISION_FILE, Some(json.into())).await?;
     }
     Ok(Some(provision))
+}
+
+/// `provision` as this host applies it: its NFS export only when the
+/// flags give one, and the mount options of the flags.
+fn applied_on_this_host(name: &str, mut provision: Provision, args: &ProvisionArgs) -> Provision {
+    if args.nfs_options.is_none()
+        && let Some(export) = provision.nfs.take()
+    {
+        tracing::warn!(
+            volume = name,
+            "the volume remembers the NFS export `{export}`, which is not applied: a host shares a volume only when its own flags say so; pass --nfs-options '{export}' to share it"
+        );
+    }
+    provision.mount = args.mount_options.unwrap_or_default();
+    provision
 }
 
 async fn ensure_volume(store: &Store, args: &AttachArgs) -> anyhow::Result<()> {
@@ -371,4 +424,83 @@ pub fn list(json: bool) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::Compression;
+    use std::path::Path;
+
+    /// A volume `v` in a memory store that remembers `stored` as its
+    /// provisioning, as if a bucket writer had put it there.
+    async fn volume_remembering(stored: &str) -> Store {
+        let store = Store::memory();
+        let new = NewVolume {
+            name: "v".into(),
+            size: 1 << 30,
+            chunk_size: 1 << 20,
+            compression: Compression::default(),
+        };
+        engine::create(&store, &new).await.unwrap();
+        let bytes = bytes::Bytes::from(stored.to_string());
+        engine::write_volume_file(&store, "v", PROVISION_FILE, Some(bytes))
+            .await
+            .unwrap();
+        store
+    }
+
+    #[tokio::test]
+    async fn a_stored_mount_point_in_the_system_is_refused_until_the_flags_replace_it() {
+        let store = volume_remembering(
+            r#"{"filesystem": "btrfs", "compress": "zstd:3", "mount_point": "/etc"}"#,
+        )
+        .await;
+        let refused = resolve_provision(&store, "v", &ProvisionArgs::default())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("are refused: mount point /etc is a system directory"),
+            "{refused}"
+        );
+        let flags = ProvisionArgs {
+            mount_point: Some("/mnt/v".into()),
+            ..ProvisionArgs::default()
+        };
+        let replaced = resolve_provision(&store, "v", &flags)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(replaced.mount_point, Path::new("/mnt/v"));
+        let again = resolve_provision(&store, "v", &ProvisionArgs::default()).await;
+        assert_eq!(again.unwrap().unwrap().mount_point, Path::new("/mnt/v"));
+    }
+
+    #[tokio::test]
+    async fn a_stored_nfs_export_is_applied_only_when_the_flags_repeat_it() {
+        let store = volume_remembering(
+            r#"{"filesystem": "btrfs", "compress": "zstd:3", "mount_point": "/mnt/v", "nfs": "rw,*"}"#,
+        )
+        .await;
+        let applied = resolve_provision(&store, "v", &ProvisionArgs::default()).await;
+        let applied = applied.unwrap().unwrap();
+        assert_eq!(applied.nfs, None);
+        assert_eq!(applied.mount, MountOptions::default(), "nosuid and nodev");
+        let compress_only = ProvisionArgs {
+            compress: Some("zstd:1".parse().unwrap()),
+            ..ProvisionArgs::default()
+        };
+        let applied = resolve_provision(&store, "v", &compress_only).await;
+        assert_eq!(applied.unwrap().unwrap().nfs, None);
+        let flags = ProvisionArgs {
+            nfs_options: Some("rw,10.0.0.0/24".parse().unwrap()),
+            ..ProvisionArgs::default()
+        };
+        let applied = resolve_provision(&store, "v", &flags)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(applied.nfs, Some("rw,10.0.0.0/24".parse().unwrap()));
+    }
 }

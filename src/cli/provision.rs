@@ -10,7 +10,7 @@ use chrono::Utc;
 use crate::attach::registry;
 use crate::provision::prune::{self, Retention};
 use crate::provision::snapshot::{self, Snapshot};
-use crate::provision::{self, Provision, quota};
+use crate::provision::{self, MountOptions, Provision, quota};
 use crate::size::ByteSize;
 
 #[derive(Debug, clap::Subcommand)]
@@ -90,6 +90,8 @@ pub enum HookCommand {
         label: String,
         #[arg(long)]
         spec: String,
+        #[arg(long, default_value = "")]
+        mount_options: MountOptions,
     },
     Down {
         #[arg(long)]
@@ -108,7 +110,14 @@ pub fn hook(command: HookCommand) -> anyhow::Result<()> {
             device,
             label,
             spec,
-        } => provision::up(&device, &label, &parse(&spec)?)?,
+            mount_options,
+        } => {
+            let provision = Provision {
+                mount: mount_options,
+                ..parse(&spec)?
+            };
+            provision::up(&device, &label, &provision)?
+        }
         HookCommand::Down { device, spec } => {
             let provision = spec.as_deref().map(parse).transpose()?;
             provision::down(&device, provision.as_ref())?;

@@ -26,11 +26,12 @@ pub mod quota;
 pub mod snapshot;
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+pub use mount::MountOptions;
 pub use nfs::NfsExport;
 
 /// The subvolumes every provisioned filesystem gets.
@@ -49,6 +50,56 @@ pub struct Provision {
     pub mount_point: PathBuf,
     #[serde(default)]
     pub nfs: Option<NfsExport>,
+    /// This host's `--mount-options`: never stored with the volume.
+    #[serde(skip)]
+    pub mount: MountOptions,
+}
+
+impl Provision {
+    /// Checks what a flag or a stored `provision.json` asks for, before any
+    /// of it is applied: whoever can write the bucket writes that file.
+    pub fn check(&self) -> Result<(), ProvisionError> {
+        check_mount_point(&self.mount_point)
+    }
+}
+
+/// Directories whose contents the system needs: nothing is mounted on
+/// them or anywhere below them.
+const SYSTEM_TREES: [&str; 11] = [
+    "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/proc", "/sbin", "/sys", "/usr",
+];
+
+/// Directories nothing is mounted on (below them is fine: /mnt/data,
+/// /srv/nfs, /home/alice/disk).
+const SYSTEM_DIRS: [&str; 10] = [
+    "/", "/home", "/media", "/mnt", "/opt", "/root", "/run", "/srv", "/tmp", "/var",
+];
+
+/// A mount point must be absolute, plain (no `.` or `..`) and not a
+/// system directory.
+fn check_mount_point(path: &Path) -> Result<(), ProvisionError> {
+    let refuse = |why: &str| {
+        Err(ProvisionError::Invalid(format!(
+            "mount point {} {why}: choose a directory of its own, e.g. /mnt/NAME, with --mount-point",
+            path.display()
+        )))
+    };
+    if !path.is_absolute() {
+        return refuse("is not an absolute path");
+    }
+    let plain = path
+        .components()
+        .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+    if !plain {
+        return refuse("has `.` or `..` in it");
+    }
+    let path = path.components().collect::<PathBuf>();
+    if SYSTEM_DIRS.iter().any(|dir| path == Path::new(dir))
+        || SYSTEM_TREES.iter().any(|tree| path.starts_with(tree))
+    {
+        return refuse("is a system directory");
+    }
+    Ok(())
 }
 
 /// The filesystem `--filesystem` asks for.
@@ -213,6 +264,7 @@ pub fn up(device: &Path, label: &str, provision: &Provision) -> Result<(), Provi
     if provision.filesystem == Filesystem::None {
         return Ok(());
     }
+    provision.check()?;
     match mount::probe(device)? {
         mount::Contents::Nothing => mount::make_btrfs(device, label)?,
         mount::Contents::Btrfs => {}
@@ -224,7 +276,12 @@ pub fn up(device: &Path, label: &str, provision: &Provision) -> Result<(), Provi
         }
     }
     let was_mounted = mount::mount_point_of(device).is_some();
-    mount::mount_btrfs(device, &provision.mount_point, &provision.compress)?;
+    mount::mount_btrfs(
+        device,
+        &provision.mount_point,
+        &provision.compress,
+        provision.mount,
+    )?;
     let finished = make_subvolumes(&provision.mount_point).and_then(|()| match &provision.nfs {
         Some(export) => {
             nfs::ensure_server().and_then(|()| nfs::export(&provision.mount_point, export))
@@ -277,6 +334,52 @@ mod tests {
     use super::*;
 
     #[test]
+    fn mount_points_of_the_system_are_refused() {
+        let ok = [
+            "/mnt/data",
+            "/srv/nfs/vol",
+            "/home/alice/disk",
+            "/data",
+            "/var/lib/vol",
+        ];
+        for path in ok {
+            assert!(check_mount_point(Path::new(path)).is_ok(), "{path}");
+        }
+        let bad = [
+            "/",
+            "//",
+            "/etc",
+            "/etc/cron.d",
+            "/usr/local/bin",
+            "/root",
+            "/home",
+            "/mnt",
+            "/mnt/../etc",
+            "/mnt/data/..",
+            "mnt/data",
+            "",
+            "/proc/sys",
+            "/lib64/x",
+            "/var/",
+        ];
+        for path in bad {
+            assert!(check_mount_point(Path::new(path)).is_err(), "{path}");
+        }
+    }
+
+    #[test]
+    fn a_stored_provisioning_is_checked_like_the_flags() {
+        let stored =
+            r#"{"filesystem": "btrfs", "compress": "zstd:3", "mount_point": "/etc/cron.d"}"#;
+        let provision: Provision = serde_json::from_str(stored).unwrap();
+        let refused = provision.check().unwrap_err().to_string();
+        assert!(refused.contains("system directory"), "{refused}");
+        let stored = r#"{"filesystem": "btrfs", "compress": "zstd:3", "mount_point": "/mnt/v",
+            "nfs": "rw,-a"}"#;
+        assert!(serde_json::from_str::<Provision>(stored).is_err());
+    }
+
+    #[test]
     fn btrfs_compression_options() {
         for ok in ["zstd", "zstd:1", "zstd:15", "lzo", "zlib:9", "none"] {
             assert!(ok.parse::<BtrfsCompression>().is_ok(), "{ok}");
@@ -299,6 +402,7 @@ mod tests {
             compress: BtrfsCompression::default(),
             mount_point: "/mnt/vol".into(),
             nfs: Some("rw,sync,10.0.0.0/24".parse().unwrap()),
+            mount: MountOptions::default(),
         };
         let json = serde_json::to_string(&provision).unwrap();
         assert_eq!(serde_json::from_str::<Provision>(&json).unwrap(), provision);

@@ -73,6 +73,11 @@ impl FromStr for NfsExport {
                 "--nfs-options `{s}` names no client: add the hosts or network to share with, e.g. `{s},10.0.0.0/24` (or `*` for everyone)"
             ));
         }
+        if let Some(bad) = clients.iter().find(|c| c.starts_with('-')) {
+            return Err(format!(
+                "`{bad}` in --nfs-options starts with `-`, which exportfs would take for a flag: name clients by host, network or @netgroup"
+            ));
+        }
         if let Some(bad) = clients.iter().find(|c| c.contains(char::is_whitespace)) {
             return Err(format!(
                 "`{bad}` in --nfs-options is neither an export option nor a client"
