@@ -4,7 +4,8 @@
 //! one boot. So a process is its pid *and* its start time, and two records
 //! speak of the same processes only if they share a [`pid_space`].
 //!
-//! Also this process's own limits: [`raise_open_file_limit`].
+//! Also this process's own limits and file modes:
+//! [`raise_open_file_limit`], [`keep_new_files_private`].
 
 /// Raises this process's soft limit on open files to its hard limit, as
 /// a daemon that keeps files open should (the disk cache keeps a quarter
@@ -18,6 +19,24 @@ pub fn raise_open_file_limit() {
     {
         tracing::debug!(%error, soft, hard, "cannot raise the open-file limit");
     }
+}
+
+/// Makes every file and directory this process creates from now on
+/// private to its user (umask 077), whatever umask it was started with:
+/// cache dirs, log segments, `file://` store objects and daemon logs all
+/// hold volume data. Not for the provisioning helper, whose mount points
+/// and subvolumes are the user's to share: see [`share_new_files`].
+pub fn keep_new_files_private() {
+    use nix::sys::stat::{Mode, umask};
+    umask(Mode::from_bits_truncate(0o077));
+}
+
+/// The usual umask 022, for the provisioning helper: the daemon that starts
+/// it has 077, and a mount point or subvolume made under that would shut
+/// out every other user of the filesystem and its NFS clients.
+pub fn share_new_files() {
+    use nix::sys::stat::{Mode, umask};
+    umask(Mode::from_bits_truncate(0o022));
 }
 
 /// A process: its pid, and when it started (clock ticks after boot, field

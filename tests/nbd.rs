@@ -554,3 +554,51 @@ fn a_second_serve_of_a_volume_is_refused_until_forced() {
     );
     first.stop();
 }
+
+/// Started with umask 022, zeroblk still leaves nothing of a volume open to
+/// other users: store objects, cache dir, log segments and disk cache are
+/// private files in private directories.
+#[test]
+fn nothing_of_a_volume_is_readable_by_other_users() {
+    let nbdcopy = require_tool("nbdcopy", "libnbd-bin");
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    let setup = Setup::file();
+    setup.zeroblk(&["volume", "create", "m", "--size", "64M"]);
+    let image = setup.file_path("m.img");
+    random_image(&image, 8 << 20, 3);
+    let server = setup.serve(&[]);
+    run_ok(Command::new(&nbdcopy).arg(&image).arg(server.uri("m")));
+    server.stop();
+    // Read back by a fresh process: fetched chunks fill the disk cache.
+    let server = setup.serve(&[]);
+    let out = setup.file_path("m-out.img");
+    run_ok(Command::new(&nbdcopy).arg(server.uri("m")).arg(&out));
+    server.stop();
+
+    let mut seen = Vec::new();
+    for top in [setup.file_path("store"), setup.cache()] {
+        walk(&top, &mut seen);
+    }
+    let open: Vec<_> = seen.iter().filter(|(_, mode)| mode & 0o077 != 0).collect();
+    assert!(open.is_empty(), "open to others: {open:#?}");
+    let named = |part: &str| {
+        seen.iter()
+            .any(|(path, _)| path.to_string_lossy().contains(part))
+    };
+    assert!(
+        named(".zlog") && named("/chunks/") && named("superblock"),
+        "{seen:#?}"
+    );
+}
+
+/// Every file and directory under `dir` (itself included), with its mode.
+fn walk(dir: &Path, seen: &mut Vec<(PathBuf, u32)>) {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(dir).unwrap();
+    seen.push((dir.to_path_buf(), meta.mode() & 0o777));
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            walk(&entry.unwrap().path(), seen);
+        }
+    }
+}

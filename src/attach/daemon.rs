@@ -80,7 +80,7 @@ pub async fn run(
     ready: impl FnOnce(&str),
 ) -> Result<(), AttachError> {
     let dir = registry::runtime_dir();
-    std::fs::create_dir_all(&dir).map_err(io_error(format!("creating {}", dir.display())))?;
+    registry::ensure_private_dir(&dir).map_err(io_error(format!("preparing {}", dir.display())))?;
     let name = volume.name().to_string();
     ensure_not_attached(&dir, &name)?;
     let transport = match options.ublk.recover {

@@ -65,9 +65,55 @@ pub fn log_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}.log"))
 }
 
+/// Makes the runtime dir `dir` (0700) if it is missing, and checks one
+/// that is there: a directory of this user's, not a symlink, open to no
+/// one else (made private if an older version left it open). Someone
+/// else's directory is refused: its owner could swap records and sockets.
+pub fn ensure_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    match std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+    {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let meta = std::fs::symlink_metadata(dir)?;
+    let me = nix::unistd::geteuid().as_raw();
+    if !meta.is_dir() || meta.uid() != me {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is not a directory of user {me} (it is owned by {}, or is not a plain directory): remove it, or set ZEROBLK_RUNTIME_DIR to a directory of your own",
+                dir.display(),
+                meta.uid()
+            ),
+        ));
+    }
+    if meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// The daemon log of volume `name`, created or truncated, private, and
+/// never opened through a symlink.
+pub fn create_log(dir: &Path, name: &str) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(log_path(dir, name))
+}
+
 /// Writes a record atomically.
 pub fn write(dir: &Path, record: &AttachRecord) -> io::Result<()> {
-    std::fs::create_dir_all(dir)?;
+    ensure_private_dir(dir)?;
     let path = record_path(dir, &record.name);
     let temporary = path.with_extension("json.tmp");
     std::fs::write(
@@ -118,6 +164,31 @@ pub fn find(dir: &Path, name_or_device: &str) -> io::Result<Option<AttachRecord>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_runtime_dir_is_private_and_this_users() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let top = tempfile::tempdir().unwrap();
+        let fresh = top.path().join("a/run");
+        ensure_private_dir(&fresh).unwrap();
+        assert_eq!(std::fs::metadata(&fresh).unwrap().mode() & 0o777, 0o700);
+        let open = top.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+        ensure_private_dir(&open).unwrap();
+        assert_eq!(std::fs::metadata(&open).unwrap().mode() & 0o777, 0o700);
+        let link = top.path().join("link");
+        std::os::unix::fs::symlink(&open, &link).unwrap();
+        assert!(ensure_private_dir(&link).is_err());
+        if nix::unistd::geteuid().is_root() {
+            let theirs = top.path().join("theirs");
+            std::fs::create_dir(&theirs).unwrap();
+            let other = Some(nix::unistd::Uid::from_raw(65534));
+            nix::unistd::chown(&theirs, other, None).unwrap();
+            let refused = ensure_private_dir(&theirs).unwrap_err().to_string();
+            assert!(refused.contains("ZEROBLK_RUNTIME_DIR"), "{refused}");
+        }
+    }
 
     #[test]
     fn records_round_trip_and_dead_daemons_show() {

@@ -294,10 +294,10 @@ async fn ensure_volume(store: &Store, args: &AttachArgs) -> anyhow::Result<()> {
 /// Starts this same command with `--foreground` in the background, and
 /// returns once it prints the device path (or fails).
 fn spawn_daemon(name: &str, dir: &std::path::Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    registry::ensure_private_dir(dir)?;
     let log = registry::log_path(dir, name);
-    let log_file =
-        std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
+    let log_file = registry::create_log(dir, name)
+        .with_context(|| format!("cannot create {}", log.display()))?;
     let exe = std::env::current_exe().context("cannot find the zeroblk binary")?;
     let mut child = Command::new(exe)
         .args(std::env::args_os().skip(1))

@@ -118,6 +118,10 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.global.verbose);
     crate::process::raise_open_file_limit();
+    match cli.command {
+        Command::ProvisionHook(_) => crate::process::share_new_files(),
+        _ => crate::process::keep_new_files_private(),
+    }
     if let Command::Attach(args) = &cli.command
         && args.foreground
     {

@@ -1,6 +1,7 @@
 //! An open volume: its state, and opening and closing it.
 
 use std::fs::File;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -162,6 +163,10 @@ impl Volume {
             source,
         };
         super::log::create_dir_durably(&dir).map_err(cache_dir_error)?;
+        // The volume's data is in there: private, also when an older
+        // version made it open to others.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(cache_dir_error)?;
         let lock = lock_volume(&dir, name)?;
         let lease = Lease::acquire(store, name, options.lease_ttl, options.take_over).await?;
         let (root, mut log, replayed) = loop {
@@ -431,6 +436,8 @@ pub(super) fn lock_volume(dir: &std::path::Path, name: &str) -> Result<Flock<Fil
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&path)
         .map_err(|source| EngineError::CacheDir {
             path: path.clone(),

@@ -67,7 +67,13 @@ impl StoreUrl {
     pub(super) fn build(&self, options: &StoreOptions) -> Result<Arc<dyn ObjectStore>, StoreError> {
         match self {
             StoreUrl::File(path) => {
-                std::fs::create_dir_all(path).map_err(|source| StoreError::LocalDir {
+                // Private when zeroblk makes it: it holds volumes' data.
+                let private = std::os::unix::fs::DirBuilderExt::mode(
+                    std::fs::DirBuilder::new().recursive(true),
+                    0o700,
+                )
+                .create(path);
+                private.map_err(|source| StoreError::LocalDir {
                     path: path.clone(),
                     source,
                 })?;

@@ -36,10 +36,12 @@ impl LogFile {
     /// Creates a file that must not exist yet. Its name is durable only
     /// once its directory is synced.
     pub fn create_new(path: &Path) -> io::Result<LogFile> {
+        use std::os::unix::fs::OpenOptionsExt;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(path)?;
         #[cfg(feature = "failpoints")]
         power_cut::created(path, &file);
@@ -203,7 +205,8 @@ pub fn create_dir_durably(dir: &Path) -> io::Result<()> {
         };
     }
     for new in missing.iter().rev() {
-        match std::fs::create_dir(new) {
+        use std::os::unix::fs::DirBuilderExt;
+        match std::fs::DirBuilder::new().mode(0o700).create(new) {
             Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
             _ => {}
         }
