@@ -178,6 +178,38 @@ fn bad_input_gets_one_clear_line() {
         &["serve", "--readahead", "1000", "x"],
         "--readahead 1000 is too many chunks",
     );
+    zb.ok(&["volume", "create", "x", "--size", "1G"]);
+    let absurd = [
+        (
+            "--memory-cache",
+            "16000P",
+            "is more than this machine's memory",
+        ),
+        (
+            "--cache-size",
+            "16000P",
+            "is more than the filesystem of the cache dir",
+        ),
+        (
+            "--max-dirty",
+            "16000P",
+            "lets the write-back log take up to",
+        ),
+        ("--commit-interval", "500000000y", "is longer than a day"),
+    ];
+    for (flag, value, expected) in absurd {
+        zb.fails(
+            &["serve", "--listen", "127.0.0.1:1", flag, value, "x"],
+            expected,
+        );
+    }
+    let huge = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(huge.path(), "[cache]\nmemory_size_gb = 1e300\n").unwrap();
+    let config = huge.path().to_str().unwrap();
+    zb.fails(
+        &["--config", config, "serve", "--listen", "127.0.0.1:1", "x"],
+        "[cache] memory_size_gb more than 16E is more than this machine's memory",
+    );
     let bad_url = Zeroblk {
         store: "ftp://x".into(),
         cache: tempfile::tempdir().unwrap(),

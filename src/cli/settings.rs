@@ -136,6 +136,90 @@ impl Settings {
         }
         options.durability = args.durability;
         options.take_over = args.force;
+        self.check_within_this_machine(args, &options)?;
         Ok(options)
     }
+
+    /// Refuses sizes and intervals no machine could honour, with one line
+    /// naming the largest that fits here: a cache larger than memory, a
+    /// log that cannot fit on the cache dir's filesystem.
+    fn check_within_this_machine(
+        &self,
+        args: &EngineArgs,
+        options: &EngineOptions,
+    ) -> anyhow::Result<()> {
+        let memory_flag = match args.memory_cache {
+            Some(_) => "--memory-cache",
+            None => "[cache] memory_size_gb",
+        };
+        if let Some(memory) = physical_memory() {
+            anyhow::ensure!(
+                options.memory_cache_bytes <= memory,
+                "{memory_flag} {} is more than this machine's memory ({}): give at most {}",
+                shown(options.memory_cache_bytes),
+                shown(memory),
+                shown(memory)
+            );
+        }
+        let dir = self.cache_dir.display();
+        if let Some(room) = filesystem_size(&self.cache_dir) {
+            let disk_flag = match args.cache_size {
+                Some(_) => "--cache-size",
+                None => "[cache] disk_size_gb",
+            };
+            anyhow::ensure!(
+                options.disk_cache_bytes <= room,
+                "{disk_flag} {} is more than the filesystem of the cache dir {dir} holds ({}): give at most {}",
+                shown(options.disk_cache_bytes),
+                shown(room),
+                shown(room)
+            );
+            // The log takes at most seven times --max-dirty on disk.
+            let log = options.log_disk_bytes();
+            anyhow::ensure!(
+                log <= room,
+                "--max-dirty {} lets the write-back log take up to {} in the cache dir {dir}, whose filesystem holds {}: give at most {}",
+                shown(options.max_dirty_bytes),
+                shown(log),
+                shown(room),
+                shown(room / 7)
+            );
+        }
+        anyhow::ensure!(
+            options.commit_interval <= MAX_COMMIT_INTERVAL,
+            "--commit-interval {} is longer than a day, and written data waits that long for the store: give at most 1d",
+            humantime::format_duration(options.commit_interval)
+        );
+        Ok(())
+    }
+}
+
+/// The longest `--commit-interval`.
+const MAX_COMMIT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// `bytes` for a message: whole MiB below what it says, or past
+/// anything a machine has.
+fn shown(bytes: u64) -> String {
+    match bytes {
+        u64::MAX => "more than 16E".to_string(),
+        _ => ByteSize((bytes >> 20) << 20).to_string(),
+    }
+}
+
+/// This machine's memory, if the kernel says.
+fn physical_memory() -> Option<u64> {
+    use nix::unistd::{SysconfVar, sysconf};
+    let pages = sysconf(SysconfVar::_PHYS_PAGES).ok()??;
+    let page = sysconf(SysconfVar::PAGE_SIZE).ok()??;
+    Some(
+        u64::try_from(pages)
+            .ok()?
+            .saturating_mul(u64::try_from(page).ok()?),
+    )
+}
+
+/// The size of the filesystem `dir` is on, if it says.
+fn filesystem_size(dir: &std::path::Path) -> Option<u64> {
+    let stat = nix::sys::statvfs::statvfs(dir).ok()?;
+    Some(stat.blocks().saturating_mul(stat.fragment_size()))
 }
