@@ -602,3 +602,41 @@ fn walk(dir: &Path, seen: &mut Vec<(PathBuf, u32)>) {
         }
     }
 }
+
+/// A client that connects and never finishes the handshake holds its
+/// connection only until `--handshake-timeout`, and does not keep SIGTERM
+/// from stopping the server.
+#[test]
+fn a_silent_client_is_dropped_and_does_not_hold_up_a_stop() {
+    use std::io::Read;
+    let setup = Setup::file();
+    setup.zeroblk(&["volume", "create", "h", "--size", "64M"]);
+    let server = setup.serve(&["--handshake-timeout", "1s"]);
+    let silent = |port: u16| {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        let mut greeting = [0u8; 18];
+        stream.read_exact(&mut greeting).unwrap();
+        assert_eq!(&greeting[..8], b"NBDMAGIC");
+        stream
+    };
+    let mut rest = Vec::new();
+    let closed = silent(server.port).read_to_end(&mut rest);
+    assert!(
+        closed.is_ok(),
+        "not dropped after the handshake timeout: {closed:?}"
+    );
+    server.stop();
+
+    let server = setup.serve(&[]); // the default timeout: 30 s
+    let _held = silent(server.port);
+    let started = std::time::Instant::now();
+    server.stop();
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(15),
+        "SIGTERM waited {took:?} for a client in the handshake"
+    );
+}

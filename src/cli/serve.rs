@@ -24,6 +24,9 @@ pub struct ServeArgs {
     /// Export read-only: writes, trims and zeroes are refused
     #[arg(long)]
     pub read_only: bool,
+    /// Drop a client that has not finished the NBD handshake after this long
+    #[arg(long, value_name = "DURATION", default_value = "30s")]
+    pub handshake_timeout: humantime::Duration,
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -61,7 +64,11 @@ pub async fn run(args: ServeArgs, settings: &Settings) -> anyhow::Result<()> {
         }
         listeners.push(listener);
     }
-    let server = NbdServer::new(exports);
+    anyhow::ensure!(
+        !args.handshake_timeout.is_zero(),
+        "--handshake-timeout must be longer than zero, e.g. 30s"
+    );
+    let server = NbdServer::new(exports).with_handshake_timeout(args.handshake_timeout.into());
     let (stop, stopped) = watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;

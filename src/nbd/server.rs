@@ -7,6 +7,7 @@ use std::io;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
@@ -103,17 +104,33 @@ async fn remove_stale_socket(path: &std::path::Path) -> io::Result<()> {
     std::fs::remove_file(path)
 }
 
+/// How long a client may take over the handshake, by default: a client
+/// that connects and says nothing holds a connection only this long.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// At most one warning per this long when accepting fails (out of file
+/// descriptors, say), however often it fails.
+const ACCEPT_WARNING_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Serves a set of exports on any number of listeners.
 #[derive(Clone)]
 pub struct NbdServer {
     exports: Arc<Exports>,
+    handshake_timeout: Duration,
 }
 
 impl NbdServer {
     pub fn new(exports: Exports) -> NbdServer {
         NbdServer {
             exports: Arc::new(exports),
+            handshake_timeout: HANDSHAKE_TIMEOUT,
         }
+    }
+
+    /// Drops clients that have not finished the handshake after `timeout`.
+    pub fn with_handshake_timeout(mut self, timeout: Duration) -> NbdServer {
+        self.handshake_timeout = timeout;
+        self
     }
 
     pub fn exports(&self) -> &Exports {
@@ -138,6 +155,7 @@ impl NbdServer {
 
     async fn accept(&self, listener: Listener, mut shutdown: watch::Receiver<bool>) -> JoinSet<()> {
         let mut connections = JoinSet::new();
+        let mut failures = AcceptFailures::default();
         loop {
             let accepted = tokio::select! {
                 biased;
@@ -153,8 +171,8 @@ impl NbdServer {
                     connections.spawn(self.clone().connection(stream, shutdown.clone()));
                 }
                 Err(error) => {
-                    tracing::warn!(%error, "accepting an NBD connection failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    failures.failed(&error);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
             while connections.try_join_next().is_some() {}
@@ -163,16 +181,29 @@ impl NbdServer {
         connections
     }
 
-    /// Negotiates with one client and serves it.
-    pub async fn connection<S>(self, mut stream: S, shutdown: watch::Receiver<bool>)
+    /// Negotiates with one client and serves it. A client still in the
+    /// handshake when the server stops, or past the handshake timeout, is
+    /// dropped.
+    pub async fn connection<S>(self, mut stream: S, mut shutdown: watch::Receiver<bool>)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let session = match handshake::negotiate(&mut stream, &self.exports).await {
-            Ok(Some(session)) => session,
-            Ok(None) => return,
-            Err(error) => {
+        let negotiated = tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            negotiated = tokio::time::timeout(
+                self.handshake_timeout,
+                handshake::negotiate(&mut stream, &self.exports),
+            ) => negotiated,
+        };
+        let session = match negotiated {
+            Ok(Ok(Some(session))) => session,
+            Ok(Ok(None)) => return,
+            Ok(Err(error)) => {
                 tracing::debug!(%error, "NBD negotiation ended");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(timeout = ?self.handshake_timeout, "NBD client did not finish the handshake in time");
                 return;
             }
         };
@@ -180,6 +211,30 @@ impl NbdServer {
         if let Err(error) = transmission::serve(stream, session, shutdown).await {
             tracing::debug!(%error, "NBD connection ended");
         }
+    }
+}
+
+/// Failed accepts, warned about at most once per
+/// [`ACCEPT_WARNING_INTERVAL`], with how many were not warned about.
+#[derive(Default)]
+struct AcceptFailures {
+    last_warning: Option<tokio::time::Instant>,
+    unreported: u64,
+}
+
+impl AcceptFailures {
+    fn failed(&mut self, error: &io::Error) {
+        let now = tokio::time::Instant::now();
+        let due = self
+            .last_warning
+            .is_none_or(|last| now.duration_since(last) >= ACCEPT_WARNING_INTERVAL);
+        if !due {
+            self.unreported += 1;
+            return;
+        }
+        tracing::warn!(%error, also_failed = self.unreported, "accepting an NBD connection failed (out of file descriptors? raise `ulimit -n`)");
+        self.last_warning = Some(now);
+        self.unreported = 0;
     }
 }
 
