@@ -640,3 +640,60 @@ fn a_silent_client_is_dropped_and_does_not_hold_up_a_stop() {
         "SIGTERM waited {took:?} for a client in the handshake"
     );
 }
+
+/// Clients that pipeline the largest reads and never read the replies do
+/// not grow the server's memory past its budget: it stops reading their
+/// requests instead.
+#[test]
+fn unread_replies_do_not_grow_the_servers_memory() {
+    use std::io::{Read, Write};
+    let nbdcopy = require_tool("nbdcopy", "libnbd-bin");
+    let setup = Setup::file();
+    setup.zeroblk(&["volume", "create", "r", "--size", "512M"]);
+    let image = setup.file_path("r.img");
+    random_image(&image, 256 << 20, 4);
+    // Left in the log (no commit for a day): each read copies from it.
+    let server = setup.serve(&["--memory-cache", "64M", "--commit-interval", "1d"]);
+    run_ok(Command::new(&nbdcopy).arg(&image).arg(server.uri("r")));
+    let attackers: Vec<_> = (0..3)
+        .map(|_| {
+            let mut stream = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+            let mut greeting = [0u8; 18];
+            stream.read_exact(&mut greeting).unwrap();
+            stream.write_all(&3u32.to_be_bytes()).unwrap(); // fixed newstyle, no zeroes
+            let mut option = b"IHAVEOPT".to_vec();
+            option.extend(1u32.to_be_bytes()); // NBD_OPT_EXPORT_NAME
+            option.extend(1u32.to_be_bytes());
+            option.extend(b"r");
+            stream.write_all(&option).unwrap();
+            let mut export = [0u8; 10];
+            stream.read_exact(&mut export).unwrap();
+            stream
+                .set_write_timeout(Some(std::time::Duration::from_secs(2)))
+                .unwrap();
+            std::thread::spawn(move || {
+                for cookie in 0..2000u64 {
+                    let mut request = 0x2560_9513u32.to_be_bytes().to_vec();
+                    request.extend(0u16.to_be_bytes()); // flags
+                    request.extend(0u16.to_be_bytes()); // NBD_CMD_READ
+                    request.extend(cookie.to_be_bytes());
+                    request.extend(((cookie % 8) << 25).to_be_bytes()); // offset
+                    request.extend((32u32 << 20).to_be_bytes()); // 32 MiB
+                    if stream.write_all(&request).is_err() {
+                        break; // the server stopped reading: pushed back
+                    }
+                }
+                stream
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_secs(8));
+    let peak = server.peak_rss();
+    // 64 MiB of memory cache, a 512 MiB budget, the rest of the process.
+    assert!(peak < (64 + 512 + 256) << 20, "peak RSS {} MiB", peak >> 20);
+    // Others are still served.
+    let out = setup.file_path("r-out.img");
+    run_ok(Command::new(&nbdcopy).arg(server.uri("r")).arg(&out));
+    drop(attackers);
+    server.kill();
+}

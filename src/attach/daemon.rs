@@ -21,7 +21,7 @@ use crate::engine::Volume;
 use crate::kernel_nbd::{self, DeviceConfig, NbdDevice};
 use crate::nbd::handshake::Session;
 use crate::nbd::server::Listener;
-use crate::nbd::{Export, Exports, ListenAddr, NbdServer, transmission};
+use crate::nbd::{Export, Exports, ListenAddr, NbdServer, ServerBudget, transmission};
 use crate::provision::Provision;
 use crate::ublk::{UblkDevice, UblkOptions};
 
@@ -191,7 +191,7 @@ async fn connect_kernel_nbd(
     // shutdown signal: requests it sent are always answered.
     let (_never, never_stop) = watch::channel(false);
     let serving = tokio::spawn(async move {
-        let result = transmission::serve(ours, session, never_stop).await;
+        let result = transmission::serve(ours, session, &ServerBudget::default(), never_stop).await;
         drop(_never);
         result
     });

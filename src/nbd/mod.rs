@@ -14,6 +14,7 @@
 //! acknowledged write. Malformed input gets an error reply or a clean
 //! disconnect; it never panics and never touches a byte of the volume.
 
+mod budget;
 pub mod handshake;
 pub mod proto;
 mod reply;
@@ -25,6 +26,7 @@ use std::sync::Arc;
 
 use crate::engine::Volume;
 
+pub use budget::ServerBudget;
 pub use server::{ListenAddr, NbdServer};
 
 /// The largest request payload (and read) the server takes: 32 MiB.

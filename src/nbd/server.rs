@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::{Exports, handshake, transmission};
+use super::{Exports, ServerBudget, handshake, transmission};
 
 /// Where the server listens: `HOST:PORT` or `unix:/path`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,6 +117,7 @@ const ACCEPT_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 pub struct NbdServer {
     exports: Arc<Exports>,
     handshake_timeout: Duration,
+    budget: ServerBudget,
 }
 
 impl NbdServer {
@@ -124,6 +125,7 @@ impl NbdServer {
         NbdServer {
             exports: Arc::new(exports),
             handshake_timeout: HANDSHAKE_TIMEOUT,
+            budget: ServerBudget::default(),
         }
     }
 
@@ -208,7 +210,7 @@ impl NbdServer {
             }
         };
         tracing::debug!(export = %session.export.name, structured = session.structured, "NBD client connected");
-        if let Err(error) = transmission::serve(stream, session, shutdown).await {
+        if let Err(error) = transmission::serve(stream, session, &self.budget, shutdown).await {
             tracing::debug!(%error, "NBD connection ended");
         }
     }

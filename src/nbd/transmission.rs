@@ -6,6 +6,11 @@
 //! log, a read from the cache) finish without waiting, and then cost no
 //! task of their own. Only one that has to wait (for the store, a flush, or
 //! room for dirty data) is handed to a task of its own.
+//!
+//! The bytes a connection holds are bounded (see [`super::budget`]): a
+//! request holds its payload or its reply's data from its connection's
+//! and the server's budgets until its reply is written, and a reply that
+//! cannot be written for [`REPLY_STALL_TIMEOUT`] ends the connection.
 
 use std::io;
 use std::pin::Pin;
@@ -17,6 +22,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::MAX_REQUEST_LEN;
+use super::budget::{ConnectionBudget, Held, ServerBudget};
 use super::handshake::{BASE_ALLOCATION_ID, Session};
 use super::proto::{self, Request, cflags, cmd, errno, reply};
 use super::reply::{Reply, simple_read, structured_read};
@@ -31,12 +37,18 @@ const MAX_DISCARDED_PAYLOAD: u32 = 2 * MAX_REQUEST_LEN;
 /// Bytes read from the socket at once: a burst of small requests, headers
 /// and payloads, comes in with a few reads.
 const READ_BUFFER: usize = 256 << 10;
+/// A reply the client takes none of for this long ends the connection.
+pub const REPLY_STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A reply, and the bytes it holds until it is written.
+type Queued = (Reply, Option<Held>);
 
 /// Serves requests until the client disconnects or `shutdown` turns true;
 /// requests already read are finished and answered either way.
 pub async fn serve<S>(
     stream: S,
     session: Session,
+    budget: &ServerBudget,
     mut shutdown: watch::Receiver<bool>,
 ) -> io::Result<()>
 where
@@ -44,7 +56,8 @@ where
 {
     let (reader, writer) = tokio::io::split(stream);
     let mut reader = BufReader::with_capacity(READ_BUFFER, reader);
-    let (replies, queued) = mpsc::channel::<Reply>(MAX_IN_FLIGHT);
+    let budget = budget.connection();
+    let (replies, queued) = mpsc::channel::<Queued>(MAX_IN_FLIGHT);
     let writer = tokio::spawn(write_replies(writer, queued));
     let session = Arc::new(session);
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
@@ -63,20 +76,15 @@ where
                 break;
             }
         };
-        if request.kind == cmd::DISC {
+        if request.kind == cmd::DISC || replies.is_closed() {
             break;
         }
+        let held = hold_for(&budget, &request).await;
         let payload = match read_payload(&mut reader, &request).await? {
             Payload::Ok(payload) => payload,
             Payload::Refused => {
-                let _ = replies
-                    .send(error_reply(
-                        &session,
-                        &request,
-                        errno::EINVAL,
-                        "request too long",
-                    ))
-                    .await;
+                let refused = error_reply(&session, &request, errno::EINVAL, "request too long");
+                let _ = replies.send((refused, None)).await;
                 continue;
             }
             Payload::Absurd => break,
@@ -90,7 +98,7 @@ where
             request,
             payload,
             replies.clone(),
-            permit,
+            (permit, held),
         ));
         if poll_once(handler.as_mut()).is_pending() {
             handlers.spawn(handler);
@@ -126,19 +134,44 @@ async fn read_payload<R: AsyncRead + Unpin>(
     Ok(Payload::Ok(payload))
 }
 
+/// The bytes `request` holds while it runs: its payload, or its reply's
+/// data.
+async fn hold_for(budget: &ConnectionBudget, request: &Request) -> Option<Held> {
+    match request.kind {
+        cmd::READ | cmd::WRITE => Some(budget.hold(request.len).await),
+        _ => None,
+    }
+}
+
+/// Writes replies as they come; each gives back its bytes once written.
+/// Ends with an error when the client takes nothing for
+/// [`REPLY_STALL_TIMEOUT`].
 async fn write_replies<W: AsyncWrite>(
     writer: W,
-    mut queued: mpsc::Receiver<Reply>,
+    mut queued: mpsc::Receiver<Queued>,
 ) -> io::Result<()> {
     let mut writer = std::pin::pin!(BufWriter::with_capacity(256 << 10, writer));
-    while let Some(reply) = queued.recv().await {
-        write_reply(&mut writer, &reply).await?;
-        while let Ok(more) = queued.try_recv() {
-            write_reply(&mut writer, &more).await?;
+    while let Some(first) = queued.recv().await {
+        let mut next = Some(first);
+        while let Some((reply, held)) = next {
+            unstalled(write_reply(&mut writer, &reply)).await?;
+            drop(held);
+            next = queued.try_recv().ok();
         }
-        writer.flush().await?;
+        unstalled(writer.flush()).await?;
     }
     writer.shutdown().await
+}
+
+/// `write`, unless it makes no progress for [`REPLY_STALL_TIMEOUT`].
+async fn unstalled(write: impl Future<Output = io::Result<()>>) -> io::Result<()> {
+    match tokio::time::timeout(REPLY_STALL_TIMEOUT, write).await {
+        Ok(written) => written,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client took no reply for a minute",
+        )),
+    }
 }
 
 /// Small frames gather in the buffer; large ones go straight out.
@@ -156,14 +189,14 @@ async fn handle(
     session: Arc<Session>,
     request: Request,
     payload: WriteBuffer,
-    replies: mpsc::Sender<Reply>,
-    _permit: OwnedSemaphorePermit,
+    replies: mpsc::Sender<Queued>,
+    (_running, held): (OwnedSemaphorePermit, Option<Held>),
 ) {
     let reply = match respond(&session, &request, payload).await {
         Ok(reply) => reply,
         Err((code, message)) => error_reply(&session, &request, code, &message),
     };
-    let _ = replies.send(reply).await;
+    let _ = replies.send((reply, held)).await;
 }
 
 type Failure = (u32, String);
