@@ -10,7 +10,7 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
@@ -118,6 +118,11 @@ pub async fn run(
         let _ = std::fs::remove_file(&control_path);
         let control = UnixListener::bind(&control_path)
             .map_err(io_error(format!("binding {}", control_path.display())))?;
+        let private = std::os::unix::fs::PermissionsExt::from_mode(0o600);
+        std::fs::set_permissions(&control_path, private).map_err(io_error(format!(
+            "making {} private",
+            control_path.display()
+        )))?;
         if let Some(provision) = provision {
             hook::bring_up(&device_path, &name, provision).await?;
         }
@@ -255,15 +260,15 @@ async fn wait_for_detach(
             _ = async { match terminate.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => Err(std::io::ErrorKind::Interrupted.into()),
         };
         let mut requester = match accepted {
-            Ok((mut stream, _)) => {
-                let mut line = String::new();
-                let mut reader = BufReader::new(&mut stream);
-                if reader.read_line(&mut line).await.is_err() || line.trim() != "detach" {
-                    let _ = stream.write_all(b"error: unknown request\n").await;
+            Ok((mut stream, _)) => match control_request(&mut stream).await {
+                Ok(()) => Some(stream),
+                Err(refusal) => {
+                    let _ = stream
+                        .write_all(format!("error: {refusal}\n").as_bytes())
+                        .await;
                     continue;
                 }
-                Some(stream)
-            }
+            },
             Err(error) if error.kind() == std::io::ErrorKind::Interrupted => None,
             Err(_) => continue,
         };
@@ -278,6 +283,27 @@ async fn wait_for_detach(
                 }
             }
         }
+    }
+}
+
+/// How long a control client has to send its request.
+const CONTROL_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Reads a control request, which must be `detach`, from a client of this
+/// user (or root): at most a line of 64 bytes, within
+/// [`CONTROL_REQUEST_TIMEOUT`], so no client can hold the daemon up.
+async fn control_request(stream: &mut UnixStream) -> Result<(), String> {
+    let me = nix::unistd::geteuid().as_raw();
+    let peer = stream.peer_cred().map_err(|e| e.to_string())?.uid();
+    if peer != me && peer != 0 {
+        return Err(format!("user {peer} may not control this daemon"));
+    }
+    let mut line = String::new();
+    let mut reader = BufReader::new((&mut *stream).take(64));
+    match tokio::time::timeout(CONTROL_REQUEST_TIMEOUT, reader.read_line(&mut line)).await {
+        Ok(Ok(_)) if line.trim() == "detach" => Ok(()),
+        Ok(_) => Err("unknown request".into()),
+        Err(_) => Err("no request within 5 s".into()),
     }
 }
 
@@ -333,5 +359,35 @@ pub async fn request_detach(control_socket: &PathBuf) -> Result<(), String> {
         "ok" => Ok(()),
         "" => Err("the daemon exited without answering; see its log".into()),
         other => Err(other.trim_start_matches("error: ").to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the daemon makes of a control client that sends `sent`, then
+    /// keeps its end open.
+    async fn request_of(sent: &[u8]) -> Result<(), String> {
+        let (mut daemon_end, mut client) = UnixStream::pair().unwrap();
+        let sent = sent.to_vec();
+        let sending = tokio::spawn(async move {
+            let _ = client.write_all(&sent).await;
+            client
+        });
+        let answer = control_request(&mut daemon_end).await;
+        drop(daemon_end);
+        drop(sending.await);
+        answer
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn control_requests_are_bounded_in_size_and_time() {
+        assert_eq!(request_of(b"detach\n").await, Ok(()));
+        assert_eq!(request_of(b"attach\n").await, Err("unknown request".into()));
+        let endless = vec![b'x'; 1 << 20];
+        assert_eq!(request_of(&endless).await, Err("unknown request".into()));
+        // Nothing sent: given up after the timeout (paused time runs on).
+        assert_eq!(request_of(b"").await, Err("no request within 5 s".into()));
     }
 }
