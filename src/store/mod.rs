@@ -41,7 +41,7 @@ use metrics::StoreMetrics;
 /// A failed store operation, said so that a user knows what to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("`{url}` is not a store URL: {reason}")]
+    #[error("`{}` is not a store URL: {reason}", redact_credentials(url))]
     BadUrl { url: String, reason: String },
     #[error("cannot create the store directory {}: {source} (check the path and its permissions)", path.display())]
     LocalDir {
@@ -49,11 +49,13 @@ pub enum StoreError {
         source: std::io::Error,
     },
     #[error(
-        "cannot reach the object store {store}: {detail}. Check the endpoint (--s3-endpoint or AWS_ENDPOINT_URL) and that the server is up"
+        "cannot reach the object store {store}: {}. Check the endpoint (--s3-endpoint or AWS_ENDPOINT_URL) and that the server is up",
+        redact_credentials(detail)
     )]
     Unreachable { store: String, detail: String },
     #[error(
-        "the object store {store} refused the request: {detail}. Check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY and the bucket's permissions"
+        "the object store {store} refused the request: {}. Check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY and the bucket's permissions",
+        redact_credentials(detail)
     )]
     Denied { store: String, detail: String },
     #[error("the bucket of {store} does not exist: create it first (for example `aws s3 mb`)")]
@@ -70,13 +72,36 @@ pub enum StoreError {
         expected: u64,
         got: u64,
     },
-    #[error("object store {op} of {key} failed: {source}")]
+    #[error("object store {op} of {key} failed: {}", redact_credentials(&source.to_string()))]
     Request {
         op: &'static str,
         key: String,
         #[source]
         source: object_store::Error,
     },
+}
+
+/// `text` with the `user:password@` of every URL in it replaced by
+/// `***@`: errors and logs name endpoints, never their credentials.
+pub fn redact_credentials(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(scheme_end) = rest.find("://") {
+        let (before, after) = rest.split_at(scheme_end + 3);
+        out.push_str(before);
+        let authority_end = after
+            .find(|c: char| c == '/' || c == '?' || c == '#' || c.is_whitespace())
+            .unwrap_or(after.len());
+        match after[..authority_end].rfind('@') {
+            Some(at) => {
+                out.push_str("***");
+                rest = &after[at..];
+            }
+            None => rest = after,
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 impl StoreError {
@@ -652,6 +677,38 @@ fn looks_unreachable(detail: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_in_urls_are_redacted() {
+        let cases = [
+            (
+                "http://user:secret@minio:9000/bucket",
+                "http://***@minio:9000/bucket",
+            ),
+            (
+                "error sending request for url (https://k:p%40ss@s3.lan/b?x=1): refused",
+                "error sending request for url (https://***@s3.lan/b?x=1): refused",
+            ),
+            (
+                "s3://bucket/prefix and http://host/path",
+                "s3://bucket/prefix and http://host/path",
+            ),
+            ("a@b.c http://h/x@y", "a@b.c http://h/x@y"),
+            (
+                "two: http://a:b@h1/ http://c:d@h2",
+                "two: http://***@h1/ http://***@h2",
+            ),
+            ("ends with ://", "ends with ://"),
+        ];
+        for (text, redacted) in cases {
+            assert_eq!(redact_credentials(text), redacted);
+        }
+        let bad = StoreError::BadUrl {
+            url: "ftp://me:hunter2@host/x".into(),
+            reason: "use s3://".into(),
+        };
+        assert!(!bad.to_string().contains("hunter2"), "{bad}");
+    }
 
     #[tokio::test]
     async fn memory_store_basics_and_counters() {
