@@ -105,6 +105,7 @@ pub async fn superblock(store: &Store, name: &str) -> Result<Superblock> {
         .await?
         .ok_or_else(|| EngineError::NoSuchVolume(name.to_string()))?;
     let superblock = Superblock::decode(&key, &bytes)?;
+    check_geometry(&key, superblock.size, superblock.chunk_size)?;
     // The name builds paths under the cache dir (and `volume delete`
     // removes them): only the name it is stored under may be used.
     if superblock.name != name {
@@ -168,7 +169,23 @@ async fn read_root(
         )
         .into());
     }
+    check_geometry(&key, root.size, root.chunk_size)?;
+    if root.chunk_size != superblock.chunk_size {
+        return Err(FormatError::corrupt(&key, "its chunk size is not the volume's").into());
+    }
     Ok(Some(root))
+}
+
+/// Refuses a size or chunk size that `volume create` would not have made:
+/// the engine divides by the one and allocates by both, so a tampered
+/// value must stop here, not as a panic or a wrong read later.
+fn check_geometry(key: &str, size: u64, chunk_size: u64) -> Result<()> {
+    validate_chunk_size(chunk_size).map_err(|why| FormatError::corrupt(key, why))?;
+    if size == 0 || !size.is_multiple_of(format::BLOCK_SIZE) || size > MAX_VOLUME_SIZE {
+        let why = format!("its size {size} is not a multiple of 4K up to 1P");
+        return Err(FormatError::corrupt(key, why).into());
+    }
+    Ok(())
 }
 
 async fn read_head(store: &Store, name: &str) -> Result<u64> {
@@ -352,6 +369,39 @@ mod tests {
         delete_unused(&store, "v", &cache_dir).await.unwrap();
         assert!(outside.exists());
         assert!(list(&store).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_superblock_or_root_of_a_shape_create_never_makes_is_refused() {
+        let store = Store::memory();
+        let good = create(&store, &new_volume("v")).await.unwrap();
+        for chunk_size in [0, 1, 4096, 3_000_000, 1 << 32, u64::MAX] {
+            let mut tampered = good.clone();
+            tampered.chunk_size = chunk_size;
+            let bytes = Bytes::from(tampered.encode());
+            store.put(&keys::superblock("v"), bytes).await.unwrap();
+            assert!(
+                superblock(&store, "v").await.is_err(),
+                "chunk size {chunk_size}"
+            );
+        }
+        store
+            .put(&keys::superblock("v"), Bytes::from(good.encode()))
+            .await
+            .unwrap();
+        for (size, chunk_size) in [
+            (1 << 40, 1 << 40),
+            (1 << 62, 1 << 62),
+            (1 << 30, 1 << 16),
+            (1000, 1 << 20),
+        ] {
+            let mut root = Root::empty(good.uuid, size, chunk_size);
+            root.generation = 1;
+            let bytes = Bytes::from(root.encode());
+            store.put(&keys::root("v", 1), bytes).await.unwrap();
+            let refused = newest_root(&store, &good).await;
+            assert!(refused.is_err(), "root of {size} in chunks of {chunk_size}");
+        }
     }
 
     #[tokio::test]
