@@ -90,10 +90,24 @@ impl Drop for Listener {
     }
 }
 
-/// Refuses to take over a socket another server still answers on.
+/// Removes a socket a dead server left at `path`; refuses to take over a
+/// socket another server still answers on, or anything that is not a
+/// socket (a file a typo in `--listen unix:` names is not deleted).
 async fn remove_stale_socket(path: &std::path::Path) -> io::Result<()> {
-    if !path.exists() {
-        return Ok(());
+    use std::os::unix::fs::FileTypeExt;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!(
+                "{} exists and is not a socket: choose another path for --listen unix:",
+                path.display()
+            ),
+        ));
     }
     if tokio::net::UnixStream::connect(path).await.is_ok() {
         return Err(io::Error::new(
@@ -255,6 +269,20 @@ async fn accept_one(listener: &Listener) -> io::Result<Connection> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_unix_listener_replaces_only_a_stale_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("precious");
+        std::fs::write(&file, "data").unwrap();
+        let refused = Listener::bind(&ListenAddr::Unix(file.clone())).await;
+        assert!(refused.is_err());
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "data");
+        let stale = dir.path().join("stale.sock");
+        drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+        let listener = Listener::bind(&ListenAddr::Unix(stale.clone())).await;
+        assert!(listener.is_ok(), "{:?}", listener.err());
+    }
 
     #[test]
     fn listen_addresses_parse() {
