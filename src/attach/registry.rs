@@ -81,6 +81,38 @@ pub fn ensure_private_dir(dir: &Path) -> io::Result<()> {
         Err(e) => return Err(e),
     }
     let meta = std::fs::symlink_metadata(dir)?;
+    check_owner(dir, &meta)?;
+    if meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Whether the runtime dir `dir` (if it is there) can be trusted for what
+/// it holds: a plain directory of this user's that no one else can write.
+/// Records and sockets in any other could have been planted.
+fn check_trusted(dir: &Path) -> io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = match std::fs::symlink_metadata(dir) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    check_owner(dir, &meta)?;
+    if meta.mode() & 0o022 != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is writable by other users, who could have planted records in it: check its files, then `chmod 700` it",
+                dir.display()
+            ),
+        ));
+    }
+    Ok(true)
+}
+
+fn check_owner(dir: &Path, meta: &std::fs::Metadata) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
     let me = nix::unistd::geteuid().as_raw();
     if !meta.is_dir() || meta.uid() != me {
         return Err(io::Error::new(
@@ -91,9 +123,6 @@ pub fn ensure_private_dir(dir: &Path) -> io::Result<()> {
                 meta.uid()
             ),
         ));
-    }
-    if meta.mode() & 0o077 != 0 {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     }
     Ok(())
 }
@@ -129,11 +158,10 @@ pub fn remove(dir: &Path, name: &str) {
 
 /// Every record, with `state` set to `dead` where the daemon is gone.
 pub fn list(dir: &Path) -> io::Result<Vec<AttachRecord>> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
+    if !check_trusted(dir)? {
+        return Ok(Vec::new());
+    }
+    let entries = std::fs::read_dir(dir)?;
     let mut records = Vec::new();
     for entry in entries {
         let path = entry?.path();
@@ -187,7 +215,18 @@ mod tests {
             nix::unistd::chown(&theirs, other, None).unwrap();
             let refused = ensure_private_dir(&theirs).unwrap_err().to_string();
             assert!(refused.contains("ZEROBLK_RUNTIME_DIR"), "{refused}");
+            assert!(
+                list(&theirs).is_err(),
+                "records read from someone else's dir"
+            );
         }
+        assert!(list(&link).is_err(), "records read through a symlink");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(
+            list(&open).is_err(),
+            "records read from a dir others can write"
+        );
+        assert!(list(&top.path().join("missing")).unwrap().is_empty());
     }
 
     #[test]
