@@ -89,6 +89,11 @@ pub async fn create(store: &Store, new: &NewVolume) -> Result<Superblock> {
 pub async fn list(store: &Store) -> Result<Vec<String>> {
     let mut names = Vec::new();
     for name in store.list_dirs(keys::VOLUMES_DIR).await? {
+        // Nothing zeroblk made: one stray folder must not hide the rest.
+        if let Err(why) = keys::validate_volume_name(&name) {
+            tracing::warn!(%why, "skipping a folder under volumes/ that is not a volume");
+            continue;
+        }
         // A folder without a superblock is what a delete left behind.
         if store.get(&keys::superblock(&name)).await?.is_some() {
             names.push(name);
@@ -339,6 +344,10 @@ mod tests {
             Err(EngineError::VolumeExists(_))
         ));
         delete(&store, "a").await.unwrap();
+        store
+            .put("volumes/-x/superblock.json", Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
         assert_eq!(list(&store).await.unwrap(), vec!["b"]);
         assert!(matches!(
             delete(&store, "a").await,
