@@ -203,6 +203,17 @@ fn bad_input_gets_one_clear_line() {
             expected,
         );
     }
+    let shared_cache = Zeroblk {
+        store: zb.store.clone(),
+        cache: tempfile::tempdir().unwrap(),
+        env: zb.env.clone(),
+    };
+    let everyone = std::os::unix::fs::PermissionsExt::from_mode(0o777);
+    std::fs::set_permissions(shared_cache.cache.path(), everyone).unwrap();
+    shared_cache.fails(
+        &["serve", "--listen", "127.0.0.1:1", "x"],
+        "or writable by others, who could redirect the volume's log",
+    );
     let huge = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(huge.path(), "[cache]\nmemory_size_gb = 1e300\n").unwrap();
     let config = huge.path().to_str().unwrap();

@@ -98,6 +98,7 @@ impl Settings {
                 self.cache_dir.display()
             )
         })?;
+        check_cache_dir_is_private(&self.cache_dir)?;
         let mut options = EngineOptions::new(&self.cache_dir);
         if let Some(bytes) = args
             .memory_cache
@@ -192,6 +193,23 @@ impl Settings {
         );
         Ok(())
     }
+}
+
+/// Refuses a cache dir that another user owns or can write: they could
+/// swap the volume's folder or its log for a symlink and have this
+/// process write volume data, as this user, wherever they like.
+fn check_cache_dir_is_private(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir)
+        .with_context(|| format!("cannot read the cache directory {}", dir.display()))?;
+    let me = nix::unistd::geteuid().as_raw();
+    anyhow::ensure!(
+        meta.uid() == me && meta.mode() & 0o022 == 0,
+        "the cache directory {} is owned by user {} or writable by others, who could redirect the volume's log: choose a directory of your own with --cache-dir, or `chown` it and `chmod go-w` it",
+        dir.display(),
+        meta.uid()
+    );
+    Ok(())
 }
 
 /// The longest `--commit-interval`.
