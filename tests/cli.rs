@@ -185,15 +185,11 @@ fn bad_input_gets_one_clear_line() {
             "16000P",
             "is more than this machine's memory",
         ),
-        (
-            "--cache-size",
-            "16000P",
-            "is more than the filesystem of the cache dir",
-        ),
+        ("--cache-size", "16000P", "is more than any disk holds"),
         (
             "--max-dirty",
             "16000P",
-            "lets the write-back log take up to",
+            "lets the write-back log take more than any disk holds",
         ),
         ("--commit-interval", "500000000y", "is longer than a day"),
     ];

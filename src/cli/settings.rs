@@ -142,48 +142,52 @@ impl Settings {
     }
 
     /// Refuses sizes and intervals no machine could honour, with one line
-    /// naming the largest that fits here: a cache larger than memory, a
-    /// log that cannot fit on the cache dir's filesystem.
+    /// naming the largest that would do: a memory cache larger than this
+    /// machine's memory, a disk cache or log larger than any disk
+    /// ([`MAX_DISK_BYTES`]), commits more than a day apart. Only values
+    /// given (flags, config file) are checked; the defaults are modest,
+    /// and the disk cache and log adapt to the room they find.
     fn check_within_this_machine(
         &self,
         args: &EngineArgs,
         options: &EngineOptions,
     ) -> anyhow::Result<()> {
-        let memory_flag = match args.memory_cache {
-            Some(_) => "--memory-cache",
-            None => "[cache] memory_size_gb",
+        let cache = &self.config.cache;
+        let memory_flag = match (args.memory_cache, cache.memory_size_gb) {
+            (Some(_), _) => Some("--memory-cache"),
+            (None, Some(_)) => Some("[cache] memory_size_gb"),
+            (None, None) => None,
         };
-        if let Some(memory) = physical_memory() {
+        if let (Some(flag), Some(memory)) = (memory_flag, physical_memory()) {
             anyhow::ensure!(
                 options.memory_cache_bytes <= memory,
-                "{memory_flag} {} is more than this machine's memory ({}): give at most {}",
+                "{flag} {} is more than this machine's memory ({}): give at most {}",
                 shown(options.memory_cache_bytes),
                 shown(memory),
                 shown(memory)
             );
         }
-        let dir = self.cache_dir.display();
-        if let Some(room) = filesystem_size(&self.cache_dir) {
-            let disk_flag = match args.cache_size {
-                Some(_) => "--cache-size",
-                None => "[cache] disk_size_gb",
-            };
+        let disk_flag = match (args.cache_size, cache.disk_size_gb) {
+            (Some(_), _) => Some("--cache-size"),
+            (None, Some(_)) => Some("[cache] disk_size_gb"),
+            (None, None) => None,
+        };
+        if let Some(flag) = disk_flag {
             anyhow::ensure!(
-                options.disk_cache_bytes <= room,
-                "{disk_flag} {} is more than the filesystem of the cache dir {dir} holds ({}): give at most {}",
+                options.disk_cache_bytes <= MAX_DISK_BYTES,
+                "{flag} {} is more than any disk holds: give at most {}",
                 shown(options.disk_cache_bytes),
-                shown(room),
-                shown(room)
+                shown(MAX_DISK_BYTES)
             );
+        }
+        if args.max_dirty.is_some() {
             // The log takes at most seven times --max-dirty on disk.
-            let log = options.log_disk_bytes();
             anyhow::ensure!(
-                log <= room,
-                "--max-dirty {} lets the write-back log take up to {} in the cache dir {dir}, whose filesystem holds {}: give at most {}",
+                options.log_disk_bytes() <= MAX_DISK_BYTES,
+                "--max-dirty {} lets the write-back log take more than any disk holds ({} and more): give at most {}",
                 shown(options.max_dirty_bytes),
-                shown(log),
-                shown(room),
-                shown(room / 7)
+                shown(MAX_DISK_BYTES),
+                shown(MAX_DISK_BYTES / 8)
             );
         }
         anyhow::ensure!(
@@ -195,16 +199,23 @@ impl Settings {
     }
 }
 
-/// Refuses a cache dir that another user owns or can write: they could
-/// swap the volume's folder or its log for a symlink and have this
-/// process write volume data, as this user, wherever they like.
+/// More local disk than any cache dir has: 1 PiB.
+const MAX_DISK_BYTES: u64 = 1 << 50;
+
+/// Refuses a cache dir that another user owns or can write (unless it is
+/// sticky): they could swap the volume's folder or its log for a symlink
+/// and have this process write volume data, as this user, wherever they
+/// like.
 fn check_cache_dir_is_private(dir: &std::path::Path) -> anyhow::Result<()> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(dir)
         .with_context(|| format!("cannot read the cache directory {}", dir.display()))?;
     let me = nix::unistd::geteuid().as_raw();
+    // Sticky (like /tmp): others may add entries but never replace ours,
+    // and the volume's folder must be ours (the engine checks).
+    let sticky = meta.mode() & 0o1000 != 0;
     anyhow::ensure!(
-        meta.uid() == me && meta.mode() & 0o022 == 0,
+        meta.uid() == me && (meta.mode() & 0o022 == 0 || sticky),
         "the cache directory {} is owned by user {} or writable by others, who could redirect the volume's log: choose a directory of your own with --cache-dir, or `chown` it and `chmod go-w` it",
         dir.display(),
         meta.uid()
@@ -234,10 +245,4 @@ fn physical_memory() -> Option<u64> {
             .ok()?
             .saturating_mul(u64::try_from(page).ok()?),
     )
-}
-
-/// The size of the filesystem `dir` is on, if it says.
-fn filesystem_size(dir: &std::path::Path) -> Option<u64> {
-    let stat = nix::sys::statvfs::statvfs(dir).ok()?;
-    Some(stat.blocks().saturating_mul(stat.fragment_size()))
 }

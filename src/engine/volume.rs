@@ -163,8 +163,10 @@ impl Volume {
             source,
         };
         super::log::create_dir_durably(&dir).map_err(cache_dir_error)?;
-        // The volume's data is in there: private, also when an older
-        // version made it open to others.
+        // The volume's data is in there: this user's own folder (not one
+        // another user made in a shared cache dir, nor a symlink), and
+        // private, also when an older version made it open to others.
+        check_own_folder(&dir).map_err(cache_dir_error)?;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
             .map_err(cache_dir_error)?;
         let lock = lock_volume(&dir, name)?;
@@ -427,6 +429,23 @@ async fn open_log(dir: &std::path::Path, root: &Root) -> Result<(LogDir, Replaye
 /// The folder in `cache_dir` that holds a volume's log and cached chunks.
 pub fn local_dir(cache_dir: &std::path::Path, superblock: &Superblock) -> std::path::PathBuf {
     cache_dir.join(format!("{}.{}", superblock.name, superblock.uuid))
+}
+
+/// Whether `dir` is a plain directory of this process's user.
+fn check_own_folder(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(dir)?;
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.is_dir() && meta.uid() == me {
+        return Ok(());
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::PermissionDenied,
+        format!(
+            "not a directory of user {me} (owner {}, or a symlink): remove it",
+            meta.uid()
+        ),
+    ))
 }
 
 /// Takes the lock that says a process on this host has the volume open.
