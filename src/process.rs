@@ -39,6 +39,13 @@ pub fn share_new_files() {
     umask(Mode::from_bits_truncate(0o022));
 }
 
+/// Whether `meta` is a directory owned by this process's user. Taken with
+/// `symlink_metadata`, a symlink is not one.
+pub fn is_own_dir(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    meta.is_dir() && meta.uid() == nix::unistd::geteuid().as_raw()
+}
+
 /// A process: its pid, and when it started (clock ticks after boot, field
 /// 22 of `/proc/PID/stat`), so that a later process given the same pid is
 /// not taken for it.

@@ -113,8 +113,8 @@ fn check_trusted(dir: &Path) -> io::Result<bool> {
 
 fn check_owner(dir: &Path, meta: &std::fs::Metadata) -> io::Result<()> {
     use std::os::unix::fs::MetadataExt;
-    let me = nix::unistd::geteuid().as_raw();
-    if !meta.is_dir() || meta.uid() != me {
+    if !crate::process::is_own_dir(meta) {
+        let me = nix::unistd::geteuid().as_raw();
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
             format!(

@@ -210,12 +210,11 @@ fn check_cache_dir_is_private(dir: &std::path::Path) -> anyhow::Result<()> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(dir)
         .with_context(|| format!("cannot read the cache directory {}", dir.display()))?;
-    let me = nix::unistd::geteuid().as_raw();
     // Sticky (like /tmp): others may add entries but never replace ours,
     // and the volume's folder must be ours (the engine checks).
     let sticky = meta.mode() & 0o1000 != 0;
     anyhow::ensure!(
-        meta.uid() == me && (meta.mode() & 0o022 == 0 || sticky),
+        crate::process::is_own_dir(&meta) && (meta.mode() & 0o022 == 0 || sticky),
         "the cache directory {} is owned by user {} or writable by others, who could redirect the volume's log: choose a directory of your own with --cache-dir, or `chown` it and `chmod go-w` it",
         dir.display(),
         meta.uid()

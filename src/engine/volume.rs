@@ -435,10 +435,10 @@ pub fn local_dir(cache_dir: &std::path::Path, superblock: &Superblock) -> std::p
 fn check_own_folder(dir: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::symlink_metadata(dir)?;
-    let me = nix::unistd::geteuid().as_raw();
-    if meta.is_dir() && meta.uid() == me {
+    if crate::process::is_own_dir(&meta) {
         return Ok(());
     }
+    let me = nix::unistd::geteuid().as_raw();
     Err(std::io::Error::new(
         std::io::ErrorKind::PermissionDenied,
         format!(
