@@ -27,7 +27,8 @@ use divan::{Bencher, black_box};
 use zeroblk::cache::DiskCache;
 use zeroblk::cache::blocks::{BLOCK, BlockTable};
 use zeroblk::engine::{self, Durability, EngineOptions, NewVolume, Volume};
-use zeroblk::format::{Compression, ObjectId, chunk};
+use zeroblk::crypto::{KeyEnvelope, Password};
+use zeroblk::format::{Codec, Compression, ObjectId, chunk};
 use zeroblk::store::Store;
 
 const CHUNK: u64 = 1 << 20;
@@ -74,6 +75,7 @@ fn fixture(durability: Durability, commit_interval: Duration) -> Fixture {
             size: 4 << 30,
             chunk_size: CHUNK,
             compression: Compression::default(),
+            encrypt_with: None,
         };
         engine::create(&store, &new).await.expect("create");
         let mut options = EngineOptions::new(cache.path());
@@ -122,21 +124,33 @@ fn write_into_log(bencher: Bencher, len: usize) {
     });
 }
 
-#[divan::bench]
-fn chunk_encode(bencher: Bencher) {
-    let raw = half_compressible(CHUNK as usize, 3);
-    bencher
-        .counter(BytesCount::new(CHUNK))
-        .bench_local(|| chunk::encode(black_box(&raw), Compression::default()));
+/// Chunk objects in the clear, and sealed as an encrypted volume's are.
+fn codec(sealed: bool) -> Codec {
+    if !sealed {
+        return Codec::clear();
+    }
+    let password = Password::new("bench".into()).unwrap();
+    let (_, keys) = KeyEnvelope::create(&password).unwrap();
+    Codec::sealed(keys)
 }
 
-#[divan::bench]
-fn chunk_decode(bencher: Bencher) {
-    let raw = half_compressible(CHUNK as usize, 4);
-    let encoded = chunk::encode(&raw, Compression::default());
+#[divan::bench(args = [false, true])]
+fn chunk_encode(bencher: Bencher, sealed: bool) {
+    let raw = half_compressible(CHUNK as usize, 3);
+    let codec = codec(sealed);
     bencher
         .counter(BytesCount::new(CHUNK))
-        .bench_local(|| chunk::decode(encoded.id, black_box(&encoded.object)).unwrap());
+        .bench_local(|| chunk::encode(black_box(&raw), Compression::default(), &codec));
+}
+
+#[divan::bench(args = [false, true])]
+fn chunk_decode(bencher: Bencher, sealed: bool) {
+    let raw = half_compressible(CHUNK as usize, 4);
+    let codec = codec(sealed);
+    let encoded = chunk::encode(&raw, Compression::default(), &codec);
+    bencher
+        .counter(BytesCount::new(CHUNK))
+        .bench_local(|| chunk::decode(encoded.id, black_box(&encoded.object), &codec).unwrap());
 }
 
 #[divan::bench]

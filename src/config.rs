@@ -5,6 +5,7 @@
 //! [storage]
 //! url = "s3://my-bucket/zeroblk"        # or file:///var/lib/zeroblk/store
 //! s3_endpoint = "http://127.0.0.1:3900" # optional, like AWS_ENDPOINT_URL
+//! encryption_password = "..."           # optional: encrypts new volumes, opens encrypted ones
 //!
 //! [cache]
 //! dir = "/var/cache/zeroblk"
@@ -20,6 +21,30 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+
+use crate::crypto::Password;
+
+/// A file holding a password must be the owner's alone.
+fn refuse_if_others_may_read(path: &Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::MetadataExt;
+    let mode = std::fs::metadata(path)
+        .map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message: format!(
+                "it holds encryption_password and others may read it (mode {:o}): run `chmod 600 {}`",
+                mode & 0o777,
+                path.display()
+            ),
+        });
+    }
+    Ok(())
+}
 
 /// Why a configuration file was refused.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +75,8 @@ pub struct ConfigFile {
 pub struct StorageSection {
     pub url: Option<String>,
     pub s3_endpoint: Option<String>,
+    /// The password of encrypted volumes; the file must then be private.
+    pub encryption_password: Option<Password>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, PartialEq)]
@@ -84,6 +111,9 @@ impl ConfigFile {
             message: e.message().to_string(),
         })?;
         config.validate(path)?;
+        if config.storage.encryption_password.is_some() {
+            refuse_if_others_may_read(path)?;
+        }
         Ok(config)
     }
 

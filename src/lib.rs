@@ -5,6 +5,8 @@
 //!
 //! - [`store`]: the object store (the only user of `object_store`);
 //! - [`format`]: what every object in the store means, versioned;
+//! - [`crypto`]: encryption at rest, an encrypted volume's keys (the only
+//!   user of the cryptography crates);
 //! - [`cache`]: memory and disk caches of chunks (the only user of moka);
 //! - [`engine`]: volumes, their write-back log, flushes and commits, and
 //!   the durability contract every transport relies on;
@@ -23,6 +25,7 @@ pub mod attach;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod crypto;
 pub mod engine;
 pub mod failpoint;
 pub mod format;

@@ -590,6 +590,7 @@ async fn gc_never_deletes_what_a_commit_in_flight_publishes() {
         let options = engine::GcOptions {
             grace: Duration::from_secs(3600),
             dry_run: false,
+            password: None,
         };
         tokio::runtime::Runtime::new()
             .unwrap()
@@ -604,7 +605,7 @@ async fn gc_never_deletes_what_a_commit_in_flight_publishes() {
         .unwrap()
         .expect("gc runs");
 
-    let report = engine::verify(&store.reopen(), "v").await.unwrap();
+    let report = engine::verify(&store.reopen(), "v", None).await.unwrap();
     assert!(
         report.is_clean(),
         "gc deleted what the newest root references: {:?}",

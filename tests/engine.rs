@@ -53,7 +53,7 @@ async fn writes_survive_close_and_a_wiped_cache() {
         assert_eq!(read_tags(&volume, 2, 4).await, [0, 11, 12, 0]);
         assert_eq!(read_tags(&volume, 255, 3).await, [21, 22, 23]);
         assert_eq!(read_tags(&volume, 512, 256).await, whole);
-        let info = engine::info(&store.store, "v").await.unwrap();
+        let info = engine::info(&store.store, "v", None).await.unwrap();
         assert_eq!(info.allocated_bytes, 3 * MIB);
         assert!(info.generation >= 1);
         volume.close().await.unwrap();
@@ -88,8 +88,7 @@ async fn a_crash_replays_the_log() {
             "a process crash loses nothing written"
         );
         assert_eq!(
-            engine::info(&store.store, "v")
-                .await
+            engine::info(&store.store, "v", None).await
                 .unwrap()
                 .allocated_bytes,
             0,
@@ -231,10 +230,10 @@ async fn land_a_late_root(
         generation,
         log_id,
         log_epoch: 1,
-        ..Root::decode(&first, &bytes).unwrap()
+        ..Root::decode(&first, &bytes, &zeroblk::format::Codec::clear()).unwrap()
     };
     store
-        .put_if_absent(&keys::root("v", generation), late.encode().into())
+        .put_if_absent(&keys::root("v", generation), late.encode(&zeroblk::format::Codec::clear()).into())
         .await
         .unwrap()
 }
@@ -260,7 +259,7 @@ async fn a_late_commit_cannot_land_after_a_restart_and_another_writers_root_fenc
     let (store, cache, options, volume) = uncommitted_volume().await;
     write_tags(&volume, 0, &[1, 2]).await;
     volume.flush().await.unwrap();
-    let read_by_the_dead_writer = engine::info(&store.store, "v").await.unwrap().generation;
+    let read_by_the_dead_writer = engine::info(&store.store, "v", None).await.unwrap().generation;
     volume.crash(false, 0).await;
 
     let volume = Volume::open(&store.reopen(), "v", options.clone())
@@ -285,7 +284,7 @@ async fn a_late_commit_cannot_land_after_a_restart_and_another_writers_root_fenc
         .await
         .unwrap();
     assert_eq!(read_tags(&volume, 0, 6).await, [1, 2, 0, 0, 0, 9]);
-    let next = engine::info(&store.store, "v").await.unwrap().generation + 1;
+    let next = engine::info(&store.store, "v", None).await.unwrap().generation + 1;
     assert_eq!(
         land_a_late_root(&store.store, next, uuid::Uuid::new_v4()).await,
         zeroblk::store::Created::Created
@@ -364,8 +363,7 @@ async fn discarding_two_tebibytes_uploads_only_map_pages() {
         );
         assert!(after.bytes_written - before.bytes_written < MIB);
         assert_eq!(
-            engine::info(&store.store, "big")
-                .await
+            engine::info(&store.store, "big", None).await
                 .unwrap()
                 .allocated_bytes,
             0

@@ -296,7 +296,7 @@ async fn in_process_faults_and_hung_requests_corrupt_nothing() {
     assert!(store.counters().retries > 0);
 
     let clean = backing.reopen();
-    let report = engine::verify(&clean, "v").await.unwrap();
+    let report = engine::verify(&clean, "v", None).await.unwrap();
     assert!(report.is_clean(), "{:?}", report.bad);
     let cache = tempfile::tempdir().unwrap();
     let volume = Volume::open(&clean, "v", common::engine_options(cache.path()))

@@ -13,6 +13,7 @@ const MIB: u64 = 1 << 20;
 const NOW: GcOptions = GcOptions {
     grace: Duration::ZERO,
     dry_run: false,
+    password: None,
 };
 
 async fn object_count(store: &TestStore) -> usize {
@@ -72,6 +73,7 @@ async fn gc_frees_what_no_volume_references_and_nothing_else() {
             GcOptions {
                 grace: Duration::from_secs(3600),
                 dry_run: false,
+                password: None,
             },
         )
         .await
@@ -100,7 +102,7 @@ async fn gc_frees_what_no_volume_references_and_nothing_else() {
         );
 
         for name in ["a", "b"] {
-            let verified = engine::verify(&store.reopen(), name).await.unwrap();
+            let verified = engine::verify(&store.reopen(), name, None).await.unwrap();
             assert!(verified.is_clean(), "{name}: {:?}", verified.bad);
         }
         let fresh = tempfile::tempdir().unwrap();
@@ -142,6 +144,7 @@ async fn gc_refuses_a_short_grace_while_a_volume_is_attached() {
     let long_enough = GcOptions {
         grace: engine::MIN_GRACE_WHILE_ATTACHED,
         dry_run: false,
+        password: None,
     };
     engine::collect_garbage(&store.store, long_enough)
         .await
@@ -180,12 +183,12 @@ async fn a_flipped_byte_is_an_io_error_and_verify_names_the_object() {
     write_tags(&volume, 0, &(1..=256).collect::<Vec<_>>()).await;
     volume.close().await.unwrap();
     drop(volume);
-    assert!(engine::verify(&store.store, "v").await.unwrap().is_clean());
+    assert!(engine::verify(&store.store, "v", None).await.unwrap().is_clean());
 
     // The one chunk written is stored as a pack of its own.
     let flipped = flip_a_byte_under(&root, "packs");
     assert_eq!(flipped.len(), 1);
-    let report = engine::verify(&store.reopen(), "v").await.unwrap();
+    let report = engine::verify(&store.reopen(), "v", None).await.unwrap();
     let bad: Vec<_> = report.bad.iter().map(|b| b.key.as_str()).collect();
     assert_eq!(bad, flipped);
 
@@ -211,7 +214,7 @@ async fn a_flipped_byte_is_an_io_error_and_verify_names_the_object() {
     volume.close().await.unwrap();
 
     flip_a_byte_under(&root, "pages");
-    let report = engine::verify(&store.reopen(), "v").await.unwrap();
+    let report = engine::verify(&store.reopen(), "v", None).await.unwrap();
     assert!(
         report.bad.iter().any(|b| b.key.starts_with("pages/")),
         "{:?}",

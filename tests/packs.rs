@@ -16,6 +16,7 @@ const BLOCKS_PER_CHUNK: u64 = MIB / 4096;
 const NOW: GcOptions = GcOptions {
     grace: Duration::ZERO,
     dry_run: false,
+    password: None,
 };
 
 /// Creates volume `name` with 1 MiB chunks stored uncompressed, so that a
@@ -26,6 +27,7 @@ async fn create_raw(store: &TestStore, name: &str, size: u64) {
         size,
         chunk_size: MIB,
         compression: Compression::None,
+        encrypt_with: None,
     };
     engine::create(&store.store, &new).await.unwrap();
 }
@@ -102,7 +104,7 @@ async fn a_commit_packs_its_chunks_and_a_cold_reader_fetches_runs() {
             gets <= 16,
             "32 chunks read in runs, not one by one: {gets} GETs"
         );
-        let verified = engine::verify(&store.reopen(), "v").await.unwrap();
+        let verified = engine::verify(&store.reopen(), "v", None).await.unwrap();
         assert!(verified.is_clean(), "{:?}", verified.bad);
         assert_eq!(verified.chunks, 32);
     }
@@ -241,7 +243,7 @@ async fn gc_splits_a_mostly_dead_pack_and_readers_find_its_chunks() {
         let (volume, _cache) = open_fresh(&store, "v").await;
         assert_eq!(read_tags(&volume, 0, 16 * BLOCKS_PER_CHUNK).await, expected);
         volume.close().await.unwrap();
-        let verified = engine::verify(&store.reopen(), "v").await.unwrap();
+        let verified = engine::verify(&store.reopen(), "v", None).await.unwrap();
         assert!(verified.is_clean(), "{:?}", verified.bad);
 
         // Overwritten whole, both old packs go.

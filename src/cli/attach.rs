@@ -106,7 +106,7 @@ pub async fn attach(args: AttachArgs, settings: &Settings) -> anyhow::Result<()>
         choose_transport(args.transport)?;
     }
     let store = settings.open_store()?;
-    ensure_volume(&store, &args).await?;
+    ensure_volume(&store, &args, settings).await?;
     let provision = resolve_provision(&store, &args.name, &args.provision).await?;
     if let Some(provision) = &provision {
         provision::preflight(provision)?;
@@ -257,8 +257,8 @@ fn applied_on_this_host(name: &str, mut provision: Provision, args: &ProvisionAr
     provision
 }
 
-async fn ensure_volume(store: &Store, args: &AttachArgs) -> anyhow::Result<()> {
-    match engine::info(store, &args.name).await {
+async fn ensure_volume(store: &Store, args: &AttachArgs, settings: &Settings) -> anyhow::Result<()> {
+    match engine::info(store, &args.name, settings.password()).await {
         Ok(info) => {
             if let Some(size) = args.size.filter(|s| s.bytes() != info.size) {
                 anyhow::bail!(
@@ -282,6 +282,7 @@ async fn ensure_volume(store: &Store, args: &AttachArgs) -> anyhow::Result<()> {
                 size: size.bytes(),
                 chunk_size: args.chunk_size.bytes(),
                 compression: args.compression,
+                encrypt_with: settings.password_for_new_volume(false)?,
             };
             engine::create(store, &new).await?;
             eprintln!("created volume {} ({size})", args.name);
@@ -441,6 +442,7 @@ mod tests {
             size: 1 << 30,
             chunk_size: 1 << 20,
             compression: Compression::default(),
+            encrypt_with: None,
         };
         engine::create(&store, &new).await.unwrap();
         let bytes = bytes::Bytes::from(stored.to_string());

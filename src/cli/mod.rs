@@ -55,6 +55,10 @@ pub struct GlobalArgs {
     /// and tried again
     #[arg(long, global = true, value_name = "DURATION", default_value = "30s")]
     pub store_timeout: humantime::Duration,
+    /// A file whose first line is the password of encrypted volumes (mode
+    /// 600) [default: ZEROBLK_PASSWORD, or [storage] encryption_password]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
     /// Log more (-v: debug, -vv: trace); RUST_LOG works too
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,

@@ -6,6 +6,7 @@ use anyhow::Context;
 
 use super::GlobalArgs;
 use crate::config::{self, ConfigFile, gib_to_bytes};
+use crate::crypto::Password;
 use crate::engine::{Durability, EngineOptions};
 use crate::size::ByteSize;
 use crate::store::{Store, StoreOptions};
@@ -13,6 +14,18 @@ use crate::store::{Store, StoreOptions};
 /// More read-ahead than this only holds chunks the memory cache may evict
 /// before the reader gets to them.
 const MAX_READAHEAD_CHUNKS: u64 = 256;
+
+/// The password from the first place that has one.
+fn resolve_password(global: &GlobalArgs, config: &ConfigFile) -> anyhow::Result<Option<Password>> {
+    if let Some(file) = &global.password_file {
+        return Ok(Some(Password::from_file(file)?));
+    }
+    if let Ok(text) = std::env::var("ZEROBLK_PASSWORD") {
+        let password = Password::new(text).context("ZEROBLK_PASSWORD is set but empty: unset it, or give the password")?;
+        return Ok(Some(password));
+    }
+    Ok(config.storage.encryption_password.clone())
+}
 
 /// Options of commands that open a volume for I/O.
 #[derive(Debug, clap::Args, Clone, Default)]
@@ -52,6 +65,8 @@ pub struct Settings {
     pub store_options: StoreOptions,
     pub cache_dir: PathBuf,
     pub config: ConfigFile,
+    /// The password of encrypted volumes, if one was given.
+    password: Option<Password>,
 }
 
 impl Settings {
@@ -79,12 +94,31 @@ impl Settings {
             .clone()
             .or_else(|| config.cache.dir.clone())
             .unwrap_or_else(config::default_cache_dir);
+        let password = resolve_password(global, &config)?;
         Ok(Settings {
             store_url,
             store_options,
             cache_dir,
             config,
+            password,
         })
+    }
+
+    /// The password of encrypted volumes: `--password-file`, else
+    /// `ZEROBLK_PASSWORD`, else the config file's.
+    pub fn password(&self) -> Option<&Password> {
+        self.password.as_ref()
+    }
+
+    /// The password a new volume is encrypted with: given a password,
+    /// volumes are encrypted (a user who configured one never gets a
+    /// volume in the clear by leaving out a flag); `--encrypt` requires one.
+    pub fn password_for_new_volume(&self, encrypt: bool) -> anyhow::Result<Option<Password>> {
+        anyhow::ensure!(
+            !encrypt || self.password.is_some(),
+            "--encrypt needs a password: give it with --password-file FILE, ZEROBLK_PASSWORD, or encryption_password under [storage] in the config file"
+        );
+        Ok(self.password.clone())
     }
 
     pub fn open_store(&self) -> anyhow::Result<Store> {
@@ -100,6 +134,7 @@ impl Settings {
         })?;
         check_cache_dir_is_private(&self.cache_dir)?;
         let mut options = EngineOptions::new(&self.cache_dir);
+        options.password = self.password.clone();
         if let Some(bytes) = args
             .memory_cache
             .map(ByteSize::bytes)

@@ -5,7 +5,10 @@ use std::time::{Duration, UNIX_EPOCH};
 use clap::Subcommand;
 
 use super::settings::{EngineArgs, Settings};
-use crate::engine::{self, NewVolume, Volume, VolumeInfo};
+use anyhow::Context;
+
+use crate::crypto::Password;
+use crate::engine::{self, EngineError, NewVolume, Volume, VolumeInfo};
 use crate::format::{Compression, DEFAULT_CHUNK_SIZE};
 use crate::size::{ByteSize, human};
 use crate::store::Fencing;
@@ -27,6 +30,12 @@ pub enum VolumeCommand {
         /// How chunks are compressed in the store: zstd, zstd:LEVEL or none
         #[arg(long, value_name = "CODEC", default_value = "zstd:3")]
         compression: Compression,
+        /// Encrypt everything the volume stores, with the password of
+        /// --password-file, ZEROBLK_PASSWORD or [storage]
+        /// encryption_password (given a password, volumes are encrypted
+        /// even without this flag)
+        #[arg(long)]
+        encrypt: bool,
     },
     /// List the store's volumes
     List {
@@ -48,6 +57,15 @@ pub enum VolumeCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Change an encrypted volume's password (the data is not rewritten):
+    /// the old one as usual, the new one from --new-password-file or
+    /// ZEROBLK_NEW_PASSWORD
+    Rekey {
+        name: String,
+        /// A file whose first line is the new password (mode 600)
+        #[arg(long, value_name = "FILE")]
+        new_password_file: Option<std::path::PathBuf>,
+    },
     /// Grow a volume
     Resize {
         name: String,
@@ -67,33 +85,50 @@ pub async fn run(command: VolumeCommand, settings: &Settings) -> anyhow::Result<
             size,
             chunk_size,
             compression,
+            encrypt,
         } => {
             let new = NewVolume {
                 name: name.clone(),
                 size: size.bytes(),
                 chunk_size: chunk_size.bytes(),
                 compression,
+                encrypt_with: settings.password_for_new_volume(encrypt)?,
+            };
+            let encrypted = match new.encrypt_with {
+                Some(_) => ", encrypted",
+                None => "",
             };
             let superblock = engine::create(&store, &new).await?;
             outln!(
-                "created volume {name}: {size}, {chunk_size} chunks, {compression}, in {} (uuid {})",
+                "created volume {name}: {size}, {chunk_size} chunks, {compression}{encrypted}, in {} (uuid {})",
                 store.url(),
                 superblock.uuid
             );
         }
         VolumeCommand::List { json } => {
-            let mut volumes = Vec::new();
+            let (mut volumes, mut locked) = (Vec::new(), Vec::new());
             for name in engine::list(&store).await? {
-                volumes.push(engine::info(&store, &name).await?);
+                match engine::info(&store, &name, settings.password()).await {
+                    Ok(info) => volumes.push(info),
+                    Err(EngineError::PasswordNeeded(_) | EngineError::Key { .. }) => {
+                        locked.push(name)
+                    }
+                    Err(error) => return Err(error.into()),
+                }
             }
             if json {
-                outln!("{}", serde_json::to_string_pretty(&volumes)?);
+                let mut listed = serde_json::to_value(&volumes)?;
+                for name in locked {
+                    let entry = serde_json::json!({ "name": name, "encrypted": true, "locked": true });
+                    listed.as_array_mut().expect("a list").push(entry);
+                }
+                outln!("{}", serde_json::to_string_pretty(&listed)?);
             } else {
-                print_list(&volumes);
+                print_list(&volumes, &locked);
             }
         }
         VolumeCommand::Info { name, json } => {
-            let info = engine::info(&store, &name).await?;
+            let info = engine::info(&store, &name, settings.password()).await?;
             let fencing = store.fencing().await?;
             if json {
                 let mut value = serde_json::to_value(&info)?;
@@ -121,7 +156,7 @@ pub async fn run(command: VolumeCommand, settings: &Settings) -> anyhow::Result<
             outln!("deleted volume {name}; `zeroblk gc` frees chunks no volume uses");
         }
         VolumeCommand::Verify { name, json } => {
-            let report = engine::verify(&store, &name).await?;
+            let report = engine::verify(&store, &name, settings.password().cloned()).await?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -143,6 +178,17 @@ pub async fn run(command: VolumeCommand, settings: &Settings) -> anyhow::Result<
                 report.bad.len()
             );
         }
+        VolumeCommand::Rekey {
+            name,
+            new_password_file,
+        } => {
+            let old = settings.password().with_context(|| {
+                format!("volume {name}: give its current password with --password-file FILE or ZEROBLK_PASSWORD")
+            })?;
+            let new = new_password(new_password_file.as_deref())?;
+            engine::rekey(&store, &name, old, &new).await?;
+            outln!("volume {name}: its password is changed; the old one no longer opens it");
+        }
         VolumeCommand::Resize { name, size, engine } => {
             let volume = Volume::open(&store, &name, settings.engine_options(&engine)?).await?;
             let before = volume.size();
@@ -162,7 +208,12 @@ pub async fn gc(
     json: bool,
 ) -> anyhow::Result<()> {
     let store = settings.open_store()?;
-    let report = engine::collect_garbage(&store, engine::GcOptions { grace, dry_run }).await?;
+    let options = engine::GcOptions {
+        grace,
+        dry_run,
+        password: settings.password().cloned(),
+    };
+    let report = engine::collect_garbage(&store, options).await?;
     if json {
         outln!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
@@ -184,8 +235,20 @@ pub async fn gc(
     Ok(())
 }
 
-fn print_list(volumes: &[VolumeInfo]) {
-    if volumes.is_empty() {
+/// The new password of `volume rekey`: from the file, else the
+/// environment.
+fn new_password(file: Option<&std::path::Path>) -> anyhow::Result<Password> {
+    if let Some(file) = file {
+        return Ok(Password::from_file(file)?);
+    }
+    let text = std::env::var("ZEROBLK_NEW_PASSWORD").map_err(|_| {
+        anyhow::anyhow!("give the new password with --new-password-file FILE or ZEROBLK_NEW_PASSWORD")
+    })?;
+    Ok(Password::new(text)?)
+}
+
+fn print_list(volumes: &[VolumeInfo], locked: &[String]) {
+    if volumes.is_empty() && locked.is_empty() {
         outln!("no volumes; create one with `zeroblk volume create NAME --size 100G`");
         return;
     }
@@ -209,6 +272,9 @@ fn print_list(volumes: &[VolumeInfo]) {
             v.generation
         );
     }
+    for name in locked {
+        outln!("{name:<24} (encrypted: give its password to see more)");
+    }
 }
 
 fn print_info(v: &VolumeInfo) {
@@ -218,6 +284,10 @@ fn print_info(v: &VolumeInfo) {
     outln!("size:        {} ({} bytes)", ByteSize(v.size), v.size);
     outln!("chunk size:  {}", ByteSize(v.chunk_size));
     outln!("compression: {}", v.compression);
+    outln!(
+        "encryption:  {}",
+        v.encryption.as_deref().unwrap_or("none (stored in the clear)")
+    );
     outln!("format:      version {}", v.format_version);
     outln!(
         "generation:  {} (committed {})",

@@ -6,7 +6,10 @@
 use bytes::Bytes;
 use serde::Serialize;
 
-use crate::format::{self, Compression, FormatError, Root, Superblock, keys, validate_chunk_size};
+use crate::crypto::{KeyEnvelope, Password};
+use crate::format::{
+    self, Codec, Compression, FormatError, Root, Superblock, keys, validate_chunk_size,
+};
 use crate::store::{Created, Store};
 
 use super::error::{EngineError, Result};
@@ -21,6 +24,8 @@ pub struct NewVolume {
     pub size: u64,
     pub chunk_size: u64,
     pub compression: Compression,
+    /// Encrypt the volume with this password.
+    pub encrypt_with: Option<Password>,
 }
 
 /// A volume as the store describes it (`volume info`).
@@ -31,6 +36,8 @@ pub struct VolumeInfo {
     pub size: u64,
     pub chunk_size: u64,
     pub compression: String,
+    /// How its objects are sealed, if it is encrypted.
+    pub encryption: Option<String>,
     pub format_version: u32,
     pub generation: u64,
     pub committed_at_ms: u64,
@@ -68,7 +75,23 @@ pub async fn create(store: &Store, new: &NewVolume) -> Result<Superblock> {
             new.name
         )));
     }
-    let superblock = Superblock::new(&new.name, new.size, new.chunk_size, new.compression);
+    let (envelope, codec) = match &new.encrypt_with {
+        Some(password) => {
+            let (envelope, keys) = KeyEnvelope::create(password).map_err(|source| EngineError::Key {
+                name: new.name.clone(),
+                source,
+            })?;
+            (Some(envelope), Codec::sealed(keys))
+        }
+        None => (None, Codec::clear()),
+    };
+    let superblock = Superblock::new(
+        &new.name,
+        new.size,
+        new.chunk_size,
+        new.compression,
+        envelope,
+    );
     let key = keys::superblock(&new.name);
     if store
         .put_if_absent(&key, Bytes::from(superblock.encode()))
@@ -79,7 +102,7 @@ pub async fn create(store: &Store, new: &NewVolume) -> Result<Superblock> {
     }
     let root = Root::empty(superblock.uuid, new.size, new.chunk_size);
     store
-        .put_if_absent(&keys::root(&new.name, 0), Bytes::from(root.encode()))
+        .put_if_absent(&keys::root(&new.name, 0), Bytes::from(root.encode(&codec)))
         .await?;
     write_head(store, &new.name, 0).await?;
     Ok(superblock)
@@ -126,14 +149,62 @@ pub async fn superblock(store: &Store, name: &str) -> Result<Superblock> {
     Ok(superblock)
 }
 
+/// How the volume's objects are named and kept: for an encrypted volume,
+/// its keys, which `password` must open. A password given for a volume in
+/// the clear is not needed, and not an error.
+pub fn unlock(superblock: &Superblock, password: Option<&Password>) -> Result<Codec> {
+    let Some(envelope) = &superblock.encryption else {
+        return Ok(Codec::clear());
+    };
+    let password = password.ok_or_else(|| EngineError::PasswordNeeded(superblock.name.clone()))?;
+    let keys = envelope.open(password).map_err(|source| EngineError::Key {
+        name: superblock.name.clone(),
+        source,
+    })?;
+    Ok(Codec::sealed(keys))
+}
+
+/// [`unlock`], off the async threads: Argon2id takes a quarter second of
+/// work and 64 MiB.
+pub async fn unlock_blocking(superblock: &Superblock, password: Option<Password>) -> Result<Codec> {
+    if superblock.encryption.is_none() {
+        return Ok(Codec::clear());
+    }
+    let superblock = superblock.clone();
+    tokio::task::spawn_blocking(move || unlock(&superblock, password.as_ref()))
+        .await
+        .expect("unlocking does not panic")
+}
+
+/// Wraps an encrypted volume's data key with `new` instead of `old`: one
+/// write of its superblock, no data touched. Every superblock the store may
+/// hold meanwhile wraps the same key.
+pub async fn rekey(store: &Store, name: &str, old: &Password, new: &Password) -> Result<()> {
+    let mut superblock = superblock(store, name).await?;
+    let Some(envelope) = &superblock.encryption else {
+        return Err(EngineError::InvalidArgument(format!(
+            "volume `{name}` is not encrypted, so it has no password to change; copy it into a volume made with `volume create --encrypt`"
+        )));
+    };
+    let rewrapped = envelope.rewrap(old, new).map_err(|source| EngineError::Key {
+        name: name.to_string(),
+        source,
+    })?;
+    superblock.encryption = Some(rewrapped);
+    store
+        .put(&keys::superblock(name), Bytes::from(superblock.encode()))
+        .await?;
+    Ok(())
+}
+
 /// The newest committed generation: the head hint, then the roots after
 /// it until one is missing. A few requests, whatever the volume's size.
 /// When the hinted root is gone (`zeroblk gc` deletes old roots, and the
 /// hint may lag), the newest listed root takes its place.
-pub async fn newest_root(store: &Store, superblock: &Superblock) -> Result<Root> {
+pub async fn newest_root(store: &Store, superblock: &Superblock, codec: &Codec) -> Result<Root> {
     let name = &superblock.name;
     let mut generation = read_head(store, name).await?;
-    let mut newest = read_root(store, superblock, generation).await?;
+    let mut newest = read_root(store, superblock, codec, generation).await?;
     if newest.is_none() {
         let listed = store
             .list_keys(&format!("{}/roots/", keys::volume_dir(name)))
@@ -144,14 +215,14 @@ pub async fn newest_root(store: &Store, superblock: &Superblock) -> Result<Root>
             .max()
         {
             generation = listed;
-            newest = read_root(store, superblock, generation).await?;
+            newest = read_root(store, superblock, codec, generation).await?;
         }
     }
     let mut newest = newest.ok_or_else(|| EngineError::MissingObject {
         key: keys::root(name, generation),
         generation,
     })?;
-    while let Some(next) = read_root(store, superblock, newest.generation + 1).await? {
+    while let Some(next) = read_root(store, superblock, codec, newest.generation + 1).await? {
         newest = next;
     }
     Ok(newest)
@@ -160,13 +231,14 @@ pub async fn newest_root(store: &Store, superblock: &Superblock) -> Result<Root>
 async fn read_root(
     store: &Store,
     superblock: &Superblock,
+    codec: &Codec,
     generation: u64,
 ) -> Result<Option<Root>> {
     let key = keys::root(&superblock.name, generation);
     let Some(bytes) = store.get(&key).await? else {
         return Ok(None);
     };
-    let root = Root::decode(&key, &bytes)?;
+    let root = Root::decode(&key, &bytes, codec)?;
     if root.volume != superblock.uuid || root.generation != generation {
         return Err(format::FormatError::corrupt(
             key,
@@ -207,10 +279,10 @@ async fn read_head(store: &Store, name: &str) -> Result<u64> {
 /// Publishes `root` as its volume's generation, unless that generation
 /// exists already: says whether it did. The root is then the newest, and
 /// the head hint says so.
-pub async fn publish_root(store: &Store, name: &str, root: &Root) -> Result<bool> {
+pub async fn publish_root(store: &Store, name: &str, codec: &Codec, root: &Root) -> Result<bool> {
     let key = keys::root(name, root.generation);
     if store
-        .put_if_absent(&key, Bytes::from(root.encode()))
+        .put_if_absent(&key, Bytes::from(root.encode(codec)))
         .await?
         == Created::AlreadyExists
     {
@@ -226,9 +298,10 @@ pub async fn publish_root(store: &Store, name: &str, root: &Root) -> Result<bool
 pub async fn root_at(
     store: &Store,
     superblock: &Superblock,
+    codec: &Codec,
     generation: u64,
 ) -> Result<Option<Root>> {
-    read_root(store, superblock, generation).await
+    read_root(store, superblock, codec, generation).await
 }
 
 /// Records the newest generation as a hint for the next open.
@@ -263,15 +336,21 @@ pub async fn write_volume_file(
     Ok(())
 }
 
-pub async fn info(store: &Store, name: &str) -> Result<VolumeInfo> {
+/// What the store says of a volume; an encrypted one needs its password.
+pub async fn info(store: &Store, name: &str, password: Option<&Password>) -> Result<VolumeInfo> {
     let superblock = superblock(store, name).await?;
-    let root = newest_root(store, &superblock).await?;
+    let codec = unlock(&superblock, password)?;
+    let root = newest_root(store, &superblock, &codec).await?;
     Ok(VolumeInfo {
         name: superblock.name.clone(),
         uuid: superblock.uuid.to_string(),
         size: root.size,
         chunk_size: root.chunk_size,
         compression: superblock.compression.to_string(),
+        encryption: superblock
+            .encryption
+            .is_some()
+            .then(|| "xchacha20poly1305, key wrapped by argon2id".to_string()),
         format_version: superblock.version,
         generation: root.generation,
         committed_at_ms: root.committed_at_ms,
@@ -325,6 +404,7 @@ mod tests {
             size: 1 << 30,
             chunk_size: 1 << 20,
             compression: Compression::default(),
+            encrypt_with: None,
         }
     }
 
@@ -334,7 +414,7 @@ mod tests {
         create(&store, &new_volume("b")).await.unwrap();
         create(&store, &new_volume("a")).await.unwrap();
         assert_eq!(list(&store).await.unwrap(), vec!["a", "b"]);
-        let info = info(&store, "a").await.unwrap();
+        let info = info(&store, "a", None).await.unwrap();
         assert_eq!(
             (info.size, info.generation, info.allocated_bytes),
             (1 << 30, 0, 0)
@@ -367,7 +447,7 @@ mod tests {
             .unwrap();
         let refused = superblock(&store, "v").await.unwrap_err().to_string();
         assert!(refused.contains("names volume `../../etc`"), "{refused}");
-        assert!(info(&store, "v").await.is_err());
+        assert!(info(&store, "v", None).await.is_err());
         // Deleting it removes it from the store, and nothing the tampered
         // name points at outside the cache dir.
         let top = tempfile::tempdir().unwrap();
@@ -406,9 +486,9 @@ mod tests {
         ] {
             let mut root = Root::empty(good.uuid, size, chunk_size);
             root.generation = 1;
-            let bytes = Bytes::from(root.encode());
+            let bytes = Bytes::from(root.encode(&Codec::clear()));
             store.put(&keys::root("v", 1), bytes).await.unwrap();
-            let refused = newest_root(&store, &good).await;
+            let refused = newest_root(&store, &good, &Codec::clear()).await;
             assert!(refused.is_err(), "root of {size} in chunks of {chunk_size}");
         }
     }
@@ -435,12 +515,12 @@ mod tests {
         for generation in 1..=3 {
             root.generation = generation;
             store
-                .put(&keys::root("v", generation), Bytes::from(root.encode()))
+                .put(&keys::root("v", generation), Bytes::from(root.encode(&Codec::clear())))
                 .await
                 .unwrap();
         }
         let before = store.counters().gets;
-        assert_eq!(newest_root(&store, &sb).await.unwrap().generation, 3);
+        assert_eq!(newest_root(&store, &sb, &Codec::clear()).await.unwrap().generation, 3);
         assert!(store.counters().gets - before <= 6);
     }
 }

@@ -215,6 +215,7 @@ impl Shared {
             .collect();
         let chunk_size = base.chunk_size as usize;
         let compression = self.superblock.compression;
+        let codec = self.codec.clone();
         let built = background::run(move || {
             let mut data = vec![0u8; chunk_size];
             let bytes = |blocks: &std::ops::Range<usize>| {
@@ -237,7 +238,7 @@ impl Shared {
             if data.iter().all(|&b| b == 0) {
                 return Ok(None);
             }
-            let encoded = format::chunk::encode(&data, compression);
+            let encoded = format::chunk::encode(&data, compression, &codec);
             Ok::<_, EngineError>(Some((encoded, data)))
         })
         .await?;
@@ -278,7 +279,8 @@ impl Shared {
         let content = Arc::new(content);
         let encoded = {
             let content = Arc::clone(&content);
-            tokio::task::spawn_blocking(move || content.encode())
+            let codec = self.codec.clone();
+            tokio::task::spawn_blocking(move || content.encode(&codec))
                 .await
                 .expect("page encoding does not panic")
         };
@@ -308,12 +310,12 @@ impl Shared {
             .check(&self.store, &self.name)
             .await?;
         crate::async_fail_point!("commit::before_root");
-        let published = catalog::publish_root(&self.store, &self.name, next).await?;
+        let published = catalog::publish_root(&self.store, &self.name, &self.codec, next).await?;
         crate::async_fail_point!("commit::after_root");
         if published {
             return Ok(Published::Committed);
         }
-        let found = catalog::root_at(&self.store, &self.superblock, next.generation).await?;
+        let found = catalog::root_at(&self.store, &self.superblock, &self.codec, next.generation).await?;
         match found {
             Some(found) if same_commit(&found, next) => Ok(Published::Committed),
             Some(found) if found.kind == RootKind::GcBarrier => {

@@ -89,6 +89,15 @@ pub enum EngineError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "volume `{0}` is encrypted and no password was given: give it with --password-file FILE, ZEROBLK_PASSWORD, or encryption_password under [storage] in the config file"
+    )]
+    PasswordNeeded(String),
+    #[error("volume `{name}`: {source}")]
+    Key {
+        name: String,
+        source: crate::crypto::CryptoError,
+    },
     #[error("volume stopped: {0}")]
     Stopped(Arc<EngineError>),
     #[error(transparent)]
@@ -106,6 +115,7 @@ impl EngineError {
             | EngineError::InvalidArgument(_) => libc::EINVAL,
             EngineError::Fenced { .. } | EngineError::LeaseLost { .. } => libc::EROFS,
             EngineError::Leased { .. } | EngineError::GcRunning { .. } => libc::EBUSY,
+            EngineError::PasswordNeeded(_) | EngineError::Key { .. } => libc::EACCES,
             EngineError::Log { source, .. } | EngineError::CacheDir { source, .. }
                 if source.raw_os_error() == Some(libc::ENOSPC) =>
             {

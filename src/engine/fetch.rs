@@ -24,7 +24,7 @@ use futures::future::{BoxFuture, Shared as SharedFuture, join_all, try_join_all}
 
 use super::error::{EngineError, Result};
 use super::volume::Shared;
-use crate::format::{self, ChunkRef, ObjectId, Place, Root, keys, pack};
+use crate::format::{self, ChunkRef, Codec, ObjectId, Place, Root, keys, pack};
 use crate::store::Store;
 
 /// A run fetched with one GET is at most this long.
@@ -122,8 +122,10 @@ type RunResult = std::result::Result<Arc<Vec<Bytes>>, Arc<EngineError>>;
 
 /// Store fetches in flight: for each chunk being fetched, the fetch and
 /// the chunk's place in its run.
-#[derive(Default)]
 pub(super) struct InFlight {
+    store: Store,
+    /// How the volume's chunk objects are opened.
+    codec: Codec,
     chunks: Mutex<HashMap<ObjectId, Member>>,
     serial: AtomicU64,
 }
@@ -136,6 +138,15 @@ struct Member {
 }
 
 impl InFlight {
+    pub(super) fn new(store: Store, codec: Codec) -> InFlight {
+        InFlight {
+            store,
+            codec,
+            chunks: Mutex::default(),
+            serial: AtomicU64::new(0),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectId, Member>> {
         self.chunks.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -147,7 +158,6 @@ impl InFlight {
     /// The fetch getting `entry`, or a new one of it alone, registered.
     fn join_or_start(
         self: &Arc<Self>,
-        store: &Store,
         entry: ChunkRef,
         generation: u64,
     ) -> (RunFetch, usize) {
@@ -155,7 +165,7 @@ impl InFlight {
         if let Some(member) = chunks.get(&entry.id) {
             return (member.fetch.clone(), member.index);
         }
-        let fetch = self.register(&mut chunks, store, vec![entry], generation);
+        let fetch = self.register(&mut chunks, vec![entry], generation);
         (fetch, 0)
     }
 
@@ -163,7 +173,6 @@ impl InFlight {
     /// cut where one is; returns each fetch and its chunks.
     fn start_runs(
         self: &Arc<Self>,
-        store: &Store,
         run: Vec<ChunkRef>,
         generation: u64,
     ) -> Vec<(RunFetch, Vec<ChunkRef>)> {
@@ -179,7 +188,7 @@ impl InFlight {
             .into_iter()
             .filter(|piece| !piece.is_empty())
             .map(|piece| {
-                let fetch = self.register(&mut chunks, store, piece.clone(), generation);
+                let fetch = self.register(&mut chunks, piece.clone(), generation);
                 (fetch, piece)
             })
             .collect()
@@ -188,17 +197,15 @@ impl InFlight {
     fn register(
         self: &Arc<Self>,
         chunks: &mut HashMap<ObjectId, Member>,
-        store: &Store,
         run: Vec<ChunkRef>,
         generation: u64,
     ) -> RunFetch {
         let serial = self.serial.fetch_add(1, Ordering::Relaxed);
         let ids: Vec<ObjectId> = run.iter().map(|e| e.id).collect();
         let in_flight = Arc::clone(self);
-        let store = store.clone();
         let forget = ids.clone();
         let fetch = async move {
-            let fetched = fetch_run(&store, run, generation).await;
+            let fetched = fetch_run(&in_flight.store, &in_flight.codec, run, generation).await;
             in_flight.forget(&forget, serial);
             fetched.map(Arc::new).map_err(Arc::new)
         }
@@ -241,7 +248,12 @@ impl InFlight {
 
 /// Fetches and decodes a run: one ranged GET of its pack, or, for a chunk
 /// alone or a pack gone, each chunk's object.
-async fn fetch_run(store: &Store, run: Vec<ChunkRef>, generation: u64) -> Result<Vec<Bytes>> {
+async fn fetch_run(
+    store: &Store,
+    codec: &Codec,
+    run: Vec<ChunkRef>,
+    generation: u64,
+) -> Result<Vec<Bytes>> {
     tracing::trace!(chunks = run.len(), first = %run[0].id, "fetching a run");
     let objects = match run_range(&run) {
         Some((pack, range)) => match store.get_range(&keys::pack(&pack), range.clone()).await? {
@@ -258,7 +270,7 @@ async fn fetch_run(store: &Store, run: Vec<ChunkRef>, generation: u64) -> Result
         },
         None => each_object(store, &run, generation).await?,
     };
-    decode(objects).await
+    decode(objects, codec.clone()).await
 }
 
 /// The error of a read whose chunk could not be loaded.
@@ -306,12 +318,12 @@ async fn each_object(
 }
 
 /// Decodes and verifies chunk objects, off the async threads.
-async fn decode(objects: Vec<(ChunkRef, Bytes)>) -> Result<Vec<Bytes>> {
+async fn decode(objects: Vec<(ChunkRef, Bytes)>, codec: Codec) -> Result<Vec<Bytes>> {
     tokio::task::spawn_blocking(move || {
         objects
             .iter()
             .map(|(entry, object)| {
-                let decoded = format::chunk::decode(entry.id, object)
+                let decoded = format::chunk::decode(entry.id, object, &codec)
                     .map_err(|error| error.stored_in(&key_of(entry)))?;
                 Ok(Bytes::from(decoded))
             })
@@ -353,7 +365,7 @@ impl Shared {
         entry: ChunkRef,
         generation: u64,
     ) -> std::result::Result<Bytes, Arc<EngineError>> {
-        let (fetch, index) = self.in_flight.join_or_start(&self.store, entry, generation);
+        let (fetch, index) = self.in_flight.join_or_start(entry, generation);
         fetch.await.map(|chunks| chunks[index].clone())
     }
 
@@ -381,7 +393,7 @@ impl Shared {
         };
         let mut started = Vec::new();
         for run in runs(missing) {
-            started.extend(self.in_flight.start_runs(&self.store, run, map.generation));
+            started.extend(self.in_flight.start_runs(run, map.generation));
         }
         if !started.is_empty() {
             tokio::spawn(Arc::clone(self).load_runs(started));
@@ -478,15 +490,15 @@ mod tests {
     #[tokio::test]
     async fn a_chunk_in_flight_is_left_out_of_new_runs_and_forgotten_after() {
         let store = Store::memory();
-        let in_flight = Arc::new(InFlight::default());
+        let in_flight = Arc::new(InFlight::new(store.clone(), Codec::clear()));
         let run: Vec<_> = (0..4).map(|i| packed(b"p", i * 10, 10)).collect();
-        let (single, _) = in_flight.join_or_start(&store, run[2], 1);
-        let (joined, index) = in_flight.join_or_start(&store, run[2], 1);
+        let (single, _) = in_flight.join_or_start(run[2], 1);
+        let (joined, index) = in_flight.join_or_start(run[2], 1);
         assert!(
             joined.ptr_eq(&single) && index == 0,
             "the second asker joins"
         );
-        let started = in_flight.start_runs(&store, run.clone(), 1);
+        let started = in_flight.start_runs(run.clone(), 1);
         let pieces: Vec<Vec<ChunkRef>> = started.iter().map(|(_, r)| r.clone()).collect();
         assert_eq!(pieces, [vec![run[0], run[1]], vec![run[3]]]);
         assert!(run.iter().all(|e| in_flight.contains(e)));

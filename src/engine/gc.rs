@@ -65,8 +65,9 @@ use serde::Serialize;
 use super::catalog::{self, superblock};
 use super::error::{EngineError, Result};
 use super::lease::{self, Lease};
+use crate::crypto::Password;
 use crate::format::{
-    ChunkRef, ObjectId, Root, RootKind, Superblock, chunk, keys, pack, page::MapPage,
+    ChunkRef, Codec, ObjectId, Root, RootKind, Superblock, chunk, keys, pack, page::MapPage,
 };
 use crate::store::{Fencing, ObjectInfo, Store};
 
@@ -80,12 +81,15 @@ const GC_LEASE_TTL: Duration = Duration::from_secs(30);
 pub const MIN_GRACE_WHILE_ATTACHED: Duration = Duration::from_secs(10 * 60);
 
 /// How `gc` runs.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct GcOptions {
     /// Objects and roots younger than this are kept.
     pub grace: Duration,
     /// Report what would be deleted, delete nothing.
     pub dry_run: bool,
+    /// Opens the encrypted volumes' maps: gc reads every volume's map, and
+    /// stops before anything when one cannot be read.
+    pub password: Option<Password>,
 }
 
 /// What `gc` deleted (or, in a dry run, would delete).
@@ -114,13 +118,19 @@ struct Live {
     own: HashSet<ObjectId>,
     /// The chunks referenced in each pack.
     packs: HashMap<ObjectId, HashSet<ChunkRef>>,
+    /// How the chunks of each pack are opened (packs hold one volume's
+    /// chunks).
+    pack_codecs: HashMap<ObjectId, Codec>,
 }
 
 impl Live {
-    fn add_chunk(&mut self, entry: ChunkRef) {
+    fn add_chunk(&mut self, entry: ChunkRef, codec: &Codec) {
         match entry.pack() {
             Some(pack) => {
                 self.packs.entry(pack).or_default().insert(entry);
+                self.pack_codecs
+                    .entry(pack)
+                    .or_insert_with(|| codec.clone());
             }
             None => {
                 self.own.insert(entry.id);
@@ -168,6 +178,13 @@ pub async fn collect(store: &Store, options: GcOptions) -> Result<GcReport> {
         ..GcReport::default()
     };
     let volumes = catalog::list(store).await?;
+    // Every map must be readable before anything is done.
+    let mut codecs = HashMap::new();
+    for name in &volumes {
+        let superblock = superblock(store, name).await?;
+        let codec = catalog::unlock_blocking(&superblock, options.password.clone()).await?;
+        codecs.insert(name.clone(), codec);
+    }
     let lease = match options.dry_run {
         true => None,
         false => {
@@ -183,7 +200,7 @@ pub async fn collect(store: &Store, options: GcOptions) -> Result<GcReport> {
     if !options.dry_run && store.fencing().await? == Fencing::Enforced {
         for name in &volumes {
             if lease::is_held(store, name).await? {
-                raise_barrier(store, name).await?;
+                raise_barrier(store, name, &codecs[name]).await?;
             }
         }
     }
@@ -202,7 +219,7 @@ pub async fn collect(store: &Store, options: GcOptions) -> Result<GcReport> {
                 old_roots.push(root);
                 continue;
             }
-            mark_live(store, &superblock, &root.key, &mut live).await?;
+            mark_live(store, &superblock, &codecs[&name], &root.key, &mut live).await?;
         }
     }
     crate::async_fail_point!("gc::marked");
@@ -245,7 +262,7 @@ pub async fn collect(store: &Store, options: GcOptions) -> Result<GcReport> {
     if let Some(lease) = &lease {
         lease.still_ours(store).await?;
         futures::stream::iter(&to_split)
-            .map(|pack| split(store, pack, live.in_pack(&pack.key).expect("live")))
+            .map(|pack| split(store, pack, &live))
             .buffer_unordered(CONCURRENCY)
             .try_collect::<Vec<()>>()
             .await?;
@@ -274,12 +291,12 @@ pub async fn collect(store: &Store, options: GcOptions) -> Result<GcReport> {
 /// Gives volume `name` a barrier: the next generation, with the newest
 /// root's map, so that a commit in flight starts over (see the module
 /// documentation).
-async fn raise_barrier(store: &Store, name: &str) -> Result<()> {
+async fn raise_barrier(store: &Store, name: &str, codec: &Codec) -> Result<()> {
     let superblock = superblock(store, name).await?;
     loop {
-        let newest = catalog::newest_root(store, &superblock).await?;
+        let newest = catalog::newest_root(store, &superblock, codec).await?;
         let barrier = newest.succeeded_by(RootKind::GcBarrier);
-        if catalog::publish_root(store, name, &barrier).await? {
+        if catalog::publish_root(store, name, codec, &barrier).await? {
             return Ok(());
         }
     }
@@ -368,17 +385,21 @@ async fn refuse_short_grace_while_attached(
 
 /// Stores the `live` chunks of `pack` as objects of their own, each
 /// checked first: a damaged chunk stops the collection, so the pack stays.
-async fn split(store: &Store, pack: &ObjectInfo, live: &HashSet<ChunkRef>) -> Result<()> {
+async fn split(store: &Store, pack: &ObjectInfo, live: &Live) -> Result<()> {
+    let (chunks, codec) = match id_of(&pack.key) {
+        Some(id) => (&live.packs[&id], live.pack_codecs[&id].clone()),
+        None => return Ok(()),
+    };
     let Some(bytes) = store.get(&pack.key).await? else {
         return Ok(()); // deleted since the listing
     };
-    let objects = live
+    let objects = chunks
         .iter()
         .map(|entry| Ok((entry.id, pack::chunk_object(&bytes, 0, entry)?)))
         .collect::<Result<Vec<_>>>()?;
     let objects = tokio::task::spawn_blocking(move || {
         for (id, object) in &objects {
-            chunk::decode(*id, object)?;
+            chunk::decode(*id, object, &codec)?;
         }
         Ok::<_, EngineError>(objects)
     })
@@ -415,13 +436,14 @@ fn is_live(key: &str, live: &HashSet<ObjectId>) -> bool {
 async fn mark_live(
     store: &Store,
     superblock: &Superblock,
+    codec: &Codec,
     key: &str,
     live: &mut Live,
 ) -> Result<()> {
     let Some(bytes) = store.get(key).await? else {
         return Ok(()); // deleted since the listing: it protects nothing
     };
-    let root = Root::decode(key, &bytes)?;
+    let root = Root::decode(key, &bytes, codec)?;
     if root.volume != superblock.uuid {
         return Ok(());
     }
@@ -439,7 +461,7 @@ async fn mark_live(
                 .get(&key)
                 .await?
                 .ok_or(EngineError::MissingObject { key, generation })?;
-            Ok::<_, EngineError>((id, MapPage::decode(id, &object)?))
+            Ok::<_, EngineError>((id, MapPage::decode(id, &object, codec)?))
         })
         .buffer_unordered(CONCURRENCY)
         .try_collect()
@@ -447,7 +469,7 @@ async fn mark_live(
     for (id, page) in pages {
         live.pages.insert(id);
         for entry in page.entries().iter().filter(|e| !e.is_zero()) {
-            live.add_chunk(*entry);
+            live.add_chunk(*entry, codec);
         }
     }
     Ok(())
@@ -500,9 +522,9 @@ mod tests {
     fn chunks_of_their_own_are_those_stored_so_and_those_out_of_their_packs() {
         let mut live = Live::default();
         let own = ObjectId::of(b"own");
-        live.add_chunk(ChunkRef::own(own, 5));
+        live.add_chunk(ChunkRef::own(own, 5), &Codec::clear());
         for (pack, byte) in [(&b"kept"[..], 1), (b"gone", 2), (b"split", 3)] {
-            live.add_chunk(packed(pack, byte));
+            live.add_chunk(packed(pack, byte), &Codec::clear());
         }
         let listed_packs: HashSet<_> = [ObjectId::of(b"kept"), ObjectId::of(b"split")].into();
         let splitting = [listed(keys::pack(&ObjectId::of(b"split")))];

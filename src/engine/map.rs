@@ -6,7 +6,7 @@
 use std::sync::{Arc, OnceLock};
 
 use crate::cache::{MemoryCache, Weighted};
-use crate::format::{ChunkRef, MapPage, ObjectId, PAGE_ENTRIES, PageSlot, Root, keys};
+use crate::format::{ChunkRef, Codec, MapPage, ObjectId, PAGE_ENTRIES, PageSlot, Root, keys};
 use crate::store::Store;
 
 use super::error::{EngineError, Result};
@@ -21,6 +21,8 @@ impl Weighted for Arc<MapPage> {
 #[derive(Clone)]
 pub struct Pages {
     store: Store,
+    /// How the volume's pages are opened.
+    codec: Codec,
     cache: MemoryCache<ObjectId, Arc<MapPage>>,
 }
 
@@ -38,9 +40,10 @@ fn zero_page() -> Arc<MapPage> {
 }
 
 impl Pages {
-    pub fn new(store: Store, max_bytes: u64) -> Pages {
+    pub fn new(store: Store, codec: Codec, max_bytes: u64) -> Pages {
         Pages {
             store,
+            codec,
             cache: MemoryCache::new(max_bytes),
         }
     }
@@ -68,7 +71,8 @@ impl Pages {
                     .get(&key)
                     .await?
                     .ok_or(EngineError::MissingObject { key, generation })?;
-                let page = tokio::task::spawn_blocking(move || MapPage::decode(id, &object))
+                let codec = self.codec.clone();
+                let page = tokio::task::spawn_blocking(move || MapPage::decode(id, &object, &codec))
                     .await
                     .expect("page decoding does not panic")?;
                 Ok::<_, EngineError>(Arc::new(page))

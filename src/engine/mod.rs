@@ -103,7 +103,7 @@ mod write;
 
 pub use catalog::{
     MAX_VOLUME_SIZE, NewVolume, VolumeInfo, create, delete, delete_unused, info, list,
-    read_volume_file, validate_size, write_volume_file,
+    read_volume_file, rekey, validate_size, write_volume_file,
 };
 pub use error::{EngineError, Result};
 pub use gc::{GcOptions, GcReport, MIN_GRACE_WHILE_ATTACHED, collect as collect_garbage};

@@ -69,6 +69,8 @@ pub struct EngineOptions {
     /// An epoch that ends past this point of its log segment starts the
     /// next epoch in another segment, so committed ones can be recycled.
     pub log_segment_bytes: u64,
+    /// The password of an encrypted volume (ignored for one in the clear).
+    pub password: Option<crate::crypto::Password>,
 }
 
 impl EngineOptions {
@@ -137,6 +139,7 @@ impl EngineOptions {
             lease_ttl: Duration::from_secs(30),
             take_over: false,
             log_segment_bytes: 256 << 20,
+            password: None,
         }
     }
 }

@@ -8,10 +8,11 @@ use std::collections::HashSet;
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
-use super::catalog::{newest_root, superblock};
+use super::catalog::{newest_root, superblock, unlock_blocking};
 use super::error::{EngineError, Result};
 use super::fetch::{chunk_object, key_of};
-use crate::format::{ChunkRef, PageSlot, chunk, keys, page::MapPage};
+use crate::crypto::Password;
+use crate::format::{ChunkRef, Codec, PageSlot, chunk, keys, page::MapPage};
 use crate::store::{Store, StoreError};
 
 /// Objects fetched at once.
@@ -41,10 +42,12 @@ pub struct BadObject {
     pub problem: String,
 }
 
-/// Reads and checks everything volume `name` references.
-pub async fn verify(store: &Store, name: &str) -> Result<VerifyReport> {
+/// Reads and checks everything volume `name` references (opening it
+/// with `password`, if it is encrypted).
+pub async fn verify(store: &Store, name: &str, password: Option<Password>) -> Result<VerifyReport> {
     let superblock = superblock(store, name).await?;
-    let root = newest_root(store, &superblock).await?;
+    let codec = &unlock_blocking(&superblock, password).await?;
+    let root = newest_root(store, &superblock, codec).await?;
     let mut report = VerifyReport {
         name: name.to_string(),
         generation: root.generation,
@@ -60,7 +63,7 @@ pub async fn verify(store: &Store, name: &str) -> Result<VerifyReport> {
         .copied()
         .collect();
     let pages: Vec<_> = futures::stream::iter(slots)
-        .map(|slot| check_page(store, slot))
+        .map(|slot| check_page(store, codec, slot))
         .buffer_unordered(CONCURRENCY)
         .try_collect()
         .await?;
@@ -76,7 +79,7 @@ pub async fn verify(store: &Store, name: &str) -> Result<VerifyReport> {
         }
     }
     let checked: Vec<_> = futures::stream::iter(chunks)
-        .map(|entry| check_chunk(store, entry))
+        .map(|entry| check_chunk(store, codec, entry))
         .buffer_unordered(CONCURRENCY)
         .try_collect()
         .await?;
@@ -102,6 +105,7 @@ pub async fn verify(store: &Store, name: &str) -> Result<VerifyReport> {
 /// reported.
 async fn check_page(
     store: &Store,
+    codec: &Codec,
     slot: PageSlot,
 ) -> Result<(PageSlot, std::result::Result<MapPage, String>)> {
     let Some(object) = store.get(&keys::page(&slot.id)).await? else {
@@ -109,13 +113,14 @@ async fn check_page(
     };
     Ok((
         slot,
-        MapPage::decode(slot.id, &object).map_err(|e| e.to_string()),
+        MapPage::decode(slot.id, &object, codec).map_err(|e| e.to_string()),
     ))
 }
 
 /// Fetches and decodes one chunk; returns its stored length.
 async fn check_chunk(
     store: &Store,
+    codec: &Codec,
     entry: ChunkRef,
 ) -> Result<(ChunkRef, std::result::Result<u64, String>)> {
     let object = match chunk_object(store, &entry).await {
@@ -131,7 +136,9 @@ async fn check_chunk(
         let problem = format!("{} bytes, but the map says {stored_len}", object.len());
         return Ok((entry, Err(problem)));
     }
-    let decoded = tokio::task::spawn_blocking(move || chunk::decode(entry.id, &object).map(|_| ()))
+    let codec = codec.clone();
+    let decoded =
+        tokio::task::spawn_blocking(move || chunk::decode(entry.id, &object, &codec).map(|_| ()))
         .await
         .expect("chunk decoding does not panic");
     Ok((

@@ -23,7 +23,7 @@ use super::replay::{self, Geometry, Replayed};
 use super::sealed::SealedEpochs;
 use super::tenure::Tenure;
 use crate::cache::{CacheCounters, ChunkCache, DiskCache};
-use crate::format::{BLOCK_SIZE, Root, RootKind, Superblock};
+use crate::format::{BLOCK_SIZE, Codec, Root, RootKind, Superblock};
 use crate::store::{Fencing, Store, StoreCounters};
 
 /// Bytes of decoded map pages kept in memory.
@@ -79,6 +79,8 @@ impl IoStats {
 pub(super) struct Shared {
     pub name: String,
     pub superblock: Superblock,
+    /// How the volume's objects are named and sealed.
+    pub codec: Codec,
     pub store: Store,
     pub options: EngineOptions,
     pub chunks: ChunkCache,
@@ -156,6 +158,8 @@ impl Volume {
     /// replaying what its write-back log holds beyond the store.
     pub async fn open(store: &Store, name: &str, options: EngineOptions) -> Result<Volume> {
         let superblock = catalog::superblock(store, name).await?;
+        // Before anything is written: a wrong password changes nothing.
+        let codec = catalog::unlock_blocking(&superblock, options.password.clone()).await?;
         let fencing = store.fencing().await?;
         let dir = local_dir(&options.cache_dir, &superblock);
         let cache_dir_error = |source| EngineError::CacheDir {
@@ -172,7 +176,7 @@ impl Volume {
         let lock = lock_volume(&dir, name)?;
         let lease = Lease::acquire(store, name, options.lease_ttl, options.take_over).await?;
         let (root, mut log, replayed) = loop {
-            let newest = catalog::newest_root(store, &superblock).await?;
+            let newest = catalog::newest_root(store, &superblock, &codec).await?;
             let (log, replayed, after) = open_log(&dir, &newest).await?;
             // The next generation is this writer's before it serves
             // anything: a commit of an earlier writer that lands late (a
@@ -183,7 +187,7 @@ impl Volume {
                 ..newest.succeeded_by(RootKind::Open)
             };
             crate::async_fail_point!("open::before_claim");
-            if catalog::publish_root(store, name, &claim).await? {
+            if catalog::publish_root(store, name, &codec, &claim).await? {
                 break (claim, log, replayed);
             }
             tracing::info!(
@@ -212,6 +216,7 @@ impl Volume {
         let shared = Shared::new(
             name,
             superblock,
+            codec,
             store.clone(),
             options,
             root,
@@ -473,6 +478,7 @@ impl Shared {
     fn new(
         name: &str,
         superblock: Superblock,
+        codec: Codec,
         store: Store,
         mut options: EngineOptions,
         root: Root,
@@ -504,9 +510,10 @@ impl Shared {
         let (sealed_tx, sealed_rx) = mpsc::unbounded_channel();
         let shared = Shared {
             name: name.to_string(),
-            pages: Pages::new(store.clone(), PAGE_CACHE_BYTES),
-            in_flight: Arc::default(),
+            pages: Pages::new(store.clone(), codec.clone(), PAGE_CACHE_BYTES),
+            in_flight: Arc::new(InFlight::new(store.clone(), codec.clone())),
             superblock,
+            codec,
             store,
             options,
             chunks,

@@ -11,8 +11,10 @@
 //!     16    - payload
 //! ```
 //!
-//! The object's name is the BLAKE3 hash of the raw bytes; [`decode`] checks
-//! it, so a reader gets the chunk it asked for or an error, never other data.
+//! The object's name is the BLAKE3 hash of the raw bytes (keyed, for an
+//! encrypted volume, whose objects are then sealed: see [`super::codec`]);
+//! [`decode`] checks it, so a reader gets the chunk it asked for or an
+//! error, never other data.
 
 use std::fmt;
 use std::str::FromStr;
@@ -20,7 +22,8 @@ use std::str::FromStr;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
-use super::{FORMAT_VERSION, FormatError, ObjectId};
+use super::codec::{Codec, Kind};
+use super::{FormatError, OBJECT_VERSION, ObjectId};
 
 const MAGIC: &[u8; 4] = b"ZBCK";
 const HEADER_LEN: usize = 16;
@@ -89,49 +92,51 @@ pub struct EncodedChunk {
 }
 
 /// Encodes a chunk, compressing it when that saves at least 1/32 of it.
-pub fn encode(raw: &[u8], compression: Compression) -> EncodedChunk {
-    let id = ObjectId::of(raw);
+pub fn encode(raw: &[u8], compression: Compression, codec: &Codec) -> EncodedChunk {
+    let id = codec.id_of(raw);
     let compressed = match compression {
         Compression::Zstd { level } if !looks_incompressible(raw) => {
             zstd::bulk::compress(raw, level).ok()
         }
         _ => None,
     };
-    let (codec, payload): (u8, &[u8]) = match &compressed {
+    let (format, payload): (u8, &[u8]) = match &compressed {
         Some(c) if c.len() < raw.len() - raw.len() / 32 => (CODEC_ZSTD, c),
         _ => (CODEC_RAW, raw),
     };
     let mut object = BytesMut::with_capacity(HEADER_LEN + payload.len());
     object.put_slice(MAGIC);
-    object.put_u8(FORMAT_VERSION as u8);
-    object.put_u8(codec);
+    object.put_u8(OBJECT_VERSION as u8);
+    object.put_u8(format);
     object.put_u16_le(0);
     object.put_u32_le(raw.len() as u32);
     object.put_u32_le(payload.len() as u32);
     object.put_slice(payload);
-    EncodedChunk {
-        id,
-        object: object.freeze(),
-    }
+    let object = match codec.is_sealed() {
+        false => object.freeze(),
+        true => codec.seal(Kind::Chunk, object.to_vec()).into(),
+    };
+    EncodedChunk { id, object }
 }
 
 /// Decodes a chunk object and checks that it is the chunk `expected`.
-pub fn decode(expected: ObjectId, object: &[u8]) -> Result<Vec<u8>, FormatError> {
+pub fn decode(expected: ObjectId, stored: &[u8], codec: &Codec) -> Result<Vec<u8>, FormatError> {
     let what = || format!("chunk {expected}");
+    let object = &*codec.open(Kind::Chunk, &what, stored)?;
     if object.len() < HEADER_LEN || &object[..4] != MAGIC {
         return Err(FormatError::corrupt(what(), "no chunk header"));
     }
     let mut header = &object[4..HEADER_LEN];
     let version = header.get_u8();
-    let codec = header.get_u8();
+    let format = header.get_u8();
     let _reserved = header.get_u16_le();
     let raw_len = header.get_u32_le() as usize;
     let payload_len = header.get_u32_le() as usize;
-    if u32::from(version) > FORMAT_VERSION {
+    if u32::from(version) > OBJECT_VERSION {
         return Err(FormatError::NewerVersion {
             what: what(),
             found: version.into(),
-            supported: FORMAT_VERSION,
+            supported: OBJECT_VERSION,
         });
     }
     let payload = &object[HEADER_LEN..];
@@ -144,7 +149,7 @@ pub fn decode(expected: ObjectId, object: &[u8]) -> Result<Vec<u8>, FormatError>
             ),
         ));
     }
-    let raw = match codec {
+    let raw = match format {
         CODEC_RAW => payload.to_vec(),
         CODEC_ZSTD => zstd::bulk::decompress(payload, raw_len)
             .map_err(|e| FormatError::corrupt(what(), format!("zstd: {e}")))?,
@@ -161,7 +166,7 @@ pub fn decode(expected: ObjectId, object: &[u8]) -> Result<Vec<u8>, FormatError>
             "length differs from its header",
         ));
     }
-    let actual = ObjectId::of(&raw);
+    let actual = codec.id_of(&raw);
     if actual != expected {
         return Err(FormatError::HashMismatch {
             what: what(),
@@ -204,17 +209,17 @@ mod tests {
         let text: Vec<u8> = b"zeroblk ".iter().cycle().take(1 << 20).copied().collect();
         let random = pseudo_random(1 << 20, 7);
         for raw in [text, random] {
-            let chunk = encode(&raw, Compression::default());
-            assert_eq!(decode(chunk.id, &chunk.object).unwrap(), raw);
+            let chunk = encode(&raw, Compression::default(), &Codec::clear());
+            assert_eq!(decode(chunk.id, &chunk.object, &Codec::clear()).unwrap(), raw);
         }
     }
 
     #[test]
     fn compresses_only_when_it_pays() {
         let text: Vec<u8> = b"abc".iter().cycle().take(1 << 20).copied().collect();
-        assert!(encode(&text, Compression::default()).object.len() < 4096);
+        assert!(encode(&text, Compression::default(), &Codec::clear()).object.len() < 4096);
         let random = pseudo_random(1 << 20, 8);
-        let chunk = encode(&random, Compression::default());
+        let chunk = encode(&random, Compression::default(), &Codec::clear());
         assert_eq!(chunk.object.len(), HEADER_LEN + random.len());
         assert_eq!(chunk.object[5], CODEC_RAW);
     }
@@ -222,16 +227,35 @@ mod tests {
     #[test]
     fn a_flipped_byte_is_an_error_never_data() {
         let raw = pseudo_random(64 << 10, 9);
-        let chunk = encode(&raw, Compression::None);
+        let chunk = encode(&raw, Compression::None, &Codec::clear());
         let mut object = chunk.object.to_vec();
         object[HEADER_LEN + 100] ^= 1;
         assert!(matches!(
-            decode(chunk.id, &object),
+            decode(chunk.id, &object, &Codec::clear()),
             Err(FormatError::HashMismatch { .. })
         ));
         let other = ObjectId::of(b"other");
-        assert!(decode(other, &chunk.object).is_err());
-        assert!(decode(chunk.id, &chunk.object[..10]).is_err());
+        assert!(decode(other, &chunk.object, &Codec::clear()).is_err());
+        assert!(decode(chunk.id, &chunk.object[..10], &Codec::clear()).is_err());
+    }
+
+    #[test]
+    fn a_sealed_chunk_hides_its_bytes_and_opens_only_with_its_keys() {
+        let sealed = Codec::for_tests(1);
+        let text: Vec<u8> = b"a known pattern ".iter().cycle().take(1 << 20).copied().collect();
+        for compression in [Compression::None, Compression::default()] {
+            let chunk = encode(&text, compression, &sealed);
+            assert_ne!(chunk.id, ObjectId::of(&text), "a keyed name");
+            assert!(!chunk.object.windows(15).any(|w| w == b"a known pattern"));
+            assert_eq!(decode(chunk.id, &chunk.object, &sealed).unwrap(), text);
+            assert!(decode(chunk.id, &chunk.object, &Codec::for_tests(2)).is_err());
+            assert!(decode(chunk.id, &chunk.object, &Codec::clear()).is_err());
+        }
+        let clear = encode(&text, Compression::None, &Codec::clear());
+        assert!(
+            decode(sealed.id_of(&text), &clear.object, &sealed).is_err(),
+            "an object in the clear is refused by an encrypted volume"
+        );
     }
 
     #[test]

@@ -48,6 +48,7 @@
 //! it: a few requests, never a listing of chunks.
 
 pub mod chunk;
+pub mod codec;
 pub mod keys;
 pub mod pack;
 pub mod page;
@@ -55,14 +56,22 @@ pub mod root;
 pub mod superblock;
 
 pub use chunk::{Compression, EncodedChunk};
+pub use codec::Codec;
 pub use page::{MapPage, PAGE_ENTRIES};
 pub use root::{PageSlot, Root, RootKind};
 pub use superblock::Superblock;
 
 use std::fmt;
 
-/// The format version this build writes, and the newest it reads.
-pub const FORMAT_VERSION: u32 = 3;
+/// The newest format version this build reads. An encrypted volume's
+/// superblock says version 4, so that a zeroblk without encryption refuses
+/// it with "upgrade zeroblk".
+pub const FORMAT_VERSION: u32 = 4;
+/// The version of chunk objects and roots this build writes (sealed or
+/// not, their layout in the clear is that of version 3).
+pub const OBJECT_VERSION: u32 = 3;
+/// The superblock version of a volume in the clear.
+pub const CLEAR_VOLUME_VERSION: u32 = 3;
 
 /// Smallest and largest chunk sizes a volume may be created with.
 pub const MIN_CHUNK_SIZE: u64 = 64 << 10;

@@ -139,10 +139,11 @@ pub fn chunk_object(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::Codec;
     use crate::format::chunk::{self, Compression};
 
     fn chunk_of(byte: u8, len: usize) -> EncodedChunk {
-        chunk::encode(&vec![byte; len], Compression::None)
+        chunk::encode(&vec![byte; len], Compression::None, &Codec::clear())
     }
 
     #[test]
@@ -169,7 +170,7 @@ mod tests {
             assert_eq!(entry.pack(), Some(pack.id));
             let object = chunk_object(&bytes, 0, entry).unwrap();
             assert_eq!(object, chunk.object);
-            chunk::decode(entry.id, &object).unwrap();
+            chunk::decode(entry.id, &object, &Codec::clear()).unwrap();
         }
         // From a ranged read that starts at the second chunk.
         let Place::Packed { offset, .. } = pack.refs[1].place else {

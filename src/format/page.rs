@@ -20,6 +20,7 @@
 //! zstd), named by the plaintext's BLAKE3 hash, and so verified on read.
 
 use super::chunk::{self, Compression};
+use super::codec::Codec;
 use super::{ChunkRef, FormatError, ObjectId, Place};
 
 /// Entries per page: one page maps 1 GiB of a volume with 1 MiB chunks.
@@ -65,7 +66,7 @@ impl MapPage {
 
     /// The page as a new object (never one written before): its id and
     /// bytes.
-    pub fn encode(&self) -> chunk::EncodedChunk {
+    pub fn encode(&self, codec: &Codec) -> chunk::EncodedChunk {
         let mut plain = Vec::with_capacity(MAGIC.len() + NONCE_LEN + PAGE_ENTRIES * ENTRY_LEN);
         plain.extend_from_slice(MAGIC);
         plain.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
@@ -79,12 +80,12 @@ impl MapPage {
             plain.extend_from_slice(&pack.0);
             plain.extend_from_slice(&offset.to_le_bytes());
         }
-        chunk::encode(&plain, Compression::Zstd { level: 1 })
+        chunk::encode(&plain, Compression::Zstd { level: 1 }, codec)
     }
 
     /// Decodes and verifies the page object named `id`.
-    pub fn decode(id: ObjectId, object: &[u8]) -> Result<MapPage, FormatError> {
-        let plain = chunk::decode(id, object)?;
+    pub fn decode(id: ObjectId, object: &[u8], codec: &Codec) -> Result<MapPage, FormatError> {
+        let plain = chunk::decode(id, object, codec)?;
         let packed = |skip: usize| -> Vec<ChunkRef> {
             plain[skip..].chunks_exact(ENTRY_LEN).map(entry).collect()
         };
@@ -134,6 +135,7 @@ fn entry(raw: &[u8]) -> ChunkRef {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::Codec;
 
     #[test]
     fn round_trips_and_verifies() {
@@ -150,18 +152,18 @@ mod tests {
         };
         page.set(4, packed);
         assert!(!page.is_all_zero());
-        let encoded = page.encode();
+        let encoded = page.encode(&Codec::clear());
         assert!(encoded.object.len() < 1024, "zero entries compress");
-        let decoded = MapPage::decode(encoded.id, &encoded.object).unwrap();
+        let decoded = MapPage::decode(encoded.id, &encoded.object, &Codec::clear()).unwrap();
         assert_eq!(decoded, page);
         assert_ne!(
-            page.encode().id,
+            page.encode(&Codec::clear()).id,
             encoded.id,
             "every page written is a new object"
         );
         assert_eq!(decoded.get(3).stored_len, 77);
         assert_eq!(decoded.get(4), packed);
-        assert!(MapPage::decode(ObjectId::of(b"y"), &encoded.object).is_err());
+        assert!(MapPage::decode(ObjectId::of(b"y"), &encoded.object, &Codec::clear()).is_err());
     }
 
     #[test]
@@ -170,8 +172,8 @@ mod tests {
         let mut plain = vec![0u8; PAGE_ENTRIES * OWN_ENTRY_LEN];
         plain[OWN_ENTRY_LEN..OWN_ENTRY_LEN + 32].copy_from_slice(&id.0);
         plain[OWN_ENTRY_LEN + 32..OWN_ENTRY_LEN + 36].copy_from_slice(&5u32.to_le_bytes());
-        let encoded = chunk::encode(&plain, Compression::Zstd { level: 1 });
-        let page = MapPage::decode(encoded.id, &encoded.object).unwrap();
+        let encoded = chunk::encode(&plain, Compression::Zstd { level: 1 }, &Codec::clear());
+        let page = MapPage::decode(encoded.id, &encoded.object, &Codec::clear()).unwrap();
         assert_eq!(page.get(1), ChunkRef::own(id, 5));
         assert!(page.get(0).is_zero());
     }
@@ -183,15 +185,15 @@ mod tests {
         plain.resize(MAGIC_V2.len() + PAGE_ENTRIES * ENTRY_LEN, 0);
         plain[8 + ENTRY_LEN..8 + ENTRY_LEN + 32].copy_from_slice(&id.0);
         plain[8 + ENTRY_LEN + 32..8 + ENTRY_LEN + 36].copy_from_slice(&5u32.to_le_bytes());
-        let encoded = chunk::encode(&plain, Compression::Zstd { level: 1 });
-        let page = MapPage::decode(encoded.id, &encoded.object).unwrap();
+        let encoded = chunk::encode(&plain, Compression::Zstd { level: 1 }, &Codec::clear());
+        let page = MapPage::decode(encoded.id, &encoded.object, &Codec::clear()).unwrap();
         assert_eq!(page.get(1), ChunkRef::own(id, 5));
     }
 
     #[test]
     fn a_page_of_another_length_is_refused() {
-        let encoded = chunk::encode(&[0u8; 100], Compression::None);
-        let error = MapPage::decode(encoded.id, &encoded.object).unwrap_err();
+        let encoded = chunk::encode(&[0u8; 100], Compression::None, &Codec::clear());
+        let error = MapPage::decode(encoded.id, &encoded.object, &Codec::clear()).unwrap_err();
         assert!(error.to_string().contains("no page format"), "{error}");
     }
 }

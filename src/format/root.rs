@@ -24,7 +24,8 @@
 use bytes::{Buf, BufMut};
 use uuid::Uuid;
 
-use super::{FORMAT_VERSION, FormatError, ObjectId, PAGE_ENTRIES};
+use super::codec::{Codec, Kind};
+use super::{FormatError, OBJECT_VERSION, ObjectId, PAGE_ENTRIES};
 
 const MAGIC: &[u8; 4] = b"ZBRT";
 /// Bytes before the pages in a version 3 root; version 2 lacks the kind.
@@ -141,11 +142,16 @@ impl Root {
         self.pages.iter().map(|p| p.stored).sum()
     }
 
-    pub fn encode(&self) -> Vec<u8> {
+    /// The root as stored: sealed, for an encrypted volume.
+    pub fn encode(&self, codec: &Codec) -> Vec<u8> {
+        codec.seal(Kind::Root, self.encode_clear())
+    }
+
+    fn encode_clear(&self) -> Vec<u8> {
         let mut out =
             Vec::with_capacity(FIXED_LEN + PAGE_SLOT_LEN * self.pages.len() + CHECKSUM_LEN);
         out.put_slice(MAGIC);
-        out.put_u32_le(FORMAT_VERSION);
+        out.put_u32_le(OBJECT_VERSION);
         out.put_slice(self.volume.as_bytes());
         out.put_u64_le(self.generation);
         out.put_u64_le(self.size);
@@ -165,7 +171,8 @@ impl Root {
         out
     }
 
-    pub fn decode(what: &str, object: &[u8]) -> Result<Root, FormatError> {
+    pub fn decode(what: &str, stored: &[u8], codec: &Codec) -> Result<Root, FormatError> {
+        let object = &*codec.open(Kind::Root, &|| what.to_string(), stored)?;
         let corrupt = |reason: &str| FormatError::corrupt(what, reason);
         if object.len() < FIXED_LEN - 1 + CHECKSUM_LEN || &object[..4] != MAGIC {
             return Err(corrupt("not a root object"));
@@ -173,11 +180,11 @@ impl Root {
         let (body, checksum) = object.split_at(object.len() - CHECKSUM_LEN);
         let mut buf = &body[4..];
         let version = buf.get_u32_le();
-        if version > FORMAT_VERSION {
+        if version > OBJECT_VERSION {
             return Err(FormatError::NewerVersion {
                 what: what.to_string(),
                 found: version,
-                supported: FORMAT_VERSION,
+                supported: OBJECT_VERSION,
             });
         }
         if blake3::hash(body).as_bytes() != checksum {
@@ -264,37 +271,50 @@ mod tests {
         root.generation = 42;
         root.log_id = Uuid::new_v4();
         root.kind = RootKind::GcBarrier;
-        let bytes = root.encode();
-        assert_eq!(Root::decode("root", &bytes).unwrap(), root);
+        let bytes = root.encode(&Codec::clear());
+        assert_eq!(Root::decode("root", &bytes, &Codec::clear()).unwrap(), root);
         assert_eq!(root.allocated_chunks(), 3);
         assert_eq!(root.stored_bytes(), 999);
         let mut damaged = bytes.clone();
         damaged[30] ^= 0x10;
-        assert!(Root::decode("root", &damaged).is_err());
-        assert!(Root::decode("root", &bytes[..20]).is_err());
+        assert!(Root::decode("root", &damaged, &Codec::clear()).is_err());
+        assert!(Root::decode("root", &bytes[..20], &Codec::clear()).is_err());
+    }
+
+    #[test]
+    fn a_sealed_root_opens_only_with_its_keys() {
+        let root = Root::empty(Uuid::new_v4(), 1 << 30, 1 << 20);
+        let sealed = Codec::for_tests(7);
+        let bytes = root.encode(&sealed);
+        assert!(!bytes.windows(16).any(|w| w == root.volume.as_bytes()));
+        assert_eq!(Root::decode("root", &bytes, &sealed).unwrap(), root);
+        assert!(Root::decode("root", &bytes, &Codec::for_tests(8)).is_err());
+        assert!(Root::decode("root", &bytes, &Codec::clear()).is_err());
+        let clear = root.encode(&Codec::clear());
+        assert!(Root::decode("root", &clear, &sealed).is_err(), "downgraded");
     }
 
     #[test]
     fn version_2_roots_are_read_as_commits() {
         let mut root = Root::empty(Uuid::new_v4(), 1 << 30, 1 << 20);
         root.kind = RootKind::Open;
-        let v3 = root.encode();
+        let v3 = root.encode(&Codec::clear());
         let kind_at = FIXED_LEN - 4 - 1;
         let mut v2 = v3[..v3.len() - CHECKSUM_LEN].to_vec();
         v2.remove(kind_at);
         v2[4..8].copy_from_slice(&2u32.to_le_bytes());
         let checksum = blake3::hash(&v2);
         v2.extend_from_slice(checksum.as_bytes());
-        let decoded = Root::decode("root", &v2).unwrap();
+        let decoded = Root::decode("root", &v2, &Codec::clear()).unwrap();
         assert_eq!(decoded.kind, RootKind::Commit);
         assert_eq!(decoded.pages, root.pages);
     }
 
     #[test]
     fn a_newer_version_is_refused_with_advice() {
-        let mut bytes = Root::empty(Uuid::new_v4(), 1 << 30, 1 << 20).encode();
+        let mut bytes = Root::empty(Uuid::new_v4(), 1 << 30, 1 << 20).encode(&Codec::clear());
         bytes[4] = 9;
-        let error = Root::decode("root", &bytes).unwrap_err().to_string();
+        let error = Root::decode("root", &bytes, &Codec::clear()).unwrap_err().to_string();
         assert!(error.contains("upgrade zeroblk"), "{error}");
     }
 }

@@ -4,11 +4,19 @@
 //! tells an operator what they are looking at. The volume's current size
 //! lives in its newest [`Root`](super::Root) (it grows with `volume
 //! resize`); `size` here is the size it was created with.
+//!
+//! An encrypted volume's superblock holds its data key, wrapped with the
+//! password ([`KeyEnvelope`]), and says version 4. It is the one object a
+//! `volume rekey` overwrites; every version of it wraps the same data key.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{Compression, FORMAT_VERSION, FormatError};
+use super::{CLEAR_VOLUME_VERSION, Compression, FORMAT_VERSION, FormatError};
+use crate::crypto::KeyEnvelope;
+
+/// The superblock version of an encrypted volume.
+const ENCRYPTED_VOLUME_VERSION: u32 = 4;
 
 const FORMAT_NAME: &str = "zeroblk-volume";
 
@@ -22,19 +30,32 @@ pub struct Superblock {
     pub chunk_size: u64,
     pub compression: Compression,
     pub created_at_ms: u64,
+    /// The wrapped data key of an encrypted volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<KeyEnvelope>,
 }
 
 impl Superblock {
-    pub fn new(name: &str, size: u64, chunk_size: u64, compression: Compression) -> Self {
+    pub fn new(
+        name: &str,
+        size: u64,
+        chunk_size: u64,
+        compression: Compression,
+        encryption: Option<KeyEnvelope>,
+    ) -> Self {
         Superblock {
             format: FORMAT_NAME.to_string(),
-            version: FORMAT_VERSION,
+            version: match encryption {
+                Some(_) => ENCRYPTED_VOLUME_VERSION,
+                None => CLEAR_VOLUME_VERSION,
+            },
             uuid: Uuid::new_v4(),
             name: name.to_string(),
             size,
             chunk_size,
             compression,
             created_at_ms: super::root::now_ms(),
+            encryption,
         }
     }
 
@@ -62,7 +83,14 @@ impl Superblock {
                 supported: FORMAT_VERSION,
             });
         }
-        serde_json::from_slice(bytes).map_err(corrupt)
+        let superblock: Superblock = serde_json::from_slice(bytes).map_err(corrupt)?;
+        if superblock.encryption.is_some() != (superblock.version >= ENCRYPTED_VOLUME_VERSION) {
+            return Err(FormatError::corrupt(
+                what,
+                "its version and its encryption disagree: the bucket was changed outside zeroblk",
+            ));
+        }
+        Ok(superblock)
     }
 }
 
@@ -72,15 +100,16 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        let sb = Superblock::new("vol", 1 << 30, 1 << 20, Compression::default());
+        let sb = Superblock::new("vol", 1 << 30, 1 << 20, Compression::default(), None);
         let bytes = sb.encode();
         assert!(String::from_utf8_lossy(&bytes).contains("\"compression\": \"zstd:3\""));
+        assert!(!String::from_utf8_lossy(&bytes).contains("encryption"));
         assert_eq!(Superblock::decode("sb", &bytes).unwrap(), sb);
     }
 
     #[test]
     fn newer_versions_are_refused() {
-        let mut sb = Superblock::new("vol", 1 << 30, 1 << 20, Compression::None);
+        let mut sb = Superblock::new("vol", 1 << 30, 1 << 20, Compression::None, None);
         sb.version = FORMAT_VERSION + 1;
         let error = Superblock::decode("sb", &sb.encode()).unwrap_err();
         assert!(matches!(error, FormatError::NewerVersion { .. }));

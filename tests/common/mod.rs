@@ -135,6 +135,7 @@ pub fn new_volume(name: &str, size: u64, chunk_size: u64) -> NewVolume {
         size,
         chunk_size,
         compression: Compression::default(),
+        encrypt_with: None,
     }
 }
 
