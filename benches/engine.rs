@@ -26,8 +26,8 @@ use divan::counter::BytesCount;
 use divan::{Bencher, black_box};
 use zeroblk::cache::DiskCache;
 use zeroblk::cache::blocks::{BLOCK, BlockTable};
-use zeroblk::engine::{self, Durability, EngineOptions, NewVolume, Volume};
 use zeroblk::crypto::{KeyEnvelope, Password};
+use zeroblk::engine::{self, Durability, EngineOptions, NewVolume, Volume};
 use zeroblk::format::{Codec, Compression, ObjectId, chunk};
 use zeroblk::store::Store;
 

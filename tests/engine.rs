@@ -88,7 +88,8 @@ async fn a_crash_replays_the_log() {
             "a process crash loses nothing written"
         );
         assert_eq!(
-            engine::info(&store.store, "v", None).await
+            engine::info(&store.store, "v", None)
+                .await
                 .unwrap()
                 .allocated_bytes,
             0,
@@ -233,7 +234,10 @@ async fn land_a_late_root(
         ..Root::decode(&first, &bytes, &zeroblk::format::Codec::clear()).unwrap()
     };
     store
-        .put_if_absent(&keys::root("v", generation), late.encode(&zeroblk::format::Codec::clear()).into())
+        .put_if_absent(
+            &keys::root("v", generation),
+            late.encode(&zeroblk::format::Codec::clear()).into(),
+        )
         .await
         .unwrap()
 }
@@ -259,7 +263,10 @@ async fn a_late_commit_cannot_land_after_a_restart_and_another_writers_root_fenc
     let (store, cache, options, volume) = uncommitted_volume().await;
     write_tags(&volume, 0, &[1, 2]).await;
     volume.flush().await.unwrap();
-    let read_by_the_dead_writer = engine::info(&store.store, "v", None).await.unwrap().generation;
+    let read_by_the_dead_writer = engine::info(&store.store, "v", None)
+        .await
+        .unwrap()
+        .generation;
     volume.crash(false, 0).await;
 
     let volume = Volume::open(&store.reopen(), "v", options.clone())
@@ -284,7 +291,11 @@ async fn a_late_commit_cannot_land_after_a_restart_and_another_writers_root_fenc
         .await
         .unwrap();
     assert_eq!(read_tags(&volume, 0, 6).await, [1, 2, 0, 0, 0, 9]);
-    let next = engine::info(&store.store, "v", None).await.unwrap().generation + 1;
+    let next = engine::info(&store.store, "v", None)
+        .await
+        .unwrap()
+        .generation
+        + 1;
     assert_eq!(
         land_a_late_root(&store.store, next, uuid::Uuid::new_v4()).await,
         zeroblk::store::Created::Created
@@ -363,7 +374,8 @@ async fn discarding_two_tebibytes_uploads_only_map_pages() {
         );
         assert!(after.bytes_written - before.bytes_written < MIB);
         assert_eq!(
-            engine::info(&store.store, "big", None).await
+            engine::info(&store.store, "big", None)
+                .await
                 .unwrap()
                 .allocated_bytes,
             0

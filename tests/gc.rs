@@ -183,7 +183,12 @@ async fn a_flipped_byte_is_an_io_error_and_verify_names_the_object() {
     write_tags(&volume, 0, &(1..=256).collect::<Vec<_>>()).await;
     volume.close().await.unwrap();
     drop(volume);
-    assert!(engine::verify(&store.store, "v", None).await.unwrap().is_clean());
+    assert!(
+        engine::verify(&store.store, "v", None)
+            .await
+            .unwrap()
+            .is_clean()
+    );
 
     // The one chunk written is stored as a pack of its own.
     let flipped = flip_a_byte_under(&root, "packs");

@@ -257,7 +257,11 @@ fn applied_on_this_host(name: &str, mut provision: Provision, args: &ProvisionAr
     provision
 }
 
-async fn ensure_volume(store: &Store, args: &AttachArgs, settings: &Settings) -> anyhow::Result<()> {
+async fn ensure_volume(
+    store: &Store,
+    args: &AttachArgs,
+    settings: &Settings,
+) -> anyhow::Result<()> {
     match engine::info(store, &args.name, settings.password()).await {
         Ok(info) => {
             if let Some(size) = args.size.filter(|s| s.bytes() != info.size) {

@@ -21,7 +21,8 @@ fn resolve_password(global: &GlobalArgs, config: &ConfigFile) -> anyhow::Result<
         return Ok(Some(Password::from_file(file)?));
     }
     if let Ok(text) = std::env::var("ZEROBLK_PASSWORD") {
-        let password = Password::new(text).context("ZEROBLK_PASSWORD is set but empty: unset it, or give the password")?;
+        let password = Password::new(text)
+            .context("ZEROBLK_PASSWORD is set but empty: unset it, or give the password")?;
         return Ok(Some(password));
     }
     Ok(config.storage.encryption_password.clone())

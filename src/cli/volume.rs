@@ -110,16 +110,19 @@ pub async fn run(command: VolumeCommand, settings: &Settings) -> anyhow::Result<
             for name in engine::list(&store).await? {
                 match engine::info(&store, &name, settings.password()).await {
                     Ok(info) => volumes.push(info),
-                    Err(EngineError::PasswordNeeded(_) | EngineError::Key { .. }) => {
-                        locked.push(name)
-                    }
+                    Err(
+                        EngineError::PasswordNeeded(_)
+                        | EngineError::WrongPassword(_)
+                        | EngineError::Key { .. },
+                    ) => locked.push(name),
                     Err(error) => return Err(error.into()),
                 }
             }
             if json {
                 let mut listed = serde_json::to_value(&volumes)?;
                 for name in locked {
-                    let entry = serde_json::json!({ "name": name, "encrypted": true, "locked": true });
+                    let entry =
+                        serde_json::json!({ "name": name, "encrypted": true, "locked": true });
                     listed.as_array_mut().expect("a list").push(entry);
                 }
                 outln!("{}", serde_json::to_string_pretty(&listed)?);
@@ -242,7 +245,9 @@ fn new_password(file: Option<&std::path::Path>) -> anyhow::Result<Password> {
         return Ok(Password::from_file(file)?);
     }
     let text = std::env::var("ZEROBLK_NEW_PASSWORD").map_err(|_| {
-        anyhow::anyhow!("give the new password with --new-password-file FILE or ZEROBLK_NEW_PASSWORD")
+        anyhow::anyhow!(
+            "give the new password with --new-password-file FILE or ZEROBLK_NEW_PASSWORD"
+        )
     })?;
     Ok(Password::new(text)?)
 }
@@ -286,7 +291,9 @@ fn print_info(v: &VolumeInfo) {
     outln!("compression: {}", v.compression);
     outln!(
         "encryption:  {}",
-        v.encryption.as_deref().unwrap_or("none (stored in the clear)")
+        v.encryption
+            .as_deref()
+            .unwrap_or("none (stored in the clear)")
     );
     outln!("format:      version {}", v.format_version);
     outln!(

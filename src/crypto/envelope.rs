@@ -121,13 +121,8 @@ impl KeyEnvelope {
             .ok()
             .filter(|s| s.len() == SALT_LEN)
             .ok_or_else(|| CryptoError::BadEnvelope("salt is not 16 bytes of hex".into()))?;
-        let params = Params::new(
-            self.memory_kib,
-            self.iterations,
-            self.lanes,
-            Some(KEY_LEN),
-        )
-        .map_err(|e| CryptoError::BadEnvelope(e.to_string()))?;
+        let params = Params::new(self.memory_kib, self.iterations, self.lanes, Some(KEY_LEN))
+            .map_err(|e| CryptoError::BadEnvelope(e.to_string()))?;
         let mut derived = Zeroizing::new([0u8; KEY_LEN]);
         Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
             .hash_password_into(password.as_bytes(), &salt, derived.as_mut())
@@ -186,7 +181,11 @@ mod tests {
         };
         assert!(other_cipher.open(&password("pw")).is_err());
         let mut flipped = envelope.clone();
-        let other = if envelope.wrapped_key.starts_with('0') { "1" } else { "0" };
+        let other = if envelope.wrapped_key.starts_with('0') {
+            "1"
+        } else {
+            "0"
+        };
         flipped.wrapped_key.replace_range(0..1, other);
         assert!(matches!(
             flipped.open(&password("pw")),

@@ -40,7 +40,7 @@ const SEALING_CONTEXT: &str = "zeroblk 2026-12-06 object sealing";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CryptoError {
-    #[error("the password does not open this volume's key: give the right one")]
+    #[error("the password does not open the volume's key: give the right one")]
     WrongPassword,
     #[error("the sealed object does not authenticate: it was changed, or sealed with another key")]
     NotAuthentic,

@@ -85,6 +85,9 @@ mod tests {
         std::fs::write(&path, "\n").unwrap();
         assert!(Password::from_file(&path).is_err(), "empty");
         assert!(Password::new(String::new()).is_err());
-        assert_eq!(format!("{:?}", Password::new("x".into()).unwrap()), "Password(..)");
+        assert_eq!(
+            format!("{:?}", Password::new("x".into()).unwrap()),
+            "Password(..)"
+        );
     }
 }

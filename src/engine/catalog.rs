@@ -77,10 +77,8 @@ pub async fn create(store: &Store, new: &NewVolume) -> Result<Superblock> {
     }
     let (envelope, codec) = match &new.encrypt_with {
         Some(password) => {
-            let (envelope, keys) = KeyEnvelope::create(password).map_err(|source| EngineError::Key {
-                name: new.name.clone(),
-                source,
-            })?;
+            let (envelope, keys) =
+                KeyEnvelope::create(password).map_err(|why| EngineError::key(&new.name, why))?;
             (Some(envelope), Codec::sealed(keys))
         }
         None => (None, Codec::clear()),
@@ -157,10 +155,9 @@ pub fn unlock(superblock: &Superblock, password: Option<&Password>) -> Result<Co
         return Ok(Codec::clear());
     };
     let password = password.ok_or_else(|| EngineError::PasswordNeeded(superblock.name.clone()))?;
-    let keys = envelope.open(password).map_err(|source| EngineError::Key {
-        name: superblock.name.clone(),
-        source,
-    })?;
+    let keys = envelope
+        .open(password)
+        .map_err(|why| EngineError::key(&superblock.name, why))?;
     Ok(Codec::sealed(keys))
 }
 
@@ -186,10 +183,9 @@ pub async fn rekey(store: &Store, name: &str, old: &Password, new: &Password) ->
             "volume `{name}` is not encrypted, so it has no password to change; copy it into a volume made with `volume create --encrypt`"
         )));
     };
-    let rewrapped = envelope.rewrap(old, new).map_err(|source| EngineError::Key {
-        name: name.to_string(),
-        source,
-    })?;
+    let rewrapped = envelope
+        .rewrap(old, new)
+        .map_err(|why| EngineError::key(name, why))?;
     superblock.encryption = Some(rewrapped);
     store
         .put(&keys::superblock(name), Bytes::from(superblock.encode()))
@@ -515,12 +511,21 @@ mod tests {
         for generation in 1..=3 {
             root.generation = generation;
             store
-                .put(&keys::root("v", generation), Bytes::from(root.encode(&Codec::clear())))
+                .put(
+                    &keys::root("v", generation),
+                    Bytes::from(root.encode(&Codec::clear())),
+                )
                 .await
                 .unwrap();
         }
         let before = store.counters().gets;
-        assert_eq!(newest_root(&store, &sb, &Codec::clear()).await.unwrap().generation, 3);
+        assert_eq!(
+            newest_root(&store, &sb, &Codec::clear())
+                .await
+                .unwrap()
+                .generation,
+            3
+        );
         assert!(store.counters().gets - before <= 6);
     }
 }

@@ -315,7 +315,8 @@ impl Shared {
         if published {
             return Ok(Published::Committed);
         }
-        let found = catalog::root_at(&self.store, &self.superblock, &self.codec, next.generation).await?;
+        let found =
+            catalog::root_at(&self.store, &self.superblock, &self.codec, next.generation).await?;
         match found {
             Some(found) if same_commit(&found, next) => Ok(Published::Committed),
             Some(found) if found.kind == RootKind::GcBarrier => {

@@ -93,10 +93,14 @@ pub enum EngineError {
         "volume `{0}` is encrypted and no password was given: give it with --password-file FILE, ZEROBLK_PASSWORD, or encryption_password under [storage] in the config file"
     )]
     PasswordNeeded(String),
-    #[error("volume `{name}`: {source}")]
+    #[error(
+        "the password given does not open volume `{0}`: check --password-file, ZEROBLK_PASSWORD or encryption_password in the config file, whichever gives it"
+    )]
+    WrongPassword(String),
+    #[error("volume `{name}`: {why}")]
     Key {
         name: String,
-        source: crate::crypto::CryptoError,
+        why: crate::crypto::CryptoError,
     },
     #[error("volume stopped: {0}")]
     Stopped(Arc<EngineError>),
@@ -115,7 +119,9 @@ impl EngineError {
             | EngineError::InvalidArgument(_) => libc::EINVAL,
             EngineError::Fenced { .. } | EngineError::LeaseLost { .. } => libc::EROFS,
             EngineError::Leased { .. } | EngineError::GcRunning { .. } => libc::EBUSY,
-            EngineError::PasswordNeeded(_) | EngineError::Key { .. } => libc::EACCES,
+            EngineError::PasswordNeeded(_)
+            | EngineError::WrongPassword(_)
+            | EngineError::Key { .. } => libc::EACCES,
             EngineError::Log { source, .. } | EngineError::CacheDir { source, .. }
                 if source.raw_os_error() == Some(libc::ENOSPC) =>
             {
@@ -132,6 +138,21 @@ impl EngineError {
             EngineError::Store(e) => e.is_transient(),
             EngineError::Shared(inner) => inner.is_transient(),
             _ => false,
+        }
+    }
+}
+
+impl EngineError {
+    /// An encrypted volume's key could not be opened or made.
+    pub(crate) fn key(name: &str, why: crate::crypto::CryptoError) -> EngineError {
+        match why {
+            crate::crypto::CryptoError::WrongPassword => {
+                EngineError::WrongPassword(name.to_string())
+            }
+            why => EngineError::Key {
+                name: name.to_string(),
+                why,
+            },
         }
     }
 }

@@ -156,11 +156,7 @@ impl InFlight {
     }
 
     /// The fetch getting `entry`, or a new one of it alone, registered.
-    fn join_or_start(
-        self: &Arc<Self>,
-        entry: ChunkRef,
-        generation: u64,
-    ) -> (RunFetch, usize) {
+    fn join_or_start(self: &Arc<Self>, entry: ChunkRef, generation: u64) -> (RunFetch, usize) {
         let mut chunks = self.lock();
         if let Some(member) = chunks.get(&entry.id) {
             return (member.fetch.clone(), member.index);

@@ -72,9 +72,10 @@ impl Pages {
                     .await?
                     .ok_or(EngineError::MissingObject { key, generation })?;
                 let codec = self.codec.clone();
-                let page = tokio::task::spawn_blocking(move || MapPage::decode(id, &object, &codec))
-                    .await
-                    .expect("page decoding does not panic")?;
+                let page =
+                    tokio::task::spawn_blocking(move || MapPage::decode(id, &object, &codec))
+                        .await
+                        .expect("page decoding does not panic")?;
                 Ok::<_, EngineError>(Arc::new(page))
             })
             .await

@@ -139,8 +139,8 @@ async fn check_chunk(
     let codec = codec.clone();
     let decoded =
         tokio::task::spawn_blocking(move || chunk::decode(entry.id, &object, &codec).map(|_| ()))
-        .await
-        .expect("chunk decoding does not panic");
+            .await
+            .expect("chunk decoding does not panic");
     Ok((
         entry,
         decoded

@@ -210,14 +210,22 @@ mod tests {
         let random = pseudo_random(1 << 20, 7);
         for raw in [text, random] {
             let chunk = encode(&raw, Compression::default(), &Codec::clear());
-            assert_eq!(decode(chunk.id, &chunk.object, &Codec::clear()).unwrap(), raw);
+            assert_eq!(
+                decode(chunk.id, &chunk.object, &Codec::clear()).unwrap(),
+                raw
+            );
         }
     }
 
     #[test]
     fn compresses_only_when_it_pays() {
         let text: Vec<u8> = b"abc".iter().cycle().take(1 << 20).copied().collect();
-        assert!(encode(&text, Compression::default(), &Codec::clear()).object.len() < 4096);
+        assert!(
+            encode(&text, Compression::default(), &Codec::clear())
+                .object
+                .len()
+                < 4096
+        );
         let random = pseudo_random(1 << 20, 8);
         let chunk = encode(&random, Compression::default(), &Codec::clear());
         assert_eq!(chunk.object.len(), HEADER_LEN + random.len());
@@ -242,7 +250,12 @@ mod tests {
     #[test]
     fn a_sealed_chunk_hides_its_bytes_and_opens_only_with_its_keys() {
         let sealed = Codec::for_tests(1);
-        let text: Vec<u8> = b"a known pattern ".iter().cycle().take(1 << 20).copied().collect();
+        let text: Vec<u8> = b"a known pattern "
+            .iter()
+            .cycle()
+            .take(1 << 20)
+            .copied()
+            .collect();
         for compression in [Compression::None, Compression::default()] {
             let chunk = encode(&text, compression, &sealed);
             assert_ne!(chunk.id, ObjectId::of(&text), "a keyed name");

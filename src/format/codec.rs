@@ -123,7 +123,10 @@ impl Codec {
         if stored[4] != VERSION {
             return Err(FormatError::corrupt(
                 what(),
-                format!("sealed with version {}, which this zeroblk does not know: upgrade zeroblk", stored[4]),
+                format!(
+                    "sealed with version {}, which this zeroblk does not know: upgrade zeroblk",
+                    stored[4]
+                ),
             ));
         }
         keys.open(kind.aad(), &stored[HEADER_LEN..])

@@ -314,7 +314,9 @@ mod tests {
     fn a_newer_version_is_refused_with_advice() {
         let mut bytes = Root::empty(Uuid::new_v4(), 1 << 30, 1 << 20).encode(&Codec::clear());
         bytes[4] = 9;
-        let error = Root::decode("root", &bytes, &Codec::clear()).unwrap_err().to_string();
+        let error = Root::decode("root", &bytes, &Codec::clear())
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("upgrade zeroblk"), "{error}");
     }
 }

@@ -480,6 +480,30 @@ pub fn zeroblk(
     )
 }
 
+/// Runs the `zeroblk` binary as [`zeroblk`] does, expecting it to fail;
+/// returns its stderr.
+pub fn zeroblk_fails(
+    store_url: &str,
+    cache_dir: &Path,
+    env: &[(&'static str, String)],
+    args: &[&str],
+) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_zeroblk"))
+        .args(["--store", store_url, "--cache-dir"])
+        .arg(cache_dir)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env_remove("ZEROBLK_CONFIG")
+        .output()
+        .expect("run zeroblk");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        !output.status.success(),
+        "zeroblk {args:?} succeeded: {stderr}"
+    );
+    stderr
+}
+
 /// A loop device over a sparse file, detached when dropped (after
 /// unmounting whatever is mounted at `mount_point`).
 pub struct LoopDevice {
