@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use common::{Backend, TestStore, block_of, engine_options, new_volume, tag_of};
 use proptest::prelude::*;
-use zeroblk::engine::{self, Durability, EngineOptions, Volume};
+use zeroblk::crypto::Password;
+use zeroblk::engine::{self, Durability, EngineOptions, NewVolume, Volume};
 
 const CHUNK: u64 = 64 << 10;
 const BLOCKS_PER_CHUNK: u64 = CHUNK / 4096;
@@ -128,20 +129,26 @@ async fn read_all(volume: &Volume) -> Vec<u64> {
 struct Run {
     store: TestStore,
     durability: Durability,
+    /// The password of an encrypted volume.
+    password: Option<Password>,
     cache: tempfile::TempDir,
     volume: Option<Volume>,
     model: Model,
 }
 
 impl Run {
-    async fn start(backend: Backend, durability: Durability) -> Run {
+    async fn start(backend: Backend, durability: Durability, encrypted: bool) -> Run {
         let store = TestStore::new(backend);
-        engine::create(&store.store, &new_volume("m", BLOCKS * 4096, CHUNK))
-            .await
-            .unwrap();
+        let password = encrypted.then(|| Password::new("model".into()).unwrap());
+        let new = NewVolume {
+            encrypt_with: password.clone(),
+            ..new_volume("m", BLOCKS * 4096, CHUNK)
+        };
+        engine::create(&store.store, &new).await.unwrap();
         let mut run = Run {
             store,
             durability,
+            password,
             cache: armed_cache_dir(),
             volume: None,
             model: Model::new(),
@@ -158,6 +165,7 @@ impl Run {
         // A few writes fill a segment: rotation, end records and reuse of
         // committed segments are in almost every case.
         options.log_segment_bytes = 32 << 10;
+        options.password = self.password.clone();
         options
     }
 
@@ -262,8 +270,8 @@ fn armed_cache_dir() -> tempfile::TempDir {
     dir
 }
 
-async fn run(backend: Backend, durability: Durability, ops: Vec<Op>) {
-    let mut run = Run::start(backend, durability).await;
+async fn run(backend: Backend, durability: Durability, encrypted: bool, ops: Vec<Op>) {
+    let mut run = Run::start(backend, durability, encrypted).await;
     for (step, op) in ops.into_iter().enumerate() {
         let what = format!("{op:?}");
         let applied = tokio::time::timeout(STEP_LIMIT, run.apply(step, op)).await;
@@ -278,13 +286,17 @@ async fn run(backend: Backend, durability: Durability, ops: Vec<Op>) {
 }
 
 fn check(backend: Backend, durability: Durability, ops: Vec<Op>) {
+    check_volume(backend, durability, false, ops);
+}
+
+fn check_volume(backend: Backend, durability: Durability, encrypted: bool, ops: Vec<Op>) {
     common::init_tracing();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(run(backend, durability, ops));
+    runtime.block_on(run(backend, durability, encrypted, ops));
 }
 
 fn cases(default: u32) -> ProptestConfig {
@@ -320,9 +332,15 @@ proptest! {
         check(Backend::File, durability, ops);
     }
 
+    /// Half the cases on an encrypted volume: sealed chunks, packs, pages
+    /// and roots through every path the model reaches.
     #[test]
-    fn s3_store(ops in prop::collection::vec(op(), 1..60), remote in any::<bool>()) {
+    fn s3_store(
+        ops in prop::collection::vec(op(), 1..60),
+        remote in any::<bool>(),
+        encrypted in any::<bool>(),
+    ) {
         let durability = if remote { Durability::Remote } else { Durability::Local };
-        check(Backend::S3, durability, ops);
+        check_volume(Backend::S3, durability, encrypted, ops);
     }
 }
