@@ -152,6 +152,12 @@ pub async fn superblock(store: &Store, name: &str) -> Result<Superblock> {
 /// the clear is not needed, and not an error.
 pub fn unlock(superblock: &Superblock, password: Option<&Password>) -> Result<Codec> {
     let Some(envelope) = &superblock.encryption else {
+        if password.is_some() {
+            tracing::warn!(
+                volume = %superblock.name,
+                "a password is given, but this volume is not encrypted: what it stores is in the clear (if it was made encrypted, its superblock was replaced outside zeroblk)"
+            );
+        }
         return Ok(Codec::clear());
     };
     let password = password.ok_or_else(|| EngineError::PasswordNeeded(superblock.name.clone()))?;
@@ -165,7 +171,7 @@ pub fn unlock(superblock: &Superblock, password: Option<&Password>) -> Result<Co
 /// work and 64 MiB.
 pub async fn unlock_blocking(superblock: &Superblock, password: Option<Password>) -> Result<Codec> {
     if superblock.encryption.is_none() {
-        return Ok(Codec::clear());
+        return unlock(superblock, password.as_ref());
     }
     let superblock = superblock.clone();
     tokio::task::spawn_blocking(move || unlock(&superblock, password.as_ref()))
