@@ -65,6 +65,7 @@ CHUNK = 1 << 20
 ACCESS_KEY = "GK" + "7a" * 12
 SECRET_KEY = "5e" * 32
 PASSWORD = "zeroblk-bench"
+ZEROBLK_ENCRYPTED = "zeroblk (encrypted)"
 ENV_S3 = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_REGION": "us-east-1"}
 
 
@@ -253,18 +254,24 @@ root_domain = ".s3.garage.localhost"
 
 
 class Zeroblk:
-    """zeroblk serve on one volume of the S3 server."""
+    """zeroblk serve on one volume of the S3 server; encrypted when given a
+    password (as ZeroFS always is)."""
 
-    name = "zeroblk"
     needs_fill = True
 
-    def __init__(self, work, endpoint, bucket, size, compression="zstd:3", serve_args=()):
+    def __init__(self, work, endpoint, bucket, size, compression="zstd:3", serve_args=(),
+                 name="zeroblk", password=None):
+        self.name = name
         self.work = Path(work)
         self.serve_args = list(serve_args)
-        self.cache = self.work / "zeroblk-cache"
+        self.slug = "zeroblk-encrypted" if password else "zeroblk"
+        self.cache = self.work / f"{self.slug}-cache"
         self.env = dict(os.environ, **ENV_S3, AWS_ENDPOINT_URL=endpoint,
                         ZEROBLK_STORE=f"s3://{bucket}/zeroblk", ZEROBLK_CACHE_DIR=str(self.cache))
         self.env.pop("ZEROBLK_CONFIG", None)
+        self.env.pop("ZEROBLK_PASSWORD", None)
+        if password:
+            self.env["ZEROBLK_PASSWORD"] = password
         subprocess.run([ZEROBLK, "volume", "create", "vol", "--size", size, "--chunk-size", "1M",
                         "--compression", compression], env=self.env, check=True, stdout=subprocess.DEVNULL)
         self.process = None
@@ -272,7 +279,7 @@ class Zeroblk:
 
     def start(self):
         self.port = free_port()
-        self.log = open(self.work / "zeroblk.log", "a")
+        self.log = open(self.work / f"{self.slug}.log", "a")
         self.process = subprocess.Popen([ZEROBLK, "serve", "--listen", f"127.0.0.1:{self.port}", *self.serve_args,
                                          "vol"],
                                         env=self.env, stdout=subprocess.DEVNULL, stderr=self.log)
@@ -480,6 +487,7 @@ def host_comparison(args, work, results):
     raw2 = Path(work) / "raw2.img"
     shutil.copy(raw, raw2)
     zeroblk = Zeroblk(work, moto.endpoint, moto.bucket(), volume_size)
+    encrypted = Zeroblk(work, moto.endpoint, moto.bucket(), volume_size, name=ZEROBLK_ENCRYPTED, password=PASSWORD)
     s3backer = S3backer(work, moto, volume_size)
     # ZeroFS refuses a store without conditional writes (it fences with
     # them), and Garage ignores them: it runs on moto only.
@@ -488,6 +496,7 @@ def host_comparison(args, work, results):
         log(f"ZeroFS is left out: it refuses {moto.name}, which ignores conditional writes")
     peers = [
         zeroblk,
+        encrypted,
         Nbdkit("nbdkit file (raw file)", ["file", f"file={raw}"]),
         QemuNbd(raw2),
         Nbdkit("nbdkit memory", ["memory", volume_size], needs_fill=True),
@@ -503,7 +512,7 @@ def host_comparison(args, work, results):
         warm_runs(results, profile, peers, args, work)
     results["peak_rss_bytes"] = {"zeroblk serve": zeroblk.peak_rss(), "memory_cache_bytes": 512 << 20}
     beyond_memory(results, moto, work, args.runtime)
-    cold_peers = [p for p in (zeroblk, s3backer, zerofs) if p is not None]
+    cold_peers = [p for p in (zeroblk, encrypted, s3backer, zerofs) if p is not None]
     cold_reads(results, moto, cold_peers, args.size, work)
     for peer in peers:
         if peer not in cold_peers:

@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 ZEROBLK_HOST = "zeroblk"
+ZEROBLK_ENCRYPTED = "zeroblk (encrypted)"
 RUBLK = "rublk loop (file)"
 
 
@@ -116,6 +117,10 @@ def main(out):
     nbdkit = "nbdkit file (raw file)"
     targets = [
         ("4K random read QD32 vs nbdkit file (warm)", ratio(host, ZEROBLK_HOST, nbdkit, "randread-4k-qd32"), ">= 1.3"),
+        ("encrypted vs in the clear, 4K random read QD32 (warm)",
+         ratio(host, ZEROBLK_ENCRYPTED, ZEROBLK_HOST, "randread-4k-qd32"), ">= 0.9"),
+        ("encrypted vs in the clear, 1M sequential read (warm)",
+         ratio(host, ZEROBLK_ENCRYPTED, ZEROBLK_HOST, "seqread-1m"), ">= 0.9"),
         ("1M sequential read vs nbdkit file (warm)", ratio(host, ZEROBLK_HOST, nbdkit, "seqread-1m"), ">= 1.2"),
         ("4K random write QD32 vs nbdkit file", ratio(host, ZEROBLK_HOST, nbdkit, "randwrite-4k-qd32"), ">= 0.8"),
         ("1M sequential write vs nbdkit file", ratio(host, ZEROBLK_HOST, nbdkit, "seqwrite-1m"), ">= 0.8"),
@@ -124,6 +129,8 @@ def main(out):
         ("beyond memory: 1M sequential read vs nbdkit file", ratio(beyond, ZEROBLK_HOST, nbdkit, "seqread-1m"), ">= 0.8"),
         ("cold 1M sequential read vs s3backer's FUSE file read directly (cold)",
          ratio(cold, ZEROBLK_HOST, "s3backer (FUSE file, read directly)", "seqread-1m"), ">= 3.0"),
+        ("encrypted, cold 1M sequential read vs s3backer",
+         ratio(cold, ZEROBLK_ENCRYPTED, "s3backer (FUSE file, read directly)", "seqread-1m"), ">= 3.0"),
         ("ublk vs zeroblk kernel NBD, 4K random read QD32", ratio(vm, "zeroblk ublk", "zeroblk kernel NBD", "randread-4k-qd32"), ">= 1.5"),
         ("ublk vs kernel loop, 4K random read QD32", ratio(vm, "zeroblk ublk", "kernel loop (file)", "randread-4k-qd32"), ">= 0.5"),
         ("ublk vs rublk loop, 4K random read QD32", ratio(vm, "zeroblk ublk", RUBLK, "randread-4k-qd32"), ">= 0.8"),
