@@ -1003,3 +1003,42 @@ async fn a_spare_cut_short_by_a_crash_is_never_taken_for_a_segment() {
         scenario.teardown();
     }
 }
+
+/// A panic in a background task (a bug) must stop the volume, not leave
+/// its callers waiting: before, the uploader's panic went unnoticed, a
+/// commit (and so a flush with remote durability, and the close that
+/// `serve` does on SIGTERM) waited forever. Flushed writes are replayed
+/// at the next open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_panic_in_a_background_task_stops_the_volume_and_loses_nothing() {
+    let _scenario = fail::FailScenario::setup();
+    let store = TestStore::new(Backend::File);
+    engine::create(&store.store, &new_volume("v", 16 * MIB, 64 << 10))
+        .await
+        .unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let options = log_only(cache.path());
+    let volume = Volume::open(&store.store, "v", options.clone())
+        .await
+        .unwrap();
+    write_tags(&volume, 0, &[1, 2, 3]).await;
+    volume.flush().await.unwrap();
+
+    fail::cfg("commit::before_root", "panic").unwrap();
+    let commit = tokio::time::timeout(Duration::from_secs(60), volume.commit()).await;
+    let error = commit
+        .expect("the commit waited for a task that had died")
+        .unwrap_err();
+    assert!(error.to_string().contains("uploader panicked"), "{error}");
+    let closed = tokio::time::timeout(Duration::from_secs(60), volume.close()).await;
+    assert!(
+        closed.expect("close hung").is_err(),
+        "close of a stopped volume"
+    );
+    fail::remove("commit::before_root");
+    drop(volume);
+
+    let volume = Volume::open(&store.reopen(), "v", options).await.unwrap();
+    assert_eq!(read_tags(&volume, 0, 3).await, [1, 2, 3]);
+    volume.close().await.unwrap();
+}

@@ -102,6 +102,10 @@ pub enum EngineError {
         name: String,
         why: crate::crypto::CryptoError,
     },
+    #[error(
+        "the volume's {task} panicked ({message}): a bug in zeroblk, please report it; everything flushed is in the write-back log and is replayed when the volume is opened again"
+    )]
+    Panicked { task: &'static str, message: String },
     #[error("volume stopped: {0}")]
     Stopped(Arc<EngineError>),
     #[error(transparent)]

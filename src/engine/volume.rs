@@ -231,12 +231,21 @@ impl Volume {
         let shared = Arc::new(shared);
         shared.prepare_spare_segment();
         let tasks = vec![
-            tokio::spawn(super::flush::durability_worker(
-                Arc::clone(&shared),
-                sealed_rx,
-            )),
-            tokio::spawn(super::uploader::run(Arc::clone(&shared))),
-            tokio::spawn(super::uploader::renew_lease(Arc::clone(&shared))),
+            spawn_task(
+                &shared,
+                "durability worker",
+                super::flush::durability_worker(Arc::clone(&shared), sealed_rx),
+            ),
+            spawn_task(
+                &shared,
+                "uploader",
+                super::uploader::run(Arc::clone(&shared)),
+            ),
+            spawn_task(
+                &shared,
+                "lease renewal",
+                super::uploader::renew_lease(Arc::clone(&shared)),
+            ),
         ];
         Ok(Volume {
             shared,
@@ -398,6 +407,28 @@ impl Drop for Volume {
             }
         }
     }
+}
+
+/// Runs one of the volume's background tasks. A panic in it (a bug) stops
+/// the volume: its callers get an error, where they would otherwise wait
+/// forever for work nobody does (a flush, a commit, a close on SIGTERM).
+fn spawn_task(
+    shared: &Arc<Shared>,
+    task: &'static str,
+    work: impl std::future::Future<Output = ()> + Send + 'static,
+) -> JoinHandle<()> {
+    use futures::FutureExt;
+    let shared = Arc::clone(shared);
+    tokio::spawn(async move {
+        if let Err(panic) = std::panic::AssertUnwindSafe(work).catch_unwind().await {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".to_string());
+            shared.fail(EngineError::Panicked { task, message });
+        }
+    })
 }
 
 /// Opens the write-back log in `dir` for a volume whose newest root is
