@@ -14,9 +14,11 @@ ublk daemon) and the kernel loop device on a file
 each profile against every target in turn; a profile with a target runs
 three passes and each target's median pass counts. Then reads of a
 working set four times zeroblk's memory cache, from its disk cache; cold
-reads (caches dropped), write amplification and peak memory.
+reads (caches dropped), write amplification and peak memory. And zeroblk
+serve over TLS against plaintext (tls_comparison).
 
     scripts/compare.sh [--runtime 10] [--size 256M] [--out docs/benchmarks] [--s3 garage|moto]
+    scripts/compare.sh --tls-only   # only TLS against plaintext (tls.json)
 
 Writes results.json, README.md (tables of ratios) and PNG plots to --out.
 """
@@ -36,7 +38,7 @@ import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-ZEROBLK = ROOT / "target/release/zeroblk"
+ZEROBLK = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release/zeroblk"
 PROFILES = [
     "randread-4k-qd1",
     "randread-4k-qd32",
@@ -61,6 +63,9 @@ BEYOND_MEMORY_CACHE = "256M"
 BEYOND_MEMORY_SIZE = "1G"
 BEYOND_MEMORY_PROFILES = ["randread-4k-qd32", "seqread-1m"]
 CHUNK = 1 << 20
+# TLS against plaintext, on zeroblk serve: the profiles, and passes per mode.
+TLS_PROFILES = ["randread-4k-qd32", "seqread-1m"]
+TLS_PASSES = 3
 # Garage's key format (GK and 24 hex digits, a 64-digit secret); moto takes any.
 ACCESS_KEY = "GK" + "7a" * 12
 SECRET_KEY = "5e" * 32
@@ -143,11 +148,11 @@ def read_file_once(path, size, workdir):
     return summarize(json.loads(out.read_text()))
 
 
-def run_fio(profile, section, target, size, runtime, workdir):
+def run_fio(profile, section, target, size, runtime, workdir, env_extra=None):
     """One profile against one target; None (and a line saying why) when
     fio fails, so one peer's failure does not cost the whole comparison."""
     out = Path(workdir) / "fio.json"
-    env = dict(os.environ, FIO_TARGET=target, FIO_SIZE=size, FIO_RUNTIME=str(runtime))
+    env = dict(os.environ, FIO_TARGET=target, FIO_SIZE=size, FIO_RUNTIME=str(runtime), **(env_extra or {}))
     try:
         ran = subprocess.run(
             ["fio", f"--section={section}", "--output-format=json", f"--output={out}",
@@ -695,6 +700,94 @@ def write_amplification(work, moto, image):
             "downloaded_per_read": downloaded / size, "requests_per_gib_read": len(reads) / gib}
 
 
+def test_certificates(dir):
+    """A CA and a server certificate for 127.0.0.1 (openssl CLI), and a
+    HOME whose .pki/libnbd/ca-cert.pem makes libnbd trust that CA: fio's
+    nbd engine takes a URI but no tls-certificates= (libnbd refuses local
+    files unless the program allows them), so it finds the CA there."""
+    dir.mkdir()
+    def openssl(*args):
+        subprocess.run(["openssl", *args], cwd=dir, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl("req", "-x509", *ec, "-keyout", "ca-key.pem", "-out", "ca-cert.pem", "-days", "2",
+            "-subj", "/CN=zeroblk bench CA", "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    openssl("req", "-new", *ec, "-keyout", "server-key.pem", "-out", "server.csr", "-subj", "/CN=localhost")
+    (dir / "server.ext").write_text("keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n"
+                                    "subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca-cert.pem", "-CAkey", "ca-key.pem",
+            "-CAcreateserial", "-days", "2", "-extfile", "server.ext", "-out", "server-cert.pem")
+    (dir / "server-key.pem").chmod(0o600)
+    home = dir / "home"
+    (home / ".pki/libnbd").mkdir(parents=True)
+    shutil.copy(dir / "ca-cert.pem", home / ".pki/libnbd/ca-cert.pem")
+    return dir / "server-cert.pem", dir / "server-key.pem", home
+
+
+def tls_comparison(args, work):
+    """zeroblk serve over TLS (a server certificate) against the same server
+    in plaintext, on a loopback port, warm (the data in its memory cache),
+    with fio's nbd engine: libnbd is the client both times, its TLS is
+    GnuTLS, the server's OpenSSL. What TLS costs is the encryption on both
+    ends of one connection, on the same two cores: the numbers are of the
+    pair, client and server. Modes interleave, TLS_PASSES times each; the
+    median pass counts. The server's CPU seconds per pass are kept."""
+    work = Path(work)
+    cert, key, home = test_certificates(work / "tls")
+    env = dict(os.environ, ZEROBLK_STORE=f"file://{work}/tls-store", ZEROBLK_CACHE_DIR=str(work / "tls-cache"),
+               RUST_LOG="zeroblk::nbd::tls=debug")
+    env.pop("ZEROBLK_CONFIG", None)
+    subprocess.run([ZEROBLK, "volume", "create", "vol", "--size", "2G", "--chunk-size", "1M"], env=env, check=True,
+                   stdout=subprocess.DEVNULL)
+    image = work / "tls-fill.img"
+    half_compressible(image, parse_size(args.size))
+    modes = {"plaintext": ("nbd", []), "tls": ("nbds", ["--tls-cert", str(cert), "--tls-key", str(key)])}
+    passes = {(mode, profile): [] for mode in modes for profile in TLS_PROFILES}
+    server_log = work / "tls-serve.log"
+    filled = False
+    for n in range(TLS_PASSES):
+        for mode, (scheme, flags) in modes.items():
+            port = free_port()
+            with open(server_log, "a") as log_file:
+                server = subprocess.Popen([ZEROBLK, "serve", "--listen", f"127.0.0.1:{port}", *flags, "vol"], env=env,
+                                          stdout=subprocess.DEVNULL, stderr=log_file)
+            wait_for_port(port, server)
+            uri = f"{scheme}://127.0.0.1:{port}/vol"
+            client_env = {"HOME": str(home)}
+            if not filled:
+                subprocess.run(["nbdcopy", str(image), uri], env=dict(os.environ, **client_env), check=True)
+                filled = True
+            for profile in TLS_PROFILES:
+                log(f"TLS against plaintext, pass {n + 1} of {TLS_PASSES}: {profile}, {mode}")
+                # A short pass first: the restarted server's memory cache fills.
+                run_fio(profile, "nbd", uri, args.size, 2, work, client_env)
+                before = cpu_seconds(server.pid)
+                result = run_fio(profile, "nbd", uri, args.size, args.runtime, work, client_env)
+                if result is not None:
+                    result["server_cpu_s"] = cpu_seconds(server.pid) - before
+                    passes[(mode, profile)].append(result)
+            server.send_signal(signal.SIGTERM)
+            if server.wait(timeout=600) != 0:
+                raise RuntimeError(f"zeroblk serve exited non-zero; see {server_log}")
+    handshakes = [line for line in server_log.read_text().splitlines() if "TLS handshake done" in line]
+    negotiated = handshakes[-1].split("TLS handshake done", 1)[1].strip() if handshakes else "unknown"
+    runs = [median_run("host", f"zeroblk serve ({mode})", profile, "warm", results)
+            for (mode, profile), results in passes.items() if results]
+    return {"negotiated": negotiated, "runs": runs}
+
+
+def tls_table(tls):
+    """The TLS section as text: one line per profile and mode."""
+    lines = [f"negotiated: {tls['negotiated']}"]
+    for run in tls["runs"]:
+        read = run["result"].get("read", {})
+        lines.append(f"{run['profile']:<18} {run['target']:<26} {read.get('iops', 0):>10.0f} IOPS "
+                     f"{read.get('bw_bytes', 0) / (1 << 20):>8.1f} MiB/s  p99 {read.get('p99_us', 0):>8.0f} us  "
+                     f"server CPU {run['result'].get('server_cpu_s', 0):.1f} s  "
+                     f"passes {[round(b / (1 << 20), 1) for b in run.get('passes_bw_bytes', [])]} MiB/s")
+    return "\n".join(lines)
+
+
 def vm_comparison(args, results):
     log("in the VM: ublk, kernel NBD, rublk and loop (Debian 6.12 under QEMU/TCG)")
     # The guest's /tmp, where the volumes live, is a tmpfs of half of it.
@@ -729,6 +822,8 @@ def main():
     parser.add_argument("--size", default="256M")
     parser.add_argument("--out", default=str(ROOT / "docs/benchmarks"))
     parser.add_argument("--skip-vm", action="store_true")
+    parser.add_argument("--tls-only", action="store_true",
+                        help="only TLS against plaintext on zeroblk serve (a few minutes): tls.json in --out")
     parser.add_argument("--s3", choices=["moto", "garage"], default="moto",
                         help="the S3 server every S3 peer shares (ZeroFS refuses Garage, which cannot fence)")
     args = parser.parse_args()
@@ -740,8 +835,17 @@ def main():
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.tls_only:
+        with tempfile.TemporaryDirectory(prefix="zeroblk-compare.", dir="/var/tmp") as work:
+            results["tls"] = tls_comparison(args, work)
+        del results["runs"]
+        (out / "tls.json").write_text(json.dumps(results, indent=2) + "\n")
+        print(tls_table(results["tls"]))
+        return
     with tempfile.TemporaryDirectory(prefix="zeroblk-compare.", dir="/var/tmp") as work:
         host_comparison(args, work, results)
+        results["tls"] = tls_comparison(args, work)
+        log("TLS against plaintext:\n" + tls_table(results["tls"]))
     # Kept as soon as it is known: a failure in the VM keeps the host half.
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     if not args.skip_vm:

@@ -4,10 +4,17 @@
 # the VM). About 45 minutes, and 15 more the first time (ZeroFS builds).
 #
 #   scripts/compare.sh [--runtime 10] [--size 256M] [--out DIR] [--skip-vm] [--s3 garage|moto]
+#   scripts/compare.sh --tls-only [--runtime 10]   # TLS against plaintext only: a few minutes
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 need_cargo
+if [[ " $* " == *" --tls-only "* ]]; then
+    need_apt fio libnbd-bin openssl
+    say "building zeroblk (release)"
+    cargo build --release --quiet
+    exec /usr/bin/python3 scripts/compare.py "$@"
+fi
 need_qemu
 need_apt fio libnbd-bin python3-libnbd nbdkit s3backer python3-matplotlib libnfs-utils
 need_apt busybox-static linux-image-6.12-amd64 btrfs-progs

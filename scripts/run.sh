@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 need_cargo
 # libublk generates its kernel bindings with bindgen, which needs libclang;
 # jemalloc (the binary's allocator) builds with make.
-need_apt pkg-config libclang-dev make
+need_apt pkg-config libclang-dev make libssl-dev
 say "building zeroblk (release)"
 cargo build --release --quiet
 zeroblk=target/release/zeroblk

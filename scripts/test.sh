@@ -11,8 +11,10 @@ need_cargo
 # Real NBD clients: nbdinfo/nbdcopy (libnbd-bin), libnbd's Python module
 # (python3-libnbd), qemu-img (qemu-utils) and fio.
 # libublk generates its kernel bindings with bindgen, which needs libclang;
-# jemalloc (the binary's allocator) builds with make.
-need_apt pkg-config libclang-dev make
+# jemalloc (the binary's allocator) builds with make. NBD's TLS links
+# OpenSSL (libssl-dev); the TLS tests make their certificates with the
+# openssl CLI.
+need_apt pkg-config libclang-dev make libssl-dev openssl
 need_qemu
 need_apt python3-pip libnbd-bin python3-libnbd fio
 need_pip moto_server 'moto[server]'

@@ -363,3 +363,84 @@ fn the_allocator_accepts_its_options() {
         assert!(stats.contains(option), "{option} missing: {stats}");
     }
 }
+
+/// Plaintext NBD where other machines can connect is refused, from the
+/// flags and from the configuration file, for `serve` and for `attach
+/// --nbd-listen`, with one line naming the TLS flags; so are TLS flags
+/// that cannot mean anything, and keys others can read.
+#[test]
+fn plaintext_nbd_on_an_open_address_is_refused() {
+    let (zb, _dir) = Zeroblk::file();
+    zb.ok(&["volume", "create", "x", "--size", "1G"]);
+    let flags = "give --tls-cert/--tls-key or --tls-psk";
+    for args in [
+        &["serve", "--listen", "0.0.0.0:0", "x"][..],
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--listen",
+            "[::]:0",
+            "x",
+        ][..],
+        &["attach", "x", "--nbd-listen", "0.0.0.0:0"][..],
+    ] {
+        zb.fails(args, flags);
+        let stderr = String::from_utf8(zb.run(args).stderr).unwrap();
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    }
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        config.path(),
+        "[servers.nbd]\naddresses = [\"0.0.0.0:0\"]\n",
+    )
+    .unwrap();
+    let config = config.path().to_str().unwrap();
+    zb.fails(&["--config", config, "serve", "x"], flags);
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, mode: u32| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, "alice:00112233\n").unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let open_psk = file("open.psk", 0o644);
+    zb.fails(
+        &[
+            "serve",
+            "--listen",
+            "0.0.0.0:0",
+            "--tls-psk",
+            &open_psk,
+            "x",
+        ],
+        &format!("run `chmod 600 {open_psk}`"),
+    );
+    let psk = file("keys.psk", 0o600);
+    for (args, expected) in [
+        (
+            &["--tls-client-ca", &psk][..],
+            "add --tls-cert FILE --tls-key FILE",
+        ),
+        (&["--tls-cert", &psk][..], "add --tls-key FILE"),
+        (
+            &["--tls-psk", &psk, "--tls-client-ca", &psk][..],
+            "leave out one of them",
+        ),
+        (
+            &["--tls-psk", &psk, "--insecure-plaintext"][..],
+            "leave it out",
+        ),
+    ] {
+        let mut line = vec!["serve", "--listen", "127.0.0.1:0"];
+        line.extend_from_slice(args);
+        line.push("x");
+        zb.fails(&line, expected);
+    }
+    zb.fails(
+        &["attach", "x", "--tls-psk", &psk],
+        "add it, or leave them out",
+    );
+}

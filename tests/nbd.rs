@@ -337,6 +337,19 @@ impl RawClient {
         }
     }
 
+    /// Reads one option reply: its option, type and data.
+    fn option_reply(&mut self) -> (u32, u32, Vec<u8>) {
+        let mut header = [0u8; 20];
+        self.0.read_exact(&mut header).unwrap();
+        assert_eq!(&header[..8], &0x0003_e889_0455_65a9u64.to_be_bytes());
+        let option = u32::from_be_bytes(header[8..12].try_into().unwrap());
+        let kind = u32::from_be_bytes(header[12..16].try_into().unwrap());
+        let len = u32::from_be_bytes(header[16..20].try_into().unwrap());
+        let mut data = vec![0u8; len as usize];
+        self.0.read_exact(&mut data).unwrap();
+        (option, kind, data)
+    }
+
     fn request(&mut self, kind: u16, offset: u64, len: u32) -> Vec<u8> {
         let mut request = Vec::new();
         request.extend(0x2560_9513u32.to_be_bytes());
@@ -702,4 +715,332 @@ fn unread_replies_do_not_grow_the_servers_memory() {
     run_ok(Command::new(&nbdcopy).arg(server.uri("r")).arg(&out));
     drop(attackers);
     server.kill();
+}
+
+/// Runs a client command that must fail; returns its stderr.
+fn run_fails(command: &mut Command) -> String {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    assert!(
+        !output.status.success(),
+        "{command:?} succeeded: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// The `nbds://` URI of `export` with libnbd's TLS `query`; `user` is
+/// the PSK identity.
+fn nbds_uri(server: &ZeroblkServer, user: Option<&str>, export: &str, query: &str) -> String {
+    let user = user.map(|u| format!("{u}@")).unwrap_or_default();
+    format!("nbds://{user}127.0.0.1:{}/{export}?{query}", server.port)
+}
+
+fn certificates_query(dir: &Path) -> String {
+    format!("tls-certificates={}", dir.display())
+}
+
+fn psk_query(dir: &Path) -> String {
+    format!("tls-psk-file={}", dir.join("keys.psk").display())
+}
+
+/// Copies `len` bytes of random data to `uri` and back with nbdcopy, and
+/// checks they came back.
+fn nbdcopy_round_trip(setup: &Setup, uri: &str, len: usize, seed: u64) {
+    let nbdcopy = require_tool("nbdcopy", "libnbd-bin");
+    let image = setup.file_path(&format!("tls-in-{seed}.img"));
+    random_image(&image, len, seed);
+    run_ok(Command::new(&nbdcopy).arg(&image).arg(uri));
+    let out = setup.file_path(&format!("tls-out-{seed}.img"));
+    run_ok(Command::new(&nbdcopy).arg(uri).arg(&out));
+    let copied = std::fs::read(&out).unwrap();
+    let original = std::fs::read(&image).unwrap();
+    assert!(
+        copied[..len] == original[..],
+        "data differs after the round trip"
+    );
+}
+
+/// With certificates: libnbd's clients verify the server and move data;
+/// a client that trusts another CA, and a plaintext client, get nothing,
+/// and the server goes on serving the others.
+#[test]
+fn tls_with_a_server_certificate() {
+    let nbdinfo = require_tool("nbdinfo", "libnbd-bin");
+    let certs = common::TestCerts::new();
+    let setup = Setup::file();
+    setup.zeroblk(&["volume", "create", "vol", "--size", "64M"]);
+    setup.zeroblk(&["volume", "create", "secret", "--size", "64M"]);
+    let flags = certs.server_flags();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let server = setup.serve(&flags);
+    let trusting = certificates_query(&certs.trusting_dir());
+    let info = run_ok(Command::new(&nbdinfo).arg(nbds_uri(&server, None, "vol", &trusting)));
+    assert!(info.contains("export-size: 67108864"), "{info}");
+    let list =
+        run_ok(Command::new(&nbdinfo).args(["--list", &nbds_uri(&server, None, "", &trusting)]));
+    assert!(list.contains("export=\"secret\""), "{list}");
+    nbdcopy_round_trip(
+        &setup,
+        &nbds_uri(&server, None, "vol", &trusting),
+        48 << 20,
+        11,
+    );
+
+    let wrong_ca = certificates_query(&certs.wrong_ca_dir());
+    let refused = run_fails(Command::new(&nbdinfo).arg(nbds_uri(&server, None, "vol", &wrong_ca)));
+    assert!(refused.to_lowercase().contains("certificate"), "{refused}");
+    // libnbd 1.14 reports NBD_REP_ERR_TLS_REQD as "not supported".
+    run_fails(Command::new(&nbdinfo).arg(server.uri("vol")));
+    let listed = run_fails(Command::new(&nbdinfo).args(["--list", &server.uri("")]));
+    assert!(
+        !listed.contains("secret"),
+        "exports listed before TLS: {listed}"
+    );
+
+    // Before STARTTLS, even the list of exports needs TLS.
+    let mut raw = RawClient::connect(server.port);
+    raw.send(&3u32.to_be_bytes());
+    raw.send(&raw_option(3, &[])); // NBD_OPT_LIST
+    let (option, reply, message) = raw.option_reply();
+    assert_eq!((option, reply), (3, 0x8000_0005), "NBD_REP_ERR_TLS_REQD");
+    assert!(String::from_utf8_lossy(&message).contains("requires TLS"));
+    raw.send(&raw_option(1, b"vol")); // NBD_OPT_EXPORT_NAME
+    assert!(
+        raw.is_closed(),
+        "EXPORT_NAME before TLS ends the connection"
+    );
+
+    let info = run_ok(Command::new(&nbdinfo).arg(nbds_uri(&server, None, "vol", &trusting)));
+    assert!(info.contains("export-size"), "still serving: {info}");
+    server.stop();
+}
+
+/// With --tls-client-ca: only clients with a certificate from that CA get
+/// in.
+#[test]
+fn tls_client_certificates_are_required() {
+    let nbdinfo = require_tool("nbdinfo", "libnbd-bin");
+    let certs = common::TestCerts::new();
+    let setup = Setup::file();
+    setup.zeroblk(&["volume", "create", "vol", "--size", "64M"]);
+    let mut flags = certs.server_flags();
+    flags.extend(["--tls-client-ca".into(), certs.ca().display().to_string()]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let server = setup.serve(&flags);
+    let with_cert = certificates_query(&certs.client_cert_dir());
+    for refused in [certs.trusting_dir(), certs.stranger_cert_dir()] {
+        let query = certificates_query(&refused);
+        run_fails(Command::new(&nbdinfo).arg(nbds_uri(&server, None, "vol", &query)));
+    }
+    let info = run_ok(Command::new(&nbdinfo).arg(nbds_uri(&server, None, "vol", &with_cert)));
+    assert!(info.contains("export-size: 67108864"), "{info}");
+    nbdcopy_round_trip(
+        &setup,
+        &nbds_uri(&server, None, "vol", &with_cert),
+        16 << 20,
+        12,
+    );
+    server.stop();
+}
+
+/// With pre-shared keys in the nbdkit/qemu format: the right identity and
+/// key get in, a wrong key does not.
+#[test]
+fn tls_with_pre_shared_keys() {
+    let nbdinfo = require_tool("nbdinfo", "libnbd-bin");
+    let certs = common::TestCerts::new();
+    let setup = Setup::file();
+    setup.zeroblk(&["volume", "create", "vol", "--size", "64M"]);
+    let keys = certs.psk_dir().join("keys.psk");
+    let server = setup.serve(&["--tls-psk", keys.to_str().unwrap()]);
+    let identity = Some(common::PSK_IDENTITY);
+    let wrong = psk_query(&certs.wrong_psk_dir());
+    run_fails(Command::new(&nbdinfo).arg(nbds_uri(&server, identity, "vol", &wrong)));
+    let right = psk_query(&certs.psk_dir());
+    run_fails(Command::new(&nbdinfo).arg(nbds_uri(&server, Some("mallory"), "vol", &right)));
+    let info = run_ok(Command::new(&nbdinfo).arg(nbds_uri(&server, identity, "vol", &right)));
+    assert!(info.contains("export-size: 67108864"), "{info}");
+    nbdcopy_round_trip(
+        &setup,
+        &nbds_uri(&server, identity, "vol", &right),
+        32 << 20,
+        13,
+    );
+    server.stop();
+}
+
+/// qemu-img (GnuTLS, qemu's own NBD client) with x509 and PSK credentials.
+#[test]
+fn qemu_img_over_tls() {
+    let qemu_img = require_tool("qemu-img", "qemu-utils");
+    let certs = common::TestCerts::new();
+    let setup = Setup::file();
+    setup.zeroblk(&["volume", "create", "q", "--size", "16M"]);
+    let image = setup.file_path("q.img");
+    random_image(&image, 16 << 20, 14);
+    let qemu = |server: &ZeroblkServer, creds: String, args: &[&str]| {
+        let mut command = Command::new(&qemu_img);
+        command.arg(args[0]).args(["--object", &creds]);
+        let target = format!(
+            "driver=nbd,host=127.0.0.1,port={},export=q,tls-creds=tls0",
+            server.port
+        );
+        for arg in &args[1..] {
+            command.arg(if *arg == "TARGET" { &target } else { *arg });
+        }
+        command
+    };
+    let x509 = |dir: &Path| {
+        format!(
+            "tls-creds-x509,id=tls0,endpoint=client,dir={}",
+            dir.display()
+        )
+    };
+    let psk = |dir: &Path| {
+        format!(
+            "tls-creds-psk,id=tls0,endpoint=client,dir={},username={}",
+            dir.display(),
+            common::PSK_IDENTITY
+        )
+    };
+    let image_arg = image.to_str().unwrap();
+    let raw_image = format!("driver=raw,file.driver=file,file.filename={image_arg}");
+    let flags = certs.server_flags();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let server = setup.serve(&flags);
+    run_ok(&mut qemu(
+        &server,
+        x509(&certs.trusting_dir()),
+        &[
+            "convert",
+            "-n",
+            "-f",
+            "raw",
+            "--target-image-opts",
+            image_arg,
+            "TARGET",
+        ],
+    ));
+    let compared = run_ok(&mut qemu(
+        &server,
+        x509(&certs.trusting_dir()),
+        &["compare", "--image-opts", &raw_image, "TARGET"],
+    ));
+    assert!(compared.contains("identical"), "{compared}");
+    run_fails(&mut qemu(
+        &server,
+        x509(&certs.wrong_ca_dir()),
+        &["info", "--image-opts", "TARGET"],
+    ));
+    server.stop();
+
+    let keys = certs.psk_dir().join("keys.psk");
+    let server = setup.serve(&["--tls-psk", keys.to_str().unwrap()]);
+    run_fails(&mut qemu(
+        &server,
+        psk(&certs.wrong_psk_dir()),
+        &["info", "--image-opts", "TARGET"],
+    ));
+    let info = run_ok(&mut qemu(
+        &server,
+        psk(&certs.psk_dir()),
+        &["info", "--image-opts", "TARGET"],
+    ));
+    assert!(info.contains("16 MiB"), "{info}");
+    server.stop();
+}
+
+/// A client that asks for STARTTLS and then says nothing is held only
+/// for --handshake-timeout, and does not keep SIGTERM from stopping the
+/// server.
+#[test]
+fn a_client_stuck_in_the_tls_handshake_is_dropped() {
+    let certs = common::TestCerts::new();
+    let setup = Setup::file();
+    setup.zeroblk(&["volume", "create", "h", "--size", "64M"]);
+    let flags = certs.server_flags();
+    let mut with_timeout: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let default_timeout = with_timeout.clone();
+    with_timeout.extend(["--handshake-timeout", "1s"]);
+    let stuck = |port: u16| {
+        let mut raw = RawClient::connect(port);
+        raw.0
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        raw.send(&3u32.to_be_bytes());
+        raw.send(&raw_option(5, &[])); // NBD_OPT_STARTTLS
+        let (option, reply, _) = raw.option_reply();
+        assert_eq!((option, reply), (5, 1), "STARTTLS acknowledged");
+        raw
+    };
+    let server = setup.serve(&with_timeout);
+    let mut raw = stuck(server.port);
+    let mut rest = Vec::new();
+    let closed = raw.0.read_to_end(&mut rest);
+    assert!(
+        closed.is_ok(),
+        "not dropped after the handshake timeout: {closed:?}"
+    );
+    server.stop();
+
+    let server = setup.serve(&default_timeout); // 30 s
+    let _held = stuck(server.port);
+    let started = std::time::Instant::now();
+    server.stop();
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(15),
+        "SIGTERM waited {took:?} for a TLS handshake"
+    );
+}
+
+/// `--insecure-plaintext` lets plaintext NBD listen where other machines
+/// can connect (tests/cli.rs checks it is refused without).
+#[test]
+fn insecure_plaintext_listens_on_every_address() {
+    let nbdinfo = require_tool("nbdinfo", "libnbd-bin");
+    let setup = Setup::file();
+    setup.zeroblk(&["volume", "create", "p", "--size", "64M"]);
+    let port = common::free_port();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_zeroblk"))
+        .args(["--store", &setup.store_url, "--cache-dir"])
+        .arg(setup.cache())
+        .args([
+            "serve",
+            "--insecure-plaintext",
+            "--listen",
+            &format!("0.0.0.0:{port}"),
+        ])
+        .env_remove("ZEROBLK_CONFIG")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            server.try_wait().unwrap().is_none(),
+            "zeroblk serve --insecure-plaintext exited"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "never listened"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let info = run_ok(Command::new(&nbdinfo).arg(format!("nbd://127.0.0.1:{port}/p")));
+    assert!(info.contains("export-size: 67108864"), "{info}");
+    let pid = nix::unistd::Pid::from_raw(server.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(server.wait().unwrap().success());
+}
+
+/// An NBD option as a client sends it.
+fn raw_option(code: u32, data: &[u8]) -> Vec<u8> {
+    let mut option = 0x4948_4156_454F_5054u64.to_be_bytes().to_vec();
+    option.extend(code.to_be_bytes());
+    option.extend((data.len() as u32).to_be_bytes());
+    option.extend(data);
+    option
 }

@@ -77,6 +77,11 @@ fn the_kernel_nbd_client_against_zeroblk_serve() {
 }
 
 #[test]
+fn the_kernel_nbd_client_over_tls() {
+    run_in_vm("nbd_kernel_tls.sh");
+}
+
+#[test]
 fn attach_and_detach_over_the_kernel_nbd_transport() {
     run_in_vm("attach_nbd.sh");
 }

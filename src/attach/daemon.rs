@@ -21,7 +21,7 @@ use crate::engine::Volume;
 use crate::kernel_nbd::{self, DeviceConfig, NbdDevice};
 use crate::nbd::handshake::Session;
 use crate::nbd::server::Listener;
-use crate::nbd::{Export, Exports, ListenAddr, NbdServer, ServerBudget, transmission};
+use crate::nbd::{Export, Exports, ListenAddr, NbdServer, ServerBudget, TlsConfig, transmission};
 use crate::provision::Provision;
 use crate::ublk::{UblkDevice, UblkOptions};
 
@@ -31,6 +31,8 @@ pub struct AttachOptions {
     pub transport: Transport,
     /// Also serve the volume over NBD here, from the same engine.
     pub nbd_listen: Vec<ListenAddr>,
+    /// TLS for the NBD server of `nbd_listen`.
+    pub nbd_tls: Option<TlsConfig>,
     pub store_url: String,
     pub ublk: UblkOptions,
     /// The filesystem, mount and NFS export to bring up on the device.
@@ -114,7 +116,8 @@ pub async fn run(
     let control_path = registry::control_socket(&dir, &name);
     let provision = options.provision.as_ref();
     let setup = async {
-        let nbd_server = serve_nbd_too(&export, &options.nbd_listen, stopped).await?;
+        let nbd_tls = options.nbd_tls.clone();
+        let nbd_server = serve_nbd_too(&export, &options.nbd_listen, nbd_tls, stopped).await?;
         let _ = std::fs::remove_file(&control_path);
         let control = UnixListener::bind(&control_path)
             .map_err(io_error(format!("binding {}", control_path.display())))?;
@@ -223,6 +226,7 @@ async fn connect_kernel_nbd(
 async fn serve_nbd_too(
     export: &Arc<Export>,
     addresses: &[ListenAddr],
+    tls: Option<TlsConfig>,
     stopped: watch::Receiver<bool>,
 ) -> Result<Option<tokio::task::JoinHandle<()>>, AttachError> {
     if addresses.is_empty() {
@@ -237,7 +241,7 @@ async fn serve_nbd_too(
     }
     let mut exports = Exports::default();
     exports.add_shared(Arc::clone(export));
-    let server = NbdServer::new(exports);
+    let server = NbdServer::new(exports).with_tls(tls);
     Ok(Some(tokio::spawn(async move {
         server.run(listeners, stopped).await
     })))

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use super::nbd_tls::TlsArgs;
 use super::settings::{EngineArgs, Settings};
 use crate::attach::daemon::{self, AttachOptions};
 use crate::attach::{AttachError, Transport, choose_transport, registry};
@@ -53,6 +54,9 @@ pub struct AttachArgs {
     /// Also serve the volume over NBD at ADDR, from the same daemon
     #[arg(long = "nbd-listen", value_name = "ADDR")]
     pub nbd_listen: Vec<ListenAddr>,
+    /// TLS for --nbd-listen
+    #[command(flatten)]
+    pub nbd_tls: TlsArgs,
     #[command(flatten)]
     pub provision: ProvisionArgs,
     #[command(flatten)]
@@ -93,6 +97,12 @@ impl ProvisionArgs {
 }
 
 pub async fn attach(args: AttachArgs, settings: &Settings) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !args.nbd_listen.is_empty() || !args.nbd_tls.given(),
+        "the TLS flags are for the NBD server of --nbd-listen ADDR: add it, or leave them out"
+    );
+    // Checked here too, so a mistake shows before the daemon starts.
+    let nbd_tls = args.nbd_tls.load(&args.nbd_listen)?;
     let dir = registry::runtime_dir();
     let recover = if args.recover {
         Some(device_to_recover(&dir, &args.name)?)
@@ -118,6 +128,7 @@ pub async fn attach(args: AttachArgs, settings: &Settings) -> anyhow::Result<()>
     let options = AttachOptions {
         transport: args.transport,
         nbd_listen: args.nbd_listen.clone(),
+        nbd_tls,
         store_url: store.url().to_string(),
         ublk: crate::ublk::UblkOptions {
             queues: args.queues,

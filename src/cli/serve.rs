@@ -6,6 +6,7 @@ use anyhow::Context;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
+use super::nbd_tls::TlsArgs;
 use super::settings::{EngineArgs, Settings};
 use crate::engine::{self, Volume};
 use crate::nbd::server::Listener;
@@ -28,10 +29,14 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", default_value = "30s")]
     pub handshake_timeout: humantime::Duration,
     #[command(flatten)]
+    pub tls: TlsArgs,
+    #[command(flatten)]
     pub engine: EngineArgs,
 }
 
 pub async fn run(args: ServeArgs, settings: &Settings) -> anyhow::Result<()> {
+    let addresses = listen_addresses(&args, settings)?;
+    let tls = args.tls.load(&addresses)?;
     let store = settings.open_store()?;
     let names = match args.volumes.is_empty() {
         true => engine::list(&store).await?,
@@ -42,7 +47,6 @@ pub async fn run(args: ServeArgs, settings: &Settings) -> anyhow::Result<()> {
         "the store {} has no volumes to serve: create one with `zeroblk volume create NAME --size 100G`",
         store.url()
     );
-    let addresses = listen_addresses(&args, settings)?;
     let options = settings.engine_options(&args.engine)?;
     let mut exports = Exports::default();
     for name in &names {
@@ -60,7 +64,10 @@ pub async fn run(args: ServeArgs, settings: &Settings) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {address} (pick another with --listen)"))?;
         let bound = listener.local_addr()?;
         for name in &names {
-            tracing::info!("serving volume {name} at {}", uri(&bound, name));
+            tracing::info!(
+                "serving volume {name} at {}",
+                uri(&bound, name, tls.is_some())
+            );
         }
         listeners.push(listener);
     }
@@ -68,7 +75,12 @@ pub async fn run(args: ServeArgs, settings: &Settings) -> anyhow::Result<()> {
         !args.handshake_timeout.is_zero(),
         "--handshake-timeout must be longer than zero, e.g. 30s"
     );
-    let server = NbdServer::new(exports).with_handshake_timeout(args.handshake_timeout.into());
+    if let Some(tls) = &tls {
+        tracing::info!("clients must use {}", tls.describe());
+    }
+    let server = NbdServer::new(exports)
+        .with_handshake_timeout(args.handshake_timeout.into())
+        .with_tls(tls);
     let (stop, stopped) = watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -103,10 +115,11 @@ fn listen_addresses(args: &ServeArgs, settings: &Settings) -> anyhow::Result<Vec
 }
 
 /// The NBD URI a client uses for an export.
-fn uri(address: &ListenAddr, name: &str) -> String {
+fn uri(address: &ListenAddr, name: &str, tls: bool) -> String {
+    let scheme = if tls { "nbds" } else { "nbd" };
     match address {
-        ListenAddr::Tcp(host_port) => format!("nbd://{host_port}/{name}"),
-        ListenAddr::Unix(path) => format!("nbd+unix:///{name}?socket={}", path.display()),
+        ListenAddr::Tcp(host_port) => format!("{scheme}://{host_port}/{name}"),
+        ListenAddr::Unix(path) => format!("{scheme}+unix:///{name}?socket={}", path.display()),
     }
 }
 

@@ -1,5 +1,13 @@
 //! Fixed newstyle negotiation: options until the client picks an export
-//! (`NBD_OPT_GO` or `NBD_OPT_EXPORT_NAME`) or leaves.
+//! (`NBD_OPT_GO` or `NBD_OPT_EXPORT_NAME`), asks for TLS, or leaves.
+//!
+//! With TLS required, a client that has not started it gets
+//! `NBD_REP_ERR_TLS_REQD` for every option but `NBD_OPT_STARTTLS` and
+//! `NBD_OPT_ABORT` (so not even the list of exports), and
+//! `NBD_OPT_EXPORT_NAME`, which has no error reply, ends the connection.
+//! After `NBD_OPT_STARTTLS` the caller runs the TLS handshake and the
+//! options start over on the encrypted stream, with nothing kept from
+//! before.
 
 use std::io;
 use std::sync::Arc;
@@ -31,14 +39,43 @@ pub enum HandshakeError {
     UnknownClientFlags(u32),
     #[error("no export named `{0}`")]
     UnknownExport(String),
+    #[error("the client asked for an export before starting TLS, which this server requires")]
+    ExportBeforeTls,
+    #[error(transparent)]
+    Tls(#[from] super::tls::TlsError),
 }
 
-/// Negotiates with a client; `Ok(None)` when it aborted or only asked
-/// questions.
-pub async fn negotiate<S>(
-    stream: &mut S,
-    exports: &Exports,
-) -> Result<Option<Session>, HandshakeError>
+/// Where a negotiation stands with TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tls {
+    /// The server has no TLS: `NBD_OPT_STARTTLS` is refused.
+    Off,
+    /// TLS is required and not started: only `NBD_OPT_STARTTLS` and
+    /// `NBD_OPT_ABORT` are served.
+    Required,
+    /// TLS is on: options are served; a second `NBD_OPT_STARTTLS` is not.
+    On,
+}
+
+/// How a round of options ended.
+pub enum Outcome {
+    /// The client picked an export.
+    Transmit(Session),
+    /// The client asked for TLS and was told yes: run the TLS handshake,
+    /// then [`options`] again with [`Tls::On`].
+    StartTls,
+    /// The client aborted or only asked questions.
+    Ended,
+}
+
+/// What the client said in its flags; kept across STARTTLS.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientFlags {
+    no_zeroes: bool,
+}
+
+/// The server's greeting and the client's flags.
+pub async fn greet<S>(stream: &mut S) -> Result<ClientFlags, HandshakeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -52,10 +89,26 @@ where
     if client_flags & !(proto::CLIENT_FIXED_NEWSTYLE | proto::CLIENT_NO_ZEROES) != 0 {
         return Err(HandshakeError::UnknownClientFlags(client_flags));
     }
-    let no_zeroes = client_flags & proto::CLIENT_NO_ZEROES != 0;
+    Ok(ClientFlags {
+        no_zeroes: client_flags & proto::CLIENT_NO_ZEROES != 0,
+    })
+}
+
+/// Serves options, after [`greet`], until the client picks an export,
+/// starts TLS (never with [`Tls::Off`] or [`Tls::On`]) or leaves.
+pub async fn options<S>(
+    stream: &mut S,
+    exports: &Exports,
+    flags: ClientFlags,
+    tls: Tls,
+) -> Result<Outcome, HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut negotiation = Negotiation {
         stream,
         exports,
+        tls,
         structured: false,
         base_allocation: false,
     };
@@ -65,11 +118,20 @@ where
         let header = proto::decode_option_header(&header)?;
         let mut data = vec![0u8; header.len as usize];
         negotiation.stream.read_exact(&mut data).await?;
-        match negotiation.option(header.option, &data, no_zeroes).await? {
+        let step = match tls {
+            Tls::Required => negotiation.before_tls(header.option, &data).await?,
+            Tls::Off | Tls::On => {
+                negotiation
+                    .option(header.option, &data, flags.no_zeroes)
+                    .await?
+            }
+        };
+        match step {
             Step::Continue => {}
-            Step::Abort => return Ok(None),
+            Step::Abort => return Ok(Outcome::Ended),
+            Step::StartTls => return Ok(Outcome::StartTls),
             Step::Transmit(export) => {
-                return Ok(Some(Session {
+                return Ok(Outcome::Transmit(Session {
                     export,
                     structured: negotiation.structured,
                     base_allocation: negotiation.base_allocation,
@@ -79,15 +141,33 @@ where
     }
 }
 
+/// Negotiates with a client on a server without TLS; `Ok(None)` when it
+/// aborted or only asked questions.
+pub async fn negotiate<S>(
+    stream: &mut S,
+    exports: &Exports,
+) -> Result<Option<Session>, HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let flags = greet(stream).await?;
+    match options(stream, exports, flags, Tls::Off).await? {
+        Outcome::Transmit(session) => Ok(Some(session)),
+        Outcome::StartTls | Outcome::Ended => Ok(None),
+    }
+}
+
 enum Step {
     Continue,
     Abort,
+    StartTls,
     Transmit(Arc<Export>),
 }
 
 struct Negotiation<'a, S> {
     stream: &'a mut S,
     exports: &'a Exports,
+    tls: Tls,
     structured: bool,
     base_allocation: bool,
 }
@@ -124,17 +204,48 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Negotiation<'_, S> {
             }
             opt::LIST_META_CONTEXT | opt::SET_META_CONTEXT => self.meta_context(option, data).await,
             opt::STARTTLS => {
-                self.error(
-                    option,
-                    rep::ERR_UNSUP,
-                    "TLS is not supported; use a TLS tunnel",
-                )
-                .await?;
+                let (code, message) = match self.tls {
+                    Tls::On => (rep::ERR_INVALID, "TLS is already on"),
+                    _ => (
+                        rep::ERR_UNSUP,
+                        "this server has no TLS: start it with --tls-cert/--tls-key or --tls-psk",
+                    ),
+                };
+                self.error(option, code, message).await?;
                 Ok(Step::Continue)
             }
             _ => {
                 self.error(option, rep::ERR_UNSUP, "option not supported")
                     .await?;
+                Ok(Step::Continue)
+            }
+        }
+    }
+
+    /// An option before STARTTLS on a server that requires TLS.
+    async fn before_tls(&mut self, option: u32, data: &[u8]) -> Result<Step, HandshakeError> {
+        match option {
+            opt::STARTTLS if data.is_empty() => {
+                self.reply(option, rep::ACK, &[]).await?;
+                Ok(Step::StartTls)
+            }
+            opt::STARTTLS => {
+                self.error(option, rep::ERR_INVALID, "NBD_OPT_STARTTLS takes no data")
+                    .await?;
+                Ok(Step::Continue)
+            }
+            opt::ABORT => {
+                let _ = self.reply(option, rep::ACK, &[]).await;
+                Ok(Step::Abort)
+            }
+            opt::EXPORT_NAME => Err(HandshakeError::ExportBeforeTls),
+            _ => {
+                self.error(
+                    option,
+                    rep::ERR_TLS_REQD,
+                    "this server requires TLS: connect with nbds:// and the server's CA or a pre-shared key",
+                )
+                .await?;
                 Ok(Step::Continue)
             }
         }
@@ -284,7 +395,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Negotiation<'_, S> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// Feeds client bytes to a negotiation with no exports; returns
     /// whether it ended (it must, without panicking).
@@ -314,6 +425,115 @@ mod tests {
         out.put_u32(data.len() as u32);
         out.put_slice(data);
         out
+    }
+
+    /// Reads one option reply: its option, type and data.
+    async fn read_reply<S: AsyncRead + Unpin>(client: &mut S) -> (u32, u32, Vec<u8>) {
+        let mut header = [0u8; 20];
+        client.read_exact(&mut header).await.unwrap();
+        assert_eq!(
+            u64::from_be_bytes(header[..8].try_into().unwrap()),
+            proto::OPTION_REPLY_MAGIC
+        );
+        let option = u32::from_be_bytes(header[8..12].try_into().unwrap());
+        let kind = u32::from_be_bytes(header[12..16].try_into().unwrap());
+        let len = u32::from_be_bytes(header[16..20].try_into().unwrap());
+        let mut data = vec![0u8; len as usize];
+        client.read_exact(&mut data).await.unwrap();
+        (option, kind, data)
+    }
+
+    /// A client and a server task serving options with `tls`, past the
+    /// greeting.
+    async fn start(
+        tls: Tls,
+    ) -> (
+        tokio::io::DuplexStream,
+        tokio::task::JoinHandle<Result<Outcome, HandshakeError>>,
+    ) {
+        let (mut client, mut server) = tokio::io::duplex(1 << 20);
+        let serving = tokio::spawn(async move {
+            let exports = Exports::default();
+            let flags = greet(&mut server).await?;
+            options(&mut server, &exports, flags, tls).await
+        });
+        let mut greeting = [0u8; 18];
+        client.read_exact(&mut greeting).await.unwrap();
+        client.write_all(&3u32.to_be_bytes()).await.unwrap();
+        (client, serving)
+    }
+
+    #[tokio::test]
+    async fn before_starttls_every_option_but_starttls_and_abort_needs_tls() {
+        let (mut client, serving) = start(Tls::Required).await;
+        for code in [
+            opt::LIST,
+            opt::INFO,
+            opt::GO,
+            opt::STRUCTURED_REPLY,
+            opt::LIST_META_CONTEXT,
+            99,
+        ] {
+            client.write_all(&option(code, &[])).await.unwrap();
+            let (replied_to, kind, message) = read_reply(&mut client).await;
+            assert_eq!(
+                (replied_to, kind),
+                (code, rep::ERR_TLS_REQD),
+                "option {code}"
+            );
+            let message = String::from_utf8(message).unwrap();
+            assert!(message.contains("requires TLS"), "{message}");
+        }
+        client
+            .write_all(&option(opt::STARTTLS, b"x"))
+            .await
+            .unwrap();
+        let (_, kind, _) = read_reply(&mut client).await;
+        assert_eq!(kind, rep::ERR_INVALID, "STARTTLS takes no data");
+        client.write_all(&option(opt::STARTTLS, &[])).await.unwrap();
+        let (replied_to, kind, _) = read_reply(&mut client).await;
+        assert_eq!((replied_to, kind), (opt::STARTTLS, rep::ACK));
+        let outcome = serving.await.unwrap().unwrap();
+        assert!(matches!(outcome, Outcome::StartTls));
+    }
+
+    #[tokio::test]
+    async fn an_export_name_before_starttls_ends_the_connection() {
+        let (mut client, serving) = start(Tls::Required).await;
+        client
+            .write_all(&option(opt::EXPORT_NAME, b""))
+            .await
+            .unwrap();
+        let ended = serving.await.unwrap();
+        assert!(matches!(ended, Err(HandshakeError::ExportBeforeTls)));
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "nothing about the export was sent");
+    }
+
+    #[tokio::test]
+    async fn starttls_is_refused_once_tls_is_on_and_without_tls() {
+        for (tls, code, words) in [
+            (Tls::On, rep::ERR_INVALID, "already on"),
+            (
+                Tls::Off,
+                rep::ERR_UNSUP,
+                "--tls-cert/--tls-key or --tls-psk",
+            ),
+        ] {
+            let (mut client, serving) = start(tls).await;
+            client.write_all(&option(opt::STARTTLS, &[])).await.unwrap();
+            let (_, kind, message) = read_reply(&mut client).await;
+            let message = String::from_utf8(message).unwrap();
+            assert_eq!(kind, code, "{tls:?}");
+            assert!(message.contains(words), "{message}");
+            client.write_all(&option(opt::LIST, &[])).await.unwrap();
+            let (_, kind, _) = read_reply(&mut client).await;
+            assert_eq!(kind, rep::ACK, "{tls:?}: options are served");
+            client.write_all(&option(opt::ABORT, &[])).await.unwrap();
+            let outcome = serving.await.unwrap().unwrap();
+            assert!(matches!(outcome, Outcome::Ended));
+        }
     }
 
     proptest! {

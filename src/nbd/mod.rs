@@ -3,7 +3,9 @@
 //!
 //! - [`proto`]: the wire format, pure encode and decode, fuzzed;
 //! - [`handshake`]: fixed newstyle negotiation, up to the export a client
-//!   picks;
+//!   picks (and, with TLS required, nothing but STARTTLS before it);
+//! - [`tls`]: the server's TLS credentials (certificates or pre-shared
+//!   keys) and the TLS handshake; the only module that uses OpenSSL;
 //! - [`transmission`]: one connection's requests, pipelined: many in
 //!   flight, replies in any order;
 //! - [`server`]: listeners (TCP and Unix sockets) and shutdown.
@@ -19,6 +21,7 @@ pub mod handshake;
 pub mod proto;
 mod reply;
 pub mod server;
+pub mod tls;
 pub mod transmission;
 
 use std::collections::BTreeMap;
@@ -28,6 +31,7 @@ use crate::engine::Volume;
 
 pub use budget::ServerBudget;
 pub use server::{ListenAddr, NbdServer};
+pub use tls::{TlsConfig, TlsError};
 
 /// The largest request payload (and read) the server takes: 32 MiB.
 pub const MAX_REQUEST_LEN: u32 = 32 << 20;

@@ -1,6 +1,10 @@
 //! Listeners and connections: TCP and Unix sockets, and a shutdown that
 //! stops accepting, lets every connection finish what it has read, and
 //! returns once they are all closed.
+//!
+//! With TLS, the whole handshake (options before STARTTLS, the TLS
+//! handshake, options after it) has one deadline, `--handshake-timeout`,
+//! and a shutdown drops a client anywhere in it.
 
 use std::fmt;
 use std::io;
@@ -14,7 +18,9 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::{Exports, ServerBudget, handshake, transmission};
+use super::handshake::{self, HandshakeError, Outcome, Session, Tls};
+use super::tls::TlsConfig;
+use super::{Exports, ServerBudget, transmission};
 
 /// Where the server listens: `HOST:PORT` or `unix:/path`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +50,26 @@ impl FromStr for ListenAddr {
             ));
         }
         Ok(ListenAddr::Tcp(s.to_string()))
+    }
+}
+
+impl ListenAddr {
+    /// Whether only this machine can connect: a Unix socket, or a TCP
+    /// address whose host is a loopback address, or a name that resolves
+    /// only to loopback addresses (`localhost`).
+    pub fn is_local(&self) -> bool {
+        use std::net::ToSocketAddrs;
+        match self {
+            ListenAddr::Unix(_) => true,
+            ListenAddr::Tcp(addr) => match addr.to_socket_addrs() {
+                Ok(resolved) => {
+                    let resolved: Vec<_> = resolved.collect();
+                    !resolved.is_empty()
+                        && resolved.iter().all(|a| a.ip().to_canonical().is_loopback())
+                }
+                Err(_) => false,
+            },
+        }
     }
 }
 
@@ -132,6 +158,7 @@ pub struct NbdServer {
     exports: Arc<Exports>,
     handshake_timeout: Duration,
     budget: ServerBudget,
+    tls: Option<TlsConfig>,
 }
 
 impl NbdServer {
@@ -140,7 +167,14 @@ impl NbdServer {
             exports: Arc::new(exports),
             handshake_timeout: HANDSHAKE_TIMEOUT,
             budget: ServerBudget::default(),
+            tls: None,
         }
+    }
+
+    /// Requires every client to start TLS with `tls` before anything else.
+    pub fn with_tls(mut self, tls: Option<TlsConfig>) -> NbdServer {
+        self.tls = tls;
+        self
     }
 
     /// Drops clients that have not finished the handshake after `timeout`.
@@ -204,29 +238,83 @@ impl NbdServer {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let deadline = tokio::time::Instant::now() + self.handshake_timeout;
+        match self.tls.clone() {
+            None => {
+                let negotiation = handshake::negotiate(&mut stream, &self.exports);
+                let negotiated = self.in_handshake(deadline, &mut shutdown, negotiation);
+                if let Some(session) = negotiated.await {
+                    self.serve(stream, session, shutdown).await;
+                }
+            }
+            Some(tls) => {
+                let negotiation = secure(stream, &tls, &self.exports);
+                let negotiated = self.in_handshake(deadline, &mut shutdown, negotiation);
+                if let Some((stream, session)) = negotiated.await {
+                    self.serve(stream, session, shutdown).await;
+                }
+            }
+        }
+    }
+
+    /// Runs one part of the handshake until `deadline` or a shutdown.
+    async fn in_handshake<T>(
+        &self,
+        deadline: tokio::time::Instant,
+        shutdown: &mut watch::Receiver<bool>,
+        negotiation: impl std::future::Future<Output = Result<Option<T>, HandshakeError>>,
+    ) -> Option<T> {
         let negotiated = tokio::select! {
-            _ = shutdown.wait_for(|stop| *stop) => return,
-            negotiated = tokio::time::timeout(
-                self.handshake_timeout,
-                handshake::negotiate(&mut stream, &self.exports),
-            ) => negotiated,
+            _ = shutdown.wait_for(|stop| *stop) => return None,
+            negotiated = tokio::time::timeout_at(deadline, negotiation) => negotiated,
         };
-        let session = match negotiated {
-            Ok(Ok(Some(session))) => session,
-            Ok(Ok(None)) => return,
+        match negotiated {
+            Ok(Ok(negotiated)) => negotiated,
+            Ok(Err(HandshakeError::Tls(error))) => {
+                tracing::info!(%error, "NBD client refused");
+                None
+            }
             Ok(Err(error)) => {
                 tracing::debug!(%error, "NBD negotiation ended");
-                return;
+                None
             }
             Err(_) => {
                 tracing::debug!(timeout = ?self.handshake_timeout, "NBD client did not finish the handshake in time");
-                return;
+                None
             }
-        };
+        }
+    }
+
+    async fn serve<S>(&self, stream: S, session: Session, shutdown: watch::Receiver<bool>)
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
         tracing::debug!(export = %session.export.name, structured = session.structured, "NBD client connected");
         if let Err(error) = transmission::serve(stream, session, &self.budget, shutdown).await {
             tracing::debug!(%error, "NBD connection ended");
         }
+    }
+}
+
+/// The handshake on a server that requires TLS: options up to STARTTLS,
+/// the TLS handshake, then options again over TLS.
+async fn secure<S>(
+    mut stream: S,
+    tls: &TlsConfig,
+    exports: &Exports,
+) -> Result<Option<(super::tls::TlsStream<S>, Session)>, HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let flags = handshake::greet(&mut stream).await?;
+    match handshake::options(&mut stream, exports, flags, Tls::Required).await? {
+        Outcome::StartTls => {}
+        Outcome::Transmit(_) | Outcome::Ended => return Ok(None),
+    }
+    let mut stream = tls.accept(stream).await?;
+    match handshake::options(&mut stream, exports, flags, Tls::On).await? {
+        Outcome::Transmit(session) => Ok(Some((stream, session))),
+        Outcome::StartTls | Outcome::Ended => Ok(None),
     }
 }
 

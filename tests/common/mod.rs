@@ -542,3 +542,211 @@ impl Drop for LoopDevice {
         let _ = Command::new("losetup").arg("-d").arg(&self.path).status();
     }
 }
+
+/// TLS credentials for one test, made with the `openssl` CLI: a CA, a
+/// server certificate for 127.0.0.1 and localhost, a client certificate,
+/// a second CA that signed neither (and a client certificate of its own),
+/// and pre-shared keys. Client directories are laid out as libnbd's
+/// `tls-certificates=DIR` and qemu's `tls-creds-x509,dir=DIR` read them:
+/// `ca-cert.pem`, `client-cert.pem`, `client-key.pem`; qemu's
+/// `tls-creds-psk,dir=DIR` reads `keys.psk`.
+pub struct TestCerts {
+    dir: tempfile::TempDir,
+}
+
+/// The PSK identity [`TestCerts`] writes.
+pub const PSK_IDENTITY: &str = "alice";
+
+impl TestCerts {
+    pub fn new() -> TestCerts {
+        let openssl = require_tool("openssl", "openssl");
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let path = |name: &str| dir.path().join(name).display().to_string();
+        let run = |args: &[&str]| {
+            run_ok(Command::new(&openssl).args(args).current_dir(dir.path()));
+        };
+        let new_key = |name: &str| {
+            run(&[
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-out",
+                &path(name),
+            ])
+        };
+        for ca in ["ca", "other-ca"] {
+            new_key(&format!("{ca}-key.pem"));
+            run(&[
+                "req",
+                "-x509",
+                "-new",
+                "-key",
+                &path(&format!("{ca}-key.pem")),
+                "-out",
+                &path(&format!("{ca}-cert.pem")),
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN=zeroblk test {ca}"),
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ]);
+        }
+        let issue = |name: &str, ca: &str, subject: &str, extensions: &str| {
+            new_key(&format!("{name}-key.pem"));
+            std::fs::write(dir.path().join(format!("{name}.ext")), extensions).unwrap();
+            run(&[
+                "req",
+                "-new",
+                "-key",
+                &path(&format!("{name}-key.pem")),
+                "-out",
+                &path(&format!("{name}.csr")),
+                "-subj",
+                subject,
+            ]);
+            run(&[
+                "x509",
+                "-req",
+                "-in",
+                &path(&format!("{name}.csr")),
+                "-CA",
+                &path(&format!("{ca}-cert.pem")),
+                "-CAkey",
+                &path(&format!("{ca}-key.pem")),
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                &path(&format!("{name}.ext")),
+                "-out",
+                &path(&format!("{name}-cert.pem")),
+            ]);
+        };
+        let leaf = "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n";
+        issue(
+            "server",
+            "ca",
+            "/CN=localhost",
+            &format!(
+                "{leaf}extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n"
+            ),
+        );
+        for (name, ca) in [("client", "ca"), ("stranger", "other-ca")] {
+            issue(
+                name,
+                ca,
+                &format!("/CN={name}"),
+                &format!("{leaf}extendedKeyUsage=clientAuth\n"),
+            );
+        }
+        let certs = TestCerts { dir };
+        certs.client_dir("trusting", "ca", None);
+        certs.client_dir("with-cert", "ca", Some("client"));
+        certs.client_dir("with-stranger-cert", "ca", Some("stranger"));
+        certs.client_dir("wrong-ca", "other-ca", None);
+        let psk = |name: &str, key: &[u8; 32]| {
+            let line = format!("{PSK_IDENTITY}:{}\n", hex(key));
+            let dir = certs.path(name);
+            std::fs::create_dir(&dir).unwrap();
+            private(&dir.join("keys.psk"), &line);
+        };
+        psk("psk", &[0x5a; 32]);
+        psk("wrong-psk", &[0xa5; 32]);
+        certs
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A client directory `name` trusting `ca`, with certificate `cert`.
+    fn client_dir(&self, name: &str, ca: &str, cert: Option<&str>) {
+        let dir = self.path(name);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::copy(
+            self.path(&format!("{ca}-cert.pem")),
+            dir.join("ca-cert.pem"),
+        )
+        .unwrap();
+        if let Some(cert) = cert {
+            std::fs::copy(
+                self.path(&format!("{cert}-cert.pem")),
+                dir.join("client-cert.pem"),
+            )
+            .unwrap();
+            let key = std::fs::read_to_string(self.path(&format!("{cert}-key.pem"))).unwrap();
+            private(&dir.join("client-key.pem"), &key);
+        }
+    }
+
+    /// `zeroblk serve` flags for the server certificate.
+    pub fn server_flags(&self) -> Vec<String> {
+        let key = self.path("server-key.pem");
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        vec![
+            "--tls-cert".into(),
+            self.path("server-cert.pem").display().to_string(),
+            "--tls-key".into(),
+            key.display().to_string(),
+        ]
+    }
+
+    /// The CA that issued the server and client certificates.
+    pub fn ca(&self) -> PathBuf {
+        self.path("ca-cert.pem")
+    }
+
+    /// A client directory that trusts the right CA and has no certificate.
+    pub fn trusting_dir(&self) -> PathBuf {
+        self.path("trusting")
+    }
+
+    /// A client directory with the right CA and a client certificate.
+    pub fn client_cert_dir(&self) -> PathBuf {
+        self.path("with-cert")
+    }
+
+    /// A client directory with the right CA and a client certificate from
+    /// another CA.
+    pub fn stranger_cert_dir(&self) -> PathBuf {
+        self.path("with-stranger-cert")
+    }
+
+    /// A client directory that trusts another CA.
+    pub fn wrong_ca_dir(&self) -> PathBuf {
+        self.path("wrong-ca")
+    }
+
+    /// A directory with the right `keys.psk` (identity [`PSK_IDENTITY`]).
+    pub fn psk_dir(&self) -> PathBuf {
+        self.path("psk")
+    }
+
+    /// A directory with a `keys.psk` of the same identity, another key.
+    pub fn wrong_psk_dir(&self) -> PathBuf {
+        self.path("wrong-psk")
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes a file only its owner can read.
+fn private(path: &Path, text: &str) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap();
+    file.write_all(text.as_bytes()).unwrap();
+}
