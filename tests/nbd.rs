@@ -676,17 +676,7 @@ fn unread_replies_do_not_grow_the_servers_memory() {
     run_ok(Command::new(&nbdcopy).arg(&image).arg(server.uri("r")));
     let attackers: Vec<_> = (0..3)
         .map(|_| {
-            let mut stream = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-            let mut greeting = [0u8; 18];
-            stream.read_exact(&mut greeting).unwrap();
-            stream.write_all(&3u32.to_be_bytes()).unwrap(); // fixed newstyle, no zeroes
-            let mut option = b"IHAVEOPT".to_vec();
-            option.extend(1u32.to_be_bytes()); // NBD_OPT_EXPORT_NAME
-            option.extend(1u32.to_be_bytes());
-            option.extend(b"r");
-            stream.write_all(&option).unwrap();
-            let mut export = [0u8; 10];
-            stream.read_exact(&mut export).unwrap();
+            let mut stream = raw_session(server.port, "r");
             stream
                 .set_write_timeout(Some(std::time::Duration::from_secs(2)))
                 .unwrap();
@@ -715,6 +705,82 @@ fn unread_replies_do_not_grow_the_servers_memory() {
     run_ok(Command::new(&nbdcopy).arg(server.uri("r")).arg(&out));
     drop(attackers);
     server.kill();
+}
+
+/// A TCP connection past the handshake (fixed newstyle, EXPORT_NAME) to
+/// `export`, ready for requests.
+fn raw_session(port: u16, export: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut greeting = [0u8; 18];
+    stream.read_exact(&mut greeting).unwrap();
+    stream.write_all(&3u32.to_be_bytes()).unwrap(); // fixed newstyle, no zeroes
+    let mut option = b"IHAVEOPT".to_vec();
+    option.extend(1u32.to_be_bytes()); // NBD_OPT_EXPORT_NAME
+    option.extend((export.len() as u32).to_be_bytes());
+    option.extend(export.as_bytes());
+    stream.write_all(&option).unwrap();
+    let mut reply = [0u8; 10];
+    stream.read_exact(&mut reply).unwrap();
+    stream
+}
+
+/// A 4 KiB read at offset 0 on a raw session, and its reply.
+fn raw_read(stream: &mut TcpStream, cookie: u64) {
+    let mut request = 0x2560_9513u32.to_be_bytes().to_vec();
+    request.extend(0u16.to_be_bytes()); // flags
+    request.extend(0u16.to_be_bytes()); // NBD_CMD_READ
+    request.extend(cookie.to_be_bytes());
+    request.extend(0u64.to_be_bytes());
+    request.extend(4096u32.to_be_bytes());
+    stream.write_all(&request).unwrap();
+    let mut reply = vec![0u8; 16 + 4096];
+    stream.read_exact(&mut reply).unwrap();
+    assert_eq!(
+        &reply[..8],
+        &[0x67, 0x44, 0x66, 0x98, 0, 0, 0, 0],
+        "a simple reply, no error"
+    );
+}
+
+/// Whether the server closed `stream` within `limit` (it reads EOF).
+fn closed_by_server(stream: &mut TcpStream, limit: Duration) -> bool {
+    stream.set_read_timeout(Some(limit)).unwrap();
+    matches!(stream.read(&mut [0u8; 1]), Ok(0))
+}
+
+/// Past --max-connections a client is disconnected as it connects, and
+/// gets in once a place is free; with --idle-timeout a client that sends
+/// nothing is dropped, one that keeps sending is not.
+#[test]
+fn the_connection_cap_turns_clients_away_and_idle_ones_are_dropped() {
+    let nbdinfo = require_tool("nbdinfo", "libnbd-bin");
+    let setup = Setup::file();
+    setup.zeroblk(&["volume", "create", "c", "--size", "64M"]);
+    let server = setup.serve(&["--max-connections", "2", "--idle-timeout", "2s"]);
+    let mut idle = raw_session(server.port, "c");
+    let mut busy = raw_session(server.port, "c");
+    let mut third = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    assert!(
+        closed_by_server(&mut third, Duration::from_secs(10)),
+        "a third connection was let in past --max-connections 2"
+    );
+    // The busy client reads every 200 ms for 4 s, twice the idle timeout.
+    let keeps_sending = std::thread::spawn(move || {
+        for cookie in 0..20 {
+            raw_read(&mut busy, cookie);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        busy
+    });
+    assert!(
+        closed_by_server(&mut idle, Duration::from_secs(30)),
+        "an idle client was kept past --idle-timeout"
+    );
+    let mut busy = keeps_sending.join().unwrap();
+    raw_read(&mut busy, 99);
+    // The idle client's place is free again.
+    run_ok(Command::new(&nbdinfo).arg(server.uri("c")));
+    server.stop();
 }
 
 /// Runs a client command that must fail; returns its stderr.

@@ -199,7 +199,8 @@ async fn connect_kernel_nbd(
     // shutdown signal: requests it sent are always answered.
     let (_never, never_stop) = watch::channel(false);
     let serving = tokio::spawn(async move {
-        let result = transmission::serve(ours, session, &ServerBudget::default(), never_stop).await;
+        let result =
+            transmission::serve(ours, session, &ServerBudget::default(), None, never_stop).await;
         drop(_never);
         result
     });

@@ -28,6 +28,14 @@ pub struct ServeArgs {
     /// Drop a client that has not finished the NBD handshake after this long
     #[arg(long, value_name = "DURATION", default_value = "30s")]
     pub handshake_timeout: humantime::Duration,
+    /// Serve at most this many connections at once; a client beyond them
+    /// is disconnected as it connects (an idle connection holds about 300 KiB)
+    #[arg(long, value_name = "N", default_value_t = crate::nbd::server::MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Drop a client that sends no request for this long (none in flight)
+    /// [default: never; kernel clients sit idle between bursts]
+    #[arg(long, value_name = "DURATION")]
+    pub idle_timeout: Option<humantime::Duration>,
     #[command(flatten)]
     pub tls: TlsArgs,
     #[command(flatten)]
@@ -35,6 +43,18 @@ pub struct ServeArgs {
 }
 
 pub async fn run(args: ServeArgs, settings: &Settings) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !args.handshake_timeout.is_zero(),
+        "--handshake-timeout must be longer than zero, e.g. 30s"
+    );
+    anyhow::ensure!(
+        args.max_connections > 0,
+        "--max-connections must be at least 1"
+    );
+    anyhow::ensure!(
+        args.idle_timeout.is_none_or(|t| !t.is_zero()),
+        "--idle-timeout must be longer than zero, e.g. 10m (leave it out to never drop idle clients)"
+    );
     let addresses = listen_addresses(&args, settings)?;
     let tls = args.tls.load(&addresses)?;
     let store = settings.open_store()?;
@@ -71,15 +91,13 @@ pub async fn run(args: ServeArgs, settings: &Settings) -> anyhow::Result<()> {
         }
         listeners.push(listener);
     }
-    anyhow::ensure!(
-        !args.handshake_timeout.is_zero(),
-        "--handshake-timeout must be longer than zero, e.g. 30s"
-    );
     if let Some(tls) = &tls {
         tracing::info!("clients must use {}", tls.describe());
     }
     let server = NbdServer::new(exports)
         .with_handshake_timeout(args.handshake_timeout.into())
+        .with_max_connections(args.max_connections)
+        .with_idle_timeout(args.idle_timeout.map(Into::into))
         .with_tls(tls);
     let (stop, stopped) = watch::channel(false);
     tokio::spawn(async move {

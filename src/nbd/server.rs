@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 
 use super::handshake::{self, HandshakeError, Outcome, Session, Tls};
@@ -152,12 +152,20 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// descriptors, say), however often it fails.
 const ACCEPT_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
+/// Connections served at once, by default: an idle one holds about 300
+/// KiB (its buffers), so this many hold about 300 MiB.
+pub const MAX_CONNECTIONS: usize = 1024;
+
 /// Serves a set of exports on any number of listeners.
 #[derive(Clone)]
 pub struct NbdServer {
     exports: Arc<Exports>,
     handshake_timeout: Duration,
+    idle_timeout: Option<Duration>,
     budget: ServerBudget,
+    /// One permit per connection served, across all listeners.
+    slots: Arc<Semaphore>,
+    max_connections: usize,
     tls: Option<TlsConfig>,
 }
 
@@ -166,9 +174,26 @@ impl NbdServer {
         NbdServer {
             exports: Arc::new(exports),
             handshake_timeout: HANDSHAKE_TIMEOUT,
+            idle_timeout: None,
             budget: ServerBudget::default(),
+            slots: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            max_connections: MAX_CONNECTIONS,
             tls: None,
         }
+    }
+
+    /// Serves at most `max` connections at once; a client beyond them is
+    /// disconnected as soon as it connects.
+    pub fn with_max_connections(mut self, max: usize) -> NbdServer {
+        self.slots = Arc::new(Semaphore::new(max));
+        self.max_connections = max;
+        self
+    }
+
+    /// Drops clients that send no request for `timeout` (none in flight).
+    pub fn with_idle_timeout(mut self, timeout: Option<Duration>) -> NbdServer {
+        self.idle_timeout = timeout;
+        self
     }
 
     /// Requires every client to start TLS with `tls` before anything else.
@@ -206,19 +231,31 @@ impl NbdServer {
     async fn accept(&self, listener: Listener, mut shutdown: watch::Receiver<bool>) -> JoinSet<()> {
         let mut connections = JoinSet::new();
         let mut failures = AcceptFailures::default();
+        let mut turned_away = TurnedAway::default();
         loop {
             let accepted = tokio::select! {
                 biased;
                 _ = shutdown.wait_for(|stop| *stop) => break,
                 accepted = accept_one(&listener) => accepted,
             };
+            let slot = match (&accepted, Arc::clone(&self.slots).try_acquire_owned()) {
+                (Err(_), _) => None,
+                (Ok(_), Ok(slot)) => Some(slot),
+                (Ok(_), Err(_)) => {
+                    // Dropped: the client sees the connection closed.
+                    turned_away.one(self.max_connections);
+                    continue;
+                }
+            };
             match accepted {
                 Ok(Connection::Tcp(stream)) => {
                     let _ = stream.set_nodelay(true);
-                    connections.spawn(self.clone().connection(stream, shutdown.clone()));
+                    let served = self.clone().connection(stream, shutdown.clone());
+                    connections.spawn(holding(slot, served));
                 }
                 Ok(Connection::Unix(stream)) => {
-                    connections.spawn(self.clone().connection(stream, shutdown.clone()));
+                    let served = self.clone().connection(stream, shutdown.clone());
+                    connections.spawn(holding(slot, served));
                 }
                 Err(error) => {
                     failures.failed(&error);
@@ -290,7 +327,9 @@ impl NbdServer {
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
         tracing::debug!(export = %session.export.name, structured = session.structured, "NBD client connected");
-        if let Err(error) = transmission::serve(stream, session, &self.budget, shutdown).await {
+        let served =
+            transmission::serve(stream, session, &self.budget, self.idle_timeout, shutdown);
+        if let Err(error) = served.await {
             tracing::debug!(%error, "NBD connection ended");
         }
     }
@@ -315,6 +354,43 @@ where
     match handshake::options(&mut stream, exports, flags, Tls::On).await? {
         Outcome::Transmit(session) => Ok(Some((stream, session))),
         Outcome::StartTls | Outcome::Ended => Ok(None),
+    }
+}
+
+/// Runs `served` while holding `slot`, the connection's place among those
+/// served at once.
+async fn holding(
+    slot: Option<OwnedSemaphorePermit>,
+    served: impl std::future::Future<Output = ()>,
+) {
+    served.await;
+    drop(slot);
+}
+
+/// Clients turned away at the connection cap, warned about at most once
+/// per [`ACCEPT_WARNING_INTERVAL`].
+#[derive(Default)]
+struct TurnedAway {
+    last_warning: Option<tokio::time::Instant>,
+    unreported: u64,
+}
+
+impl TurnedAway {
+    fn one(&mut self, max: usize) {
+        self.unreported += 1;
+        let now = tokio::time::Instant::now();
+        if self
+            .last_warning
+            .is_some_and(|at| now.duration_since(at) < ACCEPT_WARNING_INTERVAL)
+        {
+            return;
+        }
+        tracing::warn!(
+            turned_away = self.unreported,
+            "{max} NBD connections are open, the most --max-connections allows: new clients are disconnected until one closes"
+        );
+        self.last_warning = Some(now);
+        self.unreported = 0;
     }
 }
 

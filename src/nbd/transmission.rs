@@ -49,6 +49,7 @@ pub async fn serve<S>(
     stream: S,
     session: Session,
     budget: &ServerBudget,
+    idle_timeout: Option<std::time::Duration>,
     mut shutdown: watch::Receiver<bool>,
 ) -> io::Result<()>
 where
@@ -64,10 +65,18 @@ where
     let mut handlers = JoinSet::new();
     loop {
         let mut header = [0u8; proto::REQUEST_LEN];
+        let next = next_request(&mut reader, &mut header, &in_flight, idle_timeout);
         tokio::select! {
             biased;
             _ = shutdown.wait_for(|stop| *stop) => break,
-            read = reader.read_exact(&mut header) => if read.is_err() { break },
+            next = next => match next {
+                Next::Request => {}
+                Next::Closed => break,
+                Next::Idle => {
+                    tracing::debug!(timeout = ?idle_timeout, "closing an NBD connection that sent nothing for --idle-timeout");
+                    break;
+                }
+            },
         }
         let request = match proto::decode_request(&header) {
             Ok(request) => request,
@@ -108,6 +117,43 @@ where
     while handlers.join_next().await.is_some() {}
     drop(replies);
     writer.await.unwrap_or_else(|e| Err(io::Error::other(e)))
+}
+
+/// What came instead of the next request header.
+enum Next {
+    Request,
+    Closed,
+    /// Nothing for `idle_timeout`, and no request in flight.
+    Idle,
+}
+
+/// Reads the next request header into `header`. With an idle timeout, a
+/// client with no request in flight that sends nothing for that long is
+/// idle; time with requests in flight does not count. The read is never
+/// cancelled halfway (that would lose bytes of the stream): only a
+/// connection about to be closed stops waiting.
+async fn next_request<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    header: &mut [u8; proto::REQUEST_LEN],
+    in_flight: &Semaphore,
+    idle_timeout: Option<std::time::Duration>,
+) -> Next {
+    let read = reader.read_exact(header);
+    tokio::pin!(read);
+    let Some(timeout) = idle_timeout else {
+        return match read.await {
+            Ok(_) => Next::Request,
+            Err(_) => Next::Closed,
+        };
+    };
+    loop {
+        match tokio::time::timeout(timeout, &mut read).await {
+            Ok(Ok(_)) => return Next::Request,
+            Ok(Err(_)) => return Next::Closed,
+            Err(_) if in_flight.available_permits() == MAX_IN_FLIGHT => return Next::Idle,
+            Err(_) => continue,
+        }
+    }
 }
 
 enum Payload {
