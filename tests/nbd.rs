@@ -665,7 +665,6 @@ fn a_silent_client_is_dropped_and_does_not_hold_up_a_stop() {
 /// requests instead.
 #[test]
 fn unread_replies_do_not_grow_the_servers_memory() {
-    use std::io::{Read, Write};
     let nbdcopy = require_tool("nbdcopy", "libnbd-bin");
     let setup = Setup::file();
     setup.zeroblk(&["volume", "create", "r", "--size", "512M"]);
