@@ -130,7 +130,7 @@ fn codec(sealed: bool) -> Codec {
         return Codec::clear();
     }
     let password = Password::new("bench".into()).unwrap();
-    let (_, keys) = KeyEnvelope::create(&password).unwrap();
+    let (_, keys) = KeyEnvelope::create(&password, b"bench").unwrap();
     Codec::sealed(keys)
 }
 

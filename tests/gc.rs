@@ -226,3 +226,58 @@ async fn a_flipped_byte_is_an_io_error_and_verify_names_the_object() {
         report.bad
     );
 }
+
+/// A volume folder whose superblock is gone but whose roots are there is
+/// not a deleted volume (delete removes the superblock last): gc deletes
+/// nothing, where before it freed everything those roots referenced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gc_deletes_nothing_when_a_superblock_is_missing_beside_its_roots() {
+    let store = TestStore::new(Backend::Memory);
+    let (volume, _cache) = create_and_open(&store.store, "v", 16 * MIB, 1 << 20).await;
+    write_tags(&volume, 0, &[1, 2, 3]).await;
+    volume.close().await.unwrap();
+    drop(volume);
+    let superblock = "volumes/v/superblock.json";
+    let saved = store.store.get(superblock).await.unwrap().unwrap();
+    store.store.delete(superblock).await.unwrap();
+    let before = object_count(&store).await;
+    let error = engine::collect_garbage(&store.store, NOW)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("no superblock"), "{error}");
+    assert_eq!(object_count(&store).await, before, "gc deleted objects");
+    store.store.put(superblock, saved).await.unwrap();
+    let volume = Volume::open(&store.store, "v", common::engine_options(_cache.path()))
+        .await
+        .unwrap();
+    assert_eq!(read_tags(&volume, 0, 3).await, [1, 2, 3]);
+    volume.close().await.unwrap();
+}
+
+/// Objects from the bucket are untrusted: a root, page or superblock far
+/// larger than any zeroblk writes is refused before its bytes are read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn objects_larger_than_any_zeroblk_writes_are_refused_unread() {
+    let store = TestStore::new(Backend::Memory);
+    let (volume, cache) = create_and_open(&store.store, "v", 16 * MIB, 1 << 20).await;
+    write_tags(&volume, 0, &[1]).await;
+    volume.close().await.unwrap();
+    drop(volume);
+    let huge = bytes::Bytes::from(vec![0u8; 200 << 20]);
+    let pages = store.store.list_keys("pages/").await.unwrap();
+    for key in ["volumes/v/superblock.json", pages[0].as_str()] {
+        let saved = store.store.get(key).await.unwrap().unwrap();
+        store.store.put(key, huge.clone()).await.unwrap();
+        let error = engine::verify(&store.store, "v", None).await.unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("more than such an object ever is"),
+            "{key}: {error}"
+        );
+        store.store.put(key, saved).await.unwrap();
+    }
+    let opened = Volume::open(&store.store, "v", common::engine_options(cache.path())).await;
+    assert!(opened.is_ok(), "the restored objects open");
+}

@@ -565,7 +565,19 @@ fn a_second_serve_of_a_volume_is_refused_until_forced() {
         stderr.contains("lease") && stderr.contains("--force"),
         "{stderr}"
     );
+    // Nor is it deleted from another host while its writer runs.
+    let stderr = common::zeroblk_fails(
+        &setup.store_url,
+        &other_cache,
+        &[],
+        &["volume", "delete", "v"],
+    );
+    assert!(
+        stderr.contains("lease") && stderr.contains("--force"),
+        "{stderr}"
+    );
     first.stop();
+    setup.zeroblk(&["volume", "delete", "v"]);
 }
 
 /// Started with umask 022, zeroblk still leaves nothing of a volume open to

@@ -68,6 +68,11 @@ pub async fn run(args: ServeArgs, settings: &Settings) -> anyhow::Result<()> {
         store.url()
     );
     let options = settings.engine_options(&args.engine)?;
+    // Every password first: a volume it does not open must stop the
+    // server before any other volume is opened (and written to).
+    for name in &names {
+        engine::check_password(&store, name, options.password.clone()).await?;
+    }
     let mut exports = Exports::default();
     for name in &names {
         let volume = Volume::open(&store, name, options.clone()).await?;

@@ -49,7 +49,13 @@ pub enum VolumeCommand {
         json: bool,
     },
     /// Delete a volume (its chunks are freed by garbage collection)
-    Delete { name: String },
+    Delete {
+        name: String,
+        /// Delete it even though its lease says a writer on another host
+        /// has it open (that writer crashed)
+        #[arg(long)]
+        force: bool,
+    },
     /// Read and check every chunk and map page a volume references; exits
     /// non-zero if any is missing or corrupt
     Verify {
@@ -154,8 +160,9 @@ pub async fn run(command: VolumeCommand, settings: &Settings) -> anyhow::Result<
                 }
             }
         }
-        VolumeCommand::Delete { name } => {
-            engine::delete_unused(&store, &name, &settings.cache_dir).await?;
+        VolumeCommand::Delete { name, force } => {
+            let password = settings.password().cloned();
+            engine::delete_unused(&store, &name, &settings.cache_dir, password, force).await?;
             outln!("deleted volume {name}; `zeroblk gc` frees chunks no volume uses");
         }
         VolumeCommand::Verify { name, json } => {
@@ -190,7 +197,9 @@ pub async fn run(command: VolumeCommand, settings: &Settings) -> anyhow::Result<
             })?;
             let new = new_password(new_password_file.as_deref())?;
             engine::rekey(&store, &name, old, &new).await?;
-            outln!("volume {name}: its password is changed; the old one no longer opens it");
+            outln!(
+                "volume {name}: its password is changed (its data key is not: a copy of its old superblock still opens with the old password)"
+            );
         }
         VolumeCommand::Resize { name, size, engine } => {
             let volume = Volume::open(&store, &name, settings.engine_options(&engine)?).await?;

@@ -13,18 +13,20 @@ use super::{CryptoError, KEY_LEN, Password, VolumeKeys, random_bytes};
 
 const CIPHER: &str = "xchacha20poly1305";
 const KDF: &str = "argon2id";
-/// Associated data of the wrapped key: what it is, and this layout's age.
-const AAD: &[u8] = b"zeroblk volume data key, envelope 1";
+/// Associated data of the wrapped key: what it is, and this layout's age;
+/// then what the caller binds it to (the volume).
+const AAD: &[u8] = b"zeroblk volume data key, envelope 1: ";
 
 /// Argon2id's cost, as OWASP recommends it for interactive logins: 64 MiB,
 /// three passes, one lane (a quarter of a second or so).
 const MEMORY_KIB: u32 = 64 << 10;
 const ITERATIONS: u32 = 3;
 const LANES: u32 = 1;
-/// Bounds on what an envelope from the bucket may ask for.
-const MAX_MEMORY_KIB: u32 = 1 << 20;
-const MAX_ITERATIONS: u32 = 16;
-const MAX_LANES: u32 = 8;
+/// Bounds on what an envelope from the bucket may ask for: four times
+/// what zeroblk makes, so a tampered one cannot make an open take long.
+const MAX_MEMORY_KIB: u32 = 4 * MEMORY_KIB;
+const MAX_ITERATIONS: u32 = 4 * ITERATIONS;
+const MAX_LANES: u32 = 4;
 const SALT_LEN: usize = 16;
 
 /// A data key wrapped with a password.
@@ -43,27 +45,41 @@ pub struct KeyEnvelope {
 }
 
 impl KeyEnvelope {
-    /// Makes a new data key and wraps it with `password`.
-    pub fn create(password: &Password) -> Result<(KeyEnvelope, VolumeKeys), CryptoError> {
+    /// Makes a new data key and wraps it with `password`, bound to
+    /// `binding` (what the key is for: it opens only with the same).
+    pub fn create(
+        password: &Password,
+        binding: &[u8],
+    ) -> Result<(KeyEnvelope, VolumeKeys), CryptoError> {
         let mut data_key = Zeroizing::new([0u8; KEY_LEN]);
         random_bytes(data_key.as_mut())?;
-        let envelope = Self::wrap(&data_key, password)?;
+        let envelope = Self::wrap(&data_key, password, binding)?;
         Ok((envelope, VolumeKeys::derive(&data_key)))
     }
 
-    /// The volume's keys, if `password` is the one the key was wrapped with.
-    pub fn open(&self, password: &Password) -> Result<VolumeKeys, CryptoError> {
-        let data_key = self.unwrap_data_key(password)?;
+    /// The volume's keys, if `password` is the one the key was wrapped with
+    /// and `binding` the one it was bound to.
+    pub fn open(&self, password: &Password, binding: &[u8]) -> Result<VolumeKeys, CryptoError> {
+        let data_key = self.unwrap_data_key(password, binding)?;
         Ok(VolumeKeys::derive(&data_key))
     }
 
     /// The same data key, wrapped with `new` instead of `old`.
-    pub fn rewrap(&self, old: &Password, new: &Password) -> Result<KeyEnvelope, CryptoError> {
-        let data_key = self.unwrap_data_key(old)?;
-        Self::wrap(&data_key, new)
+    pub fn rewrap(
+        &self,
+        old: &Password,
+        new: &Password,
+        binding: &[u8],
+    ) -> Result<KeyEnvelope, CryptoError> {
+        let data_key = self.unwrap_data_key(old, binding)?;
+        Self::wrap(&data_key, new, binding)
     }
 
-    fn wrap(data_key: &[u8; KEY_LEN], password: &Password) -> Result<KeyEnvelope, CryptoError> {
+    fn wrap(
+        data_key: &[u8; KEY_LEN],
+        password: &Password,
+        binding: &[u8],
+    ) -> Result<KeyEnvelope, CryptoError> {
         let mut salt = [0u8; SALT_LEN];
         random_bytes(&mut salt)?;
         let mut envelope = KeyEnvelope {
@@ -76,19 +92,20 @@ impl KeyEnvelope {
             wrapped_key: String::new(),
         };
         let wrapping = envelope.wrapping_keys(password)?;
-        envelope.wrapped_key = hex::encode(wrapping.seal(AAD, data_key)?);
+        envelope.wrapped_key = hex::encode(wrapping.seal(&aad(binding), data_key)?);
         Ok(envelope)
     }
 
     fn unwrap_data_key(
         &self,
         password: &Password,
+        binding: &[u8],
     ) -> Result<Zeroizing<[u8; KEY_LEN]>, CryptoError> {
         let wrapped = hex::decode(&self.wrapped_key)
             .map_err(|_| CryptoError::BadEnvelope("wrapped_key is not hex".into()))?;
         let plain = Zeroizing::new(
             self.wrapping_keys(password)?
-                .open(AAD, &wrapped)
+                .open(&aad(binding), &wrapped)
                 .map_err(|_| CryptoError::WrongPassword)?,
         );
         let key: [u8; KEY_LEN] = plain
@@ -131,6 +148,10 @@ impl KeyEnvelope {
     }
 }
 
+fn aad(binding: &[u8]) -> Vec<u8> {
+    [AAD, binding].concat()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,45 +162,57 @@ mod tests {
 
     #[test]
     fn the_right_password_opens_the_same_keys_and_a_rekey_keeps_them() {
-        let (envelope, keys) = KeyEnvelope::create(&password("correct horse")).unwrap();
-        let reopened = envelope.open(&password("correct horse")).unwrap();
+        let (envelope, keys) = KeyEnvelope::create(&password("correct horse"), b"v/1").unwrap();
+        let reopened = envelope.open(&password("correct horse"), b"v/1").unwrap();
         assert_eq!(reopened.object_id(b"x"), keys.object_id(b"x"));
         assert!(matches!(
-            envelope.open(&password("wrong horse")),
+            envelope.open(&password("wrong horse"), b"v/1"),
             Err(CryptoError::WrongPassword)
         ));
+        assert!(
+            envelope.open(&password("correct horse"), b"w/1").is_err(),
+            "bound to another volume"
+        );
 
         let rekeyed = envelope
-            .rewrap(&password("correct horse"), &password("battery staple"))
+            .rewrap(
+                &password("correct horse"),
+                &password("battery staple"),
+                b"v/1",
+            )
             .unwrap();
         assert_ne!(rekeyed, envelope);
-        let after = rekeyed.open(&password("battery staple")).unwrap();
+        let after = rekeyed.open(&password("battery staple"), b"v/1").unwrap();
         assert_eq!(after.object_id(b"x"), keys.object_id(b"x"), "same data key");
-        assert!(rekeyed.open(&password("correct horse")).is_err());
-        assert!(envelope.rewrap(&password("nope"), &password("x")).is_err());
+        assert!(rekeyed.open(&password("correct horse"), b"v/1").is_err());
+        assert!(
+            envelope
+                .rewrap(&password("nope"), &password("x"), b"v/1")
+                .is_err()
+        );
     }
 
     #[test]
     fn a_tampered_envelope_is_refused_before_any_work() {
-        let (envelope, _) = KeyEnvelope::create(&password("pw")).unwrap();
+        let (envelope, _) = KeyEnvelope::create(&password("pw"), b"v/1").unwrap();
         let costly = KeyEnvelope {
             memory_kib: u32::MAX,
             ..envelope.clone()
         };
         assert!(matches!(
-            costly.open(&password("pw")),
+            costly.open(&password("pw"), b"v/1"),
             Err(CryptoError::BadEnvelope(_))
         ));
         let slow = KeyEnvelope {
             iterations: 1_000_000,
             ..envelope.clone()
         };
-        assert!(slow.open(&password("pw")).is_err());
+        assert!(slow.open(&password("pw"), b"v/1").is_err());
         let other_cipher = KeyEnvelope {
             cipher: "rot13".into(),
             ..envelope.clone()
         };
-        assert!(other_cipher.open(&password("pw")).is_err());
+        assert!(other_cipher.open(&password("pw"), b"v/1").is_err());
         let mut flipped = envelope.clone();
         let other = if envelope.wrapped_key.starts_with('0') {
             "1"
@@ -188,7 +221,7 @@ mod tests {
         };
         flipped.wrapped_key.replace_range(0..1, other);
         assert!(matches!(
-            flipped.open(&password("pw")),
+            flipped.open(&password("pw"), b"v/1"),
             Err(CryptoError::WrongPassword)
         ));
         let json = serde_json::to_string(&envelope).unwrap();

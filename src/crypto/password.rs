@@ -22,11 +22,19 @@ impl Password {
         Ok(Password(text))
     }
 
-    /// The first line of `path`, which must not be readable by others.
+    /// The first line of `path`, which must be this user's (or root's) and
+    /// not readable by others.
     pub fn from_file(path: &Path) -> Result<Password, CryptoError> {
         use std::os::unix::fs::MetadataExt;
         let bad = |why: String| CryptoError::BadPassword(format!("{}: {why}", path.display()));
         let meta = std::fs::metadata(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+        let me = nix::unistd::geteuid().as_raw();
+        if meta.uid() != me && meta.uid() != 0 {
+            return Err(bad(format!(
+                "it belongs to user {}, who could change it: keep the password in a file of your own",
+                meta.uid()
+            )));
+        }
         if meta.mode() & 0o077 != 0 {
             return Err(bad(format!(
                 "others may read it (mode {:o}): run `chmod 600 {}`",
@@ -53,11 +61,23 @@ impl PartialEq for Password {
     }
 }
 
-/// From a config file: a string, not empty.
+/// From a config file: a string, not empty. Anything else is refused
+/// without its value in the message (it may be the password).
 impl<'de> serde::Deserialize<'de> for Password {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Password, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        Password::new(text).map_err(serde::de::Error::custom)
+        struct Text;
+        impl serde::de::Visitor<'_> for Text {
+            type Value = Password;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a password in quotes")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Password, E> {
+                Password::new(text.to_string()).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_str(Text).map_err(|_| {
+            serde::de::Error::custom("the password must be a string in quotes, not empty")
+        })
     }
 }
 

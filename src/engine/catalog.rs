@@ -75,21 +75,16 @@ pub async fn create(store: &Store, new: &NewVolume) -> Result<Superblock> {
             new.name
         )));
     }
-    let (envelope, codec) = match &new.encrypt_with {
+    let mut superblock = Superblock::new(&new.name, new.size, new.chunk_size, new.compression);
+    let codec = match &new.encrypt_with {
         Some(password) => {
-            let (envelope, keys) =
-                KeyEnvelope::create(password).map_err(|why| EngineError::key(&new.name, why))?;
-            (Some(envelope), Codec::sealed(keys))
+            let (envelope, keys) = KeyEnvelope::create(password, &superblock.key_binding())
+                .map_err(|why| EngineError::key(&new.name, why))?;
+            superblock.encrypt(envelope);
+            Codec::sealed(keys)
         }
-        None => (None, Codec::clear()),
+        None => Codec::clear(),
     };
-    let superblock = Superblock::new(
-        &new.name,
-        new.size,
-        new.chunk_size,
-        new.compression,
-        envelope,
-    );
     let key = keys::superblock(&new.name);
     if store
         .put_if_absent(&key, Bytes::from(superblock.encode()))
@@ -127,16 +122,22 @@ pub async fn superblock(store: &Store, name: &str) -> Result<Superblock> {
     keys::validate_volume_name(name).map_err(EngineError::InvalidArgument)?;
     let key = keys::superblock(name);
     let bytes = store
-        .get(&key)
+        .get_at_most(&key, format::superblock::MAX_LEN)
         .await?
         .ok_or_else(|| EngineError::NoSuchVolume(name.to_string()))?;
-    let superblock = Superblock::decode(&key, &bytes)?;
-    check_geometry(&key, superblock.size, superblock.chunk_size)?;
+    checked_superblock(&key, name, &bytes)
+}
+
+/// The superblock of volume `name` in `bytes`, refused unless its name is
+/// `name` and its geometry one `volume create` makes.
+fn checked_superblock(key: &str, name: &str, bytes: &[u8]) -> Result<Superblock> {
+    let superblock = Superblock::decode(key, bytes)?;
+    check_geometry(key, superblock.size, superblock.chunk_size)?;
     // The name builds paths under the cache dir (and `volume delete`
     // removes them): only the name it is stored under may be used.
     if superblock.name != name {
         return Err(FormatError::corrupt(
-            &key,
+            key,
             format!(
                 "it names volume `{}`, not `{name}`: the bucket was changed outside zeroblk; restore the object from a backup or recreate the volume",
                 superblock.name
@@ -162,9 +163,16 @@ pub fn unlock(superblock: &Superblock, password: Option<&Password>) -> Result<Co
     };
     let password = password.ok_or_else(|| EngineError::PasswordNeeded(superblock.name.clone()))?;
     let keys = envelope
-        .open(password)
+        .open(password, &superblock.key_binding())
         .map_err(|why| EngineError::key(&superblock.name, why))?;
     Ok(Codec::sealed(keys))
+}
+
+/// Checks that `password` opens volume `name` (any password does, for a
+/// volume in the clear), reading only its superblock.
+pub async fn check_password(store: &Store, name: &str, password: Option<Password>) -> Result<()> {
+    let superblock = superblock(store, name).await?;
+    unlock_blocking(&superblock, password).await.map(drop)
 }
 
 /// [`unlock`], off the async threads: Argon2id takes a quarter second of
@@ -180,23 +188,44 @@ pub async fn unlock_blocking(superblock: &Superblock, password: Option<Password>
 }
 
 /// Wraps an encrypted volume's data key with `new` instead of `old`: one
-/// write of its superblock, no data touched. Every superblock the store may
-/// hold meanwhile wraps the same key.
+/// write of its superblock, no data touched, and only over the superblock
+/// it read (two rekeys at once: one of them is told to run again). Every
+/// superblock the store may hold meanwhile wraps the same key, so a copy
+/// of an older one (a backup, bucket versioning) still opens with the old
+/// password: to retire a key, copy the data to a new volume.
 pub async fn rekey(store: &Store, name: &str, old: &Password, new: &Password) -> Result<()> {
-    let mut superblock = superblock(store, name).await?;
+    keys::validate_volume_name(name).map_err(EngineError::InvalidArgument)?;
+    let key = keys::superblock(name);
+    let (bytes, version) = store
+        .get_versioned(&key)
+        .await?
+        .ok_or_else(|| EngineError::NoSuchVolume(name.to_string()))?;
+    let mut superblock = checked_superblock(&key, name, &bytes)?;
     let Some(envelope) = &superblock.encryption else {
         return Err(EngineError::InvalidArgument(format!(
             "volume `{name}` is not encrypted, so it has no password to change; copy it into a volume made with `volume create --encrypt`"
         )));
     };
-    let rewrapped = envelope
-        .rewrap(old, new)
+    let (envelope, old, new, binding) = (
+        envelope.clone(),
+        old.clone(),
+        new.clone(),
+        superblock.key_binding(),
+    );
+    let rewrapped = tokio::task::spawn_blocking(move || envelope.rewrap(&old, &new, &binding))
+        .await
+        .expect("rewrapping does not panic")
         .map_err(|why| EngineError::key(name, why))?;
     superblock.encryption = Some(rewrapped);
-    store
-        .put(&keys::superblock(name), Bytes::from(superblock.encode()))
+    let written = store
+        .replace_if_unchanged(&key, Bytes::from(superblock.encode()), &version)
         .await?;
-    Ok(())
+    match written {
+        crate::store::Replaced::Replaced(_) => Ok(()),
+        crate::store::Replaced::Changed => Err(EngineError::InvalidArgument(format!(
+            "volume `{name}`'s superblock changed while its password was being changed (another rekey?): nothing was written; run it again"
+        ))),
+    }
 }
 
 /// The newest committed generation: the head hint, then the roots after
@@ -237,7 +266,8 @@ async fn read_root(
     generation: u64,
 ) -> Result<Option<Root>> {
     let key = keys::root(&superblock.name, generation);
-    let Some(bytes) = store.get(&key).await? else {
+    let max = Root::max_stored_len(superblock.chunk_size, MAX_VOLUME_SIZE);
+    let Some(bytes) = store.get_at_most(&key, max).await? else {
         return Ok(None);
     };
     let root = Root::decode(&key, &bytes, codec)?;
@@ -361,10 +391,25 @@ pub async fn info(store: &Store, name: &str, password: Option<&Password>) -> Res
     })
 }
 
-/// Deletes a volume that no process on this host has open, with its
-/// write-back log and cached chunks in `cache_dir`.
-pub async fn delete_unused(store: &Store, name: &str, cache_dir: &std::path::Path) -> Result<()> {
+/// Deletes a volume that no writer has open (on this host: its lock; on
+/// any: its lease, unless `force`), with its write-back log and cached
+/// chunks in `cache_dir`. An encrypted volume needs its password.
+pub async fn delete_unused(
+    store: &Store,
+    name: &str,
+    cache_dir: &std::path::Path,
+    password: Option<Password>,
+    force: bool,
+) -> Result<()> {
     if let Ok(superblock) = superblock(store, name).await {
+        unlock_blocking(&superblock, password).await?;
+        if !force && let Some(holder) = super::lease::live_holder(store, name).await? {
+            return Err(EngineError::Leased {
+                name: name.to_string(),
+                host: holder.host,
+                pid: holder.pid,
+            });
+        }
         let dir = super::volume::local_dir(cache_dir, &superblock);
         if dir.exists() {
             let lock = super::volume::lock_volume(&dir, name)?;
@@ -457,7 +502,9 @@ mod tests {
         let outside = top.path().join(format!("a/etc.{}", tampered.uuid));
         std::fs::create_dir_all(&cache_dir).unwrap();
         std::fs::create_dir_all(&outside).unwrap();
-        delete_unused(&store, "v", &cache_dir).await.unwrap();
+        delete_unused(&store, "v", &cache_dir, None, false)
+            .await
+            .unwrap();
         assert!(outside.exists());
         assert!(list(&store).await.unwrap().is_empty());
     }

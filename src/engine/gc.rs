@@ -67,7 +67,7 @@ use super::error::{EngineError, Result};
 use super::lease::{self, Lease};
 use crate::crypto::Password;
 use crate::format::{
-    ChunkRef, Codec, ObjectId, Root, RootKind, Superblock, chunk, keys, pack, page::MapPage,
+    ChunkRef, Codec, ObjectId, Root, RootKind, Superblock, chunk, keys, pack, page, page::MapPage,
 };
 use crate::store::{Fencing, ObjectInfo, Store};
 
@@ -178,6 +178,7 @@ pub async fn collect(store: &Store, options: GcOptions) -> Result<GcReport> {
         ..GcReport::default()
     };
     let volumes = catalog::list(store).await?;
+    refuse_roots_without_superblock(store, &volumes).await?;
     // Every map must be readable before anything is done.
     let mut codecs = HashMap::new();
     for name in &volumes {
@@ -286,6 +287,25 @@ pub async fn collect(store: &Store, options: GcOptions) -> Result<GcReport> {
         lease.release(store).await?;
     }
     Ok(report)
+}
+
+/// Fails if a folder under `volumes/` holds roots but no superblock: no
+/// zeroblk leaves that (create writes the superblock first, delete removes
+/// it last), and gc cannot read those roots, so everything they reference
+/// would go.
+async fn refuse_roots_without_superblock(store: &Store, volumes: &[String]) -> Result<()> {
+    for name in store.list_dirs(keys::VOLUMES_DIR).await? {
+        if volumes.contains(&name) || keys::validate_volume_name(&name).is_err() {
+            continue;
+        }
+        let roots = format!("{}/roots/", keys::volume_dir(&name));
+        if !store.list_keys(&roots).await?.is_empty() {
+            return Err(EngineError::InvalidArgument(format!(
+                "volumes/{name} holds roots but no superblock, so gc cannot tell what they reference and deleted nothing: restore volumes/{name}/superblock.json from a backup, or delete what is left with `zeroblk volume delete {name}`"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Gives volume `name` a barrier: the next generation, with the newest
@@ -440,7 +460,8 @@ async fn mark_live(
     key: &str,
     live: &mut Live,
 ) -> Result<()> {
-    let Some(bytes) = store.get(key).await? else {
+    let max = Root::max_stored_len(superblock.chunk_size, catalog::MAX_VOLUME_SIZE);
+    let Some(bytes) = store.get_at_most(key, max).await? else {
         return Ok(()); // deleted since the listing: it protects nothing
     };
     let root = Root::decode(key, &bytes, codec)?;
@@ -458,7 +479,7 @@ async fn mark_live(
         .map(|id| async move {
             let key = keys::page(&id);
             let object = store
-                .get(&key)
+                .get_at_most(&key, page::MAX_STORED_LEN)
                 .await?
                 .ok_or(EngineError::MissingObject { key, generation })?;
             Ok::<_, EngineError>((id, MapPage::decode(id, &object, codec)?))

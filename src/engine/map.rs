@@ -68,7 +68,7 @@ impl Pages {
                 let key = keys::page(&id);
                 let object = self
                     .store
-                    .get(&key)
+                    .get_at_most(&key, crate::format::page::MAX_STORED_LEN)
                     .await?
                     .ok_or(EngineError::MissingObject { key, generation })?;
                 let codec = self.codec.clone();

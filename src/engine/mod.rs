@@ -102,8 +102,8 @@ mod volume;
 mod write;
 
 pub use catalog::{
-    MAX_VOLUME_SIZE, NewVolume, VolumeInfo, create, delete, delete_unused, info, list,
-    read_volume_file, rekey, validate_size, write_volume_file,
+    MAX_VOLUME_SIZE, NewVolume, VolumeInfo, check_password, create, delete, delete_unused, info,
+    list, read_volume_file, rekey, validate_size, write_volume_file,
 };
 pub use error::{EngineError, Result};
 pub use gc::{GcOptions, GcReport, MIN_GRACE_WHILE_ATTACHED, collect as collect_garbage};

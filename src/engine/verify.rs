@@ -12,7 +12,7 @@ use super::catalog::{newest_root, superblock, unlock_blocking};
 use super::error::{EngineError, Result};
 use super::fetch::{chunk_object, key_of};
 use crate::crypto::Password;
-use crate::format::{ChunkRef, Codec, PageSlot, chunk, keys, page::MapPage};
+use crate::format::{ChunkRef, Codec, PageSlot, chunk, keys, page, page::MapPage};
 use crate::store::{Store, StoreError};
 
 /// Objects fetched at once.
@@ -108,7 +108,8 @@ async fn check_page(
     codec: &Codec,
     slot: PageSlot,
 ) -> Result<(PageSlot, std::result::Result<MapPage, String>)> {
-    let Some(object) = store.get(&keys::page(&slot.id)).await? else {
+    let key = keys::page(&slot.id);
+    let Some(object) = store.get_at_most(&key, page::MAX_STORED_LEN).await? else {
         return Ok((slot, Err("missing".into())));
     };
     Ok((

@@ -120,7 +120,7 @@ impl Codec {
                 "it is in the clear, but its volume is encrypted: the bucket was changed outside zeroblk",
             ));
         }
-        if stored[4] != VERSION {
+        if stored[4] != VERSION || stored[5..HEADER_LEN] != [0, 0, 0] {
             return Err(FormatError::corrupt(
                 what(),
                 format!(

@@ -25,6 +25,9 @@ use super::{ChunkRef, FormatError, ObjectId, Place};
 
 /// Entries per page: one page maps 1 GiB of a volume with 1 MiB chunks.
 pub const PAGE_ENTRIES: usize = 1024;
+/// No page object is larger (its entries stored raw, sealed): a larger
+/// one is refused before it is read.
+pub const MAX_STORED_LEN: u64 = 128 << 10;
 const MAGIC: &[u8; 8] = b"ZBPAGE03";
 /// Pages of format 2: no random bytes after the magic.
 const MAGIC_V2: &[u8; 8] = b"ZBPAGE02";

@@ -142,6 +142,15 @@ impl Root {
         self.pages.iter().map(|p| p.stored).sum()
     }
 
+    /// The most bytes a stored root of a volume of chunk size `chunk_size`
+    /// and at most `max_size` bytes takes: a larger one is refused before
+    /// it is read.
+    pub fn max_stored_len(chunk_size: u64, max_size: u64) -> u64 {
+        let pages = (max_size / chunk_size.max(1)).div_ceil(PAGE_ENTRIES as u64);
+        (FIXED_LEN + CHECKSUM_LEN + super::codec::SEALED_OVERHEAD) as u64
+            + pages * PAGE_SLOT_LEN as u64
+    }
+
     /// The root as stored: sealed, for an encrypted volume.
     pub fn encode(&self, codec: &Codec) -> Vec<u8> {
         codec.seal(Kind::Root, self.encode_clear())

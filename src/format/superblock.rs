@@ -19,6 +19,8 @@ use crate::crypto::KeyEnvelope;
 const ENCRYPTED_VOLUME_VERSION: u32 = 4;
 
 const FORMAT_NAME: &str = "zeroblk-volume";
+/// No superblock is larger: a larger one is refused before it is read.
+pub const MAX_LEN: u64 = 64 << 10;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Superblock {
@@ -36,27 +38,33 @@ pub struct Superblock {
 }
 
 impl Superblock {
-    pub fn new(
-        name: &str,
-        size: u64,
-        chunk_size: u64,
-        compression: Compression,
-        encryption: Option<KeyEnvelope>,
-    ) -> Self {
+    /// A volume in the clear; see [`Superblock::encrypt`].
+    pub fn new(name: &str, size: u64, chunk_size: u64, compression: Compression) -> Self {
         Superblock {
             format: FORMAT_NAME.to_string(),
-            version: match encryption {
-                Some(_) => ENCRYPTED_VOLUME_VERSION,
-                None => CLEAR_VOLUME_VERSION,
-            },
+            version: CLEAR_VOLUME_VERSION,
             uuid: Uuid::new_v4(),
             name: name.to_string(),
             size,
             chunk_size,
             compression,
             created_at_ms: super::root::now_ms(),
-            encryption,
+            encryption: None,
         }
+    }
+
+    /// Makes the volume an encrypted one, its data key in `envelope`
+    /// (which must be bound to [`Superblock::key_binding`]).
+    pub fn encrypt(&mut self, envelope: KeyEnvelope) {
+        self.encryption = Some(envelope);
+        self.version = ENCRYPTED_VOLUME_VERSION;
+    }
+
+    /// What an encrypted volume's key envelope is bound to: its name and
+    /// uuid. A superblock moved under another volume's name, or given
+    /// another's envelope, does not open.
+    pub fn key_binding(&self) -> Vec<u8> {
+        format!("{}/{}", self.name, self.uuid).into_bytes()
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -100,7 +108,7 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        let sb = Superblock::new("vol", 1 << 30, 1 << 20, Compression::default(), None);
+        let sb = Superblock::new("vol", 1 << 30, 1 << 20, Compression::default());
         let bytes = sb.encode();
         assert!(String::from_utf8_lossy(&bytes).contains("\"compression\": \"zstd:3\""));
         assert!(!String::from_utf8_lossy(&bytes).contains("encryption"));
@@ -109,7 +117,7 @@ mod tests {
 
     #[test]
     fn newer_versions_are_refused() {
-        let mut sb = Superblock::new("vol", 1 << 30, 1 << 20, Compression::None, None);
+        let mut sb = Superblock::new("vol", 1 << 30, 1 << 20, Compression::None);
         sb.version = FORMAT_VERSION + 1;
         let error = Superblock::decode("sb", &sb.encode()).unwrap_err();
         assert!(matches!(error, FormatError::NewerVersion { .. }));

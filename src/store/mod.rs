@@ -72,6 +72,10 @@ pub enum StoreError {
         expected: u64,
         got: u64,
     },
+    #[error(
+        "{key} is {size} bytes, more than such an object ever is ({max}): the bucket was changed outside zeroblk; restore the object from a backup"
+    )]
+    TooLarge { key: String, size: u64, max: u64 },
     #[error("object store {op} of {key} failed: {}", redact_credentials(&source.to_string()))]
     Request {
         op: &'static str,
@@ -254,6 +258,42 @@ impl Store {
         let path = Path::from(key);
         let attempt = || self.counted_get(async { self.inner.get(&path).await?.bytes().await });
         self.found("GET", key, self.retrying("GET", key, attempt).await.result)
+    }
+
+    /// The object at `key`, or `None`; one larger than `max` bytes is
+    /// refused before its bytes are read (objects from the bucket are
+    /// untrusted: a huge one must not exhaust memory).
+    pub async fn get_at_most(&self, key: &str, max: u64) -> Result<Option<Bytes>, StoreError> {
+        let path = Path::from(key);
+        let attempt = || async {
+            let got = self.inner.get(&path).await?;
+            match got.meta.size {
+                size if size > max => Ok(Err(size)),
+                _ => got.bytes().await.map(Ok),
+            }
+        };
+        match self.retrying("GET", key, attempt).await.result {
+            Ok(Ok(bytes)) => {
+                self.metrics.get(Some(bytes.len()));
+                Ok(Some(bytes))
+            }
+            Ok(Err(size)) => {
+                self.metrics.get(None);
+                Err(StoreError::TooLarge {
+                    key: key.to_string(),
+                    size,
+                    max,
+                })
+            }
+            Err(object_store::Error::NotFound { .. }) => {
+                self.metrics.get(None);
+                Ok(None)
+            }
+            Err(e) => {
+                self.metrics.get_failed();
+                Err(self.classify("GET", key, e))
+            }
+        }
     }
 
     /// Bytes `range` of the object at `key`, or `None` when there is no
