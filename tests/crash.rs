@@ -118,9 +118,25 @@ fn crash_under_load(
     seed: u64,
 ) {
     let mut writer = crash.start_writer(&server, name, log, first_tag, seed);
-    std::thread::sleep(Duration::from_millis(300 + fastrand::u64(..2500)));
+    // Killed a random while after the writer got going: on a busy machine
+    // its start alone can take longer than a fixed delay.
+    wait_for_writes(log, 20);
+    std::thread::sleep(Duration::from_millis(fastrand::u64(..2500)));
     server.kill();
     let _ = writer.wait();
+}
+
+/// Waits until the writer's log records `count` writes (a minute at most).
+fn wait_for_writes(log: &Path, count: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.lines().filter(|l| l.starts_with("W ")).count() >= count {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("the writer logged fewer than {count} writes in a minute");
 }
 
 #[test]
