@@ -19,6 +19,7 @@ serve over TLS against plaintext (tls_comparison).
 
     scripts/compare.sh [--runtime 10] [--size 256M] [--out docs/benchmarks] [--s3 garage|moto]
     scripts/compare.sh --tls-only   # only TLS against plaintext (tls.json)
+    scripts/compare.sh --encryption-only   # only encrypted against clear and s3backer (encryption.json)
 
 Writes results.json, README.md (tables of ratios) and PNG plots to --out.
 """
@@ -816,6 +817,45 @@ def vm_comparison(args, results):
         raise RuntimeError(f"the VM run produced no results:\n{output.stdout[-3000:]}\n{output.stderr[-3000:]}")
 
 
+def encryption_comparison(args, work, results):
+    """An encrypted zeroblk volume against the same in the clear (warm,
+    interleaved passes), and its cold reads against s3backer's: the cost of
+    encryption at rest, without the rest of the comparison."""
+    moto = Moto()
+    volume_size = "2G"
+    image = Path(work) / "fill.img"
+    half_compressible(image, parse_size(args.size))
+    clear = Zeroblk(work, moto.endpoint, moto.bucket(), volume_size)
+    encrypted = Zeroblk(work, moto.endpoint, moto.bucket(), volume_size, name=ZEROBLK_ENCRYPTED, password=PASSWORD)
+    s3backer = S3backer(work, moto, volume_size)
+    peers = [clear, encrypted, s3backer]
+    log("filling every target with the same bytes")
+    for peer in peers:
+        if peer.needs_fill:
+            fill(peer.uri(), image)
+    for profile in ["randread-4k-qd32", "seqread-1m"]:
+        warm_runs(results, profile, [clear, encrypted], args, work)
+    cold_reads(results, moto, peers, args.size, work)
+    moto.stop()
+
+
+def encryption_table(results):
+    value = {(r["target"], r["profile"], r["cache"]): bytes_per_second(r["result"]) for r in results["runs"]}
+    rows = ["| measure | ratio |", "| --- | --- |"]
+    for profile in ["randread-4k-qd32", "seqread-1m"]:
+        a, b = value.get((ZEROBLK_ENCRYPTED, profile, "warm")), value.get(("zeroblk", profile, "warm"))
+        rows.append(f"| {profile}, warm, encrypted / clear | {a / b:.2f}x |" if a and b else f"| {profile} | missing |")
+    for profile in ["seqread-1m", "randread-4k-qd32"]:
+        a = value.get((ZEROBLK_ENCRYPTED, profile, "cold"))
+        b = value.get(("s3backer (FUSE, via nbdkit)", profile, "cold"))
+        rows.append(f"| {profile}, cold, encrypted / s3backer over nbdkit | {a / b:.2f}x |" if a and b else f"| {profile} cold | missing |")
+    a = value.get((ZEROBLK_ENCRYPTED, "seqread-1m", "cold"))
+    b = value.get(("s3backer (FUSE file, read directly)", "seqread-1m", "cold"))
+    if a and b:
+        rows.append(f"| seqread-1m, cold, encrypted / s3backer's file read directly | {a / b:.2f}x |")
+    return "\n".join(rows)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runtime", type=int, default=10)
@@ -824,6 +864,8 @@ def main():
     parser.add_argument("--skip-vm", action="store_true")
     parser.add_argument("--tls-only", action="store_true",
                         help="only TLS against plaintext on zeroblk serve (a few minutes): tls.json in --out")
+    parser.add_argument("--encryption-only", action="store_true",
+                        help="only an encrypted volume against one in the clear and s3backer (about 10 minutes): encryption.json in --out")
     parser.add_argument("--s3", choices=["moto", "garage"], default="moto",
                         help="the S3 server every S3 peer shares (ZeroFS refuses Garage, which cannot fence)")
     args = parser.parse_args()
@@ -841,6 +883,12 @@ def main():
         del results["runs"]
         (out / "tls.json").write_text(json.dumps(results, indent=2) + "\n")
         print(tls_table(results["tls"]))
+        return
+    if args.encryption_only:
+        with tempfile.TemporaryDirectory(prefix="zeroblk-compare.", dir="/var/tmp") as work:
+            encryption_comparison(args, work, results)
+        (out / "encryption.json").write_text(json.dumps(results, indent=2) + "\n")
+        print(encryption_table(results))
         return
     with tempfile.TemporaryDirectory(prefix="zeroblk-compare.", dir="/var/tmp") as work:
         host_comparison(args, work, results)

@@ -5,12 +5,20 @@
 #
 #   scripts/compare.sh [--runtime 10] [--size 256M] [--out DIR] [--skip-vm] [--s3 garage|moto]
 #   scripts/compare.sh --tls-only [--runtime 10]   # TLS against plaintext only: a few minutes
+#   scripts/compare.sh --encryption-only [--runtime 10]   # encrypted against clear and s3backer: about 10 minutes
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 need_cargo
 if [[ " $* " == *" --tls-only "* ]]; then
     need_apt fio libnbd-bin openssl
+    say "building zeroblk (release)"
+    cargo build --release --quiet
+    exec /usr/bin/python3 scripts/compare.py "$@"
+fi
+if [[ " $* " == *" --encryption-only "* ]]; then
+    need_apt fio libnbd-bin nbdkit s3backer
+    need_pip moto_server 'moto[server]'
     say "building zeroblk (release)"
     cargo build --release --quiet
     exec /usr/bin/python3 scripts/compare.py "$@"
