@@ -794,6 +794,55 @@ fn the_connection_cap_turns_clients_away_and_idle_ones_are_dropped() {
     server.stop();
 }
 
+/// Write headers whose payloads never come hold the server's budget (16
+/// of 32 MiB fill it): before, every other client's I/O stopped for as
+/// long as they liked, and SIGTERM waited for them. Now each is dropped
+/// after 15 s without a byte, and a stop does not wait.
+#[test]
+fn write_headers_without_their_payload_hold_nothing_for_long() {
+    let setup = Setup::file();
+    setup.zeroblk(&["volume", "create", "w", "--size", "64M"]);
+    let server = setup.serve(&[]);
+    let write_header = |stream: &mut TcpStream, cookie: u64| {
+        let mut request = 0x2560_9513u32.to_be_bytes().to_vec();
+        request.extend(0u16.to_be_bytes()); // flags
+        request.extend(1u16.to_be_bytes()); // NBD_CMD_WRITE
+        request.extend(cookie.to_be_bytes());
+        request.extend(0u64.to_be_bytes());
+        request.extend((32u32 << 20).to_be_bytes());
+        stream.write_all(&request).unwrap();
+    };
+    let mut stalled: Vec<TcpStream> = (0..17)
+        .map(|cookie| {
+            let mut stream = raw_session(server.port, "w");
+            write_header(&mut stream, cookie);
+            stream
+        })
+        .collect();
+    // Served once the stalled clients are dropped: within a minute.
+    let mut honest = raw_session(server.port, "w");
+    honest
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    raw_read(&mut honest, 1);
+    for stream in &mut stalled {
+        assert!(
+            closed_by_server(stream, Duration::from_secs(30)),
+            "a client that sent no payload was kept"
+        );
+    }
+    // A stop does not wait for a client in the middle of a payload.
+    let mut stuck = raw_session(server.port, "w");
+    write_header(&mut stuck, 99);
+    let stopping = std::time::Instant::now();
+    server.stop();
+    assert!(
+        stopping.elapsed() < Duration::from_secs(10),
+        "SIGTERM waited {:?} for a payload",
+        stopping.elapsed()
+    );
+}
+
 /// Runs a client command that must fail; returns its stderr.
 fn run_fails(command: &mut Command) -> String {
     let output = command

@@ -53,6 +53,15 @@ pub enum TlsError {
         path: PathBuf,
         mode: u32,
     },
+    #[error(
+        "the {what} {} belongs to user {owner}, who could change it: keep it in a file of your own",
+        path.display()
+    )]
+    OwnedByOther {
+        what: &'static str,
+        path: PathBuf,
+        owner: u32,
+    },
     #[error("the {what} {} is not valid PEM ({detail}): {fix}", path.display())]
     Pem {
         what: &'static str,
@@ -288,6 +297,14 @@ fn read_private(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
             what,
             path: path.to_path_buf(),
             mode,
+        });
+    }
+    let owner = std::os::unix::fs::MetadataExt::uid(&meta);
+    if owner != nix::unistd::geteuid().as_raw() && owner != 0 {
+        return Err(TlsError::OwnedByOther {
+            what,
+            path: path.to_path_buf(),
+            owner,
         });
     }
     read_file(what, path)

@@ -37,8 +37,10 @@ const MAX_DISCARDED_PAYLOAD: u32 = 2 * MAX_REQUEST_LEN;
 /// Bytes read from the socket at once: a burst of small requests, headers
 /// and payloads, comes in with a few reads.
 const READ_BUFFER: usize = 256 << 10;
-/// A reply the client takes none of for this long ends the connection.
-pub const REPLY_STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// A reply the client takes none of, or a write payload it sends none of,
+/// for this long ends the connection: either holds bytes of the server's
+/// budget that other clients wait for.
+pub const REPLY_STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// A reply, and the bytes it holds until it is written.
 type Queued = (Reply, Option<Held>);
@@ -88,8 +90,17 @@ where
         if request.kind == cmd::DISC || replies.is_closed() {
             break;
         }
-        let held = hold_for(&budget, &request).await;
-        let payload = match read_payload(&mut reader, &request).await? {
+        let held = tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|stop| *stop) => break,
+            held = hold_for(&budget, &request) => held,
+        };
+        let payload = tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|stop| *stop) => break,
+            payload = read_payload(&mut reader, &request) => payload?,
+        };
+        let payload = match payload {
             Payload::Ok(payload) => payload,
             Payload::Refused => {
                 let refused = error_reply(&session, &request, errno::EINVAL, "request too long");
@@ -176,8 +187,50 @@ async fn read_payload<R: AsyncRead + Unpin>(
         tokio::io::copy(&mut reader.take(request.len.into()), &mut tokio::io::sink()).await?;
         return Ok(Payload::Refused);
     }
-    let payload = WriteBuffer::read_from(reader, request.len as usize).await?;
+    let mut reader = Stalling::new(reader);
+    let payload = WriteBuffer::read_from(&mut reader, request.len as usize).await?;
     Ok(Payload::Ok(payload))
+}
+
+/// A reader that fails with `TimedOut` once it has waited
+/// [`REPLY_STALL_TIMEOUT`] for a byte: a client that sends a write's header
+/// and not its payload holds the payload's budget only that long.
+struct Stalling<'a, R> {
+    inner: &'a mut R,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<'a, R> Stalling<'a, R> {
+    fn new(inner: &'a mut R) -> Self {
+        Stalling {
+            inner,
+            deadline: Box::pin(tokio::time::sleep(REPLY_STALL_TIMEOUT)),
+        }
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Stalling<'_, R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        let this = &mut *self;
+        match Pin::new(&mut *this.inner).poll_read(cx, buf) {
+            std::task::Poll::Ready(read) => {
+                let next = tokio::time::Instant::now() + REPLY_STALL_TIMEOUT;
+                this.deadline.as_mut().reset(next);
+                std::task::Poll::Ready(read)
+            }
+            std::task::Poll::Pending => match this.deadline.as_mut().poll(cx) {
+                std::task::Poll::Ready(()) => std::task::Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the client sent none of a write's payload for 15 s",
+                ))),
+                std::task::Poll::Pending => std::task::Poll::Pending,
+            },
+        }
+    }
 }
 
 /// The bytes `request` holds while it runs: its payload, or its reply's
@@ -215,7 +268,7 @@ async fn unstalled(write: impl Future<Output = io::Result<()>>) -> io::Result<()
         Ok(written) => written,
         Err(_) => Err(io::Error::new(
             io::ErrorKind::TimedOut,
-            "the client took no reply for a minute",
+            "the client took no reply for 15 s",
         )),
     }
 }
