@@ -401,7 +401,7 @@ fn plaintext_nbd_on_an_open_address_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let file = |name: &str, mode: u32| {
         let path = dir.path().join(name);
-        std::fs::write(&path, "alice:00112233\n").unwrap();
+        std::fs::write(&path, "alice:00112233445566778899aabbccddeeff\n").unwrap();
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(mode))
             .unwrap();
         path.to_str().unwrap().to_string()

@@ -167,6 +167,7 @@ pub struct NbdServer {
     slots: Arc<Semaphore>,
     max_connections: usize,
     tls: Option<TlsConfig>,
+    refusals: Arc<Refusals>,
 }
 
 impl NbdServer {
@@ -179,6 +180,7 @@ impl NbdServer {
             slots: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
             max_connections: MAX_CONNECTIONS,
             tls: None,
+            refusals: Arc::default(),
         }
     }
 
@@ -308,7 +310,7 @@ impl NbdServer {
         match negotiated {
             Ok(Ok(negotiated)) => negotiated,
             Ok(Err(HandshakeError::Tls(error))) => {
-                tracing::info!(%error, "NBD client refused");
+                self.refusals.one(&error);
                 None
             }
             Ok(Err(error)) => {
@@ -354,6 +356,29 @@ where
     match handshake::options(&mut stream, exports, flags, Tls::On).await? {
         Outcome::Transmit(session) => Ok(Some((stream, session))),
         Outcome::StartTls | Outcome::Ended => Ok(None),
+    }
+}
+
+/// Clients refused in the TLS handshake, logged at most once per
+/// [`ACCEPT_WARNING_INTERVAL`] (a client that connects in a loop must not
+/// fill the log's disk), with how many were not logged.
+#[derive(Default)]
+struct Refusals {
+    state: std::sync::Mutex<(Option<tokio::time::Instant>, u64)>,
+}
+
+impl Refusals {
+    fn one(&self, error: &dyn std::fmt::Display) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (last, unlogged) = &mut *state;
+        *unlogged += 1;
+        let now = tokio::time::Instant::now();
+        if last.is_some_and(|at| now.duration_since(at) < ACCEPT_WARNING_INTERVAL) {
+            return;
+        }
+        tracing::info!(%error, refused = *unlogged, "NBD clients refused in the TLS handshake (logged at most every 10 s)");
+        *last = Some(now);
+        *unlogged = 0;
     }
 }
 

@@ -31,8 +31,12 @@ use openssl::ssl::{
 use openssl::x509::X509;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// The longest pre-shared key taken, in bytes (psktool makes 32).
+/// The shortest and longest pre-shared keys taken, in bytes (psktool
+/// makes 32): a shorter key is one an attacker can guess.
+const MIN_PSK_BYTES: usize = 16;
 const MAX_PSK_BYTES: usize = 256;
+/// The longest identity taken (TLS carries up to 64 KiB; names are short).
+const MAX_IDENTITY_BYTES: usize = 1024;
 
 /// Why TLS could not be set up, or a client's TLS handshake failed.
 #[derive(Debug, thiserror::Error)]
@@ -349,15 +353,20 @@ fn parse_psk_file(path: &Path, text: &[u8]) -> Result<HashMap<Vec<u8>, Vec<u8>>,
         let (identity, hex_key) = line
             .rsplit_once(':')
             .ok_or_else(|| line_error(number, "no `:` between identity and key"))?;
-        if identity.is_empty() {
-            return Err(line_error(number, "the identity is empty"));
+        if identity.is_empty() || identity.len() > MAX_IDENTITY_BYTES {
+            return Err(line_error(
+                number,
+                &format!("the identity must be 1 to {MAX_IDENTITY_BYTES} bytes"),
+            ));
         }
         let key = hex::decode(hex_key)
             .map_err(|_| line_error(number, "the key is not hexadecimal digits"))?;
-        if key.is_empty() || key.len() > MAX_PSK_BYTES {
+        if !(MIN_PSK_BYTES..=MAX_PSK_BYTES).contains(&key.len()) {
             return Err(line_error(
                 number,
-                &format!("the key must be 1 to {MAX_PSK_BYTES} bytes"),
+                &format!(
+                    "the key must be {MIN_PSK_BYTES} to {MAX_PSK_BYTES} bytes (32 hex digits or more; `psktool` makes 64)"
+                ),
             ));
         }
         if keys.insert(identity.as_bytes().to_vec(), key).is_some() {
@@ -392,17 +401,27 @@ mod tests {
         let good = private_file(
             dir.path(),
             "keys.psk",
-            "alice:00112233445566778899aabbccddeeff\n\nbob:0102\n",
+            "alice:00112233445566778899aabbccddeeff\n\nbob:0102030405060708090a0b0c0d0e0f10\n",
             0o600,
         );
         let config = TlsConfig::psk(&good).unwrap();
         assert!(config.describe().contains("2 identities"), "{config:?}");
         for (text, expected) in [
             ("alice\n", "line 1: no `:`"),
-            (":0011\n", "line 1: the identity is empty"),
-            ("a:00\na:zz\n", "line 2: the key is not hexadecimal"),
-            ("a:00\na:11\n", "line 2: the identity `a` is given twice"),
+            (
+                ":00112233445566778899aabbccddeeff\n",
+                "line 1: the identity must be",
+            ),
+            (
+                "a:00112233445566778899aabbccddeeff\na:zz\n",
+                "line 2: the key is not hexadecimal",
+            ),
+            (
+                "a:00112233445566778899aabbccddeeff\na:00112233445566778899aabbccddeeff\n",
+                "line 2: the identity `a` is given twice",
+            ),
             ("a:\n", "line 1: the key must be"),
+            ("a:0011\n", "line 1: the key must be 16"),
             ("\n\n", "holds no keys"),
         ] {
             let path = private_file(dir.path(), "bad.psk", text, 0o600);
@@ -417,7 +436,12 @@ mod tests {
     #[test]
     fn secrets_open_to_other_users_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let open = private_file(dir.path(), "keys.psk", "alice:0011\n", 0o640);
+        let open = private_file(
+            dir.path(),
+            "keys.psk",
+            "alice:00112233445566778899aabbccddeeff\n",
+            0o640,
+        );
         let error = TlsConfig::psk(&open).unwrap_err().to_string();
         assert!(
             error.contains(&format!("chmod 600 {}", open.display())) && error.contains("0640"),
