@@ -152,9 +152,11 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// descriptors, say), however often it fails.
 const ACCEPT_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Connections served at once, by default: an idle one holds about 300
-/// KiB (its buffers), so this many hold about 300 MiB.
-pub const MAX_CONNECTIONS: usize = 1024;
+/// Connections served at once, by default: more than the 5,000 idle ones
+/// a busy host may keep open while others are still served. An idle one
+/// holds about 350 KiB (its buffers), so this many hold about 3 GiB;
+/// `--max-connections` lowers it on a small machine.
+pub const MAX_CONNECTIONS: usize = 8192;
 
 /// Serves a set of exports on any number of listeners.
 #[derive(Clone)]
