@@ -794,6 +794,24 @@ fn the_connection_cap_turns_clients_away_and_idle_ones_are_dropped() {
     server.stop();
 }
 
+/// Thousands of idle sessions leave the server serving others (the
+/// issue's acceptance: 5,000), within the default connection cap.
+#[test]
+fn five_thousand_idle_sessions_leave_room_for_others() {
+    let nbdinfo = require_tool("nbdinfo", "libnbd-bin");
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    setrlimit(Resource::RLIMIT_NOFILE, hard.min(65536), hard).unwrap();
+    let setup = Setup::file();
+    setup.zeroblk(&["volume", "create", "i", "--size", "64M"]);
+    let server = setup.serve(&[]);
+    let idle: Vec<TcpStream> = (0..5000).map(|_| raw_session(server.port, "i")).collect();
+    let info = run_ok(Command::new(&nbdinfo).arg(server.uri("i")));
+    assert!(info.contains("export-size: 67108864"), "{info}");
+    drop(idle);
+    server.stop();
+}
+
 /// Write headers whose payloads never come hold the server's budget (16
 /// of 32 MiB fill it): before, every other client's I/O stopped for as
 /// long as they liked, and SIGTERM waited for them. Now each is dropped
