@@ -301,6 +301,60 @@ async fn a_kill_before_a_segment_is_closed_loses_no_acknowledged_write() {
     scenario.teardown();
 }
 
+/// A flush's sync runs on the durability worker's own thread
+/// (`block_in_place`), where an abort cannot stop it: a crash lets it run
+/// on. A sync that ends after the crash (and its power cut) must not
+/// acknowledge a flush that waits for it, since what it synced is what
+/// the cut left, not what was written. The flush here is polled by hand,
+/// so that it looks at the log's progress only after the late sync.
+///
+/// Before the crash stopped waiting for a blocked worker, the crash here
+/// waited for the held sync forever; with a worker that publishes what it
+/// synced whatever happened meanwhile, the flush returned Ok and the cut
+/// could take its write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sync_that_ends_after_a_crash_acknowledges_no_flush() {
+    use zeroblk::inline::poll_once;
+    for seed in seeds(8) {
+        let scenario = fail::FailScenario::setup();
+        let (store, cache) = volume_in_memory().await;
+        engine::simulate_power_cuts(cache.path());
+        let options = log_only(cache.path());
+        let volume = Volume::open(&store.store, "v", options.clone())
+            .await
+            .unwrap();
+        write_tags(&volume, 0, &[1, 2]).await;
+        volume.flush().await.unwrap();
+        write_tags(&volume, 10, &[3, 4]).await;
+
+        {
+            let sync = Pause::first_at("log::before_sync");
+            let mut flush = std::pin::pin!(volume.flush());
+            assert!(poll_once(flush.as_mut()).is_pending());
+            sync.reached().await;
+            volume.crash_in_use(true, seed).await;
+            let synced = Passed::at("log::synced");
+            sync.resume();
+            synced.wait().await;
+            match poll_once(flush.as_mut()) {
+                std::task::Poll::Ready(Err(_)) => {}
+                std::task::Poll::Ready(Ok(())) => {
+                    panic!("seed {seed}: a sync that ended after the crash acknowledged a flush")
+                }
+                std::task::Poll::Pending => {
+                    panic!("seed {seed}: the flush still waits after the crash")
+                }
+            }
+        }
+        drop(volume);
+
+        let volume = Volume::open(&store.store, "v", options).await.unwrap();
+        assert_eq!(read_tags(&volume, 0, 2).await, [1, 2], "seed {seed}");
+        volume.close().await.unwrap();
+        scenario.teardown();
+    }
+}
+
 /// Path 6: 9p and NFS answer `RENAME_NOREPLACE` with EINVAL, and a log on
 /// them stopped at its first recycled segment (`attach --recover` failed
 /// with "cache directory ...: Invalid argument"). The EINVAL is injected

@@ -20,6 +20,9 @@
 //!      (made durable as it is created); the upload follows in the
 //!      background;
 //!    - `Durability::Remote`: the data is committed to the object store.
+//!
+//!    A sync that ends after the volume stopped (a crash, a lost lease)
+//!    acknowledges nothing.
 //! 3. **The store only ever holds states the device was in.** Writes are
 //!    grouped in epochs, cut at each flush (and when the uploader decides).
 //!    The uploader commits generations in epoch order, each containing

@@ -149,7 +149,7 @@ pub struct VolumeCounters {
 /// [`crate::engine`] for what each guarantees.
 pub struct Volume {
     pub(super) shared: Arc<Shared>,
-    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    tasks: std::sync::Mutex<Vec<Task>>,
     _lock: Flock<File>,
 }
 
@@ -233,7 +233,7 @@ impl Volume {
         let tasks = vec![
             spawn_task(
                 &shared,
-                "durability worker",
+                DURABILITY_WORKER,
                 super::flush::durability_worker(Arc::clone(&shared), sealed_rx),
             ),
             spawn_task(
@@ -360,12 +360,19 @@ impl Volume {
         Ok(())
     }
 
+    /// Aborts the background tasks and waits for them to end.
     async fn stop_tasks(&self) {
-        let tasks: Vec<_> = self.tasks.lock().expect("tasks lock").drain(..).collect();
-        for task in tasks {
-            task.abort();
-            let _ = task.await;
+        for task in self.abort_tasks() {
+            let _ = task.handle.await;
         }
+    }
+
+    fn abort_tasks(&self) -> Vec<Task> {
+        let tasks: Vec<_> = self.tasks.lock().expect("tasks lock").drain(..).collect();
+        for task in &tasks {
+            task.handle.abort();
+        }
+        tasks
     }
 
     /// For crash tests: stops the volume as `kill -9` would. With
@@ -374,7 +381,22 @@ impl Volume {
     #[cfg(feature = "failpoints")]
     #[doc(hidden)]
     pub async fn crash(self, power_loss: bool, seed: u64) {
-        self.stop_tasks().await;
+        self.crash_in_use(power_loss, seed).await;
+    }
+
+    /// [`Volume::crash`], for a volume that other tasks still hold (in an
+    /// `Arc`): its lock goes when the last of them lets it go.
+    #[cfg(feature = "failpoints")]
+    #[doc(hidden)]
+    pub async fn crash_in_use(&self, power_loss: bool, seed: u64) {
+        // All but the durability worker are waited for. It may be blocked
+        // in a sync (a test may hold it there), which ends on its own and
+        // then acknowledges nothing (`Shared::publish_durable`).
+        for task in self.abort_tasks() {
+            if task.name != DURABILITY_WORKER {
+                let _ = task.handle.await;
+            }
+        }
         // A segment or spare file being made in a blocking task goes on
         // after its task is aborted; a killed process's would not. The
         // spare stops where it is, and a segment is let end first, so that
@@ -403,10 +425,21 @@ impl Drop for Volume {
     fn drop(&mut self) {
         if let Ok(tasks) = self.tasks.lock() {
             for task in tasks.iter() {
-                task.abort();
+                task.handle.abort();
             }
         }
     }
+}
+
+/// The background task that syncs the log (`flush::durability_worker`).
+const DURABILITY_WORKER: &str = "durability worker";
+
+/// One of a volume's background tasks, by name.
+struct Task {
+    /// Read by crash tests only (`Volume::crash`).
+    #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
+    name: &'static str,
+    handle: JoinHandle<()>,
 }
 
 /// Runs one of the volume's background tasks. A panic in it (a bug) stops
@@ -416,10 +449,10 @@ fn spawn_task(
     shared: &Arc<Shared>,
     task: &'static str,
     work: impl std::future::Future<Output = ()> + Send + 'static,
-) -> JoinHandle<()> {
+) -> Task {
     use futures::FutureExt;
     let shared = Arc::clone(shared);
-    tokio::spawn(async move {
+    let handle = tokio::spawn(async move {
         if let Err(panic) = std::panic::AssertUnwindSafe(work).catch_unwind().await {
             let message = panic
                 .downcast_ref::<&str>()
@@ -428,7 +461,8 @@ fn spawn_task(
                 .unwrap_or_else(|| "no message".to_string());
             shared.fail(EngineError::Panicked { task, message });
         }
-    })
+    });
+    Task { name: task, handle }
 }
 
 /// Opens the write-back log in `dir` for a volume whose newest root is
@@ -603,6 +637,24 @@ impl Shared {
         for epoch in self.view.load().epochs_newest_first() {
             epoch.wake_waiters();
         }
+    }
+
+    /// Makes epochs up to `epoch` count as durable, once the log synced
+    /// them, unless the volume has stopped: a sync that ends after a crash
+    /// acknowledges nothing, since what it synced may be what a power cut
+    /// left. Serialized with [`Shared::fail`] by the watch's lock. Returns
+    /// whether the volume still runs.
+    pub fn publish_durable(&self, epoch: u64) -> bool {
+        let mut running = true;
+        self.durable.send_if_modified(|durable| {
+            running = self.failure.get().is_none();
+            let newer = running && epoch > *durable;
+            if newer {
+                *durable = epoch;
+            }
+            newer
+        });
+        running
     }
 
     /// Stops the volume (see [`Shared::fail`]); returns the error every
