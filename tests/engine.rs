@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::{
     ALL_BACKENDS, Backend, TestStore, block_of, engine_options, new_volume, read_tags, write_tags,
 };
-use zeroblk::engine::{self, Durability, EngineError, EngineOptions, Volume};
+use zeroblk::engine::{self, Durability, EngineError, EngineOptions, ErrorKind, Volume};
 use zeroblk::format::{Root, keys};
 
 const MIB: u64 = 1 << 20;
@@ -490,9 +490,16 @@ async fn bad_requests_are_typed_errors() {
     assert_eq!(unaligned.errno(), libc::EINVAL);
     let past_end = volume.write(16 * MIB, &buf, false).await.unwrap_err();
     assert!(matches!(past_end, EngineError::OutOfRange { .. }));
-    assert_eq!(past_end.errno(), libc::EINVAL);
+    assert_eq!(past_end.errno(), libc::ENOSPC, "as NBD asks, on ublk too");
+    assert_eq!(past_end.kind(), ErrorKind::BadRequest);
     assert!(volume.discard(16 * MIB - 4096, 8192, false).await.is_err());
-    assert!(volume.read(u64::MAX - 4095, &mut buf).await.is_err());
+    let read_past_end = volume.read(u64::MAX - 4095, &mut buf).await.unwrap_err();
+    assert_eq!(read_past_end.errno(), libc::EINVAL);
+
+    volume.close().await.unwrap();
+    let closed = volume.write(0, &buf, false).await.unwrap_err();
+    assert_eq!(closed.kind(), ErrorKind::Closed, "{closed}");
+    assert_eq!(closed.errno(), libc::ESHUTDOWN);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

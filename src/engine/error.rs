@@ -106,6 +106,10 @@ pub enum EngineError {
         "the volume's {task} panicked ({message}): a bug in zeroblk, please report it; everything flushed is in the write-back log and is replayed when the volume is opened again"
     )]
     Panicked { task: &'static str, message: String },
+    #[error(
+        "volume `{0}` is closed: nothing more is served from this handle; open the volume again"
+    )]
+    Closed(String),
     #[error("volume stopped: {0}")]
     Stopped(Arc<EngineError>),
     #[error(transparent)]
@@ -114,13 +118,66 @@ pub enum EngineError {
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
 
+/// What kind of failure an error is: what a caller needs to decide what
+/// to do with it (retry, refuse, report, stop) without matching variants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The same request may succeed later (the store was unreachable).
+    Transient,
+    /// Another writer (or gc) owns the volume, or took it over.
+    Fenced,
+    /// What the store or the cache holds is damaged or missing.
+    Corrupt,
+    /// The volume was closed, or crashed: nothing more is served from it.
+    Closed,
+    /// The request itself is wrong (a bad range, name, size or password).
+    BadRequest,
+    /// The store, the log or the cache directory failed.
+    Io,
+}
+
 impl EngineError {
-    /// The errno a block request that failed this way completes with.
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            EngineError::Store(e) if e.is_transient() => ErrorKind::Transient,
+            EngineError::Store(_)
+            | EngineError::Log { .. }
+            | EngineError::CacheDir { .. }
+            | EngineError::Panicked { .. } => ErrorKind::Io,
+            EngineError::Format(_) | EngineError::MissingObject { .. } => ErrorKind::Corrupt,
+            EngineError::Fenced { .. }
+            | EngineError::LeaseLost { .. }
+            | EngineError::Leased { .. }
+            | EngineError::Busy { .. }
+            | EngineError::GcRunning { .. }
+            | EngineError::GcLeaseLost { .. } => ErrorKind::Fenced,
+            EngineError::NoSuchVolume(_)
+            | EngineError::VolumeExists(_)
+            | EngineError::InvalidArgument(_)
+            | EngineError::Unaligned { .. }
+            | EngineError::OutOfRange { .. }
+            | EngineError::GraceTooShort { .. }
+            | EngineError::PasswordNeeded(_)
+            | EngineError::WrongPassword(_)
+            | EngineError::Key { .. } => ErrorKind::BadRequest,
+            EngineError::Closed(_) => ErrorKind::Closed,
+            EngineError::Stopped(inner) | EngineError::Shared(inner) => inner.kind(),
+        }
+    }
+
+    /// The errno a block request that failed this way completes with, on
+    /// every transport.
     pub fn errno(&self) -> i32 {
         match self {
+            // The NBD protocol's answer to a write past the end.
+            EngineError::OutOfRange { op, .. } if matches!(*op, "write" | "write-zeroes") => {
+                libc::ENOSPC
+            }
             EngineError::Unaligned { .. }
             | EngineError::OutOfRange { .. }
             | EngineError::InvalidArgument(_) => libc::EINVAL,
+            EngineError::Closed(_) => libc::ESHUTDOWN,
             EngineError::Fenced { .. } | EngineError::LeaseLost { .. } => libc::EROFS,
             EngineError::Leased { .. } | EngineError::GcRunning { .. } => libc::EBUSY,
             EngineError::PasswordNeeded(_)
@@ -138,11 +195,7 @@ impl EngineError {
 
     /// Whether the same request could succeed if tried again later.
     pub fn is_transient(&self) -> bool {
-        match self {
-            EngineError::Store(e) => e.is_transient(),
-            EngineError::Shared(inner) => inner.is_transient(),
-            _ => false,
-        }
+        self.kind() == ErrorKind::Transient
     }
 }
 
@@ -196,5 +249,34 @@ mod tests {
             generation: 1,
         };
         assert_eq!(missing.errno(), libc::EIO);
+        assert_eq!(missing.kind(), ErrorKind::Corrupt);
+    }
+
+    #[test]
+    fn writes_past_the_end_are_enospc_and_reads_einval() {
+        let past_the_end = |op| EngineError::OutOfRange {
+            op,
+            offset: 8192,
+            len: 4096,
+            size: 8192,
+        };
+        assert_eq!(past_the_end("write").errno(), libc::ENOSPC);
+        assert_eq!(past_the_end("write-zeroes").errno(), libc::ENOSPC);
+        assert_eq!(past_the_end("read").errno(), libc::EINVAL);
+        assert_eq!(past_the_end("discard").errno(), libc::EINVAL);
+        assert_eq!(past_the_end("write").kind(), ErrorKind::BadRequest);
+    }
+
+    #[test]
+    fn a_closed_volume_is_closed_not_a_bad_request() {
+        let closed = EngineError::Stopped(Arc::new(EngineError::Closed("v".into())));
+        assert_eq!(closed.kind(), ErrorKind::Closed);
+        assert_eq!(closed.errno(), libc::ESHUTDOWN);
+        let fenced = EngineError::Shared(Arc::new(EngineError::LeaseLost {
+            name: "v".into(),
+            by: "pid 1 on h".into(),
+        }));
+        assert_eq!(fenced.kind(), ErrorKind::Fenced);
+        assert_eq!(fenced.errno(), libc::EROFS);
     }
 }

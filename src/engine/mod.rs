@@ -4,7 +4,10 @@
 //! (with FUA), `flush`, `discard` and `write_zeroes` on 4 KiB-aligned
 //! ranges, any number at once. Misaligned or out-of-range requests fail
 //! with [`EngineError::Unaligned`] or [`EngineError::OutOfRange`], whose
-//! [`EngineError::errno`] is `EINVAL`.
+//! [`EngineError::errno`] is `EINVAL` (`ENOSPC` for a write past the end,
+//! as NBD asks). [`EngineError::kind`] sorts every error into a few
+//! [`ErrorKind`]s for callers; `errno` is the one mapping both transports
+//! use.
 //!
 //! # Durability and consistency contract
 //!
@@ -108,7 +111,7 @@ pub use catalog::{
     MAX_VOLUME_SIZE, NewVolume, VolumeInfo, check_password, create, delete, delete_unused, info,
     list, read_volume_file, rekey, validate_size, write_volume_file,
 };
-pub use error::{EngineError, Result};
+pub use error::{EngineError, ErrorKind, Result};
 pub use gc::{GcOptions, GcReport, MIN_GRACE_WHILE_ATTACHED, collect as collect_garbage};
 pub use options::{Durability, EngineOptions};
 pub use read::{Extent, ReadData, ReadPart};

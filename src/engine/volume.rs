@@ -346,10 +346,8 @@ impl Volume {
             .release(&self.shared.store)
             .await?;
         self.shared.closing.store(true, Ordering::Release);
-        self.shared.fail(EngineError::InvalidArgument(format!(
-            "volume `{}` is closed",
-            self.name()
-        )));
+        self.shared
+            .fail(EngineError::Closed(self.name().to_string()));
         self.stop_tasks().await;
         // Chunks fetched last are on disk for the next open.
         self.shared.chunks.settle().await;
@@ -404,7 +402,7 @@ impl Volume {
         self.shared.log.abandon();
         drop(self.shared.segment_creation.lock().await);
         self.shared
-            .fail(EngineError::InvalidArgument("crashed".into()));
+            .fail(EngineError::Closed(self.name().to_string()));
         self.shared.lease.lock().await.holder_died();
         if power_loss {
             super::log::power_cut::cut_around(&self.shared.log.dir, seed);

@@ -300,16 +300,8 @@ async fn handle(
 
 type Failure = (u32, String);
 
-fn failure(request: &Request, error: EngineError) -> Failure {
-    let code = match error {
-        EngineError::OutOfRange { .. }
-            if matches!(request.kind, cmd::WRITE | cmd::WRITE_ZEROES) =>
-        {
-            errno::ENOSPC
-        }
-        ref other => errno::from_linux(other.errno()),
-    };
-    (code, error.to_string())
+fn failure(error: EngineError) -> Failure {
+    (errno::from_linux(error.errno()), error.to_string())
 }
 
 fn refuse(code: u32, message: &str) -> Failure {
@@ -339,7 +331,7 @@ async fn respond(
         cmd::BLOCK_STATUS => return block_status(session, request).await,
         _ => return Err(refuse(errno::EINVAL, "unknown command")),
     }
-    .map_err(|e| failure(request, e))?;
+    .map_err(failure)?;
     Ok(done_reply(session, request))
 }
 
@@ -379,7 +371,7 @@ async fn read(session: &Session, request: &Request) -> Result<Reply, Failure> {
         .volume
         .read_parts(request.offset, request.len as usize)
         .await
-        .map_err(|e| failure(request, e))?;
+        .map_err(failure)?;
     Ok(match session.structured {
         true => structured_read(
             request.cookie,
@@ -406,7 +398,7 @@ async fn block_status(session: &Session, request: &Request) -> Result<Reply, Fai
         .volume
         .allocation(request.offset, u64::from(request.len))
         .await
-        .map_err(|e| failure(request, e))?;
+        .map_err(failure)?;
     let extents = if request.has(cflags::REQ_ONE) {
         &extents[..1]
     } else {
