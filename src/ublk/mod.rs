@@ -185,8 +185,8 @@ enum Op {
     Read(u64, usize),
     Write(u64, WriteBuffer, bool),
     Flush,
-    Discard(u64, u64),
-    Zeroes(u64, u64),
+    Discard(u64, u64, bool),
+    Zeroes(u64, u64, bool),
 }
 
 /// The engine's answer: bytes done and read data, or an errno.
@@ -203,8 +203,8 @@ async fn execute(volume: Arc<Volume>, op: Op) -> Outcome {
         }
         Op::Write(offset, data, fua) => volume.write_buffer(offset, data, fua).await,
         Op::Flush => volume.flush().await,
-        Op::Discard(offset, len) => volume.discard(offset, len, false).await,
-        Op::Zeroes(offset, len) => volume.write_zeroes(offset, len, false).await,
+        Op::Discard(offset, len, fua) => volume.discard(offset, len, fua).await,
+        Op::Zeroes(offset, len, fua) => volume.write_zeroes(offset, len, fua).await,
     };
     done.map(|()| None).map_err(|e| e.errno())
 }
@@ -229,26 +229,36 @@ async fn complete(
     receive.await.unwrap_or(Err(libc::EIO))
 }
 
-/// Decodes the request in `tag`'s descriptor; the op first, since a
-/// FLUSH carries no range.
+/// Decodes the request in `tag`'s descriptor.
 fn decode(q: &UblkQueue, tag: u16, buf: &[u8]) -> Result<Op, i32> {
     let iod = q.get_iod(tag);
-    let op = iod.op_flags & 0xff;
-    let offset = iod.start_sector << 9;
-    let len = u64::from(iod.nr_sectors) << 9;
+    decode_request(iod.op_flags, iod.start_sector, iod.nr_sectors, buf)
+}
+
+/// A request from its descriptor's fields; the op first, since a FLUSH
+/// carries no range (its start sector is `u64::MAX`). FUA is honoured on
+/// writes, discards and write-zeroes alike, as over NBD.
+fn decode_request(
+    op_flags: u32,
+    start_sector: u64,
+    nr_sectors: u32,
+    buf: &[u8],
+) -> Result<Op, i32> {
+    let op = op_flags & 0xff;
+    let fua = op_flags & sys::UBLK_IO_F_FUA != 0;
+    if op == sys::UBLK_IO_OP_FLUSH {
+        return Ok(Op::Flush);
+    }
+    let offset = start_sector.checked_mul(512).ok_or(libc::EINVAL)?;
+    let len = u64::from(nr_sectors) << 9;
     match op {
-        sys::UBLK_IO_OP_FLUSH => Ok(Op::Flush),
         sys::UBLK_IO_OP_READ => Ok(Op::Read(offset, len as usize)),
         sys::UBLK_IO_OP_WRITE => {
             let data = WriteBuffer::copy_of(buf.get(..len as usize).ok_or(libc::EINVAL)?);
-            Ok(Op::Write(
-                offset,
-                data,
-                iod.op_flags & sys::UBLK_IO_F_FUA != 0,
-            ))
+            Ok(Op::Write(offset, data, fua))
         }
-        sys::UBLK_IO_OP_DISCARD => Ok(Op::Discard(offset, len)),
-        sys::UBLK_IO_OP_WRITE_ZEROES => Ok(Op::Zeroes(offset, len)),
+        sys::UBLK_IO_OP_DISCARD => Ok(Op::Discard(offset, len, fua)),
+        sys::UBLK_IO_OP_WRITE_ZEROES => Ok(Op::Zeroes(offset, len, fua)),
         _ => Err(libc::EOPNOTSUPP),
     }
 }
@@ -256,6 +266,10 @@ fn decode(q: &UblkQueue, tag: u16, buf: &[u8]) -> Result<Op, i32> {
 const EVENTFD_DATA: u64 = UblkUringData::Target as u64 | UblkUringData::NonAsync as u64 | 0xe7;
 
 fn queue_thread(qid: u16, dev: &UblkDev, volume: Arc<Volume>, runtime: tokio::runtime::Handle) {
+    // The 8 bytes the armed eventfd read lands in. Declared before the
+    // queue, so dropped after it: the ring the read is armed on is gone
+    // before its buffer is (see `event_loop`).
+    let mut wakeup_counter = WakeupCounter([0; 8]);
     // Requests run here when they need not wait: in the runtime's context,
     // so whatever they start (read-ahead, blocking log writes) goes to it.
     let _in_runtime = runtime.enter();
@@ -292,7 +306,7 @@ fn queue_thread(qid: u16, dev: &UblkDev, volume: Arc<Volume>, runtime: tokio::ru
         .collect();
     let run = Rc::clone(&executor);
     smol::block_on(executor.run(async move {
-        if let Err(error) = event_loop(&run, &queue, tasks, &wakeup).await {
+        if let Err(error) = event_loop(&run, &queue, tasks, &wakeup, &mut wakeup_counter).await {
             tracing::error!(%error, "ublk queue loop failed");
         }
     }));
@@ -332,6 +346,12 @@ async fn io_task(
     }
 }
 
+/// Where the ring's armed read of the wakeup eventfd puts the counter.
+/// Owned by the queue thread, declared before its queue: it outlives the
+/// ring, so the kernel never writes into freed memory, even for a read
+/// still armed when the queue goes down.
+struct WakeupCounter([u8; 8]);
+
 /// Sleeps in `io_uring_enter` on the queue ring (woken by the kernel's
 /// requests and, through the armed read, by the wakeup eventfd) and drives
 /// the io tasks until the queue is down. One syscall per turn submits the
@@ -341,22 +361,22 @@ async fn event_loop<T>(
     q: &UblkQueue<'_>,
     tasks: Vec<smol::Task<T>>,
     wakeup: &EventFd,
+    counter: &mut WakeupCounter,
 ) -> Result<(), UblkError> {
-    let mut counter = Box::new([0u8; 8]);
-    let arm = |counter: &mut [u8; 8]| {
-        let read = opcode::Read::new(
-            types::Fd(wakeup.as_fd().as_raw_fd()),
-            counter.as_mut_ptr(),
-            8,
-        )
-        .build()
-        .user_data(EVENTFD_DATA);
+    let counter = counter.0.as_mut_ptr();
+    let arm = || {
+        // SAFETY: `counter` points at 8 bytes owned by the queue thread
+        // that outlive the ring (`WakeupCounter`), and only this read
+        // writes them: one read is armed at a time, and the next is armed
+        // only after its completion was reaped. Nothing reads the bytes.
+        let read = opcode::Read::new(types::Fd(wakeup.as_fd().as_raw_fd()), counter, 8)
+            .build()
+            .user_data(EVENTFD_DATA);
         q.ublk_submit_sqe_sync(read)
     };
-    arm(&mut counter)?;
+    arm()?;
     let woken = std::cell::Cell::new(false);
     let poll = || async { libublk::uring_poll_io_fn::<io_uring::squeue::Entry>(q, None, 1) };
-    let counter_cell = std::cell::RefCell::new(counter);
     let reap = |poll_timeout| {
         let aborted = libublk::uring_async::ublk_reap_io_events_with_update_queue(
             q,
@@ -371,11 +391,44 @@ async fn event_loop<T>(
             },
         )?;
         if woken.replace(false) {
-            arm(&mut counter_cell.borrow_mut())?;
+            arm()?;
         }
         Ok(aborted)
     };
     let run = || while executor.try_tick() {};
     let done = || tasks.iter().all(|task| task.is_finished());
     libublk::run_uring_tasks(poll, reap, run, done).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECTORS_4K: u32 = 8;
+
+    #[test]
+    fn fua_is_honoured_on_writes_discards_and_write_zeroes() {
+        let fua = sys::UBLK_IO_F_FUA;
+        let buf = [7u8; 4096];
+        let write = decode_request(sys::UBLK_IO_OP_WRITE | fua, 8, SECTORS_4K, &buf);
+        assert!(matches!(write, Ok(Op::Write(4096, _, true))));
+        let discard = decode_request(sys::UBLK_IO_OP_DISCARD | fua, 8, SECTORS_4K, &[]);
+        assert!(matches!(discard, Ok(Op::Discard(4096, 4096, true))));
+        let zeroes = decode_request(sys::UBLK_IO_OP_WRITE_ZEROES | fua, 8, SECTORS_4K, &[]);
+        assert!(matches!(zeroes, Ok(Op::Zeroes(4096, 4096, true))));
+        let plain = decode_request(sys::UBLK_IO_OP_DISCARD, 8, SECTORS_4K, &[]);
+        assert!(matches!(plain, Ok(Op::Discard(4096, 4096, false))));
+    }
+
+    #[test]
+    fn a_flush_carries_no_range_and_odd_requests_are_refused() {
+        let flush = decode_request(sys::UBLK_IO_OP_FLUSH, u64::MAX, 0, &[]);
+        assert!(matches!(flush, Ok(Op::Flush)));
+        let past_u64 = decode_request(sys::UBLK_IO_OP_READ, u64::MAX, SECTORS_4K, &[]);
+        assert_eq!(past_u64.err(), Some(libc::EINVAL));
+        let short_buffer = decode_request(sys::UBLK_IO_OP_WRITE, 0, SECTORS_4K, &[0; 512]);
+        assert_eq!(short_buffer.err(), Some(libc::EINVAL));
+        let unknown = decode_request(0xfe, 0, SECTORS_4K, &[]);
+        assert_eq!(unknown.err(), Some(libc::EOPNOTSUPP));
+    }
 }
