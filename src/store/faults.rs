@@ -20,7 +20,7 @@ use futures::stream::BoxStream;
 use object_store::path::Path;
 use object_store::{
     CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    PutMultipartOptions, PutOptions, PutPayload, PutResult,
+    PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions,
 };
 
 /// One kind of failure.
@@ -178,7 +178,11 @@ impl fmt::Display for FaultyStore {
     }
 }
 
+/// Every method is forwarded, through the faults where it makes a
+/// request: a default method would reach the inner store by way of this
+/// one's, or not at all, and hide what the inner store does itself.
 #[async_trait]
+#[deny(clippy::missing_trait_methods)]
 impl ObjectStore for FaultyStore {
     async fn put_opts(
         &self,
@@ -204,6 +208,15 @@ impl ObjectStore for FaultyStore {
         options: GetOptions,
     ) -> object_store::Result<GetResult> {
         let request = self.inner.get_opts(location, options);
+        self.faults.run("GET", request).await
+    }
+
+    async fn get_ranges(
+        &self,
+        location: &Path,
+        ranges: &[std::ops::Range<u64>],
+    ) -> object_store::Result<Vec<bytes::Bytes>> {
+        let request = self.inner.get_ranges(location, ranges);
         self.faults.run("GET", request).await
     }
 
@@ -238,6 +251,19 @@ impl ObjectStore for FaultyStore {
         }
     }
 
+    fn list_with_offset(
+        &self,
+        prefix: Option<&Path>,
+        offset: &Path,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        match self.faults.draw() {
+            None | Some(Fault::Slow) => self.inner.list_with_offset(prefix, offset),
+            Some(_) => {
+                futures::stream::once(async { Err(injected("LIST", "listing failed")) }).boxed()
+            }
+        }
+    }
+
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
         let request = self.inner.list_with_delimiter(prefix);
         self.faults.run("LIST", request).await
@@ -249,7 +275,18 @@ impl ObjectStore for FaultyStore {
         to: &Path,
         options: CopyOptions,
     ) -> object_store::Result<()> {
-        self.inner.copy_opts(from, to, options).await
+        let request = self.inner.copy_opts(from, to, options);
+        self.faults.run("COPY", request).await
+    }
+
+    async fn rename_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: RenameOptions,
+    ) -> object_store::Result<()> {
+        let request = self.inner.rename_opts(from, to, options);
+        self.faults.run("RENAME", request).await
     }
 }
 
