@@ -7,12 +7,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{
-    ALL_BACKENDS, Backend, TestStore, block_of, engine_options, new_volume, read_tags, write_tags,
+    ALL_BACKENDS, Backend, TestStore, block_of, create_and_open, create_and_open_with,
+    engine_options, new_volume, read_tags, write_tags,
 };
 use zeroblk::engine::{self, Durability, EngineError, EngineOptions, ErrorKind, Volume};
 use zeroblk::format::{Root, keys};
 
 const MIB: u64 = 1 << 20;
+
+/// Options that leave everything in the log: no commit unless asked.
+fn never_commit(options: &mut EngineOptions) {
+    options.commit_interval = Duration::from_secs(3600);
+}
 
 async fn for_each_backend<F, Fut>(test: F)
 where
@@ -29,13 +35,7 @@ where
 async fn writes_survive_close_and_a_wiped_cache() {
     for_each_backend(|backend| async move {
         let store = TestStore::new(backend);
-        engine::create(&store.store, &new_volume("v", 64 * MIB, 1 << 20))
-            .await
-            .unwrap();
-        let cache = tempfile::tempdir().unwrap();
-        let volume = Volume::open(&store.store, "v", engine_options(cache.path()))
-            .await
-            .unwrap();
+        let (volume, _cache) = create_and_open(&store.store, "v", 64 * MIB, 1 << 20).await;
         // Partial chunk, chunk-spanning and whole-chunk writes.
         write_tags(&volume, 3, &[11, 12]).await;
         write_tags(&volume, 255, &[21, 22, 23]).await;
@@ -65,15 +65,8 @@ async fn writes_survive_close_and_a_wiped_cache() {
 async fn a_crash_replays_the_log() {
     for_each_backend(|backend| async move {
         let store = TestStore::new(backend);
-        engine::create(&store.store, &new_volume("v", 16 * MIB, 64 << 10))
-            .await
-            .unwrap();
-        let cache = tempfile::tempdir().unwrap();
-        let mut options = engine_options(cache.path());
-        options.commit_interval = Duration::from_secs(3600);
-        let volume = Volume::open(&store.store, "v", options.clone())
-            .await
-            .unwrap();
+        let (volume, _cache, options) =
+            create_and_open_with(&store.store, "v", 16 * MIB, 64 << 10, never_commit).await;
         write_tags(&volume, 0, &[1, 2, 3]).await;
         volume.flush().await.unwrap();
         write_tags(&volume, 1, &[7]).await;
@@ -159,15 +152,8 @@ fn tear_log_block(dir: &std::path::Path, tag: u64) {
 /// commits only at close: what is written to it stays in its log.
 async fn uncommitted_volume() -> (TestStore, tempfile::TempDir, EngineOptions, Volume) {
     let store = TestStore::new(Backend::File);
-    engine::create(&store.store, &new_volume("v", 16 * MIB, 64 << 10))
-        .await
-        .unwrap();
-    let cache = tempfile::tempdir().unwrap();
-    let mut options = engine_options(cache.path());
-    options.commit_interval = Duration::from_secs(3600);
-    let volume = Volume::open(&store.store, "v", options.clone())
-        .await
-        .unwrap();
+    let (volume, cache, options) =
+        create_and_open_with(&store.store, "v", 16 * MIB, 64 << 10, never_commit).await;
     (store, cache, options, volume)
 }
 
@@ -312,16 +298,12 @@ async fn a_late_commit_cannot_land_after_a_restart_and_another_writers_root_fenc
 async fn a_lost_cache_dir_opens_at_the_last_commit() {
     for_each_backend(|backend| async move {
         let store = TestStore::new(backend);
-        engine::create(&store.store, &new_volume("v", 16 * MIB, 64 << 10))
-            .await
-            .unwrap();
-        let cache = tempfile::tempdir().unwrap();
-        let mut options = engine_options(cache.path());
-        options.durability = Durability::Remote;
-        options.commit_interval = Duration::from_secs(3600);
-        let volume = Volume::open(&store.store, "v", options.clone())
-            .await
-            .unwrap();
+        let (volume, cache, _) =
+            create_and_open_with(&store.store, "v", 16 * MIB, 64 << 10, |options| {
+                options.durability = Durability::Remote;
+                never_commit(options);
+            })
+            .await;
         write_tags(&volume, 10, &[5, 6]).await;
         volume.flush().await.unwrap();
         write_tags(&volume, 10, &[8]).await;
@@ -346,13 +328,7 @@ async fn discarding_two_tebibytes_uploads_only_map_pages() {
     for_each_backend(|backend| async move {
         let store = TestStore::new(backend);
         let size = 2 << 40;
-        engine::create(&store.store, &new_volume("big", size, 1 << 20))
-            .await
-            .unwrap();
-        let cache = tempfile::tempdir().unwrap();
-        let volume = Volume::open(&store.store, "big", engine_options(cache.path()))
-            .await
-            .unwrap();
+        let (volume, cache) = create_and_open(&store.store, "big", size, 1 << 20).await;
         write_tags(&volume, 0, &[1]).await;
         write_tags(&volume, (size / 4096) - 1, &[2]).await;
         volume.close().await.unwrap();
@@ -387,13 +363,7 @@ async fn discarding_two_tebibytes_uploads_only_map_pages() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn opening_a_large_volume_reads_a_handful_of_objects() {
     let store = TestStore::new(Backend::Memory);
-    engine::create(&store.store, &new_volume("tib", 1 << 40, 1 << 20))
-        .await
-        .unwrap();
-    let cache = tempfile::tempdir().unwrap();
-    let volume = Volume::open(&store.store, "tib", engine_options(cache.path()))
-        .await
-        .unwrap();
+    let (volume, cache) = create_and_open(&store.store, "tib", 1 << 40, 1 << 20).await;
     for i in 0..64u64 {
         write_tags(&volume, i * (1 << 18), &[i + 1]).await;
     }
@@ -464,13 +434,7 @@ async fn a_second_writer_is_refused_and_a_forced_takeover_fences_the_first() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_host_cannot_open_a_volume_twice() {
     let store = TestStore::new(Backend::Memory);
-    engine::create(&store.store, &new_volume("v", 16 * MIB, 64 << 10))
-        .await
-        .unwrap();
-    let cache = tempfile::tempdir().unwrap();
-    let _first = Volume::open(&store.store, "v", engine_options(cache.path()))
-        .await
-        .unwrap();
+    let (_first, cache) = create_and_open(&store.store, "v", 16 * MIB, 64 << 10).await;
     let second = Volume::open(&store.store, "v", engine_options(cache.path())).await;
     assert!(matches!(second, Err(EngineError::Busy { .. })));
 }
@@ -478,13 +442,7 @@ async fn one_host_cannot_open_a_volume_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_requests_are_typed_errors() {
     let store = TestStore::new(Backend::Memory);
-    engine::create(&store.store, &new_volume("v", 16 * MIB, 64 << 10))
-        .await
-        .unwrap();
-    let cache = tempfile::tempdir().unwrap();
-    let volume = Volume::open(&store.store, "v", engine_options(cache.path()))
-        .await
-        .unwrap();
+    let (volume, _cache) = create_and_open(&store.store, "v", 16 * MIB, 64 << 10).await;
     let mut buf = vec![0u8; 4096];
     let unaligned = volume.read(100, &mut buf).await.unwrap_err();
     assert_eq!(unaligned.errno(), libc::EINVAL);
@@ -505,13 +463,12 @@ async fn bad_requests_are_typed_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn writers_wait_at_the_dirty_limit_and_everything_lands() {
     let store = TestStore::new(Backend::S3);
-    engine::create(&store.store, &new_volume("v", 64 * MIB, 64 << 10))
-        .await
-        .unwrap();
-    let cache = tempfile::tempdir().unwrap();
-    let mut options = engine_options(cache.path());
-    options.max_dirty_bytes = 1 << 20;
-    let volume = Arc::new(Volume::open(&store.store, "v", options).await.unwrap());
+    let (volume, _cache, _) =
+        create_and_open_with(&store.store, "v", 64 * MIB, 64 << 10, |options| {
+            options.max_dirty_bytes = 1 << 20;
+        })
+        .await;
+    let volume = Arc::new(volume);
     let writers = (0..8u64).map(|w| {
         let volume = Arc::clone(&volume);
         tokio::spawn(async move {
@@ -538,13 +495,7 @@ async fn writers_wait_at_the_dirty_limit_and_everything_lands() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn growing_a_volume_keeps_its_data() {
     let store = TestStore::new(Backend::File);
-    engine::create(&store.store, &new_volume("v", 4 * MIB, 1 << 20))
-        .await
-        .unwrap();
-    let cache = tempfile::tempdir().unwrap();
-    let volume = Volume::open(&store.store, "v", engine_options(cache.path()))
-        .await
-        .unwrap();
+    let (volume, cache) = create_and_open(&store.store, "v", 4 * MIB, 1 << 20).await;
     write_tags(&volume, 1023, &[9]).await;
     assert!(
         volume.resize(2 * MIB).await.is_err(),
@@ -574,17 +525,15 @@ async fn growing_a_volume_keeps_its_data() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_log_on_disk_stays_within_its_bound() {
     let store = TestStore::new(Backend::Memory);
-    engine::create(&store.store, &new_volume("v", 16 * MIB, 64 << 10))
-        .await
-        .unwrap();
-    let cache = tempfile::tempdir().unwrap();
-    let mut options = engine_options(cache.path());
-    options.max_dirty_bytes = 1 << 20;
-    options.log_segment_bytes = 256 << 20;
-    options.disk_cache_bytes = 0;
+    let (volume, cache, options) =
+        create_and_open_with(&store.store, "v", 16 * MIB, 64 << 10, |options| {
+            options.max_dirty_bytes = 1 << 20;
+            options.log_segment_bytes = 256 << 20;
+            options.disk_cache_bytes = 0;
+        })
+        .await;
     let bound = options.log_disk_bytes();
     assert_eq!(bound, 7 << 20);
-    let volume = Volume::open(&store.store, "v", options).await.unwrap();
     let mut rng = fastrand::Rng::with_seed(7);
     let mut largest = 0;
     for i in 0..1024u64 {
@@ -630,18 +579,14 @@ async fn the_log_on_disk_stays_within_its_bound() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reads_beyond_the_memory_cache_come_from_the_disk_tier() {
     let store = TestStore::new(Backend::Memory);
-    engine::create(&store.store, &new_volume("v", 64 * MIB, MIB))
-        .await
-        .unwrap();
-    let cache = tempfile::tempdir().unwrap();
-    let mut options = engine_options(cache.path());
-    options.memory_cache_bytes = 8 * MIB;
-    options.disk_cache_bytes = 64 * MIB;
+    let (volume, _cache, options) =
+        create_and_open_with(&store.store, "v", 64 * MIB, MIB, |options| {
+            options.memory_cache_bytes = 8 * MIB;
+            options.disk_cache_bytes = 64 * MIB;
+        })
+        .await;
     let blocks = 32 * MIB / 4096;
     let tags: Vec<u64> = (0..blocks).map(|b| b * 7 + 1).collect();
-    let volume = Volume::open(&store.store, "v", options.clone())
-        .await
-        .unwrap();
     write_tags(&volume, 0, &tags).await;
     volume.close().await.unwrap();
     drop(volume);

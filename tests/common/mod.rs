@@ -119,14 +119,29 @@ pub async fn create_and_open(
     size: u64,
     chunk_size: u64,
 ) -> (zeroblk::engine::Volume, tempfile::TempDir) {
+    let (volume, cache, _) = create_and_open_with(store, name, size, chunk_size, |_| {}).await;
+    (volume, cache)
+}
+
+/// [`create_and_open`], with the test options as `adjust` leaves them;
+/// returns those options too, for opening the volume again.
+pub async fn create_and_open_with(
+    store: &Store,
+    name: &str,
+    size: u64,
+    chunk_size: u64,
+    adjust: impl FnOnce(&mut EngineOptions),
+) -> (zeroblk::engine::Volume, tempfile::TempDir, EngineOptions) {
     zeroblk::engine::create(store, &new_volume(name, size, chunk_size))
         .await
         .expect("create the volume");
     let cache = tempfile::tempdir().expect("temporary directory");
-    let volume = zeroblk::engine::Volume::open(store, name, engine_options(cache.path()))
+    let mut options = engine_options(cache.path());
+    adjust(&mut options);
+    let volume = zeroblk::engine::Volume::open(store, name, options.clone())
         .await
         .expect("open the volume");
-    (volume, cache)
+    (volume, cache, options)
 }
 
 pub fn new_volume(name: &str, size: u64, chunk_size: u64) -> NewVolume {
