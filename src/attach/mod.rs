@@ -54,8 +54,10 @@ pub enum AttachError {
         "the kernel ublk driver is not loaded (no /dev/ublk-control): run `modprobe ublk_drv` (CONFIG_BLK_DEV_UBLK, Linux 6.0+), or use --transport nbd"
     )]
     NoUblk,
-    #[error("the ublk device failed: {0}")]
-    Ublk(String),
+    #[error(
+        "the ublk device failed: {0}; `dmesg` may say more, and `--transport nbd` attaches without ublk"
+    )]
+    Ublk(crate::ublk::UblkFailure),
     #[error(
         "the kernel NBD driver is not loaded (no /dev/nbd0): run `modprobe nbd` (CONFIG_BLK_DEV_NBD), or use `zeroblk serve`"
     )]

@@ -48,10 +48,31 @@ pub fn available() -> bool {
     std::path::Path::new("/dev/ublk-control").exists()
 }
 
+/// Why a ublk device could not be started, served or removed.
+#[derive(Debug, thiserror::Error)]
+pub enum UblkFailure {
+    #[error("cannot start the ublk thread: {0}")]
+    Thread(std::io::Error),
+    #[error("the ublk thread ended before the device started")]
+    EndedEarly,
+    #[error("the ublk thread panicked (a bug in zeroblk, please report it)")]
+    Panicked,
+    /// A step of libublk's, and its reason (in the message, not as a
+    /// source: the CLI prints sources after the message).
+    #[error("{step}: {reason}")]
+    Step { step: String, reason: UblkError },
+}
+
+/// Names the step a libublk error comes from.
+fn at(step: impl Into<String>) -> impl FnOnce(UblkError) -> UblkFailure {
+    let step = step.into();
+    move |reason| UblkFailure::Step { step, reason }
+}
+
 /// A ublk device served by a thread of its own.
 pub struct UblkDevice {
     dev_id: u32,
-    server: Option<JoinHandle<Result<(), String>>>,
+    server: Option<JoinHandle<Result<(), UblkFailure>>>,
 }
 
 impl UblkDevice {
@@ -60,26 +81,24 @@ impl UblkDevice {
         volume: Arc<Volume>,
         runtime: tokio::runtime::Handle,
         options: UblkOptions,
-    ) -> Result<UblkDevice, String> {
-        let (ready, started) = std::sync::mpsc::channel::<Result<u32, String>>();
-        let failed = ready.clone();
+    ) -> Result<UblkDevice, UblkFailure> {
+        // The thread sends the device's id once it is live; if it ends
+        // first, the channel closes and its own result says why.
+        let (ready, started) = std::sync::mpsc::channel::<u32>();
         let server = std::thread::Builder::new()
             .name("ublk-ctrl".into())
-            .spawn(move || {
-                let outcome = serve(volume, runtime, options, ready);
-                if let Err(error) = &outcome {
-                    let _ = failed.send(Err(error.clone()));
-                }
-                outcome
-            })
-            .map_err(|e| format!("cannot start the ublk thread: {e}"))?;
+            .spawn(move || serve(volume, runtime, options, ready))
+            .map_err(UblkFailure::Thread)?;
         match started.recv() {
-            Ok(Ok(dev_id)) => Ok(UblkDevice {
+            Ok(dev_id) => Ok(UblkDevice {
                 dev_id,
                 server: Some(server),
             }),
-            Ok(Err(error)) => Err(error),
-            Err(_) => Err("the ublk thread ended before the device started".into()),
+            Err(_) => match server.join() {
+                Ok(Err(failure)) => Err(failure),
+                Ok(Ok(())) => Err(UblkFailure::EndedEarly),
+                Err(_) => Err(UblkFailure::Panicked),
+            },
         }
     }
 
@@ -88,16 +107,16 @@ impl UblkDevice {
     }
 
     /// Stops and deletes the device, after the requests in flight.
-    pub fn stop(mut self) -> Result<(), String> {
-        let ctrl =
-            UblkCtrl::new_simple(self.dev_id as i32).map_err(|e| format!("ublk control: {e}"))?;
-        ctrl.kill_dev()
-            .map_err(|e| format!("stopping ublk device: {e}"))?;
+    pub fn stop(mut self) -> Result<(), UblkFailure> {
+        let device = self.path();
+        let ctrl = UblkCtrl::new_simple(self.dev_id as i32)
+            .map_err(at(format!("opening the control device of {device}")))?;
+        ctrl.kill_dev().map_err(at(format!("stopping {device}")))?;
         let served = self.server.take().map(|t| t.join());
         let _ = ctrl.del_dev();
         match served {
             Some(Ok(result)) => result,
-            _ => Err("the ublk thread panicked".into()),
+            _ => Err(UblkFailure::Panicked),
         }
     }
 }
@@ -111,13 +130,13 @@ pub fn device_id(path: &str) -> Option<u32> {
 /// recovery, its requests wait for a new daemon; this fails them instead
 /// (a filesystem on it sees I/O errors) and removes `/dev/ublkbN`. The
 /// delete is asynchronous: it does not wait for a mount of the device to go.
-pub fn remove_orphan(dev_id: u32) -> Result<(), String> {
+pub fn remove_orphan(dev_id: u32) -> Result<(), UblkFailure> {
     let ctrl = UblkCtrl::new_simple(dev_id as i32)
-        .map_err(|e| format!("/dev/ublkb{dev_id} has no ublk control device: {e}"))?;
+        .map_err(at(format!("/dev/ublkb{dev_id} has no ublk control device")))?;
     ctrl.kill_dev()
-        .map_err(|e| format!("cannot stop /dev/ublkb{dev_id}: {e}"))?;
+        .map_err(at(format!("cannot stop /dev/ublkb{dev_id}")))?;
     ctrl.del_dev_async()
-        .map_err(|e| format!("cannot delete /dev/ublkb{dev_id}: {e}"))?;
+        .map_err(at(format!("cannot delete /dev/ublkb{dev_id}")))?;
     Ok(())
 }
 
@@ -125,8 +144,8 @@ fn serve(
     volume: Arc<Volume>,
     runtime: tokio::runtime::Handle,
     options: UblkOptions,
-    ready: std::sync::mpsc::Sender<Result<u32, String>>,
-) -> Result<(), String> {
+    ready: std::sync::mpsc::Sender<u32>,
+) -> Result<(), UblkFailure> {
     let max_io = 1u32 << 20;
     // With user recovery, requests in flight when a daemon dies wait for
     // the next one (reissued, as block writes are idempotent) instead of
@@ -136,7 +155,7 @@ fn serve(
         Some(dev_id) => {
             UblkCtrl::new_simple(dev_id as i32)
                 .and_then(|ctrl| ctrl.start_user_recover())
-                .map_err(|e| format!("cannot start recovering /dev/ublkb{dev_id}: {e}"))?;
+                .map_err(at(format!("cannot start recovering /dev/ublkb{dev_id}")))?;
             (dev_id as i32, UblkFlags::UBLK_DEV_F_RECOVER_DEV)
         }
         None => (-1, UblkFlags::UBLK_DEV_F_ADD_DEV),
@@ -150,7 +169,7 @@ fn serve(
         .ctrl_flags(ctrl_flags)
         .dev_flags(dev_flags)
         .build()
-        .map_err(|e| format!("cannot set up the ublk device: {e}"))?;
+        .map_err(at("cannot set up the ublk device"))?;
     let size = volume.size();
     let chunk_size = volume.chunk_size();
     let tgt_init = move |dev: &mut UblkDev| {
@@ -173,11 +192,11 @@ fn serve(
         queue_thread(qid, dev, Arc::clone(&queue_volume), runtime.clone())
     };
     let started = move |ctrl: &UblkCtrl| {
-        let _ = ready.send(Ok(ctrl.dev_info().dev_id));
+        let _ = ready.send(ctrl.dev_info().dev_id);
     };
     ctrl.run_target(tgt_init, queue_fn, started)
         .map(drop)
-        .map_err(|e| format!("ublk target failed: {e}"))
+        .map_err(at("the ublk target failed"))
 }
 
 /// A request to run on the engine.
