@@ -1,11 +1,15 @@
-//! The on-store format, version 2. Everything zeroblk writes to an object
-//! store is defined here; nothing else decides what a byte in the bucket means.
+//! The on-store format, version 4 ([`FORMAT_VERSION`]). The volume's data
+//! and map are defined here; the few small records beside them are
+//! defined where they are used, and the table below says where. Nothing
+//! else decides what a byte in the bucket means.
 //!
 //! Version 2 added packs: map pages say where each chunk object is, and
-//! roots, pages and chunks carry version 2, so an older zeroblk refuses
-//! such a volume with "upgrade zeroblk" instead of misreading it. Version 1
-//! objects are still read, and a version 1 volume goes on in version 2 at
-//! its next commit.
+//! roots, pages and chunks carry their version, so an older zeroblk refuses
+//! such a volume with "upgrade zeroblk" instead of misreading it. Version 3
+//! objects are what this build writes ([`OBJECT_VERSION`]); version 4 marks
+//! the superblock of an encrypted volume, whose objects are sealed
+//! ([`codec`]). Older objects are still read, and an older volume goes on
+//! in the current version at its next commit.
 //!
 //! # Objects
 //!
@@ -17,6 +21,12 @@
 //! | `pages/XX/ID` | [`MapPage`]: [`PAGE_ENTRIES`] chunk references | immutable, content addressed |
 //! | `packs/XX/ID` | chunk objects of one commit, back to back ([`pack`]) | immutable, content addressed |
 //! | `chunks/XX/ID` | a chunk object of its own | immutable, content addressed |
+//! | `volumes/NAME/lease` | the writer's lease (JSON, `LeaseRecord` in `engine/lease.rs`) | replaced only by conditional writes |
+//! | `gc/lease` | gc's lease, the same record ([`keys::GC_LEASE`], `engine/gc.rs`) | replaced only by conditional writes |
+//! | `volumes/NAME/provision.json` | what `--provision` set up on the volume (`provision/mod.rs`) | overwritten |
+//! | `probes/fencing-UUID` | a probe of whether the store enforces conditional writes (`store/mod.rs`) | written, then deleted |
+//!
+//! gc's barrier is a root like any other (`RootKind::GcBarrier`).
 //!
 //! `ID` is the lowercase hex BLAKE3 hash of the object's plaintext (of a
 //! pack: of its bytes) and `XX` its first two characters, which spreads
