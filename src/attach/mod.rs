@@ -18,6 +18,9 @@ pub mod daemon;
 mod hook;
 mod mountinfo;
 pub mod namespace;
+pub mod orphan;
+
+pub use crate::ublk::UblkOptions;
 pub mod registry;
 
 use std::str::FromStr;
@@ -76,6 +79,23 @@ pub enum AttachError {
     },
     #[error("{0} is not attached: `zeroblk list` shows what is")]
     NotAttached(String),
+    #[error("volume {0} has no device to recover: attach it normally")]
+    NothingToRecover(String),
+    #[error("volume {name} is served by a live daemon (pid {pid}): nothing to recover")]
+    RecoverLive { name: String, pid: u32 },
+    #[error(
+        "{0} is not a ublk device: only ublk devices can be recovered; detach and attach again"
+    )]
+    RecoverNotUblk(String),
+    #[error(
+        "the daemon of {name} (pid {pid}) is gone, and its device {device} cannot be removed: {failure}"
+    )]
+    OrphanStays {
+        name: String,
+        pid: u32,
+        device: String,
+        failure: crate::ublk::UblkFailure,
+    },
     /// Provisioning (the filesystem, its mount, its NFS export) failed.
     #[error("{0}")]
     Provision(String),

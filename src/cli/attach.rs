@@ -11,7 +11,7 @@ use anyhow::Context;
 use super::nbd_tls::TlsArgs;
 use super::settings::{EngineArgs, Settings};
 use crate::attach::daemon::{self, AttachOptions};
-use crate::attach::{AttachError, Transport, choose_transport, registry};
+use crate::attach::{AttachError, Transport, UblkOptions, choose_transport, orphan, registry};
 use crate::engine::{self, EngineError, NewVolume, Volume};
 use crate::format::{Compression, DEFAULT_CHUNK_SIZE};
 use crate::nbd::ListenAddr;
@@ -105,7 +105,7 @@ pub async fn attach(args: AttachArgs, settings: &Settings) -> anyhow::Result<()>
     let nbd_tls = args.nbd_tls.load(&args.nbd_listen)?;
     let dir = registry::runtime_dir();
     let recover = if args.recover {
-        Some(device_to_recover(&dir, &args.name)?)
+        Some(orphan::device_to_recover(&dir, &args.name)?)
     } else {
         None
     };
@@ -130,7 +130,7 @@ pub async fn attach(args: AttachArgs, settings: &Settings) -> anyhow::Result<()>
         nbd_listen: args.nbd_listen.clone(),
         nbd_tls,
         store_url: store.url().to_string(),
-        ublk: crate::ublk::UblkOptions {
+        ublk: UblkOptions {
             queues: args.queues,
             depth: args.depth,
             recover,
@@ -144,23 +144,6 @@ pub async fn attach(args: AttachArgs, settings: &Settings) -> anyhow::Result<()>
     })
     .await?;
     Ok(())
-}
-
-/// The ublk device id a dead daemon left in the registry.
-fn device_to_recover(dir: &std::path::Path, name: &str) -> anyhow::Result<u32> {
-    let record = registry::find(dir, name)?
-        .with_context(|| format!("volume {name} has no device to recover: attach it normally"))?;
-    anyhow::ensure!(
-        !record.daemon_alive(),
-        "volume {name} is served by a live daemon (pid {}): nothing to recover",
-        record.pid
-    );
-    crate::ublk::device_id(&record.device).with_context(|| {
-        format!(
-            "{} is not a ublk device: only ublk devices can be recovered; detach and attach again",
-            record.device
-        )
-    })
 }
 
 /// The provisioning to bring up: the flags given, over what the volume
@@ -377,22 +360,10 @@ pub async fn detach(target: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Detaching a volume whose daemon died: its ublk device, which would
-/// hold requests forever waiting for `attach --recover`, is deleted, and
-/// the record goes. Writes the daemon acknowledged are in the cache's
-/// write-back log, and the next attach replays them.
+/// Detaching a volume whose daemon died: its device and record go (see
+/// `attach::orphan::remove_dead`).
 fn detach_dead(dir: &std::path::Path, record: &registry::AttachRecord) -> anyhow::Result<()> {
-    if let Some(dev_id) = crate::ublk::device_id(&record.device) {
-        crate::ublk::remove_orphan(dev_id).map_err(|e| {
-            anyhow::anyhow!(
-                "the daemon of {} (pid {}) is gone, and its device {} cannot be removed: {e}",
-                record.name,
-                record.pid,
-                record.device
-            )
-        })?;
-    }
-    registry::remove(dir, &record.name);
+    orphan::remove_dead(dir, record)?;
     outln!(
         "the daemon of {} (pid {}) had died (its log: {}); removed {}. Writes it acknowledged are in the cache's write-back log: `zeroblk attach {}` replays them",
         record.name,
