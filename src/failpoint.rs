@@ -49,10 +49,7 @@ pub fn hit(name: &str) {
     if !configured {
         return;
     }
-    let on_a_worker = tokio::runtime::Handle::try_current().is_ok_and(|runtime| {
-        runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
-    });
-    match on_a_worker {
+    match crate::inline::may_block_in_place() {
         true => tokio::task::block_in_place(|| fail::eval(name, |_| ())),
         false => fail::eval(name, |_| ()),
     };

@@ -196,10 +196,7 @@ pub(super) async fn durability_worker(
 /// [`Shared::publish_durable`] refuses what it synced once the volume has
 /// stopped.
 async fn sync_here<T: Send + 'static>(sync: impl FnOnce() -> T + Send + 'static) -> T {
-    let may_block = tokio::runtime::Handle::try_current().is_ok_and(|runtime| {
-        runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
-    });
-    match may_block {
+    match crate::inline::may_block_in_place() {
         true => tokio::task::block_in_place(sync),
         false => tokio::task::spawn_blocking(sync)
             .await

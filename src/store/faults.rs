@@ -170,6 +170,20 @@ impl FaultyStore {
     pub(super) fn new(inner: Arc<dyn ObjectStore>, faults: Faults) -> FaultyStore {
         FaultyStore { inner, faults }
     }
+
+    /// A listing, or one that fails at once when a fault is drawn (a slow
+    /// fault lists as usual).
+    fn listing(
+        &self,
+        list: impl FnOnce() -> BoxStream<'static, object_store::Result<ObjectMeta>>,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        match self.faults.draw() {
+            None | Some(Fault::Slow) => list(),
+            Some(_) => {
+                futures::stream::once(async { Err(injected("LIST", "listing failed")) }).boxed()
+            }
+        }
+    }
 }
 
 impl fmt::Display for FaultyStore {
@@ -243,12 +257,7 @@ impl ObjectStore for FaultyStore {
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        match self.faults.draw() {
-            None | Some(Fault::Slow) => self.inner.list(prefix),
-            Some(_) => {
-                futures::stream::once(async { Err(injected("LIST", "listing failed")) }).boxed()
-            }
-        }
+        self.listing(|| self.inner.list(prefix))
     }
 
     fn list_with_offset(
@@ -256,12 +265,7 @@ impl ObjectStore for FaultyStore {
         prefix: Option<&Path>,
         offset: &Path,
     ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        match self.faults.draw() {
-            None | Some(Fault::Slow) => self.inner.list_with_offset(prefix, offset),
-            Some(_) => {
-                futures::stream::once(async { Err(injected("LIST", "listing failed")) }).boxed()
-            }
-        }
+        self.listing(|| self.inner.list_with_offset(prefix, offset))
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
