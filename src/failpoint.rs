@@ -49,7 +49,7 @@ pub fn hit(name: &str) {
     if !configured {
         return;
     }
-    match crate::inline::may_block_in_place() {
+    match crate::blocking::may_block_in_place() {
         true => tokio::task::block_in_place(|| fail::eval(name, |_| ())),
         false => fail::eval(name, |_| ()),
     };

@@ -18,13 +18,6 @@ pub fn poll_once<F: Future + ?Sized>(future: Pin<&mut F>) -> Poll<F::Output> {
     future.poll(&mut Context::from_waker(Waker::noop()))
 }
 
-/// Whether `tokio::task::block_in_place` may be called here: inside a
-/// multi-threaded runtime (it panics on a current-thread one).
-pub fn may_block_in_place() -> bool {
-    tokio::runtime::Handle::try_current()
-        .is_ok_and(|runtime| runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

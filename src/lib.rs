@@ -16,12 +16,14 @@
 //!   NFS share (the only module that runs system tools);
 //! - [`cli`] and [`config`]: the command line and its configuration file;
 //! - [`inline`]: running a request where it arrived when it need not wait;
+//!   [`blocking`]: blocking work run from async code;
 //! - [`size`] and [`process`]: byte sizes, and whether a process runs;
 //! - [`failpoint`]: named points where tests pause or fail an actor
 //!   (compiled in only for tests).
 #![deny(unsafe_code)]
 
 pub mod attach;
+pub mod blocking;
 pub mod cache;
 pub mod cli;
 pub mod config;

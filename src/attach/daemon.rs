@@ -101,9 +101,7 @@ pub async fn run(
             let (volume, options) = (Arc::clone(&volume), options.ublk);
             let runtime = tokio::runtime::Handle::current();
             let started =
-                tokio::task::spawn_blocking(move || UblkDevice::start(volume, runtime, options))
-                    .await
-                    .expect("ublk setup does not panic");
+                crate::blocking::run(move || UblkDevice::start(volume, runtime, options)).await;
             Device::Ublk(started.map_err(AttachError::Ublk)?)
         }
         Transport::Nbd | Transport::Auto => {
@@ -213,14 +211,12 @@ async fn connect_kernel_nbd(
     };
     let theirs: OwnedFd = theirs.into();
     let device_path = path.clone();
-    let device =
-        tokio::task::spawn_blocking(move || NbdDevice::connect(&device_path, theirs, config))
-            .await
-            .expect("device setup does not panic")
-            .map_err(|source| AttachError::Device {
-                device: path.display().to_string(),
-                source,
-            })?;
+    let device = crate::blocking::run(move || NbdDevice::connect(&device_path, theirs, config))
+        .await
+        .map_err(|source| AttachError::Device {
+            device: path.display().to_string(),
+            source,
+        })?;
     Ok((device, serving))
 }
 
@@ -320,9 +316,8 @@ async fn shut_down(
     let device_name = device.path();
     match device {
         Device::Nbd(device, kernel_connection) => {
-            tokio::task::spawn_blocking(move || device.disconnect())
+            crate::blocking::run(move || device.disconnect())
                 .await
-                .expect("disconnect does not panic")
                 .map_err(|source| AttachError::Device {
                     device: device_name,
                     source,
@@ -330,9 +325,8 @@ async fn shut_down(
             let _ = kernel_connection.await;
         }
         Device::Ublk(device) => {
-            tokio::task::spawn_blocking(move || device.stop())
+            crate::blocking::run(move || device.stop())
                 .await
-                .expect("ublk stop does not panic")
                 .map_err(AttachError::Ublk)?;
         }
     }

@@ -39,7 +39,7 @@ async fn run(args: Vec<String>) -> Result<(), AttachError> {
         what: "finding the zeroblk binary".into(),
         source,
     })?;
-    let output = tokio::task::spawn_blocking(move || {
+    let output = crate::blocking::run(move || {
         host_command(&exe)
             .arg("provision-hook")
             .args(&args)
@@ -47,7 +47,6 @@ async fn run(args: Vec<String>) -> Result<(), AttachError> {
             .output()
     })
     .await
-    .expect("running the hook does not panic")
     .map_err(|source| AttachError::Io {
         what: "running zeroblk provision-hook".into(),
         source,

@@ -174,10 +174,7 @@ impl ChunkCache {
             true => disk.load_range(&id, range),
             false => {
                 let disk = disk.clone();
-                tokio::task::spawn_blocking(move || disk.load_range(&id, range))
-                    .await
-                    .ok()
-                    .flatten()
+                crate::blocking::run(move || disk.load_range(&id, range)).await
             }
         }?;
         self.counts.disk_hits.fetch_add(1, Relaxed);
@@ -197,8 +194,7 @@ impl ChunkCache {
             return;
         };
         tokio::spawn(async move {
-            let loaded = tokio::task::spawn_blocking(move || disk.load(&id)).await;
-            if let Ok(Some(chunk)) = loaded {
+            if let Some(chunk) = crate::blocking::run(move || disk.load(&id)).await {
                 memory.insert(id, chunk).await;
             }
         });
@@ -206,10 +202,7 @@ impl ChunkCache {
 
     async fn load_from_disk(&self, id: ObjectId) -> Option<Bytes> {
         let disk = self.disk.clone()?;
-        let found = tokio::task::spawn_blocking(move || disk.load(&id))
-            .await
-            .ok()
-            .flatten();
+        let found = crate::blocking::run(move || disk.load(&id)).await;
         let counter = match found {
             Some(_) => &self.counts.disk_hits,
             None => &self.counts.disk_misses,

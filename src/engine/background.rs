@@ -35,7 +35,7 @@ pub async fn run<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -
     });
     if let Err(unsent) = pool().send(job) {
         // No thread could be started: run it on tokio's blocking pool.
-        let _ = tokio::task::spawn_blocking(unsent.0).await;
+        crate::blocking::run(unsent.0).await;
     }
     match result.await.expect("every job sends its outcome") {
         Ok(value) => value,

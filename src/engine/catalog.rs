@@ -182,9 +182,7 @@ pub async fn unlock_blocking(superblock: &Superblock, password: Option<Password>
         return unlock(superblock, password.as_ref());
     }
     let superblock = superblock.clone();
-    tokio::task::spawn_blocking(move || unlock(&superblock, password.as_ref()))
-        .await
-        .expect("unlocking does not panic")
+    crate::blocking::run(move || unlock(&superblock, password.as_ref())).await
 }
 
 /// Wraps an encrypted volume's data key with `new` instead of `old`: one
@@ -212,9 +210,8 @@ pub async fn rekey(store: &Store, name: &str, old: &Password, new: &Password) ->
         new.clone(),
         superblock.key_binding(),
     );
-    let rewrapped = tokio::task::spawn_blocking(move || envelope.rewrap(&old, &new, &binding))
+    let rewrapped = crate::blocking::run(move || envelope.rewrap(&old, &new, &binding))
         .await
-        .expect("rewrapping does not panic")
         .map_err(|why| EngineError::key(name, why))?;
     superblock.encryption = Some(rewrapped);
     let written = store

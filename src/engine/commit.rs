@@ -280,9 +280,7 @@ impl Shared {
         let encoded = {
             let content = Arc::clone(&content);
             let codec = self.codec.clone();
-            tokio::task::spawn_blocking(move || content.encode(&codec))
-                .await
-                .expect("page encoding does not panic")
+            crate::blocking::run(move || content.encode(&codec)).await
         };
         // A new object (pages carry random bytes), never one gc may be
         // deleting.

@@ -315,7 +315,7 @@ async fn each_object(
 
 /// Decodes and verifies chunk objects, off the async threads.
 async fn decode(objects: Vec<(ChunkRef, Bytes)>, codec: Codec) -> Result<Vec<Bytes>> {
-    tokio::task::spawn_blocking(move || {
+    crate::blocking::run(move || {
         objects
             .iter()
             .map(|(entry, object)| {
@@ -326,7 +326,6 @@ async fn decode(objects: Vec<(ChunkRef, Bytes)>, codec: Codec) -> Result<Vec<Byt
             .collect()
     })
     .await
-    .expect("chunk decoding does not panic")
 }
 
 impl Shared {

@@ -91,12 +91,11 @@ impl Shared {
         fail::fail_point!("log::segment_creation_waits");
         // Taken here, before the blocking task exists, and held until it ends.
         let creating = Arc::clone(&self.segment_creation).lock_owned().await;
-        let created = tokio::task::spawn_blocking(move || {
+        let created = crate::blocking::run(move || {
             let _creating = creating;
             log.create_segment(seq, first_epoch)
         })
-        .await
-        .expect("segment creation does not panic");
+        .await;
         let created = created.map(Arc::new).map_err(|source| EngineError::Log {
             path: self.log.dir.clone(),
             source,
@@ -115,12 +114,11 @@ impl Shared {
             // Held until the file is made: a segment switch meanwhile waits
             // and then finds it, and close and crash wait for it to end.
             let preparing = creation.lock_owned().await;
-            let prepared = tokio::task::spawn_blocking(move || {
+            let prepared = crate::blocking::run(move || {
                 let _preparing = preparing;
                 log.prepare_spare(len)
             })
-            .await
-            .expect("preparing a spare does not panic");
+            .await;
             if let Err(error) = prepared {
                 tracing::warn!(%error, "could not prepare a spare log segment; the next one is a new file, whose flushes cost more");
             }
@@ -158,7 +156,13 @@ pub(super) async fn durability_worker(
                 None => syncs.push((Arc::clone(&epoch.segment), end)),
             }
         }
-        let synced = sync_here(move || {
+        // On this thread when the runtime allows it: a flush then costs no
+        // wake-up of another thread and none back, which on these machines
+        // cost more than the fdatasync itself. A task blocked here cannot be
+        // aborted until the sync returns: `Volume::crash` does not wait for
+        // it, and `publish_durable` refuses what it synced once the volume
+        // has stopped.
+        let synced = crate::blocking::here(move || {
             fail::fail_point!("log::before_sync");
             for (segment, end) in &syncs {
                 segment
@@ -184,23 +188,6 @@ pub(super) async fn durability_worker(
                 return;
             }
         }
-    }
-}
-
-/// Runs a log sync on this thread when the runtime lets a worker block
-/// (`block_in_place`: the worker's other tasks move to another thread),
-/// else on the blocking pool. A flush then costs no wake-up of another
-/// thread and no wake-up back, which on these machines cost more than the
-/// fdatasync itself. A task blocked here cannot be aborted until the sync
-/// returns: [`Volume::crash`] does not wait for it, and
-/// [`Shared::publish_durable`] refuses what it synced once the volume has
-/// stopped.
-async fn sync_here<T: Send + 'static>(sync: impl FnOnce() -> T + Send + 'static) -> T {
-    match crate::inline::may_block_in_place() {
-        true => tokio::task::block_in_place(sync),
-        false => tokio::task::spawn_blocking(sync)
-            .await
-            .expect("fsync does not panic"),
     }
 }
 

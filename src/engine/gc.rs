@@ -417,14 +417,13 @@ async fn split(store: &Store, pack: &ObjectInfo, live: &Live) -> Result<()> {
         .iter()
         .map(|entry| Ok((entry.id, pack::chunk_object(&bytes, 0, entry)?)))
         .collect::<Result<Vec<_>>>()?;
-    let objects = tokio::task::spawn_blocking(move || {
+    let objects = crate::blocking::run(move || {
         for (id, object) in &objects {
             chunk::decode(*id, object, &codec)?;
         }
         Ok::<_, EngineError>(objects)
     })
-    .await
-    .expect("chunk decoding does not panic")?;
+    .await?;
     futures::stream::iter(objects)
         .map(|(id, object)| async move { store.put(&keys::chunk(&id), object).await })
         .buffer_unordered(CONCURRENCY)

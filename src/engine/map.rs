@@ -73,9 +73,7 @@ impl Pages {
                     .ok_or(EngineError::MissingObject { key, generation })?;
                 let codec = self.codec.clone();
                 let page =
-                    tokio::task::spawn_blocking(move || MapPage::decode(id, &object, &codec))
-                        .await
-                        .expect("page decoding does not panic")?;
+                    crate::blocking::run(move || MapPage::decode(id, &object, &codec)).await?;
                 Ok::<_, EngineError>(Arc::new(page))
             })
             .await

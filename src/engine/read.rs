@@ -288,9 +288,7 @@ async fn read_log(sources: &[Source]) -> Result<Vec<Bytes>> {
     if total <= INLINE_LOG_READ_MAX {
         return read_log_now(reads);
     }
-    tokio::task::spawn_blocking(move || read_log_now(reads))
-        .await
-        .expect("log reads do not panic")
+    crate::blocking::run(move || read_log_now(reads)).await
 }
 
 fn read_log_now(reads: Vec<(Arc<Segment>, u64, usize)>) -> Result<Vec<Bytes>> {

@@ -139,9 +139,7 @@ async fn check_chunk(
     }
     let codec = codec.clone();
     let decoded =
-        tokio::task::spawn_blocking(move || chunk::decode(entry.id, &object, &codec).map(|_| ()))
-            .await
-            .expect("chunk decoding does not panic");
+        crate::blocking::run(move || chunk::decode(entry.id, &object, &codec).map(|_| ())).await;
     Ok((
         entry,
         decoded

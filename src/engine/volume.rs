@@ -207,9 +207,8 @@ impl Volume {
         let first_segment = {
             let (seq, log) = (replayed.next_seq, log.clone());
             let first_epoch = replayed.last_epoch + 1;
-            tokio::task::spawn_blocking(move || log.create_segment(seq, first_epoch))
+            crate::blocking::run(move || log.create_segment(seq, first_epoch))
                 .await
-                .expect("segment creation does not panic")
                 .map_err(cache_dir_error)?
         };
         let chunks = ChunkCache::new(options.chunk_cache_bytes(superblock.chunk_size), disk);
@@ -479,9 +478,8 @@ async fn open_log(dir: &std::path::Path, root: &Root) -> Result<(LogDir, Replaye
     let (log, paths, after) = (opened.log, opened.segments, opened.replay_after);
     let replaying = log.clone();
     let replayed =
-        tokio::task::spawn_blocking(move || replay::replay(&replaying, &paths, after, geometry))
+        crate::blocking::run(move || replay::replay(&replaying, &paths, after, geometry))
             .await
-            .expect("replay does not panic")
             .map_err(cache_dir_error)?;
     if !replayed.epochs.is_empty() {
         tracing::info!(

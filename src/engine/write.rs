@@ -253,14 +253,13 @@ impl Shared {
             self.apply_record(placement, header, record, change)?
         } else {
             let shared = Arc::clone(self);
-            tokio::task::spawn_blocking(move || {
+            crate::blocking::run(move || {
                 fail::fail_point!("log::large_record");
                 // A crashed volume (in tests) writes nothing more.
                 shared.check_running()?;
                 shared.apply_record(placement, header, record, change)
             })
-            .await
-            .expect("log writes do not panic")?
+            .await?
         };
         self.wait_for_earlier_records(&written).await
     }

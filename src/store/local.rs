@@ -24,7 +24,7 @@ pub(super) struct ReplaceLock(#[allow(dead_code)] Flock<File>);
 /// a blocking thread: replaces are rare and short).
 pub(super) async fn lock(root: &Path) -> std::io::Result<ReplaceLock> {
     let path: PathBuf = root.join(LOCK_FILE);
-    tokio::task::spawn_blocking(move || {
+    crate::blocking::run(move || {
         let file = File::options()
             .create(true)
             .truncate(false)
@@ -35,5 +35,4 @@ pub(super) async fn lock(root: &Path) -> std::io::Result<ReplaceLock> {
             .map_err(|(_, errno)| std::io::Error::from(errno))
     })
     .await
-    .expect("taking a lock does not panic")
 }

@@ -370,6 +370,8 @@ impl ZeroblkServer {
             .args(extra)
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env_remove("ZEROBLK_CONFIG")
+            // At least info: readiness is read from the log.
+            .env("RUST_LOG", server_log_filter())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)
@@ -387,10 +389,14 @@ impl ZeroblkServer {
         server
     }
 
+    /// Waits for the server to say it serves (it logs that once its
+    /// sockets are bound). A probe connection would do as well, but it
+    /// holds one of the server's `--max-connections` places until the
+    /// server sees it close, and a test of the cap then counts it.
     fn wait_until_listening(&mut self) {
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(30) {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            if self.log_text().contains("serving volume") {
                 return;
             }
             if let Some(status) = self
@@ -764,4 +770,13 @@ fn private(path: &Path, text: &str) {
         .open(path)
         .unwrap();
     file.write_all(text.as_bytes()).unwrap();
+}
+
+/// The server's log filter: the test's `RUST_LOG`, with the line that says
+/// the server is ready (from `zeroblk::cli::serve`) always shown.
+fn server_log_filter() -> String {
+    match std::env::var("RUST_LOG") {
+        Ok(filter) if !filter.is_empty() => format!("{filter},zeroblk::cli::serve=info"),
+        _ => "info".to_string(),
+    }
 }
