@@ -11,6 +11,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::failpoints::{Passed, Pause};
@@ -1095,4 +1096,49 @@ async fn a_panic_in_a_background_task_stops_the_volume_and_loses_nothing() {
     let volume = Volume::open(&store.reopen(), "v", options).await.unwrap();
     assert_eq!(read_tags(&volume, 0, 3).await, [1, 2, 3]);
     volume.close().await.unwrap();
+}
+
+/// A volume dropped while one of its background tasks is still at work
+/// (here a commit held before its root) can be opened again in this
+/// process at once. Before, its lease counted as alive until the aborted
+/// task ended, and the reopen failed with `Leased` naming this very
+/// process. The held commit, let go after the reopen claimed the next
+/// generation, cannot land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dropped_volume_whose_task_is_still_at_work_opens_again() {
+    let _scenario = fail::FailScenario::setup();
+    let store = TestStore::new(Backend::File);
+    engine::create(&store.store, &new_volume("v", 16 * MIB, 64 << 10))
+        .await
+        .unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let options = log_only(cache.path());
+    let volume = Arc::new(
+        Volume::open(&store.store, "v", options.clone())
+            .await
+            .unwrap(),
+    );
+    write_tags(&volume, 0, &[1, 2, 3]).await;
+    volume.flush().await.unwrap();
+    let before_root = Pause::first_at("commit::before_root");
+    let committing = tokio::spawn({
+        let volume = Arc::clone(&volume);
+        async move { volume.commit().await }
+    });
+    before_root.reached().await;
+    committing.abort();
+    let _ = committing.await;
+    drop(Arc::into_inner(volume).expect("the only holder"));
+
+    let reopened = Volume::open(&store.reopen(), "v", options).await.unwrap();
+    before_root.resume();
+    assert_eq!(read_tags(&reopened, 0, 3).await, [1, 2, 3]);
+    write_tags(&reopened, 3, &[4]).await;
+    reopened.close().await.unwrap();
+    drop(reopened);
+    let last = Volume::open(&store.reopen(), "v", log_only(cache.path()))
+        .await
+        .unwrap();
+    assert_eq!(read_tags(&last, 0, 4).await, [1, 2, 3, 4]);
+    last.close().await.unwrap();
 }

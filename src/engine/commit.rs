@@ -18,9 +18,9 @@ use tokio::task::JoinSet;
 
 use super::background;
 use super::catalog;
+use super::chunks::page_of;
 use super::epoch::Epoch;
 use super::error::{EngineError, Result};
-use super::map::page_of;
 use super::resolve::{self, Run};
 use super::volume::{Shared, View};
 use crate::format::{
@@ -190,9 +190,9 @@ impl Shared {
         if let [Run::Zero(_)] = runs.as_slice() {
             return Ok(Built::Settled(ChunkRef::ZERO));
         }
-        let old = self.pages.lookup(base, chunk).await?;
+        let old = self.chunks.lookup(base, chunk).await?;
         let old_data = match runs.iter().any(|r| matches!(r, Run::Base(_))) && !old.is_zero() {
-            true => Some(self.load_chunk(old, base.generation).await?),
+            true => Some(self.chunks.load(old, base.generation).await?),
             false => None,
         };
         let log_reads: Vec<_> = runs
@@ -245,7 +245,9 @@ impl Shared {
         let Some((encoded, data)) = built else {
             return Ok(Built::Settled(ChunkRef::ZERO));
         };
-        self.chunks.insert(encoded.id, Bytes::from(data)).await;
+        self.chunks
+            .remember_chunk(encoded.id, Bytes::from(data))
+            .await;
         if encoded.id == old.id {
             return Ok(Built::Settled(old));
         }
@@ -258,7 +260,7 @@ impl Shared {
         // A cleared page (a discard of all of it) is not read.
         let old_content = match edit.cleared || old.is_empty() {
             true => None,
-            false => Some(self.pages.page(base, &old).await?),
+            false => Some(self.chunks.page(base, &old).await?),
         };
         let mut content = old_content.as_deref().cloned().unwrap_or_default();
         for (slot, entry) in edit.slots {
@@ -287,7 +289,7 @@ impl Shared {
         self.store
             .put(&keys::page(&encoded.id), encoded.object)
             .await?;
-        self.pages.remember(encoded.id, content).await;
+        self.chunks.remember_page(encoded.id, content).await;
         Ok(PageSlot {
             id: encoded.id,
             allocated,

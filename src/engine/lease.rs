@@ -305,8 +305,28 @@ impl Lease {
     /// lease would (for crash tests: tasks still holding the volume end
     /// later than a killed process's would).
     pub fn holder_died(&self) {
+        self.holder().died();
+    }
+
+    /// Who holds this lease, to say later that it died.
+    pub fn holder(&self) -> Holder {
+        Holder(self.record.holder)
+    }
+}
+
+/// The holder of a lease this process took.
+#[derive(Debug, Clone, Copy)]
+pub struct Holder(Uuid);
+
+impl Holder {
+    /// The holder stops counting as alive in this process: a volume opened
+    /// here again may take the lease at once. Said when the volume is
+    /// dropped, with its tasks aborted: tasks still ending must not make
+    /// a reopen find the lease held (a late PUT of theirs fails, since the
+    /// reopen claims the next generation first).
+    pub fn died(self) {
         if let Some(live) = LIVE_HOLDERS.lock().expect("holders lock").as_mut() {
-            live.remove(&self.record.holder);
+            live.remove(&self.0);
         }
     }
 }

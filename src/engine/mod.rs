@@ -85,15 +85,14 @@
 
 mod background;
 mod catalog;
+mod chunks;
 mod commit;
 mod epoch;
 mod error;
-mod fetch;
 mod flush;
 mod gc;
 mod lease;
 mod log;
-mod map;
 mod options;
 mod overlay;
 mod read;

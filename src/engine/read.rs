@@ -15,7 +15,7 @@ use super::error::{EngineError, Result};
 use super::log::Segment;
 use super::resolve::{self, Run};
 use super::volume::{Shared, View, Volume};
-use crate::format::{BLOCK_SIZE, ChunkRef, Root};
+use crate::format::BLOCK_SIZE;
 
 /// A stretch of a volume that holds data, or reads as zeroes (`zero`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,11 +156,16 @@ impl Volume {
         // the order the client sent them, but finish in any order, and the
         // reads a sequential reader has in flight must find the read-ahead
         // started, to join it rather than fetch their chunks alone.
-        shared.read_ahead(&view.map, offset, len as u64).await;
+        shared
+            .chunks
+            .read_ahead(&view.map, offset, len as u64)
+            .await;
         let chunks = try_join_all(sources.iter().filter_map(|source| match source {
-            Source::Base { chunk, from, len } => {
-                Some(shared.committed_range(&view.map, *chunk, *from..*from + *len))
-            }
+            Source::Base { chunk, from, len } => Some(shared.chunks.committed_range(
+                &view.map,
+                *chunk,
+                *from..*from + *len,
+            )),
             _ => None,
         }))
         .await?;
@@ -200,7 +205,7 @@ impl Volume {
                 [Run::Zero(_)] => true,
                 _ if runs.iter().any(|r| matches!(r, Run::Log { .. })) => false,
                 _ => {
-                    let base = shared.pages.lookup(&view.map, piece.chunk).await?;
+                    let base = shared.chunks.lookup(&view.map, piece.chunk).await?;
                     base.is_zero() && runs.iter().all(|r| !matches!(r, Run::Log { .. }))
                 }
             };
@@ -221,8 +226,7 @@ impl Volume {
         let map = Arc::clone(&shared.view.load().map);
         let chunk_size = shared.superblock.chunk_size;
         let chunks = offset / chunk_size..(offset + len).div_ceil(chunk_size);
-        let shared = Arc::clone(shared);
-        tokio::spawn(async move { shared.prefetch_within_memory(&map, chunks).await });
+        shared.chunks.prefetch_in_background(map, chunks);
         Ok(())
     }
 }
@@ -314,109 +318,5 @@ impl Shared {
             Err(EngineError::Stopped(_)) => Ok(()),
             other => other,
         }
-    }
-
-    /// Bytes `range` of the committed content of `chunk` in `root`;
-    /// `None` when the chunk is zero.
-    async fn committed_range(
-        &self,
-        root: &Root,
-        chunk: u64,
-        range: std::ops::Range<usize>,
-    ) -> Result<Option<Bytes>> {
-        let entry = self.pages.lookup(root, chunk).await?;
-        if entry.is_zero() {
-            return Ok(None);
-        }
-        if let Some(hit) = self.chunks.get_from_memory(&entry.id).await {
-            return Ok(Some(hit.slice(range)));
-        }
-        // Boxed, as in load_chunk.
-        let part = Box::pin(self.fetch_range(entry, root.generation, range)).await?;
-        Ok(Some(part))
-    }
-
-    /// A chunk's bytes from the caches, else from the store (verified).
-    pub async fn load_chunk(&self, entry: ChunkRef, generation: u64) -> Result<Bytes> {
-        if let Some(hit) = self.chunks.get_from_memory(&entry.id).await {
-            return Ok(hit);
-        }
-        // Boxed: a store request makes a future of kilobytes, which every
-        // read would move around even when the chunk is in memory.
-        Box::pin(self.fetch_chunk(entry, generation)).await
-    }
-
-    /// After a read that continues the previous one, fetches the chunks
-    /// ahead of it in the background, so a sequential reader finds them
-    /// cached. It fetches once at least half the window is left to fetch,
-    /// so that each fetch is a run of chunks (one GET per run, when they
-    /// lie in one pack), not one chunk at a time.
-    async fn read_ahead(self: &Arc<Self>, map: &Root, offset: u64, len: u64) {
-        let chunk_size = self.superblock.chunk_size;
-        let expected = self.next_readahead.swap(offset + len, Ordering::AcqRel);
-        let window = self.readahead_window();
-        if expected != offset || window == 0 {
-            return;
-        }
-        let next_chunk = (offset + len).div_ceil(chunk_size);
-        let fetched_to = self.readahead_end.load(Ordering::Acquire);
-        let Some(batch) = readahead_batch(next_chunk, window, fetched_to) else {
-            return;
-        };
-        self.readahead_end.store(batch.end, Ordering::Release);
-        let end = batch.end.min(map.chunk_count());
-        if batch.start < end {
-            // Boxed: a read that starts no read-ahead (most of them) must
-            // not carry the page lookups' future around.
-            Box::pin(self.prefetch_within_memory(map, batch.start..end)).await;
-        }
-    }
-
-    /// Chunks read ahead at most: `--readahead`, or what fits in memory.
-    fn readahead_window(&self) -> u64 {
-        let chunk_size = self.superblock.chunk_size;
-        let fits_in_memory = self.options.chunk_cache_bytes(chunk_size) / chunk_size;
-        self.options.readahead_chunks.min(fits_in_memory)
-    }
-
-    /// Starts fetching `chunks`, as many as the memory cache holds.
-    async fn prefetch_within_memory(self: &Arc<Self>, map: &Root, chunks: std::ops::Range<u64>) {
-        let chunk_size = self.superblock.chunk_size;
-        let fits_in_memory = self.options.chunk_cache_bytes(chunk_size) / chunk_size;
-        let end = chunks.end.min(chunks.start + fits_in_memory);
-        self.start_prefetch(map, chunks.start..end).await;
-    }
-}
-
-/// The chunks read-ahead fetches now, if any: the `window` chunks from
-/// `next_chunk` on, less those an earlier read-ahead asked for (up to
-/// `fetched_to`), once they are at least half the window.
-fn readahead_batch(next_chunk: u64, window: u64, fetched_to: u64) -> Option<std::ops::Range<u64>> {
-    let end = next_chunk + window;
-    let start = match (next_chunk..=end).contains(&fetched_to) {
-        true => fetched_to,
-        false => next_chunk,
-    };
-    (end - start >= window.div_ceil(2)).then_some(start..end)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn read_ahead_fetches_half_windows() {
-        // A new stream fetches the whole window.
-        assert_eq!(readahead_batch(10, 8, 0), Some(10..18));
-        // Then nothing until half of it was read...
-        assert_eq!(readahead_batch(11, 8, 18), None);
-        assert_eq!(readahead_batch(13, 8, 18), None);
-        // ...then the next half window.
-        assert_eq!(readahead_batch(14, 8, 18), Some(18..22));
-        // A reader that passed what was fetched, or went back, starts over.
-        assert_eq!(readahead_batch(30, 8, 22), Some(30..38));
-        assert_eq!(readahead_batch(2, 8, 22), Some(2..10));
-        assert_eq!(readahead_batch(5, 1, 5), Some(5..6));
-        assert_eq!(readahead_batch(5, 1, 6), None);
     }
 }

@@ -9,8 +9,8 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use super::catalog::{newest_root, superblock, unlock_blocking};
+use super::chunks::{chunk_object, key_of};
 use super::error::{EngineError, Result};
-use super::fetch::{chunk_object, key_of};
 use crate::crypto::Password;
 use crate::format::{ChunkRef, Codec, PageSlot, chunk, keys, page, page::MapPage};
 use crate::store::{Store, StoreError};

@@ -12,22 +12,18 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::catalog;
+use super::chunks::Chunks;
 use super::epoch::Epoch;
 use super::error::{EngineError, Result};
-use super::fetch::InFlight;
-use super::lease::Lease;
+use super::lease::{Holder, Lease};
 use super::log::{LogDir, SEGMENT_HEADER_LEN, Segment};
-use super::map::Pages;
 use super::options::EngineOptions;
 use super::replay::{self, Geometry, Replayed};
 use super::sealed::SealedEpochs;
 use super::tenure::Tenure;
-use crate::cache::{CacheCounters, ChunkCache, DiskCache};
+use crate::cache::{CacheCounters, DiskCache};
 use crate::format::{BLOCK_SIZE, Codec, Root, RootKind, Superblock};
 use crate::store::{Fencing, Store, StoreCounters};
-
-/// Bytes of decoded map pages kept in memory.
-const PAGE_CACHE_BYTES: u64 = 64 << 20;
 
 /// What readers and writers see, swapped atomically as a whole: the open
 /// epoch, the sealed but uncommitted ones (oldest first), and the newest
@@ -83,10 +79,7 @@ pub(super) struct Shared {
     pub codec: Codec,
     pub store: Store,
     pub options: EngineOptions,
-    pub chunks: ChunkCache,
-    /// Chunks being fetched from the store.
-    pub in_flight: Arc<InFlight>,
-    pub pages: Pages,
+    pub chunks: Arc<Chunks>,
     pub log: LogDir,
     pub view: ArcSwap<View>,
     pub switch: tokio::sync::Mutex<SwitchState>,
@@ -110,10 +103,6 @@ pub(super) struct Shared {
     pub commit_wanted: AtomicU64,
     pub failure: OnceLock<Arc<EngineError>>,
     pub stats: IoStats,
-    /// Where a sequential reader's next read is expected to start.
-    pub next_readahead: AtomicU64,
-    /// The chunk before which read-ahead has asked for every chunk.
-    pub readahead_end: AtomicU64,
     pub fencing: Fencing,
     /// The writer's lease, checked before every commit.
     pub lease: tokio::sync::Mutex<Lease>,
@@ -150,6 +139,7 @@ pub struct VolumeCounters {
 pub struct Volume {
     pub(super) shared: Arc<Shared>,
     tasks: std::sync::Mutex<Vec<Task>>,
+    lease_holder: Holder,
     _lock: Flock<File>,
 }
 
@@ -175,6 +165,7 @@ impl Volume {
             .map_err(cache_dir_error)?;
         let lock = lock_volume(&dir, name)?;
         let lease = Lease::acquire(store, name, options.lease_ttl, options.take_over).await?;
+        let lease_holder = lease.holder();
         let (root, mut log, replayed) = loop {
             let newest = catalog::newest_root(store, &superblock, &codec).await?;
             let (log, replayed, after) = open_log(&dir, &newest).await?;
@@ -211,7 +202,6 @@ impl Volume {
                 .await
                 .map_err(cache_dir_error)?
         };
-        let chunks = ChunkCache::new(options.chunk_cache_bytes(superblock.chunk_size), disk);
         let shared = Shared::new(
             name,
             superblock,
@@ -220,7 +210,7 @@ impl Volume {
             options,
             root,
             log,
-            chunks,
+            disk,
             replayed,
             Arc::new(first_segment),
             fencing,
@@ -249,6 +239,7 @@ impl Volume {
         Ok(Volume {
             shared,
             tasks: std::sync::Mutex::new(tasks),
+            lease_holder,
             _lock: lock,
         })
     }
@@ -425,6 +416,7 @@ impl Drop for Volume {
                 task.handle.abort();
             }
         }
+        self.lease_holder.died();
     }
 }
 
@@ -544,7 +536,7 @@ impl Shared {
         mut options: EngineOptions,
         root: Root,
         log: LogDir,
-        chunks: ChunkCache,
+        disk: Option<DiskCache>,
         replayed: Replayed,
         first_segment: Arc<Segment>,
         fencing: Fencing,
@@ -571,13 +563,17 @@ impl Shared {
         let (sealed_tx, sealed_rx) = mpsc::unbounded_channel();
         let shared = Shared {
             name: name.to_string(),
-            pages: Pages::new(store.clone(), codec.clone(), PAGE_CACHE_BYTES),
-            in_flight: Arc::new(InFlight::new(store.clone(), codec.clone())),
+            chunks: Arc::new(Chunks::new(
+                &store,
+                &codec,
+                superblock.chunk_size,
+                &options,
+                disk,
+            )),
             superblock,
             codec,
             store,
             options,
-            chunks,
             log,
             view: ArcSwap::from_pointee(View {
                 current,
@@ -602,8 +598,6 @@ impl Shared {
             commit_wanted: AtomicU64::new(0),
             failure: OnceLock::new(),
             stats: IoStats::default(),
-            next_readahead: AtomicU64::new(u64::MAX),
-            readahead_end: AtomicU64::new(0),
             fencing,
             tenure,
             lease: tokio::sync::Mutex::new(lease),

@@ -1,4 +1,4 @@
-//! The committed chunk map: a root and its pages, read lazily.
+//! The committed chunk map: a root's pages, read lazily and cached.
 //!
 //! Pages are immutable and named by hash, so a page loaded once is good for
 //! every later generation that still lists it; opening a volume loads none.
@@ -9,7 +9,7 @@ use crate::cache::{MemoryCache, Weighted};
 use crate::format::{ChunkRef, Codec, MapPage, ObjectId, PAGE_ENTRIES, PageSlot, Root, keys};
 use crate::store::Store;
 
-use super::error::{EngineError, Result};
+use crate::engine::error::{EngineError, Result};
 
 impl Weighted for Arc<MapPage> {
     fn weight(&self) -> u32 {
@@ -19,7 +19,7 @@ impl Weighted for Arc<MapPage> {
 
 /// Loads and keeps map pages.
 #[derive(Clone)]
-pub struct Pages {
+pub(super) struct Pages {
     store: Store,
     /// How the volume's pages are opened.
     codec: Codec,
@@ -27,7 +27,7 @@ pub struct Pages {
 }
 
 /// The page of a volume `chunk` falls in, and its slot there.
-pub fn page_of(chunk: u64) -> (usize, usize) {
+pub(in crate::engine) fn page_of(chunk: u64) -> (usize, usize) {
     (
         (chunk / PAGE_ENTRIES as u64) as usize,
         (chunk % PAGE_ENTRIES as u64) as usize,
