@@ -21,10 +21,10 @@ use super::catalog;
 use super::chunks::page_of;
 use super::epoch::Epoch;
 use super::error::{EngineError, Result};
-use super::resolve::{self, Run};
+use super::resolve::{self, Source};
 use super::volume::{Shared, View};
 use crate::format::{
-    self, BLOCK_SIZE, ChunkRef, EncodedChunk, PAGE_ENTRIES, PageSlot, Root, RootKind, keys,
+    self, ChunkRef, EncodedChunk, PAGE_ENTRIES, PageSlot, Root, RootKind, keys,
     pack::PackBuilder,
     root::{now_ms, page_count},
 };
@@ -184,57 +184,22 @@ impl Shared {
 
     /// The new content of `chunk` after `epochs`.
     async fn build_chunk(&self, base: &Root, epochs: &[Arc<Epoch>], chunk: u64) -> Result<Built> {
-        let blocks = (base.chunk_size / BLOCK_SIZE) as usize;
-        let sources = resolve::resolve(epochs.iter().rev(), chunk, 0..blocks);
-        let runs = resolve::runs(&sources);
-        if let [Run::Zero(_)] = runs.as_slice() {
+        let chunk_size = base.chunk_size as usize;
+        let sources = resolve::sources(epochs.iter().rev(), chunk, 0..chunk_size);
+        if let [Source::Zero(_)] = sources.as_slice() {
             return Ok(Built::Settled(ChunkRef::ZERO));
         }
         let old = self.chunks.lookup(base, chunk).await?;
-        let old_data = match runs.iter().any(|r| matches!(r, Run::Base(_))) && !old.is_zero() {
+        let keeps_some = sources.iter().any(|s| matches!(s, Source::Base(_)));
+        let old_data = match keeps_some && !old.is_zero() {
             true => Some(self.chunks.load(old, base.generation).await?),
             false => None,
         };
-        let log_reads: Vec<_> = runs
-            .iter()
-            .filter_map(|run| match run {
-                Run::Log {
-                    blocks,
-                    segment,
-                    pos,
-                } => Some((blocks.clone(), Arc::clone(segment), *pos)),
-                _ => None,
-            })
-            .collect();
-        let base_runs: Vec<_> = runs
-            .iter()
-            .filter_map(|run| match run {
-                Run::Base(blocks) => Some(blocks.clone()),
-                _ => None,
-            })
-            .collect();
-        let chunk_size = base.chunk_size as usize;
         let compression = self.superblock.compression;
         let codec = self.codec.clone();
         let built = background::run(move || {
             let mut data = vec![0u8; chunk_size];
-            let bytes = |blocks: &std::ops::Range<usize>| {
-                blocks.start * BLOCK_SIZE as usize..blocks.end * BLOCK_SIZE as usize
-            };
-            if let Some(old_data) = &old_data {
-                for blocks in &base_runs {
-                    let range = bytes(blocks);
-                    data[range.clone()].copy_from_slice(&old_data[range]);
-                }
-            }
-            for (blocks, segment, pos) in &log_reads {
-                segment
-                    .read_at(&mut data[bytes(blocks)], *pos)
-                    .map_err(|source| EngineError::Log {
-                        path: segment.path().to_path_buf(),
-                        source,
-                    })?;
-            }
+            resolve::assemble(&sources, old_data.as_deref(), &mut data)?;
             if data.iter().all(|&b| b == 0) {
                 return Ok(None);
             }

@@ -13,9 +13,8 @@ use futures::future::try_join_all;
 
 use super::error::{EngineError, Result};
 use super::log::Segment;
-use super::resolve::{self, Run};
+use super::resolve::{self, Source};
 use super::volume::{Shared, View, Volume};
-use crate::format::BLOCK_SIZE;
 
 /// A stretch of a volume that holds data, or reads as zeroes (`zero`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,27 +106,8 @@ impl ReadData {
 /// A piece of a read that falls in one chunk.
 struct Piece {
     chunk: u64,
-    /// Byte range within the caller's buffer.
-    out: std::ops::Range<usize>,
-    /// First block within the chunk.
-    first_block: usize,
-}
-
-/// Where one stretch of a read comes from.
-enum Source {
-    /// These bytes of the committed chunk.
-    Base {
-        chunk: u64,
-        from: usize,
-        len: usize,
-    },
-    Zero(usize),
-    /// These bytes of the log.
-    Log {
-        segment: Arc<Segment>,
-        pos: u64,
-        len: usize,
-    },
+    /// The bytes it reads, from the chunk's start.
+    bytes: std::ops::Range<usize>,
 }
 
 /// Log reads up to this many bytes in total run on the calling task: a
@@ -160,11 +140,11 @@ impl Volume {
             .chunks
             .read_ahead(&view.map, offset, len as u64)
             .await;
-        let chunks = try_join_all(sources.iter().filter_map(|source| match source {
-            Source::Base { chunk, from, len } => Some(shared.chunks.committed_range(
+        let chunks = try_join_all(sources.iter().filter_map(|(chunk, source)| match source {
+            Source::Base(bytes) => Some(shared.chunks.committed_range(
                 &view.map,
                 *chunk,
-                *from..*from + *len,
+                bytes.clone(),
             )),
             _ => None,
         }))
@@ -172,11 +152,11 @@ impl Volume {
         let logged = read_log(&sources).await?;
         let (mut chunks, mut logged) = (chunks.into_iter(), logged.into_iter());
         let mut data = ReadData::default();
-        for source in sources {
+        for (_, source) in sources {
             data.push(match source {
-                Source::Base { len, .. } => match chunks.next().flatten() {
+                Source::Base(bytes) => match chunks.next().flatten() {
                     Some(data) => ReadPart::Data(data),
-                    None => ReadPart::Zero(len),
+                    None => ReadPart::Zero(bytes.len()),
                 },
                 Source::Zero(len) => ReadPart::Zero(len),
                 Source::Log { .. } => {
@@ -197,19 +177,18 @@ impl Volume {
         let chunk_size = shared.superblock.chunk_size;
         let mut extents: Vec<Extent> = Vec::new();
         for piece in pieces(offset, len as usize, chunk_size) {
-            let blocks =
-                piece.first_block..piece.first_block + piece.out.len() / BLOCK_SIZE as usize;
-            let sources = resolve::resolve(view.epochs_newest_first(), piece.chunk, blocks);
-            let runs = resolve::runs(&sources);
-            let zero = match runs.as_slice() {
-                [Run::Zero(_)] => true,
-                _ if runs.iter().any(|r| matches!(r, Run::Log { .. })) => false,
-                _ => {
-                    let base = shared.chunks.lookup(&view.map, piece.chunk).await?;
-                    base.is_zero() && runs.iter().all(|r| !matches!(r, Run::Log { .. }))
-                }
+            let sources =
+                resolve::sources(view.epochs_newest_first(), piece.chunk, piece.bytes.clone());
+            let zero = match sources.as_slice() {
+                [Source::Zero(_)] => true,
+                _ if sources.iter().any(|s| matches!(s, Source::Log { .. })) => false,
+                _ => shared
+                    .chunks
+                    .lookup(&view.map, piece.chunk)
+                    .await?
+                    .is_zero(),
             };
-            let len = piece.out.len() as u64;
+            let len = piece.bytes.len() as u64;
             match extents.last_mut() {
                 Some(last) if last.zero == zero => last.len += len,
                 _ => extents.push(Extent { len, zero }),
@@ -242,48 +221,29 @@ fn pieces(offset: u64, len: usize, chunk_size: u64) -> impl Iterator<Item = Piec
         let to = end.min(chunk_start + chunk_size);
         Piece {
             chunk,
-            out: (from - offset) as usize..(to - offset) as usize,
-            first_block: ((from - chunk_start) / BLOCK_SIZE) as usize,
+            bytes: (from - chunk_start) as usize..(to - chunk_start) as usize,
         }
     })
 }
 
-/// Where each stretch of `len` bytes at `offset` is, in `view`.
-fn sources(view: &View, offset: u64, len: usize, chunk_size: u64) -> Vec<Source> {
-    let mut sources = Vec::new();
-    for piece in pieces(offset, len, chunk_size) {
-        let blocks = piece.first_block..piece.first_block + piece.out.len() / BLOCK_SIZE as usize;
-        let resolved = resolve::resolve(view.epochs_newest_first(), piece.chunk, blocks);
-        for run in resolve::runs(&resolved) {
-            let bytes = |blocks: &std::ops::Range<usize>| blocks.len() * BLOCK_SIZE as usize;
-            sources.push(match run {
-                Run::Base(blocks) => Source::Base {
-                    chunk: piece.chunk,
-                    from: (piece.first_block + blocks.start) * BLOCK_SIZE as usize,
-                    len: bytes(&blocks),
-                },
-                Run::Zero(blocks) => Source::Zero(bytes(&blocks)),
-                Run::Log {
-                    blocks,
-                    segment,
-                    pos,
-                } => Source::Log {
-                    segment: Arc::clone(segment),
-                    pos,
-                    len: bytes(&blocks),
-                },
-            });
-        }
-    }
-    sources
+/// Where each stretch of `len` bytes at `offset` is, in `view`, and the
+/// chunk it falls in.
+fn sources(view: &View, offset: u64, len: usize, chunk_size: u64) -> Vec<(u64, Source)> {
+    pieces(offset, len, chunk_size)
+        .flat_map(|piece| {
+            resolve::sources(view.epochs_newest_first(), piece.chunk, piece.bytes)
+                .into_iter()
+                .map(move |source| (piece.chunk, source))
+        })
+        .collect()
 }
 
 /// The bytes of every log source, in order: on the calling task when they
 /// are few, else in a blocking task.
-async fn read_log(sources: &[Source]) -> Result<Vec<Bytes>> {
+async fn read_log(sources: &[(u64, Source)]) -> Result<Vec<Bytes>> {
     let reads: Vec<(Arc<Segment>, u64, usize)> = sources
         .iter()
-        .filter_map(|source| match source {
+        .filter_map(|(_, source)| match source {
             Source::Log { segment, pos, len } => Some((Arc::clone(segment), *pos, *len)),
             _ => None,
         })
@@ -300,12 +260,7 @@ fn read_log_now(reads: Vec<(Arc<Segment>, u64, usize)>) -> Result<Vec<Bytes>> {
         .into_iter()
         .map(|(segment, pos, len)| {
             let mut data = vec![0u8; len];
-            segment
-                .read_at(&mut data, pos)
-                .map_err(|source| EngineError::Log {
-                    path: segment.path().to_path_buf(),
-                    source,
-                })?;
+            resolve::read_log(&segment, pos, &mut data)?;
             Ok(Bytes::from(data))
         })
         .collect()

@@ -1,17 +1,20 @@
-//! Where each block of a chunk is: in the log, zero, or in the committed
-//! chunk. Shared by the read path and by commits.
+//! Where each byte of a chunk is: in the log, zero, or in the committed
+//! chunk, through the epochs not yet committed. The read path and commits
+//! both turn runs of blocks into stretches of bytes here ([`sources`]),
+//! and commits build a chunk's bytes here ([`assemble`]).
 
 use std::ops::Range;
 use std::sync::Arc;
 
 use super::epoch::Epoch;
+use super::error::{EngineError, Result};
 use super::log::Segment;
 use super::overlay::Slot;
 use crate::format::BLOCK_SIZE;
 
 /// Where a block's current content is.
 #[derive(Debug, Clone, Copy)]
-pub enum BlockSource<'a> {
+enum BlockSource<'a> {
     /// In the committed generation's chunk.
     Base,
     Zero,
@@ -21,7 +24,7 @@ pub enum BlockSource<'a> {
 
 /// A run of consecutive blocks read the same way.
 #[derive(Debug, Clone)]
-pub enum Run<'a> {
+enum Run<'a> {
     Base(Range<usize>),
     Zero(Range<usize>),
     Log {
@@ -32,7 +35,7 @@ pub enum Run<'a> {
 }
 
 /// Resolves `blocks` of `chunk` through `epochs`, newest first.
-pub fn resolve<'a>(
+fn resolve<'a>(
     epochs: impl Iterator<Item = &'a Arc<Epoch>>,
     chunk: u64,
     blocks: Range<usize>,
@@ -60,7 +63,7 @@ pub fn resolve<'a>(
 
 /// Groups resolved blocks (indexed from 0) into runs; log blocks join a run
 /// when they are contiguous in one segment.
-pub fn runs<'a>(sources: &[BlockSource<'a>]) -> Vec<Run<'a>> {
+fn runs<'a>(sources: &[BlockSource<'a>]) -> Vec<Run<'a>> {
     let mut runs: Vec<Run<'a>> = Vec::new();
     for (i, source) in sources.iter().enumerate() {
         let extended = match (runs.last_mut(), source) {
@@ -94,4 +97,89 @@ pub fn runs<'a>(sources: &[BlockSource<'a>]) -> Vec<Run<'a>> {
         }
     }
     runs
+}
+
+/// A stretch of a chunk's bytes, in order, and where its content is.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// These bytes (from the chunk's start) of the committed chunk.
+    Base(Range<usize>),
+    /// This many bytes that read as zeroes.
+    Zero(usize),
+    /// `len` bytes at `pos` of a log segment.
+    Log {
+        segment: Arc<Segment>,
+        pos: u64,
+        len: usize,
+    },
+}
+
+impl Source {
+    pub fn len(&self) -> usize {
+        match self {
+            Source::Base(bytes) => bytes.len(),
+            Source::Zero(len) | Source::Log { len, .. } => *len,
+        }
+    }
+}
+
+/// Where the bytes `bytes` (block-aligned, from the chunk's start) of
+/// `chunk` are, through `epochs` (newest first): the one place runs of
+/// blocks become stretches of bytes, for reads and commits alike.
+pub fn sources<'a>(
+    epochs: impl Iterator<Item = &'a Arc<Epoch>>,
+    chunk: u64,
+    bytes: Range<usize>,
+) -> Vec<Source> {
+    let block = BLOCK_SIZE as usize;
+    let first_block = bytes.start / block;
+    let blocks = first_block..bytes.end / block;
+    let byte_range =
+        |run: &Range<usize>| (first_block + run.start) * block..(first_block + run.end) * block;
+    runs(&resolve(epochs, chunk, blocks))
+        .into_iter()
+        .map(|run| match run {
+            Run::Base(run) => Source::Base(byte_range(&run)),
+            Run::Zero(run) => Source::Zero(run.len() * block),
+            Run::Log {
+                blocks,
+                segment,
+                pos,
+            } => Source::Log {
+                segment: Arc::clone(segment),
+                pos,
+                len: blocks.len() * block,
+            },
+        })
+        .collect()
+}
+
+/// Builds the bytes `sources` describe into `out` (as long as they are
+/// together): the committed ones from `base` (`None`: the committed chunk
+/// is zero), the logged ones read from the log.
+pub fn assemble(sources: &[Source], base: Option<&[u8]>, out: &mut [u8]) -> Result<()> {
+    let mut at = 0;
+    for source in sources {
+        let out = &mut out[at..at + source.len()];
+        match source {
+            Source::Base(bytes) => match base {
+                Some(base) => out.copy_from_slice(&base[bytes.clone()]),
+                None => out.fill(0),
+            },
+            Source::Zero(_) => out.fill(0),
+            Source::Log { segment, pos, .. } => read_log(segment, *pos, out)?,
+        }
+        at += source.len();
+    }
+    Ok(())
+}
+
+/// Reads `out.len()` bytes at `pos` of `segment`.
+pub fn read_log(segment: &Segment, pos: u64, out: &mut [u8]) -> Result<()> {
+    segment
+        .read_at(out, pos)
+        .map_err(|source| EngineError::Log {
+            path: segment.path().to_path_buf(),
+            source,
+        })
 }
