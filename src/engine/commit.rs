@@ -325,7 +325,7 @@ impl Shared {
         let logged: u64 = epochs.iter().map(|e| e.end() - e.start).sum();
         self.log_bytes.fetch_sub(logged, Ordering::AcqRel);
         self.dirty_room.notify_waiters();
-        self.stats.commits.fetch_add(1, Ordering::Relaxed);
+        self.stats.committed();
         // Every epoch before the oldest one still waiting is committed, or
         // had nothing to commit (a replay that found its records torn).
         let waiting = self.view.load();

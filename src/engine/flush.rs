@@ -8,7 +8,6 @@
 //! fdatasync. With `--durability remote` a flush also waits for the commit.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use tokio::sync::mpsc;
 
@@ -23,7 +22,7 @@ impl Volume {
     /// volume's durability mode defines it.
     pub async fn flush(&self) -> Result<()> {
         let shared = &self.shared;
-        shared.stats.flushes.fetch_add(1, Ordering::Relaxed);
+        shared.stats.flushed();
         let target = shared.seal_current().await?;
         shared.wait_for(&shared.durable, target).await?;
         if shared.options.durability == Durability::Remote {

@@ -100,6 +100,7 @@ mod replay;
 mod resolve;
 mod rewrite;
 mod sealed;
+mod stats;
 mod tenure;
 mod uploader;
 mod verify;

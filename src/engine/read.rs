@@ -6,7 +6,6 @@
 //! in an epoch or in the committed map (a commit swaps both at once).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use futures::future::try_join_all;
@@ -125,11 +124,7 @@ impl Volume {
     pub async fn read_parts(&self, offset: u64, len: usize) -> Result<ReadData> {
         let shared = &self.shared;
         shared.check_readable("read", offset, len as u64)?;
-        shared.stats.reads.fetch_add(1, Ordering::Relaxed);
-        shared
-            .stats
-            .bytes_read
-            .fetch_add(len as u64, Ordering::Relaxed);
+        shared.stats.read(len as u64);
         let view = shared.view.load_full();
         let sources = sources(&view, offset, len, shared.superblock.chunk_size);
         // Before this read fetches anything: requests reach the engine in

@@ -20,6 +20,7 @@ use super::log::{LogDir, SEGMENT_HEADER_LEN, Segment};
 use super::options::EngineOptions;
 use super::replay::{self, Geometry, Replayed};
 use super::sealed::SealedEpochs;
+use super::stats::Stats;
 use super::tenure::Tenure;
 use crate::cache::{CacheCounters, DiskCache};
 use crate::format::{BLOCK_SIZE, Codec, Root, RootKind, Superblock};
@@ -48,27 +49,6 @@ pub(super) struct SwitchState {
     pub segments: Vec<Arc<Segment>>,
     /// A size a resize is waiting to commit.
     pub pending_size: Option<u64>,
-}
-
-/// Operation counters since the volume was opened.
-#[derive(Default)]
-pub(super) struct IoStats {
-    pub reads: AtomicU64,
-    pub writes: AtomicU64,
-    pub flushes: AtomicU64,
-    pub zeroes: AtomicU64,
-    pub bytes_read: AtomicU64,
-    pub bytes_written: AtomicU64,
-    /// Writes that reused an older record's place in the log.
-    pub rewrites: AtomicU64,
-    pub commits: AtomicU64,
-}
-
-impl IoStats {
-    /// Writes, discards and zeroings so far.
-    pub fn write_requests(&self) -> u64 {
-        self.writes.load(Ordering::Relaxed) + self.zeroes.load(Ordering::Relaxed)
-    }
 }
 
 /// The state shared by a volume's callers and its background tasks.
@@ -102,7 +82,7 @@ pub(super) struct Shared {
     /// The newest epoch someone waits to see committed.
     pub commit_wanted: AtomicU64,
     pub failure: OnceLock<Arc<EngineError>>,
-    pub stats: IoStats,
+    pub stats: Stats,
     pub fencing: Fencing,
     /// The writer's lease, checked before every commit.
     pub lease: tokio::sync::Mutex<Lease>,
@@ -273,21 +253,20 @@ impl Volume {
 
     pub fn counters(&self) -> VolumeCounters {
         let shared = &self.shared;
-        let stats = &shared.stats;
-        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let counts = shared.stats.counts();
         VolumeCounters {
             generation: shared.view.load().map.generation,
             committed_epoch: *shared.committed.borrow(),
             durable_epoch: *shared.durable.borrow(),
-            dirty_bytes: load(&shared.dirty_bytes),
-            reads: load(&stats.reads),
-            writes: load(&stats.writes),
-            flushes: load(&stats.flushes),
-            zeroes: load(&stats.zeroes),
-            bytes_read: load(&stats.bytes_read),
-            bytes_written: load(&stats.bytes_written),
-            rewrites: load(&stats.rewrites),
-            commits: load(&stats.commits),
+            dirty_bytes: shared.dirty_bytes.load(Ordering::Relaxed),
+            reads: counts.reads,
+            writes: counts.writes,
+            flushes: counts.flushes,
+            zeroes: counts.zeroes,
+            bytes_read: counts.bytes_read,
+            bytes_written: counts.bytes_written,
+            rewrites: counts.rewrites,
+            commits: counts.commits,
             store: shared.store.counters(),
             cache: shared.chunks.counters(),
         }
@@ -597,7 +576,7 @@ impl Shared {
             closing: AtomicBool::new(false),
             commit_wanted: AtomicU64::new(0),
             failure: OnceLock::new(),
-            stats: IoStats::default(),
+            stats: Stats::default(),
             fencing,
             tenure,
             lease: tokio::sync::Mutex::new(lease),

@@ -119,7 +119,7 @@ impl Volume {
         let shared = &self.shared;
         let len = buffer.len() as u64;
         shared.check_request("write", offset, len)?;
-        shared.stats.writes.fetch_add(1, Ordering::Relaxed);
+        shared.stats.write_arrived();
         if buffer.is_empty() {
             return self.acknowledge(fua).await;
         }
@@ -133,7 +133,7 @@ impl Volume {
             .log_record(placement, header, record, Change::Write)
             .await?;
         admission.landed();
-        shared.stats.bytes_written.fetch_add(len, Ordering::Relaxed);
+        shared.stats.written(len);
         if shared.upload_pressure() {
             shared.kick.notify_one();
         }
@@ -154,7 +154,7 @@ impl Volume {
     async fn zero_range(&self, op: &'static str, offset: u64, len: u64, fua: bool) -> Result<()> {
         let shared = &self.shared;
         shared.check_request(op, offset, len)?;
-        shared.stats.zeroes.fetch_add(1, Ordering::Relaxed);
+        shared.stats.zeroed();
         if len > 0 {
             let reservation = shared.reserve(RECORD_HEADER_LEN as u64).await?;
             let epoch = &reservation.epoch;
@@ -318,7 +318,7 @@ impl Shared {
                 match rewrite {
                     Some(claim) => {
                         claim.done();
-                        self.stats.rewrites.fetch_add(1, Ordering::Relaxed);
+                        self.stats.rewrote();
                     }
                     None => epoch.copies.appended(header.offset, header.len, data_pos),
                 }

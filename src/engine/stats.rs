@@ -1,0 +1,114 @@
+//! What a volume counts of the requests it served, since it was opened:
+//! counted where each request is handled, read by `volume info`, the
+//! metrics and the uploader (which commits sooner once writes pause).
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Request counters, each only ever raised.
+#[derive(Default)]
+pub(super) struct Stats {
+    reads: AtomicU64,
+    writes: AtomicU64,
+    flushes: AtomicU64,
+    zeroes: AtomicU64,
+    bytes_read: AtomicU64,
+    bytes_written: AtomicU64,
+    rewrites: AtomicU64,
+    commits: AtomicU64,
+}
+
+/// The counters at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Counts {
+    pub reads: u64,
+    pub writes: u64,
+    pub flushes: u64,
+    pub zeroes: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    /// Writes that reused an older record's place in the log.
+    pub rewrites: u64,
+    pub commits: u64,
+}
+
+impl Stats {
+    pub fn read(&self, len: u64) {
+        self.reads.fetch_add(1, Relaxed);
+        self.bytes_read.fetch_add(len, Relaxed);
+    }
+
+    /// A write request, counted as it arrives.
+    pub fn write_arrived(&self) {
+        self.writes.fetch_add(1, Relaxed);
+    }
+
+    /// `len` bytes of a write are in the log.
+    pub fn written(&self, len: u64) {
+        self.bytes_written.fetch_add(len, Relaxed);
+    }
+
+    /// A discard or a write of zeroes.
+    pub fn zeroed(&self) {
+        self.zeroes.fetch_add(1, Relaxed);
+    }
+
+    /// A write reused an older record's place in the log.
+    pub fn rewrote(&self) {
+        self.rewrites.fetch_add(1, Relaxed);
+    }
+
+    pub fn flushed(&self) {
+        self.flushes.fetch_add(1, Relaxed);
+    }
+
+    pub fn committed(&self) {
+        self.commits.fetch_add(1, Relaxed);
+    }
+
+    /// Writes, discards and zeroings so far.
+    pub fn write_requests(&self) -> u64 {
+        self.writes.load(Relaxed) + self.zeroes.load(Relaxed)
+    }
+
+    pub fn counts(&self) -> Counts {
+        Counts {
+            reads: self.reads.load(Relaxed),
+            writes: self.writes.load(Relaxed),
+            flushes: self.flushes.load(Relaxed),
+            zeroes: self.zeroes.load(Relaxed),
+            bytes_read: self.bytes_read.load(Relaxed),
+            bytes_written: self.bytes_written.load(Relaxed),
+            rewrites: self.rewrites.load(Relaxed),
+            commits: self.commits.load(Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_request_raises_its_own_counters() {
+        let stats = Stats::default();
+        stats.read(4096);
+        stats.write_arrived();
+        stats.written(8192);
+        stats.zeroed();
+        stats.rewrote();
+        stats.flushed();
+        stats.committed();
+        let expected = Counts {
+            reads: 1,
+            writes: 1,
+            flushes: 1,
+            zeroes: 1,
+            bytes_read: 4096,
+            bytes_written: 8192,
+            rewrites: 1,
+            commits: 1,
+        };
+        assert_eq!(stats.counts(), expected);
+        assert_eq!(stats.write_requests(), 2);
+    }
+}
