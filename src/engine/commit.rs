@@ -10,7 +10,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt, stream};
@@ -321,10 +320,8 @@ impl Shared {
         });
         drop(state);
         let freed: u64 = epochs.iter().map(|e| e.dirty_bytes()).sum();
-        self.dirty_bytes.fetch_sub(freed, Ordering::AcqRel);
         let logged: u64 = epochs.iter().map(|e| e.end() - e.start).sum();
-        self.log_bytes.fetch_sub(logged, Ordering::AcqRel);
-        self.dirty_room.notify_waiters();
+        self.backlog.committed(freed, logged);
         self.stats.committed();
         // Every epoch before the oldest one still waiting is committed, or
         // had nothing to commit (a replay that found its records torn).

@@ -84,6 +84,7 @@
 //! `verify`.
 
 mod background;
+mod backlog;
 mod catalog;
 mod chunks;
 mod commit;

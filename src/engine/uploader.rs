@@ -39,7 +39,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
                 return;
             }
             let due = commit_due(last_commit.elapsed(), interval, writing);
-            let pressure = shared.upload_pressure();
+            let pressure = shared.backlog.upload_pressure();
             let wanted = shared.commit_wanted.load(Ordering::Acquire) > *shared.committed.borrow();
             if !(due || pressure || wanted) {
                 break;

@@ -11,6 +11,7 @@ use serde::Serialize;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 
+use super::backlog::Backlog;
 use super::catalog;
 use super::chunks::Chunks;
 use super::epoch::Epoch;
@@ -68,15 +69,8 @@ pub(super) struct Shared {
     pub durable: watch::Sender<u64>,
     /// The newest epoch whose writes are committed to the store.
     pub committed: watch::Sender<u64>,
-    /// Data bytes waiting for upload: each block once per epoch.
-    pub dirty_bytes: AtomicU64,
-    /// Log bytes of the epochs not yet committed.
-    pub log_bytes: AtomicU64,
-    /// Log bytes of writes let past the log's limit but not yet placed in
-    /// an epoch: counted with `log_bytes`, so that writes arriving at once
-    /// cannot all pass the limit (see `write::LogAdmission`).
-    pub log_admitted: AtomicU64,
-    pub dirty_room: Notify,
+    /// What waits for a commit, and the limits that hold writes back.
+    pub backlog: Backlog,
     pub kick: Notify,
     pub closing: AtomicBool,
     /// The newest epoch someone waits to see committed.
@@ -258,7 +252,7 @@ impl Volume {
             generation: shared.view.load().map.generation,
             committed_epoch: *shared.committed.borrow(),
             durable_epoch: *shared.durable.borrow(),
-            dirty_bytes: shared.dirty_bytes.load(Ordering::Relaxed),
+            dirty_bytes: shared.backlog.dirty_bytes(),
             reads: counts.reads,
             writes: counts.writes,
             flushes: counts.flushes,
@@ -540,6 +534,12 @@ impl Shared {
         let mut segments = replayed.segments;
         segments.push(first_segment);
         let (sealed_tx, sealed_rx) = mpsc::unbounded_channel();
+        let backlog = Backlog::new(
+            &options,
+            root.chunk_size,
+            replayed.dirty_bytes,
+            replayed_log_bytes,
+        );
         let shared = Shared {
             name: name.to_string(),
             chunks: Arc::new(Chunks::new(
@@ -568,10 +568,7 @@ impl Shared {
             sealed_tx,
             durable: watch::Sender::new(durable_epoch),
             committed: watch::Sender::new(committed_epoch),
-            dirty_bytes: AtomicU64::new(replayed.dirty_bytes),
-            log_bytes: AtomicU64::new(replayed_log_bytes),
-            log_admitted: AtomicU64::new(0),
-            dirty_room: Notify::new(),
+            backlog,
             kick: Notify::new(),
             closing: AtomicBool::new(false),
             commit_wanted: AtomicU64::new(0),
@@ -600,7 +597,7 @@ impl Shared {
         }
         self.durable.send_modify(|_| {});
         self.committed.send_modify(|_| {});
-        self.dirty_room.notify_waiters();
+        self.backlog.wake_all();
         self.tenure.wake();
         self.kick.notify_one();
         for epoch in self.view.load().epochs_newest_first() {

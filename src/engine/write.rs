@@ -18,10 +18,10 @@
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use super::backlog::Admission;
 use super::epoch::Reservation;
 use super::error::{EngineError, Result};
 use super::log::{RECORD_HEADER_LEN, RecordHeader};
@@ -134,7 +134,7 @@ impl Volume {
             .await?;
         admission.landed();
         shared.stats.written(len);
-        if shared.upload_pressure() {
+        if shared.backlog.upload_pressure() {
             shared.kick.notify_one();
         }
         self.acknowledge(fua).await
@@ -210,7 +210,7 @@ impl Shared {
         loop {
             self.check_running()?;
             if let Some(reservation) = self.view.load().current.try_reserve(len) {
-                self.log_bytes.fetch_add(len, Ordering::AcqRel);
+                self.backlog.logged(len);
                 return Ok(reservation);
             }
             // The epoch was sealed a moment ago; its successor is being
@@ -314,7 +314,7 @@ impl Shared {
                         .overlay
                         .record_write(header.offset, header.len, data_pos, header.seq);
                 epoch.add_dirty(new_bytes);
-                self.dirty_bytes.fetch_add(new_bytes, Ordering::AcqRel);
+                self.backlog.dirtied(new_bytes);
                 match rewrite {
                     Some(claim) => {
                         claim.done();
@@ -337,88 +337,24 @@ impl Shared {
 
     /// Waits while more than `--max-dirty` bytes wait for upload, or the
     /// log holds more than [`super::EngineOptions::log_limit_bytes`]; then
-    /// admits a record of `len` bytes to the log.
-    async fn wait_for_dirty_room(&self, len: u64) -> Result<LogAdmission<'_>> {
+    /// admits a record of `len` bytes to the log (see [`Backlog`]).
+    async fn wait_for_dirty_room(&self, len: u64) -> Result<Admission<'_>> {
         let mut warned = false;
         loop {
-            let room = self.dirty_room.notified();
+            let room = self.backlog.room_freed();
             tokio::pin!(room);
             room.as_mut().enable();
             self.check_running()?;
-            let dirty = self.dirty_bytes.load(Ordering::Acquire);
-            if dirty < self.options.max_dirty_bytes && self.admit_to_log(len) {
-                return Ok(LogAdmission {
-                    shared: self,
-                    len,
-                    landed: false,
-                });
+            if let Some(admission) = self.backlog.try_admit(len) {
+                return Ok(admission);
             }
             if !warned {
-                let logged = self.log_bytes.load(Ordering::Acquire);
+                let (dirty, logged) = (self.backlog.dirty_bytes(), self.backlog.log_bytes());
                 tracing::debug!(volume = %self.name, dirty, logged, "writes wait for uploads (--max-dirty reached)");
                 warned = true;
             }
             self.kick.notify_one();
             room.await;
-        }
-    }
-
-    /// Admits `len` more bytes to the log if they fit under its limit
-    /// with what it holds and what was admitted and is on its way, however
-    /// many writes arrive at once. A record larger than the limit goes in
-    /// alone, into an empty log.
-    fn admit_to_log(&self, len: u64) -> bool {
-        let limit = self.options.log_limit_bytes();
-        let logged = self.log_bytes.load(Ordering::Acquire);
-        self.log_admitted
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |admitted| {
-                let held = logged.saturating_add(admitted);
-                (held == 0 || held.saturating_add(len) <= limit).then_some(admitted + len)
-            })
-            .is_ok()
-    }
-
-    /// Dirty bytes past which the uploader starts without waiting for its
-    /// interval.
-    /// Half of `--max-dirty`: each commit re-encodes every chunk it
-    /// touches, so under random overwrites fewer, larger commits upload
-    /// (and compress) less, while the other half keeps writes flowing
-    /// during the commit.
-    pub fn upload_threshold(&self) -> u64 {
-        (self.options.max_dirty_bytes / 2).max(self.superblock.chunk_size * 4)
-    }
-
-    /// Whether enough waits that the uploader should start now.
-    pub fn upload_pressure(&self) -> bool {
-        self.dirty_bytes.load(Ordering::Acquire) >= self.upload_threshold()
-            || self.log_bytes.load(Ordering::Acquire) >= self.options.log_commit_bytes()
-    }
-}
-
-/// A record let into the log (see [`Shared::admit_to_log`]), counted as
-/// admitted until it has its place in an epoch.
-struct LogAdmission<'a> {
-    shared: &'a Shared,
-    len: u64,
-    landed: bool,
-}
-
-impl LogAdmission<'_> {
-    /// The record is in the log, counted in `log_bytes` (or took the
-    /// place of an older one).
-    fn landed(mut self) {
-        self.landed = true;
-    }
-}
-
-impl Drop for LogAdmission<'_> {
-    fn drop(&mut self) {
-        self.shared
-            .log_admitted
-            .fetch_sub(self.len, Ordering::AcqRel);
-        if !self.landed {
-            // It never got there: its room is someone else's.
-            self.shared.dirty_room.notify_waiters();
         }
     }
 }
