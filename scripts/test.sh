@@ -30,6 +30,8 @@ say "cargo fmt --check"
 cargo fmt --check
 say "cargo clippy --all-targets -- -D warnings"
 cargo clippy --quiet --all-targets -- -D warnings
+say "no import cycles among the engine's modules"
+python3 scripts/module_cycles.py src/engine
 say "benchmarks, once each (cargo test --benches)"
 cargo test --benches --quiet
 say "cargo test"

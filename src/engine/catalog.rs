@@ -407,9 +407,9 @@ pub async fn delete_unused(
                 pid: holder.pid,
             });
         }
-        let dir = super::volume::local_dir(cache_dir, &superblock);
+        let dir = super::local::volume_dir(cache_dir, &superblock);
         if dir.exists() {
-            let lock = super::volume::lock_volume(&dir, name)?;
+            let lock = super::local::lock(&dir, name)?;
             delete(store, name).await?;
             std::fs::remove_dir_all(&dir)
                 .map_err(|source| EngineError::CacheDir { path: dir, source })?;

@@ -20,17 +20,15 @@ use super::catalog;
 use super::chunks::page_of;
 use super::epoch::Epoch;
 use super::error::{EngineError, Result};
+use super::options::PACKS_IN_FLIGHT;
 use super::resolve::{self, Source};
-use super::volume::{Shared, View};
+use super::shared::{Shared, View};
 use crate::format::{
     self, ChunkRef, EncodedChunk, PAGE_ENTRIES, PageSlot, Root, RootKind, keys,
     pack::PackBuilder,
     root::{now_ms, page_count},
 };
 use crate::store::Store;
-
-/// Pack uploads in flight at once during a commit.
-pub(super) const PACKS_IN_FLIGHT: usize = 4;
 
 /// What publishing a root came to.
 enum Published {

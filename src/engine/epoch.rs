@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
-use super::log::Segment;
+use super::log::{RECORD_HEADER_LEN, Segment};
 use super::overlay::Overlay;
 use super::rewrite::Copies;
 
@@ -298,6 +298,51 @@ impl Epoch {
 
     pub fn dirty_bytes(&self) -> u64 {
         self.dirty_bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// The right to overwrite one record of an open epoch, held while the
+/// rewrite runs; given back when dropped.
+pub struct Claim {
+    epoch: Arc<Epoch>,
+    offset: u64,
+    data_pos: u64,
+    rewritten: bool,
+}
+
+impl Claim {
+    /// Claims the older copy of `offset..offset+len` in `epoch`, if the
+    /// newer one hides all of it.
+    pub fn take(epoch: &Arc<Epoch>, offset: u64, len: u64) -> Option<Claim> {
+        let (older, newer) = epoch.copies.claim(offset, len)?;
+        let claim = Claim {
+            epoch: Arc::clone(epoch),
+            offset,
+            data_pos: older,
+            rewritten: false,
+        };
+        // Claimed first, checked second: hidden blocks never show again,
+        // and nobody else rewrites the record while the claim stands.
+        epoch
+            .overlay
+            .shows_only(offset, len, newer)
+            .then_some(claim)
+    }
+
+    /// Where the claimed record starts in the epoch's segment.
+    pub fn record_pos(&self) -> u64 {
+        self.data_pos - RECORD_HEADER_LEN as u64
+    }
+
+    /// Says the record now holds the rewrite, in the log and the overlay.
+    pub fn done(mut self) {
+        self.rewritten = true;
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.epoch.copies.release(self.offset, self.rewritten);
     }
 }
 

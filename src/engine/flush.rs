@@ -14,23 +14,7 @@ use tokio::sync::mpsc;
 use super::epoch::Epoch;
 use super::error::{EngineError, Result};
 use super::log::{RECORD_HEADER_LEN, RecordHeader, SEGMENT_HEADER_LEN, Segment};
-use super::options::Durability;
-use super::volume::{Shared, View, Volume};
-
-impl Volume {
-    /// Makes every write acknowledged before this call durable, as the
-    /// volume's durability mode defines it.
-    pub async fn flush(&self) -> Result<()> {
-        let shared = &self.shared;
-        shared.stats.flushed();
-        let target = shared.seal_current().await?;
-        shared.wait_for(&shared.durable, target).await?;
-        if shared.options.durability == Durability::Remote {
-            shared.wait_committed(target).await?;
-        }
-        shared.check_tenure().await
-    }
-}
+use super::shared::{Shared, View};
 
 impl Shared {
     /// Seals the open epoch if anything was written to it, and returns the

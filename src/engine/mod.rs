@@ -93,6 +93,7 @@ mod error;
 mod flush;
 mod gc;
 mod lease;
+mod local;
 mod log;
 mod options;
 mod overlay;
@@ -101,6 +102,7 @@ mod replay;
 mod resolve;
 mod rewrite;
 mod sealed;
+mod shared;
 mod stats;
 mod tenure;
 mod uploader;
@@ -114,10 +116,11 @@ pub use catalog::{
 };
 pub use error::{EngineError, ErrorKind, Result};
 pub use gc::{GcOptions, GcReport, MIN_GRACE_WHILE_ATTACHED, collect as collect_garbage};
+pub use local::volume_dir as local_dir;
 pub use options::{Durability, EngineOptions};
 pub use read::{Extent, ReadData, ReadPart};
 pub use verify::{BadObject, VerifyReport, verify};
 #[cfg(feature = "failpoints")]
 pub use volume::simulate_power_cuts;
-pub use volume::{Volume, VolumeCounters, local_dir};
+pub use volume::{Volume, VolumeCounters};
 pub use write::WriteBuffer;

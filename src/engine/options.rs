@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::commit::PACKS_IN_FLIGHT;
 use crate::format::pack::PACK_TARGET_BYTES;
+
+/// Pack uploads in flight at once during a commit.
+pub(super) const PACKS_IN_FLIGHT: usize = 4;
 
 /// What a FLUSH (or a FUA write) waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]

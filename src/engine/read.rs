@@ -13,7 +13,8 @@ use futures::future::try_join_all;
 use super::error::{EngineError, Result};
 use super::log::Segment;
 use super::resolve::{self, Source};
-use super::volume::{Shared, View, Volume};
+use super::shared::{Shared, View};
+use super::volume::Volume;
 
 /// A stretch of a volume that holds data, or reads as zeroes (`zero`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -25,13 +25,11 @@
 //! Only the open epoch is rewritten: its records are not synced yet and no
 //! flush has promised them. A sealed epoch is left alone from the moment
 //! it is sealed (a rewrite holds its epoch open, like any write).
-
-use std::sync::Arc;
+//!
+//! This file keeps the table of copies; an epoch hands out the right to
+//! rewrite one (`Claim`, in `epoch.rs`).
 
 use dashmap::DashMap;
-
-use super::epoch::Epoch;
-use super::log::RECORD_HEADER_LEN;
 
 /// Per extent written in an epoch, its two latest records.
 #[derive(Default)]
@@ -82,7 +80,7 @@ impl Copies {
     /// Claims the older record of the extent for a rewrite: its data
     /// position and the newer record's. `None` when the extent has no two
     /// records or one is already being rewritten.
-    fn claim(&self, offset: u64, len: u64) -> Option<(u64, u64)> {
+    pub fn claim(&self, offset: u64, len: u64) -> Option<(u64, u64)> {
         let mut extent = self.extents.get_mut(&offset)?;
         if extent.len != len || extent.older == 0 || extent.busy {
             return None;
@@ -92,7 +90,7 @@ impl Copies {
     }
 
     /// Ends a claim; after a rewrite, the rewritten record is the newer.
-    fn release(&self, offset: u64, rewritten: bool) {
+    pub fn release(&self, offset: u64, rewritten: bool) {
         if let Some(mut extent) = self.extents.get_mut(&offset) {
             extent.busy = false;
             if rewritten {
@@ -101,51 +99,6 @@ impl Copies {
                 extent.older = newer;
             }
         }
-    }
-}
-
-/// The right to overwrite one record of an open epoch, held while the
-/// rewrite runs; given back when dropped.
-pub struct Claim {
-    epoch: Arc<Epoch>,
-    offset: u64,
-    data_pos: u64,
-    rewritten: bool,
-}
-
-impl Claim {
-    /// Claims the older copy of `offset..offset+len` in `epoch`, if the
-    /// newer one hides all of it.
-    pub fn take(epoch: &Arc<Epoch>, offset: u64, len: u64) -> Option<Claim> {
-        let (older, newer) = epoch.copies.claim(offset, len)?;
-        let claim = Claim {
-            epoch: Arc::clone(epoch),
-            offset,
-            data_pos: older,
-            rewritten: false,
-        };
-        // Claimed first, checked second: hidden blocks never show again,
-        // and nobody else rewrites the record while the claim stands.
-        epoch
-            .overlay
-            .shows_only(offset, len, newer)
-            .then_some(claim)
-    }
-
-    /// Where the claimed record starts in the epoch's segment.
-    pub fn record_pos(&self) -> u64 {
-        self.data_pos - RECORD_HEADER_LEN as u64
-    }
-
-    /// Says the record now holds the rewrite, in the log and the overlay.
-    pub fn done(mut self) {
-        self.rewritten = true;
-    }
-}
-
-impl Drop for Claim {
-    fn drop(&mut self) {
-        self.epoch.copies.release(self.offset, self.rewritten);
     }
 }
 

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::volume::Shared;
+use super::shared::Shared;
 
 /// Intervals a due commit may wait for writes to pause.
 const LONGEST_DEFERRAL: u32 = 4;

@@ -22,11 +22,11 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::backlog::Admission;
-use super::epoch::Reservation;
+use super::epoch::{Claim, Reservation};
 use super::error::{EngineError, Result};
 use super::log::{RECORD_HEADER_LEN, RecordHeader};
-use super::rewrite::Claim;
-use super::volume::{Shared, Volume};
+use super::shared::Shared;
+use super::volume::Volume;
 use crate::format::BLOCK_SIZE;
 
 /// Records up to this size are written on the calling task.

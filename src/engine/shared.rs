@@ -1,0 +1,283 @@
+//! The state a volume's callers and its background tasks share, and the
+//! few things every part of the engine does with it: stop the volume for
+//! good, publish what is durable and committed, and wait for either.
+//!
+//! Its fields are the engine's components (see the module documentation
+//! of [`crate::engine`]); `volume.rs` builds it, the request paths and the
+//! background tasks hold it.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use arc_swap::ArcSwap;
+use tokio::sync::{Notify, mpsc, watch};
+
+use super::backlog::Backlog;
+use super::chunks::Chunks;
+use super::epoch::Epoch;
+use super::error::{EngineError, Result};
+use super::lease::Lease;
+use super::log::{LogDir, SEGMENT_HEADER_LEN, Segment};
+use super::options::EngineOptions;
+use super::replay::Replayed;
+use super::sealed::SealedEpochs;
+use super::stats::Stats;
+use super::tenure::Tenure;
+use crate::cache::DiskCache;
+use crate::format::{Codec, Root, Superblock};
+use crate::store::{Fencing, Store};
+
+/// What readers and writers see, swapped atomically as a whole: the open
+/// epoch, the sealed but uncommitted ones (oldest first), and the newest
+/// committed generation.
+pub(super) struct View {
+    pub current: Arc<Epoch>,
+    pub sealed: SealedEpochs,
+    pub map: Arc<Root>,
+}
+
+impl View {
+    pub fn epochs_newest_first(&self) -> impl Iterator<Item = &Arc<Epoch>> {
+        std::iter::once(&self.current).chain(self.sealed.newest_first())
+    }
+}
+
+/// What only epoch switches and commits change, under one async lock.
+pub(super) struct SwitchState {
+    pub next_epoch: u64,
+    pub next_seq: u64,
+    /// Segments holding uncommitted epochs, oldest first.
+    pub segments: Vec<Arc<Segment>>,
+    /// A size a resize is waiting to commit.
+    pub pending_size: Option<u64>,
+}
+
+/// The state shared by a volume's callers and its background tasks.
+pub(super) struct Shared {
+    pub name: String,
+    pub superblock: Superblock,
+    /// How the volume's objects are named and sealed.
+    pub codec: Codec,
+    pub store: Store,
+    pub options: EngineOptions,
+    pub chunks: Arc<Chunks>,
+    pub log: LogDir,
+    pub view: ArcSwap<View>,
+    pub switch: tokio::sync::Mutex<SwitchState>,
+    pub sealed_tx: mpsc::UnboundedSender<Arc<Epoch>>,
+    /// The newest epoch whose records are on stable storage.
+    pub durable: watch::Sender<u64>,
+    /// The newest epoch whose writes are committed to the store.
+    pub committed: watch::Sender<u64>,
+    /// What waits for a commit, and the limits that hold writes back.
+    pub backlog: Backlog,
+    pub kick: Notify,
+    pub closing: AtomicBool,
+    /// The newest epoch someone waits to see committed.
+    pub commit_wanted: AtomicU64,
+    pub failure: OnceLock<Arc<EngineError>>,
+    pub stats: Stats,
+    pub fencing: Fencing,
+    /// The writer's lease, checked before every commit.
+    pub lease: tokio::sync::Mutex<Lease>,
+    /// Until when the lease lets this writer acknowledge anything.
+    pub tenure: Tenure,
+    /// Held while a blocking task makes a log segment or a spare file
+    /// for one (see `crash`).
+    pub segment_creation: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Shared {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        name: &str,
+        superblock: Superblock,
+        codec: Codec,
+        store: Store,
+        mut options: EngineOptions,
+        root: Root,
+        log: LogDir,
+        disk: Option<DiskCache>,
+        replayed: Replayed,
+        first_segment: Arc<Segment>,
+        fencing: Fencing,
+        lease: Lease,
+    ) -> (Shared, mpsc::UnboundedReceiver<Arc<Epoch>>) {
+        let tenure = Tenure::new(options.lease_ttl, lease.last_sent());
+        options.upload_concurrency = options.upload_concurrency.max(1);
+        let first_epoch = replayed.last_epoch + 1;
+        let current = Arc::new(Epoch::new(
+            first_epoch,
+            Arc::clone(&first_segment),
+            SEGMENT_HEADER_LEN,
+            root.chunk_size,
+            None,
+        ));
+        // Replay synced what it kept, and epochs it found nothing of (their
+        // records torn) have nothing to sync, nor to commit: everything
+        // before the oldest replayed epoch is in the store.
+        let durable_epoch = first_epoch - 1;
+        let committed_epoch = replayed.epochs.first().map_or(durable_epoch, |e| e.id - 1);
+        let replayed_log_bytes = replayed.epochs.iter().map(|e| e.end() - e.start).sum();
+        let mut segments = replayed.segments;
+        segments.push(first_segment);
+        let (sealed_tx, sealed_rx) = mpsc::unbounded_channel();
+        let backlog = Backlog::new(
+            &options,
+            root.chunk_size,
+            replayed.dirty_bytes,
+            replayed_log_bytes,
+        );
+        let shared = Shared {
+            name: name.to_string(),
+            chunks: Arc::new(Chunks::new(
+                &store,
+                &codec,
+                superblock.chunk_size,
+                &options,
+                disk,
+            )),
+            superblock,
+            codec,
+            store,
+            options,
+            log,
+            view: ArcSwap::from_pointee(View {
+                current,
+                sealed: SealedEpochs::from_oldest_first(replayed.epochs),
+                map: Arc::new(root),
+            }),
+            switch: tokio::sync::Mutex::new(SwitchState {
+                next_epoch: first_epoch + 1,
+                next_seq: replayed.next_seq + 1,
+                segments,
+                pending_size: None,
+            }),
+            sealed_tx,
+            durable: watch::Sender::new(durable_epoch),
+            committed: watch::Sender::new(committed_epoch),
+            backlog,
+            kick: Notify::new(),
+            closing: AtomicBool::new(false),
+            commit_wanted: AtomicU64::new(0),
+            failure: OnceLock::new(),
+            stats: Stats::default(),
+            fencing,
+            tenure,
+            lease: tokio::sync::Mutex::new(lease),
+            segment_creation: Arc::default(),
+        };
+        (shared, sealed_rx)
+    }
+
+    pub fn size(&self) -> u64 {
+        self.view.load().map.size
+    }
+
+    /// Stops the volume for good after an error it cannot recover from,
+    /// waking everyone who waits, so they see it.
+    pub fn fail(&self, error: EngineError) {
+        if self.failure.set(Arc::new(error)).is_ok()
+            && let Some(error) = self.failure.get()
+            && !self.closing.load(Ordering::Acquire)
+        {
+            tracing::error!(volume = %self.name, %error, "volume stopped");
+        }
+        self.durable.send_modify(|_| {});
+        self.committed.send_modify(|_| {});
+        self.backlog.wake_all();
+        self.tenure.wake();
+        self.kick.notify_one();
+        for epoch in self.view.load().epochs_newest_first() {
+            epoch.wake_waiters();
+        }
+    }
+
+    /// Makes epochs up to `epoch` count as durable, once the log synced
+    /// them, unless the volume has stopped: a sync that ends after a crash
+    /// acknowledges nothing, since what it synced may be what a power cut
+    /// left. Serialized with [`Shared::fail`] by the watch's lock. Returns
+    /// whether the volume still runs.
+    pub fn publish_durable(&self, epoch: u64) -> bool {
+        let mut running = true;
+        self.durable.send_if_modified(|durable| {
+            running = self.failure.get().is_none();
+            let newer = running && epoch > *durable;
+            if newer {
+                *durable = epoch;
+            }
+            newer
+        });
+        running
+    }
+
+    /// Stops the volume (see [`Shared::fail`]); returns the error every
+    /// caller sees from then on.
+    pub fn stop(&self, error: EngineError) -> EngineError {
+        self.fail(error);
+        let failure = self.failure.get().expect("fail sets the failure");
+        EngineError::Stopped(Arc::clone(failure))
+    }
+
+    /// The error the volume stopped with, if it did.
+    pub fn check_running(&self) -> Result<()> {
+        match self.failure.get() {
+            Some(error) => Err(EngineError::Stopped(Arc::clone(error))),
+            None => Ok(()),
+        }
+    }
+
+    /// Returns once this writer may acknowledge (see `tenure`): at once
+    /// while its lease is renewed in time; else when a renewal gets
+    /// through, or with an error when the volume stops (the lease was
+    /// found taken).
+    pub async fn check_tenure(&self) -> Result<()> {
+        if self.tenure.holds() {
+            return Ok(()); // every write asks: no waiter made unless needed
+        }
+        let mut warned = false;
+        loop {
+            let renewal = self.tenure.renewal();
+            if self.tenure.holds() {
+                return Ok(());
+            }
+            self.check_running()?;
+            if !std::mem::replace(&mut warned, true) {
+                tracing::warn!(
+                    volume = %self.name,
+                    lapsed_for = ?self.tenure.lapsed_for(),
+                    "the lease has not been renewed in time (is the store reachable?): writes and flushes wait until it is, since another writer may take the volume over"
+                );
+            }
+            renewal.await;
+        }
+    }
+
+    /// Waits until `watch` reaches `target`, or the volume stops.
+    pub async fn wait_for(&self, watch: &watch::Sender<u64>, target: u64) -> Result<()> {
+        let mut rx = watch.subscribe();
+        loop {
+            if *rx.borrow_and_update() >= target {
+                return Ok(());
+            }
+            self.check_running()?;
+            if rx.changed().await.is_err() {
+                return self.check_running();
+            }
+        }
+    }
+
+    /// Seals the open epoch and commits everything up to it; returns once
+    /// the store holds every write acknowledged before the call.
+    pub async fn commit_everything(&self) -> Result<()> {
+        let target = self.seal_current().await?;
+        self.wait_committed(target).await
+    }
+
+    /// Asks the uploader to commit up to epoch `target` now, and waits.
+    pub async fn wait_committed(&self, target: u64) -> Result<()> {
+        self.commit_wanted.fetch_max(target, Ordering::AcqRel);
+        self.kick.notify_one();
+        self.wait_for(&self.committed, target).await
+    }
+}
