@@ -73,15 +73,54 @@
 //!
 //! # Layout
 //!
-//! `volume` (state, open, close), `write`, `read`, `fetch` (committed
-//! chunks from the store), `flush`, `commit`, `uploader`; `epoch` and
-//! `overlay` (what changed, where in the log, and how far it is written);
-//! `sealed` (the sealed epochs a view shares with the views before it);
-//! `rewrite` (reusing log space within the open epoch); `log` (the
-//! write-back log: its files, through `log/file.rs`, and in tests their
-//! simulated power cuts) and `replay`; `map` (committed pages); `lease`
-//! (one writer); `catalog` (volumes of a store, their roots); `gc` and
-//! `verify`.
+//! Bottom up (a module uses only those above it in this list;
+//! `scripts/module_cycles.py` checks that no two import each other):
+//!
+//! - `error`, `options`, `stats` (request counters), `background` (a
+//!   low-priority pool for commit CPU work), `tenure` (until when the lease
+//!   lets this writer acknowledge);
+//! - `log` (the write-back log's files: segments, records, durable
+//!   directories, and in tests their simulated power cuts), `overlay` (what
+//!   an epoch changed, and where in the log), `rewrite` (the table of
+//!   copies an open epoch may overwrite), `epoch` (an epoch's reservations,
+//!   how far it is written, and its rewrite claims), `sealed` (the sealed
+//!   epochs a view shares with the views before it), `replay`;
+//! - `resolve`: where each byte of a chunk is (log, zero, committed), for
+//!   reads and commits alike;
+//! - `chunks` (committed chunks and pages: caches, single-flight fetches,
+//!   read-ahead), `backlog` (dirty and log bytes, and the admission of
+//!   writes), `local` (the volume's folder and its lock), `lease` (one
+//!   writer), `catalog` (the volumes of a store, their superblocks and
+//!   roots);
+//! - `shared`: the state the request paths and background tasks share,
+//!   and stopping the volume;
+//! - `write`, `read`, `flush` (sealing and the durability worker),
+//!   `commit`, `uploader`, `gc`, `verify`;
+//! - `volume`: opens a volume, wires the above together, runs its
+//!   background tasks, and holds the public API.
+//!
+//! # Paths
+//!
+//! - **A write** (`write`): the backlog admits it; the open epoch reserves
+//!   its record's place in the log (or an older copy of the same extent is
+//!   claimed, `rewrite`); the record is written (`log`) and entered in the
+//!   epoch's overlay; it is acknowledged once every record before it in the
+//!   log is written (`epoch`) and the lease's tenure holds.
+//! - **A flush** (`volume`, `flush`): the open epoch is sealed and a new one
+//!   published in the view; the durability worker waits for the sealed
+//!   epochs' writes to drain, fsyncs their segments once for all of them,
+//!   and publishes them durable (`shared`), unless the volume has stopped.
+//! - **A commit** (`uploader`, `commit`): sealed epochs that are durable are
+//!   built into chunks (`resolve` assembles each from the committed chunk,
+//!   via `chunks`, and the log), packed and uploaded, then the map pages,
+//!   then the root with create-if-absent after a lease check (`catalog`,
+//!   `lease`); the new view drops the committed epochs, the `backlog`
+//!   frees their bytes, and the `log` retires segments nothing needs.
+//! - **A read** (`read`): one snapshot of the view; `resolve` finds each
+//!   stretch in the open and sealed epochs' overlays, else the committed
+//!   map; log stretches are read from the log, committed ones from
+//!   `chunks` (memory, then disk, then the store), and read-ahead starts
+//!   first when the read continues the previous one.
 
 mod background;
 mod backlog;
