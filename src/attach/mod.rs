@@ -19,6 +19,8 @@ mod hook;
 mod mountinfo;
 pub mod namespace;
 pub mod orphan;
+pub mod provisioning;
+pub mod spawn;
 
 pub use crate::ublk::UblkOptions;
 pub mod registry;
@@ -106,6 +108,12 @@ pub enum AttachError {
     },
     #[error(transparent)]
     Engine(#[from] crate::engine::EngineError),
+    #[error("the daemon for {name} failed to start: {last} (log: {log})")]
+    DaemonFailed {
+        name: String,
+        last: String,
+        log: String,
+    },
     #[error("{what}: {source}")]
     Io {
         what: String,

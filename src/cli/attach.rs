@@ -1,9 +1,7 @@
 //! `zeroblk attach`, `detach` and `list`: volumes as block devices here.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::process::CommandExt;
+use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -11,13 +9,14 @@ use anyhow::Context;
 use super::nbd_tls::TlsArgs;
 use super::settings::{EngineArgs, Settings};
 use crate::attach::daemon::{self, AttachOptions};
-use crate::attach::{AttachError, Transport, UblkOptions, choose_transport, orphan, registry};
+use crate::attach::provisioning::{self, ProvisionFlags};
+use crate::attach::{
+    AttachError, Transport, UblkOptions, choose_transport, orphan, registry, spawn,
+};
 use crate::engine::{self, EngineError, NewVolume, Volume};
 use crate::format::{Compression, DEFAULT_CHUNK_SIZE};
 use crate::nbd::ListenAddr;
-use crate::provision::{
-    self, BtrfsCompression, Filesystem, MountOptions, NfsExport, PROVISION_FILE, Provision,
-};
+use crate::provision::{self, BtrfsCompression, Filesystem, MountOptions, NfsExport};
 use crate::size::ByteSize;
 use crate::store::Store;
 
@@ -88,11 +87,14 @@ pub struct ProvisionArgs {
 }
 
 impl ProvisionArgs {
-    fn given(&self) -> bool {
-        self.mount_point.is_some()
-            || self.filesystem.is_some()
-            || self.compress.is_some()
-            || self.nfs_options.is_some()
+    fn flags(&self) -> ProvisionFlags {
+        ProvisionFlags {
+            mount_point: self.mount_point.clone(),
+            filesystem: self.filesystem,
+            compress: self.compress.clone(),
+            nfs_options: self.nfs_options.clone(),
+            mount_options: self.mount_options,
+        }
     }
 }
 
@@ -117,12 +119,14 @@ pub async fn attach(args: AttachArgs, settings: &Settings) -> anyhow::Result<()>
     }
     let store = settings.open_store()?;
     ensure_volume(&store, &args, settings).await?;
-    let provision = resolve_provision(&store, &args.name, &args.provision).await?;
+    let provision = provisioning::resolve(&store, &args.name, &args.provision.flags()).await?;
     if let Some(provision) = &provision {
         provision::preflight(provision)?;
     }
     if !args.foreground {
-        return spawn_daemon(&args.name, &dir);
+        let device = spawn::daemon(&args.name, &dir)?;
+        outln!("{device}");
+        return Ok(());
     }
     let volume = Volume::open(&store, &args.name, settings.engine_options(&args.engine)?).await?;
     let options = AttachOptions {
@@ -144,111 +148,6 @@ pub async fn attach(args: AttachArgs, settings: &Settings) -> anyhow::Result<()>
     })
     .await?;
     Ok(())
-}
-
-/// The provisioning to bring up: the flags given, over what the volume
-/// remembers; remembered in turn when it changed. What the volume
-/// remembers is checked like the flags (whoever can write the bucket
-/// writes it), and its NFS export is applied only when this host's flags
-/// repeat it.
-async fn resolve_provision(
-    store: &Store,
-    name: &str,
-    args: &ProvisionArgs,
-) -> anyhow::Result<Option<Provision>> {
-    let stored = stored_provision(store, name, args).await?;
-    let wanted = match args.given() {
-        true => provision_from_flags(store, name, args, stored.as_ref()).await?,
-        false => stored,
-    };
-    Ok(wanted.map(|provision| applied_on_this_host(name, provision, args)))
-}
-
-/// What volume `name` remembers, checked; when it fails the check, an
-/// error, unless the flags give a mount point to replace it.
-async fn stored_provision(
-    store: &Store,
-    name: &str,
-    args: &ProvisionArgs,
-) -> anyhow::Result<Option<Provision>> {
-    let Some(bytes) = engine::read_volume_file(store, name, PROVISION_FILE).await? else {
-        return Ok(None);
-    };
-    let checked = serde_json::from_slice::<Provision>(&bytes)
-        .map_err(|e| e.to_string())
-        .and_then(|p| p.check().map(|()| p).map_err(|e| e.to_string()));
-    match checked {
-        Ok(provision) => Ok(Some(provision)),
-        Err(why) if args.mount_point.is_some() => {
-            tracing::warn!(volume = name, %why, "replacing the stored provisioning settings with the flags");
-            Ok(None)
-        }
-        Err(why) => anyhow::bail!(
-            "the provisioning settings stored with volume {name} ({PROVISION_FILE}) are refused: {why}; attach it with --mount-point DIR and the other options to replace them"
-        ),
-    }
-}
-
-/// The provisioning the flags ask for, over `stored`; remembered with the
-/// volume when it changed.
-async fn provision_from_flags(
-    store: &Store,
-    name: &str,
-    args: &ProvisionArgs,
-    stored: Option<&Provision>,
-) -> anyhow::Result<Option<Provision>> {
-    if args.filesystem == Some(Filesystem::None) {
-        anyhow::ensure!(
-            args.mount_point.is_none() && args.compress.is_none() && args.nfs_options.is_none(),
-            "--filesystem none leaves the device raw: leave out --mount-point, --compress and --nfs-options"
-        );
-        if stored.is_some() {
-            engine::write_volume_file(store, name, PROVISION_FILE, None).await?;
-        }
-        return Ok(None);
-    }
-    let mount_point = args
-        .mount_point
-        .clone()
-        .or_else(|| stored.map(|p| p.mount_point.clone()))
-        .context(
-            "a filesystem needs a place to mount it: give --mount-point DIR (e.g. /mnt/NAME)",
-        )?;
-    let provision = Provision {
-        filesystem: Filesystem::Btrfs,
-        compress: args
-            .compress
-            .clone()
-            .or_else(|| stored.map(|p| p.compress.clone()))
-            .unwrap_or_default(),
-        mount_point,
-        nfs: args
-            .nfs_options
-            .clone()
-            .or_else(|| stored.and_then(|p| p.nfs.clone())),
-        mount: MountOptions::default(),
-    };
-    provision.check()?;
-    if stored != Some(&provision) {
-        let json = serde_json::to_vec_pretty(&provision)?;
-        engine::write_volume_file(store, name, PROVISION_FILE, Some(json.into())).await?;
-    }
-    Ok(Some(provision))
-}
-
-/// `provision` as this host applies it: its NFS export only when the
-/// flags give one, and the mount options of the flags.
-fn applied_on_this_host(name: &str, mut provision: Provision, args: &ProvisionArgs) -> Provision {
-    if args.nfs_options.is_none()
-        && let Some(export) = provision.nfs.take()
-    {
-        tracing::warn!(
-            volume = name,
-            "the volume remembers the NFS export `{export}`, which is not applied: a host shares a volume only when its own flags say so; pass --nfs-options '{export}' to share it"
-        );
-    }
-    provision.mount = args.mount_options.unwrap_or_default();
-    provision
 }
 
 async fn ensure_volume(
@@ -288,51 +187,6 @@ async fn ensure_volume(
         }
         Err(error) => Err(error.into()),
     }
-}
-
-/// Starts this same command with `--foreground` in the background, and
-/// returns once it prints the device path (or fails).
-fn spawn_daemon(name: &str, dir: &std::path::Path) -> anyhow::Result<()> {
-    registry::ensure_private_dir(dir)?;
-    let log = registry::log_path(dir, name);
-    let log_file = registry::create_log(dir, name)
-        .with_context(|| format!("cannot create {}", log.display()))?;
-    let exe = std::env::current_exe().context("cannot find the zeroblk binary")?;
-    let mut child = Command::new(exe)
-        .args(std::env::args_os().skip(1))
-        .arg("--foreground")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(log_file)
-        .process_group(0)
-        .spawn()
-        .context("cannot start the zeroblk daemon")?;
-    let stdout = child.stdout.take().expect("piped");
-    let (sender, receiver) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = sender.send(line);
-    });
-    let line = receiver
-        .recv_timeout(Duration::from_secs(600))
-        .unwrap_or_default();
-    let device = line.trim();
-    if device.is_empty() {
-        let _ = child.kill();
-        let _ = child.wait();
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        let last = text
-            .lines()
-            .rfind(|l| !l.trim().is_empty())
-            .unwrap_or("no output");
-        anyhow::bail!(
-            "the daemon for {name} failed to start: {last} (log: {})",
-            log.display()
-        );
-    }
-    outln!("{device}");
-    Ok(())
 }
 
 pub async fn detach(target: &str) -> anyhow::Result<()> {
@@ -411,84 +265,4 @@ pub fn list(json: bool) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::format::Compression;
-    use std::path::Path;
-
-    /// A volume `v` in a memory store that remembers `stored` as its
-    /// provisioning, as if a bucket writer had put it there.
-    async fn volume_remembering(stored: &str) -> Store {
-        let store = Store::memory();
-        let new = NewVolume {
-            name: "v".into(),
-            size: 1 << 30,
-            chunk_size: 1 << 20,
-            compression: Compression::default(),
-            encrypt_with: None,
-        };
-        engine::create(&store, &new).await.unwrap();
-        let bytes = bytes::Bytes::from(stored.to_string());
-        engine::write_volume_file(&store, "v", PROVISION_FILE, Some(bytes))
-            .await
-            .unwrap();
-        store
-    }
-
-    #[tokio::test]
-    async fn a_stored_mount_point_in_the_system_is_refused_until_the_flags_replace_it() {
-        let store = volume_remembering(
-            r#"{"filesystem": "btrfs", "compress": "zstd:3", "mount_point": "/etc"}"#,
-        )
-        .await;
-        let refused = resolve_provision(&store, "v", &ProvisionArgs::default())
-            .await
-            .unwrap_err()
-            .to_string();
-        assert!(
-            refused.contains("are refused: mount point /etc is a system directory"),
-            "{refused}"
-        );
-        let flags = ProvisionArgs {
-            mount_point: Some("/mnt/v".into()),
-            ..ProvisionArgs::default()
-        };
-        let replaced = resolve_provision(&store, "v", &flags)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(replaced.mount_point, Path::new("/mnt/v"));
-        let again = resolve_provision(&store, "v", &ProvisionArgs::default()).await;
-        assert_eq!(again.unwrap().unwrap().mount_point, Path::new("/mnt/v"));
-    }
-
-    #[tokio::test]
-    async fn a_stored_nfs_export_is_applied_only_when_the_flags_repeat_it() {
-        let store = volume_remembering(
-            r#"{"filesystem": "btrfs", "compress": "zstd:3", "mount_point": "/mnt/v", "nfs": "rw,*"}"#,
-        )
-        .await;
-        let applied = resolve_provision(&store, "v", &ProvisionArgs::default()).await;
-        let applied = applied.unwrap().unwrap();
-        assert_eq!(applied.nfs, None);
-        assert_eq!(applied.mount, MountOptions::default(), "nosuid and nodev");
-        let compress_only = ProvisionArgs {
-            compress: Some("zstd:1".parse().unwrap()),
-            ..ProvisionArgs::default()
-        };
-        let applied = resolve_provision(&store, "v", &compress_only).await;
-        assert_eq!(applied.unwrap().unwrap().nfs, None);
-        let flags = ProvisionArgs {
-            nfs_options: Some("rw,10.0.0.0/24".parse().unwrap()),
-            ..ProvisionArgs::default()
-        };
-        let applied = resolve_provision(&store, "v", &flags)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(applied.nfs, Some("rw,10.0.0.0/24".parse().unwrap()));
-    }
 }
