@@ -22,7 +22,7 @@ use super::epoch::Epoch;
 use super::error::{EngineError, Result};
 use super::options::PACKS_IN_FLIGHT;
 use super::resolve::{self, Source};
-use super::shared::{Shared, View};
+use super::shared::Shared;
 use crate::format::{
     self, ChunkRef, EncodedChunk, PAGE_ENTRIES, PageSlot, Root, RootKind, keys,
     pack::PackBuilder,
@@ -64,9 +64,9 @@ impl Shared {
     /// Commits every sealed epoch, and a pending resize, as the next
     /// generation. Returns whether there was anything to commit.
     pub async fn commit_sealed(self: &Arc<Self>) -> Result<bool> {
-        let pending_size = self.switch.lock().await.pending_size;
-        let view = self.view.load_full();
-        let epochs = view.sealed.oldest_first();
+        let pending_size = *self.pending_size.lock().expect("pending size lock");
+        let view = self.journal.view_full();
+        let epochs = view.sealed_oldest_first();
         if epochs.is_empty() && pending_size.is_none() {
             return Ok(false);
         }
@@ -74,7 +74,7 @@ impl Shared {
             self.wait_for(&self.durable, last.id).await?;
         }
         let started = std::time::Instant::now();
-        let mut base = Arc::clone(&view.map);
+        let mut base = Arc::clone(view.map());
         let next = loop {
             let next = self.build_generation(&base, &epochs, pending_size).await?;
             crate::async_fail_point!("commit::uploaded");
@@ -100,7 +100,7 @@ impl Shared {
         pending_size: Option<u64>,
     ) -> Result<Root> {
         let mut next = base.succeeded_by(RootKind::Commit);
-        next.log_id = self.log.manifest.log_id;
+        next.log_id = self.journal.log_id();
         next.log_epoch = epochs.last().map_or(*self.committed.borrow(), |e| e.id);
         next.committed_at_ms = now_ms();
         if let Some(size) = pending_size.filter(|&s| s > next.size) {
@@ -294,42 +294,20 @@ impl Shared {
     /// Makes a committed generation the one readers see, and lets go of
     /// the epochs and log segments it contains.
     async fn install(&self, next: Root, epochs: &[Arc<Epoch>]) {
-        let mut state = self.switch.lock().await;
-        if state.pending_size.is_some_and(|size| size <= next.size) {
-            state.pending_size = None;
-        }
-        let view = self.view.load_full();
-        let sealed = view.sealed.without(epochs);
-        let live: Vec<_> = std::iter::once(&view.current)
-            .chain(sealed.newest_first())
-            .map(|e| Arc::clone(&e.segment))
-            .collect();
-        self.view.store(Arc::new(View {
-            current: Arc::clone(&view.current),
-            sealed,
-            map: Arc::new(next),
-        }));
-        state.segments.retain(|segment| {
-            let needed = live.iter().any(|s| Arc::ptr_eq(s, segment));
-            if !needed {
-                self.log.retire_segment(segment);
+        {
+            let mut pending = self.pending_size.lock().expect("pending size lock");
+            if pending.is_some_and(|size| size <= next.size) {
+                *pending = None;
             }
-            needed
-        });
-        drop(state);
+        }
+        self.journal.install(next, epochs).await;
         let freed: u64 = epochs.iter().map(|e| e.dirty_bytes()).sum();
         let logged: u64 = epochs.iter().map(|e| e.end() - e.start).sum();
         self.backlog.committed(freed, logged);
         self.stats.committed();
         // Every epoch before the oldest one still waiting is committed, or
         // had nothing to commit (a replay that found its records torn).
-        let waiting = self.view.load();
-        let committed_through = waiting
-            .sealed
-            .oldest()
-            .unwrap_or(&waiting.current)
-            .id
-            .saturating_sub(1);
+        let committed_through = self.journal.view().committed_through();
         self.committed.send_modify(|committed| {
             *committed = (*committed).max(committed_through);
         });

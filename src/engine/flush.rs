@@ -13,99 +13,20 @@ use tokio::sync::mpsc;
 
 use super::epoch::Epoch;
 use super::error::{EngineError, Result};
-use super::log::{RECORD_HEADER_LEN, RecordHeader, SEGMENT_HEADER_LEN, Segment};
-use super::shared::{Shared, View};
+use super::journal::SealFailure;
+use super::log::{RECORD_HEADER_LEN, Segment};
+use super::shared::Shared;
 
 impl Shared {
     /// Seals the open epoch if anything was written to it, and returns the
     /// newest sealed epoch: the one a flush now waits for.
     pub async fn seal_current(&self) -> Result<u64> {
         self.check_running()?;
-        let mut state = self.switch.lock().await;
-        let view = self.view.load_full();
-        let current = &view.current;
-        if current.is_empty() {
-            return Ok(current.id - 1);
+        match self.journal.seal().await {
+            Ok(sealed) => Ok(sealed),
+            Err(SealFailure::Segment(error)) => Err(error),
+            Err(SealFailure::Fatal(error)) => Err(self.stop(error)),
         }
-        let fresh_segment = if current.end() >= self.options.segment_switch_bytes() {
-            let segment = self
-                .create_segment(state.next_seq, state.next_epoch)
-                .await?;
-            current.mark_last_in_segment();
-            Some(segment)
-        } else {
-            None
-        };
-        // No await from here to the store of the new view: writers that
-        // find the epoch sealed retry for only this long.
-        let end = current.seal();
-        let (segment, start) = match fresh_segment {
-            Some(segment) => {
-                crate::async_fail_point!("log::segment_switch");
-                if let Err(source) = close_segment(&current.segment, end, current.id) {
-                    let path = current.segment.path().to_path_buf();
-                    return Err(self.stop(EngineError::Log { path, source }));
-                }
-                state.next_seq += 1;
-                state.segments.push(Arc::clone(&segment));
-                (segment, SEGMENT_HEADER_LEN)
-            }
-            None => (Arc::clone(&current.segment), end),
-        };
-        let next = Epoch::new(
-            state.next_epoch,
-            segment,
-            start,
-            self.superblock.chunk_size,
-            Some(Arc::clone(current)),
-        );
-        state.next_epoch += 1;
-        self.view.store(Arc::new(View {
-            current: Arc::new(next),
-            sealed: view.sealed.with_newest(Arc::clone(current)),
-            map: Arc::clone(&view.map),
-        }));
-        let _ = self.sealed_tx.send(Arc::clone(current));
-        Ok(current.id)
-    }
-
-    async fn create_segment(&self, seq: u64, first_epoch: u64) -> Result<Arc<Segment>> {
-        let log = self.log.clone();
-        fail::fail_point!("log::segment_creation_waits");
-        // Taken here, before the blocking task exists, and held until it ends.
-        let creating = Arc::clone(&self.segment_creation).lock_owned().await;
-        let created = crate::blocking::run(move || {
-            let _creating = creating;
-            log.create_segment(seq, first_epoch)
-        })
-        .await;
-        let created = created.map(Arc::new).map_err(|source| EngineError::Log {
-            path: self.log.dir.clone(),
-            source,
-        })?;
-        self.prepare_spare_segment();
-        Ok(created)
-    }
-
-    /// Has a spare segment file made in the background, when the log has
-    /// no free file for its next segment (see `LogDir::prepare_spare`).
-    /// Failing only costs speed: the next segment is then a new file.
-    pub fn prepare_spare_segment(&self) {
-        let (log, len) = (self.log.clone(), self.options.segment_switch_bytes());
-        let creation = Arc::clone(&self.segment_creation);
-        tokio::spawn(async move {
-            // Held until the file is made: a segment switch meanwhile waits
-            // and then finds it, and close and crash wait for it to end.
-            let preparing = creation.lock_owned().await;
-            let prepared = crate::blocking::run(move || {
-                let _preparing = preparing;
-                log.prepare_spare(len)
-            })
-            .await;
-            if let Err(error) = prepared {
-                tracing::warn!(%error, "could not prepare a spare log segment; the next one is a new file, whose flushes cost more");
-            }
-        });
     }
 }
 
@@ -172,16 +93,4 @@ pub(super) async fn durability_worker(
             }
         }
     }
-}
-
-/// Writes the record that says `segment` ends at `at`, after its last
-/// epoch: what a recycled file holds past it is not part of the log. It is
-/// written as the epoch is sealed, before the next segment gets any
-/// record, and synced with that epoch, before any epoch of the next
-/// segment counts as durable: a replay never mistakes the segment's end
-/// for a torn record (which would drop the next segment's writes).
-fn close_segment(segment: &Segment, at: u64, epoch: u64) -> std::io::Result<()> {
-    let mut record = vec![0u8; RECORD_HEADER_LEN];
-    RecordHeader::end(epoch).write_header(&mut record);
-    segment.write_at(&record, at)
 }

@@ -92,6 +92,9 @@
 //!   writes), `local` (the volume's folder and its lock), `lease` (one
 //!   writer), `catalog` (the volumes of a store, their superblocks and
 //!   roots);
+//! - `journal`: the write-back log of an open volume (its files, its
+//!   epochs, the view readers and writers share), sealing epochs and
+//!   retiring segments;
 //! - `shared`: the state the request paths and background tasks share,
 //!   and stopping the volume;
 //! - `write`, `read`, `flush` (sealing and the durability worker),
@@ -106,16 +109,17 @@
 //!   claimed, `rewrite`); the record is written (`log`) and entered in the
 //!   epoch's overlay; it is acknowledged once every record before it in the
 //!   log is written (`epoch`) and the lease's tenure holds.
-//! - **A flush** (`volume`, `flush`): the open epoch is sealed and a new one
-//!   published in the view; the durability worker waits for the sealed
+//! - **A flush** (`volume`, `flush`): the `journal` seals the open epoch
+//!   and publishes a new one in the view; the durability worker waits for the sealed
 //!   epochs' writes to drain, fsyncs their segments once for all of them,
 //!   and publishes them durable (`shared`), unless the volume has stopped.
 //! - **A commit** (`uploader`, `commit`): sealed epochs that are durable are
 //!   built into chunks (`resolve` assembles each from the committed chunk,
 //!   via `chunks`, and the log), packed and uploaded, then the map pages,
 //!   then the root with create-if-absent after a lease check (`catalog`,
-//!   `lease`); the new view drops the committed epochs, the `backlog`
-//!   frees their bytes, and the `log` retires segments nothing needs.
+//!   `lease`); the `journal` installs a view without the committed epochs
+//!   and retires segments nothing needs, and the `backlog` frees their
+//!   bytes.
 //! - **A read** (`read`): one snapshot of the view; `resolve` finds each
 //!   stretch in the open and sealed epochs' overlays, else the committed
 //!   map; log stretches are read from the log, committed ones from
@@ -131,6 +135,7 @@ mod epoch;
 mod error;
 mod flush;
 mod gc;
+mod journal;
 mod lease;
 mod local;
 mod log;

@@ -11,9 +11,10 @@ use bytes::Bytes;
 use futures::future::try_join_all;
 
 use super::error::{EngineError, Result};
+use super::journal::View;
 use super::log::Segment;
 use super::resolve::{self, Source};
-use super::shared::{Shared, View};
+use super::shared::Shared;
 use super::volume::Volume;
 
 /// A stretch of a volume that holds data, or reads as zeroes (`zero`).
@@ -126,7 +127,7 @@ impl Volume {
         let shared = &self.shared;
         shared.check_readable("read", offset, len as u64)?;
         shared.stats.read(len as u64);
-        let view = shared.view.load_full();
+        let view = shared.journal.view_full();
         let sources = sources(&view, offset, len, shared.superblock.chunk_size);
         // Before this read fetches anything: requests reach the engine in
         // the order the client sent them, but finish in any order, and the
@@ -134,11 +135,11 @@ impl Volume {
         // started, to join it rather than fetch their chunks alone.
         shared
             .chunks
-            .read_ahead(&view.map, offset, len as u64)
+            .read_ahead(view.map(), offset, len as u64)
             .await;
         let chunks = try_join_all(sources.iter().filter_map(|(chunk, source)| match source {
             Source::Base(bytes) => Some(shared.chunks.committed_range(
-                &view.map,
+                view.map(),
                 *chunk,
                 bytes.clone(),
             )),
@@ -169,7 +170,7 @@ impl Volume {
     pub async fn allocation(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
         let shared = &self.shared;
         shared.check_readable("block-status", offset, len)?;
-        let view = shared.view.load_full();
+        let view = shared.journal.view_full();
         let chunk_size = shared.superblock.chunk_size;
         let mut extents: Vec<Extent> = Vec::new();
         for piece in pieces(offset, len as usize, chunk_size) {
@@ -180,7 +181,7 @@ impl Volume {
                 _ if sources.iter().any(|s| matches!(s, Source::Log { .. })) => false,
                 _ => shared
                     .chunks
-                    .lookup(&view.map, piece.chunk)
+                    .lookup(view.map(), piece.chunk)
                     .await?
                     .is_zero(),
             };
@@ -198,7 +199,7 @@ impl Volume {
     pub fn prefetch(&self, offset: u64, len: u64) -> Result<()> {
         let shared = &self.shared;
         shared.check_readable("cache", offset, len)?;
-        let map = Arc::clone(&shared.view.load().map);
+        let map = Arc::clone(shared.journal.view().map());
         let chunk_size = shared.superblock.chunk_size;
         let chunks = offset / chunk_size..(offset + len).div_ceil(chunk_size);
         shared.chunks.prefetch_in_background(map, chunks);

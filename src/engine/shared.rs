@@ -9,48 +9,22 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use arc_swap::ArcSwap;
 use tokio::sync::{Notify, mpsc, watch};
 
 use super::backlog::Backlog;
 use super::chunks::Chunks;
 use super::epoch::Epoch;
 use super::error::{EngineError, Result};
+use super::journal::Journal;
 use super::lease::Lease;
-use super::log::{LogDir, SEGMENT_HEADER_LEN, Segment};
+use super::log::{LogDir, Segment};
 use super::options::EngineOptions;
 use super::replay::Replayed;
-use super::sealed::SealedEpochs;
 use super::stats::Stats;
 use super::tenure::Tenure;
 use crate::cache::DiskCache;
 use crate::format::{Codec, Root, Superblock};
 use crate::store::{Fencing, Store};
-
-/// What readers and writers see, swapped atomically as a whole: the open
-/// epoch, the sealed but uncommitted ones (oldest first), and the newest
-/// committed generation.
-pub(super) struct View {
-    pub current: Arc<Epoch>,
-    pub sealed: SealedEpochs,
-    pub map: Arc<Root>,
-}
-
-impl View {
-    pub fn epochs_newest_first(&self) -> impl Iterator<Item = &Arc<Epoch>> {
-        std::iter::once(&self.current).chain(self.sealed.newest_first())
-    }
-}
-
-/// What only epoch switches and commits change, under one async lock.
-pub(super) struct SwitchState {
-    pub next_epoch: u64,
-    pub next_seq: u64,
-    /// Segments holding uncommitted epochs, oldest first.
-    pub segments: Vec<Arc<Segment>>,
-    /// A size a resize is waiting to commit.
-    pub pending_size: Option<u64>,
-}
 
 /// The state shared by a volume's callers and its background tasks.
 pub(super) struct Shared {
@@ -61,10 +35,10 @@ pub(super) struct Shared {
     pub store: Store,
     pub options: EngineOptions,
     pub chunks: Arc<Chunks>,
-    pub log: LogDir,
-    pub view: ArcSwap<View>,
-    pub switch: tokio::sync::Mutex<SwitchState>,
-    pub sealed_tx: mpsc::UnboundedSender<Arc<Epoch>>,
+    /// The write-back log: its files, its epochs and the view.
+    pub journal: Journal,
+    /// A size a resize is waiting to commit.
+    pub pending_size: std::sync::Mutex<Option<u64>>,
     /// The newest epoch whose records are on stable storage.
     pub durable: watch::Sender<u64>,
     /// The newest epoch whose writes are committed to the store.
@@ -82,9 +56,6 @@ pub(super) struct Shared {
     pub lease: tokio::sync::Mutex<Lease>,
     /// Until when the lease lets this writer acknowledge anything.
     pub tenure: Tenure,
-    /// Held while a blocking task makes a log segment or a spare file
-    /// for one (see `crash`).
-    pub segment_creation: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Shared {
@@ -106,27 +77,24 @@ impl Shared {
         let tenure = Tenure::new(options.lease_ttl, lease.last_sent());
         options.upload_concurrency = options.upload_concurrency.max(1);
         let first_epoch = replayed.last_epoch + 1;
-        let current = Arc::new(Epoch::new(
-            first_epoch,
-            Arc::clone(&first_segment),
-            SEGMENT_HEADER_LEN,
-            root.chunk_size,
-            None,
-        ));
         // Replay synced what it kept, and epochs it found nothing of (their
         // records torn) have nothing to sync, nor to commit: everything
         // before the oldest replayed epoch is in the store.
         let durable_epoch = first_epoch - 1;
         let committed_epoch = replayed.epochs.first().map_or(durable_epoch, |e| e.id - 1);
         let replayed_log_bytes = replayed.epochs.iter().map(|e| e.end() - e.start).sum();
-        let mut segments = replayed.segments;
-        segments.push(first_segment);
-        let (sealed_tx, sealed_rx) = mpsc::unbounded_channel();
         let backlog = Backlog::new(
             &options,
             root.chunk_size,
             replayed.dirty_bytes,
             replayed_log_bytes,
+        );
+        let (journal, sealed_rx) = Journal::new(
+            log,
+            root,
+            replayed,
+            first_segment,
+            options.segment_switch_bytes(),
         );
         let shared = Shared {
             name: name.to_string(),
@@ -141,19 +109,8 @@ impl Shared {
             codec,
             store,
             options,
-            log,
-            view: ArcSwap::from_pointee(View {
-                current,
-                sealed: SealedEpochs::from_oldest_first(replayed.epochs),
-                map: Arc::new(root),
-            }),
-            switch: tokio::sync::Mutex::new(SwitchState {
-                next_epoch: first_epoch + 1,
-                next_seq: replayed.next_seq + 1,
-                segments,
-                pending_size: None,
-            }),
-            sealed_tx,
+            journal,
+            pending_size: std::sync::Mutex::new(None),
             durable: watch::Sender::new(durable_epoch),
             committed: watch::Sender::new(committed_epoch),
             backlog,
@@ -165,13 +122,12 @@ impl Shared {
             fencing,
             tenure,
             lease: tokio::sync::Mutex::new(lease),
-            segment_creation: Arc::default(),
         };
         (shared, sealed_rx)
     }
 
     pub fn size(&self) -> u64 {
-        self.view.load().map.size
+        self.journal.view().map().size
     }
 
     /// Stops the volume for good after an error it cannot recover from,
@@ -188,7 +144,7 @@ impl Shared {
         self.backlog.wake_all();
         self.tenure.wake();
         self.kick.notify_one();
-        for epoch in self.view.load().epochs_newest_first() {
+        for epoch in self.journal.view().epochs_newest_first() {
             epoch.wake_waiters();
         }
     }

@@ -119,7 +119,7 @@ impl Volume {
         );
         let (shared, sealed_rx) = shared;
         let shared = Arc::new(shared);
-        shared.prepare_spare_segment();
+        shared.journal.prepare_spare_segment();
         let tasks = vec![
             spawn_task(
                 &shared,
@@ -176,7 +176,7 @@ impl Volume {
         let shared = &self.shared;
         let counts = shared.stats.counts();
         VolumeCounters {
-            generation: shared.view.load().map.generation,
+            generation: shared.journal.view().map().generation,
             committed_epoch: *shared.committed.borrow(),
             durable_epoch: *shared.durable.borrow(),
             dirty_bytes: shared.backlog.dirty_bytes(),
@@ -206,7 +206,7 @@ impl Volume {
         if new_size == size {
             return Ok(());
         }
-        self.shared.switch.lock().await.pending_size = Some(new_size);
+        *self.shared.pending_size.lock().expect("pending size lock") = Some(new_size);
         self.shared.kick.notify_one();
         let mut commits = self.shared.committed.subscribe();
         while self.size() < new_size {
@@ -256,8 +256,7 @@ impl Volume {
         self.shared.chunks.settle().await;
         // A spare segment file being made stops; nothing of this volume
         // touches the log once this returns.
-        self.shared.log.stop_spares();
-        drop(self.shared.segment_creation.lock().await);
+        self.shared.journal.stop().await;
         Ok(())
     }
 
@@ -302,13 +301,12 @@ impl Volume {
         // after its task is aborted; a killed process's would not. The
         // spare stops where it is, and a segment is let end first, so that
         // nothing of this volume touches the log once this returns.
-        self.shared.log.abandon();
-        drop(self.shared.segment_creation.lock().await);
+        self.shared.journal.abandon().await;
         self.shared
             .fail(EngineError::Closed(self.name().to_string()));
         self.shared.lease.lock().await.holder_died();
         if power_loss {
-            super::log::power_cut::cut_around(&self.shared.log.dir, seed);
+            super::log::power_cut::cut_around(self.shared.journal.dir(), seed);
         }
     }
 }

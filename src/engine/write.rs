@@ -209,7 +209,7 @@ impl Shared {
     async fn reserve(&self, len: u64) -> Result<Reservation> {
         loop {
             self.check_running()?;
-            if let Some(reservation) = self.view.load().current.try_reserve(len) {
+            if let Some(reservation) = self.journal.view().current().try_reserve(len) {
                 self.backlog.logged(len);
                 return Ok(reservation);
             }
