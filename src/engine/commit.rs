@@ -71,7 +71,7 @@ impl Shared {
             return Ok(false);
         }
         if let Some(last) = epochs.last() {
-            self.wait_for(&self.durable, last.id).await?;
+            self.progress.wait_durable(last.id).await?;
         }
         let started = std::time::Instant::now();
         let mut base = Arc::clone(view.map());
@@ -101,7 +101,9 @@ impl Shared {
     ) -> Result<Root> {
         let mut next = base.succeeded_by(RootKind::Commit);
         next.log_id = self.journal.log_id();
-        next.log_epoch = epochs.last().map_or(*self.committed.borrow(), |e| e.id);
+        next.log_epoch = epochs
+            .last()
+            .map_or(self.progress.committed_epoch(), |e| e.id);
         next.committed_at_ms = now_ms();
         if let Some(size) = pending_size.filter(|&s| s > next.size) {
             next.size = size;
@@ -308,9 +310,7 @@ impl Shared {
         // Every epoch before the oldest one still waiting is committed, or
         // had nothing to commit (a replay that found its records torn).
         let committed_through = self.journal.view().committed_through();
-        self.committed.send_modify(|committed| {
-            *committed = (*committed).max(committed_through);
-        });
+        self.progress.publish_committed(committed_through);
     }
 }
 

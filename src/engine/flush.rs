@@ -79,7 +79,7 @@ pub(super) async fn durability_worker(
         match synced {
             Ok(()) => {
                 let newest = batch.last().expect("batch is not empty").id;
-                let running = shared.publish_durable(newest);
+                let running = shared.progress.publish_durable(newest);
                 fail::fail_point!("log::synced");
                 if !running {
                     return; // the volume stopped while the sync ran

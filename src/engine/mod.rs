@@ -141,6 +141,7 @@ mod local;
 mod log;
 mod options;
 mod overlay;
+mod progress;
 mod read;
 mod replay;
 mod resolve;

@@ -6,10 +6,9 @@
 //! of [`crate::engine`]); `volume.rs` builds it, the request paths and the
 //! background tasks hold it.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::mpsc;
 
 use super::backlog::Backlog;
 use super::chunks::Chunks;
@@ -19,6 +18,7 @@ use super::journal::Journal;
 use super::lease::Lease;
 use super::log::{LogDir, Segment};
 use super::options::EngineOptions;
+use super::progress::Progress;
 use super::replay::Replayed;
 use super::stats::Stats;
 use super::tenure::Tenure;
@@ -39,17 +39,11 @@ pub(super) struct Shared {
     pub journal: Journal,
     /// A size a resize is waiting to commit.
     pub pending_size: std::sync::Mutex<Option<u64>>,
-    /// The newest epoch whose records are on stable storage.
-    pub durable: watch::Sender<u64>,
-    /// The newest epoch whose writes are committed to the store.
-    pub committed: watch::Sender<u64>,
+    /// How far the volume has got (durable, committed), and whether it
+    /// still runs.
+    pub progress: Progress,
     /// What waits for a commit, and the limits that hold writes back.
     pub backlog: Backlog,
-    pub kick: Notify,
-    pub closing: AtomicBool,
-    /// The newest epoch someone waits to see committed.
-    pub commit_wanted: AtomicU64,
-    pub failure: OnceLock<Arc<EngineError>>,
     pub stats: Stats,
     pub fencing: Fencing,
     /// The writer's lease, checked before every commit.
@@ -111,13 +105,8 @@ impl Shared {
             options,
             journal,
             pending_size: std::sync::Mutex::new(None),
-            durable: watch::Sender::new(durable_epoch),
-            committed: watch::Sender::new(committed_epoch),
+            progress: Progress::new(durable_epoch, committed_epoch),
             backlog,
-            kick: Notify::new(),
-            closing: AtomicBool::new(false),
-            commit_wanted: AtomicU64::new(0),
-            failure: OnceLock::new(),
             stats: Stats::default(),
             fencing,
             tenure,
@@ -133,54 +122,29 @@ impl Shared {
     /// Stops the volume for good after an error it cannot recover from,
     /// waking everyone who waits, so they see it.
     pub fn fail(&self, error: EngineError) {
-        if self.failure.set(Arc::new(error)).is_ok()
-            && let Some(error) = self.failure.get()
-            && !self.closing.load(Ordering::Acquire)
+        if self.progress.stop(error)
+            && let Some(error) = self.progress.failure()
         {
             tracing::error!(volume = %self.name, %error, "volume stopped");
         }
-        self.durable.send_modify(|_| {});
-        self.committed.send_modify(|_| {});
         self.backlog.wake_all();
         self.tenure.wake();
-        self.kick.notify_one();
         for epoch in self.journal.view().epochs_newest_first() {
             epoch.wake_waiters();
         }
-    }
-
-    /// Makes epochs up to `epoch` count as durable, once the log synced
-    /// them, unless the volume has stopped: a sync that ends after a crash
-    /// acknowledges nothing, since what it synced may be what a power cut
-    /// left. Serialized with [`Shared::fail`] by the watch's lock. Returns
-    /// whether the volume still runs.
-    pub fn publish_durable(&self, epoch: u64) -> bool {
-        let mut running = true;
-        self.durable.send_if_modified(|durable| {
-            running = self.failure.get().is_none();
-            let newer = running && epoch > *durable;
-            if newer {
-                *durable = epoch;
-            }
-            newer
-        });
-        running
     }
 
     /// Stops the volume (see [`Shared::fail`]); returns the error every
     /// caller sees from then on.
     pub fn stop(&self, error: EngineError) -> EngineError {
         self.fail(error);
-        let failure = self.failure.get().expect("fail sets the failure");
+        let failure = self.progress.failure().expect("fail sets the failure");
         EngineError::Stopped(Arc::clone(failure))
     }
 
     /// The error the volume stopped with, if it did.
     pub fn check_running(&self) -> Result<()> {
-        match self.failure.get() {
-            Some(error) => Err(EngineError::Stopped(Arc::clone(error))),
-            None => Ok(()),
-        }
+        self.progress.check_running()
     }
 
     /// Returns once this writer may acknowledge (see `tenure`): at once
@@ -209,31 +173,10 @@ impl Shared {
         }
     }
 
-    /// Waits until `watch` reaches `target`, or the volume stops.
-    pub async fn wait_for(&self, watch: &watch::Sender<u64>, target: u64) -> Result<()> {
-        let mut rx = watch.subscribe();
-        loop {
-            if *rx.borrow_and_update() >= target {
-                return Ok(());
-            }
-            self.check_running()?;
-            if rx.changed().await.is_err() {
-                return self.check_running();
-            }
-        }
-    }
-
     /// Seals the open epoch and commits everything up to it; returns once
     /// the store holds every write acknowledged before the call.
     pub async fn commit_everything(&self) -> Result<()> {
         let target = self.seal_current().await?;
-        self.wait_committed(target).await
-    }
-
-    /// Asks the uploader to commit up to epoch `target` now, and waits.
-    pub async fn wait_committed(&self, target: u64) -> Result<()> {
-        self.commit_wanted.fetch_max(target, Ordering::AcqRel);
-        self.kick.notify_one();
-        self.wait_for(&self.committed, target).await
+        self.progress.wait_committed(target).await
     }
 }

@@ -14,7 +14,6 @@
 //! wait. Errors that cannot pass (fenced out, damaged data) stop the volume.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::shared::Shared;
@@ -30,7 +29,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
     let mut backoff = Backoff::default();
     let mut writes_seen = shared.stats.write_requests();
     loop {
-        let _ = tokio::time::timeout(look, shared.kick.notified()).await;
+        let _ = tokio::time::timeout(look, shared.progress.uploader_kicked()).await;
         let writes = shared.stats.write_requests();
         let writing = writes != writes_seen;
         writes_seen = writes;
@@ -40,7 +39,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
             }
             let due = commit_due(last_commit.elapsed(), interval, writing);
             let pressure = shared.backlog.upload_pressure();
-            let wanted = shared.commit_wanted.load(Ordering::Acquire) > *shared.committed.borrow();
+            let wanted = shared.progress.commit_wanted();
             if !(due || pressure || wanted) {
                 break;
             }

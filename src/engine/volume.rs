@@ -2,7 +2,6 @@
 
 use std::fs::File;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use nix::fcntl::Flock;
 use serde::Serialize;
@@ -177,8 +176,8 @@ impl Volume {
         let counts = shared.stats.counts();
         VolumeCounters {
             generation: shared.journal.view().map().generation,
-            committed_epoch: *shared.committed.borrow(),
-            durable_epoch: *shared.durable.borrow(),
+            committed_epoch: shared.progress.committed_epoch(),
+            durable_epoch: shared.progress.durable_epoch(),
             dirty_bytes: shared.backlog.dirty_bytes(),
             reads: counts.reads,
             writes: counts.writes,
@@ -207,8 +206,8 @@ impl Volume {
             return Ok(());
         }
         *self.shared.pending_size.lock().expect("pending size lock") = Some(new_size);
-        self.shared.kick.notify_one();
-        let mut commits = self.shared.committed.subscribe();
+        self.shared.progress.kick_uploader();
+        let mut commits = self.shared.progress.commits();
         while self.size() < new_size {
             self.shared.check_running()?;
             if commits.changed().await.is_err() {
@@ -224,9 +223,9 @@ impl Volume {
         let shared = &self.shared;
         shared.stats.flushed();
         let target = shared.seal_current().await?;
-        shared.wait_for(&shared.durable, target).await?;
+        shared.progress.wait_durable(target).await?;
         if shared.options.durability == Durability::Remote {
-            shared.wait_committed(target).await?;
+            shared.progress.wait_committed(target).await?;
         }
         shared.check_tenure().await
     }
@@ -248,7 +247,7 @@ impl Volume {
             .await
             .release(&self.shared.store)
             .await?;
-        self.shared.closing.store(true, Ordering::Release);
+        self.shared.progress.closing();
         self.shared
             .fail(EngineError::Closed(self.name().to_string()));
         self.stop_tasks().await;
@@ -291,7 +290,7 @@ impl Volume {
     pub async fn crash_in_use(&self, power_loss: bool, seed: u64) {
         // All but the durability worker are waited for. It may be blocked
         // in a sync (a test may hold it there), which ends on its own and
-        // then acknowledges nothing (`Shared::publish_durable`).
+        // then acknowledges nothing (`Progress::publish_durable`).
         for task in self.abort_tasks() {
             if task.name != DURABILITY_WORKER {
                 let _ = task.handle.await;

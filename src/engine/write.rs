@@ -135,7 +135,7 @@ impl Volume {
         admission.landed();
         shared.stats.written(len);
         if shared.backlog.upload_pressure() {
-            shared.kick.notify_one();
+            shared.progress.kick_uploader();
         }
         self.acknowledge(fua).await
     }
@@ -353,7 +353,7 @@ impl Shared {
                 tracing::debug!(volume = %self.name, dirty, logged, "writes wait for uploads (--max-dirty reached)");
                 warned = true;
             }
-            self.kick.notify_one();
+            self.progress.kick_uploader();
             room.await;
         }
     }
