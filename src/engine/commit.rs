@@ -64,14 +64,14 @@ impl Shared {
     /// Commits every sealed epoch, and a pending resize, as the next
     /// generation. Returns whether there was anything to commit.
     pub async fn commit_sealed(self: &Arc<Self>) -> Result<bool> {
-        let pending_size = *self.pending_size.lock().expect("pending size lock");
-        let view = self.journal.view_full();
+        let pending_size = self.pending_size();
+        let view = self.journal().view_full();
         let epochs = view.sealed_oldest_first();
         if epochs.is_empty() && pending_size.is_none() {
             return Ok(false);
         }
         if let Some(last) = epochs.last() {
-            self.progress.wait_durable(last.id).await?;
+            self.progress().wait_durable(last.id).await?;
         }
         let started = std::time::Instant::now();
         let mut base = Arc::clone(view.map());
@@ -81,7 +81,7 @@ impl Shared {
             match self.publish_root(&next).await? {
                 Published::Committed => break next,
                 Published::AfterGcBarrier(barrier) => {
-                    tracing::info!(volume = %self.name, generation = barrier.generation, "zeroblk gc fenced this commit: it starts over on top of gc's barrier, uploading again");
+                    tracing::info!(volume = %self.name(), generation = barrier.generation, "zeroblk gc fenced this commit: it starts over on top of gc's barrier, uploading again");
                     base = Arc::new(barrier);
                 }
             }
@@ -89,7 +89,7 @@ impl Shared {
         let generation = next.generation;
         let log_bytes: u64 = epochs.iter().map(|e| e.end() - e.start).sum();
         self.install(next, &epochs).await;
-        tracing::debug!(volume = %self.name, generation, epochs = epochs.len(), log_bytes, took = ?started.elapsed(), "committed");
+        tracing::debug!(volume = %self.name(), generation, epochs = epochs.len(), log_bytes, took = ?started.elapsed(), "committed");
         Ok(true)
     }
 
@@ -100,10 +100,10 @@ impl Shared {
         pending_size: Option<u64>,
     ) -> Result<Root> {
         let mut next = base.succeeded_by(RootKind::Commit);
-        next.log_id = self.journal.log_id();
+        next.log_id = self.journal().log_id();
         next.log_epoch = epochs
             .last()
-            .map_or(self.progress.committed_epoch(), |e| e.id);
+            .map_or(self.progress().committed_epoch(), |e| e.id);
         next.committed_at_ms = now_ms();
         if let Some(size) = pending_size.filter(|&s| s > next.size) {
             next.size = size;
@@ -124,7 +124,7 @@ impl Shared {
             let (page, slot) = page_of(chunk);
             edits.entry(page).or_default().slots.insert(slot, entry);
         }
-        let concurrency = self.options.upload_concurrency;
+        let concurrency = self.options().upload_concurrency;
         let pages: Vec<(usize, PageSlot)> = stream::iter(edits)
             .map(|(page, edit)| async move {
                 Ok::<_, EngineError>((page, self.build_page(base, page, edit).await?))
@@ -152,7 +152,7 @@ impl Shared {
                 .map(|chunk| async move {
                     Ok::<_, EngineError>((chunk, self.build_chunk(base, epochs, chunk).await?))
                 })
-                .buffered(self.options.upload_concurrency)
+                .buffered(self.options().upload_concurrency)
         );
         let mut entries = Vec::new();
         let mut packing = Packing::default();
@@ -169,11 +169,14 @@ impl Shared {
                 if uploads.len() >= PACKS_IN_FLIGHT {
                     entries.extend(joined(uploads.join_next().await)?);
                 }
-                uploads.spawn(store_pack(self.store.clone(), std::mem::take(&mut packing)));
+                uploads.spawn(store_pack(
+                    self.store().clone(),
+                    std::mem::take(&mut packing),
+                ));
             }
         }
         if !packing.pack.is_empty() {
-            uploads.spawn(store_pack(self.store.clone(), packing));
+            uploads.spawn(store_pack(self.store().clone(), packing));
         }
         while let Some(done) = uploads.join_next().await {
             entries.extend(joined(Some(done))?);
@@ -188,14 +191,14 @@ impl Shared {
         if let [Source::Zero(_)] = sources.as_slice() {
             return Ok(Built::Settled(ChunkRef::ZERO));
         }
-        let old = self.chunks.lookup(base, chunk).await?;
+        let old = self.chunks().lookup(base, chunk).await?;
         let keeps_some = sources.iter().any(|s| matches!(s, Source::Base(_)));
         let old_data = match keeps_some && !old.is_zero() {
-            true => Some(self.chunks.load(old, base.generation).await?),
+            true => Some(self.chunks().load(old, base.generation).await?),
             false => None,
         };
-        let compression = self.superblock.compression;
-        let codec = self.codec.clone();
+        let compression = self.superblock().compression;
+        let codec = self.codec().clone();
         let built = background::run(move || {
             let mut data = vec![0u8; chunk_size];
             resolve::assemble(&sources, old_data.as_deref(), &mut data)?;
@@ -209,7 +212,7 @@ impl Shared {
         let Some((encoded, data)) = built else {
             return Ok(Built::Settled(ChunkRef::ZERO));
         };
-        self.chunks
+        self.chunks()
             .remember_chunk(encoded.id, Bytes::from(data))
             .await;
         if encoded.id == old.id {
@@ -224,7 +227,7 @@ impl Shared {
         // A cleared page (a discard of all of it) is not read.
         let old_content = match edit.cleared || old.is_empty() {
             true => None,
-            false => Some(self.chunks.page(base, &old).await?),
+            false => Some(self.chunks().page(base, &old).await?),
         };
         let mut content = old_content.as_deref().cloned().unwrap_or_default();
         for (slot, entry) in edit.slots {
@@ -245,15 +248,15 @@ impl Shared {
         let content = Arc::new(content);
         let encoded = {
             let content = Arc::clone(&content);
-            let codec = self.codec.clone();
+            let codec = self.codec().clone();
             crate::blocking::run(move || content.encode(&codec)).await
         };
         // A new object (pages carry random bytes), never one gc may be
         // deleting.
-        self.store
+        self.store()
             .put(&keys::page(&encoded.id), encoded.object)
             .await?;
-        self.chunks.remember_page(encoded.id, content).await;
+        self.chunks().remember_page(encoded.id, content).await;
         Ok(PageSlot {
             id: encoded.id,
             allocated,
@@ -268,26 +271,32 @@ impl Shared {
     /// anything else means another writer committed, and this one is
     /// fenced out.
     async fn publish_root(&self, next: &Root) -> Result<Published> {
-        self.lease
+        self.lease()
             .lock()
             .await
-            .check(&self.store, &self.name)
+            .check(self.store(), self.name())
             .await?;
         crate::async_fail_point!("commit::before_root");
-        let published = catalog::publish_root(&self.store, &self.name, &self.codec, next).await?;
+        let published =
+            catalog::publish_root(self.store(), self.name(), self.codec(), next).await?;
         crate::async_fail_point!("commit::after_root");
         if published {
             return Ok(Published::Committed);
         }
-        let found =
-            catalog::root_at(&self.store, &self.superblock, &self.codec, next.generation).await?;
+        let found = catalog::root_at(
+            self.store(),
+            self.superblock(),
+            self.codec(),
+            next.generation,
+        )
+        .await?;
         match found {
             Some(found) if same_commit(&found, next) => Ok(Published::Committed),
             Some(found) if found.kind == RootKind::GcBarrier => {
                 Ok(Published::AfterGcBarrier(found))
             }
             _ => Err(EngineError::Fenced {
-                name: self.name.clone(),
+                name: self.name().to_string(),
                 generation: next.generation,
             }),
         }
@@ -296,21 +305,16 @@ impl Shared {
     /// Makes a committed generation the one readers see, and lets go of
     /// the epochs and log segments it contains.
     async fn install(&self, next: Root, epochs: &[Arc<Epoch>]) {
-        {
-            let mut pending = self.pending_size.lock().expect("pending size lock");
-            if pending.is_some_and(|size| size <= next.size) {
-                *pending = None;
-            }
-        }
-        self.journal.install(next, epochs).await;
+        self.size_committed(next.size);
+        self.journal().install(next, epochs).await;
         let freed: u64 = epochs.iter().map(|e| e.dirty_bytes()).sum();
         let logged: u64 = epochs.iter().map(|e| e.end() - e.start).sum();
-        self.backlog.committed(freed, logged);
-        self.stats.committed();
+        self.backlog().committed(freed, logged);
+        self.stats().committed();
         // Every epoch before the oldest one still waiting is committed, or
         // had nothing to commit (a replay that found its records torn).
-        let committed_through = self.journal.view().committed_through();
-        self.progress.publish_committed(committed_through);
+        let committed_through = self.journal().view().committed_through();
+        self.progress().publish_committed(committed_through);
     }
 }
 

@@ -22,7 +22,7 @@ impl Shared {
     /// newest sealed epoch: the one a flush now waits for.
     pub async fn seal_current(&self) -> Result<u64> {
         self.check_running()?;
-        match self.journal.seal().await {
+        match self.journal().seal().await {
             Ok(sealed) => Ok(sealed),
             Err(SealFailure::Segment(error)) => Err(error),
             Err(SealFailure::Fatal(error)) => Err(self.stop(error)),
@@ -79,7 +79,7 @@ pub(super) async fn durability_worker(
         match synced {
             Ok(()) => {
                 let newest = batch.last().expect("batch is not empty").id;
-                let running = shared.progress.publish_durable(newest);
+                let running = shared.progress().publish_durable(newest);
                 fail::fail_point!("log::synced");
                 if !running {
                     return; // the volume stopped while the sync ran

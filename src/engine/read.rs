@@ -126,19 +126,19 @@ impl Volume {
     pub async fn read_parts(&self, offset: u64, len: usize) -> Result<ReadData> {
         let shared = &self.shared;
         shared.check_readable("read", offset, len as u64)?;
-        shared.stats.read(len as u64);
-        let view = shared.journal.view_full();
-        let sources = sources(&view, offset, len, shared.superblock.chunk_size);
+        shared.stats().read(len as u64);
+        let view = shared.journal().view_full();
+        let sources = sources(&view, offset, len, shared.superblock().chunk_size);
         // Before this read fetches anything: requests reach the engine in
         // the order the client sent them, but finish in any order, and the
         // reads a sequential reader has in flight must find the read-ahead
         // started, to join it rather than fetch their chunks alone.
         shared
-            .chunks
+            .chunks()
             .read_ahead(view.map(), offset, len as u64)
             .await;
         let chunks = try_join_all(sources.iter().filter_map(|(chunk, source)| match source {
-            Source::Base(bytes) => Some(shared.chunks.committed_range(
+            Source::Base(bytes) => Some(shared.chunks().committed_range(
                 view.map(),
                 *chunk,
                 bytes.clone(),
@@ -170,8 +170,8 @@ impl Volume {
     pub async fn allocation(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
         let shared = &self.shared;
         shared.check_readable("block-status", offset, len)?;
-        let view = shared.journal.view_full();
-        let chunk_size = shared.superblock.chunk_size;
+        let view = shared.journal().view_full();
+        let chunk_size = shared.superblock().chunk_size;
         let mut extents: Vec<Extent> = Vec::new();
         for piece in pieces(offset, len as usize, chunk_size) {
             let sources =
@@ -180,7 +180,7 @@ impl Volume {
                 [Source::Zero(_)] => true,
                 _ if sources.iter().any(|s| matches!(s, Source::Log { .. })) => false,
                 _ => shared
-                    .chunks
+                    .chunks()
                     .lookup(view.map(), piece.chunk)
                     .await?
                     .is_zero(),
@@ -199,10 +199,10 @@ impl Volume {
     pub fn prefetch(&self, offset: u64, len: u64) -> Result<()> {
         let shared = &self.shared;
         shared.check_readable("cache", offset, len)?;
-        let map = Arc::clone(shared.journal.view().map());
-        let chunk_size = shared.superblock.chunk_size;
+        let map = Arc::clone(shared.journal().view().map());
+        let chunk_size = shared.superblock().chunk_size;
         let chunks = offset / chunk_size..(offset + len).div_ceil(chunk_size);
-        shared.chunks.prefetch_in_background(map, chunks);
+        shared.chunks().prefetch_in_background(map, chunks);
         Ok(())
     }
 }

@@ -26,30 +26,105 @@ use crate::cache::DiskCache;
 use crate::format::{Codec, Root, Superblock};
 use crate::store::{Fencing, Store};
 
-/// The state shared by a volume's callers and its background tasks.
+/// The state shared by a volume's callers and its background tasks: the
+/// volume's identity and settings, and its components, each behind its
+/// own narrow methods.
 pub(super) struct Shared {
-    pub name: String,
-    pub superblock: Superblock,
+    name: String,
+    superblock: Superblock,
     /// How the volume's objects are named and sealed.
-    pub codec: Codec,
-    pub store: Store,
-    pub options: EngineOptions,
-    pub chunks: Arc<Chunks>,
+    codec: Codec,
+    store: Store,
+    options: EngineOptions,
+    chunks: Arc<Chunks>,
     /// The write-back log: its files, its epochs and the view.
-    pub journal: Journal,
+    journal: Journal,
     /// A size a resize is waiting to commit.
-    pub pending_size: std::sync::Mutex<Option<u64>>,
+    pending_size: std::sync::Mutex<Option<u64>>,
     /// How far the volume has got (durable, committed), and whether it
     /// still runs.
-    pub progress: Progress,
+    progress: Progress,
     /// What waits for a commit, and the limits that hold writes back.
-    pub backlog: Backlog,
-    pub stats: Stats,
-    pub fencing: Fencing,
+    backlog: Backlog,
+    stats: Stats,
+    fencing: Fencing,
     /// The writer's lease, checked before every commit.
-    pub lease: tokio::sync::Mutex<Lease>,
+    lease: tokio::sync::Mutex<Lease>,
     /// Until when the lease lets this writer acknowledge anything.
-    pub tenure: Tenure,
+    tenure: Tenure,
+}
+
+/// The volume's identity, settings and components.
+impl Shared {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn superblock(&self) -> &Superblock {
+        &self.superblock
+    }
+
+    pub fn codec(&self) -> &Codec {
+        &self.codec
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn options(&self) -> &EngineOptions {
+        &self.options
+    }
+
+    pub fn chunks(&self) -> &Arc<Chunks> {
+        &self.chunks
+    }
+
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    pub fn progress(&self) -> &Progress {
+        &self.progress
+    }
+
+    pub fn backlog(&self) -> &Backlog {
+        &self.backlog
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub fn fencing(&self) -> Fencing {
+        self.fencing
+    }
+
+    pub fn lease(&self) -> &tokio::sync::Mutex<Lease> {
+        &self.lease
+    }
+
+    pub fn tenure(&self) -> &Tenure {
+        &self.tenure
+    }
+
+    /// Asks the next commit to grow the volume to `size`.
+    pub fn grow_to(&self, size: u64) {
+        *self.pending_size.lock().expect("pending size lock") = Some(size);
+    }
+
+    /// The size a resize waits to commit, if any.
+    pub fn pending_size(&self) -> Option<u64> {
+        *self.pending_size.lock().expect("pending size lock")
+    }
+
+    /// A commit made the volume `size` bytes: a resize it reaches is done.
+    pub fn size_committed(&self, size: u64) {
+        let mut pending = self.pending_size.lock().expect("pending size lock");
+        if pending.is_some_and(|wanted| wanted <= size) {
+            *pending = None;
+        }
+    }
 }
 
 impl Shared {

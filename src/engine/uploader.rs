@@ -22,15 +22,15 @@ use super::shared::Shared;
 const LONGEST_DEFERRAL: u32 = 4;
 
 pub(super) async fn run(shared: Arc<Shared>) {
-    let interval = shared.options.commit_interval;
+    let interval = shared.options().commit_interval;
     // Writes are "paused" when none came during one look.
     let look = (interval / 8).max(Duration::from_millis(10));
     let mut last_commit = Instant::now();
     let mut backoff = Backoff::default();
-    let mut writes_seen = shared.stats.write_requests();
+    let mut writes_seen = shared.stats().write_requests();
     loop {
-        let _ = tokio::time::timeout(look, shared.progress.uploader_kicked()).await;
-        let writes = shared.stats.write_requests();
+        let _ = tokio::time::timeout(look, shared.progress().uploader_kicked()).await;
+        let writes = shared.stats().write_requests();
         let writing = writes != writes_seen;
         writes_seen = writes;
         loop {
@@ -38,8 +38,8 @@ pub(super) async fn run(shared: Arc<Shared>) {
                 return;
             }
             let due = commit_due(last_commit.elapsed(), interval, writing);
-            let pressure = shared.backlog.upload_pressure();
-            let wanted = shared.progress.commit_wanted();
+            let pressure = shared.backlog().upload_pressure();
+            let wanted = shared.progress().commit_wanted();
             if !(due || pressure || wanted) {
                 break;
             }
@@ -56,7 +56,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
                 }
                 Err(error) if error.is_transient() => {
                     let wait = backoff.next();
-                    tracing::warn!(volume = %shared.name, %error, retry_in = ?wait, "cannot commit to the object store; writes are kept in the local log and retried");
+                    tracing::warn!(volume = %shared.name(), %error, retry_in = ?wait, "cannot commit to the object store; writes are kept in the local log and retried");
                     tokio::time::sleep(wait).await;
                 }
                 Err(error) => {
@@ -77,21 +77,21 @@ fn commit_due(since_commit: Duration, interval: Duration, writing: bool) -> bool
 /// Renews the writer's lease every third of its time to live. Failing to
 /// reach the store is retried; finding the lease taken stops the volume.
 pub(super) async fn renew_lease(shared: Arc<Shared>) {
-    let every = shared.lease.lock().await.renew_every();
+    let every = shared.lease().lock().await.renew_every();
     loop {
         tokio::time::sleep(every).await;
         let renewed = {
-            let mut lease = shared.lease.lock().await;
-            let renewed = lease.renew(&shared.store, &shared.name).await;
+            let mut lease = shared.lease().lock().await;
+            let renewed = lease.renew(shared.store(), shared.name()).await;
             renewed.map(|()| lease.last_sent())
         };
         match renewed {
-            Ok(sent) => shared.tenure.renewed(sent),
+            Ok(sent) => shared.tenure().renewed(sent),
             Err(error) if error.is_transient() => {
-                tracing::warn!(volume = %shared.name, %error, "cannot renew the lease; retrying");
+                tracing::warn!(volume = %shared.name(), %error, "cannot renew the lease; retrying");
             }
             Err(error) => {
-                tracing::error!(volume = %shared.name, %error, "stopping");
+                tracing::error!(volume = %shared.name(), %error, "stopping");
                 shared.fail(error);
                 return;
             }

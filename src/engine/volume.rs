@@ -118,7 +118,7 @@ impl Volume {
         );
         let (shared, sealed_rx) = shared;
         let shared = Arc::new(shared);
-        shared.journal.prepare_spare_segment();
+        shared.journal().prepare_spare_segment();
         let tasks = vec![
             spawn_task(
                 &shared,
@@ -145,7 +145,7 @@ impl Volume {
     }
 
     pub fn name(&self) -> &str {
-        &self.shared.name
+        self.shared.name()
     }
 
     /// The volume's size in bytes.
@@ -159,26 +159,26 @@ impl Volume {
     }
 
     pub fn chunk_size(&self) -> u64 {
-        self.shared.superblock.chunk_size
+        self.shared.superblock().chunk_size
     }
 
     pub fn superblock(&self) -> &Superblock {
-        &self.shared.superblock
+        self.shared.superblock()
     }
 
     /// Whether the store can refuse a second writer (see [`Fencing`]).
     pub fn fencing(&self) -> Fencing {
-        self.shared.fencing
+        self.shared.fencing()
     }
 
     pub fn counters(&self) -> VolumeCounters {
         let shared = &self.shared;
-        let counts = shared.stats.counts();
+        let counts = shared.stats().counts();
         VolumeCounters {
-            generation: shared.journal.view().map().generation,
-            committed_epoch: shared.progress.committed_epoch(),
-            durable_epoch: shared.progress.durable_epoch(),
-            dirty_bytes: shared.backlog.dirty_bytes(),
+            generation: shared.journal().view().map().generation,
+            committed_epoch: shared.progress().committed_epoch(),
+            durable_epoch: shared.progress().durable_epoch(),
+            dirty_bytes: shared.backlog().dirty_bytes(),
             reads: counts.reads,
             writes: counts.writes,
             flushes: counts.flushes,
@@ -187,8 +187,8 @@ impl Volume {
             bytes_written: counts.bytes_written,
             rewrites: counts.rewrites,
             commits: counts.commits,
-            store: shared.store.counters(),
-            cache: shared.chunks.counters(),
+            store: shared.store().counters(),
+            cache: shared.chunks().counters(),
         }
     }
 
@@ -205,9 +205,9 @@ impl Volume {
         if new_size == size {
             return Ok(());
         }
-        *self.shared.pending_size.lock().expect("pending size lock") = Some(new_size);
-        self.shared.progress.kick_uploader();
-        let mut commits = self.shared.progress.commits();
+        self.shared.grow_to(new_size);
+        self.shared.progress().kick_uploader();
+        let mut commits = self.shared.progress().commits();
         while self.size() < new_size {
             self.shared.check_running()?;
             if commits.changed().await.is_err() {
@@ -221,11 +221,11 @@ impl Volume {
     /// volume's durability mode defines it.
     pub async fn flush(&self) -> Result<()> {
         let shared = &self.shared;
-        shared.stats.flushed();
+        shared.stats().flushed();
         let target = shared.seal_current().await?;
-        shared.progress.wait_durable(target).await?;
-        if shared.options.durability == Durability::Remote {
-            shared.progress.wait_committed(target).await?;
+        shared.progress().wait_durable(target).await?;
+        if shared.options().durability == Durability::Remote {
+            shared.progress().wait_committed(target).await?;
         }
         shared.check_tenure().await
     }
@@ -242,20 +242,20 @@ impl Volume {
     pub async fn close(&self) -> Result<()> {
         self.commit().await?;
         self.shared
-            .lease
+            .lease()
             .lock()
             .await
-            .release(&self.shared.store)
+            .release(self.shared.store())
             .await?;
-        self.shared.progress.closing();
+        self.shared.progress().closing();
         self.shared
             .fail(EngineError::Closed(self.name().to_string()));
         self.stop_tasks().await;
         // Chunks fetched last are on disk for the next open.
-        self.shared.chunks.settle().await;
+        self.shared.chunks().settle().await;
         // A spare segment file being made stops; nothing of this volume
         // touches the log once this returns.
-        self.shared.journal.stop().await;
+        self.shared.journal().stop().await;
         Ok(())
     }
 
@@ -300,12 +300,12 @@ impl Volume {
         // after its task is aborted; a killed process's would not. The
         // spare stops where it is, and a segment is let end first, so that
         // nothing of this volume touches the log once this returns.
-        self.shared.journal.abandon().await;
+        self.shared.journal().abandon().await;
         self.shared
             .fail(EngineError::Closed(self.name().to_string()));
-        self.shared.lease.lock().await.holder_died();
+        self.shared.lease().lock().await.holder_died();
         if power_loss {
-            super::log::power_cut::cut_around(self.shared.journal.dir(), seed);
+            super::log::power_cut::cut_around(self.shared.journal().dir(), seed);
         }
     }
 }

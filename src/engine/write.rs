@@ -119,7 +119,7 @@ impl Volume {
         let shared = &self.shared;
         let len = buffer.len() as u64;
         shared.check_request("write", offset, len)?;
-        shared.stats.write_arrived();
+        shared.stats().write_arrived();
         if buffer.is_empty() {
             return self.acknowledge(fua).await;
         }
@@ -133,9 +133,9 @@ impl Volume {
             .log_record(placement, header, record, Change::Write)
             .await?;
         admission.landed();
-        shared.stats.written(len);
-        if shared.backlog.upload_pressure() {
-            shared.progress.kick_uploader();
+        shared.stats().written(len);
+        if shared.backlog().upload_pressure() {
+            shared.progress().kick_uploader();
         }
         self.acknowledge(fua).await
     }
@@ -154,7 +154,7 @@ impl Volume {
     async fn zero_range(&self, op: &'static str, offset: u64, len: u64, fua: bool) -> Result<()> {
         let shared = &self.shared;
         shared.check_request(op, offset, len)?;
-        shared.stats.zeroed();
+        shared.stats().zeroed();
         if len > 0 {
             let reservation = shared.reserve(RECORD_HEADER_LEN as u64).await?;
             let epoch = &reservation.epoch;
@@ -209,8 +209,8 @@ impl Shared {
     async fn reserve(&self, len: u64) -> Result<Reservation> {
         loop {
             self.check_running()?;
-            if let Some(reservation) = self.journal.view().current().try_reserve(len) {
-                self.backlog.logged(len);
+            if let Some(reservation) = self.journal().view().current().try_reserve(len) {
+                self.backlog().logged(len);
                 return Ok(reservation);
             }
             // The epoch was sealed a moment ago; its successor is being
@@ -314,11 +314,11 @@ impl Shared {
                         .overlay
                         .record_write(header.offset, header.len, data_pos, header.seq);
                 epoch.add_dirty(new_bytes);
-                self.backlog.dirtied(new_bytes);
+                self.backlog().dirtied(new_bytes);
                 match rewrite {
                     Some(claim) => {
                         claim.done();
-                        self.stats.rewrote();
+                        self.stats().rewrote();
                     }
                     None => epoch.copies.appended(header.offset, header.len, data_pos),
                 }
@@ -341,19 +341,19 @@ impl Shared {
     async fn wait_for_dirty_room(&self, len: u64) -> Result<Admission<'_>> {
         let mut warned = false;
         loop {
-            let room = self.backlog.room_freed();
+            let room = self.backlog().room_freed();
             tokio::pin!(room);
             room.as_mut().enable();
             self.check_running()?;
-            if let Some(admission) = self.backlog.try_admit(len) {
+            if let Some(admission) = self.backlog().try_admit(len) {
                 return Ok(admission);
             }
             if !warned {
-                let (dirty, logged) = (self.backlog.dirty_bytes(), self.backlog.log_bytes());
-                tracing::debug!(volume = %self.name, dirty, logged, "writes wait for uploads (--max-dirty reached)");
+                let (dirty, logged) = (self.backlog().dirty_bytes(), self.backlog().log_bytes());
+                tracing::debug!(volume = %self.name(), dirty, logged, "writes wait for uploads (--max-dirty reached)");
                 warned = true;
             }
-            self.progress.kick_uploader();
+            self.progress().kick_uploader();
             room.await;
         }
     }
