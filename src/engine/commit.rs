@@ -71,7 +71,7 @@ impl Shared {
             return Ok(false);
         }
         if let Some(last) = epochs.last() {
-            self.progress().wait_durable(last.id).await?;
+            self.progress().wait_durable(last.id()).await?;
         }
         let started = std::time::Instant::now();
         let mut base = Arc::clone(view.map());
@@ -87,7 +87,7 @@ impl Shared {
             }
         };
         let generation = next.generation;
-        let log_bytes: u64 = epochs.iter().map(|e| e.end() - e.start).sum();
+        let log_bytes: u64 = epochs.iter().map(|e| e.log_len()).sum();
         self.install(next, &epochs).await;
         tracing::debug!(volume = %self.name(), generation, epochs = epochs.len(), log_bytes, took = ?started.elapsed(), "committed");
         Ok(true)
@@ -103,7 +103,7 @@ impl Shared {
         next.log_id = self.journal().log_id();
         next.log_epoch = epochs
             .last()
-            .map_or(self.progress().committed_epoch(), |e| e.id);
+            .map_or(self.progress().committed_epoch(), |e| e.id());
         next.committed_at_ms = now_ms();
         if let Some(size) = pending_size.filter(|&s| s > next.size) {
             next.size = size;
@@ -112,13 +112,13 @@ impl Shared {
         }
         let mut edits: BTreeMap<usize, PageEdit> = BTreeMap::new();
         for epoch in epochs {
-            for (chunks, _) in epoch.overlay.zeroed_ranges() {
+            for (chunks, _) in epoch.changes().zeroed_ranges() {
                 zero_chunks(&mut edits, chunks, base.chunk_count());
             }
         }
         let touched: BTreeSet<u64> = epochs
             .iter()
-            .flat_map(|e| e.overlay.touched_chunks())
+            .flat_map(|e| e.changes().touched_chunks())
             .collect();
         for (chunk, entry) in self.store_chunks(base, epochs, touched).await? {
             let (page, slot) = page_of(chunk);
@@ -308,7 +308,7 @@ impl Shared {
         self.size_committed(next.size);
         self.journal().install(next, epochs).await;
         let freed: u64 = epochs.iter().map(|e| e.dirty_bytes()).sum();
-        let logged: u64 = epochs.iter().map(|e| e.end() - e.start).sum();
+        let logged: u64 = epochs.iter().map(|e| e.log_len()).sum();
         self.backlog().committed(freed, logged);
         self.stats().committed();
         // Every epoch before the oldest one still waiting is committed, or

@@ -38,17 +38,17 @@ fn inflight(word: u64) -> u64 {
 }
 
 pub struct Epoch {
-    pub id: u64,
-    pub segment: Arc<Segment>,
+    id: u64,
+    segment: Arc<Segment>,
     /// Where the epoch's region starts in its segment.
-    pub start: u64,
+    start: u64,
     word: AtomicU64,
     drained: Notify,
-    pub overlay: Overlay,
+    overlay: Overlay,
     /// The last sequence number given to a record of this epoch.
     seq: AtomicU64,
     /// The records an in-place rewrite may reuse.
-    pub copies: Copies,
+    copies: Copies,
     /// Data bytes written in this epoch (zeroing records count nothing).
     dirty_bytes: AtomicU64,
     /// The next epoch starts a new segment: this one closes its segment.
@@ -292,8 +292,42 @@ impl Epoch {
         self.seq.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    pub fn add_dirty(&self, bytes: u64) {
-        self.dirty_bytes.fetch_add(bytes, Ordering::Relaxed);
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The segment the epoch's records are in.
+    pub fn segment(&self) -> &Arc<Segment> {
+        &self.segment
+    }
+
+    /// Bytes of log the epoch's records take so far.
+    pub fn log_len(&self) -> u64 {
+        self.end() - self.start
+    }
+
+    /// What the epoch changed, and where in the log: for reads and commits.
+    pub fn changes(&self) -> &Overlay {
+        &self.overlay
+    }
+
+    /// Records a write of `len` bytes at device `offset`, its data at
+    /// `data_pos` of the segment; returns the data bytes it newly dirtied.
+    pub fn record_write(&self, offset: u64, len: u64, data_pos: u64, seq: u64) -> u64 {
+        let new_bytes = self.overlay.record_write(offset, len, data_pos, seq);
+        self.dirty_bytes.fetch_add(new_bytes, Ordering::Relaxed);
+        new_bytes
+    }
+
+    /// Records zeroes over `len` bytes at device `offset`.
+    pub fn record_zero(&self, offset: u64, len: u64, seq: u64) {
+        self.overlay.record_zero(offset, len, seq);
+    }
+
+    /// Notes an appended (not rewritten) write's record, which a later
+    /// write of the same extent may rewrite (see `rewrite`).
+    pub fn note_copy(&self, offset: u64, len: u64, data_pos: u64) {
+        self.copies.appended(offset, len, data_pos);
     }
 
     pub fn dirty_bytes(&self) -> u64 {

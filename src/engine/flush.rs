@@ -54,10 +54,10 @@ pub(super) async fn durability_worker(
             }
             match syncs
                 .iter_mut()
-                .find(|(s, _)| Arc::ptr_eq(s, &epoch.segment))
+                .find(|(s, _)| Arc::ptr_eq(s, epoch.segment()))
             {
                 Some((_, synced_end)) => *synced_end = (*synced_end).max(end),
-                None => syncs.push((Arc::clone(&epoch.segment), end)),
+                None => syncs.push((Arc::clone(epoch.segment()), end)),
             }
         }
         // On this thread when the runtime allows it: a flush then costs no
@@ -78,7 +78,7 @@ pub(super) async fn durability_worker(
         .await;
         match synced {
             Ok(()) => {
-                let newest = batch.last().expect("batch is not empty").id;
+                let newest = batch.last().expect("batch is not empty").id();
                 let running = shared.progress().publish_durable(newest);
                 fail::fail_point!("log::synced");
                 if !running {

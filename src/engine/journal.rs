@@ -59,7 +59,7 @@ impl View {
     /// nothing to commit).
     pub fn committed_through(&self) -> u64 {
         let oldest_waiting = self.sealed.oldest().unwrap_or(&self.current);
-        oldest_waiting.id.saturating_sub(1)
+        oldest_waiting.id().saturating_sub(1)
     }
 }
 
@@ -164,7 +164,7 @@ impl Journal {
         let view = self.view.load_full();
         let current = &view.current;
         if current.is_empty() {
-            return Ok(current.id - 1);
+            return Ok(current.id() - 1);
         }
         let fresh_segment = if current.end() >= self.segment_switch_bytes {
             let segment = self
@@ -182,15 +182,15 @@ impl Journal {
         let (segment, start) = match fresh_segment {
             Some(segment) => {
                 crate::async_fail_point!("log::segment_switch");
-                if let Err(source) = close_segment(&current.segment, end, current.id) {
-                    let path = current.segment.path().to_path_buf();
+                if let Err(source) = close_segment(current.segment(), end, current.id()) {
+                    let path = current.segment().path().to_path_buf();
                     return Err(SealFailure::Fatal(EngineError::Log { path, source }));
                 }
                 state.next_seq += 1;
                 state.segments.push(Arc::clone(&segment));
                 (segment, SEGMENT_HEADER_LEN)
             }
-            None => (Arc::clone(&current.segment), end),
+            None => (Arc::clone(current.segment()), end),
         };
         let next = Epoch::new(
             state.next_epoch,
@@ -206,7 +206,7 @@ impl Journal {
             map: Arc::clone(&view.map),
         }));
         let _ = self.sealed_tx.send(Arc::clone(current));
-        Ok(current.id)
+        Ok(current.id())
     }
 
     /// Makes a committed generation the one readers see, drops the epochs
@@ -218,7 +218,7 @@ impl Journal {
         let sealed = view.sealed.without(committed);
         let live: Vec<_> = std::iter::once(&view.current)
             .chain(sealed.newest_first())
-            .map(|e| Arc::clone(&e.segment))
+            .map(|e| Arc::clone(e.segment()))
             .collect();
         self.view.store(Arc::new(View {
             current: Arc::clone(&view.current),

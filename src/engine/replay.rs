@@ -95,7 +95,7 @@ pub fn replay(
         let holds_uncommitted = replayed
             .epochs
             .last()
-            .is_some_and(|e| Arc::ptr_eq(&e.segment, &segment));
+            .is_some_and(|e| Arc::ptr_eq(e.segment(), &segment));
         if holds_uncommitted {
             fail::fail_point!("replay::before_sync");
             segment.sync_to(valid_end)?;
@@ -213,7 +213,7 @@ fn apply(
     let continues_last = replayed
         .epochs
         .last()
-        .is_some_and(|e| e.id == header.epoch && Arc::ptr_eq(&e.segment, segment));
+        .is_some_and(|e| e.id() == header.epoch && Arc::ptr_eq(e.segment(), segment));
     if !continues_last {
         let epoch = Epoch::replayed(header.epoch, Arc::clone(segment), pos, geometry.chunk_size);
         replayed.epochs.push(Arc::new(epoch));
@@ -222,16 +222,10 @@ fn apply(
     match header.kind {
         RecordKind::Write => {
             let data_pos = pos + format.header_len() as u64;
-            let new_bytes =
-                epoch
-                    .overlay
-                    .record_write(header.offset, header.len, data_pos, header.seq);
-            epoch.add_dirty(new_bytes);
-            replayed.dirty_bytes += new_bytes;
+            replayed.dirty_bytes +=
+                epoch.record_write(header.offset, header.len, data_pos, header.seq);
         }
-        RecordKind::Zero => epoch
-            .overlay
-            .record_zero(header.offset, header.len, header.seq),
+        RecordKind::Zero => epoch.record_zero(header.offset, header.len, header.seq),
         // Ends a segment; `replay_segment` stops before applying it.
         RecordKind::End => {}
     }

@@ -46,9 +46,9 @@ fn resolve<'a>(
         if unresolved == 0 {
             break;
         }
-        let segment = &epoch.segment;
+        let segment = epoch.segment();
         epoch
-            .overlay
+            .changes()
             .resolve(chunk, blocks.clone(), &mut slots, |slot| match slot {
                 Slot::Data(pos) => BlockSource::Log(segment, pos),
                 Slot::Zero => BlockSource::Zero,

@@ -100,7 +100,7 @@ mod tests {
     use crate::engine::log::{RecordFormat, SEGMENT_HEADER_LEN, Segment, SegmentIdentity};
 
     fn ids<'a>(epochs: impl Iterator<Item = &'a Arc<Epoch>>) -> Vec<u64> {
-        epochs.map(|epoch| epoch.id).collect()
+        epochs.map(|epoch| epoch.id()).collect()
     }
 
     /// `count` epochs, numbered from 1, of one segment in `dir`.
@@ -147,7 +147,7 @@ mod tests {
                 match step {
                     0 | 1 => {
                         sealed = sealed.with_newest(Arc::clone(epoch));
-                        model.push(epoch.id);
+                        model.push(epoch.id());
                     }
                     2 => {
                         let taken = sealed.oldest_first();
@@ -158,7 +158,7 @@ mod tests {
                     _ => views.push((sealed.clone(), model.clone())),
                 }
                 prop_assert_eq!(ids(sealed.oldest_first().iter()), model.clone());
-                prop_assert_eq!(sealed.oldest().map(|e| e.id), model.first().copied());
+                prop_assert_eq!(sealed.oldest().map(|e| e.id()), model.first().copied());
             }
             for (view, expected) in views {
                 let mut newest_first = expected.clone();

@@ -150,8 +150,11 @@ impl Shared {
         // records torn) have nothing to sync, nor to commit: everything
         // before the oldest replayed epoch is in the store.
         let durable_epoch = first_epoch - 1;
-        let committed_epoch = replayed.epochs.first().map_or(durable_epoch, |e| e.id - 1);
-        let replayed_log_bytes = replayed.epochs.iter().map(|e| e.end() - e.start).sum();
+        let committed_epoch = replayed
+            .epochs
+            .first()
+            .map_or(durable_epoch, |e| e.id() - 1);
+        let replayed_log_bytes = replayed.epochs.iter().map(|e| e.log_len()).sum();
         let backlog = Backlog::new(
             &options,
             root.chunk_size,

@@ -128,7 +128,7 @@ impl Volume {
         crate::async_fail_point!("write::admitted");
         let placement = shared.place_write(offset, len, record.len() as u64).await?;
         let epoch = &placement.reservation.epoch;
-        let header = RecordHeader::write(epoch.id, epoch.next_seq(), offset, len as usize);
+        let header = RecordHeader::write(epoch.id(), epoch.next_seq(), offset, len as usize);
         shared
             .log_record(placement, header, record, Change::Write)
             .await?;
@@ -158,7 +158,7 @@ impl Volume {
         if len > 0 {
             let reservation = shared.reserve(RECORD_HEADER_LEN as u64).await?;
             let epoch = &reservation.epoch;
-            let header = RecordHeader::zero(epoch.id, epoch.next_seq(), offset, len);
+            let header = RecordHeader::zero(epoch.id(), epoch.next_seq(), offset, len);
             let record = vec![0; RECORD_HEADER_LEN];
             let placement = Placement {
                 reservation,
@@ -293,12 +293,12 @@ impl Shared {
             rewrite,
         } = placement;
         let epoch = &reservation.epoch;
-        if let Err(source) = epoch.segment.write_at(&record, pos) {
+        if let Err(source) = epoch.segment().write_at(&record, pos) {
             // The reserved bytes stay a hole, and replay stops at a hole:
             // stop the volume before this epoch can drain, so no later
             // flush claims what follows it is durable.
             self.fail(EngineError::Log {
-                path: epoch.segment.path().to_path_buf(),
+                path: epoch.segment().path().to_path_buf(),
                 source,
             });
             self.check_running()?;
@@ -309,23 +309,17 @@ impl Shared {
         match change {
             Change::Write => {
                 let data_pos = pos + RECORD_HEADER_LEN as u64;
-                let new_bytes =
-                    epoch
-                        .overlay
-                        .record_write(header.offset, header.len, data_pos, header.seq);
-                epoch.add_dirty(new_bytes);
+                let new_bytes = epoch.record_write(header.offset, header.len, data_pos, header.seq);
                 self.backlog().dirtied(new_bytes);
                 match rewrite {
                     Some(claim) => {
                         claim.done();
                         self.stats().rewrote();
                     }
-                    None => epoch.copies.appended(header.offset, header.len, data_pos),
+                    None => epoch.note_copy(header.offset, header.len, data_pos),
                 }
             }
-            Change::Zero => epoch
-                .overlay
-                .record_zero(header.offset, header.len, header.seq),
+            Change::Zero => epoch.record_zero(header.offset, header.len, header.seq),
         }
         let written = Written {
             epoch: Arc::clone(epoch),
