@@ -148,13 +148,13 @@ impl Journal {
 
     /// The id every segment and root of this log carries.
     pub fn log_id(&self) -> Uuid {
-        self.files.manifest.log_id
+        self.files.log_id()
     }
 
     /// The log's folder (crash tests cut power around it).
     #[cfg(feature = "failpoints")]
     pub fn dir(&self) -> &std::path::Path {
-        &self.files.dir
+        self.files.dir()
     }
 
     /// Seals the open epoch if anything was written to it, and returns the
@@ -282,7 +282,7 @@ impl Journal {
         })
         .await;
         let created = created.map(Arc::new).map_err(|source| EngineError::Log {
-            path: self.files.dir.clone(),
+            path: self.files.dir().to_path_buf(),
             source,
         })?;
         self.prepare_spare_segment();

@@ -77,7 +77,7 @@ pub fn replay(
             log.remove_segment(&segment);
             continue;
         }
-        if stopped || identity.log_id != log.manifest.log_id {
+        if stopped || identity.log_id != log.log_id() {
             // Never reused: its records may be of epochs the log will
             // number again, and must not pass for new ones.
             tracing::warn!(segment = %path.display(), "removing a log segment past the end of the log");

@@ -73,7 +73,7 @@ impl Volume {
             // anything: a commit of an earlier writer that lands late (a
             // PUT sent before a takeover) can then only fail.
             let claim = Root {
-                log_id: log.manifest.log_id,
+                log_id: log.log_id(),
                 log_epoch: after,
                 ..newest.succeeded_by(RootKind::Open)
             };
@@ -87,7 +87,7 @@ impl Volume {
                 "the volume was committed as this writer opened it (by the writer it takes over from, or gc's barrier); looking again"
             );
         };
-        log.keep_free_bytes = options.log_commit_bytes();
+        log.keep_free(options.log_commit_bytes());
         let disk = match options.disk_cache_bytes {
             0 => None,
             bytes => Some(

@@ -43,10 +43,10 @@ pub struct LogManifest {
 /// The log folder of one volume.
 #[derive(Debug, Clone)]
 pub struct LogDir {
-    pub dir: PathBuf,
-    pub manifest: LogManifest,
+    dir: PathBuf,
+    manifest: LogManifest,
     /// Bytes of retired segment files kept for reuse (see [`FreeFiles`]).
-    pub keep_free_bytes: u64,
+    keep_free_bytes: u64,
     /// Set when the process that wrote the log is gone (a simulated
     /// crash): segments dropped after that leave their files as they are.
     abandoned: Arc<AtomicBool>,
@@ -65,6 +65,22 @@ pub struct OpenedLog {
 }
 
 impl LogDir {
+    /// The log's folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The id every segment of this log, and every root that names it,
+    /// carries.
+    pub fn log_id(&self) -> Uuid {
+        self.manifest.log_id
+    }
+
+    /// Keeps up to `bytes` of retired segment files for reuse.
+    pub fn keep_free(&mut self, bytes: u64) {
+        self.keep_free_bytes = bytes;
+    }
+
     /// Opens the log in `dir` for a volume whose newest root is `root`,
     /// starting a new one when there is none or the old one no longer
     /// applies (which is then moved aside, with a warning).
