@@ -44,7 +44,7 @@ pub struct VolumeCounters {
 /// [`crate::engine`] for what each guarantees.
 pub struct Volume {
     pub(super) shared: Arc<Shared>,
-    tasks: std::sync::Mutex<Vec<Task>>,
+    tasks: std::sync::Mutex<Tasks>,
     lease_holder: Holder,
     _lock: Flock<File>,
 }
@@ -119,23 +119,25 @@ impl Volume {
         let (shared, sealed_rx) = shared;
         let shared = Arc::new(shared);
         shared.journal().prepare_spare_segment();
-        let tasks = vec![
-            spawn_task(
+        let tasks = Tasks {
+            durability: Some(spawn_task(
                 &shared,
-                DURABILITY_WORKER,
+                "durability worker",
                 super::flush::durability_worker(Arc::clone(&shared), sealed_rx),
-            ),
-            spawn_task(
-                &shared,
-                "uploader",
-                super::uploader::run(Arc::clone(&shared)),
-            ),
-            spawn_task(
-                &shared,
-                "lease renewal",
-                super::uploader::renew_lease(Arc::clone(&shared)),
-            ),
-        ];
+            )),
+            others: vec![
+                spawn_task(
+                    &shared,
+                    "uploader",
+                    super::uploader::run(Arc::clone(&shared)),
+                ),
+                spawn_task(
+                    &shared,
+                    "lease renewal",
+                    super::uploader::renew_lease(Arc::clone(&shared)),
+                ),
+            ],
+        };
         Ok(Volume {
             shared,
             tasks: std::sync::Mutex::new(tasks),
@@ -261,17 +263,17 @@ impl Volume {
 
     /// Aborts the background tasks and waits for them to end.
     async fn stop_tasks(&self) {
-        for task in self.abort_tasks() {
-            let _ = task.handle.await;
+        let tasks = self.abort_tasks();
+        for task in tasks.durability.into_iter().chain(tasks.others) {
+            let _ = task.await;
         }
     }
 
-    fn abort_tasks(&self) -> Vec<Task> {
-        let tasks: Vec<_> = self.tasks.lock().expect("tasks lock").drain(..).collect();
-        for task in &tasks {
-            task.handle.abort();
-        }
-        tasks
+    /// Aborts the background tasks; returns them, to wait for.
+    fn abort_tasks(&self) -> Tasks {
+        let mut tasks = self.tasks.lock().expect("tasks lock");
+        tasks.abort();
+        std::mem::take(&mut *tasks)
     }
 
     /// For crash tests: stops the volume as `kill -9` would. With
@@ -291,10 +293,8 @@ impl Volume {
         // All but the durability worker are waited for. It may be blocked
         // in a sync (a test may hold it there), which ends on its own and
         // then acknowledges nothing (`Progress::publish_durable`).
-        for task in self.abort_tasks() {
-            if task.name != DURABILITY_WORKER {
-                let _ = task.handle.await;
-            }
+        for task in self.abort_tasks().others {
+            let _ = task.await;
         }
         // A segment or spare file being made in a blocking task goes on
         // after its task is aborted; a killed process's would not. The
@@ -322,23 +322,29 @@ pub fn simulate_power_cuts(dir: &std::path::Path) {
 impl Drop for Volume {
     fn drop(&mut self) {
         if let Ok(tasks) = self.tasks.lock() {
-            for task in tasks.iter() {
-                task.handle.abort();
-            }
+            tasks.abort();
         }
         self.lease_holder.died();
     }
 }
 
-/// The background task that syncs the log (`flush::durability_worker`).
-const DURABILITY_WORKER: &str = "durability worker";
+/// A volume's background tasks: the durability worker apart, since a
+/// crash test does not wait for it (it may be blocked in a sync, which
+/// cannot be aborted).
+#[derive(Default)]
+struct Tasks {
+    /// The task that syncs the log (`flush::durability_worker`).
+    durability: Option<JoinHandle<()>>,
+    /// The uploader and the lease renewal.
+    others: Vec<JoinHandle<()>>,
+}
 
-/// One of a volume's background tasks, by name.
-struct Task {
-    /// Read by crash tests only (`Volume::crash`).
-    #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
-    name: &'static str,
-    handle: JoinHandle<()>,
+impl Tasks {
+    fn abort(&self) {
+        for task in self.durability.iter().chain(&self.others) {
+            task.abort();
+        }
+    }
 }
 
 /// Runs one of the volume's background tasks. A panic in it (a bug) stops
@@ -348,10 +354,10 @@ fn spawn_task(
     shared: &Arc<Shared>,
     task: &'static str,
     work: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Task {
+) -> JoinHandle<()> {
     use futures::FutureExt;
     let shared = Arc::clone(shared);
-    let handle = tokio::spawn(async move {
+    tokio::spawn(async move {
         if let Err(panic) = std::panic::AssertUnwindSafe(work).catch_unwind().await {
             let message = panic
                 .downcast_ref::<&str>()
@@ -360,8 +366,7 @@ fn spawn_task(
                 .unwrap_or_else(|| "no message".to_string());
             shared.fail(EngineError::Panicked { task, message });
         }
-    });
-    Task { name: task, handle }
+    })
 }
 
 /// Opens the write-back log in `dir` for a volume whose newest root is
