@@ -71,9 +71,28 @@ fn run_in_vm_with(script: &str, out: Option<&Path>, env: &str) {
     );
 }
 
+/// One suite of block-device checks, the same over every transport.
+fn transport_suite(transport: &str) {
+    run_in_vm_with(
+        "transport_suite.sh",
+        None,
+        &format!("TRANSPORT={transport}"),
+    );
+}
+
 #[test]
-fn the_kernel_nbd_client_against_zeroblk_serve() {
-    run_in_vm("nbd_kernel.sh");
+fn the_transport_suite_over_ublk() {
+    transport_suite("ublk");
+}
+
+#[test]
+fn the_transport_suite_over_the_kernel_nbd_transport() {
+    transport_suite("nbd");
+}
+
+#[test]
+fn the_transport_suite_over_the_kernel_nbd_client_against_zeroblk_serve() {
+    transport_suite("nbd-client");
 }
 
 #[test]
