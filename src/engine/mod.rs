@@ -89,14 +89,16 @@
 //!   reads and commits alike;
 //! - `chunks` (committed chunks and pages: caches, single-flight fetches,
 //!   read-ahead), `backlog` (dirty and log bytes, and the admission of
-//!   writes), `local` (the volume's folder and its lock), `lease` (one
-//!   writer), `catalog` (the volumes of a store, their superblocks and
-//!   roots);
+//!   writes), `progress` (the durable and committed epochs, and the
+//!   volume's failure), `local` (the volume's folder and its lock), `lease`
+//!   (one writer), `catalog` (the volumes of a store, their superblocks
+//!   and roots);
 //! - `journal`: the write-back log of an open volume (its files, its
 //!   epochs, the view readers and writers share), sealing epochs and
 //!   retiring segments;
-//! - `shared`: the state the request paths and background tasks share,
-//!   and stopping the volume;
+//! - `shared`: what the request paths and background tasks share (the
+//!   volume's identity, settings and components, all private behind
+//!   accessors), and stopping the volume;
 //! - `write`, `read`, `flush` (sealing and the durability worker),
 //!   `commit`, `uploader`, `gc`, `verify`;
 //! - `volume`: opens a volume, wires the above together, runs its
@@ -112,7 +114,8 @@
 //! - **A flush** (`volume`, `flush`): the `journal` seals the open epoch
 //!   and publishes a new one in the view; the durability worker waits for the sealed
 //!   epochs' writes to drain, fsyncs their segments once for all of them,
-//!   and publishes them durable (`shared`), unless the volume has stopped.
+//!   and publishes them durable (`progress`), unless the volume has
+//!   stopped.
 //! - **A commit** (`uploader`, `commit`): sealed epochs that are durable are
 //!   built into chunks (`resolve` assembles each from the committed chunk,
 //!   via `chunks`, and the log), packed and uploaded, then the map pages,
