@@ -59,6 +59,8 @@ struct Plan {
     kinds: Vec<Fault>,
     rng: Option<fastrand::Rng>,
     injected: Vec<(Fault, u64)>,
+    /// What the next requests get, before the rate is drawn from.
+    scripted: std::collections::VecDeque<Option<Fault>>,
 }
 
 /// What a faulty store injects; cheap to clone, shared with the store.
@@ -92,6 +94,12 @@ impl Faults {
         plan.kinds = kinds.to_vec();
     }
 
+    /// The next requests get `draws`, in order (`None`: no fault); then
+    /// the rate applies again. For tests of one exact interleaving.
+    pub fn script(&self, draws: &[Option<Fault>]) {
+        self.lock().scripted.extend(draws.iter().copied());
+    }
+
     /// How many times `fault` was injected.
     pub fn injected(&self, fault: Fault) -> u64 {
         self.lock()
@@ -112,12 +120,18 @@ impl Faults {
             kinds,
             rng,
             injected,
+            scripted,
         } = &mut *plan;
-        let rng = rng.get_or_insert_with(fastrand::Rng::new);
-        if kinds.is_empty() || rng.f64() >= *rate {
-            return None;
-        }
-        let fault = kinds[rng.usize(..kinds.len())];
+        let fault = match scripted.pop_front() {
+            Some(scripted) => scripted?,
+            None => {
+                let rng = rng.get_or_insert_with(fastrand::Rng::new);
+                if kinds.is_empty() || rng.f64() >= *rate {
+                    return None;
+                }
+                kinds[rng.usize(..kinds.len())]
+            }
+        };
         match injected.iter_mut().find(|(f, _)| *f == fault) {
             Some((_, n)) => *n += 1,
             None => injected.push((fault, 1)),

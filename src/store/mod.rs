@@ -429,11 +429,25 @@ impl Store {
             return self.replace_locally(key, bytes, version).await;
         }
         let mode = PutMode::Update(version.0.clone());
-        match self.put_retried(key, bytes.into(), mode).await.result {
+        let outcome = self.put_retried(key, bytes.clone().into(), mode).await;
+        match outcome.result {
             Ok(written) => Ok(Replaced::Replaced(written.into())),
             Err(
                 object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. },
-            ) => Ok(Replaced::Changed),
+            ) => {
+                // An earlier attempt may have landed, its reply lost: then
+                // the object holds our bytes, and the replace was ours.
+                // Before, it read as someone else's: `volume rekey` said
+                // nothing was written when the new password was in.
+                let found = match outcome.retried {
+                    true => self.get_versioned(key).await?,
+                    false => None,
+                };
+                Ok(match found.filter(|(found, _)| *found == bytes) {
+                    Some((_, version)) => Replaced::Replaced(version),
+                    None => Replaced::Changed,
+                })
+            }
             Err(e) => Err(self.classify("PUT", key, e)),
         }
     }
@@ -717,6 +731,8 @@ fn looks_unreachable(detail: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use faults::Fault;
+    use std::time::Duration;
 
     #[test]
     fn credentials_in_urls_are_redacted() {
@@ -842,5 +858,40 @@ mod tests {
                 "{store:?}: another writer's object stays"
             );
         }
+    }
+
+    /// A conditional replace whose first attempt landed and lost its reply
+    /// is ours: the retry finds the version moved, and the object holding
+    /// our bytes. Before, it said `Changed`, and `volume rekey` told its
+    /// user nothing was written (run it again) when the superblock already
+    /// took the new password.
+    #[tokio::test]
+    async fn a_conditional_replace_whose_reply_was_lost_is_ours() {
+        let faults = Faults::new(7, Duration::from_secs(60), Duration::ZERO);
+        let store = Store::memory().with_faults(faults.clone());
+        let first = store
+            .create_versioned("lease", Bytes::from_static(b"a1"))
+            .await
+            .unwrap()
+            .expect("created");
+        faults.script(&[Some(Fault::LostReply)]);
+        let replaced = store
+            .replace_if_unchanged("lease", Bytes::from_static(b"a2"), &first)
+            .await
+            .unwrap();
+        assert_eq!(faults.injected(Fault::LostReply), 1);
+        let Replaced::Replaced(second) = replaced else {
+            panic!("our own replace, its reply lost, read as someone else's");
+        };
+        let (_, current) = store.get_versioned("lease").await.unwrap().unwrap();
+        assert_eq!(second, current, "the version our bytes have");
+        // Someone else's replace is still someone else's.
+        store.put("lease", Bytes::from_static(b"b1")).await.unwrap();
+        faults.script(&[Some(Fault::LostReply)]);
+        let theirs = store
+            .replace_if_unchanged("lease", Bytes::from_static(b"a3"), &first)
+            .await
+            .unwrap();
+        assert!(matches!(theirs, Replaced::Changed));
     }
 }
