@@ -11,10 +11,8 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use super::epoch::Epoch;
 use super::error::{EngineError, Result};
-use super::journal::SealFailure;
-use super::log::{RECORD_HEADER_LEN, Segment};
+use super::log::{Epoch, RECORD_HEADER_LEN, SealFailure, Segment};
 use super::shared::Shared;
 
 impl Shared {

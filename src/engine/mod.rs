@@ -79,12 +79,15 @@
 //! - `error`, `options`, `stats` (request counters), `background` (a
 //!   low-priority pool for commit CPU work), `tenure` (until when the lease
 //!   lets this writer acknowledge);
-//! - `log` (the write-back log's files: segments, records, durable
-//!   directories, and in tests their simulated power cuts), `overlay` (what
-//!   an epoch changed, and where in the log), `rewrite` (the table of
-//!   copies an open epoch may overwrite), `epoch` (an epoch's reservations,
-//!   how far it is written, and its rewrite claims), `sealed` (the sealed
-//!   epochs a view shares with the views before it), `replay`;
+//! - `log/`: the write-back log. Its files (`file`, `segment`, `record`,
+//!   the folder in `mod.rs`, and in tests their simulated power cuts),
+//!   `overlay` (what an epoch changed, and where in the log), `rewrite`
+//!   (the table of copies an open epoch may overwrite), `epoch` (an
+//!   epoch's reservations, how far it is written, its rewrite claims),
+//!   `sealed` (the sealed epochs a view shares with the views before it),
+//!   `replay`, and `journal` (the log of an open volume: its files, its
+//!   epochs and the view readers and writers share; sealing epochs and
+//!   retiring segments);
 //! - `resolve`: where each byte of a chunk is (log, zero, committed), for
 //!   reads and commits alike;
 //! - `chunks` (committed chunks and pages: caches, single-flight fetches,
@@ -93,9 +96,6 @@
 //!   volume's failure), `local` (the volume's folder and its lock), `lease`
 //!   (one writer), `catalog` (the volumes of a store, their superblocks
 //!   and roots);
-//! - `journal`: the write-back log of an open volume (its files, its
-//!   epochs, the view readers and writers share), sealing epochs and
-//!   retiring segments;
 //! - `shared`: what the request paths and background tasks share (the
 //!   volume's identity, settings and components, all private behind
 //!   accessors), and stopping the volume;
@@ -134,22 +134,16 @@ mod backlog;
 mod catalog;
 mod chunks;
 mod commit;
-mod epoch;
 mod error;
 mod flush;
 mod gc;
-mod journal;
 mod lease;
 mod local;
 mod log;
 mod options;
-mod overlay;
 mod progress;
 mod read;
-mod replay;
 mod resolve;
-mod rewrite;
-mod sealed;
 mod shared;
 mod stats;
 mod tenure;

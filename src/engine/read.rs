@@ -11,8 +11,8 @@ use bytes::Bytes;
 use futures::future::try_join_all;
 
 use super::error::{EngineError, Result};
-use super::journal::View;
 use super::log::Segment;
+use super::log::View;
 use super::resolve::{self, Source};
 use super::shared::Shared;
 use super::volume::Volume;

@@ -6,10 +6,8 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use super::epoch::Epoch;
 use super::error::{EngineError, Result};
-use super::log::Segment;
-use super::overlay::Slot;
+use super::log::{Epoch, Segment, Slot};
 use crate::format::BLOCK_SIZE;
 
 /// Where a block's current content is.

@@ -12,14 +12,11 @@ use tokio::sync::mpsc;
 
 use super::backlog::Backlog;
 use super::chunks::Chunks;
-use super::epoch::Epoch;
 use super::error::{EngineError, Result};
-use super::journal::Journal;
 use super::lease::Lease;
-use super::log::{LogDir, Segment};
+use super::log::{Epoch, Journal, LogDir, Replayed, Segment};
 use super::options::EngineOptions;
 use super::progress::Progress;
-use super::replay::Replayed;
 use super::stats::Stats;
 use super::tenure::Tenure;
 use crate::cache::DiskCache;

@@ -12,8 +12,8 @@ use super::error::{EngineError, Result};
 use super::lease::{Holder, Lease};
 use super::local;
 use super::log::LogDir;
+use super::log::{Geometry, Replayed, replay};
 use super::options::{Durability, EngineOptions};
-use super::replay::{self, Geometry, Replayed};
 use super::shared::Shared;
 use crate::cache::{CacheCounters, DiskCache};
 use crate::format::{BLOCK_SIZE, Root, RootKind, Superblock};
@@ -384,10 +384,9 @@ async fn open_log(dir: &std::path::Path, root: &Root) -> Result<(LogDir, Replaye
     };
     let (log, paths, after) = (opened.log, opened.segments, opened.replay_after);
     let replaying = log.clone();
-    let replayed =
-        crate::blocking::run(move || replay::replay(&replaying, &paths, after, geometry))
-            .await
-            .map_err(cache_dir_error)?;
+    let replayed = crate::blocking::run(move || replay(&replaying, &paths, after, geometry))
+        .await
+        .map_err(cache_dir_error)?;
     if !replayed.epochs.is_empty() {
         tracing::info!(
             volume = %root.volume,

@@ -2,7 +2,7 @@
 //! open epoch's overlay, and are acknowledged.
 //!
 //! A write reserves its record's place in the open epoch (or claims an
-//! older record of the same extent to rewrite, see [`super::rewrite`]),
+//! older record of the same extent to rewrite, see `log/rewrite.rs`),
 //! and from then on
 //! it runs to completion without an await (small records) or in a blocking
 //! task that owns the reservation (large ones): a caller that gives up
@@ -10,7 +10,7 @@
 //! each of its records is written and in its overlay.
 //!
 //! A write is acknowledged only once every record before its own in the
-//! log is written too (see [`super::epoch`]): replay stops at a record
+//! log is written too (see `log/epoch.rs`): replay stops at a record
 //! that was reserved and never written, so a write acknowledged past one
 //! would be lost to a `kill -9` that came before it. A large record still
 //! being written holds back the acknowledgement of the small writes after
@@ -22,8 +22,8 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::backlog::Admission;
-use super::epoch::{Claim, Reservation};
 use super::error::{EngineError, Result};
+use super::log::{Claim, Epoch, Reservation};
 use super::log::{RECORD_HEADER_LEN, RecordHeader};
 use super::shared::Shared;
 use super::volume::Volume;
@@ -48,7 +48,7 @@ struct Placement {
 
 /// A record written to the log: its epoch, and where it ends.
 struct Written {
-    epoch: Arc<super::epoch::Epoch>,
+    epoch: Arc<Epoch>,
     end: u64,
 }
 

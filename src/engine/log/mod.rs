@@ -1,5 +1,9 @@
 //! The write-back log: the folder of segments that holds every write not
-//! yet committed to the object store.
+//! yet committed to the object store, and, in memory, the epochs those
+//! writes are grouped in ([`Epoch`], with what each changed and where) and
+//! the [`Journal`] an open volume keeps them in: sealing epochs, the view
+//! readers and writers share, retiring segments. [`replay`] rebuilds the
+//! epochs from the folder after a restart.
 //!
 //! A log has an id, recorded in a manifest (`log.json`) and in every
 //! segment, and the generation of the volume it started from. A root names
@@ -8,10 +12,16 @@
 //! if someone else committed the volume since, the log is moved aside, not
 //! replayed over their state.
 
+mod epoch;
 mod file;
+mod journal;
+mod overlay;
 #[cfg(feature = "failpoints")]
 pub mod power_cut;
 mod record;
+mod replay;
+mod rewrite;
+mod sealed;
 mod segment;
 
 use std::fs;
@@ -23,8 +33,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub use epoch::{Claim, Epoch, Reservation};
 pub use file::create_dir_durably;
+pub(in crate::engine) use journal::{Journal, SealFailure, View};
+pub use overlay::Slot;
 pub use record::{HEADER_LEN as RECORD_HEADER_LEN, RecordFormat, RecordHeader, RecordKind};
+pub use replay::{Geometry, Replayed, replay};
 pub use segment::{SEGMENT_HEADER_LEN, Segment, SegmentIdentity};
 
 use crate::format::Root;

@@ -20,16 +20,16 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::epoch::Epoch;
-use super::error::{EngineError, Result};
-use super::log::{LogDir, RECORD_HEADER_LEN, RecordHeader, SEGMENT_HEADER_LEN, Segment};
 use super::replay::Replayed;
 use super::sealed::SealedEpochs;
+use super::{LogDir, RECORD_HEADER_LEN, RecordHeader, SEGMENT_HEADER_LEN, Segment};
+use crate::engine::error::{EngineError, Result};
 use crate::format::Root;
 
 /// What readers and writers see, swapped atomically as a whole: the open
 /// epoch, the sealed but uncommitted ones (oldest first), and the newest
 /// committed generation.
-pub(super) struct View {
+pub(in crate::engine) struct View {
     current: Arc<Epoch>,
     sealed: SealedEpochs,
     map: Arc<Root>,
@@ -64,7 +64,7 @@ impl View {
 }
 
 /// Why a seal failed.
-pub(super) enum SealFailure {
+pub(in crate::engine) enum SealFailure {
     /// A new segment could not be made; the volume may go on.
     Segment(EngineError),
     /// The old segment's end record could not be written: replay would
@@ -81,7 +81,7 @@ struct Switch {
 }
 
 /// The write-back log of an open volume.
-pub(super) struct Journal {
+pub(in crate::engine) struct Journal {
     files: LogDir,
     chunk_size: u64,
     /// An epoch that ends past this seals into a fresh segment.

@@ -24,9 +24,9 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
-use super::log::{RECORD_HEADER_LEN, Segment};
 use super::overlay::Overlay;
 use super::rewrite::Copies;
+use super::{RECORD_HEADER_LEN, Segment};
 
 const SEALED: u64 = 1 << 63;
 const INFLIGHT_ONE: u64 = 1 << 44;

@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::epoch::Epoch;
-use super::log::{
+use super::{
     LogDir, RECORD_HEADER_LEN, RecordFormat, RecordHeader, RecordKind, SEGMENT_HEADER_LEN, Segment,
     SegmentIdentity,
 };
