@@ -861,6 +861,41 @@ fn write_headers_without_their_payload_hold_nothing_for_long() {
     );
 }
 
+/// A client that pipelines reads and never takes the replies holds a
+/// stop for about a second. Before, SIGTERM waited the 15 s such a client
+/// may hold the server's budget (found from outside by a red-team run).
+#[test]
+fn a_client_that_takes_no_replies_does_not_hold_a_stop() {
+    let setup = Setup::file();
+    setup.zeroblk(&["volume", "create", "u", "--size", "64M"]);
+    let server = setup.serve(&[]);
+    let mut greedy = raw_session(server.port, "u");
+    let mut requests = Vec::new();
+    for cookie in 0..256u64 {
+        requests.extend(0x2560_9513u32.to_be_bytes());
+        requests.extend(0u16.to_be_bytes()); // flags
+        requests.extend(0u16.to_be_bytes()); // NBD_CMD_READ
+        requests.extend(cookie.to_be_bytes());
+        requests.extend(((cookie % 64) << 20).to_be_bytes());
+        requests.extend((1u32 << 20).to_be_bytes());
+    }
+    // Blocks once the server stops reading (its budget held by replies
+    // nobody takes); ends when the server closes the connection.
+    let sending = std::thread::spawn(move || {
+        let _ = greedy.write_all(&requests);
+        greedy
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let stopping = std::time::Instant::now();
+    server.stop();
+    assert!(
+        stopping.elapsed() < Duration::from_secs(8),
+        "SIGTERM waited {:?} for a client that took no replies",
+        stopping.elapsed()
+    );
+    drop(sending.join().unwrap());
+}
+
 /// Runs a client command that must fail; returns its stderr.
 fn run_fails(command: &mut Command) -> String {
     let output = command

@@ -41,6 +41,11 @@ const READ_BUFFER: usize = 256 << 10;
 /// for this long ends the connection: either holds bytes of the server's
 /// budget that other clients wait for.
 pub const REPLY_STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+/// Once the server is stopping, a reply the client takes none of for this
+/// long ends the connection: a stop does not wait for a client that
+/// pipelines reads and never takes the replies, and one that reads on gets
+/// the replies of the requests it sent.
+const STOPPING_STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A reply, and the bytes it holds until it is written.
 type Queued = (Reply, Option<Held>);
@@ -61,7 +66,7 @@ where
     let mut reader = BufReader::with_capacity(READ_BUFFER, reader);
     let budget = budget.connection();
     let (replies, queued) = mpsc::channel::<Queued>(MAX_IN_FLIGHT);
-    let writer = tokio::spawn(write_replies(writer, queued));
+    let writer = tokio::spawn(write_replies(writer, queued, shutdown.clone()));
     let session = Arc::new(session);
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut handlers = JoinSet::new();
@@ -244,33 +249,50 @@ async fn hold_for(budget: &ConnectionBudget, request: &Request) -> Option<Held> 
 
 /// Writes replies as they come; each gives back its bytes once written.
 /// Ends with an error when the client takes nothing for
-/// [`REPLY_STALL_TIMEOUT`].
+/// [`REPLY_STALL_TIMEOUT`], or, once `shutdown` turns true, for
+/// [`STOPPING_STALL_TIMEOUT`]. Its end drops the queue, so that requests
+/// still finishing hand their replies to nobody rather than wait.
 async fn write_replies<W: AsyncWrite>(
     writer: W,
     mut queued: mpsc::Receiver<Queued>,
+    mut shutdown: watch::Receiver<bool>,
 ) -> io::Result<()> {
     let mut writer = std::pin::pin!(BufWriter::with_capacity(256 << 10, writer));
     while let Some(first) = queued.recv().await {
         let mut next = Some(first);
         while let Some((reply, held)) = next {
-            unstalled(write_reply(&mut writer, &reply)).await?;
+            unstalled(write_reply(&mut writer, &reply), &mut shutdown).await?;
             drop(held);
             next = queued.try_recv().ok();
         }
-        unstalled(writer.flush()).await?;
+        unstalled(writer.flush(), &mut shutdown).await?;
     }
     writer.shutdown().await
 }
 
-/// `write`, unless it makes no progress for [`REPLY_STALL_TIMEOUT`].
-async fn unstalled(write: impl Future<Output = io::Result<()>>) -> io::Result<()> {
-    match tokio::time::timeout(REPLY_STALL_TIMEOUT, write).await {
+/// `write`, unless it makes no progress for [`REPLY_STALL_TIMEOUT`], or
+/// for [`STOPPING_STALL_TIMEOUT`] once `shutdown` turns true.
+async fn unstalled(
+    write: impl Future<Output = io::Result<()>>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> io::Result<()> {
+    let mut write = std::pin::pin!(write);
+    tokio::select! {
+        biased;
+        written = &mut write => return written,
+        _ = tokio::time::sleep(REPLY_STALL_TIMEOUT) => return Err(stalled("the client took no reply for 15 s")),
+        _ = shutdown.wait_for(|stop| *stop) => {}
+    }
+    match tokio::time::timeout(STOPPING_STALL_TIMEOUT, write).await {
         Ok(written) => written,
-        Err(_) => Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            "the client took no reply for 15 s",
+        Err(_) => Err(stalled(
+            "the server is stopping, and the client took no reply for 1 s",
         )),
     }
+}
+
+fn stalled(why: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, why)
 }
 
 /// Small frames gather in the buffer; large ones go straight out.
