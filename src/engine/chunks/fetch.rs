@@ -190,10 +190,11 @@ async fn decode(objects: Vec<(ChunkRef, Bytes)>, codec: Codec) -> Result<Vec<Byt
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn packed(pack: &[u8], offset: u32, len: u32) -> ChunkRef {
+    /// A chunk of `len` stored bytes at `offset` of pack `pack`.
+    pub(in crate::engine::chunks) fn packed(pack: &[u8], offset: u32, len: u32) -> ChunkRef {
         ChunkRef {
             id: ObjectId::of(&offset.to_le_bytes()),
             stored_len: len,
@@ -203,6 +204,7 @@ mod tests {
             },
         }
     }
+
     #[test]
     fn runs_take_each_pack_in_pack_order_across_small_gaps() {
         let own = ChunkRef::own(ObjectId::of(b"own"), 10);

@@ -149,18 +149,7 @@ impl InFlight {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::Place;
-
-    fn packed(pack: &[u8], offset: u32, len: u32) -> ChunkRef {
-        ChunkRef {
-            id: ObjectId::of(&offset.to_le_bytes()),
-            stored_len: len,
-            place: Place::Packed {
-                pack: ObjectId::of(pack),
-                offset,
-            },
-        }
-    }
+    use crate::engine::chunks::fetch::tests::packed;
 
     #[tokio::test]
     async fn a_chunk_in_flight_is_left_out_of_new_runs_and_forgotten_after() {
