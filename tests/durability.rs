@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::failpoints::{Passed, Pause};
-use common::{Backend, TestStore, engine_options, new_volume, read_tags, write_tags};
+use common::{
+    Backend, TestStore, create_and_open_with, engine_options, new_volume, read_tags, write_tags,
+};
 use zeroblk::engine::{self, EngineOptions, Volume};
 
 const MIB: u64 = 1 << 20;
@@ -43,9 +45,14 @@ async fn volume_in_memory() -> (TestStore, tempfile::TempDir) {
 /// Options that leave everything in the log: no commit unless asked.
 fn log_only(cache: &std::path::Path) -> EngineOptions {
     let mut options = engine_options(cache);
+    keep_in_the_log(&mut options);
+    options
+}
+
+/// Options under which writes stay in the log: no commit unless asked.
+fn keep_in_the_log(options: &mut EngineOptions) {
     options.commit_interval = Duration::from_secs(3600);
     options.max_dirty_bytes = 64 * MIB;
-    options
 }
 
 /// Path 1: a replayed segment was never fsynced, because reopening it
@@ -1068,14 +1075,8 @@ async fn a_spare_cut_short_by_a_crash_is_never_taken_for_a_segment() {
 async fn a_panic_in_a_background_task_stops_the_volume_and_loses_nothing() {
     let _scenario = fail::FailScenario::setup();
     let store = TestStore::new(Backend::File);
-    engine::create(&store.store, &new_volume("v", 16 * MIB, 64 << 10))
-        .await
-        .unwrap();
-    let cache = tempfile::tempdir().unwrap();
-    let options = log_only(cache.path());
-    let volume = Volume::open(&store.store, "v", options.clone())
-        .await
-        .unwrap();
+    let (volume, _cache, options) =
+        create_and_open_with(&store.store, "v", 16 * MIB, 64 << 10, keep_in_the_log).await;
     write_tags(&volume, 0, &[1, 2, 3]).await;
     volume.flush().await.unwrap();
 
@@ -1108,16 +1109,9 @@ async fn a_panic_in_a_background_task_stops_the_volume_and_loses_nothing() {
 async fn a_dropped_volume_whose_task_is_still_at_work_opens_again() {
     let _scenario = fail::FailScenario::setup();
     let store = TestStore::new(Backend::File);
-    engine::create(&store.store, &new_volume("v", 16 * MIB, 64 << 10))
-        .await
-        .unwrap();
-    let cache = tempfile::tempdir().unwrap();
-    let options = log_only(cache.path());
-    let volume = Arc::new(
-        Volume::open(&store.store, "v", options.clone())
-            .await
-            .unwrap(),
-    );
+    let (volume, _cache, options) =
+        create_and_open_with(&store.store, "v", 16 * MIB, 64 << 10, keep_in_the_log).await;
+    let volume = Arc::new(volume);
     write_tags(&volume, 0, &[1, 2, 3]).await;
     volume.flush().await.unwrap();
     let before_root = Pause::first_at("commit::before_root");
@@ -1130,15 +1124,15 @@ async fn a_dropped_volume_whose_task_is_still_at_work_opens_again() {
     let _ = committing.await;
     drop(Arc::into_inner(volume).expect("the only holder"));
 
-    let reopened = Volume::open(&store.reopen(), "v", options).await.unwrap();
+    let reopened = Volume::open(&store.reopen(), "v", options.clone())
+        .await
+        .unwrap();
     before_root.resume();
     assert_eq!(read_tags(&reopened, 0, 3).await, [1, 2, 3]);
     write_tags(&reopened, 3, &[4]).await;
     reopened.close().await.unwrap();
     drop(reopened);
-    let last = Volume::open(&store.reopen(), "v", log_only(cache.path()))
-        .await
-        .unwrap();
+    let last = Volume::open(&store.reopen(), "v", options).await.unwrap();
     assert_eq!(read_tags(&last, 0, 4).await, [1, 2, 3, 4]);
     last.close().await.unwrap();
 }
