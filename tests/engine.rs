@@ -172,7 +172,7 @@ async fn rewrites_reuse_the_log_and_a_torn_one_leaves_the_other_copy() {
         two_copies,
         "passes 3 and 4 were written over passes 1 and 2"
     );
-    assert_eq!(volume.counters().rewrites, 2);
+    assert_eq!(volume.counters().requests.rewrites, 2);
     assert_eq!(read_tags(&volume, 32, 16).await, pass(4));
     write_tags(&volume, 100, &[7]).await;
     volume.crash(false, 0).await;

@@ -161,6 +161,7 @@ pub use gc::{GcOptions, GcReport, MIN_GRACE_WHILE_ATTACHED, collect as collect_g
 pub use local::volume_dir as local_dir;
 pub use options::{Durability, EngineOptions};
 pub use read::{Extent, ReadData, ReadPart};
+pub use stats::RequestCounts;
 pub use verify::{BadObject, VerifyReport, verify};
 #[cfg(feature = "failpoints")]
 pub use volume::simulate_power_cuts;

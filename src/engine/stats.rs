@@ -18,8 +18,8 @@ pub(super) struct Stats {
 }
 
 /// The counters at one moment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(super) struct Counts {
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RequestCounts {
     pub reads: u64,
     pub writes: u64,
     pub flushes: u64,
@@ -70,8 +70,8 @@ impl Stats {
         self.writes.load(Relaxed) + self.zeroes.load(Relaxed)
     }
 
-    pub fn counts(&self) -> Counts {
-        Counts {
+    pub fn counts(&self) -> RequestCounts {
+        RequestCounts {
             reads: self.reads.load(Relaxed),
             writes: self.writes.load(Relaxed),
             flushes: self.flushes.load(Relaxed),
@@ -98,7 +98,7 @@ mod tests {
         stats.rewrote();
         stats.flushed();
         stats.committed();
-        let expected = Counts {
+        let expected = RequestCounts {
             reads: 1,
             writes: 1,
             flushes: 1,

@@ -15,6 +15,7 @@ use super::log::LogDir;
 use super::log::{Geometry, Replayed, replay};
 use super::options::{Durability, EngineOptions};
 use super::shared::Shared;
+use super::stats::RequestCounts;
 use crate::cache::{CacheCounters, DiskCache};
 use crate::format::{BLOCK_SIZE, Root, RootKind, Superblock};
 use crate::store::{Fencing, Store, StoreCounters};
@@ -26,15 +27,9 @@ pub struct VolumeCounters {
     pub committed_epoch: u64,
     pub durable_epoch: u64,
     pub dirty_bytes: u64,
-    pub reads: u64,
-    pub writes: u64,
-    pub flushes: u64,
-    pub zeroes: u64,
-    pub bytes_read: u64,
-    pub bytes_written: u64,
-    /// Writes that reused an older record's place in the log.
-    pub rewrites: u64,
-    pub commits: u64,
+    /// The requests served since the volume was opened.
+    #[serde(flatten)]
+    pub requests: RequestCounts,
     pub store: StoreCounters,
     pub cache: CacheCounters,
 }
@@ -175,20 +170,12 @@ impl Volume {
 
     pub fn counters(&self) -> VolumeCounters {
         let shared = &self.shared;
-        let counts = shared.stats().counts();
         VolumeCounters {
             generation: shared.journal().view().map().generation,
             committed_epoch: shared.progress().committed_epoch(),
             durable_epoch: shared.progress().durable_epoch(),
             dirty_bytes: shared.backlog().dirty_bytes(),
-            reads: counts.reads,
-            writes: counts.writes,
-            flushes: counts.flushes,
-            zeroes: counts.zeroes,
-            bytes_read: counts.bytes_read,
-            bytes_written: counts.bytes_written,
-            rewrites: counts.rewrites,
-            commits: counts.commits,
+            requests: shared.stats().counts(),
             store: shared.store().counters(),
             cache: shared.chunks().counters(),
         }
