@@ -16,8 +16,10 @@
 //! | `log::large_record` | a record of 64 KiB or more, before its blocking write |
 //! | `log::ack_waits_for_earlier_records` | a written record waits for the records before it |
 //! | `log::segment_switch` | a sealed epoch leaves its segment, before its end record |
-//! | `log::before_sync` | the durability worker, before it fsyncs sealed epochs |
-//! | `log::synced` | the durability worker published (or, once stopped, refused) what it synced |
+//! | `log::sync_leads` | a flush or commit took the log's sync lead, before the sealed epochs' writes drain |
+//! | `log::before_sync` | the sync's leader, before it fsyncs sealed epochs |
+//! | `log::sync_fails` | an fdatasync of a log segment (`return`: EIO) |
+//! | `log::synced` | the sync's leader published (or, once stopped, refused) what it synced |
 //! | `log::recycle_before_rename` | a free file's new header is synced, before its new name |
 //! | `log::rename_noreplace` | `renameat2(RENAME_NOREPLACE)` (`return`: EINVAL, as 9p and NFS) |
 //! | `replay::before_sync` | replay kept a segment's records, before it fsyncs them |

@@ -257,7 +257,7 @@ async fn a_kill_during_a_large_record_loses_no_acknowledged_write() {
 }
 
 /// Path 5 at a segment switch: the record that ends a segment was written
-/// by the durability worker, after the epoch it closes had drained, while
+/// by the durability worker (then a task of its own), after the epoch it closes had drained, while
 /// writes in the next segment were acknowledged at once. A `kill -9`
 /// before it landed left a reused segment file ending in what it held
 /// before, which replay took for the end of the log: the next segment,
@@ -286,18 +286,22 @@ async fn a_kill_before_a_segment_is_closed_loses_no_acknowledged_write() {
     volume.commit().await.unwrap();
     write_tags(&volume, 0, &(11..=19).collect::<Vec<_>>()).await;
 
-    // Segment 3 is left for segment 4 while the sync is held up.
+    // Segment 3 is left for segment 4 while the sync is held up. The
+    // flush that syncs cannot be aborted there; the kill leaves it be, and
+    // it acknowledges nothing once let go.
     let sync = Pause::first_at("log::before_sync");
     let flusher = std::sync::Arc::clone(&volume);
     let flush = tokio::spawn(async move { flusher.flush().await });
     sync.reached().await;
     write_tags(&volume, 100, &[42]).await;
 
-    flush.abort();
-    let _ = flush.await;
-    let volume = std::sync::Arc::into_inner(volume).expect("the flusher is gone");
-    volume.crash(false, 0).await;
+    volume.crash_in_use(false, 0).await;
     sync.resume();
+    assert!(
+        flush.await.unwrap().is_err(),
+        "a flush acknowledged after the kill"
+    );
+    drop(volume);
 
     let volume = Volume::open(&store.store, "v", options).await.unwrap();
     assert_eq!(
@@ -309,17 +313,17 @@ async fn a_kill_before_a_segment_is_closed_loses_no_acknowledged_write() {
     scenario.teardown();
 }
 
-/// A flush's sync runs on the durability worker's own thread
-/// (`block_in_place`), where an abort cannot stop it: a crash lets it run
-/// on. A sync that ends after the crash (and its power cut) must not
-/// acknowledge a flush that waits for it, since what it synced is what
-/// the cut left, not what was written. The flush here is polled by hand,
-/// so that it looks at the log's progress only after the late sync.
+/// A flush's sync runs on a thread where an abort cannot stop it: a crash
+/// lets it run on. A sync that ends after the crash (and its power cut)
+/// must acknowledge nothing, neither the flush that runs it nor one that
+/// waits for it, since what it synced is what the cut left, not what was
+/// written. The second flush here is polled by hand, so that it looks at
+/// the log's progress only after the late sync.
 ///
-/// Before the crash stopped waiting for a blocked worker, the crash here
-/// waited for the held sync forever; with a worker that publishes what it
-/// synced whatever happened meanwhile, the flush returned Ok and the cut
-/// could take its write.
+/// Before the crash stopped waiting for a blocked sync, the crash here
+/// waited for the held sync forever; with a sync that publishes what it
+/// synced whatever happened meanwhile, both flushes returned Ok and the
+/// cut could take their write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_sync_that_ends_after_a_crash_acknowledges_no_flush() {
     use zeroblk::inline::poll_once;
@@ -336,14 +340,23 @@ async fn a_sync_that_ends_after_a_crash_acknowledges_no_flush() {
         write_tags(&volume, 10, &[3, 4]).await;
 
         {
+            let volume = std::sync::Arc::new(volume);
             let sync = Pause::first_at("log::before_sync");
+            let leader = tokio::spawn({
+                let volume = std::sync::Arc::clone(&volume);
+                async move { volume.flush().await }
+            });
+            sync.reached().await;
             let mut flush = std::pin::pin!(volume.flush());
             assert!(poll_once(flush.as_mut()).is_pending());
-            sync.reached().await;
             volume.crash_in_use(true, seed).await;
             let synced = Passed::at("log::synced");
             sync.resume();
             synced.wait().await;
+            assert!(
+                leader.await.unwrap().is_err(),
+                "seed {seed}: a sync that ended after the crash acknowledged the flush that ran it"
+            );
             match poll_once(flush.as_mut()) {
                 std::task::Poll::Ready(Err(_)) => {}
                 std::task::Poll::Ready(Ok(())) => {
@@ -354,13 +367,168 @@ async fn a_sync_that_ends_after_a_crash_acknowledges_no_flush() {
                 }
             }
         }
-        drop(volume);
 
         let volume = Volume::open(&store.store, "v", options).await.unwrap();
         assert_eq!(read_tags(&volume, 0, 2).await, [1, 2], "seed {seed}");
         volume.close().await.unwrap();
         scenario.teardown();
     }
+}
+
+/// Flushes that arrive while a sync runs wait for the log's sync lead, and
+/// the first of them to get it syncs for all: eight flushes behind a held
+/// sync cost one more fdatasync, not eight. Each still returns only once
+/// its own write is durable: a power cut after they return keeps every
+/// write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn flushes_behind_a_sync_share_the_next_one_and_keep_their_writes() {
+    for seed in seeds(4) {
+        let scenario = fail::FailScenario::setup();
+        let (store, cache) = volume_in_memory().await;
+        engine::simulate_power_cuts(cache.path());
+        let options = log_only(cache.path());
+        let volume = Arc::new(
+            Volume::open(&store.store, "v", options.clone())
+                .await
+                .unwrap(),
+        );
+        write_tags(&volume, 0, &[1]).await;
+        let before = volume.counters().requests;
+
+        let sync = Pause::first_at("log::before_sync");
+        let leader = tokio::spawn({
+            let volume = Arc::clone(&volume);
+            async move { volume.flush().await }
+        });
+        sync.reached().await;
+        let tags: Vec<u64> = (100..108).collect();
+        write_tags(&volume, 10, &tags).await;
+        let followers: Vec<_> = (0..tags.len())
+            .map(|_| {
+                let volume = Arc::clone(&volume);
+                tokio::spawn(async move { volume.flush().await })
+            })
+            .collect();
+        sync.resume();
+        leader.await.unwrap().unwrap();
+        for follower in followers {
+            follower.await.unwrap().unwrap();
+        }
+        let after = volume.counters().requests;
+        assert_eq!(after.flushes - before.flushes, 9, "seed {seed}");
+        assert_eq!(
+            after.log_syncs - before.log_syncs,
+            2,
+            "seed {seed}: the flushes behind the held sync did not share one"
+        );
+
+        let volume = Arc::into_inner(volume).expect("the flushes are done");
+        volume.crash(true, seed).await;
+        let volume = Volume::open(&store.store, "v", options).await.unwrap();
+        assert_eq!(read_tags(&volume, 0, 1).await, [1], "seed {seed}");
+        assert_eq!(read_tags(&volume, 10, 8).await, tags, "seed {seed}");
+        volume.close().await.unwrap();
+        scenario.teardown();
+    }
+}
+
+/// A flush that leads the log's sync and goes away before it syncs (its
+/// client hung up, its task was aborted) leaves the epochs it was about to
+/// sync to the next flush: what is left to sync is read from the log's
+/// view, never taken from a queue that a leader could take and drop. The
+/// leader here waits for a large write in flight in its epoch, and is
+/// aborted there; the next flush must sync that write, and return.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flush_that_goes_away_while_leading_the_sync_leaves_its_epochs_to_the_next() {
+    for seed in seeds(4) {
+        let scenario = fail::FailScenario::setup();
+        let (store, cache) = volume_in_memory().await;
+        engine::simulate_power_cuts(cache.path());
+        let options = log_only(cache.path());
+        let volume = Arc::new(
+            Volume::open(&store.store, "v", options.clone())
+                .await
+                .unwrap(),
+        );
+        let large = Pause::first_at("log::large_record");
+        let writer = tokio::spawn({
+            let volume = Arc::clone(&volume);
+            async move { volume.write(0, &vec![7u8; 128 << 10], false).await }
+        });
+        large.reached().await;
+
+        let leads = Passed::at("log::sync_leads");
+        let leader = tokio::spawn({
+            let volume = Arc::clone(&volume);
+            async move { volume.flush().await }
+        });
+        leads.wait().await;
+        leader.abort();
+        assert!(
+            leader.await.unwrap_err().is_cancelled(),
+            "seed {seed}: the leader finished while a write of its epoch was held"
+        );
+        large.resume();
+        writer.await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(60), volume.flush())
+            .await
+            .unwrap_or_else(|_| panic!("seed {seed}: the next flush waited forever"))
+            .unwrap();
+
+        let volume = Arc::into_inner(volume).expect("the writer and flushes are done");
+        volume.crash(true, seed).await;
+        let volume = Volume::open(&store.store, "v", options).await.unwrap();
+        let mut read = vec![0u8; 128 << 10];
+        volume.read(0, &mut read).await.unwrap();
+        assert!(
+            read.iter().all(|&byte| byte == 7),
+            "seed {seed}: a flushed write was lost to the power cut"
+        );
+        volume.close().await.unwrap();
+        scenario.teardown();
+    }
+}
+
+/// A failed fdatasync stops the volume: the kernel may have dropped the
+/// pages it could not write, so a later flush must fail too, never sync
+/// again and report success over the lost write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_sync_stops_the_volume_and_no_later_flush_succeeds() {
+    let scenario = fail::FailScenario::setup();
+    let (store, cache) = volume_in_memory().await;
+    let volume = Volume::open(&store.store, "v", log_only(cache.path()))
+        .await
+        .unwrap();
+    write_tags(&volume, 0, &[1]).await;
+    fail::cfg("log::sync_fails", "1*return").unwrap();
+    let error = volume.flush().await.unwrap_err();
+    assert!(error.to_string().contains("log"), "{error}");
+    let _ = volume.write(4096, &common::block_of(2), false).await;
+    assert!(volume.flush().await.is_err(), "a flush after a failed sync");
+    assert!(volume.flush().await.is_err(), "a flush after a failed sync");
+    drop(volume);
+    scenario.teardown();
+}
+
+/// A panic while syncing (a bug) stops the volume, as one in a background
+/// task does, instead of unwinding into whichever request led the sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_panic_in_the_log_sync_stops_the_volume() {
+    let scenario = fail::FailScenario::setup();
+    let (store, cache) = volume_in_memory().await;
+    let volume = Volume::open(&store.store, "v", log_only(cache.path()))
+        .await
+        .unwrap();
+    write_tags(&volume, 0, &[1]).await;
+    fail::cfg("log::before_sync", "1*panic").unwrap();
+    let error = volume.flush().await.unwrap_err();
+    assert!(error.to_string().contains("log sync panicked"), "{error}");
+    assert!(
+        volume.flush().await.is_err(),
+        "the volume went on after the panic"
+    );
+    drop(volume);
+    scenario.teardown();
 }
 
 /// Path 6: 9p and NFS answer `RENAME_NOREPLACE` with EINVAL, and a log on

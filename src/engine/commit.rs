@@ -71,7 +71,7 @@ impl Shared {
             return Ok(false);
         }
         if let Some(last) = epochs.last() {
-            self.progress().wait_durable(last.id()).await?;
+            self.make_durable(last.id()).await?;
         }
         let started = std::time::Instant::now();
         let mut base = Arc::clone(view.map());

@@ -25,7 +25,9 @@
 //!    - `Durability::Remote`: the data is committed to the object store.
 //!
 //!    A sync that ends after the volume stopped (a crash, a lost lease)
-//!    acknowledges nothing.
+//!    acknowledges nothing. A failed fsync stops the volume, and is never
+//!    tried again: the kernel may have dropped the pages it could not
+//!    write, and a second fsync would report them safe.
 //! 3. **The store only ever holds states the device was in.** Writes are
 //!    grouped in epochs, cut at each flush (and when the uploader decides).
 //!    The uploader commits generations in epoch order, each containing
@@ -99,8 +101,8 @@
 //! - `shared`: what the request paths and background tasks share (the
 //!   volume's identity, settings and components, all private behind
 //!   accessors), and stopping the volume;
-//! - `write`, `read`, `flush` (sealing and the durability worker),
-//!   `commit`, `uploader`, `gc`, `verify`;
+//! - `write`, `read`, `flush` (sealing, and syncing the log under the
+//!   `log` syncer's lead), `commit`, `uploader`, `gc`, `verify`;
 //! - `volume`: opens a volume, wires the above together, runs its
 //!   background tasks, and holds the public API.
 //!
@@ -112,12 +114,14 @@
 //!   epoch's overlay; it is acknowledged once every record before it in the
 //!   log is written (`epoch`) and the lease's tenure holds.
 //! - **A flush** (`volume`, `flush`): the `journal` seals the open epoch
-//!   and publishes a new one in the view; the durability worker waits for the sealed
-//!   epochs' writes to drain, fsyncs their segments once for all of them,
-//!   and publishes them durable (`progress`), unless the volume has
-//!   stopped.
-//! - **A commit** (`uploader`, `commit`): sealed epochs that are durable are
-//!   built into chunks (`resolve` assembles each from the committed chunk,
+//!   and publishes a new one in the view; then the flush takes the log's
+//!   sync lead (`log::Syncer`), unless a sync that covers its epoch has
+//!   ended meanwhile, waits for every sealed epoch's writes to drain,
+//!   fsyncs their segments once for all of them (on its own thread when
+//!   the sync is small and the disk fast), and publishes them durable
+//!   (`progress`), unless the volume has stopped.
+//! - **A commit** (`uploader`, `commit`): sealed epochs are made durable
+//!   as a flush makes them, then built into chunks (`resolve` assembles each from the committed chunk,
 //!   via `chunks`, and the log), packed and uploaded, then the map pages,
 //!   then the root with create-if-absent after a lease check (`catalog`,
 //!   `lease`); the `journal` installs a view without the committed epochs

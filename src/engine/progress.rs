@@ -9,7 +9,7 @@
 //!   [`Progress::publish_durable`] and [`Progress::stop`] are serialized
 //!   by the durable watch's lock, so a sync that ends after a crash
 //!   acknowledges nothing (what it synced may be what a power cut left);
-//! - every waiter wakes when the volume stops, and sees why.
+//! - every commit waiter wakes when the volume stops, and sees why.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -77,11 +77,6 @@ impl Progress {
         self.committed.send_modify(|committed| {
             *committed = (*committed).max(epoch);
         });
-    }
-
-    /// Waits until epoch `target` is durable, or the volume stops.
-    pub async fn wait_durable(&self, target: u64) -> Result<()> {
-        self.wait_for(&self.durable, target).await
     }
 
     /// Asks the uploader to commit up to epoch `target` now, and waits.
@@ -164,11 +159,6 @@ mod tests {
     async fn nothing_is_durable_after_a_stop_and_every_waiter_sees_it() {
         let progress = Arc::new(Progress::new(0, 0));
         assert!(progress.publish_durable(1));
-        progress.wait_durable(1).await.unwrap();
-        let waiting = tokio::spawn({
-            let progress = Arc::clone(&progress);
-            async move { progress.wait_durable(5).await }
-        });
         let committing = tokio::spawn({
             let progress = Arc::clone(&progress);
             async move { progress.wait_committed(5).await }
@@ -176,7 +166,6 @@ mod tests {
         tokio::task::yield_now().await;
         assert!(progress.stop(EngineError::Closed("v".into())));
         assert!(!progress.stop(EngineError::Closed("v".into())), "once");
-        assert!(waiting.await.unwrap().is_err());
         assert!(committing.await.unwrap().is_err());
         assert!(!progress.publish_durable(2), "a sync that ended late");
         assert_eq!(progress.durable_epoch(), 1);

@@ -8,13 +8,11 @@
 
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
-
 use super::backlog::Backlog;
 use super::chunks::Chunks;
 use super::error::{EngineError, Result};
 use super::lease::Lease;
-use super::log::{Epoch, Journal, LogDir, Replayed, Segment};
+use super::log::{Journal, LogDir, Replayed, Segment, Syncer};
 use super::options::EngineOptions;
 use super::progress::Progress;
 use super::stats::Stats;
@@ -36,6 +34,8 @@ pub(super) struct Shared {
     chunks: Arc<Chunks>,
     /// The write-back log: its files, its epochs and the view.
     journal: Journal,
+    /// Who syncs the log, one at a time.
+    syncer: Syncer,
     /// A size a resize is waiting to commit.
     pending_size: std::sync::Mutex<Option<u64>>,
     /// How far the volume has got (durable, committed), and whether it
@@ -79,6 +79,10 @@ impl Shared {
 
     pub fn journal(&self) -> &Journal {
         &self.journal
+    }
+
+    pub fn syncer(&self) -> &Syncer {
+        &self.syncer
     }
 
     pub fn progress(&self) -> &Progress {
@@ -139,7 +143,7 @@ impl Shared {
         first_segment: Arc<Segment>,
         fencing: Fencing,
         lease: Lease,
-    ) -> (Shared, mpsc::UnboundedReceiver<Arc<Epoch>>) {
+    ) -> Shared {
         let tenure = Tenure::new(options.lease_ttl, lease.last_sent());
         options.upload_concurrency = options.upload_concurrency.max(1);
         let first_epoch = replayed.last_epoch + 1;
@@ -158,14 +162,14 @@ impl Shared {
             replayed.dirty_bytes,
             replayed_log_bytes,
         );
-        let (journal, sealed_rx) = Journal::new(
+        let journal = Journal::new(
             log,
             root,
             replayed,
             first_segment,
             options.segment_switch_bytes(),
         );
-        let shared = Shared {
+        Shared {
             name: name.to_string(),
             chunks: Arc::new(Chunks::new(
                 &store,
@@ -179,6 +183,7 @@ impl Shared {
             store,
             options,
             journal,
+            syncer: Syncer::default(),
             pending_size: std::sync::Mutex::new(None),
             progress: Progress::new(durable_epoch, committed_epoch),
             backlog,
@@ -186,8 +191,7 @@ impl Shared {
             fencing,
             tenure,
             lease: tokio::sync::Mutex::new(lease),
-        };
-        (shared, sealed_rx)
+        }
     }
 
     pub fn size(&self) -> u64 {

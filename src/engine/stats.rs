@@ -15,6 +15,7 @@ pub(super) struct Stats {
     bytes_written: AtomicU64,
     rewrites: AtomicU64,
     commits: AtomicU64,
+    log_syncs: AtomicU64,
 }
 
 /// The counters at one moment.
@@ -29,6 +30,8 @@ pub struct RequestCounts {
     /// Writes that reused an older record's place in the log.
     pub rewrites: u64,
     pub commits: u64,
+    /// fdatasyncs of the write-back log: concurrent flushes share one.
+    pub log_syncs: u64,
 }
 
 impl Stats {
@@ -65,6 +68,11 @@ impl Stats {
         self.commits.fetch_add(1, Relaxed);
     }
 
+    /// The log was synced, for any number of flushes.
+    pub fn log_synced(&self) {
+        self.log_syncs.fetch_add(1, Relaxed);
+    }
+
     /// Writes, discards and zeroings so far.
     pub fn write_requests(&self) -> u64 {
         self.writes.load(Relaxed) + self.zeroes.load(Relaxed)
@@ -80,6 +88,7 @@ impl Stats {
             bytes_written: self.bytes_written.load(Relaxed),
             rewrites: self.rewrites.load(Relaxed),
             commits: self.commits.load(Relaxed),
+            log_syncs: self.log_syncs.load(Relaxed),
         }
     }
 }
@@ -98,6 +107,7 @@ mod tests {
         stats.rewrote();
         stats.flushed();
         stats.committed();
+        stats.log_synced();
         let expected = RequestCounts {
             reads: 1,
             writes: 1,
@@ -107,6 +117,7 @@ mod tests {
             bytes_written: 8192,
             rewrites: 1,
             commits: 1,
+            log_syncs: 1,
         };
         assert_eq!(stats.counts(), expected);
         assert_eq!(stats.write_requests(), 2);

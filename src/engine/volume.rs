@@ -39,7 +39,7 @@ pub struct VolumeCounters {
 /// [`crate::engine`] for what each guarantees.
 pub struct Volume {
     pub(super) shared: Arc<Shared>,
-    tasks: std::sync::Mutex<Tasks>,
+    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     lease_holder: Holder,
     _lock: Flock<File>,
 }
@@ -111,28 +111,20 @@ impl Volume {
             fencing,
             lease,
         );
-        let (shared, sealed_rx) = shared;
         let shared = Arc::new(shared);
         shared.journal().prepare_spare_segment();
-        let tasks = Tasks {
-            durability: Some(spawn_task(
+        let tasks = vec![
+            spawn_task(
                 &shared,
-                "durability worker",
-                super::flush::durability_worker(Arc::clone(&shared), sealed_rx),
-            )),
-            others: vec![
-                spawn_task(
-                    &shared,
-                    "uploader",
-                    super::uploader::run(Arc::clone(&shared)),
-                ),
-                spawn_task(
-                    &shared,
-                    "lease renewal",
-                    super::uploader::renew_lease(Arc::clone(&shared)),
-                ),
-            ],
-        };
+                "uploader",
+                super::uploader::run(Arc::clone(&shared)),
+            ),
+            spawn_task(
+                &shared,
+                "lease renewal",
+                super::uploader::renew_lease(Arc::clone(&shared)),
+            ),
+        ];
         Ok(Volume {
             shared,
             tasks: std::sync::Mutex::new(tasks),
@@ -212,7 +204,7 @@ impl Volume {
         let shared = &self.shared;
         shared.stats().flushed();
         let target = shared.seal_current().await?;
-        shared.progress().wait_durable(target).await?;
+        shared.make_durable(target).await?;
         if shared.options().durability == Durability::Remote {
             shared.progress().wait_committed(target).await?;
         }
@@ -250,16 +242,17 @@ impl Volume {
 
     /// Aborts the background tasks and waits for them to end.
     async fn stop_tasks(&self) {
-        let tasks = self.abort_tasks();
-        for task in tasks.durability.into_iter().chain(tasks.others) {
+        for task in self.abort_tasks() {
             let _ = task.await;
         }
     }
 
     /// Aborts the background tasks; returns them, to wait for.
-    fn abort_tasks(&self) -> Tasks {
+    fn abort_tasks(&self) -> Vec<JoinHandle<()>> {
         let mut tasks = self.tasks.lock().expect("tasks lock");
-        tasks.abort();
+        for task in tasks.iter() {
+            task.abort();
+        }
         std::mem::take(&mut *tasks)
     }
 
@@ -277,10 +270,10 @@ impl Volume {
     #[cfg(feature = "failpoints")]
     #[doc(hidden)]
     pub async fn crash_in_use(&self, power_loss: bool, seed: u64) {
-        // All but the durability worker are waited for. It may be blocked
-        // in a sync (a test may hold it there), which ends on its own and
-        // then acknowledges nothing (`Progress::publish_durable`).
-        for task in self.abort_tasks().others {
+        // A flush may be in a sync (a test may hold it there): it is not
+        // waited for, and when it ends it acknowledges nothing
+        // (`Progress::publish_durable`).
+        for task in self.abort_tasks() {
             let _ = task.await;
         }
         // A segment or spare file being made in a blocking task goes on
@@ -309,28 +302,11 @@ pub fn simulate_power_cuts(dir: &std::path::Path) {
 impl Drop for Volume {
     fn drop(&mut self) {
         if let Ok(tasks) = self.tasks.lock() {
-            tasks.abort();
+            for task in tasks.iter() {
+                task.abort();
+            }
         }
         self.lease_holder.died();
-    }
-}
-
-/// A volume's background tasks: the durability worker apart, since a
-/// crash test does not wait for it (it may be blocked in a sync, which
-/// cannot be aborted).
-#[derive(Default)]
-struct Tasks {
-    /// The task that syncs the log (`flush::durability_worker`).
-    durability: Option<JoinHandle<()>>,
-    /// The uploader and the lease renewal.
-    others: Vec<JoinHandle<()>>,
-}
-
-impl Tasks {
-    fn abort(&self) {
-        for task in self.durability.iter().chain(&self.others) {
-            task.abort();
-        }
     }
 }
 
@@ -346,14 +322,19 @@ fn spawn_task(
     let shared = Arc::clone(shared);
     tokio::spawn(async move {
         if let Err(panic) = std::panic::AssertUnwindSafe(work).catch_unwind().await {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "no message".to_string());
+            let message = panic_message(&*panic);
             shared.fail(EngineError::Panicked { task, message });
         }
     })
+}
+
+/// What a caught panic said.
+pub(super) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_string())
 }
 
 /// Opens the write-back log in `dir` for a volume whose newest root is

@@ -6,9 +6,11 @@
 //! - the view is replaced as a whole, atomically: a reader or writer sees
 //!   one open epoch, the sealed epochs before it and the committed map
 //!   they sit on, never a mix of two views;
-//! - epochs are sealed in order, each handed to the durability worker once
-//!   (through the channel [`Journal::new`] returns), and a seal that moves
-//!   to a new segment first writes the old segment's end record;
+//! - epochs are sealed in order, and a seal that moves to a new segment
+//!   first writes the old segment's end record;
+//! - a sealed epoch stays in the view until it is committed, so whoever
+//!   makes sealed epochs durable finds every one not yet durable there
+//!   ([`View::sealed_after`]);
 //! - a segment is retired only once no epoch in the view lives in it;
 //! - no segment or spare file is being made once [`Journal::stop`] (or,
 //!   in crash tests, `abandon`) returns.
@@ -16,7 +18,6 @@
 use std::sync::Arc;
 
 use arc_swap::{ArcSwap, Guard};
-use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::epoch::Epoch;
@@ -55,6 +56,19 @@ impl View {
         self.sealed.oldest_first()
     }
 
+    /// The sealed epochs newer than epoch `after`, oldest first: those a
+    /// sync must cover when epochs up to `after` are durable.
+    pub fn sealed_after(&self, after: u64) -> Vec<Arc<Epoch>> {
+        let mut epochs: Vec<Arc<Epoch>> = self
+            .sealed
+            .newest_first()
+            .take_while(|epoch| epoch.id() > after)
+            .cloned()
+            .collect();
+        epochs.reverse();
+        epochs
+    }
+
     /// The newest epoch every epoch before which is committed (or had
     /// nothing to commit).
     pub fn committed_through(&self) -> u64 {
@@ -88,7 +102,6 @@ pub(in crate::engine) struct Journal {
     segment_switch_bytes: u64,
     view: ArcSwap<View>,
     switch: tokio::sync::Mutex<Switch>,
-    sealed_tx: mpsc::UnboundedSender<Arc<Epoch>>,
     /// Held while a blocking task makes a log segment or a spare file
     /// for one (see [`Journal::stop`]).
     segment_creation: Arc<tokio::sync::Mutex<()>>,
@@ -96,15 +109,14 @@ pub(in crate::engine) struct Journal {
 
 impl Journal {
     /// The log of a volume just opened: `replayed` on top of `root`, and
-    /// a fresh `first_segment` for the open epoch. Returns the receiver of
-    /// sealed epochs, for the durability worker.
+    /// a fresh `first_segment` for the open epoch.
     pub fn new(
         files: LogDir,
         root: Root,
         replayed: Replayed,
         first_segment: Arc<Segment>,
         segment_switch_bytes: u64,
-    ) -> (Journal, mpsc::UnboundedReceiver<Arc<Epoch>>) {
+    ) -> Journal {
         let first_epoch = replayed.last_epoch + 1;
         let current = Arc::new(Epoch::new(
             first_epoch,
@@ -115,8 +127,7 @@ impl Journal {
         ));
         let mut segments = replayed.segments;
         segments.push(first_segment);
-        let (sealed_tx, sealed_rx) = mpsc::unbounded_channel();
-        let journal = Journal {
+        Journal {
             files,
             chunk_size: root.chunk_size,
             segment_switch_bytes,
@@ -130,10 +141,8 @@ impl Journal {
                 next_seq: replayed.next_seq + 1,
                 segments,
             }),
-            sealed_tx,
             segment_creation: Arc::default(),
-        };
-        (journal, sealed_rx)
+        }
     }
 
     /// The view now, cheaply, for a request that ends before the next.
@@ -205,7 +214,6 @@ impl Journal {
             sealed: view.sealed.with_newest(Arc::clone(current)),
             map: Arc::clone(&view.map),
         }));
-        let _ = self.sealed_tx.send(Arc::clone(current));
         Ok(current.id())
     }
 

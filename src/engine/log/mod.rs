@@ -23,6 +23,7 @@ mod replay;
 mod rewrite;
 mod sealed;
 mod segment;
+mod syncer;
 
 use std::fs;
 use std::io;
@@ -40,6 +41,7 @@ pub use overlay::Slot;
 pub use record::{HEADER_LEN as RECORD_HEADER_LEN, RecordFormat, RecordHeader, RecordKind};
 pub use replay::{Geometry, Replayed, replay};
 pub use segment::{SEGMENT_HEADER_LEN, Segment, SegmentIdentity};
+pub(in crate::engine) use syncer::{Lead, Syncer};
 
 use crate::format::Root;
 use file::LogFile;
@@ -492,6 +494,9 @@ mod tests {
 
     #[test]
     fn a_spare_is_made_only_for_an_empty_pool_within_budget_and_becomes_the_next_segment() {
+        // Failpoints are global: a test that fails spares' renames must
+        // not run beside this one.
+        let scenario = fail::FailScenario::setup();
         let dir = tempfile::tempdir().unwrap();
         let root = Root::empty(Uuid::new_v4(), 1 << 30, 1 << 20);
         let mut log = LogDir::open(dir.path(), &root).unwrap().log;
@@ -511,6 +516,7 @@ mod tests {
 
         log.stop_spares();
         assert!(!log.prepare_spare(8 << 10).unwrap(), "stopped");
+        scenario.teardown();
     }
 
     #[test]

@@ -23,7 +23,7 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use uuid::Uuid;
 
@@ -46,6 +46,10 @@ pub struct Segment {
     file: LogFile,
     /// Bytes known to be on stable storage.
     synced_len: AtomicU64,
+    /// An fdatasync of the file failed: the kernel may have dropped its
+    /// dirty pages, so no later sync of it may count as making them
+    /// durable.
+    sync_failed: AtomicBool,
     /// Set once every record is committed: the log folder that takes the
     /// file back (for reuse, or to remove it) when the last user lets go.
     retired: OnceLock<FreeFiles>,
@@ -120,6 +124,7 @@ impl Segment {
             path,
             file,
             synced_len: AtomicU64::new(SEGMENT_HEADER_LEN),
+            sync_failed: AtomicBool::new(false),
             retired: OnceLock::new(),
         }
     }
@@ -186,13 +191,30 @@ impl Segment {
         self.file.reader()
     }
 
+    /// How many bytes below `end` are not known to be durable.
+    pub fn unsynced_below(&self, end: u64) -> u64 {
+        end.saturating_sub(self.synced_len.load(Ordering::Acquire))
+    }
+
     /// Makes every byte below `end` durable (one fdatasync, skipped when an
-    /// earlier one already covered `end`).
+    /// earlier one already covered `end`). Once an fdatasync of the file
+    /// has failed, every later call fails too: a second fdatasync would
+    /// succeed over pages the kernel dropped, and lie.
     pub fn sync_to(&self, end: u64) -> io::Result<()> {
+        if self.sync_failed.load(Ordering::Acquire) {
+            return Err(io::Error::other(
+                "an earlier fdatasync of this log segment failed, and its unsynced writes may be gone",
+            ));
+        }
         if self.synced_len.load(Ordering::Acquire) >= end {
             return Ok(());
         }
-        self.file.sync_data()?;
+        remembering_failure(&self.sync_failed, || {
+            fail::fail_point!("log::sync_fails", |_| Err(io::Error::from_raw_os_error(
+                nix::libc::EIO
+            )));
+            self.file.sync_data()
+        })?;
         self.synced_len.fetch_max(end, Ordering::AcqRel);
         Ok(())
     }
@@ -204,6 +226,18 @@ impl Segment {
         self.synced_len.store(len, Ordering::Release);
         Ok(())
     }
+}
+
+/// Runs `sync`, and sets `failed` if it fails.
+fn remembering_failure(
+    failed: &AtomicBool,
+    sync: impl FnOnce() -> io::Result<()>,
+) -> io::Result<()> {
+    let synced = sync();
+    if synced.is_err() {
+        failed.store(true, Ordering::Release);
+    }
+    synced
 }
 
 impl Drop for Segment {
@@ -243,6 +277,22 @@ mod tests {
         assert_eq!(&buf, b"hello");
         assert_eq!(Segment::parse_file_name(&Segment::file_name(3)), Some(3));
         assert_eq!(Segment::parse_file_name("log.json"), None);
+    }
+
+    /// The kernel may drop a file's dirty pages when an fdatasync of it
+    /// fails, and then report success on the next: so the first failure
+    /// sticks, even for a caller that never saw it (a sync whose waiter
+    /// went away).
+    #[test]
+    fn a_failed_sync_is_never_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let segment = Segment::create(dir.path(), identity(1, 1)).unwrap();
+        segment.write_at(b"lost?", SEGMENT_HEADER_LEN).unwrap();
+        let eio = || Err(io::Error::from_raw_os_error(nix::libc::EIO));
+        assert!(remembering_failure(&segment.sync_failed, eio).is_err());
+        let again = segment.sync_to(SEGMENT_HEADER_LEN + 5);
+        assert!(again.is_err(), "a failed sync was retried and believed");
+        assert!(segment.sync_to(SEGMENT_HEADER_LEN).is_err());
     }
 
     #[test]
