@@ -13,6 +13,7 @@
 //! pass ([`RetryPolicy`]); a conditional create whose first reply was lost
 //! is told apart from someone else's object by its bytes.
 
+mod counting;
 pub mod faults;
 mod local;
 mod metrics;
@@ -35,6 +36,7 @@ pub use metrics::StoreCounters;
 pub use retry::RetryPolicy;
 pub use url::{StoreOptions, StoreUrl};
 
+use counting::CountingStore;
 use faults::{Faults, FaultyStore};
 use metrics::StoreMetrics;
 
@@ -181,7 +183,10 @@ pub enum Replaced {
 /// A handle on one object store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
+    /// The backend under a [`CountingStore`]: every request is counted.
     inner: Arc<dyn ObjectStore>,
+    /// The backend itself, to stack faults on (`with_faults`).
+    backend: Arc<dyn ObjectStore>,
     url: Arc<str>,
     metrics: Arc<StoreMetrics>,
     fencing: Arc<OnceCell<Fencing>>,
@@ -217,11 +222,13 @@ impl Store {
         Store::from_object_store("memory://", Arc::new(object_store::memory::InMemory::new()))
     }
 
-    fn from_object_store(url: &str, inner: Arc<dyn ObjectStore>) -> Store {
+    fn from_object_store(url: &str, backend: Arc<dyn ObjectStore>) -> Store {
+        let metrics = Arc::default();
         Store {
-            inner,
+            inner: counted(&backend, &metrics),
+            backend,
             url: url.into(),
-            metrics: Arc::default(),
+            metrics,
             fencing: Arc::default(),
             retry: RetryPolicy::default(),
             local_root: None,
@@ -229,11 +236,13 @@ impl Store {
     }
 
     /// This store with its requests failing as `faults` says, under the
-    /// same retries and deadlines (for tests).
+    /// same counters, retries and deadlines (for tests).
     pub fn with_faults(&self, faults: Faults) -> Store {
-        let faulty = FaultyStore::new(Arc::clone(&self.inner), faults);
+        let faulty: Arc<dyn ObjectStore> =
+            Arc::new(FaultyStore::new(Arc::clone(&self.backend), faults));
         Store {
-            inner: Arc::new(faulty),
+            inner: counted(&faulty, &self.metrics),
+            backend: faulty,
             fencing: Arc::default(),
             ..self.clone()
         }
@@ -256,7 +265,7 @@ impl Store {
     /// The object at `key`, or `None` when there is none.
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
         let path = Path::from(key);
-        let attempt = || self.counted_get(async { self.inner.get(&path).await?.bytes().await });
+        let attempt = || async { self.inner.get(&path).await?.bytes().await };
         self.found("GET", key, self.retrying("GET", key, attempt).await.result)
     }
 
@@ -273,26 +282,14 @@ impl Store {
             }
         };
         match self.retrying("GET", key, attempt).await.result {
-            Ok(Ok(bytes)) => {
-                self.metrics.get(Some(bytes.len()));
-                Ok(Some(bytes))
-            }
-            Ok(Err(size)) => {
-                self.metrics.get(None);
-                Err(StoreError::TooLarge {
-                    key: key.to_string(),
-                    size,
-                    max,
-                })
-            }
-            Err(object_store::Error::NotFound { .. }) => {
-                self.metrics.get(None);
-                Ok(None)
-            }
-            Err(e) => {
-                self.metrics.get_failed();
-                Err(self.classify("GET", key, e))
-            }
+            Ok(Ok(bytes)) => Ok(Some(bytes)),
+            Ok(Err(size)) => Err(StoreError::TooLarge {
+                key: key.to_string(),
+                size,
+                max,
+            }),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.classify("GET", key, e)),
         }
     }
 
@@ -304,7 +301,7 @@ impl Store {
         range: std::ops::Range<u64>,
     ) -> Result<Option<Bytes>, StoreError> {
         let path = Path::from(key);
-        let attempt = || self.counted_get(self.inner.get_range(&path, range.clone()));
+        let attempt = || self.inner.get_range(&path, range.clone());
         let found = self.found("GET", key, self.retrying("GET", key, attempt).await.result)?;
         match found {
             Some(bytes) if bytes.len() as u64 != range.end - range.start => {
@@ -316,20 +313,6 @@ impl Store {
             }
             found => Ok(found),
         }
-    }
-
-    /// One GET attempt, counted.
-    async fn counted_get(
-        &self,
-        request: impl std::future::Future<Output = object_store::Result<Bytes>>,
-    ) -> object_store::Result<Bytes> {
-        let result = request.await;
-        match &result {
-            Ok(bytes) => self.metrics.get(Some(bytes.len())),
-            Err(object_store::Error::NotFound { .. }) => self.metrics.get(None),
-            Err(_) => self.metrics.get_failed(),
-        }
-        result
     }
 
     /// A GET's outcome: not found is `None`, not an error.
@@ -358,24 +341,12 @@ impl Store {
     pub async fn get_versioned(&self, key: &str) -> Result<Option<(Bytes, Version)>, StoreError> {
         let path = Path::from(key);
         let attempt = || async {
-            let got = self.inner.get(&path).await;
-            let got = match got {
-                Ok(got) => got,
-                Err(e) => {
-                    match e {
-                        object_store::Error::NotFound { .. } => self.metrics.get(None),
-                        _ => self.metrics.get_failed(),
-                    }
-                    return Err(e);
-                }
-            };
+            let got = self.inner.get(&path).await?;
             let version = Version(UpdateVersion {
                 e_tag: got.meta.e_tag.clone(),
                 version: got.meta.version.clone(),
             });
-            let bytes = got.bytes().await?;
-            self.metrics.get(Some(bytes.len()));
-            Ok((bytes, version))
+            Ok((got.bytes().await?, version))
         };
         match self.retrying("GET", key, attempt).await.result {
             Ok(found) => Ok(Some(found)),
@@ -483,10 +454,7 @@ impl Store {
     /// The version of the object at `key`, if there is one.
     async fn head_version(&self, key: &str) -> Result<Option<Version>, StoreError> {
         let path = Path::from(key);
-        let attempt = || {
-            self.metrics.get_failed(); // a request, counted with the GETs
-            self.inner.head(&path)
-        };
+        let attempt = || self.inner.head(&path);
         match self.retrying("HEAD", key, attempt).await.result {
             Ok(meta) => Ok(Some(Version(UpdateVersion {
                 e_tag: meta.e_tag,
@@ -554,7 +522,6 @@ impl Store {
                 mode: mode.clone(),
                 ..PutOptions::default()
             };
-            self.metrics.put(payload.content_length());
             self.inner.put_opts(&path, payload.clone(), options)
         };
         self.retrying("PUT", key, attempt).await
@@ -563,10 +530,7 @@ impl Store {
     /// Deletes `key`; deleting what is not there is not an error.
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
         let path = Path::from(key);
-        let attempt = || {
-            self.metrics.delete();
-            self.inner.delete(&path)
-        };
+        let attempt = || self.inner.delete(&path);
         match self.retrying("DELETE", key, attempt).await.result {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.classify("DELETE", key, e)),
@@ -576,10 +540,7 @@ impl Store {
     /// The names of the "directories" directly under `prefix`.
     pub async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
         let path = Path::from(prefix);
-        let attempt = || {
-            self.metrics.list();
-            self.inner.list_with_delimiter(Some(&path))
-        };
+        let attempt = || self.inner.list_with_delimiter(Some(&path));
         let listing = match self.retrying("LIST", prefix, attempt).await.result {
             Ok(listing) => listing,
             Err(object_store::Error::NotFound { .. }) => return Ok(Vec::new()),
@@ -603,10 +564,7 @@ impl Store {
     /// Every object under `prefix`, recursively, with its size and age.
     pub async fn list_objects(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
         let path = Path::from(prefix);
-        let attempt = || {
-            self.metrics.list();
-            self.inner.list(Some(&path)).try_collect::<Vec<_>>()
-        };
+        let attempt = || self.inner.list(Some(&path)).try_collect::<Vec<_>>();
         match self.retrying("LIST", prefix, attempt).await.result {
             Ok(objects) => Ok(objects
                 .into_iter()
@@ -705,6 +663,11 @@ impl Store {
             source => StoreError::from_object_store(op, key, source),
         }
     }
+}
+
+/// `backend` under a [`CountingStore`] that counts into `metrics`.
+fn counted(backend: &Arc<dyn ObjectStore>, metrics: &Arc<StoreMetrics>) -> Arc<dyn ObjectStore> {
+    Arc::new(CountingStore::new(Arc::clone(backend), Arc::clone(metrics)))
 }
 
 /// The innermost error of a chain: what actually went wrong.
