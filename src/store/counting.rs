@@ -2,8 +2,9 @@
 //!
 //! [`CountingStore`] wraps an object store and counts each request it
 //! passes on into [`StoreMetrics`], failed or not. It sits under the
-//! retries (see the stack in `mod.rs`), so each attempt is a request. What
-//! counts as what:
+//! retries (see the stack in `mod.rs`), so each attempt is a request, and
+//! it is counted as it starts: one abandoned at its deadline counts too.
+//! What counts as what:
 //!
 //! - a GET is a GET, and one answered "not found" a miss as well; a HEAD is
 //!   counted with the GETs, never as a miss;
@@ -49,14 +50,13 @@ impl CountingStore {
         CountingStore { inner, metrics }
     }
 
-    /// Counts one GET (or HEAD) and its answer; a body comes back counted
-    /// as it is read.
-    fn counted_get(
+    /// Counts a GET's answer (not a HEAD's): a miss, or a body counted as
+    /// it is read.
+    fn answered(
         &self,
         head: bool,
         reply: object_store::Result<GetResult>,
     ) -> object_store::Result<GetResult> {
-        self.metrics.get();
         match reply {
             Ok(reply) if head => Ok(reply),
             Ok(reply) => Ok(with_counted_body(reply, Arc::clone(&self.metrics))),
@@ -209,9 +209,10 @@ impl ObjectStore for CountingStore {
         location: &Path,
         options: GetOptions,
     ) -> object_store::Result<GetResult> {
+        self.metrics.get();
         let head = options.head;
         let reply = self.inner.get_opts(location, options).await;
-        self.counted_get(head, reply)
+        self.answered(head, reply)
     }
 
     async fn get_ranges(
