@@ -5,8 +5,9 @@
 //!
 //! [`Faults`] is the switchboard: a share of requests to fault and the
 //! kinds to pick from, changeable while the store is in use, with a count
-//! of what was injected. The wrapper sits under [`super::Store`]'s retries
-//! and timeouts, exactly where a remote store's failures arrive.
+//! of what was injected. The wrapper sits at the bottom of a
+//! [`super::Store`]'s stack, under its counting, retries and deadlines,
+//! exactly where a remote store's failures arrive.
 
 use std::fmt;
 use std::future::Future;

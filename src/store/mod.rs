@@ -1,17 +1,30 @@
 //! The object store: the only module that talks to `object_store`.
 //!
 //! [`Store`] is a handle on one bucket (or directory, or memory) named by a
-//! URL. It speaks in keys and bytes: `get` (absent is `None`, not an error),
-//! `put`, `put_if_absent` (the conditional write that fences a second
-//! writer), `delete`, and listings of "directories". It counts every request
-//! and byte, and it says plainly, once per store, whether the store honours
-//! create-if-absent: some S3 clones silently ignore it, and fencing must not
-//! trust them blindly.
+//! URL. It speaks in keys and bytes: `get` (absent is `None`, not an error;
+//! `get_at_most` refuses a huge object unread), `put`, the conditional
+//! writes that fence a second writer (`put_if_absent`, `create_versioned`,
+//! `replace_if_unchanged`), `delete`, and listings. Its errors say what to
+//! fix ([`StoreError`]). It says plainly, once per store, whether the store
+//! honours conditional writes: some S3 clones silently ignore them, and
+//! fencing must not trust them blindly.
 //!
-//! Local directories are written with fsync. Every request has a deadline
-//! and is retried with backoff and jitter when it fails in a way that may
-//! pass ([`RetryPolicy`]); a conditional create whose first reply was lost
-//! is told apart from someone else's object by its bytes.
+//! Every request goes down a stack of object stores, each with one job:
+//!
+//! ```text
+//! Store            keys, errors, the fencing probe, local replaces (local.rs)
+//!  RetryingStore   a deadline per attempt, backoff with jitter (retry.rs);
+//!                  bodies and listings read whole inside the attempt; a
+//!                  conditional PUT whose reply was lost told apart from
+//!                  someone else's object by its bytes (retrying.rs)
+//!  CountingStore   each attempt counted, with its bytes (counting.rs,
+//!                  metrics.rs): what `Store::counters` reports
+//!  [FaultyStore]   failures injected, in tests only (faults.rs)
+//!  backend         S3, a local directory (fsynced), or memory (url.rs)
+//! ```
+//!
+//! `with_faults` and `with_retry_policy` build the stack again over the
+//! same backend and counters.
 
 mod counting;
 pub mod faults;
