@@ -1,12 +1,13 @@
 //! A store that fails the ways real object stores do, for testing zeroblk
 //! against them in-process: errors (500, 503 SlowDown), connection resets,
-//! requests that hang past any deadline, slow replies, and replies lost
-//! after the request took effect.
+//! requests that hang past any deadline, slow replies, replies lost
+//! after the request took effect, and replies that break off partway.
 //!
 //! [`Faults`] is the switchboard: a share of requests to fault and the
 //! kinds to pick from, changeable while the store is in use, with a count
-//! of what was injected. The wrapper sits under [`super::Store`]'s retries
-//! and timeouts, exactly where a remote store's failures arrive.
+//! of what was injected. The wrapper sits at the bottom of a
+//! [`super::Store`]'s stack, under its counting, retries and deadlines,
+//! exactly where a remote store's failures arrive.
 
 use std::fmt;
 use std::future::Future;
@@ -19,8 +20,8 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use object_store::path::Path;
 use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions,
+    CopyOptions, GetOptions, GetResult, GetResultPayload, ListResult, MultipartUpload, ObjectMeta,
+    ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions,
 };
 
 /// One kind of failure.
@@ -38,16 +39,21 @@ pub enum Fault {
     Slow,
     /// The request took effect, then the reply was lost.
     LostReply,
+    /// The reply breaks off partway: a GET's body after half its bytes, a
+    /// listing after its first entry; any other reply is lost after its
+    /// request took effect.
+    BrokenBody,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 6] = [
+    pub const ALL: [Fault; 7] = [
         Fault::ServerError,
         Fault::SlowDown,
         Fault::Reset,
         Fault::Hang,
         Fault::Slow,
         Fault::LostReply,
+        Fault::BrokenBody,
     ];
 }
 
@@ -145,7 +151,30 @@ impl Faults {
         op: &str,
         request: impl Future<Output = object_store::Result<T>>,
     ) -> object_store::Result<T> {
+        self.inject(self.draw(), op, request).await
+    }
+
+    /// Runs one GET through the plan: a broken body breaks off halfway (a
+    /// HEAD has none: its reply is lost instead).
+    async fn run_get(
+        &self,
+        head: bool,
+        request: impl Future<Output = object_store::Result<GetResult>>,
+    ) -> object_store::Result<GetResult> {
         match self.draw() {
+            Some(Fault::BrokenBody) if !head => broken_off(request.await?).await,
+            fault => self.inject(fault, "GET", request).await,
+        }
+    }
+
+    /// Runs `request` with `fault`.
+    async fn inject<T>(
+        &self,
+        fault: Option<Fault>,
+        op: &str,
+        request: impl Future<Output = object_store::Result<T>>,
+    ) -> object_store::Result<T> {
+        match fault {
             None => request.await,
             Some(Fault::ServerError) => Err(injected(op, "500 InternalError")),
             Some(Fault::SlowDown) => Err(injected(op, "503 SlowDown")),
@@ -158,12 +187,29 @@ impl Faults {
                 tokio::time::sleep(self.slow).await;
                 request.await
             }
-            Some(Fault::LostReply) => {
+            Some(Fault::LostReply | Fault::BrokenBody) => {
                 request.await?;
                 Err(injected(op, "the connection closed before the reply"))
             }
         }
     }
+}
+
+/// `reply` with a body that breaks off after half its bytes.
+async fn broken_off(mut reply: GetResult) -> object_store::Result<GetResult> {
+    let (meta, range) = (reply.meta.clone(), reply.range.clone());
+    let attributes = std::mem::take(&mut reply.attributes);
+    let extensions = std::mem::take(&mut reply.extensions);
+    let whole = reply.bytes().await?;
+    let half = whole.slice(..whole.len() / 2);
+    let broken = Err(injected("GET", "the connection reset in the body"));
+    Ok(GetResult {
+        payload: GetResultPayload::Stream(futures::stream::iter([Ok(half), broken]).boxed()),
+        meta,
+        range,
+        attributes,
+        extensions,
+    })
 }
 
 fn injected(op: &str, what: &str) -> object_store::Error {
@@ -186,13 +232,17 @@ impl FaultyStore {
     }
 
     /// A listing, or one that fails at once when a fault is drawn (a slow
-    /// fault lists as usual).
+    /// fault lists as usual, a broken one fails after its first entry).
     fn listing(
         &self,
         list: impl FnOnce() -> BoxStream<'static, object_store::Result<ObjectMeta>>,
     ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
         match self.faults.draw() {
             None | Some(Fault::Slow) => list(),
+            Some(Fault::BrokenBody) => {
+                let broken = async { Err(injected("LIST", "the listing broke off")) };
+                list().take(1).chain(futures::stream::once(broken)).boxed()
+            }
             Some(_) => {
                 futures::stream::once(async { Err(injected("LIST", "listing failed")) }).boxed()
             }
@@ -235,8 +285,9 @@ impl ObjectStore for FaultyStore {
         location: &Path,
         options: GetOptions,
     ) -> object_store::Result<GetResult> {
+        let head = options.head;
         let request = self.inner.get_opts(location, options);
-        self.faults.run("GET", request).await
+        self.faults.run_get(head, request).await
     }
 
     async fn get_ranges(
@@ -338,5 +389,23 @@ mod tests {
         assert!((60..140).contains(&failed), "{failed} of 400 failed at 25%");
         faults.set(0.0, &[]);
         assert!(store.get_opts(&key, GetOptions::default()).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_broken_body_breaks_off_halfway() {
+        let faults = Faults::new(1, Duration::from_millis(1), Duration::from_millis(1));
+        let memory: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let store = FaultyStore::new(Arc::clone(&memory), faults.clone());
+        let key = Path::from("k");
+        memory
+            .put_opts(&key, "abcdef".into(), PutOptions::default())
+            .await
+            .unwrap();
+        faults.script(&[Some(Fault::BrokenBody)]);
+        let reply = store.get_opts(&key, GetOptions::default()).await.unwrap();
+        let body: Vec<_> = reply.into_stream().collect().await;
+        assert_eq!(body.len(), 2);
+        assert_eq!(body[0].as_ref().unwrap(), "abc");
+        assert!(body[1].is_err(), "then the body breaks off");
     }
 }

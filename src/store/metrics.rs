@@ -1,4 +1,7 @@
-//! Request and byte counters for one store.
+//! Request and byte counters for one store: [`super::counting`] counts
+//! each request and the bytes it moves into them, [`super::retrying`] each
+//! retry. A `Store` and the stores made from it (`with_faults`,
+//! `with_retry_policy`) share one set.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -39,17 +42,19 @@ pub struct StoreCounters {
 }
 
 impl StoreMetrics {
-    pub(super) fn get(&self, bytes: Option<usize>) {
+    /// One GET (or HEAD) request, whatever its answer.
+    pub(super) fn get(&self) {
         self.gets.fetch_add(1, Relaxed);
-        match bytes {
-            Some(n) => self.bytes_read.fetch_add(n as u64, Relaxed),
-            None => self.get_misses.fetch_add(1, Relaxed),
-        };
     }
 
-    /// A GET that failed: a request made, nothing learned.
-    pub(super) fn get_failed(&self) {
-        self.gets.fetch_add(1, Relaxed);
+    /// A GET answered "not found" (counted with [`StoreMetrics::get`] too).
+    pub(super) fn miss(&self) {
+        self.get_misses.fetch_add(1, Relaxed);
+    }
+
+    /// The bytes of a body read to its end.
+    pub(super) fn read(&self, bytes: u64) {
+        self.bytes_read.fetch_add(bytes, Relaxed);
     }
 
     pub(super) fn put(&self, bytes: usize) {

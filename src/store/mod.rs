@@ -1,22 +1,37 @@
 //! The object store: the only module that talks to `object_store`.
 //!
 //! [`Store`] is a handle on one bucket (or directory, or memory) named by a
-//! URL. It speaks in keys and bytes: `get` (absent is `None`, not an error),
-//! `put`, `put_if_absent` (the conditional write that fences a second
-//! writer), `delete`, and listings of "directories". It counts every request
-//! and byte, and it says plainly, once per store, whether the store honours
-//! create-if-absent: some S3 clones silently ignore it, and fencing must not
-//! trust them blindly.
+//! URL. It speaks in keys and bytes: `get` (absent is `None`, not an error;
+//! `get_at_most` refuses a huge object unread), `put`, the conditional
+//! writes that fence a second writer (`put_if_absent`, `create_versioned`,
+//! `replace_if_unchanged`), `delete`, and listings. Its errors say what to
+//! fix ([`StoreError`]). It says plainly, once per store, whether the store
+//! honours conditional writes: some S3 clones silently ignore them, and
+//! fencing must not trust them blindly.
 //!
-//! Local directories are written with fsync. Every request has a deadline
-//! and is retried with backoff and jitter when it fails in a way that may
-//! pass ([`RetryPolicy`]); a conditional create whose first reply was lost
-//! is told apart from someone else's object by its bytes.
+//! Every request goes down a stack of object stores, each with one job:
+//!
+//! ```text
+//! Store            keys, errors, the fencing probe, local replaces (local.rs)
+//!  RetryingStore   a deadline per attempt, backoff with jitter (retry.rs);
+//!                  bodies and listings read whole inside the attempt; a
+//!                  conditional PUT whose reply was lost told apart from
+//!                  someone else's object by its bytes (retrying.rs)
+//!  CountingStore   each attempt counted, with its bytes (counting.rs,
+//!                  metrics.rs): what `Store::counters` reports
+//!  [FaultyStore]   failures injected, in tests only (faults.rs)
+//!  backend         S3, a local directory (fsynced), or memory (url.rs)
+//! ```
+//!
+//! `with_faults` and `with_retry_policy` build the stack again over the
+//! same backend and counters.
 
+mod counting;
 pub mod faults;
 mod local;
 mod metrics;
 mod retry;
+mod retrying;
 mod url;
 
 use std::fmt::Display;
@@ -27,7 +42,8 @@ use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{
-    ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, PutResult, UpdateVersion,
+    GetResult, ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, PutResult,
+    UpdateVersion,
 };
 use tokio::sync::OnceCell;
 
@@ -35,8 +51,10 @@ pub use metrics::StoreCounters;
 pub use retry::RetryPolicy;
 pub use url::{StoreOptions, StoreUrl};
 
+use counting::CountingStore;
 use faults::{Faults, FaultyStore};
 use metrics::StoreMetrics;
+use retrying::{ReadAtMost, RetryingStore};
 
 /// A failed store operation, said so that a user knows what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +177,16 @@ pub enum Created {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Version(UpdateVersion);
 
+impl Version {
+    /// The version `meta` describes.
+    fn of(meta: &ObjectMeta) -> Version {
+        Version(UpdateVersion {
+            e_tag: meta.e_tag.clone(),
+            version: meta.version.clone(),
+        })
+    }
+}
+
 impl From<PutResult> for Version {
     fn from(written: PutResult) -> Version {
         Version(UpdateVersion {
@@ -173,19 +201,24 @@ impl From<PutResult> for Version {
 pub enum Replaced {
     /// The object was the version given, and now holds the new bytes.
     Replaced(Version),
-    /// Somebody wrote or deleted the object since that version (or an
-    /// attempt of ours landed and only its reply was lost): nothing written.
+    /// Somebody wrote or deleted the object since that version: nothing
+    /// written. (An attempt of ours that landed, its reply lost, is told
+    /// apart by its bytes and is `Replaced`: see `retrying.rs`.)
     Changed,
 }
 
 /// A handle on one object store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    inner: Arc<dyn ObjectStore>,
-    url: Arc<str>,
+    /// The top of the stack every request goes down (see the module's doc).
+    requests: Arc<dyn ObjectStore>,
+    /// The bottom of the stack (with faults, in tests), and what builds
+    /// the stack on it again: its counters and retry policy.
+    backend: Arc<dyn ObjectStore>,
     metrics: Arc<StoreMetrics>,
-    fencing: Arc<OnceCell<Fencing>>,
     retry: RetryPolicy,
+    url: Arc<str>,
+    fencing: Arc<OnceCell<Fencing>>,
     /// The directory of a `file://` store, whose conditional replaces are
     /// emulated under a lock (see `local.rs`).
     local_root: Option<Arc<PathBuf>>,
@@ -201,48 +234,75 @@ impl Store {
     /// Opens the store a URL names. No request is made yet.
     pub fn open(url: &str, options: &StoreOptions) -> Result<Store, StoreError> {
         let parsed = StoreUrl::parse(url)?;
-        let inner = parsed.build(options)?;
-        let mut store = Store::from_object_store(url, inner);
+        let backend = parsed.build(options)?;
+        let retry = options
+            .request_timeout
+            .map_or_else(RetryPolicy::default, RetryPolicy::with_attempt_timeout);
+        let mut store = Store::stacked(url.into(), backend, Arc::default(), retry);
         if let StoreUrl::File(root) = parsed {
             store.local_root = Some(Arc::new(root));
-        }
-        if let Some(timeout) = options.request_timeout {
-            store.retry = RetryPolicy::with_attempt_timeout(timeout);
         }
         Ok(store)
     }
 
     /// A fresh, empty store in memory.
     pub fn memory() -> Store {
-        Store::from_object_store("memory://", Arc::new(object_store::memory::InMemory::new()))
+        let backend = Arc::new(object_store::memory::InMemory::new());
+        Store::stacked(
+            "memory://".into(),
+            backend,
+            Arc::default(),
+            RetryPolicy::default(),
+        )
     }
 
-    fn from_object_store(url: &str, inner: Arc<dyn ObjectStore>) -> Store {
+    /// A store whose requests go down a [`RetryingStore`] retrying as
+    /// `retry` says and a [`CountingStore`] counting into `metrics` to
+    /// `backend`.
+    fn stacked(
+        url: Arc<str>,
+        backend: Arc<dyn ObjectStore>,
+        metrics: Arc<StoreMetrics>,
+        retry: RetryPolicy,
+    ) -> Store {
+        let counting = CountingStore::new(Arc::clone(&backend), Arc::clone(&metrics));
+        let retrying = RetryingStore::new(
+            Arc::new(counting),
+            retry,
+            Arc::clone(&metrics),
+            Arc::clone(&url),
+        );
         Store {
-            inner,
-            url: url.into(),
-            metrics: Arc::default(),
+            requests: Arc::new(retrying),
+            backend,
+            metrics,
+            retry,
+            url,
             fencing: Arc::default(),
-            retry: RetryPolicy::default(),
             local_root: None,
         }
     }
 
     /// This store with its requests failing as `faults` says, under the
-    /// same retries and deadlines (for tests).
+    /// same counters, retries and deadlines (for tests).
     pub fn with_faults(&self, faults: Faults) -> Store {
-        let faulty = FaultyStore::new(Arc::clone(&self.inner), faults);
+        let faulty = Arc::new(FaultyStore::new(Arc::clone(&self.backend), faults));
+        let metrics = Arc::clone(&self.metrics);
+        let stacked = Store::stacked(Arc::clone(&self.url), faulty, metrics, self.retry);
         Store {
-            inner: Arc::new(faulty),
-            fencing: Arc::default(),
-            ..self.clone()
+            local_root: self.local_root.clone(),
+            ..stacked
         }
     }
 
     /// This store, retrying as `policy` says.
-    pub fn with_retry_policy(mut self, policy: RetryPolicy) -> Store {
-        self.retry = policy;
-        self
+    pub fn with_retry_policy(self, policy: RetryPolicy) -> Store {
+        let stacked = Store::stacked(self.url, self.backend, self.metrics, policy);
+        Store {
+            fencing: self.fencing,
+            local_root: self.local_root,
+            ..stacked
+        }
     }
 
     pub fn url(&self) -> &str {
@@ -255,45 +315,30 @@ impl Store {
 
     /// The object at `key`, or `None` when there is none.
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
-        let path = Path::from(key);
-        let attempt = || self.counted_get(async { self.inner.get(&path).await?.bytes().await });
-        self.found("GET", key, self.retrying("GET", key, attempt).await.result)
+        let got = self.requests.get(&Path::from(key)).await;
+        match self.found("GET", key, got)? {
+            Some(reply) => self.body(key, reply).await.map(Some),
+            None => Ok(None),
+        }
     }
 
     /// The object at `key`, or `None`; one larger than `max` bytes is
     /// refused before its bytes are read (objects from the bucket are
     /// untrusted: a huge one must not exhaust memory).
     pub async fn get_at_most(&self, key: &str, max: u64) -> Result<Option<Bytes>, StoreError> {
-        let path = Path::from(key);
-        let attempt = || async {
-            let got = self.inner.get(&path).await?;
-            match got.meta.size {
-                size if size > max => Ok(Err(size)),
-                _ => got.bytes().await.map(Ok),
-            }
+        let options = ReadAtMost(max).options();
+        let got = self.requests.get_opts(&Path::from(key), options).await;
+        let Some(reply) = self.found("GET", key, got)? else {
+            return Ok(None);
         };
-        match self.retrying("GET", key, attempt).await.result {
-            Ok(Ok(bytes)) => {
-                self.metrics.get(Some(bytes.len()));
-                Ok(Some(bytes))
-            }
-            Ok(Err(size)) => {
-                self.metrics.get(None);
-                Err(StoreError::TooLarge {
-                    key: key.to_string(),
-                    size,
-                    max,
-                })
-            }
-            Err(object_store::Error::NotFound { .. }) => {
-                self.metrics.get(None);
-                Ok(None)
-            }
-            Err(e) => {
-                self.metrics.get_failed();
-                Err(self.classify("GET", key, e))
-            }
+        if reply.meta.size > max {
+            return Err(StoreError::TooLarge {
+                key: key.to_string(),
+                size: reply.meta.size,
+                max,
+            });
         }
+        self.body(key, reply).await.map(Some)
     }
 
     /// Bytes `range` of the object at `key`, or `None` when there is no
@@ -303,10 +348,11 @@ impl Store {
         key: &str,
         range: std::ops::Range<u64>,
     ) -> Result<Option<Bytes>, StoreError> {
-        let path = Path::from(key);
-        let attempt = || self.counted_get(self.inner.get_range(&path, range.clone()));
-        let found = self.found("GET", key, self.retrying("GET", key, attempt).await.result)?;
-        match found {
+        let got = self
+            .requests
+            .get_range(&Path::from(key), range.clone())
+            .await;
+        match self.found("GET", key, got)? {
             Some(bytes) if bytes.len() as u64 != range.end - range.start => {
                 Err(StoreError::ShortRead {
                     key: key.to_string(),
@@ -318,69 +364,59 @@ impl Store {
         }
     }
 
-    /// One GET attempt, counted.
-    async fn counted_get(
-        &self,
-        request: impl std::future::Future<Output = object_store::Result<Bytes>>,
-    ) -> object_store::Result<Bytes> {
-        let result = request.await;
-        match &result {
-            Ok(bytes) => self.metrics.get(Some(bytes.len())),
-            Err(object_store::Error::NotFound { .. }) => self.metrics.get(None),
-            Err(_) => self.metrics.get_failed(),
-        }
-        result
+    /// The object at `key` and the version it is, or `None` when there is
+    /// none.
+    pub async fn get_versioned(&self, key: &str) -> Result<Option<(Bytes, Version)>, StoreError> {
+        let got = self.requests.get(&Path::from(key)).await;
+        let Some(reply) = self.found("GET", key, got)? else {
+            return Ok(None);
+        };
+        let version = Version::of(&reply.meta);
+        Ok(Some((self.body(key, reply).await?, version)))
     }
 
-    /// A GET's outcome: not found is `None`, not an error.
-    fn found(
+    /// What a request answered: not found is `None`, not an error.
+    fn found<T>(
         &self,
         op: &'static str,
         key: &str,
-        result: object_store::Result<Bytes>,
-    ) -> Result<Option<Bytes>, StoreError> {
+        result: object_store::Result<T>,
+    ) -> Result<Option<T>, StoreError> {
         match result {
-            Ok(bytes) => Ok(Some(bytes)),
+            Ok(found) => Ok(Some(found)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.classify(op, key, e)),
         }
     }
 
-    /// Writes `key`, replacing what was there.
-    pub async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
-        self.put_with_mode(key, bytes.into(), PutMode::Overwrite)
-            .await
-            .map(|_| ())
+    /// The body of a GET's reply (in memory already: the retries read it).
+    async fn body(&self, key: &str, reply: GetResult) -> Result<Bytes, StoreError> {
+        let body = reply.bytes().await;
+        body.map_err(|e| self.classify("GET", key, e))
     }
 
-    /// The object at `key` and the version it is, or `None` when there is
-    /// none.
-    pub async fn get_versioned(&self, key: &str) -> Result<Option<(Bytes, Version)>, StoreError> {
-        let path = Path::from(key);
-        let attempt = || async {
-            let got = self.inner.get(&path).await;
-            let got = match got {
-                Ok(got) => got,
-                Err(e) => {
-                    match e {
-                        object_store::Error::NotFound { .. } => self.metrics.get(None),
-                        _ => self.metrics.get_failed(),
-                    }
-                    return Err(e);
-                }
-            };
-            let version = Version(UpdateVersion {
-                e_tag: got.meta.e_tag.clone(),
-                version: got.meta.version.clone(),
-            });
-            let bytes = got.bytes().await?;
-            self.metrics.get(Some(bytes.len()));
-            Ok((bytes, version))
-        };
-        match self.retrying("GET", key, attempt).await.result {
-            Ok(found) => Ok(Some(found)),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(self.classify("GET", key, e)),
+    /// Writes `key`, replacing what was there.
+    pub async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
+        let written = self.put_as(key, bytes.into(), PutMode::Overwrite).await;
+        written.map(drop).map_err(|e| self.classify("PUT", key, e))
+    }
+
+    /// Writes `key` from `parts`, one after the other, without copying
+    /// them into one buffer first.
+    pub async fn put_parts(&self, key: &str, parts: Vec<Bytes>) -> Result<(), StoreError> {
+        let payload = parts.into_iter().collect();
+        let written = self.put_as(key, payload, PutMode::Overwrite).await;
+        written.map(drop).map_err(|e| self.classify("PUT", key, e))
+    }
+
+    /// Writes `key` only if no object is there (see [`Store::fencing`] for
+    /// stores that ignore the condition). A create whose reply was lost is
+    /// still ours: the retries tell it apart by its bytes.
+    pub async fn put_if_absent(&self, key: &str, bytes: Bytes) -> Result<Created, StoreError> {
+        match self.put_as(key, bytes.into(), PutMode::Create).await {
+            Ok(_) => Ok(Created::Created),
+            Err(e) if exists(&e) => Ok(Created::AlreadyExists),
+            Err(e) => Err(self.classify("PUT", key, e)),
         }
     }
 
@@ -392,25 +428,9 @@ impl Store {
         key: &str,
         bytes: Bytes,
     ) -> Result<Option<Version>, StoreError> {
-        let outcome = self
-            .put_retried(key, bytes.clone().into(), PutMode::Create)
-            .await;
-        match outcome.result {
+        match self.put_as(key, bytes.into(), PutMode::Create).await {
             Ok(written) => Ok(Some(written.into())),
-            Err(
-                object_store::Error::AlreadyExists { .. }
-                | object_store::Error::Precondition { .. },
-            ) => {
-                // An earlier attempt may have landed, its reply lost: then
-                // the object is ours.
-                let found = match outcome.retried {
-                    true => self.get_versioned(key).await?,
-                    false => None,
-                };
-                Ok(found
-                    .filter(|(found, _)| *found == bytes)
-                    .map(|(_, version)| version))
-            }
+            Err(e) if exists(&e) => Ok(None),
             Err(e) => Err(self.classify("PUT", key, e)),
         }
     }
@@ -429,25 +449,11 @@ impl Store {
             return self.replace_locally(key, bytes, version).await;
         }
         let mode = PutMode::Update(version.0.clone());
-        let outcome = self.put_retried(key, bytes.clone().into(), mode).await;
-        match outcome.result {
+        match self.put_as(key, bytes.into(), mode).await {
             Ok(written) => Ok(Replaced::Replaced(written.into())),
             Err(
                 object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. },
-            ) => {
-                // An earlier attempt may have landed, its reply lost: then
-                // the object holds our bytes, and the replace was ours.
-                // Before, it read as someone else's: `volume rekey` said
-                // nothing was written when the new password was in.
-                let found = match outcome.retried {
-                    true => self.get_versioned(key).await?,
-                    false => None,
-                };
-                Ok(match found.filter(|(found, _)| *found == bytes) {
-                    Some((_, version)) => Replaced::Replaced(version),
-                    None => Replaced::Changed,
-                })
-            }
+            ) => Ok(Replaced::Changed),
             Err(e) => Err(self.classify("PUT", key, e)),
         }
     }
@@ -466,15 +472,10 @@ impl Store {
                 path: LocalPath::new(root.as_path()).to_path_buf(),
                 source,
             })?;
-        let current = self.head_version(key).await?;
-        if current.as_ref() != Some(version) {
+        if self.head_version(key).await?.as_ref() != Some(version) {
             return Ok(Replaced::Changed);
         }
-        match self
-            .put_retried(key, bytes.into(), PutMode::Overwrite)
-            .await
-            .result
-        {
+        match self.put_as(key, bytes.into(), PutMode::Overwrite).await {
             Ok(written) => Ok(Replaced::Replaced(written.into())),
             Err(e) => Err(self.classify("PUT", key, e)),
         }
@@ -482,108 +483,37 @@ impl Store {
 
     /// The version of the object at `key`, if there is one.
     async fn head_version(&self, key: &str) -> Result<Option<Version>, StoreError> {
-        let path = Path::from(key);
-        let attempt = || {
-            self.metrics.get_failed(); // a request, counted with the GETs
-            self.inner.head(&path)
-        };
-        match self.retrying("HEAD", key, attempt).await.result {
-            Ok(meta) => Ok(Some(Version(UpdateVersion {
-                e_tag: meta.e_tag,
-                version: meta.version,
-            }))),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(self.classify("HEAD", key, e)),
-        }
+        let got = self.requests.head(&Path::from(key)).await;
+        Ok(self.found("HEAD", key, got)?.map(|meta| Version::of(&meta)))
     }
 
-    /// Writes `key` from `parts`, one after the other, without copying
-    /// them into one buffer first.
-    pub async fn put_parts(&self, key: &str, parts: Vec<Bytes>) -> Result<(), StoreError> {
-        self.put_with_mode(key, parts.into_iter().collect(), PutMode::Overwrite)
+    /// Writes `key` as `mode` says.
+    async fn put_as(
+        &self,
+        key: &str,
+        payload: PutPayload,
+        mode: PutMode,
+    ) -> object_store::Result<PutResult> {
+        let options = PutOptions::from(mode);
+        self.requests
+            .put_opts(&Path::from(key), payload, options)
             .await
-            .map(|_| ())
-    }
-
-    /// Writes `key` only if no object is there (see [`Store::fencing`] for
-    /// stores that ignore the condition). When an attempt failed and a later
-    /// one finds the object, it is ours if it holds our bytes: the first
-    /// attempt landed and only its reply was lost.
-    pub async fn put_if_absent(&self, key: &str, bytes: Bytes) -> Result<Created, StoreError> {
-        let (created, retried) = self
-            .put_with_mode(key, bytes.clone().into(), PutMode::Create)
-            .await?;
-        let landed_before = created == Created::AlreadyExists
-            && retried
-            && self.get(key).await?.is_some_and(|found| found == bytes);
-        Ok(if landed_before {
-            Created::Created
-        } else {
-            created
-        })
-    }
-
-    /// Writes `key` as `mode` says; also says whether an attempt failed.
-    async fn put_with_mode(
-        &self,
-        key: &str,
-        payload: PutPayload,
-        mode: PutMode,
-    ) -> Result<(Created, bool), StoreError> {
-        let outcome = self.put_retried(key, payload, mode).await;
-        match outcome.result {
-            Ok(_) => Ok((Created::Created, outcome.retried)),
-            Err(
-                object_store::Error::AlreadyExists { .. }
-                | object_store::Error::Precondition { .. },
-            ) => Ok((Created::AlreadyExists, outcome.retried)),
-            Err(e) => Err(self.classify("PUT", key, e)),
-        }
-    }
-
-    /// One PUT of `payload` to `key` as `mode` says, counted and retried.
-    async fn put_retried(
-        &self,
-        key: &str,
-        payload: PutPayload,
-        mode: PutMode,
-    ) -> retry::Outcome<PutResult> {
-        let path = Path::from(key);
-        let attempt = || {
-            let options = PutOptions {
-                mode: mode.clone(),
-                ..PutOptions::default()
-            };
-            self.metrics.put(payload.content_length());
-            self.inner.put_opts(&path, payload.clone(), options)
-        };
-        self.retrying("PUT", key, attempt).await
     }
 
     /// Deletes `key`; deleting what is not there is not an error.
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        let path = Path::from(key);
-        let attempt = || {
-            self.metrics.delete();
-            self.inner.delete(&path)
-        };
-        match self.retrying("DELETE", key, attempt).await.result {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(self.classify("DELETE", key, e)),
-        }
+        let deleted = self.requests.delete(&Path::from(key)).await;
+        self.found("DELETE", key, deleted).map(drop)
     }
 
     /// The names of the "directories" directly under `prefix`.
     pub async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        let path = Path::from(prefix);
-        let attempt = || {
-            self.metrics.list();
-            self.inner.list_with_delimiter(Some(&path))
-        };
-        let listing = match self.retrying("LIST", prefix, attempt).await.result {
-            Ok(listing) => listing,
-            Err(object_store::Error::NotFound { .. }) => return Ok(Vec::new()),
-            Err(e) => return Err(self.classify("LIST", prefix, e)),
+        let listed = self
+            .requests
+            .list_with_delimiter(Some(&Path::from(prefix)))
+            .await;
+        let Some(listing) = self.found("LIST", prefix, listed)? else {
+            return Ok(Vec::new());
         };
         let mut names: Vec<String> = listing
             .common_prefixes
@@ -602,44 +532,17 @@ impl Store {
 
     /// Every object under `prefix`, recursively, with its size and age.
     pub async fn list_objects(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
-        let path = Path::from(prefix);
-        let attempt = || {
-            self.metrics.list();
-            self.inner.list(Some(&path)).try_collect::<Vec<_>>()
-        };
-        match self.retrying("LIST", prefix, attempt).await.result {
-            Ok(objects) => Ok(objects
-                .into_iter()
-                .map(|m| ObjectInfo {
-                    key: m.location.to_string(),
-                    size: m.size,
-                    last_modified: m.last_modified.into(),
-                })
-                .collect()),
-            Err(object_store::Error::NotFound { .. }) => Ok(Vec::new()),
-            Err(e) => Err(self.classify("LIST", prefix, e)),
-        }
-    }
-
-    /// One request under the retry policy, each retry counted and logged.
-    async fn retrying<T, F, Fut>(
-        &self,
-        op: &'static str,
-        key: &str,
-        attempt: F,
-    ) -> retry::Outcome<T>
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = object_store::Result<T>>,
-    {
-        let on_retry = |error: &object_store::Error, wait| {
-            if self.metrics.retry_should_warn() {
-                tracing::warn!(store = %self.url, op, key, %error, "object store requests are failing; retrying with backoff (said at most every 10 s)");
-            } else {
-                tracing::debug!(store = %self.url, op, key, %error, ?wait, "store request failed; retrying");
-            }
-        };
-        self.retry.run(attempt, on_retry).await
+        let listing = self.requests.list(Some(&Path::from(prefix)));
+        let listed = listing.try_collect::<Vec<_>>().await;
+        let objects = self.found("LIST", prefix, listed)?.unwrap_or_default();
+        Ok(objects
+            .into_iter()
+            .map(|m| ObjectInfo {
+                key: m.location.to_string(),
+                size: m.size,
+                last_modified: m.last_modified.into(),
+            })
+            .collect())
     }
 
     /// Whether this store enforces conditional writes, probed once per
@@ -705,6 +608,14 @@ impl Store {
             source => StoreError::from_object_store(op, key, source),
         }
     }
+}
+
+/// Whether a conditional create was refused: an object is there.
+fn exists(error: &object_store::Error) -> bool {
+    matches!(
+        error,
+        object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }
+    )
 }
 
 /// The innermost error of a chain: what actually went wrong.
@@ -804,6 +715,39 @@ mod tests {
         assert_eq!(counters.gets, 7);
         assert_eq!(counters.get_misses, 2);
         assert_eq!(counters.bytes_read, 18);
+    }
+
+    /// Faults go under the counting, so each failed attempt is a request;
+    /// the counters are the original store's; a retry policy given later
+    /// keeps the faults.
+    #[tokio::test]
+    async fn faults_and_retry_policies_stack_under_the_same_counters() {
+        let store = Store::memory();
+        let faults = Faults::new(3, Duration::from_secs(60), Duration::ZERO);
+        let faulty = store.with_faults(faults.clone());
+        faults.script(&[Some(Fault::ServerError), Some(Fault::Reset)]);
+        faulty.put("k", Bytes::from_static(b"abc")).await.unwrap();
+        let counters = store.counters();
+        assert_eq!((counters.puts, counters.retries), (3, 2));
+        assert_eq!(counters.bytes_written, 9);
+
+        let impatient = RetryPolicy {
+            min_attempts: 1,
+            max_attempts: 1,
+            ..RetryPolicy::default()
+        };
+        let once = faulty.with_retry_policy(impatient);
+        faults.script(&[Some(Fault::SlowDown)]);
+        let failed = once.get("k").await.unwrap_err();
+        assert!(failed.is_transient(), "{failed}");
+        assert_eq!(faults.injected(Fault::SlowDown), 1);
+        assert_eq!(store.counters().gets, 1);
+        // And faults given later keep the policy.
+        let once = Store::memory().with_retry_policy(impatient);
+        let faults = Faults::new(3, Duration::from_secs(60), Duration::ZERO);
+        faults.script(&[Some(Fault::ServerError)]);
+        let failed = once.with_faults(faults).get("k").await.unwrap_err();
+        assert!(failed.is_transient(), "{failed}");
     }
 
     #[tokio::test]

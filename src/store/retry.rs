@@ -1,4 +1,5 @@
-//! Retries and deadlines for every store request, in one place.
+//! How hard a store request is tried: the policy `RetryingStore`
+//! (`retrying.rs`) runs every request under.
 //!
 //! Each attempt has a deadline (`--store-timeout`), so a request the store
 //! never answers becomes a failure instead of a stuck read. A failure that

@@ -100,9 +100,10 @@ impl StoreUrl {
 fn s3_builder(bucket: &str, options: &StoreOptions) -> AmazonS3Builder {
     let mut builder = AmazonS3Builder::from_env()
         .with_bucket_name(bucket)
-        // Retries and deadlines are the Store's (store/retry.rs), for
-        // every backend alike, and so that it knows when a conditional
-        // create was retried: the client itself tries each request once.
+        // Retries and deadlines are the Store's RetryingStore's
+        // (store/retrying.rs), for every backend alike, and so that it
+        // knows when a conditional write was retried: the client itself
+        // tries each request once.
         .with_retry(RetryConfig {
             backoff: BackoffConfig::default(),
             max_retries: 0,
