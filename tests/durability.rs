@@ -42,6 +42,25 @@ async fn volume_in_memory() -> (TestStore, tempfile::TempDir) {
     (store, tempfile::tempdir().unwrap())
 }
 
+/// Volume `v` in memory, opened log-only with power cuts simulated on its
+/// cache dir: the store, the cache dir, the options to reopen it with, and
+/// the volume, shared so that tasks can flush it.
+async fn power_cut_volume() -> (TestStore, tempfile::TempDir, EngineOptions, Arc<Volume>) {
+    let (store, cache) = volume_in_memory().await;
+    engine::simulate_power_cuts(cache.path());
+    let options = log_only(cache.path());
+    let volume = Volume::open(&store.store, "v", options.clone())
+        .await
+        .unwrap();
+    (store, cache, options, Arc::new(volume))
+}
+
+/// A flush of `volume` in a task of its own.
+fn spawn_flush(volume: &Arc<Volume>) -> tokio::task::JoinHandle<engine::Result<()>> {
+    let volume = Arc::clone(volume);
+    tokio::spawn(async move { volume.flush().await })
+}
+
 /// Options that leave everything in the log: no commit unless asked.
 fn log_only(cache: &std::path::Path) -> EngineOptions {
     let mut options = engine_options(cache);
@@ -340,12 +359,9 @@ async fn a_sync_that_ends_after_a_crash_acknowledges_no_flush() {
         write_tags(&volume, 10, &[3, 4]).await;
 
         {
-            let volume = std::sync::Arc::new(volume);
+            let volume = Arc::new(volume);
             let sync = Pause::first_at("log::before_sync");
-            let leader = tokio::spawn({
-                let volume = std::sync::Arc::clone(&volume);
-                async move { volume.flush().await }
-            });
+            let leader = spawn_flush(&volume);
             sync.reached().await;
             let mut flush = std::pin::pin!(volume.flush());
             assert!(poll_once(flush.as_mut()).is_pending());
@@ -384,31 +400,16 @@ async fn a_sync_that_ends_after_a_crash_acknowledges_no_flush() {
 async fn flushes_behind_a_sync_share_the_next_one_and_keep_their_writes() {
     for seed in seeds(4) {
         let scenario = fail::FailScenario::setup();
-        let (store, cache) = volume_in_memory().await;
-        engine::simulate_power_cuts(cache.path());
-        let options = log_only(cache.path());
-        let volume = Arc::new(
-            Volume::open(&store.store, "v", options.clone())
-                .await
-                .unwrap(),
-        );
+        let (store, _cache, options, volume) = power_cut_volume().await;
         write_tags(&volume, 0, &[1]).await;
         let before = volume.counters().requests;
 
         let sync = Pause::first_at("log::before_sync");
-        let leader = tokio::spawn({
-            let volume = Arc::clone(&volume);
-            async move { volume.flush().await }
-        });
+        let leader = spawn_flush(&volume);
         sync.reached().await;
         let tags: Vec<u64> = (100..108).collect();
         write_tags(&volume, 10, &tags).await;
-        let followers: Vec<_> = (0..tags.len())
-            .map(|_| {
-                let volume = Arc::clone(&volume);
-                tokio::spawn(async move { volume.flush().await })
-            })
-            .collect();
+        let followers: Vec<_> = (0..tags.len()).map(|_| spawn_flush(&volume)).collect();
         sync.resume();
         leader.await.unwrap().unwrap();
         for follower in followers {
@@ -442,14 +443,7 @@ async fn flushes_behind_a_sync_share_the_next_one_and_keep_their_writes() {
 async fn a_flush_that_goes_away_while_leading_the_sync_leaves_its_epochs_to_the_next() {
     for seed in seeds(4) {
         let scenario = fail::FailScenario::setup();
-        let (store, cache) = volume_in_memory().await;
-        engine::simulate_power_cuts(cache.path());
-        let options = log_only(cache.path());
-        let volume = Arc::new(
-            Volume::open(&store.store, "v", options.clone())
-                .await
-                .unwrap(),
-        );
+        let (store, _cache, options, volume) = power_cut_volume().await;
         let large = Pause::first_at("log::large_record");
         let writer = tokio::spawn({
             let volume = Arc::clone(&volume);
@@ -458,10 +452,7 @@ async fn a_flush_that_goes_away_while_leading_the_sync_leaves_its_epochs_to_the_
         large.reached().await;
 
         let leads = Passed::at("log::sync_leads");
-        let leader = tokio::spawn({
-            let volume = Arc::clone(&volume);
-            async move { volume.flush().await }
-        });
+        let leader = spawn_flush(&volume);
         leads.wait().await;
         leader.abort();
         assert!(
