@@ -75,6 +75,19 @@ impl KeyEnvelope {
         Self::wrap(&data_key, new, binding)
     }
 
+    /// The same data key and password, bound to `new_binding` instead of
+    /// `old_binding`: a clone, or a copy under another name, opens with the
+    /// source's password and reads the source's objects.
+    pub fn rebind(
+        &self,
+        password: &Password,
+        old_binding: &[u8],
+        new_binding: &[u8],
+    ) -> Result<KeyEnvelope, CryptoError> {
+        let data_key = self.unwrap_data_key(password, old_binding)?;
+        Self::wrap(&data_key, password, new_binding)
+    }
+
     fn wrap(
         data_key: &[u8; KEY_LEN],
         password: &Password,
@@ -190,6 +203,20 @@ mod tests {
                 .rewrap(&password("nope"), &password("x"), b"v/1")
                 .is_err()
         );
+    }
+
+    #[test]
+    fn a_rebound_envelope_opens_the_same_keys_only_under_its_new_binding() {
+        let (envelope, keys) = KeyEnvelope::create(&password("pw"), b"v/1").unwrap();
+        let clone = envelope.rebind(&password("pw"), b"v/1", b"w/2").unwrap();
+        let opened = clone.open(&password("pw"), b"w/2").unwrap();
+        assert_eq!(
+            opened.object_id(b"x"),
+            keys.object_id(b"x"),
+            "same data key"
+        );
+        assert!(clone.open(&password("pw"), b"v/1").is_err());
+        assert!(envelope.rebind(&password("nope"), b"v/1", b"w/2").is_err());
     }
 
     #[test]

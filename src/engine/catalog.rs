@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::crypto::{KeyEnvelope, Password};
 use crate::format::{
-    self, Codec, Compression, FormatError, Root, Superblock, keys, validate_chunk_size,
+    self, Codec, Compression, FormatError, Root, RootKind, Superblock, keys, validate_chunk_size,
 };
 use crate::store::{Created, Store};
 
@@ -263,23 +263,86 @@ async fn read_root(
     generation: u64,
 ) -> Result<Option<Root>> {
     let key = keys::root(&superblock.name, generation);
-    let max = Root::max_stored_len(superblock.chunk_size, MAX_VOLUME_SIZE);
-    let Some(bytes) = store.get_at_most(&key, max).await? else {
+    let Some(root) = read_checked_root(store, superblock, codec, &key).await? else {
         return Ok(None);
     };
-    let root = Root::decode(&key, &bytes, codec)?;
-    if root.volume != superblock.uuid || root.generation != generation {
-        return Err(format::FormatError::corrupt(
+    if root.generation != generation || root.kind == RootKind::Snapshot {
+        return Err(FormatError::corrupt(
             key,
-            "it belongs to another volume or generation",
+            "it belongs to another generation, or is a snapshot",
         )
         .into());
     }
-    check_geometry(&key, root.size, root.chunk_size)?;
+    Ok(Some(root))
+}
+
+/// The snapshot `snapshot` of a volume: the root it pins.
+pub async fn read_snapshot(
+    store: &Store,
+    superblock: &Superblock,
+    codec: &Codec,
+    snapshot: &str,
+) -> Result<Root> {
+    keys::validate_snapshot_name(snapshot).map_err(EngineError::InvalidArgument)?;
+    let key = keys::snapshot(&superblock.name, snapshot);
+    let no_such = || EngineError::NoSuchSnapshot {
+        volume: superblock.name.clone(),
+        snapshot: snapshot.to_string(),
+    };
+    let root = read_checked_root(store, superblock, codec, &key)
+        .await?
+        .ok_or_else(no_such)?;
+    if root.kind != RootKind::Snapshot {
+        return Err(FormatError::corrupt(key, "it is not a snapshot").into());
+    }
+    Ok(root)
+}
+
+/// The root at `key`, refused unless it is one of this volume's, of a
+/// shape `volume create` makes.
+async fn read_checked_root(
+    store: &Store,
+    superblock: &Superblock,
+    codec: &Codec,
+    key: &str,
+) -> Result<Option<Root>> {
+    let max = Root::max_stored_len(superblock.chunk_size, MAX_VOLUME_SIZE);
+    let Some(bytes) = store.get_at_most(key, max).await? else {
+        return Ok(None);
+    };
+    let root = Root::decode(key, &bytes, codec)?;
+    if root.volume != superblock.uuid {
+        return Err(FormatError::corrupt(key, "it belongs to another volume").into());
+    }
+    check_geometry(key, root.size, root.chunk_size)?;
     if root.chunk_size != superblock.chunk_size {
-        return Err(FormatError::corrupt(&key, "its chunk size is not the volume's").into());
+        return Err(FormatError::corrupt(key, "its chunk size is not the volume's").into());
     }
     Ok(Some(root))
+}
+
+/// Marks volume `name` as one whose objects snapshots and clones may
+/// reference (superblock version 5), before the first of them is made:
+/// from then on a zeroblk that knows nothing of snapshots refuses the
+/// volume, and so its gc deletes nothing.
+pub async fn allow_snapshots(store: &Store, name: &str) -> Result<()> {
+    let key = keys::superblock(name);
+    loop {
+        let (bytes, version) = store
+            .get_versioned(&key)
+            .await?
+            .ok_or_else(|| EngineError::NoSuchVolume(name.to_string()))?;
+        let mut superblock = checked_superblock(&key, name, &bytes)?;
+        if !superblock.allow_snapshots() {
+            return Ok(());
+        }
+        let written = store
+            .replace_if_unchanged(&key, Bytes::from(superblock.encode()), &version)
+            .await?;
+        if let crate::store::Replaced::Replaced(_) = written {
+            return Ok(());
+        }
+    }
 }
 
 /// Refuses a size or chunk size that `volume create` would not have made:

@@ -19,6 +19,22 @@ pub enum EngineError {
         "volume `{0}` already exists: pick another name, or delete it first with `zeroblk volume delete {0}`"
     )]
     VolumeExists(String),
+    #[error(
+        "volume `{volume}` has no snapshot `{snapshot}`: see its snapshots with `zeroblk volume snapshot list {volume}`"
+    )]
+    NoSuchSnapshot { volume: String, snapshot: String },
+    #[error(
+        "volume `{volume}` already has a snapshot `{snapshot}`: pick another --name, or delete it first with `zeroblk volume snapshot delete {volume} {snapshot}`"
+    )]
+    SnapshotExists { volume: String, snapshot: String },
+    #[error(
+        "`{volume}@{snapshot}` is a snapshot, which is read-only: to write, clone it with `zeroblk volume clone {volume}@{snapshot} NEW`, or roll the volume back to it with `zeroblk volume rollback {volume} {snapshot}`"
+    )]
+    ReadOnlySnapshot { volume: String, snapshot: String },
+    #[error(
+        "`{what}` is read-only: it was opened without a writer's lease (--read-only or a snapshot)"
+    )]
+    ReadOnly { what: String },
     #[error("{0}")]
     InvalidArgument(String),
     #[error("{op} of {len} bytes at offset {offset} is not aligned to the {block}-byte block size")]
@@ -66,9 +82,15 @@ pub enum EngineError {
         volumes: Vec<String>,
     },
     #[error(
-        "another zeroblk gc is running (pid {pid} on {host}): let it finish; if it died, the next gc takes over once its lease is not renewed"
+        "{} holds the store's gc lease (pid {pid} on {host}): let it finish; if it died, the next one takes over once its lease is not renewed",
+        if what.is_empty() { "another zeroblk gc" } else { what.as_str() }
     )]
-    GcRunning { host: String, pid: u32 },
+    GcRunning {
+        host: String,
+        pid: u32,
+        /// What holds it, when it is not a gc (a snapshot, a clone).
+        what: String,
+    },
     #[error(
         "zeroblk gc lost its lease to another gc ({by}): it stopped before deleting anything more; run it again"
     )]
@@ -154,6 +176,10 @@ impl EngineError {
             | EngineError::GcLeaseLost { .. } => ErrorKind::Fenced,
             EngineError::NoSuchVolume(_)
             | EngineError::VolumeExists(_)
+            | EngineError::NoSuchSnapshot { .. }
+            | EngineError::SnapshotExists { .. }
+            | EngineError::ReadOnlySnapshot { .. }
+            | EngineError::ReadOnly { .. }
             | EngineError::InvalidArgument(_)
             | EngineError::Unaligned { .. }
             | EngineError::OutOfRange { .. }
@@ -178,6 +204,7 @@ impl EngineError {
             | EngineError::OutOfRange { .. }
             | EngineError::InvalidArgument(_) => libc::EINVAL,
             EngineError::Closed(_) => libc::ESHUTDOWN,
+            EngineError::ReadOnly { .. } | EngineError::ReadOnlySnapshot { .. } => libc::EROFS,
             EngineError::Fenced { .. } | EngineError::LeaseLost { .. } => libc::EROFS,
             EngineError::Leased { .. } | EngineError::GcRunning { .. } => libc::EBUSY,
             EngineError::PasswordNeeded(_)

@@ -213,13 +213,10 @@ pub async fn collect(store: &Store, options: GcOptions) -> Result<GcReport> {
         let roots = store
             .list_objects(&format!("{}/roots/", keys::volume_dir(&name)))
             .await?;
-        let newest = roots.iter().filter_map(|r| generation_of(&r.key)).max();
-        for root in roots {
-            let older = matches!((generation_of(&root.key), newest), (Some(g), Some(n)) if g < n);
-            if older && is_old(&root) {
-                old_roots.push(root);
-                continue;
-            }
+        let (kept, old) = roots_to_keep(roots, |root| !is_old(root));
+        old_roots.extend(old);
+        let snapshots = store.list_objects(&keys::snapshots_dir(&name)).await?;
+        for root in kept.iter().chain(&snapshots) {
             mark_live(store, &superblock, &codecs[&name], &root.key, &mut live).await?;
         }
     }
@@ -330,13 +327,25 @@ struct GcLease {
 
 impl GcLease {
     async fn take(store: &Store) -> Result<GcLease> {
-        let key = keys::GC_LEASE.to_string();
-        let lease = Lease::acquire_at(store, key, GC_LEASE_TTL, false)
+        GcLease::take_for(store, "")
             .await?
             .map_err(|holder| EngineError::GcRunning {
                 host: holder.host,
                 pid: holder.pid,
-            })?;
+                what: holder.purpose,
+            })
+    }
+
+    /// Takes gc's lease for `purpose` (empty: a gc), or says who holds it.
+    async fn take_for(
+        store: &Store,
+        purpose: &str,
+    ) -> Result<std::result::Result<GcLease, lease::LeaseRecord>> {
+        let key = keys::GC_LEASE.to_string();
+        let lease = match Lease::acquire_at(store, key, GC_LEASE_TTL, false, purpose).await? {
+            Ok(lease) => lease,
+            Err(holder) => return Ok(Err(holder)),
+        };
         let every = lease.renew_every();
         let lease = Arc::new(tokio::sync::Mutex::new(lease));
         let renewing = {
@@ -353,7 +362,7 @@ impl GcLease {
                 }
             })
         };
-        Ok(GcLease { lease, renewing })
+        Ok(Ok(GcLease { lease, renewing }))
     }
 
     /// Fails if another gc took the lease: this one must delete nothing.
@@ -374,6 +383,43 @@ impl GcLease {
 impl Drop for GcLease {
     fn drop(&mut self) {
         self.renewing.abort();
+    }
+}
+
+/// Keeps gc out while a snapshot, a clone or a rollback reads a root and
+/// pins it (see "Snapshots and clones" in the module documentation):
+/// gc's lease, held for a few requests. Waits while a gc runs.
+pub(super) struct GcHold(GcLease);
+
+impl GcHold {
+    /// Takes gc's lease for `purpose`, waiting for a gc (or another pin)
+    /// that holds it to finish.
+    pub(super) async fn take(store: &Store, purpose: &str) -> Result<GcHold> {
+        let mut said = false;
+        loop {
+            match GcLease::take_for(store, purpose).await? {
+                Ok(lease) => return Ok(GcHold(lease)),
+                Err(holder) => {
+                    if !said {
+                        let what = match holder.purpose.as_str() {
+                            "" => "zeroblk gc",
+                            other => other,
+                        };
+                        tracing::warn!(
+                            "waiting for {what} ({}) to finish: it holds the store's gc lease",
+                            holder.holder_name()
+                        );
+                        said = true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
+    /// Lets gc run again.
+    pub(super) async fn release(self, store: &Store) -> Result<()> {
+        self.0.release(store).await
     }
 }
 
@@ -430,6 +476,32 @@ async fn split(store: &Store, pack: &ObjectInfo, live: &Live) -> Result<()> {
         .try_collect::<Vec<()>>()
         .await?;
     Ok(())
+}
+
+/// Splits a volume's listed roots into those gc keeps and those it
+/// deletes. It keeps the newest; every root younger than the grace period;
+/// and every root whose successor (the next one listed) is, so that a root
+/// stays for the grace period after a newer one replaced it, however old it
+/// is itself: a reader that found it newest (a read in flight, a follower,
+/// a copy) has that long to finish with it. A key that names no generation
+/// is kept.
+fn roots_to_keep(
+    mut roots: Vec<ObjectInfo>,
+    is_young: impl Fn(&ObjectInfo) -> bool,
+) -> (Vec<ObjectInfo>, Vec<ObjectInfo>) {
+    roots.sort_by_key(|root| generation_of(&root.key));
+    let mut kept = Vec::new();
+    let mut old = Vec::new();
+    let mut successor_is_young = true; // the newest has none: it stays
+    for root in roots.into_iter().rev() {
+        let keep = generation_of(&root.key).is_none() || successor_is_young || is_young(&root);
+        successor_is_young = is_young(&root);
+        match keep {
+            true => kept.push(root),
+            false => old.push(root),
+        }
+    }
+    (kept, old)
 }
 
 /// The generation a root's key names (`volumes/NAME/roots/GEN`).
@@ -536,6 +608,47 @@ mod tests {
             size: 8,
             last_modified: SystemTime::UNIX_EPOCH,
         }
+    }
+
+    fn root_at(generation: u64, minutes_old: u64) -> ObjectInfo {
+        ObjectInfo {
+            key: keys::root("v", generation),
+            size: 1,
+            last_modified: SystemTime::now() - Duration::from_secs(minutes_old * 60),
+        }
+    }
+
+    #[test]
+    fn a_root_stays_for_the_grace_period_after_a_newer_one_replaced_it() {
+        let young = |root: &ObjectInfo| {
+            root.last_modified
+                .elapsed()
+                .is_ok_and(|age| age < Duration::from_secs(3600))
+        };
+        let generations = |roots: &[ObjectInfo]| {
+            let mut found: Vec<_> = roots.iter().filter_map(|r| generation_of(&r.key)).collect();
+            found.sort();
+            found
+        };
+        // Weeks old, all of them: only the newest stays.
+        let roots = vec![root_at(1, 50_000), root_at(2, 40_000), root_at(3, 30_000)];
+        let (kept, old) = roots_to_keep(roots, young);
+        assert_eq!(
+            (generations(&kept), generations(&old)),
+            (vec![3], vec![1, 2])
+        );
+        // Generation 7 is old, but 8 replaced it a minute ago: 7 stays.
+        let roots = vec![root_at(8, 1), root_at(6, 50_000), root_at(7, 40_000)];
+        let (kept, old) = roots_to_keep(roots, young);
+        assert_eq!(
+            (generations(&kept), generations(&old)),
+            (vec![7, 8], vec![6])
+        );
+        // Keys that name no generation are kept.
+        let mut stray = root_at(0, 50_000);
+        stray.key = "volumes/v/roots/junk".into();
+        let (kept, _) = roots_to_keep(vec![stray, root_at(4, 50_000)], young);
+        assert_eq!(kept.len(), 2);
     }
 
     #[test]

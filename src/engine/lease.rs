@@ -77,10 +77,14 @@ pub struct LeaseRecord {
     /// The holder gave it up: anyone may take it.
     #[serde(default)]
     pub released: bool,
+    /// What the holder does, when it is not the lease's usual holder (gc's
+    /// lease is also held by a snapshot or a clone while it pins a root).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub purpose: String,
 }
 
 impl LeaseRecord {
-    fn new(ttl: Duration) -> LeaseRecord {
+    fn new(ttl: Duration, purpose: &str) -> LeaseRecord {
         let me = ProcessId::current();
         LeaseRecord {
             holder: Uuid::new_v4(),
@@ -92,6 +96,7 @@ impl LeaseRecord {
             ttl_ms: ttl.as_millis() as u64,
             renewals: 0,
             released: false,
+            purpose: purpose.to_string(),
         }
     }
 
@@ -116,7 +121,7 @@ impl LeaseRecord {
         Duration::from_millis(self.ttl_ms).min(LONGEST_WATCH)
     }
 
-    fn holder_name(&self) -> String {
+    pub fn holder_name(&self) -> String {
         format!("pid {} on {}", self.pid, self.host)
     }
 }
@@ -148,7 +153,7 @@ impl Lease {
     /// that may be alive.
     pub async fn acquire(store: &Store, name: &str, ttl: Duration, force: bool) -> Result<Lease> {
         let key = keys::volume_file(name, "lease");
-        Lease::acquire_at(store, key, ttl, force)
+        Lease::acquire_at(store, key, ttl, force, "")
             .await?
             .map_err(|holder| EngineError::Leased {
                 name: name.to_string(),
@@ -157,15 +162,17 @@ impl Lease {
             })
     }
 
-    /// Takes the lease at `key`, unless a holder that is alive has it: then
-    /// the inner error is what the lease says of it.
+    /// Takes the lease at `key` for `purpose` (empty: the lease's usual
+    /// holder), unless a holder that is alive has it: then the inner error
+    /// is what the lease says of it.
     pub async fn acquire_at(
         store: &Store,
         key: String,
         ttl: Duration,
         force: bool,
+        purpose: &str,
     ) -> Result<std::result::Result<Lease, LeaseRecord>> {
-        let ours = LeaseRecord::new(ttl);
+        let ours = LeaseRecord::new(ttl, purpose);
         loop {
             let Some((current, version)) = read_versioned(store, &key).await? else {
                 crate::async_fail_point!("lease::before_create");

@@ -149,6 +149,7 @@ mod progress;
 mod read;
 mod resolve;
 mod shared;
+mod snapshot;
 mod stats;
 mod tenure;
 mod uploader;
@@ -165,6 +166,10 @@ pub use gc::{GcOptions, GcReport, MIN_GRACE_WHILE_ATTACHED, collect as collect_g
 pub use local::volume_dir as local_dir;
 pub use options::{Durability, EngineOptions};
 pub use read::{Extent, ReadData, ReadPart};
+pub use snapshot::{
+    SnapshotInfo, VolumeRef, create as create_snapshot, delete as delete_snapshot,
+    list as list_snapshots, open_root,
+};
 pub use stats::RequestCounts;
 pub use verify::{BadObject, VerifyReport, verify};
 #[cfg(feature = "failpoints")]

@@ -43,6 +43,14 @@ pub fn root(name: &str, generation: u64) -> String {
     format!("{VOLUMES_DIR}/{name}/roots/{generation:020}")
 }
 
+pub fn snapshots_dir(name: &str) -> String {
+    format!("{VOLUMES_DIR}/{name}/snapshots/")
+}
+
+pub fn snapshot(name: &str, snapshot: &str) -> String {
+    format!("{VOLUMES_DIR}/{name}/snapshots/{snapshot}")
+}
+
 /// Checks a volume name: it becomes part of object keys and file names.
 pub fn validate_volume_name(name: &str) -> Result<(), String> {
     let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
@@ -57,6 +65,15 @@ pub fn validate_volume_name(name: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Checks a snapshot name: the same rules as a volume's.
+pub fn validate_snapshot_name(name: &str) -> Result<(), String> {
+    validate_volume_name(name).map_err(|_| {
+        format!(
+            "`{name}` is not a snapshot name: use 1 to 64 letters, digits, '.', '_' or '-', not starting with '.' or '-'"
+        )
+    })
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! The on-store format, version 4 ([`FORMAT_VERSION`]). The volume's data
+//! The on-store format, version 5 ([`FORMAT_VERSION`]). The volume's data
 //! and map are defined here; the few small records beside them are
 //! defined where they are used, and the table below says where. Nothing
 //! else decides what a byte in the bucket means.
@@ -8,8 +8,11 @@
 //! such a volume with "upgrade zeroblk" instead of misreading it. Version 3
 //! objects are what this build writes ([`OBJECT_VERSION`]); version 4 marks
 //! the superblock of an encrypted volume, whose objects are sealed
-//! ([`codec`]). Older objects are still read, and an older volume goes on
-//! in the current version at its next commit.
+//! ([`codec`]); version 5 marks the superblock of a volume with snapshots
+//! or of a clone, whose objects are referenced from outside its roots, so
+//! that no older zeroblk's gc touches the store. Older objects are still
+//! read, and an older volume goes on in the current version at its next
+//! commit.
 //!
 //! # Objects
 //!
@@ -18,6 +21,7 @@
 //! | `volumes/NAME/superblock.json` | [`Superblock`]: format version, uuid, chunk size, compression | written once, with create-if-absent |
 //! | `volumes/NAME/roots/GEN` (20 digits) | [`Root`]: one committed generation of the chunk map | written once, with create-if-absent: the commit point |
 //! | `volumes/NAME/head` | the newest generation a writer knows of (a hint) | overwritten |
+//! | `volumes/NAME/snapshots/SNAP` | a snapshot: a [`Root`] of kind `Snapshot`, pinned until deleted (`engine/snapshot.rs`) | written once, with create-if-absent; deleted |
 //! | `pages/XX/ID` | [`MapPage`]: [`PAGE_ENTRIES`] chunk references | immutable, content addressed |
 //! | `packs/XX/ID` | chunk objects of one commit, back to back ([`pack`]) | immutable, content addressed |
 //! | `chunks/XX/ID` | a chunk object of its own | immutable, content addressed |
@@ -75,8 +79,8 @@ use std::fmt;
 
 /// The newest format version this build reads. An encrypted volume's
 /// superblock says version 4, so that a zeroblk without encryption refuses
-/// it with "upgrade zeroblk".
-pub const FORMAT_VERSION: u32 = 4;
+/// it with "upgrade zeroblk"; one with snapshots, or a clone, version 5.
+pub const FORMAT_VERSION: u32 = 5;
 /// The version of chunk objects and roots this build writes (sealed or
 /// not, their layout in the clear is that of version 3).
 pub const OBJECT_VERSION: u32 = 3;

@@ -19,7 +19,8 @@
 //! serves anything (so that a late commit of the writer it took over from
 //! cannot land); or `zeroblk gc`, whose barrier makes a commit in flight
 //! start over (see the engine's `gc`). The last two carry the map of the
-//! root before them unchanged. Roots before version 3 are commits.
+//! root before them unchanged. A snapshot is a root of its own kind, kept
+//! apart from the volume's roots. Roots before version 3 are commits.
 
 use bytes::{Buf, BufMut};
 use uuid::Uuid;
@@ -58,6 +59,10 @@ pub enum RootKind {
     /// `zeroblk gc` fenced commits in flight: the map is the generation
     /// before's.
     GcBarrier,
+    /// A snapshot (`volumes/NAME/snapshots/SNAP`): generation `generation`
+    /// pinned, `committed_at_ms` when the snapshot was taken. Never a
+    /// volume's root.
+    Snapshot,
 }
 
 impl RootKind {
@@ -66,6 +71,7 @@ impl RootKind {
             RootKind::Commit => 0,
             RootKind::Open => 1,
             RootKind::GcBarrier => 2,
+            RootKind::Snapshot => 3,
         }
     }
 
@@ -74,6 +80,7 @@ impl RootKind {
             0 => Some(RootKind::Commit),
             1 => Some(RootKind::Open),
             2 => Some(RootKind::GcBarrier),
+            3 => Some(RootKind::Snapshot),
             _ => None,
         }
     }

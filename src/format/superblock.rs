@@ -17,6 +17,11 @@ use crate::crypto::KeyEnvelope;
 
 /// The superblock version of an encrypted volume.
 const ENCRYPTED_VOLUME_VERSION: u32 = 4;
+/// The superblock version of a volume with snapshots, or a clone: its
+/// objects may be referenced from outside its roots (snapshots, other
+/// volumes), which a zeroblk older than snapshots would not see, and its
+/// gc would delete them. Encrypted or not, as `encryption` says.
+pub const SNAPSHOTS_VOLUME_VERSION: u32 = 5;
 
 const FORMAT_NAME: &str = "zeroblk-volume";
 /// No superblock is larger: a larger one is refused before it is read.
@@ -63,6 +68,15 @@ impl Superblock {
     /// What an encrypted volume's key envelope is bound to: its name and
     /// uuid. A superblock moved under another volume's name, or given
     /// another's envelope, does not open.
+    /// Marks the volume as one whose objects snapshots or clones may
+    /// reference ([`SNAPSHOTS_VOLUME_VERSION`]); says whether that changed
+    /// it.
+    pub fn allow_snapshots(&mut self) -> bool {
+        let changed = self.version < SNAPSHOTS_VOLUME_VERSION;
+        self.version = self.version.max(SNAPSHOTS_VOLUME_VERSION);
+        changed
+    }
+
     pub fn key_binding(&self) -> Vec<u8> {
         format!("{}/{}", self.name, self.uuid).into_bytes()
     }
@@ -92,7 +106,11 @@ impl Superblock {
             });
         }
         let superblock: Superblock = serde_json::from_slice(bytes).map_err(corrupt)?;
-        if superblock.encryption.is_some() != (superblock.version >= ENCRYPTED_VOLUME_VERSION) {
+        let encrypted = match superblock.version {
+            SNAPSHOTS_VOLUME_VERSION.. => superblock.encryption.is_some(),
+            version => version >= ENCRYPTED_VOLUME_VERSION,
+        };
+        if superblock.encryption.is_some() != encrypted {
             return Err(FormatError::corrupt(
                 what,
                 "its version and its encryption disagree: the bucket was changed outside zeroblk",
@@ -113,6 +131,18 @@ mod tests {
         assert!(String::from_utf8_lossy(&bytes).contains("\"compression\": \"zstd:3\""));
         assert!(!String::from_utf8_lossy(&bytes).contains("encryption"));
         assert_eq!(Superblock::decode("sb", &bytes).unwrap(), sb);
+    }
+
+    #[test]
+    fn a_volume_with_snapshots_is_version_5_encrypted_or_not() {
+        let mut clear = Superblock::new("vol", 1 << 30, 1 << 20, Compression::None);
+        assert!(clear.allow_snapshots());
+        assert!(!clear.allow_snapshots());
+        assert_eq!(clear.version, SNAPSHOTS_VOLUME_VERSION);
+        assert_eq!(Superblock::decode("sb", &clear.encode()).unwrap(), clear);
+        let mut downgraded = clear.clone();
+        downgraded.version = ENCRYPTED_VOLUME_VERSION;
+        assert!(Superblock::decode("sb", &downgraded.encode()).is_err());
     }
 
     #[test]

@@ -322,6 +322,13 @@ impl Store {
         }
     }
 
+    /// The size of the object at `key`, or `None` when there is none (a
+    /// HEAD request: no bytes are read).
+    pub async fn size_of(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        let found = self.requests.head(&Path::from(key)).await;
+        Ok(self.found("HEAD", key, found)?.map(|meta| meta.size))
+    }
+
     /// The object at `key`, or `None`; one larger than `max` bytes is
     /// refused before its bytes are read (objects from the bucket are
     /// untrusted: a huge one must not exhaust memory).

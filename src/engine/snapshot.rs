@@ -1,0 +1,321 @@
+//! Volume snapshots and clones: pinned roots, and volumes that start from
+//! one.
+//!
+//! Every commit is an immutable root over immutable, content-addressed
+//! pages and chunks, so a snapshot is a copy of a root kept apart from the
+//! volume's roots (`volumes/NAME/snapshots/SNAP`, kind `Snapshot`), and a
+//! clone is a new volume whose generation 0 lists the same pages. Neither
+//! copies data: each is a few requests, whatever the volume's size.
+//!
+//! What this promises:
+//! - **A snapshot never changes** and reads what its root read, until it
+//!   is deleted: gc marks every snapshot as it marks roots.
+//! - **A clone is independent.** It has its own uuid, roots, lease and
+//!   log; its writes make new pages and chunks, and the ones it shares are
+//!   immutable. Deleting its source, or the source's snapshots, leaves it
+//!   whole: gc keeps what any root of any volume references.
+//! - **No pin races gc.** Reading a root and writing the snapshot or
+//!   clone that pins it happen under the store's gc lease ([`GcHold`]), so
+//!   no gc lists, marks and deletes in between (see `gc`).
+//! - **Old zeroblk builds stay out.** Before the first snapshot or clone,
+//!   the volume's superblock says version 5, which a build without
+//!   snapshots refuses ("upgrade zeroblk"), so its gc cannot delete what
+//!   only a snapshot references.
+//!
+//! Taking a snapshot of a volume a writer has open is the writer's job
+//! (`Volume::snapshot`, which commits first); [`create`] pins the newest
+//! committed root.
+
+use std::fmt;
+use std::str::FromStr;
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use super::catalog::{self, superblock};
+use super::error::{EngineError, Result};
+use super::gc::GcHold;
+use crate::crypto::Password;
+use crate::format::root::now_ms;
+use crate::format::{Codec, Root, RootKind, Superblock, keys};
+use crate::store::{Created, Store};
+
+/// A volume (`NAME`) or one of its snapshots (`NAME@SNAP`), as users name
+/// what they read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeRef {
+    name: String,
+    snapshot: Option<String>,
+}
+
+impl VolumeRef {
+    /// The volume `name` itself.
+    pub fn volume(name: &str) -> VolumeRef {
+        VolumeRef {
+            name: name.to_string(),
+            snapshot: None,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn snapshot(&self) -> Option<&str> {
+        self.snapshot.as_deref()
+    }
+
+    /// The volume's name, for something that writes: a snapshot refuses.
+    pub fn writable(&self) -> Result<&str> {
+        match &self.snapshot {
+            None => Ok(&self.name),
+            Some(snapshot) => Err(EngineError::ReadOnlySnapshot {
+                volume: self.name.clone(),
+                snapshot: snapshot.clone(),
+            }),
+        }
+    }
+}
+
+impl FromStr for VolumeRef {
+    type Err = EngineError;
+
+    fn from_str(text: &str) -> Result<VolumeRef> {
+        let (name, snapshot) = match text.split_once('@') {
+            Some((name, snapshot)) => (name, Some(snapshot)),
+            None => (text, None),
+        };
+        keys::validate_volume_name(name).map_err(EngineError::InvalidArgument)?;
+        if let Some(snapshot) = snapshot {
+            keys::validate_snapshot_name(snapshot).map_err(EngineError::InvalidArgument)?;
+        }
+        Ok(VolumeRef {
+            name: name.to_string(),
+            snapshot: snapshot.map(str::to_string),
+        })
+    }
+}
+
+impl fmt::Display for VolumeRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.snapshot {
+            Some(snapshot) => write!(f, "{}@{snapshot}", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
+/// A snapshot, as `volume snapshot list` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SnapshotInfo {
+    name: String,
+    generation: u64,
+    taken_at_ms: u64,
+    size: u64,
+    /// Bytes of the volume held in non-zero chunks.
+    allocated_bytes: u64,
+    /// Bytes its chunks take in the store (compressed, before dedup).
+    stored_bytes: u64,
+    /// Stored bytes no other snapshot and not the volume's newest state
+    /// reference: about what deleting it frees (`None` until counted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exclusive_bytes: Option<u64>,
+}
+
+impl SnapshotInfo {
+    pub(super) fn of(name: &str, root: &Root) -> SnapshotInfo {
+        SnapshotInfo {
+            name: name.to_string(),
+            generation: root.generation,
+            taken_at_ms: root.committed_at_ms,
+            size: root.size,
+            allocated_bytes: root.allocated_chunks() * root.chunk_size,
+            stored_bytes: root.stored_bytes(),
+            exclusive_bytes: None,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub fn taken_at_ms(&self) -> u64 {
+        self.taken_at_ms
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn stored_bytes(&self) -> u64 {
+        self.stored_bytes
+    }
+
+    pub fn exclusive_bytes(&self) -> Option<u64> {
+        self.exclusive_bytes
+    }
+}
+
+/// What a volume (or snapshot) reads: its superblock, how its objects are
+/// opened, and the root: the newest committed one, or the snapshot's.
+pub async fn open_root(
+    store: &Store,
+    volume: &VolumeRef,
+    password: Option<Password>,
+) -> Result<(Superblock, Codec, Root)> {
+    let superblock = superblock(store, volume.name()).await?;
+    let codec = catalog::unlock_blocking(&superblock, password).await?;
+    let root = match volume.snapshot() {
+        Some(snapshot) => catalog::read_snapshot(store, &superblock, &codec, snapshot).await?,
+        None => catalog::newest_root(store, &superblock, &codec).await?,
+    };
+    Ok((superblock, codec, root))
+}
+
+/// Pins the newest committed root of volume `name` as a snapshot, named
+/// `label` or after the time. Pins only what is committed: a writer's
+/// `Volume::snapshot` commits first.
+pub async fn create(
+    store: &Store,
+    name: &str,
+    label: Option<&str>,
+    password: Option<Password>,
+) -> Result<SnapshotInfo> {
+    let superblock = superblock(store, name).await?;
+    let codec = catalog::unlock_blocking(&superblock, password).await?;
+    let hold = GcHold::take(store, &format!("a snapshot of volume {name}")).await?;
+    let pinned = async {
+        let root = catalog::newest_root(store, &superblock, &codec).await?;
+        pin(store, name, &codec, &root, label).await
+    }
+    .await;
+    hold.release(store).await?;
+    pinned
+}
+
+/// Writes `root` as snapshot `label` (or one named after the time) of
+/// volume `name`. The caller holds gc off ([`GcHold`]) from reading `root`
+/// until this returns.
+pub(super) async fn pin(
+    store: &Store,
+    name: &str,
+    codec: &Codec,
+    root: &Root,
+    label: Option<&str>,
+) -> Result<SnapshotInfo> {
+    catalog::allow_snapshots(store, name).await?;
+    let snapshot = Root {
+        kind: RootKind::Snapshot,
+        committed_at_ms: now_ms(),
+        ..root.clone()
+    };
+    let bytes = Bytes::from(snapshot.encode(codec));
+    if let Some(label) = label {
+        keys::validate_snapshot_name(label).map_err(EngineError::InvalidArgument)?;
+        return match store
+            .put_if_absent(&keys::snapshot(name, label), bytes)
+            .await?
+        {
+            Created::Created => Ok(SnapshotInfo::of(label, &snapshot)),
+            Created::AlreadyExists => Err(EngineError::SnapshotExists {
+                volume: name.to_string(),
+                snapshot: label.to_string(),
+            }),
+        };
+    }
+    let stamp = time_name(snapshot.committed_at_ms);
+    for attempt in 1.. {
+        let candidate = match attempt {
+            1 => stamp.clone(),
+            n => format!("{stamp}.{n}"),
+        };
+        let key = keys::snapshot(name, &candidate);
+        if store.put_if_absent(&key, bytes.clone()).await? == Created::Created {
+            return Ok(SnapshotInfo::of(&candidate, &snapshot));
+        }
+    }
+    unreachable!("some name is free")
+}
+
+/// `YYYY-MM-DDTHHMMSSZ`: snapshot names sort by time.
+fn time_name(at_ms: u64) -> String {
+    let at = chrono::DateTime::from_timestamp_millis(at_ms as i64).unwrap_or_default();
+    at.format("%Y-%m-%dT%H%M%SZ").to_string()
+}
+
+/// The snapshots of volume `name`, oldest first.
+pub async fn list(
+    store: &Store,
+    name: &str,
+    password: Option<Password>,
+) -> Result<Vec<SnapshotInfo>> {
+    let superblock = superblock(store, name).await?;
+    let codec = catalog::unlock_blocking(&superblock, password).await?;
+    let mut snapshots = Vec::new();
+    for key in store.list_keys(&keys::snapshots_dir(name)).await? {
+        let snapshot = key.rsplit('/').next().unwrap_or_default();
+        if keys::validate_snapshot_name(snapshot).is_err() {
+            tracing::warn!(
+                key,
+                "skipping an object under snapshots/ that is no snapshot"
+            );
+            continue;
+        }
+        match catalog::read_snapshot(store, &superblock, &codec, snapshot).await {
+            Ok(root) => snapshots.push(SnapshotInfo::of(snapshot, &root)),
+            Err(EngineError::NoSuchSnapshot { .. }) => {} // deleted since listed
+            Err(error) => return Err(error),
+        }
+    }
+    snapshots.sort_by(|a, b| (a.taken_at_ms, &a.name).cmp(&(b.taken_at_ms, &b.name)));
+    Ok(snapshots)
+}
+
+/// Deletes snapshot `snapshot` of volume `name`. What only it referenced
+/// is freed by the next gc; clones made from it keep theirs.
+pub async fn delete(store: &Store, name: &str, snapshot: &str) -> Result<()> {
+    superblock(store, name).await?;
+    keys::validate_snapshot_name(snapshot).map_err(EngineError::InvalidArgument)?;
+    let key = keys::snapshot(name, snapshot);
+    if store.size_of(&key).await?.is_none() {
+        return Err(EngineError::NoSuchSnapshot {
+            volume: name.to_string(),
+            snapshot: snapshot.to_string(),
+        });
+    }
+    store.delete(&key).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_snapshots_parse() {
+        let plain: VolumeRef = "data".parse().unwrap();
+        assert_eq!((plain.name(), plain.snapshot()), ("data", None));
+        assert_eq!(plain.writable().unwrap(), "data");
+        let snap: VolumeRef = "data@before-upgrade".parse().unwrap();
+        assert_eq!(snap.snapshot(), Some("before-upgrade"));
+        assert_eq!(snap.to_string(), "data@before-upgrade");
+        let refused = snap.writable().unwrap_err().to_string();
+        assert!(
+            refused.contains("volume clone data@before-upgrade"),
+            "{refused}"
+        );
+        for bad in ["", "@x", "data@", "data@a@b", "data@../x", "a/b"] {
+            assert!(bad.parse::<VolumeRef>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn time_names_sort_by_time() {
+        assert_eq!(time_name(0), "1970-01-01T000000Z");
+        assert!(time_name(1_800_000_000_000) > time_name(1_700_000_000_000));
+    }
+}
