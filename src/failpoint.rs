@@ -33,6 +33,9 @@
 //! | `gc::listed` | gc listed the objects, before its barriers |
 //! | `gc::marked` | gc marked what the roots reference, before it splits and deletes |
 //! | `gc::before_delete` | gc checked its lease, before its deletes |
+//! | `snapshot::pin` | a snapshot, clone or rollback holds gc's lease and read its root, before the snapshot's PUT |
+//! | `rollback::closed` | a rollback committed and closed the volume, before it takes the writer's lease |
+//! | `rollback::kept` | a rollback pinned the state it replaces, before it publishes the snapshot's map |
 
 /// A named failpoint in async code (see the module documentation).
 #[macro_export]

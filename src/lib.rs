@@ -18,6 +18,7 @@
 //! - [`inline`]: running a request where it arrived when it need not wait;
 //!   [`blocking`]: blocking work run from async code;
 //! - [`size`] and [`process`]: byte sizes, and whether a process runs;
+//!   [`retention`]: which snapshots a prune keeps (btrfs's and volumes');
 //! - [`failpoint`]: named points where tests pause or fail an actor
 //!   (compiled in only for tests).
 #![deny(unsafe_code)]
@@ -36,6 +37,7 @@ pub mod kernel_nbd;
 pub mod nbd;
 pub mod process;
 pub mod provision;
+pub mod retention;
 pub mod size;
 pub mod store;
 pub mod ublk;

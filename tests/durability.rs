@@ -745,28 +745,6 @@ async fn a_late_commit_of_a_writer_taken_over_cannot_fence_the_new_one() {
     }
 }
 
-/// Makes every object under `dirs` of the file store at `root` look two
-/// hours old, as a commit slowed down past gc's grace period would leave
-/// its uploads.
-fn age_objects(root: &std::path::Path, dirs: &[&str]) {
-    let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(2 * 3600);
-    for dir in dirs {
-        let Ok(shards) = std::fs::read_dir(root.join(dir)) else {
-            continue;
-        };
-        for object in shards
-            .flatten()
-            .flat_map(|s| std::fs::read_dir(s.path()).unwrap())
-        {
-            let file = std::fs::File::options()
-                .write(true)
-                .open(object.unwrap().path())
-                .unwrap();
-            file.set_modified(two_hours_ago).unwrap();
-        }
-    }
-}
-
 /// Path 3: gc judged age from its listing and deleted without condition,
 /// so an object a commit put in the meantime could go (a re-put of an
 /// identical chunk or page, or an upload older than the grace period on a
@@ -801,7 +779,7 @@ async fn gc_never_deletes_what_a_commit_in_flight_publishes() {
     let committing = std::sync::Arc::clone(&volume);
     let commit = tokio::spawn(async move { committing.commit().await });
     before_root.reached().await;
-    age_objects(&store_dir, &["packs", "pages", "chunks"]);
+    common::age_objects(&store_dir, &["packs", "pages", "chunks"]);
 
     // gc lists and marks; the commit's root lands before gc deletes.
     let marked = Pause::first_at("gc::marked");

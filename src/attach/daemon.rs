@@ -163,7 +163,7 @@ pub async fn run(
     tracing::info!(volume = %name, device = %device_path, "attached");
     ready(&device_path);
 
-    let requester = wait_for_detach(&control, &device_path, provision).await;
+    let requester = wait_for_detach(&control, &device_path, provision, &volume).await;
     tracing::info!(volume = %name, "detaching: disconnecting the device, then committing to the store");
     let _ = stop.send(true);
     let outcome = shut_down(device, nbd_server, &volume).await;
@@ -252,6 +252,7 @@ async fn wait_for_detach(
     control: &UnixListener,
     device: &str,
     provision: Option<&Provision>,
+    volume: &Volume,
 ) -> Option<UnixStream> {
     let mut terminate = signal(SignalKind::terminate()).ok();
     loop {
@@ -262,7 +263,23 @@ async fn wait_for_detach(
         };
         let mut requester = match accepted {
             Ok((mut stream, _)) => match control_request(&mut stream).await {
-                Ok(()) => Some(stream),
+                Ok(Request::Detach) => Some(stream),
+                Ok(Request::Commit) => {
+                    let answer = match volume.commit().await {
+                        Ok(()) => "ok\n".to_string(),
+                        Err(error) => format!("error: {error}\n"),
+                    };
+                    let _ = stream.write_all(answer.as_bytes()).await;
+                    continue;
+                }
+                Ok(Request::Snapshot(label)) => {
+                    let answer = match volume.snapshot(label.as_deref()).await {
+                        Ok(snapshot) => format!("ok {}\n", snapshot.name()),
+                        Err(error) => format!("error: {error}\n"),
+                    };
+                    let _ = stream.write_all(answer.as_bytes()).await;
+                    continue;
+                }
                 Err(refusal) => {
                     let _ = stream
                         .write_all(format!("error: {refusal}\n").as_bytes())
@@ -290,21 +307,47 @@ async fn wait_for_detach(
 /// How long a control client has to send its request.
 const CONTROL_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Reads a control request, which must be `detach`, from a client of this
-/// user (or root): at most a line of 64 bytes, within
-/// [`CONTROL_REQUEST_TIMEOUT`], so no client can hold the daemon up.
-async fn control_request(stream: &mut UnixStream) -> Result<(), String> {
+/// What a control client asks the daemon.
+#[derive(Debug, PartialEq, Eq)]
+enum Request {
+    /// `detach`: stop serving, commit everything, exit.
+    Detach,
+    /// `commit`: commit every write acknowledged so far to the store.
+    Commit,
+    /// `snapshot [LABEL]`: commit, then pin a volume snapshot; answered
+    /// with `ok NAME`.
+    Snapshot(Option<String>),
+}
+
+/// Reads a control request from a client of this user (or root): at most
+/// a line of 128 bytes, within [`CONTROL_REQUEST_TIMEOUT`], so no client
+/// can hold the daemon up.
+async fn control_request(stream: &mut UnixStream) -> Result<Request, String> {
     let me = nix::unistd::geteuid().as_raw();
     let peer = stream.peer_cred().map_err(|e| e.to_string())?.uid();
     if peer != me && peer != 0 {
         return Err(format!("user {peer} may not control this daemon"));
     }
     let mut line = String::new();
-    let mut reader = BufReader::new((&mut *stream).take(64));
+    let mut reader = BufReader::new((&mut *stream).take(128));
     match tokio::time::timeout(CONTROL_REQUEST_TIMEOUT, reader.read_line(&mut line)).await {
-        Ok(Ok(_)) if line.trim() == "detach" => Ok(()),
+        Ok(Ok(_)) if line.ends_with('\n') => parse_request(line.trim()),
         Ok(_) => Err("unknown request".into()),
         Err(_) => Err("no request within 5 s".into()),
+    }
+}
+
+fn parse_request(line: &str) -> Result<Request, String> {
+    let mut words = line.split_whitespace();
+    let request = match (words.next(), words.next()) {
+        (Some("detach"), None) => Request::Detach,
+        (Some("commit"), None) => Request::Commit,
+        (Some("snapshot"), label) => Request::Snapshot(label.map(str::to_string)),
+        _ => return Err("unknown request".into()),
+    };
+    match words.next() {
+        None => Ok(request),
+        Some(_) => Err("unknown request".into()),
     }
 }
 
@@ -339,6 +382,29 @@ async fn shut_down(
 
 /// Asks the daemon serving `record` to detach, and waits for its answer.
 pub async fn request_detach(control_socket: &PathBuf) -> Result<(), String> {
+    ask(control_socket, "detach").await.map(drop)
+}
+
+/// Asks the daemon to commit every write it acknowledged to the store.
+pub async fn request_commit(control_socket: &PathBuf) -> Result<(), String> {
+    ask(control_socket, "commit").await.map(drop)
+}
+
+/// Asks the daemon to commit its volume and pin a snapshot of it (named
+/// `label`, or after the time); returns the snapshot's name.
+pub async fn request_snapshot(
+    control_socket: &PathBuf,
+    label: Option<&str>,
+) -> Result<String, String> {
+    let request = match label {
+        Some(label) => format!("snapshot {label}"),
+        None => "snapshot".to_string(),
+    };
+    ask(control_socket, &request).await
+}
+
+/// Sends `request` to the daemon; returns what follows its `ok`.
+async fn ask(control_socket: &PathBuf, request: &str) -> Result<String, String> {
     let mut stream = UnixStream::connect(control_socket).await.map_err(|e| {
         format!(
             "cannot reach the daemon at {}: {e}",
@@ -346,7 +412,7 @@ pub async fn request_detach(control_socket: &PathBuf) -> Result<(), String> {
         )
     })?;
     stream
-        .write_all(b"detach\n")
+        .write_all(format!("{request}\n").as_bytes())
         .await
         .map_err(|e| format!("cannot talk to the daemon: {e}"))?;
     let mut answer = String::new();
@@ -355,8 +421,9 @@ pub async fn request_detach(control_socket: &PathBuf) -> Result<(), String> {
         .await
         .map_err(|e| format!("the daemon did not answer: {e}"))?;
     match answer.trim() {
-        "ok" => Ok(()),
         "" => Err("the daemon exited without answering; see its log".into()),
+        "ok" => Ok(String::new()),
+        ok if ok.starts_with("ok ") => Ok(ok[3..].to_string()),
         other => Err(other.trim_start_matches("error: ").to_string()),
     }
 }
@@ -367,7 +434,7 @@ mod tests {
 
     /// What the daemon makes of a control client that sends `sent`, then
     /// keeps its end open.
-    async fn request_of(sent: &[u8]) -> Result<(), String> {
+    async fn request_of(sent: &[u8]) -> Result<Request, String> {
         let (mut daemon_end, mut client) = UnixStream::pair().unwrap();
         let sent = sent.to_vec();
         let sending = tokio::spawn(async move {
@@ -382,7 +449,16 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn control_requests_are_bounded_in_size_and_time() {
-        assert_eq!(request_of(b"detach\n").await, Ok(()));
+        assert_eq!(request_of(b"detach\n").await, Ok(Request::Detach));
+        assert_eq!(request_of(b"commit\n").await, Ok(Request::Commit));
+        assert_eq!(request_of(b"snapshot\n").await, Ok(Request::Snapshot(None)));
+        assert_eq!(
+            request_of(b"snapshot nightly\n").await,
+            Ok(Request::Snapshot(Some("nightly".into())))
+        );
+        for bad in [&b"snapshot a b\n"[..], b"detach now\n"] {
+            assert_eq!(request_of(bad).await, Err("unknown request".into()));
+        }
         assert_eq!(request_of(b"attach\n").await, Err("unknown request".into()));
         let endless = vec![b'x'; 1 << 20];
         assert_eq!(request_of(&endless).await, Err("unknown request".into()));

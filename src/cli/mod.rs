@@ -17,6 +17,7 @@ mod provision;
 mod serve;
 mod settings;
 mod volume;
+mod volume_snapshot;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -182,7 +183,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             grace,
             json,
         } => volume::gc(&settings, dry_run, grace.into(), json).await,
-        Command::Snapshot(command) => provision::snapshot(command),
+        Command::Snapshot(command) => provision::snapshot(command).await,
         Command::Quota(command) => provision::quota(command),
         Command::ProvisionHook(command) => provision::hook(command),
     }

@@ -8,9 +8,9 @@ use anyhow::Context;
 use chrono::Utc;
 
 use crate::attach::registry;
-use crate::provision::prune::{self, Retention};
 use crate::provision::snapshot::{self, Snapshot};
 use crate::provision::{self, MountOptions, Provision, quota};
+use crate::retention::{self as prune, Retention};
 use crate::size::ByteSize;
 
 #[derive(Debug, clap::Subcommand)]
@@ -27,6 +27,11 @@ pub enum SnapshotCommand {
         label: Option<String>,
         #[arg(long)]
         writable: bool,
+        /// Also pin a snapshot of the whole volume, with the filesystem
+        /// frozen meanwhile, so the btrfs snapshot lives outside the
+        /// volume's log too (named like the btrfs snapshot, `@` left out)
+        #[arg(long)]
+        volume_snapshot: bool,
     },
     /// List snapshots (of every attached volume unless one is named)
     List {
@@ -141,6 +146,32 @@ fn mount_point(target: &str) -> anyhow::Result<PathBuf> {
     })
 }
 
+/// The volume attached here whose filesystem is mounted at `mount`.
+fn attached_at(mount: &Path) -> anyhow::Result<registry::AttachRecord> {
+    let records = registry::list(&registry::runtime_dir())?;
+    records
+        .into_iter()
+        .find(|r| r.mount_point.as_deref() == Some(mount) && r.daemon_alive())
+        .with_context(|| {
+            format!(
+                "no volume attached here is mounted at {}: --volume-snapshot needs the volume's daemon",
+                mount.display()
+            )
+        })
+}
+
+/// The volume snapshot beside btrfs snapshot `btrfs_name`: the same name
+/// without the subvolume's `@` (`@home.T.L` -> `home.T.L`, `@.T` ->
+/// `root.T`), since `@` separates a volume from its snapshot.
+fn volume_snapshot_name(btrfs_name: &str) -> String {
+    match btrfs_name.strip_prefix('@') {
+        Some(rest) if rest.starts_with('.') => format!("root{rest}"),
+        Some(rest) => rest.to_string(),
+        None => btrfs_name.to_string(),
+    }
+    .replace('@', "-")
+}
+
 /// The mount points of every attached, provisioned volume, by name.
 fn all_mount_points() -> anyhow::Result<Vec<(String, PathBuf)>> {
     Ok(registry::list(&registry::runtime_dir())?
@@ -156,18 +187,25 @@ fn targets(target: Option<String>) -> anyhow::Result<Vec<(String, PathBuf)>> {
     }
 }
 
-pub fn snapshot(command: SnapshotCommand) -> anyhow::Result<()> {
+pub async fn snapshot(command: SnapshotCommand) -> anyhow::Result<()> {
     match command {
         SnapshotCommand::Create {
             target,
             subvolume,
             label,
             writable,
+            volume_snapshot,
         } => {
             let mount = mount_point(&target)?;
             let taken =
                 snapshot::create(&mount, &subvolume, label.as_deref(), writable, Utc::now())?;
             outln!("{}", taken.path.display());
+            if volume_snapshot {
+                let record = attached_at(&mount)?;
+                let label = volume_snapshot_name(&taken.name);
+                let pinned = super::volume_snapshot::take_attached(&record, Some(&label)).await?;
+                outln!("{}@{pinned}", record.name);
+            }
         }
         SnapshotCommand::List { target, json } => list_snapshots(targets(target)?, json)?,
         SnapshotCommand::Delete { target, snapshots } => {

@@ -8,7 +8,7 @@ use super::settings::{EngineArgs, Settings};
 use anyhow::Context;
 
 use crate::crypto::Password;
-use crate::engine::{self, EngineError, NewVolume, Volume, VolumeInfo};
+use crate::engine::{self, EngineError, NewVolume, Volume, VolumeInfo, VolumeRef};
 use crate::format::{Compression, DEFAULT_CHUNK_SIZE};
 use crate::size::{ByteSize, human};
 use crate::store::Fencing;
@@ -71,6 +71,26 @@ pub enum VolumeCommand {
         /// A file whose first line is the new password (mode 600)
         #[arg(long, value_name = "FILE")]
         new_password_file: Option<std::path::PathBuf>,
+    },
+    /// Snapshots of a whole volume: create, list, delete, prune
+    #[command(subcommand)]
+    Snapshot(super::volume_snapshot::VolumeSnapshotCommand),
+    /// Make a new volume that starts from SRC (its newest state, or a
+    /// snapshot SRC@SNAP) without copying data; writes to either never show
+    /// in the other
+    Clone {
+        /// The volume, or snapshot NAME@SNAP, to start from
+        source: String,
+        /// The new volume's name
+        target: String,
+    },
+    /// Make a snapshot the volume's newest state (the volume must be
+    /// detached); what it held is kept first as snapshot pre-rollback-TIME
+    Rollback {
+        name: String,
+        snapshot: String,
+        #[command(flatten)]
+        engine: EngineArgs,
     },
     /// Grow a volume
     Resize {
@@ -199,6 +219,35 @@ pub async fn run(command: VolumeCommand, settings: &Settings) -> anyhow::Result<
             engine::rekey(&store, &name, old, &new).await?;
             outln!(
                 "volume {name}: its password is changed (its data key is not: a copy of its old superblock still opens with the old password)"
+            );
+        }
+        VolumeCommand::Snapshot(command) => {
+            super::volume_snapshot::run(command, &store, settings).await?;
+        }
+        VolumeCommand::Clone { source, target } => {
+            let source: VolumeRef = source.parse()?;
+            if source.snapshot().is_none() {
+                super::volume_snapshot::commit_if_attached_here(&store, source.name()).await?;
+            }
+            let password = settings.password().cloned();
+            let clone = engine::clone_volume(&store, &source, &target, password).await?;
+            outln!(
+                "cloned {source} as volume {target} ({}, uuid {}): no data copied; writes to either never show in the other",
+                ByteSize(clone.size),
+                clone.uuid
+            );
+        }
+        VolumeCommand::Rollback {
+            name,
+            snapshot,
+            engine,
+        } => {
+            let options = settings.engine_options(&engine)?;
+            let rolled = engine::rollback(&store, &name, &snapshot, options).await?;
+            outln!(
+                "volume {name} now holds snapshot {snapshot} (generation {}); what it held before is kept as snapshot {name}@{}",
+                rolled.generation(),
+                rolled.kept().name()
             );
         }
         VolumeCommand::Resize { name, size, engine } => {

@@ -78,14 +78,16 @@ impl KeyEnvelope {
     /// The same data key and password, bound to `new_binding` instead of
     /// `old_binding`: a clone, or a copy under another name, opens with the
     /// source's password and reads the source's objects.
+    /// Returns the new envelope and the keys both open.
     pub fn rebind(
         &self,
         password: &Password,
         old_binding: &[u8],
         new_binding: &[u8],
-    ) -> Result<KeyEnvelope, CryptoError> {
+    ) -> Result<(KeyEnvelope, VolumeKeys), CryptoError> {
         let data_key = self.unwrap_data_key(password, old_binding)?;
-        Self::wrap(&data_key, password, new_binding)
+        let envelope = Self::wrap(&data_key, password, new_binding)?;
+        Ok((envelope, VolumeKeys::derive(&data_key)))
     }
 
     fn wrap(
@@ -208,7 +210,8 @@ mod tests {
     #[test]
     fn a_rebound_envelope_opens_the_same_keys_only_under_its_new_binding() {
         let (envelope, keys) = KeyEnvelope::create(&password("pw"), b"v/1").unwrap();
-        let clone = envelope.rebind(&password("pw"), b"v/1", b"w/2").unwrap();
+        let (clone, clone_keys) = envelope.rebind(&password("pw"), b"v/1", b"w/2").unwrap();
+        assert_eq!(clone_keys.object_id(b"x"), keys.object_id(b"x"));
         let opened = clone.open(&password("pw"), b"w/2").unwrap();
         assert_eq!(
             opened.object_id(b"x"),

@@ -32,6 +32,9 @@ pub struct NewVolume {
 #[derive(Debug, Clone, Serialize)]
 pub struct VolumeInfo {
     pub name: String,
+    /// The snapshot described, for `NAME@SNAP`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
     pub uuid: String,
     pub size: u64,
     pub chunk_size: u64,
@@ -62,19 +65,7 @@ pub async fn create(store: &Store, new: &NewVolume) -> Result<Superblock> {
     keys::validate_volume_name(&new.name).map_err(EngineError::InvalidArgument)?;
     validate_size(new.size)?;
     validate_chunk_size(new.chunk_size).map_err(EngineError::InvalidArgument)?;
-    if store.get(&keys::superblock(&new.name)).await?.is_some() {
-        return Err(EngineError::VolumeExists(new.name.clone()));
-    }
-    if !store
-        .list_keys(&keys::volume_dir(&new.name))
-        .await?
-        .is_empty()
-    {
-        return Err(EngineError::InvalidArgument(format!(
-            "volume `{0}` was partly deleted: finish with `zeroblk volume delete {0}`, then create it again",
-            new.name
-        )));
-    }
+    refuse_taken_name(store, &new.name).await?;
     let mut superblock = Superblock::new(&new.name, new.size, new.chunk_size, new.compression);
     let codec = match &new.encrypt_with {
         Some(password) => {
@@ -99,6 +90,19 @@ pub async fn create(store: &Store, new: &NewVolume) -> Result<Superblock> {
         .await?;
     write_head(store, &new.name, 0).await?;
     Ok(superblock)
+}
+
+/// Fails if volume `name` exists, or was partly deleted.
+pub async fn refuse_taken_name(store: &Store, name: &str) -> Result<()> {
+    if store.get(&keys::superblock(name)).await?.is_some() {
+        return Err(EngineError::VolumeExists(name.to_string()));
+    }
+    if !store.list_keys(&keys::volume_dir(name)).await?.is_empty() {
+        return Err(EngineError::InvalidArgument(format!(
+            "volume `{name}` was partly deleted: finish with `zeroblk volume delete {name}`, then create it again"
+        )));
+    }
+    Ok(())
 }
 
 /// The names of the store's volumes, sorted.
@@ -428,13 +432,11 @@ pub async fn write_volume_file(
     Ok(())
 }
 
-/// What the store says of a volume; an encrypted one needs its password.
-pub async fn info(store: &Store, name: &str, password: Option<&Password>) -> Result<VolumeInfo> {
-    let superblock = superblock(store, name).await?;
-    let codec = unlock(&superblock, password)?;
-    let root = newest_root(store, &superblock, &codec).await?;
-    Ok(VolumeInfo {
+/// A volume's description at `root`, a snapshot's when `snapshot` names it.
+pub(super) fn describe(superblock: &Superblock, root: &Root, snapshot: Option<&str>) -> VolumeInfo {
+    VolumeInfo {
         name: superblock.name.clone(),
+        snapshot: snapshot.map(str::to_string),
         uuid: superblock.uuid.to_string(),
         size: root.size,
         chunk_size: root.chunk_size,
@@ -448,7 +450,7 @@ pub async fn info(store: &Store, name: &str, password: Option<&Password>) -> Res
         committed_at_ms: root.committed_at_ms,
         allocated_bytes: root.allocated_chunks() * root.chunk_size,
         stored_bytes: root.stored_bytes(),
-    })
+    }
 }
 
 /// Deletes a volume that no writer has open (on this host: its lock; on
@@ -521,7 +523,11 @@ mod tests {
         create(&store, &new_volume("b")).await.unwrap();
         create(&store, &new_volume("a")).await.unwrap();
         assert_eq!(list(&store).await.unwrap(), vec!["a", "b"]);
-        let info = info(&store, "a", None).await.unwrap();
+        let superblock = superblock(&store, "a").await.unwrap();
+        let root = newest_root(&store, &superblock, &Codec::clear())
+            .await
+            .unwrap();
+        let info = describe(&superblock, &root, None);
         assert_eq!(
             (info.size, info.generation, info.allocated_bytes),
             (1 << 30, 0, 0)
@@ -554,7 +560,7 @@ mod tests {
             .unwrap();
         let refused = superblock(&store, "v").await.unwrap_err().to_string();
         assert!(refused.contains("names volume `../../etc`"), "{refused}");
-        assert!(info(&store, "v", None).await.is_err());
+        assert!(superblock(&store, "v").await.is_err());
         // Deleting it removes it from the store, and nothing the tampered
         // name points at outside the cache dir.
         let top = tempfile::tempdir().unwrap();

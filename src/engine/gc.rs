@@ -1,9 +1,10 @@
 //! `zeroblk gc`: deletes what no volume needs any more.
 //!
-//! What it keeps, for every volume in the store: the newest root, and every
-//! root younger than the grace period; and every map page, chunk and pack
-//! those roots reference. Everything else under `chunks/`, `packs/` and
-//! `pages/` goes once it is older than the grace period, as do the older
+//! What it keeps, for every volume in the store: the newest root; every
+//! root younger than the grace period, or replaced (by the next one) less
+//! than the grace period ago; every snapshot; and every map page, chunk
+//! and pack those reference. Everything else under `chunks/`, `packs/` and
+//! `pages/` goes once it is older than the grace period, as do the other
 //! roots.
 //!
 //! A pack that is mostly garbage (less than half of its bytes referenced)
@@ -45,6 +46,36 @@
 //!   either such a new object or one the barrier's map references, which
 //!   gc marked. A writer that opens claims its first generation the same
 //!   way, so a barrier makes it look again.
+//!
+//! # Snapshots, clones, rollbacks and readers
+//!
+//! These reference objects they did not upload, so the argument above
+//! (every object a root references is new, or marked) does not cover them
+//! by itself.
+//!
+//! - **Pins** (a snapshot, a clone's first root, a rollback's root) read
+//!   a root and write another that references its objects. Both happen
+//!   while the pin holds gc's lease ([`GcHold`]), which a gc holds from
+//!   before its listing to after its deletes: no gc is between the two.
+//!   The root a pin reads is the newest (or a snapshot) while gc is out,
+//!   so a gc before it marked it, or, if it was published after that
+//!   gc's listing, it is covered by the argument above; a gc after it
+//!   marks the pin itself. (A gc that lost its lease deletes nothing
+//!   after it learns so; one stalled past its lease between its last
+//!   check and its deletes is the one case the lease cannot cover, as for
+//!   any lease.)
+//! - **A snapshot** stays until deleted: gc marks every snapshot. A clone
+//!   is a volume like any other, so its roots keep what it shares with its
+//!   source, whatever happens to the source and its snapshots.
+//! - **Readers of a root that is no longer the newest**: a read in flight
+//!   when a commit lands, a follower between two roots (`--follow`). gc
+//!   keeps a replaced root, and what it
+//!   references, for the grace period after the root that replaced it was
+//!   written, however old the root is itself; a reader that found it newest
+//!   has that long. A reader slower than that meets a missing object,
+//!   never wrong data (every object is checked against its name).
+//! - Old builds: a volume with snapshots or a clone says format version 5,
+//!   which a zeroblk without snapshots refuses, its gc included.
 //!
 //! Stores that ignore conditional writes (`fencing: unsupported`) could let
 //! a barrier overwrite a commit's root: gc writes none there, and the grace

@@ -383,6 +383,12 @@ pub async fn live_holder(store: &Store, name: &str) -> Result<Option<LeaseRecord
     Ok(record.filter(|r| !r.released && (!r.shares_pid_space() || r.holder_runs_here())))
 }
 
+/// Who writes volume `name` (`pid P on HOST`), if a writer that may be
+/// alive holds its lease.
+pub async fn writer_of(store: &Store, name: &str) -> Result<Option<String>> {
+    Ok(live_holder(store, name).await?.map(|r| r.holder_name()))
+}
+
 /// Whether volume `name`'s lease is held (taken and not released), by a
 /// holder alive or not; a lease that cannot be read may be.
 pub async fn is_held(store: &Store, name: &str) -> Result<bool> {

@@ -148,6 +148,7 @@ mod options;
 mod progress;
 mod read;
 mod resolve;
+mod rollback;
 mod shared;
 mod snapshot;
 mod stats;
@@ -158,17 +159,20 @@ mod volume;
 mod write;
 
 pub use catalog::{
-    MAX_VOLUME_SIZE, NewVolume, VolumeInfo, check_password, create, delete, delete_unused, info,
-    list, read_volume_file, rekey, validate_size, write_volume_file,
+    MAX_VOLUME_SIZE, NewVolume, VolumeInfo, check_password, create, delete, delete_unused, list,
+    read_volume_file, rekey, validate_size, write_volume_file,
 };
 pub use error::{EngineError, ErrorKind, Result};
 pub use gc::{GcOptions, GcReport, MIN_GRACE_WHILE_ATTACHED, collect as collect_garbage};
+pub use lease::writer_of;
 pub use local::volume_dir as local_dir;
 pub use options::{Durability, EngineOptions};
 pub use read::{Extent, ReadData, ReadPart};
+pub use rollback::{RolledBack, rollback};
 pub use snapshot::{
-    SnapshotInfo, VolumeRef, create as create_snapshot, delete as delete_snapshot,
-    list as list_snapshots, open_root,
+    SnapshotInfo, VolumeRef, clone as clone_volume, create as create_snapshot,
+    delete as delete_snapshot, info, list as list_snapshots,
+    list_with_usage as list_snapshots_with_usage, open_root, prune as prune_snapshots,
 };
 pub use stats::RequestCounts;
 pub use verify::{BadObject, VerifyReport, verify};

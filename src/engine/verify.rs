@@ -1,5 +1,5 @@
 //! `zeroblk volume verify`: fetches every map page and chunk the newest
-//! generation of a volume references, and checks each against its name
+//! generation of a volume (or a snapshot) references, and checks each against its name
 //! (the BLAKE3 hash of its contents) and the length the map recorded.
 //! A packed chunk is fetched with a ranged GET of its pack.
 
@@ -8,9 +8,9 @@ use std::collections::HashSet;
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
-use super::catalog::{newest_root, superblock, unlock_blocking};
 use super::chunks::{chunk_object, key_of};
 use super::error::{EngineError, Result};
+use super::snapshot::open_root;
 use crate::crypto::Password;
 use crate::format::{ChunkRef, Codec, PageSlot, chunk, keys, page, page::MapPage};
 use crate::store::{Store, StoreError};
@@ -42,12 +42,11 @@ pub struct BadObject {
     pub problem: String,
 }
 
-/// Reads and checks everything volume `name` references (opening it
-/// with `password`, if it is encrypted).
+/// Reads and checks everything volume `name` (or snapshot `NAME@SNAP`)
+/// references, opening it with `password` if it is encrypted.
 pub async fn verify(store: &Store, name: &str, password: Option<Password>) -> Result<VerifyReport> {
-    let superblock = superblock(store, name).await?;
-    let codec = &unlock_blocking(&superblock, password).await?;
-    let root = newest_root(store, &superblock, codec).await?;
+    let (_, codec, root) = open_root(store, &name.parse()?, password).await?;
+    let codec = &codec;
     let mut report = VerifyReport {
         name: name.to_string(),
         generation: root.generation,

@@ -9,12 +9,14 @@ use tokio::task::JoinHandle;
 
 use super::catalog;
 use super::error::{EngineError, Result};
+use super::gc::GcHold;
 use super::lease::{Holder, Lease};
 use super::local;
 use super::log::LogDir;
 use super::log::{Geometry, Replayed, replay};
 use super::options::{Durability, EngineOptions};
 use super::shared::Shared;
+use super::snapshot::{self, SnapshotInfo};
 use super::stats::RequestCounts;
 use crate::cache::{CacheCounters, DiskCache};
 use crate::format::{BLOCK_SIZE, Root, RootKind, Superblock};
@@ -216,6 +218,21 @@ impl Volume {
     pub async fn commit(&self) -> Result<()> {
         self.flush().await?;
         self.shared.commit_everything().await
+    }
+
+    /// Commits every write acknowledged before this call, then pins the
+    /// committed root as snapshot `label` (or one named after the time):
+    /// a snapshot holds at least every write acknowledged before it was
+    /// asked for. A few requests beside the commit, whatever the size.
+    pub async fn snapshot(&self, label: Option<&str>) -> Result<SnapshotInfo> {
+        self.commit().await?;
+        let store = self.shared.store();
+        let purpose = format!("a snapshot of volume {}", self.name());
+        let hold = GcHold::take(store, &purpose).await?;
+        let root = Arc::clone(self.shared.journal().view().map());
+        let pinned = snapshot::pin(store, self.name(), self.shared.codec(), &root, label).await;
+        hold.release(store).await?;
+        pinned
     }
 
     /// Flushes, commits everything to the store and stops the volume's

@@ -19,9 +19,9 @@
 
 pub mod btrfs;
 mod command;
+pub mod freeze;
 pub mod mount;
 pub mod nfs;
-pub mod prune;
 pub mod quota;
 pub mod snapshot;
 

@@ -75,6 +75,12 @@ impl TestStore {
         }
     }
 
+    /// The directory of a local store (`file://`).
+    #[allow(dead_code)]
+    pub fn dir(&self) -> Option<&Path> {
+        self._dir.as_ref().map(|dir| dir.path())
+    }
+
     /// The same store reopened from its URL (a new process would do this).
     pub fn reopen(&self) -> Store {
         match self.backend {
@@ -275,6 +281,32 @@ fn http_request(endpoint: &str, method: &str, path: &str) -> String {
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
     response.lines().next().unwrap_or("").to_string()
+}
+
+/// Makes every file under `dirs` of the file store at `root` look two
+/// hours old (older than any grace period the tests use), as a slow
+/// commit, or objects left long ago, would look to gc.
+pub fn age_objects(root: &Path, dirs: &[&str]) {
+    let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(2 * 3600);
+    fn files(dir: &Path) -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        let mut found = Vec::new();
+        for path in entries.map(|e| e.unwrap().path()) {
+            match path.is_dir() {
+                true => found.extend(files(&path)),
+                false => found.push(path),
+            }
+        }
+        found
+    }
+    for dir in dirs {
+        for file in files(&root.join(dir)) {
+            let file = std::fs::File::options().write(true).open(file).unwrap();
+            file.set_modified(two_hours_ago).unwrap();
+        }
+    }
 }
 
 /// A block of test data: `tag` repeated, so a read tells which write it

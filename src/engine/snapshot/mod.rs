@@ -26,18 +26,24 @@
 //! (`Volume::snapshot`, which commits first); [`create`] pins the newest
 //! committed root.
 
+mod clone;
+mod usage;
+
+pub use clone::clone;
+
 use std::fmt;
 use std::str::FromStr;
 
 use bytes::Bytes;
 use serde::Serialize;
 
-use super::catalog::{self, superblock};
+use super::catalog::{self, VolumeInfo, superblock};
 use super::error::{EngineError, Result};
 use super::gc::GcHold;
 use crate::crypto::Password;
 use crate::format::root::now_ms;
 use crate::format::{Codec, Root, RootKind, Superblock, keys};
+use crate::retention::{self, Retention};
 use crate::store::{Created, Store};
 
 /// A volume (`NAME`) or one of its snapshots (`NAME@SNAP`), as users name
@@ -169,11 +175,31 @@ pub async fn open_root(
 ) -> Result<(Superblock, Codec, Root)> {
     let superblock = superblock(store, volume.name()).await?;
     let codec = catalog::unlock_blocking(&superblock, password).await?;
-    let root = match volume.snapshot() {
-        Some(snapshot) => catalog::read_snapshot(store, &superblock, &codec, snapshot).await?,
-        None => catalog::newest_root(store, &superblock, &codec).await?,
-    };
+    let root = root_of(store, volume, &superblock, &codec).await?;
     Ok((superblock, codec, root))
+}
+
+/// What the store says of a volume, or of a snapshot (`NAME@SNAP`); an
+/// encrypted one needs its password.
+pub async fn info(store: &Store, name: &str, password: Option<&Password>) -> Result<VolumeInfo> {
+    let volume: VolumeRef = name.parse()?;
+    let superblock = superblock(store, volume.name()).await?;
+    let codec = catalog::unlock(&superblock, password)?;
+    let root = root_of(store, &volume, &superblock, &codec).await?;
+    Ok(catalog::describe(&superblock, &root, volume.snapshot()))
+}
+
+/// The root `volume` names: its snapshot's, or the newest committed one.
+async fn root_of(
+    store: &Store,
+    volume: &VolumeRef,
+    superblock: &Superblock,
+    codec: &Codec,
+) -> Result<Root> {
+    match volume.snapshot() {
+        Some(snapshot) => catalog::read_snapshot(store, superblock, codec, snapshot).await,
+        None => catalog::newest_root(store, superblock, codec).await,
+    }
 }
 
 /// Pins the newest committed root of volume `name` as a snapshot, named
@@ -208,6 +234,7 @@ pub(super) async fn pin(
     label: Option<&str>,
 ) -> Result<SnapshotInfo> {
     catalog::allow_snapshots(store, name).await?;
+    crate::async_fail_point!("snapshot::pin");
     let snapshot = Root {
         kind: RootKind::Snapshot,
         committed_at_ms: now_ms(),
@@ -242,7 +269,7 @@ pub(super) async fn pin(
 }
 
 /// `YYYY-MM-DDTHHMMSSZ`: snapshot names sort by time.
-fn time_name(at_ms: u64) -> String {
+pub(super) fn time_name(at_ms: u64) -> String {
     let at = chrono::DateTime::from_timestamp_millis(at_ms as i64).unwrap_or_default();
     at.format("%Y-%m-%dT%H%M%SZ").to_string()
 }
@@ -255,8 +282,40 @@ pub async fn list(
 ) -> Result<Vec<SnapshotInfo>> {
     let superblock = superblock(store, name).await?;
     let codec = catalog::unlock_blocking(&superblock, password).await?;
+    let snapshots = list_opened(store, &superblock, &codec).await?;
+    Ok(snapshots.into_iter().map(|(info, _)| info).collect())
+}
+
+/// The snapshots of volume `name`, oldest first, each with the stored
+/// bytes only it holds (which reads every map page they list).
+pub async fn list_with_usage(
+    store: &Store,
+    name: &str,
+    password: Option<Password>,
+) -> Result<Vec<SnapshotInfo>> {
+    let superblock = superblock(store, name).await?;
+    let codec = catalog::unlock_blocking(&superblock, password).await?;
+    let mut snapshots = list_opened(store, &superblock, &codec).await?;
+    let roots: Vec<Root> = snapshots.iter().map(|(_, root)| root.clone()).collect();
+    let newest = catalog::newest_root(store, &superblock, &codec).await?;
+    let alone = usage::exclusive_bytes(store, &codec, &roots, &newest).await?;
+    for ((info, _), bytes) in snapshots.iter_mut().zip(alone) {
+        info.exclusive_bytes = Some(bytes);
+    }
+    Ok(snapshots.into_iter().map(|(info, _)| info).collect())
+}
+
+/// The snapshots of a volume and their roots, oldest first.
+async fn list_opened(
+    store: &Store,
+    superblock: &Superblock,
+    codec: &Codec,
+) -> Result<Vec<(SnapshotInfo, Root)>> {
     let mut snapshots = Vec::new();
-    for key in store.list_keys(&keys::snapshots_dir(name)).await? {
+    for key in store
+        .list_keys(&keys::snapshots_dir(&superblock.name))
+        .await?
+    {
         let snapshot = key.rsplit('/').next().unwrap_or_default();
         if keys::validate_snapshot_name(snapshot).is_err() {
             tracing::warn!(
@@ -265,14 +324,49 @@ pub async fn list(
             );
             continue;
         }
-        match catalog::read_snapshot(store, &superblock, &codec, snapshot).await {
-            Ok(root) => snapshots.push(SnapshotInfo::of(snapshot, &root)),
+        match catalog::read_snapshot(store, superblock, codec, snapshot).await {
+            Ok(root) => snapshots.push((SnapshotInfo::of(snapshot, &root), root)),
             Err(EngineError::NoSuchSnapshot { .. }) => {} // deleted since listed
             Err(error) => return Err(error),
         }
     }
-    snapshots.sort_by(|a, b| (a.taken_at_ms, &a.name).cmp(&(b.taken_at_ms, &b.name)));
+    snapshots.sort_by(|(a, _), (b, _)| (a.taken_at_ms, &a.name).cmp(&(b.taken_at_ms, &b.name)));
     Ok(snapshots)
+}
+
+/// Deletes the snapshots of volume `name` that `retention` does not keep,
+/// weighed by the time each was taken; with `dry_run`, only says which.
+/// Returns their names, oldest first.
+pub async fn prune(
+    store: &Store,
+    name: &str,
+    retention: &Retention,
+    dry_run: bool,
+    password: Option<Password>,
+) -> Result<Vec<String>> {
+    if retention.keeps_nothing() {
+        return Err(EngineError::InvalidArgument(
+            "a prune that keeps nothing would delete every snapshot: give at least one of --keep-hourly, --keep-daily, --keep-weekly or --keep-monthly".into(),
+        ));
+    }
+    let snapshots = list(store, name, password).await?;
+    let times: Vec<_> = snapshots
+        .iter()
+        .map(|s| chrono::DateTime::from_timestamp_millis(s.taken_at_ms as i64).unwrap_or_default())
+        .collect();
+    let kept = retention::keep(&times, retention);
+    let doomed: Vec<String> = snapshots
+        .into_iter()
+        .enumerate()
+        .filter(|(index, _)| !kept.contains(index))
+        .map(|(_, snapshot)| snapshot.name)
+        .collect();
+    if !dry_run {
+        for snapshot in &doomed {
+            delete(store, name, snapshot).await?;
+        }
+    }
+    Ok(doomed)
 }
 
 /// Deletes snapshot `snapshot` of volume `name`. What only it referenced

@@ -1,10 +1,11 @@
 //! Snapshot retention: which snapshots `snapshot prune --keep-hourly 24
-//! --keep-daily 7 --keep-weekly 4 --keep-monthly 12` keeps.
+//! --keep-daily 7 --keep-weekly 4 --keep-monthly 12` keeps, for btrfs
+//! snapshots and volume snapshots alike.
 //!
 //! Each rule keeps the newest snapshot of each of its N most recent
 //! periods (UTC hours, days, ISO weeks, months) that have a snapshot; a
-//! snapshot kept by any rule stays. Rules apply to each subvolume's
-//! snapshots separately. The decision is a pure function of the snapshots'
+//! snapshot kept by any rule stays. Callers apply the rules to each set
+//! of snapshots separately (a btrfs subvolume's, a volume's). The decision is a pure function of the snapshots'
 //! times, so running prune twice, or from two timers at once, deletes
 //! nothing more.
 
