@@ -299,20 +299,8 @@ fn check_volume(backend: Backend, durability: Durability, encrypted: bool, ops: 
     runtime.block_on(run(backend, durability, encrypted, ops));
 }
 
-fn cases(default: u32) -> ProptestConfig {
-    let cases = std::env::var("ZEROBLK_MODEL_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default);
-    ProptestConfig {
-        cases,
-        max_shrink_iters: 200,
-        ..ProptestConfig::default()
-    }
-}
-
 proptest! {
-    #![proptest_config(cases(48))]
+    #![proptest_config(common::model_cases(48))]
     #[test]
     fn memory_store_local_durability(ops in prop::collection::vec(op(), 1..60)) {
         check(Backend::Memory, Durability::Local, ops);
@@ -325,7 +313,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(cases(16))]
+    #![proptest_config(common::model_cases(16))]
     #[test]
     fn file_store(ops in prop::collection::vec(op(), 1..60), remote in any::<bool>()) {
         let durability = if remote { Durability::Remote } else { Durability::Local };

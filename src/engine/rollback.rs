@@ -20,9 +20,8 @@ use super::error::{EngineError, Result};
 use super::gc::GcHold;
 use super::lease::Lease;
 use super::options::EngineOptions;
-use super::snapshot::{self, SnapshotInfo};
+use super::snapshot::{self, Naming, SnapshotInfo};
 use super::volume::Volume;
-use crate::format::root::now_ms;
 use crate::format::{Codec, Root, RootKind};
 use crate::store::Store;
 
@@ -79,8 +78,10 @@ async fn replace_newest(
     let superblock = superblock(store, name).await?;
     let newest = catalog::newest_root(store, &superblock, codec).await?;
     let wanted = catalog::read_snapshot(store, &superblock, codec, target).await?;
-    let label = format!("pre-rollback-{}", snapshot::time_name(now_ms()));
-    let kept = snapshot::pin(store, name, codec, &newest, Some(&label)).await?;
+    let naming = Naming::Time {
+        prefix: "pre-rollback-",
+    };
+    let kept = snapshot::pin(store, name, codec, &newest, naming).await?;
     crate::async_fail_point!("rollback::kept");
     let next = Root {
         size: wanted.size,
@@ -89,8 +90,9 @@ async fn replace_newest(
     };
     if !catalog::publish_root(store, name, codec, &next).await? {
         return Err(EngineError::InvalidArgument(format!(
-            "volume `{name}` was committed by someone else during the rollback (generation {} exists): nothing was rolled back, and its state is kept as snapshot {label}; detach it everywhere, then roll back again",
-            next.generation
+            "volume `{name}` was committed by someone else during the rollback (generation {} exists): nothing was rolled back, and its state is kept as snapshot {}; detach it everywhere, then roll back again",
+            next.generation,
+            kept.name()
         )));
     }
     Ok(RolledBack {

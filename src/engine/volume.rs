@@ -230,7 +230,8 @@ impl Volume {
         let purpose = format!("a snapshot of volume {}", self.name());
         let hold = GcHold::take(store, &purpose).await?;
         let root = Arc::clone(self.shared.journal().view().map());
-        let pinned = snapshot::pin(store, self.name(), self.shared.codec(), &root, label).await;
+        let naming = snapshot::Naming::label_or_time(label);
+        let pinned = snapshot::pin(store, self.name(), self.shared.codec(), &root, naming).await;
         hold.release(store).await?;
         pinned
     }

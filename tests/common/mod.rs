@@ -283,6 +283,20 @@ fn http_request(endpoint: &str, method: &str, path: &str) -> String {
     response.lines().next().unwrap_or("").to_string()
 }
 
+/// Proptest's settings for the model tests: `default` cases, or
+/// `ZEROBLK_MODEL_CASES` (the soak runs more).
+pub fn model_cases(default: u32) -> proptest::prelude::ProptestConfig {
+    let cases = std::env::var("ZEROBLK_MODEL_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default);
+    proptest::prelude::ProptestConfig {
+        cases,
+        max_shrink_iters: 200,
+        ..proptest::prelude::ProptestConfig::default()
+    }
+}
+
 /// Makes every file under `dirs` of the file store at `root` look two
 /// hours old (older than any grace period the tests use), as a slow
 /// commit, or objects left long ago, would look to gc.

@@ -216,23 +216,46 @@ pub async fn create(
     let hold = GcHold::take(store, &format!("a snapshot of volume {name}")).await?;
     let pinned = async {
         let root = catalog::newest_root(store, &superblock, &codec).await?;
-        pin(store, name, &codec, &root, label).await
+        pin(store, name, &codec, &root, Naming::label_or_time(label)).await
     }
     .await;
     hold.release(store).await?;
     pinned
 }
 
-/// Writes `root` as snapshot `label` (or one named after the time) of
-/// volume `name`. The caller holds gc off ([`GcHold`]) from reading `root`
-/// until this returns.
+/// What a new snapshot is called.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Naming<'a> {
+    /// Exactly this; refused if taken.
+    Label(&'a str),
+    /// `PREFIX` and the time (`YYYY-MM-DDTHHMMSSZ`), then `.2`, `.3`...
+    /// if that is taken.
+    Time { prefix: &'static str },
+}
+
+impl<'a> Naming<'a> {
+    /// `label`, or the time.
+    pub(super) fn label_or_time(label: Option<&'a str>) -> Naming<'a> {
+        match label {
+            Some(label) => Naming::Label(label),
+            None => Naming::Time { prefix: "" },
+        }
+    }
+}
+
+/// Writes `root` as a snapshot of volume `name`, named as `naming` says.
+/// The caller holds gc off ([`GcHold`]) from reading `root` until this
+/// returns.
 pub(super) async fn pin(
     store: &Store,
     name: &str,
     codec: &Codec,
     root: &Root,
-    label: Option<&str>,
+    naming: Naming<'_>,
 ) -> Result<SnapshotInfo> {
+    if let Naming::Label(label) = naming {
+        keys::validate_snapshot_name(label).map_err(EngineError::InvalidArgument)?;
+    }
     catalog::allow_snapshots(store, name).await?;
     crate::async_fail_point!("snapshot::pin");
     let snapshot = Root {
@@ -241,20 +264,19 @@ pub(super) async fn pin(
         ..root.clone()
     };
     let bytes = Bytes::from(snapshot.encode(codec));
-    if let Some(label) = label {
-        keys::validate_snapshot_name(label).map_err(EngineError::InvalidArgument)?;
-        return match store
-            .put_if_absent(&keys::snapshot(name, label), bytes)
-            .await?
-        {
-            Created::Created => Ok(SnapshotInfo::of(label, &snapshot)),
-            Created::AlreadyExists => Err(EngineError::SnapshotExists {
-                volume: name.to_string(),
-                snapshot: label.to_string(),
-            }),
-        };
-    }
-    let stamp = time_name(snapshot.committed_at_ms);
+    let stamp = match naming {
+        Naming::Label(label) => {
+            let key = keys::snapshot(name, label);
+            return match store.put_if_absent(&key, bytes).await? {
+                Created::Created => Ok(SnapshotInfo::of(label, &snapshot)),
+                Created::AlreadyExists => Err(EngineError::SnapshotExists {
+                    volume: name.to_string(),
+                    snapshot: label.to_string(),
+                }),
+            };
+        }
+        Naming::Time { prefix } => format!("{prefix}{}", time_name(snapshot.committed_at_ms)),
+    };
     for attempt in 1.. {
         let candidate = match attempt {
             1 => stamp.clone(),
@@ -269,7 +291,7 @@ pub(super) async fn pin(
 }
 
 /// `YYYY-MM-DDTHHMMSSZ`: snapshot names sort by time.
-pub(super) fn time_name(at_ms: u64) -> String {
+fn time_name(at_ms: u64) -> String {
     let at = chrono::DateTime::from_timestamp_millis(at_ms as i64).unwrap_or_default();
     at.format("%Y-%m-%dT%H%M%SZ").to_string()
 }
