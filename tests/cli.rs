@@ -123,15 +123,106 @@ fn volume_lifecycle(zb: &Zeroblk) {
     zb.fails(&["volume", "delete", "logs"], "does not exist");
 }
 
+fn snapshot_lifecycle(zb: &Zeroblk) {
+    zb.ok(&["volume", "create", "vol", "--size", "2T"]);
+    let started = std::time::Instant::now();
+    let named = zb.ok(&["volume", "snapshot", "create", "vol", "--name", "base"]);
+    assert_eq!(named.trim(), "base");
+    let timed = zb.ok(&["volume", "snapshot", "create", "vol"]);
+    assert!(timed.trim().ends_with('Z'), "named after the time: {timed}");
+    zb.fails(
+        &["volume", "snapshot", "create", "vol", "--name", "base"],
+        "already has a snapshot `base`",
+    );
+    let listed: serde_json::Value =
+        serde_json::from_str(&zb.ok(&["volume", "snapshot", "list", "vol", "--json"])).unwrap();
+    let names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["base", timed.trim()]);
+    assert!(listed[0]["generation"].is_u64() && listed[0]["exclusive_bytes"].is_u64());
+    let table = zb.ok(&["volume", "snapshot", "list", "vol"]);
+    assert!(
+        table.contains("ONLY HERE") && table.contains("base"),
+        "{table}"
+    );
+
+    let info: serde_json::Value =
+        serde_json::from_str(&zb.ok(&["volume", "info", "vol@base", "--json"])).unwrap();
+    assert_eq!(
+        (info["snapshot"].as_str(), info["size"].as_u64()),
+        (Some("base"), Some(2 << 40))
+    );
+    zb.ok(&["volume", "verify", "vol@base"]);
+
+    let cloned = zb.ok(&["volume", "clone", "vol@base", "copy"]);
+    assert!(cloned.contains("no data copied"), "{cloned}");
+    zb.ok(&["volume", "clone", "vol", "copy2"]);
+    zb.fails(&["volume", "clone", "vol@base", "copy"], "already exists");
+    zb.fails(
+        &["volume", "clone", "vol@nope", "other"],
+        "has no snapshot `nope`",
+    );
+    zb.fails(&["volume", "info", "vol@nope"], "has no snapshot `nope`");
+    zb.fails(
+        &["volume", "resize", "vol@base", "--size", "3T"],
+        "read-only",
+    );
+    zb.fails(
+        &["volume", "snapshot", "delete", "vol", "nope"],
+        "has no snapshot",
+    );
+    eprintln!(
+        "snapshots and clones of a 2 TiB volume: {:?}",
+        started.elapsed()
+    );
+
+    let rolled = zb.ok(&["volume", "rollback", "vol", "base"]);
+    assert!(rolled.contains("pre-rollback-"), "{rolled}");
+    zb.fails(
+        &["volume", "rollback", "vol", "nope"],
+        "has no snapshot `nope`",
+    );
+
+    let dry = zb.ok(&[
+        "volume",
+        "snapshot",
+        "prune",
+        "vol",
+        "--keep-daily",
+        "1",
+        "--dry-run",
+    ]);
+    assert_eq!(
+        dry.matches("would delete").count(),
+        2,
+        "keeps the newest of today: {dry}"
+    );
+    zb.fails(&["volume", "snapshot", "prune", "vol"], "keeps nothing");
+    zb.ok(&["volume", "snapshot", "prune", "vol", "--keep-daily", "1"]);
+    let left: serde_json::Value =
+        serde_json::from_str(&zb.ok(&["volume", "snapshot", "list", "vol", "--json"])).unwrap();
+    assert_eq!(left.as_array().unwrap().len(), 1);
+    zb.ok(&["volume", "delete", "vol"]);
+    zb.ok(&["gc", "--grace", "0s"]);
+    zb.ok(&["volume", "verify", "copy"]);
+}
+
 #[test]
 fn volume_commands_on_a_local_directory() {
     let (zb, _dir) = Zeroblk::file();
     volume_lifecycle(&zb);
+    snapshot_lifecycle(&zb);
 }
 
 #[test]
 fn volume_commands_on_s3() {
-    volume_lifecycle(&Zeroblk::s3());
+    let zb = Zeroblk::s3();
+    volume_lifecycle(&zb);
+    snapshot_lifecycle(&zb);
 }
 
 #[test]

@@ -123,6 +123,13 @@ pub async fn list(store: &Store) -> Result<Vec<String>> {
 }
 
 pub async fn superblock(store: &Store, name: &str) -> Result<Superblock> {
+    if let Some((volume, snapshot)) = name.split_once('@') {
+        // What reads accepts NAME@SNAP before it gets here: this writes.
+        return Err(EngineError::ReadOnlySnapshot {
+            volume: volume.to_string(),
+            snapshot: snapshot.to_string(),
+        });
+    }
     keys::validate_volume_name(name).map_err(EngineError::InvalidArgument)?;
     let key = keys::superblock(name);
     let bytes = store
