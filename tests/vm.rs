@@ -116,6 +116,11 @@ fn provision_btrfs_snapshots_and_nfs_over_ublk() {
 }
 
 #[test]
+fn volume_snapshots_of_a_mounted_btrfs_clone_into_checkable_filesystems() {
+    run_in_vm("volume_snapshots.sh");
+}
+
+#[test]
 fn detach_after_recovering_a_mounted_volume_over_ublk() {
     run_in_vm("recover_mounted.sh");
 }
