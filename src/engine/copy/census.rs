@@ -32,8 +32,13 @@ pub(super) async fn sizes(
 }
 
 async fn heads(store: &Store, keys: &[String]) -> Result<HashMap<String, u64>, StoreError> {
-    let found: Vec<(String, Option<u64>)> = futures::stream::iter(keys)
-        .map(|key| async move { Ok::<_, StoreError>((key.clone(), store.size_of(key).await?)) })
+    // Owned keys: a stream of futures borrowing its items is not `Send`
+    // for every lifetime, which a spawned task needs.
+    let found: Vec<(String, Option<u64>)> = futures::stream::iter(keys.to_vec())
+        .map(|key| async move {
+            let size = store.size_of(&key).await?;
+            Ok::<_, StoreError>((key, size))
+        })
         .buffer_unordered(CONCURRENCY)
         .try_collect()
         .await?;
@@ -45,9 +50,12 @@ async fn heads(store: &Store, keys: &[String]) -> Result<HashMap<String, u64>, S
 
 async fn listed(store: &Store, keys: &[String]) -> Result<HashMap<String, u64>, StoreError> {
     let wanted: HashSet<&str> = keys.iter().map(String::as_str).collect();
-    let folders: BTreeSet<&str> = keys.iter().filter_map(|key| folder_of(key)).collect();
+    let folders: BTreeSet<String> = keys
+        .iter()
+        .filter_map(|key| Some(folder_of(key)?.to_string()))
+        .collect();
     let listings: Vec<_> = futures::stream::iter(folders)
-        .map(|folder| store.list_objects(folder))
+        .map(|folder| async move { store.list_objects(&folder).await })
         .buffer_unordered(CONCURRENCY)
         .try_collect()
         .await?;

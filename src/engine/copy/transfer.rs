@@ -46,8 +46,11 @@ impl<'a> Copier<'a> {
         needed: &[Needed],
         progress: &dyn CopyProgress,
     ) -> Result<(), CopyError> {
-        futures::stream::iter(needed)
-            .map(|need| async move {
+        // By index: a stream of futures borrowing its items is not `Send`
+        // for every lifetime, which a spawned task needs.
+        futures::stream::iter(0..needed.len())
+            .map(|n| async move {
+                let need = &needed[n];
                 self.one(need).await?;
                 progress.copied(need.size());
                 Ok::<_, CopyError>(())
