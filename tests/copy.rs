@@ -266,20 +266,23 @@ async fn an_interrupted_copy_goes_on_where_it_stopped() {
     let before = dest.store.counters().bytes_written;
     let resumed = copy(&source.store, &dest.store, "data@s1", None).await;
     let uploaded = dest.store.counters().bytes_written - before;
-    let total = resumed.verified(); // every object the snapshot references
-    assert_eq!(resumed.already_there().objects(), left.len() as u64);
-    assert_eq!(
-        resumed.copied().total().objects(),
-        total - left.len() as u64
-    );
+    // Writes of a local directory run on threads of their own, which may
+    // still land an object or two after the copy stopped: at least `left`.
+    let there = resumed.already_there().objects();
     assert!(
-        resumed.copied().total().objects() > 0,
-        "something was left to copy"
+        there >= left.len() as u64,
+        "{there} found of {}",
+        left.len()
     );
+    let copied = resumed.copied().total();
+    assert_eq!(copied.objects() + there, resumed.verified(), "the rest");
+    assert!(copied.objects() > 0, "something was left to copy");
     assert!(
-        uploaded < snapshot.stored_bytes(),
-        "{uploaded} bytes: not everything again"
+        uploaded >= copied.bytes() && uploaded < copied.bytes() + (64 << 10),
+        "{uploaded} bytes uploaded for {} bytes copied: nothing found there again",
+        copied.bytes()
     );
+    assert!(uploaded < snapshot.stored_bytes());
     assert_eq!(resumed.copied_again().objects(), 0);
     assert_eq!(
         read_all(&dest.reopen(), "data", None).await,
@@ -337,7 +340,7 @@ async fn a_gc_at_the_destination_during_a_copy_takes_nothing_it_needs() {
     assert!(data_objects(&dest.store).await.is_empty());
     pause.resume();
     let report = resumed.await.unwrap().unwrap();
-    assert_eq!(report.already_there().objects(), left);
+    assert!(report.already_there().objects() >= left);
     assert_eq!(report.copied_again().objects(), report.verified());
     verify_clean(&dest.store, "data", None).await;
     assert_eq!(
@@ -501,6 +504,10 @@ async fn the_command_line_copies_to_s3_and_back() {
         stderr.contains("already holds a different volume named `data`"),
         "{stderr}"
     );
+    let snapshots = engine::list_snapshots(&other.store, "data", None)
+        .await
+        .unwrap();
+    assert!(snapshots.is_empty(), "a refused copy takes no snapshot");
     let stderr = zeroblk_fails(
         &source.url,
         cache.path(),

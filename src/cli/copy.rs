@@ -60,10 +60,23 @@ pub async fn run(args: CopyArgs, settings: &Settings) -> anyhow::Result<()> {
     let request = CopyRequest::new(args.source, args.destination.as_deref())?
         .with_password(settings.password().cloned())
         .with_dry_run(args.dry_run);
-    let bar = Bar::on_terminal(!args.dry_run);
-    let copied = engine::copy_volume(&from, &to, &request, &bar).await;
-    bar.clear();
-    let report = copied?;
+    let watch = Watch::new(!args.dry_run, args.json);
+    let copied = engine::copy_volume(&from, &to, &request, &watch).await;
+    watch.clear();
+    let report = match (copied, watch.taken()) {
+        (Ok(report), _) => report,
+        (Err(error), None) => return Err(error.into()),
+        (Err(error), Some(snapshot)) => {
+            let other = match (&args.to, &args.from) {
+                (Some(url), _) => format!("--to {url}"),
+                (_, url) => format!("--from {}", url.as_deref().unwrap_or_default()),
+            };
+            let dest = args.destination.as_deref().unwrap_or_default();
+            return Err(anyhow::Error::new(error).context(format!(
+                "the copy of {snapshot} stopped; `zeroblk volume copy {snapshot} {other} {dest}` goes on where it stopped"
+            )));
+        }
+    };
     match args.json {
         true => outln!("{}", serde_json::to_string_pretty(&report)?),
         false => print(&report),
@@ -83,9 +96,6 @@ fn other_store(url: &str, settings: &Settings) -> anyhow::Result<Store> {
 }
 
 fn print(report: &CopyReport) {
-    if report.snapshot_taken() {
-        outln!("took snapshot {}", report.source());
-    }
     let copied = report.copied();
     let there = report.already_there();
     if report.dry_run() {
@@ -131,40 +141,63 @@ fn print(report: &CopyReport) {
     );
 }
 
-/// A progress bar of the bytes copied, on stderr when it is a terminal.
-struct Bar(Option<ProgressBar>);
+/// What a copy shows as it runs: the snapshot it took (remembered, to
+/// name it if the copy stops), and a bar of the bytes copied, on stderr
+/// when it is a terminal.
+struct Watch {
+    bar: Option<ProgressBar>,
+    json: bool,
+    taken: std::sync::Mutex<Option<String>>,
+}
 
-impl Bar {
-    fn on_terminal(wanted: bool) -> Bar {
-        if !wanted || !std::io::stderr().is_terminal() {
-            return Bar(None);
+impl Watch {
+    fn new(bar: bool, json: bool) -> Watch {
+        let bar = (bar && std::io::stderr().is_terminal()).then(|| {
+            let style = ProgressStyle::with_template(
+                "{wide_bar} {bytes}/{total_bytes} {bytes_per_sec} {eta} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+            bar.set_style(style);
+            bar
+        });
+        Watch {
+            bar,
+            json,
+            taken: Default::default(),
         }
-        let style = ProgressStyle::with_template(
-            "{wide_bar} {bytes}/{total_bytes} {bytes_per_sec} {eta} {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar());
-        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-        bar.set_style(style);
-        Bar(Some(bar))
     }
 
     fn clear(&self) {
-        if let Some(bar) = &self.0 {
+        if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
     }
+
+    fn taken(&self) -> Option<String> {
+        self.taken.lock().map_or(None, |taken| taken.clone())
+    }
 }
 
-impl CopyProgress for Bar {
+impl CopyProgress for Watch {
+    fn snapshot_taken(&self, snapshot: &str) {
+        if let Ok(mut taken) = self.taken.lock() {
+            *taken = Some(snapshot.to_string());
+        }
+        if !self.json {
+            outln!("took snapshot {snapshot}");
+        }
+    }
+
     fn start(&self, objects: u64, bytes: u64) {
-        if let Some(bar) = &self.0 {
+        if let Some(bar) = &self.bar {
             bar.set_length(bytes);
             bar.set_message(format!("{objects} objects"));
         }
     }
 
     fn copied(&self, bytes: u64) {
-        if let Some(bar) = &self.0 {
+        if let Some(bar) = &self.bar {
             bar.inc(bytes);
         }
     }

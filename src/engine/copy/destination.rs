@@ -8,7 +8,7 @@ use super::super::catalog;
 use super::super::error::EngineError;
 use super::super::lease;
 use super::error::CopyError;
-use super::source::Source;
+use super::source::SourceVolume;
 use crate::crypto::Password;
 use crate::format::root::now_ms;
 use crate::format::{Codec, FormatError, Root, RootKind, Superblock, keys};
@@ -32,7 +32,7 @@ impl<'a> Destination<'a> {
     pub(super) async fn open(
         to: &'a Store,
         name: &str,
-        source: &Source,
+        source: &SourceVolume,
         password: Option<&Password>,
     ) -> Result<Destination<'a>, CopyError> {
         let (superblock, codec, exists) = match catalog::superblock(to, name).await {
@@ -204,7 +204,7 @@ fn other_volume(store: &Store, name: &str, found: &Superblock, copying: Uuid) ->
 async fn same_volume(
     to: &Store,
     found: &Superblock,
-    source: &Source,
+    source: &SourceVolume,
     password: Option<&Password>,
 ) -> Result<Codec, CopyError> {
     let copying = source.superblock().uuid;

@@ -12,14 +12,14 @@
 //!
 //! # How it runs
 //!
-//! 1. **The source.** A snapshot is copied (`NAME@SNAP`); given a volume,
+//! 1. **The destination is checked** before anything is written: a
+//!    volume of that name there must be the same volume (uuid and data
+//!    key) or absent, and have no writer (its lease not held; one that
+//!    stopped without detaching may have a log to replay first).
+//! 2. **The source.** A snapshot is copied (`NAME@SNAP`); given a volume,
 //!    a snapshot of its newest committed state is taken first, named after
 //!    the time, so each copy is a named state on both sides. A snapshot is
 //!    pinned: gc at the source keeps what it references while it exists.
-//! 2. **The destination is checked** before anything is copied: a volume of
-//!    that name there must be the same volume (uuid and data key) or
-//!    absent, and have no writer (its lease not held; one that stopped
-//!    without detaching may have a log to replay first).
 //! 3. **What is referenced.** Every map page of the snapshot is read from
 //!    the source and opened (which checks it against its name). Each page
 //!    entry names its chunk's pack or own object.
@@ -92,7 +92,7 @@ use crate::format::{Root, keys};
 use crate::store::Store;
 use destination::Destination;
 use plan::Plan;
-use source::Source;
+use source::SourceVolume;
 use transfer::Copier;
 
 pub use error::CopyError;
@@ -138,6 +138,9 @@ impl CopyRequest {
 
 /// Told how a copy advances (a progress bar, say).
 pub trait CopyProgress: Send + Sync {
+    /// The copy took snapshot `NAME@SNAP` of its source, and copies it (a
+    /// run interrupted from here on goes on with `NAME@SNAP`).
+    fn snapshot_taken(&self, _snapshot: &str) {}
     /// The copy is about to move `objects` objects, `bytes` bytes in all.
     fn start(&self, objects: u64, bytes: u64);
     /// One more object, of `bytes` bytes, is at the destination.
@@ -167,8 +170,14 @@ pub async fn copy(
         dry_run,
     } = request;
     let password = password.as_ref();
-    let source = Source::open(from, source.name(), source.snapshot(), password, *dry_run).await?;
-    let destination = Destination::open(to, destination, &source, password).await?;
+    let volume = SourceVolume::open(from, source.name(), password).await?;
+    let destination = Destination::open(to, destination, &volume, password).await?;
+    let source = volume
+        .pin(from, source.snapshot(), password, *dry_run)
+        .await?;
+    if source.taken() {
+        progress.snapshot_taken(&source.describe());
+    }
     let what = source.describe();
     let references = plan::references(from, source.codec(), source.root(), &what).await?;
     let plan = plan::plan(&references, from, to).await?;
@@ -201,7 +210,10 @@ pub async fn copy(
     let purpose = format!("a copy of {what} to volume {}", destination.name());
     let hold = GcHold::take(to, &purpose).await?;
     let finished = finish(&copier, &destination, &plan, snapshot, source.root()).await;
-    hold.release(to).await?;
+    if let Err(error) = hold.release(to).await {
+        // The copy is whole either way; the lease runs out by itself.
+        tracing::warn!(%error, "could not give back the destination's gc lease: gc there waits until it runs out (30 s)");
+    }
     let (copied_again, (generation, up_to_date)) = finished?;
     report.copied_again = copied_again;
     report.verified = plan.all().count() as u64;

@@ -197,6 +197,7 @@ pub(super) async fn plan(
         .into_iter()
         .filter(|key| at_source.contains_key(key))
         .collect();
+    let looked_up: HashSet<&String> = both.iter().collect();
     let at_destination = census::sizes(to, &both).await?;
     let mut needed: HashMap<String, Needed> = HashMap::new();
     let mut add = |need: Needed| {
@@ -226,7 +227,7 @@ pub(super) async fn plan(
     }
     let unknown: Vec<String> = needed
         .keys()
-        .filter(|key| !both.contains(key))
+        .filter(|key| !looked_up.contains(key))
         .cloned()
         .collect();
     let mut found = census::sizes(to, &unknown).await?;

@@ -7,49 +7,22 @@ use crate::crypto::Password;
 use crate::format::{Codec, Root, Superblock};
 use crate::store::Store;
 
-/// A snapshot at the source, opened.
-pub(super) struct Source {
+/// The volume a copy reads, opened (its superblock read and keys
+/// unlocked), before any snapshot is taken.
+pub(super) struct SourceVolume {
     superblock: Superblock,
     codec: Codec,
-    root: Root,
-    /// `None` only in a dry run of a volume without `@SNAP`, which reads
-    /// the newest committed root instead of taking a snapshot.
-    snapshot: Option<String>,
-    taken: bool,
 }
 
-impl Source {
-    /// Opens snapshot `snapshot` of volume `name` in `from`; without one,
-    /// takes a snapshot of its newest committed state first (not in a dry
-    /// run, which writes nothing: it reads that state as it is).
+impl SourceVolume {
     pub(super) async fn open(
         from: &Store,
         name: &str,
-        snapshot: Option<&str>,
         password: Option<&Password>,
-        dry_run: bool,
-    ) -> Result<Source, CopyError> {
-        let (snapshot, taken) = match snapshot {
-            Some(snapshot) => (Some(snapshot.to_string()), false),
-            None if dry_run => (None, false),
-            None => {
-                let taken = snapshot::create(from, name, None, password.cloned()).await?;
-                (Some(taken.name().to_string()), true)
-            }
-        };
+    ) -> Result<SourceVolume, CopyError> {
         let superblock = catalog::superblock(from, name).await?;
         let codec = catalog::unlock_blocking(&superblock, password.cloned()).await?;
-        let root = match &snapshot {
-            Some(snapshot) => catalog::read_snapshot(from, &superblock, &codec, snapshot).await?,
-            None => catalog::newest_root(from, &superblock, &codec).await?,
-        };
-        Ok(Source {
-            superblock,
-            codec,
-            root,
-            snapshot,
-            taken,
-        })
+        Ok(SourceVolume { superblock, codec })
     }
 
     pub(super) fn superblock(&self) -> &Superblock {
@@ -58,6 +31,54 @@ impl Source {
 
     pub(super) fn codec(&self) -> &Codec {
         &self.codec
+    }
+
+    /// Its snapshot `snapshot`; without one, a snapshot of its newest
+    /// committed state, taken now (not in a dry run, which writes nothing:
+    /// it reads that state as it is).
+    pub(super) async fn pin(
+        self,
+        from: &Store,
+        snapshot: Option<&str>,
+        password: Option<&Password>,
+        dry_run: bool,
+    ) -> Result<Source, CopyError> {
+        let name = self.superblock.name.clone();
+        let (snapshot, taken) = match snapshot {
+            Some(snapshot) => (Some(snapshot.to_string()), false),
+            None if dry_run => (None, false),
+            None => {
+                let taken = snapshot::create(from, &name, None, password.cloned()).await?;
+                (Some(taken.name().to_string()), true)
+            }
+        };
+        let (superblock, codec) = (&self.superblock, &self.codec);
+        let root = match &snapshot {
+            Some(snapshot) => catalog::read_snapshot(from, superblock, codec, snapshot).await?,
+            None => catalog::newest_root(from, superblock, codec).await?,
+        };
+        Ok(Source {
+            volume: self,
+            root,
+            snapshot,
+            taken,
+        })
+    }
+}
+
+/// A snapshot at the source, opened.
+pub(super) struct Source {
+    volume: SourceVolume,
+    root: Root,
+    /// `None` only in a dry run of a volume without `@SNAP`, which reads
+    /// the newest committed root instead of taking a snapshot.
+    snapshot: Option<String>,
+    taken: bool,
+}
+
+impl Source {
+    pub(super) fn codec(&self) -> &Codec {
+        self.volume.codec()
     }
 
     pub(super) fn root(&self) -> &Root {
@@ -76,8 +97,8 @@ impl Source {
     /// `NAME@SNAP` (or `NAME`), for messages.
     pub(super) fn describe(&self) -> String {
         match &self.snapshot {
-            Some(snapshot) => format!("{}@{snapshot}", self.superblock.name),
-            None => self.superblock.name.clone(),
+            Some(snapshot) => format!("{}@{snapshot}", self.volume.superblock.name),
+            None => self.volume.superblock.name.clone(),
         }
     }
 }

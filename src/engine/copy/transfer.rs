@@ -21,6 +21,10 @@ const IN_FLIGHT: usize = 8;
 /// at most the largest chunk (a larger one is refused unread).
 const MAX_PACK_LEN: u64 = pack::PACK_TARGET_BYTES as u64 + 2 * MAX_CHUNK_SIZE;
 
+/// No chunk object is larger: the largest chunk, its header and its seal
+/// (a chunk that does not compress is stored raw).
+const MAX_CHUNK_OBJECT_LEN: u64 = MAX_CHUNK_SIZE + (64 << 10);
+
 /// Copies objects from `from` to `to`, opening them with `codec` to check
 /// them; `what` names the snapshot in errors.
 pub(super) struct Copier<'a> {
@@ -96,6 +100,14 @@ impl<'a> Copier<'a> {
     /// The object's bytes at the source: no more than it may hold.
     async fn fetch(&self, need: &Needed) -> Result<Bytes, CopyError> {
         let from = self.from;
+        let is_chunk = matches!(need.origin(), Origin::OwnChunk(_) | Origin::PackedChunk(_));
+        if is_chunk && need.size() > MAX_CHUNK_OBJECT_LEN {
+            let why = format!(
+                "a map page says it is {} bytes, more than any chunk object",
+                need.size()
+            );
+            return Err(FormatError::corrupt(need.key(), why).into());
+        }
         let (key, found) = match need.origin() {
             Origin::Page(_) => {
                 let key = need.key().to_string();
