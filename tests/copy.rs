@@ -516,3 +516,48 @@ async fn the_command_line_copies_to_s3_and_back() {
     );
     assert!(stderr.contains("is the store the volume is in"), "{stderr}");
 }
+
+/// A pack most of whose bytes the snapshot does not reference goes as
+/// the chunks it does reference (ranged GETs, stored as objects of their
+/// own), and a pack that gc split at the source as the chunk objects it
+/// left there: both read right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mostly_garbage_and_split_packs_go_as_their_chunks() {
+    let _scenario = fail::FailScenario::setup();
+    let source = TestStore::new(Backend::File);
+    let chunks = 32;
+    create(&source.store, "data", chunks, None).await;
+    let first: Vec<u64> = (0..16).collect();
+    write_chunks(&source.store, "data", None, 1, first.clone()).await;
+    // All but chunks 0 and 8: the first commit's two packs keep one each.
+    let second: Vec<u64> = (1..16).filter(|c| *c != 8).collect();
+    write_chunks(&source.store, "data", None, 2, second.clone()).await;
+    write_chunks(&source.store, "data", None, 3, [20]).await;
+    let rounds = vec![(1, first), (2, second), (3, vec![20])];
+    engine::create_snapshot(&source.store, "data", Some("s"), None)
+        .await
+        .unwrap();
+
+    for split in [false, true] {
+        if split {
+            let gc = GcOptions {
+                grace: Duration::ZERO,
+                dry_run: false,
+                password: None,
+            };
+            let collected = engine::collect_garbage(&source.store, gc).await.unwrap();
+            assert_eq!(collected.packs_split, 2, "{collected:?}");
+        }
+        let dest = TestStore::new(Backend::File);
+        let report = copy(&source.store, &dest.store, "data@s", None).await;
+        let copied = report.copied();
+        assert_eq!(copied.chunks().objects(), 2, "split {split}: {copied:?}");
+        assert_eq!(copied.chunks().bytes(), 2 * STORED_CHUNK);
+        assert_eq!(copied.packs().objects(), 3, "the later commits' packs");
+        let own = dest.store.list_keys("chunks/").await.unwrap();
+        assert_eq!(own.len(), 2, "chunks 0 and 8 as objects of their own");
+        verify_clean(&dest.store, "data", None).await;
+        let read = read_all(&dest.reopen(), "data", None).await;
+        assert_eq!(read, expected(chunks, &rounds), "split {split}");
+    }
+}

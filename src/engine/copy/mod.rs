@@ -181,23 +181,7 @@ pub async fn copy(
     let what = source.describe();
     let references = plan::references(from, source.codec(), source.root(), &what).await?;
     let plan = plan::plan(&references, from, to).await?;
-    let mut report = CopyReport {
-        source: what.clone(),
-        destination: match source.snapshot() {
-            Some(snapshot) => format!("{}@{snapshot}", destination.name()),
-            None => destination.name().to_string(),
-        },
-        store: to.url().to_string(),
-        snapshot: source.snapshot().map(str::to_string),
-        snapshot_taken: source.taken(),
-        dry_run: *dry_run,
-        generation: None,
-        up_to_date: false,
-        copied: Moved::of(plan.missing()),
-        already_there: Tally::of(plan.present()),
-        copied_again: Tally::default(),
-        verified: 0,
-    };
+    let report = CopyReport::planned(&source, destination.name(), to, *dry_run, &plan);
     let snapshot = match source.snapshot() {
         Some(snapshot) if !dry_run => snapshot,
         _ => return Ok(report),
@@ -214,12 +198,8 @@ pub async fn copy(
         // The copy is whole either way; the lease runs out by itself.
         tracing::warn!(%error, "could not give back the destination's gc lease: gc there waits until it runs out (30 s)");
     }
-    let (copied_again, (generation, up_to_date)) = finished?;
-    report.copied_again = copied_again;
-    report.verified = plan.all().count() as u64;
-    report.generation = Some(generation);
-    report.up_to_date = up_to_date;
-    Ok(report)
+    let (copied_again, published) = finished?;
+    Ok(report.finished(copied_again, plan.all().count() as u64, published))
 }
 
 /// Under the gc lease: makes sure every object is there, then publishes.

@@ -2,7 +2,9 @@
 
 use serde::Serialize;
 
-use super::plan::{Kind, Needed};
+use super::plan::{Kind, Needed, Plan};
+use super::source::Source;
+use crate::store::Store;
 
 /// A count of objects and their bytes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -79,35 +81,81 @@ impl Moved {
 /// What `copy` did.
 #[derive(Debug, Clone, Serialize)]
 pub struct CopyReport {
-    pub(super) source: String,
+    source: String,
     /// `DST@SNAP`, or `DST` in a dry run without a snapshot.
-    pub(super) destination: String,
+    destination: String,
     /// The store written to.
-    pub(super) store: String,
+    store: String,
     /// The snapshot copied (`None` in a dry run of a volume without
     /// `@SNAP`, which takes none).
-    pub(super) snapshot: Option<String>,
+    snapshot: Option<String>,
     /// Whether the copy took the snapshot it copied.
-    pub(super) snapshot_taken: bool,
-    pub(super) dry_run: bool,
+    snapshot_taken: bool,
+    dry_run: bool,
     /// The destination volume's newest generation, which reads as the
     /// snapshot (`None` in a dry run).
-    pub(super) generation: Option<u64>,
+    generation: Option<u64>,
     /// Whether the destination volume read as the snapshot already.
-    pub(super) up_to_date: bool,
+    up_to_date: bool,
     /// Objects copied (would be, in a dry run), each checked first.
-    pub(super) copied: Moved,
+    copied: Moved,
     /// Objects the destination held already.
-    pub(super) already_there: Tally,
+    already_there: Tally,
     /// Objects gone from the destination by the final check (a gc there
     /// deleted what an interrupted run had left), and copied again.
-    pub(super) copied_again: Tally,
+    copied_again: Tally,
     /// Objects found at the destination with their size by the final
     /// check: every object the snapshot references.
-    pub(super) verified: u64,
+    verified: u64,
 }
 
 impl CopyReport {
+    /// What copying `source` to volume `destination` of `to` as `plan`
+    /// says will do, before it is done.
+    pub(super) fn planned(
+        source: &Source,
+        destination: &str,
+        to: &Store,
+        dry_run: bool,
+        plan: &Plan,
+    ) -> CopyReport {
+        CopyReport {
+            source: source.describe(),
+            destination: match source.snapshot() {
+                Some(snapshot) => format!("{destination}@{snapshot}"),
+                None => destination.to_string(),
+            },
+            store: to.url().to_string(),
+            snapshot: source.snapshot().map(str::to_string),
+            snapshot_taken: source.taken(),
+            dry_run,
+            generation: None,
+            up_to_date: false,
+            copied: Moved::of(plan.missing()),
+            already_there: Tally::of(plan.present()),
+            copied_again: Tally::default(),
+            verified: 0,
+        }
+    }
+
+    /// The report of a copy that ended: `copied_again` after the final
+    /// check found `verified` objects there, and `published` as the
+    /// destination's generation and whether it read so already.
+    pub(super) fn finished(
+        self,
+        copied_again: Tally,
+        verified: u64,
+        (generation, up_to_date): (u64, bool),
+    ) -> CopyReport {
+        CopyReport {
+            copied_again,
+            verified,
+            generation: Some(generation),
+            up_to_date,
+            ..self
+        }
+    }
+
     /// `NAME@SNAP` copied (`NAME` in a dry run without a snapshot).
     pub fn source(&self) -> &str {
         &self.source
