@@ -381,6 +381,39 @@ async fn a_destination_with_another_volume_or_a_writer_is_refused() {
     assert!(matches!(refused, CopyError::Attached { .. }), "{refused}");
     writer.close().await.unwrap();
     copy(&source.store, &dest.store, "data", Some("copy")).await;
+
+    // A snapshot of that name there that is not this one.
+    let snapshot = |store: Store| async move {
+        engine::create_snapshot(&store, "data", Some("weekly"), None)
+            .await
+            .unwrap()
+    };
+    snapshot(source.store.clone()).await;
+    copy(&source.store, &dest.store, "data@weekly", Some("copy")).await;
+    write_chunks(&source.store, "data", None, 2, [3]).await;
+    engine::delete_snapshot(&source.store, "data", "weekly")
+        .await
+        .unwrap();
+    snapshot(source.store.clone()).await;
+    let refused = try_copy(
+        &source.store,
+        &dest.store,
+        "data@weekly",
+        Some("copy"),
+        None,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(refused, CopyError::OtherSnapshot { .. }),
+        "{refused}"
+    );
+    let newest = engine::info(&dest.store, "copy", None).await.unwrap();
+    assert_eq!(
+        newest.allocated_bytes,
+        2 * MIB,
+        "the volume there is as it was"
+    );
 }
 
 /// An encrypted volume copied under another name: the same objects, byte
@@ -560,4 +593,44 @@ async fn mostly_garbage_and_split_packs_go_as_their_chunks() {
         let read = read_all(&dest.reopen(), "data", None).await;
         assert_eq!(read, expected(chunks, &rounds), "split {split}");
     }
+}
+
+/// A copy stopped between its last two writes leaves the destination
+/// volume reading as the snapshot, without the snapshot; run again, it
+/// copies nothing, writes no generation, and adds the snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_copy_stopped_after_its_root_adds_its_snapshot_when_run_again() {
+    let _scenario = fail::FailScenario::setup();
+    let (source, dest) = (TestStore::new(Backend::File), TestStore::new(Backend::File));
+    let chunks = 8;
+    create(&source.store, "data", chunks, None).await;
+    write_chunks(&source.store, "data", None, 1, [2, 5]).await;
+    engine::create_snapshot(&source.store, "data", Some("s"), None)
+        .await
+        .unwrap();
+    fail::cfg("copy::root_written", "panic").unwrap();
+    let stopped = {
+        let (from, to) = (source.store.clone(), dest.store.clone());
+        tokio::spawn(async move { try_copy(&from, &to, "data@s", None, None).await }).await
+    };
+    fail::remove("copy::root_written");
+    assert!(stopped.unwrap_err().is_panic());
+    let rounds = [(1, vec![2, 5])];
+    assert_eq!(
+        read_all(&dest.reopen(), "data", None).await,
+        expected(chunks, &rounds)
+    );
+    let snapshots = engine::list_snapshots(&dest.store, "data", None)
+        .await
+        .unwrap();
+    assert!(snapshots.is_empty());
+
+    let again = copy(&source.store, &dest.store, "data@s", None).await;
+    assert!(again.up_to_date(), "the root was there");
+    assert_eq!(again.copied().total().objects(), 0);
+    let snapshots = engine::list_snapshots(&dest.store, "data", None)
+        .await
+        .unwrap();
+    assert_eq!(snapshots.len(), 1);
+    assert_eq!(snapshots[0].name(), "s");
 }

@@ -80,19 +80,23 @@ impl<'a> Destination<'a> {
     }
 
     /// Makes snapshot `snapshot`, whose map is `root`'s, visible: the
-    /// superblock (of a new volume), the snapshot, then the volume's next
-    /// generation with that map, unless its newest has it already. Returns
-    /// the volume's newest generation, and whether it had the map already.
-    /// Every object the map references must be there, and gc held off.
+    /// superblock (of a new volume), then the volume's next generation
+    /// with that map (unless its newest has it already), then the snapshot
+    /// (a stop between the two leaves a volume reading as the snapshot, and
+    /// the next run adds the snapshot). Returns the volume's newest
+    /// generation, and whether it had the map already. Every object the
+    /// map references must be there, and gc held off.
     pub(super) async fn publish(
         &self,
         snapshot: &str,
         root: &Root,
     ) -> Result<(u64, bool), CopyError> {
         self.write_superblock().await?;
+        self.refuse_other_snapshot(snapshot, root).await?;
+        let published = self.write_root(root).await?;
+        crate::async_fail_point!("copy::root_written");
         self.write_snapshot(snapshot, root).await?;
-        crate::async_fail_point!("copy::snapshot_written");
-        self.write_root(root).await
+        Ok(published)
     }
 
     async fn write_superblock(&self) -> Result<(), CopyError> {
@@ -120,6 +124,22 @@ impl<'a> Destination<'a> {
         }
     }
 
+    /// Fails if the volume has a snapshot named `snapshot` that does not
+    /// read as `root`: before anything of the copy is published.
+    async fn refuse_other_snapshot(&self, snapshot: &str, root: &Root) -> Result<(), CopyError> {
+        let (store, superblock, codec) = (self.store, &self.superblock, &self.codec);
+        match catalog::read_snapshot(store, superblock, codec, snapshot).await {
+            Ok(found) if same_state(&found, root) => Ok(()), // an earlier run's
+            Ok(_) => Err(CopyError::OtherSnapshot {
+                store: self.store.url().to_string(),
+                name: self.name.clone(),
+                snapshot: snapshot.to_string(),
+            }),
+            Err(EngineError::NoSuchSnapshot { .. }) => Ok(()),
+            Err(error) => Err(error.into()),
+        }
+    }
+
     async fn write_snapshot(&self, snapshot: &str, root: &Root) -> Result<(), CopyError> {
         let pinned = Root {
             kind: RootKind::Snapshot,
@@ -127,18 +147,10 @@ impl<'a> Destination<'a> {
         };
         let key = keys::snapshot(&self.name, snapshot);
         let bytes = Bytes::from(pinned.encode(&self.codec));
-        if self.store.put_if_absent(&key, bytes).await? == Created::Created {
-            return Ok(());
-        }
-        let found =
-            catalog::read_snapshot(self.store, &self.superblock, &self.codec, snapshot).await?;
-        match same_state(&found, root) {
-            true => Ok(()), // an earlier run of this copy got this far
-            false => Err(CopyError::OtherSnapshot {
-                store: self.store.url().to_string(),
-                name: self.name.clone(),
-                snapshot: snapshot.to_string(),
-            }),
+        match self.store.put_if_absent(&key, bytes).await? {
+            Created::Created => Ok(()),
+            // There already: this one, or one made since the check.
+            Created::AlreadyExists => self.refuse_other_snapshot(snapshot, root).await,
         }
     }
 

@@ -42,9 +42,10 @@
 //!    gc lease ([`GcHold`]): every object the snapshot references is
 //!    looked up again, and any that is gone or of another size is copied
 //!    again (and looked up once more); then the superblock (a new volume),
-//!    the snapshot `volumes/DST/snapshots/SNAP`, and the volume's next
-//!    generation with the snapshot's map are written, each with
-//!    create-if-absent; then gc may run again. The destination is then an
+//!    the volume's next generation with the snapshot's map, and the
+//!    snapshot `volumes/DST/snapshots/SNAP` are written, each with
+//!    create-if-absent (a snapshot of that name there must be this one);
+//!    then gc may run again. The destination is then an
 //!    ordinary volume reading as the snapshot: `serve`, `attach` and
 //!    `volume verify` work there, and so does `DST@SNAP`. Its new root has
 //!    a new log id: a write-back log some host kept for an older state of
@@ -64,7 +65,10 @@
 //! # Interrupted, and run again
 //!
 //! An interrupted copy leaves objects at the destination, but no snapshot
-//! and no root: nothing half-done is ever visible. The next run finds
+//! and no root: nothing half-done is ever visible. (Stopped between its
+//! last writes, it leaves a new volume's superblock without a root, as
+//! `volume create` stopped there would, or a volume reading as the
+//! snapshot without the snapshot; the next run finishes either.) The next run finds
 //! those objects and copies only the rest. If the destination's gc deleted
 //! some of them meanwhile (nothing referenced them yet), the final check
 //! finds them gone and copies them again; the gc lease, held from that
