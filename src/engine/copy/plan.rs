@@ -7,7 +7,7 @@ use futures::{StreamExt, TryStreamExt};
 
 use super::census;
 use super::error::CopyError;
-use crate::format::{ChunkRef, Codec, ObjectId, Place, Root, keys, page, page::MapPage};
+use crate::format::{ChunkRef, Codec, ObjectId, Root, keys, page, page::MapPage};
 use crate::store::Store;
 
 /// Map pages read from the source at once.
@@ -245,20 +245,10 @@ fn mostly_garbage(size: u64, chunks: &HashSet<ChunkRef>) -> bool {
     referenced * 2 < size
 }
 
-/// Where in its pack a packed chunk is: the byte range to fetch.
-pub(super) fn range_in_pack(entry: &ChunkRef) -> Option<(ObjectId, std::ops::Range<u64>)> {
-    match entry.place {
-        Place::Packed { pack, offset } => {
-            let start = u64::from(offset);
-            Some((pack, start..start + u64::from(entry.stored_len)))
-        }
-        Place::Own => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::Place;
     use bytes::Bytes;
 
     fn packed(pack: ObjectId, offset: u32, len: u32) -> ChunkRef {

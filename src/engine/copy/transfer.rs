@@ -10,7 +10,8 @@ use super::census;
 use super::error::CopyError;
 use super::plan::{self, Needed, Origin};
 use crate::format::{
-    Codec, FormatError, MAX_CHUNK_SIZE, ObjectId, chunk, keys, pack, page, page::MapPage,
+    ChunkRef, Codec, FormatError, MAX_CHUNK_SIZE, ObjectId, Place, chunk, keys, pack, page,
+    page::MapPage,
 };
 use crate::store::Store;
 
@@ -99,39 +100,42 @@ impl<'a> Copier<'a> {
 
     /// The object's bytes at the source: no more than it may hold.
     async fn fetch(&self, need: &Needed) -> Result<Bytes, CopyError> {
-        let from = self.from;
-        let is_chunk = matches!(need.origin(), Origin::OwnChunk(_) | Origin::PackedChunk(_));
-        if is_chunk && need.size() > MAX_CHUNK_OBJECT_LEN {
-            let why = format!(
-                "a map page says it is {} bytes, more than any chunk object",
-                need.size()
-            );
-            return Err(FormatError::corrupt(need.key(), why).into());
-        }
+        let most = at_most(need)?;
         let (key, found) = match need.origin() {
-            Origin::Page(_) => {
-                let key = need.key().to_string();
-                let found = from.get_at_most(&key, page::MAX_STORED_LEN).await?;
+            Origin::PackedChunk(ChunkRef {
+                place: Place::Packed { pack, offset },
+                ..
+            }) => {
+                let (key, start) = (keys::pack(&pack), u64::from(offset));
+                let found = self.from.get_range(&key, start..start + most).await?;
                 (key, found)
             }
-            Origin::Pack(_) => {
-                let key = need.key().to_string();
-                let found = from
-                    .get_at_most(&key, need.size().min(MAX_PACK_LEN))
-                    .await?;
-                (key, found)
-            }
-            Origin::OwnChunk(_) => {
-                let key = need.key().to_string();
-                (key.clone(), from.get_at_most(&key, need.size()).await?)
-            }
-            Origin::PackedChunk(entry) => {
-                let (pack, range) = plan::range_in_pack(&entry).expect("a packed chunk");
-                let key = keys::pack(&pack);
-                (key.clone(), from.get_range(&key, range).await?)
+            _ => {
+                let found = self.from.get_at_most(need.key(), most).await?;
+                (need.key().to_string(), found)
             }
         };
-        found.ok_or_else(|| plan::missing(from, &key, self.what))
+        found.ok_or_else(|| plan::missing(self.from, &key, self.what))
+    }
+}
+
+/// The size of `need`, refused when it is more than such an object ever
+/// is (sizes come from listings and map pages: untrusted).
+fn at_most(need: &Needed) -> Result<u64, FormatError> {
+    let limit = match need.origin() {
+        Origin::Page(_) => page::MAX_STORED_LEN,
+        Origin::Pack(_) => MAX_PACK_LEN,
+        Origin::OwnChunk(_) | Origin::PackedChunk(_) => MAX_CHUNK_OBJECT_LEN,
+    };
+    match need.size() <= limit {
+        true => Ok(need.size()),
+        false => Err(FormatError::corrupt(
+            need.key(),
+            format!(
+                "it is said to be {} bytes, more than such an object ever is ({limit})",
+                need.size()
+            ),
+        )),
     }
 }
 
@@ -203,5 +207,17 @@ mod tests {
         assert!(check(&needed_for(origin, size), &page.object, &codec).is_ok());
         let other = Origin::Page(ObjectId::of(b"another page"));
         assert!(check(&needed_for(other, size), &page.object, &codec).is_err());
+    }
+
+    #[test]
+    fn sizes_no_object_ever_has_are_refused_before_a_request() {
+        let id = ObjectId::of(b"x");
+        let huge = Origin::OwnChunk(ChunkRef::own(id, u32::MAX));
+        assert!(at_most(&needed_for(huge, u32::MAX.into())).is_err());
+        let chunk = Origin::OwnChunk(ChunkRef::own(id, 1 << 20));
+        assert_eq!(at_most(&needed_for(chunk, 1 << 20)).unwrap(), 1 << 20);
+        assert!(at_most(&needed_for(Origin::Pack(id), 1 << 40)).is_err());
+        assert!(at_most(&needed_for(Origin::Pack(id), 8 << 20)).is_ok());
+        assert!(at_most(&needed_for(Origin::Page(id), 1 << 30)).is_err());
     }
 }
