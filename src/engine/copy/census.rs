@@ -84,10 +84,19 @@ mod tests {
     }
 
     /// Both ways of looking give the same answer: the sizes of what is
-    /// there, nothing of what is not, nor of what was not asked about.
+    /// there, nothing of what is not, nor of what was not asked about; in
+    /// memory and in a local directory.
     #[tokio::test]
     async fn heads_and_listings_agree() {
-        let store = Store::memory();
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", dir.path().display());
+        let local = Store::open(&url, &crate::store::StoreOptions::default()).unwrap();
+        for store in [Store::memory(), local] {
+            agree_on(&store).await;
+        }
+    }
+
+    async fn agree_on(store: &Store) {
         let mut keys = Vec::new();
         for n in 0..HEAD_LIMIT + 10 {
             let key = format!("pages/{:02x}/{n:08}", n % 7);
@@ -101,16 +110,14 @@ mod tests {
             .await
             .unwrap();
         let few = &keys[..HEAD_LIMIT];
-        let by_heads = sizes(&store, few).await.unwrap();
+        let by_heads = sizes(store, few).await.unwrap();
         let lists_before = store.counters().lists;
-        let by_listing = listed(&store, few).await.unwrap();
-        assert_eq!(by_heads, by_listing);
+        let by_listing = listed(store, few).await.unwrap();
+        assert_eq!(by_heads, by_listing, "{store:?}");
         assert_eq!(store.counters().lists - lists_before, 7, "one per folder");
-        let all = sizes(&store, &keys).await.unwrap();
-        assert_eq!(
-            all.len(),
-            keys.iter().enumerate().filter(|(n, _)| n % 3 != 0).count()
-        );
+        let all = sizes(store, &keys).await.unwrap();
+        let there = keys.iter().enumerate().filter(|(n, _)| n % 3 != 0).count();
+        assert_eq!(all.len(), there);
         assert_eq!(all.get(&keys[4]), Some(&4));
         assert!(!all.contains_key(&keys[3]));
         assert!(!all.contains_key("pages/00/not-asked"));
