@@ -12,6 +12,7 @@ macro_rules! outln {
 }
 
 mod attach;
+mod copy;
 mod nbd_tls;
 mod provision;
 mod serve;

@@ -101,6 +101,7 @@ pub enum VolumeCommand {
         #[command(flatten)]
         engine: EngineArgs,
     },
+    Copy(super::copy::CopyArgs),
 }
 
 pub async fn run(command: VolumeCommand, settings: &Settings) -> anyhow::Result<()> {
@@ -257,6 +258,7 @@ pub async fn run(command: VolumeCommand, settings: &Settings) -> anyhow::Result<
             volume.close().await?;
             outln!("volume {name}: {} -> {size}", ByteSize(before));
         }
+        VolumeCommand::Copy(args) => super::copy::run(args, settings).await?,
     }
     Ok(())
 }

@@ -85,6 +85,29 @@
 //! the newest still needs that root's objects. A page that cannot be read
 //! stops the collection before anything is deleted: what it references is
 //! unknown.
+//!
+//! # Copies in progress
+//!
+//! `zeroblk volume copy` (`copy`) uploads a snapshot's pages, packs and
+//! chunks, and only then writes the snapshot and a root that reference
+//! them. Its objects are not new ones: it writes each under the name the
+//! source gives it, so it may write an object this gc listed as garbage,
+//! and a run that counts on objects an interrupted run left finds them
+//! unreferenced, free for any gc older than its grace. So once everything
+//! is uploaded, a copy takes the gc lease ([`GcHold`], as a pin does),
+//! looks every object the snapshot references up again, uploads again any
+//! that is gone or of another size, writes the snapshot and the root
+//! (create-if-absent), and only then lets go. No gc runs while it holds
+//! the lease, and a gc that ran before had finished deleting (it deletes
+//! only while it holds its lease, checked first), so every object the
+//! check found is still there when the root lands; from then on the root
+//! and the snapshot protect them, as any root does. A copy reads its
+//! source through a snapshot, which gc there keeps whole while it exists;
+//! if the snapshot is deleted, or a pack it references split, during the
+//! copy, the copy stops naming what is missing, and the next run copies
+//! the rest. (As for pins, the bound is the lease's: a gc on another host
+//! that stalls for longer than its 30 s in the middle of deleting, and
+//! then goes on, is outside it.)
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

@@ -102,7 +102,8 @@
 //!   volume's identity, settings and components, all private behind
 //!   accessors), and stopping the volume;
 //! - `write`, `read`, `flush` (sealing, and syncing the log under the
-//!   `log` syncer's lead), `commit`, `uploader`, `gc`, `verify`;
+//!   `log` syncer's lead), `commit`, `uploader`, `gc`, `verify`, `copy`
+//!   (a snapshot to another store);
 //! - `volume`: opens a volume, wires the above together, runs its
 //!   background tasks, and holds the public API.
 //!
@@ -138,6 +139,7 @@ mod backlog;
 mod catalog;
 mod chunks;
 mod commit;
+mod copy;
 mod error;
 mod flush;
 mod gc;
@@ -161,6 +163,9 @@ mod write;
 pub use catalog::{
     MAX_VOLUME_SIZE, NewVolume, VolumeInfo, check_password, create, delete, delete_unused, list,
     read_volume_file, rekey, validate_size, write_volume_file,
+};
+pub use copy::{
+    CopyError, CopyProgress, CopyReport, CopyRequest, Moved, Quiet, Tally, copy as copy_volume,
 };
 pub use error::{EngineError, ErrorKind, Result};
 pub use gc::{GcOptions, GcReport, MIN_GRACE_WHILE_ATTACHED, collect as collect_garbage};
