@@ -268,7 +268,7 @@ async fn derived(
     let rebound = crate::blocking::run(move || envelope.rebind(&password, &old, &new))
         .await
         .map_err(|why| EngineError::key(name, why))?;
-    superblock.encryption = Some(rebound);
+    superblock.encryption = Some(rebound.0);
     Ok(superblock)
 }
 
