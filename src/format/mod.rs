@@ -44,9 +44,10 @@
 //! does not pay. Its name is the BLAKE3 hash of the uncompressed bytes, so
 //! a reader always verifies what it got. A commit stores its new chunk
 //! objects in packs of about 8 MiB, in volume order (one PUT per pack, and
-//! one ranged GET for a run of neighbours); a commit's only new chunk is
-//! stored as `chunks/XX/ID`, where identical chunks of all volumes of a
-//! store are one object. A chunk unchanged by a commit keeps its object. A
+//! one ranged GET for a run of neighbours), even a commit's only new chunk.
+//! A chunk is an object of its own, `chunks/XX/ID`, only where `zeroblk gc`
+//! took it out of a pack that was mostly garbage (older volumes also wrote
+//! them). A chunk unchanged by a commit keeps its object. A
 //! chunk of zeroes is never stored: its map entry is [`ChunkRef::ZERO`].
 //!
 //! # The map and its commit point
