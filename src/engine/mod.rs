@@ -64,7 +64,12 @@
 //! 7. **gc takes nothing in use.** No object referenced by a root
 //!    published after `zeroblk gc` started is deleted, whatever the timing:
 //!    every object a commit uploads is a new one, and gc's barrier makes a
-//!    commit in flight upload again after gc's listing (see `gc`).
+//!    commit in flight upload again after gc's listing (see `gc`). A
+//!    snapshot keeps what it pinned until it is deleted; a clone keeps
+//!    what it shares with its source whatever becomes of the source; a
+//!    snapshot, clone or rollback never pins a root while gc runs (both
+//!    hold gc's lease); and a root replaced by a newer one stays for the
+//!    grace period after, for readers that found it newest.
 //!
 //! # Flow control
 //!
@@ -102,10 +107,16 @@
 //!   volume's identity, settings and components, all private behind
 //!   accessors), and stopping the volume;
 //! - `write`, `read`, `flush` (sealing, and syncing the log under the
-//!   `log` syncer's lead), `commit`, `uploader`, `gc`, `verify`, `copy`
-//!   (a snapshot to another store);
+//!   `log` syncer's lead), `commit`, `uploader`, `gc` (and the hold that
+//!   keeps it out while a root is pinned);
+//! - `snapshot/`: `NAME@SNAP`, snapshots (pinned roots), their usage and
+//!   pruning, and clones; `verify` (of a volume or a snapshot); `copy/`
+//!   (a snapshot to and from another store);
 //! - `volume`: opens a volume, wires the above together, runs its
-//!   background tasks, and holds the public API.
+//!   background tasks, and holds the public API (a writer's snapshot
+//!   commits, then pins);
+//! - `rollback`: a snapshot becomes the newest state, through a closed
+//!   volume and the writer's lease.
 //!
 //! # Paths
 //!
