@@ -2,7 +2,11 @@
 //!
 //! Every transport (ublk, NBD) serves a [`Volume`]: async `read`, `write`
 //! (with FUA), `flush`, `discard` and `write_zeroes` on 4 KiB-aligned
-//! ranges, any number at once. Misaligned or out-of-range requests fail
+//! ranges, any number at once. A volume is opened to write
+//! ([`Volume::open`]: the lease, the write-back log) or read-only
+//! ([`Volume::open_read_only`]: a snapshot `NAME@SNAP`, or a volume read
+//! beside its writer, pinned or following its commits, see `reader`),
+//! which refuses writes, discards and zeroes with EROFS. Misaligned or out-of-range requests fail
 //! with [`EngineError::Unaligned`] or [`EngineError::OutOfRange`], whose
 //! [`EngineError::errno`] is `EINVAL` (`ENOSPC` for a write past the end,
 //! as NBD asks). [`EngineError::kind`] sorts every error into a few
@@ -65,6 +69,10 @@
 //!    published after `zeroblk gc` started is deleted, whatever the timing:
 //!    every object a commit uploads is a new one, and gc's barrier makes a
 //!    commit in flight upload again after gc's listing (see `gc`).
+//! 8. **Readers see whole commits.** A volume opened read-only takes no
+//!    lease, no lock and no log; each of its requests reads one committed
+//!    root, loaded once at its start, so it never sees a mix of two
+//!    commits. A follower moves to newer roots only, between requests.
 //!
 //! # Flow control
 //!
@@ -98,13 +106,18 @@
 //!   volume's failure), `local` (the volume's folder and its lock), `lease`
 //!   (one writer), `catalog` (the volumes of a store, their superblocks
 //!   and roots);
-//! - `shared`: what the request paths and background tasks share (the
-//!   volume's identity, settings and components, all private behind
+//! - `read`: the read path writers and readers share: a request's
+//!   stretches resolved through the log's epochs (if any) over one
+//!   committed root, and read from the log and `chunks`;
+//! - `shared`: what a writer's request paths and background tasks share
+//!   (the volume's identity, settings and components, all private behind
 //!   accessors), and stopping the volume;
-//! - `write`, `read`, `flush` (sealing, and syncing the log under the
-//!   `log` syncer's lead), `commit`, `uploader`, `gc`, `verify`;
-//! - `volume`: opens a volume, wires the above together, runs its
-//!   background tasks, and holds the public API.
+//! - `write`, `flush` (sealing, and syncing the log under the `log`
+//!   syncer's lead), `commit`, `uploader`, `gc`, `verify`, `snapshot`;
+//! - `writer`: opens a volume to write, wires the above together and runs
+//!   its background tasks; `reader`: opens one read-only (a snapshot, or
+//!   a volume pinned or following its writer's roots);
+//! - `volume`: the public [`Volume`], a writer or a reader.
 //!
 //! # Paths
 //!
@@ -132,6 +145,10 @@
 //!   map; log stretches are read from the log, committed ones from
 //!   `chunks` (memory, then disk, then the store), and read-ahead starts
 //!   first when the read continues the previous one.
+//! - **A read of a read-only volume** (`reader`): the same path over one
+//!   root alone. A follower's task polls for the next generation
+//!   (`catalog`) and swaps the root between requests; a request that meets
+//!   an object gc took runs once more, whole, on the newest root.
 
 mod background;
 mod backlog;
@@ -147,6 +164,7 @@ mod log;
 mod options;
 mod progress;
 mod read;
+mod reader;
 mod resolve;
 mod shared;
 mod snapshot;
@@ -156,6 +174,7 @@ mod uploader;
 mod verify;
 mod volume;
 mod write;
+mod writer;
 
 pub use catalog::{
     MAX_VOLUME_SIZE, NewVolume, VolumeInfo, check_password, create, delete, delete_unused, info,
@@ -164,15 +183,15 @@ pub use catalog::{
 pub use error::{EngineError, ErrorKind, Result};
 pub use gc::{GcOptions, GcReport, MIN_GRACE_WHILE_ATTACHED, collect as collect_garbage};
 pub use local::volume_dir as local_dir;
-pub use options::{Durability, EngineOptions};
+pub use options::{Durability, EngineOptions, Follow};
 pub use read::{Extent, ReadData, ReadPart};
 pub use snapshot::{
     SnapshotInfo, VolumeRef, create as create_snapshot, delete as delete_snapshot,
     list as list_snapshots, open_root,
 };
-pub use stats::RequestCounts;
+pub use stats::{RequestCounts, VolumeCounters};
 pub use verify::{BadObject, VerifyReport, verify};
-#[cfg(feature = "failpoints")]
-pub use volume::simulate_power_cuts;
-pub use volume::{Volume, VolumeCounters};
+pub use volume::Volume;
 pub use write::WriteBuffer;
+#[cfg(feature = "failpoints")]
+pub use writer::simulate_power_cuts;
