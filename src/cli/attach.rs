@@ -118,6 +118,9 @@ pub async fn attach(args: AttachArgs, settings: &Settings) -> anyhow::Result<()>
         "the TLS flags are for the NBD server of --nbd-listen ADDR: add it, or leave them out"
     );
     let mode = args.read_only.mode(&args.name)?;
+    if mode.is_read_only() {
+        check_read_only(&args)?;
+    }
     // Checked here too, so a mistake shows before the daemon starts.
     let nbd_tls = args.nbd_tls.load(&args.nbd_listen)?;
     let dir = registry::runtime_dir();
@@ -142,7 +145,6 @@ pub async fn attach(args: AttachArgs, settings: &Settings) -> anyhow::Result<()>
             provisioning::resolve(&store, args.name.name(), &flags).await?
         }
         Mode::Read(_) => {
-            check_read_only(&args)?;
             engine::open_root(&store, &args.name, settings.password().cloned()).await?;
             None
         }
