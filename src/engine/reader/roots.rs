@@ -82,10 +82,11 @@ impl Roots {
         Ok(self.install(newest))
     }
 
-    /// Whether a newer generation than `generation` exists in the store.
+    /// Whether a newer generation than `generation` exists in the store
+    /// (the next ones may be collected already: the newest is read).
     pub async fn replaced(&self, generation: u64) -> Result<bool> {
-        Ok(self.root_at(generation + 1).await?.is_some()
-            || self.current.load().generation > generation)
+        let newest = catalog::newest_root(&self.store, &self.superblock, &self.codec).await?;
+        Ok(newest.generation > generation)
     }
 
     async fn root_at(&self, generation: u64) -> Result<Option<Root>> {
