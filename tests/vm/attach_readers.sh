@@ -3,7 +3,8 @@
 # host: a snapshot (`attach NAME@SNAP`) and a follower (`attach --read-only
 # --follow NAME`). Both devices are read-only and refuse writes; the
 # snapshot reads what it pinned, the follower the writer's commits as they
-# land; each detaches by its name or its device.
+# land; each detaches by its name or its device. The snapshot is read-only
+# over the kernel's NBD driver too.
 # The host made the store (ZEROBLK_VM_OUT/store): volume data, whose
 # snapshot snap holds snap.img at offset 0, and whose newest commit holds
 # newest.img there (8 MiB each).
@@ -60,6 +61,16 @@ step "detach the snapshot by name, the follower by its device, the writer last"
 [ -e "$snap" ] && fail "$snap is still there"
 [ -e "$follower" ] && fail "$follower is still there"
 [ "$(head8 "$writer")" = "$(hash_of "$WORK/third.img")" ] || fail "the writer lost its write"
+
+step "the snapshot over the kernel's NBD driver is read-only too"
+modprobe nbd nbds_max=2
+nbd_snap=$("$ZEROBLK" attach data@snap --transport nbd) || fail "attach data@snap --transport nbd"
+[ "$(blockdev --getro "$nbd_snap")" = 1 ] || fail "$nbd_snap is not read-only"
+if dd if=/dev/zero of="$nbd_snap" bs=4096 count=1 oflag=direct status=none 2>/dev/null; then
+    fail "a write to $nbd_snap succeeded"
+fi
+[ "$(head8 "$nbd_snap")" = "$(hash_of "$out/snap.img")" ] || fail "the snapshot reads other data over NBD"
+"$ZEROBLK" detach data@snap || fail "detach data@snap (nbd)"
 "$ZEROBLK" detach data || fail "detach data"
 [ -e "$writer" ] && fail "$writer is still there"
 echo "attach_readers: ok"
