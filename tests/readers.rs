@@ -378,3 +378,42 @@ async fn a_follower_outlives_gc_and_a_pinned_reader_says_its_root_is_gone() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reader_caches_on_disk_in_a_folder_of_its_own_that_goes_with_it() {
+    for_each_backend(|backend| async move {
+        let store = TestStore::new(backend);
+        let (writer, cache, _) =
+            create_and_open_with(&store.store, "v", 64 * MIB, MIB, |_| {}).await;
+        let tags: Vec<u64> = (1..=48 * 256).collect();
+        write_tags(&writer, 0, &tags).await;
+        writer.commit().await.unwrap();
+        let reader = open_reader(&store, "v", Follow::Pinned, cache.path()).await;
+        let folders = || -> Vec<std::path::PathBuf> {
+            std::fs::read_dir(cache.path().join("readers"))
+                .map(|entries| entries.flatten().map(|e| e.path()).collect())
+                .unwrap_or_default()
+        };
+        let [folder] = folders().try_into().expect("one reader, one folder");
+        // 48 chunks through a memory cache of a few: the second pass
+        // finds what memory lost on disk.
+        for _ in 0..2 {
+            assert_eq!(read_tags(&reader, 0, 48 * 256).await, tags);
+        }
+        let counters = reader.counters().cache;
+        assert!(counters.disk_hits > 0, "{counters:?}");
+        assert!(folder.join("chunks").read_dir().unwrap().count() > 0);
+        // Nothing of it in the writer's folder, which the writer locks.
+        let writers = engine::local_dir(cache.path(), reader.superblock());
+        assert!(!folder.starts_with(&writers));
+        reader.close().await.unwrap();
+        drop(reader);
+        assert!(
+            folders().is_empty(),
+            "the reader's folder stays: {:?}",
+            folders()
+        );
+        writer.close().await.unwrap();
+    })
+    .await;
+}

@@ -5,8 +5,9 @@
 //! It takes no lease and no local lock, and has no write-back log, so it
 //! opens on any host while the volume's writer runs, even on the same one.
 //! It serves reads from one committed root through the same read path and
-//! chunk caches as a writer (`read`, `chunks`; memory only: a disk cache
-//! would share the writer's folder); writes, discards and zeroes are
+//! chunk caches as a writer (`read`, `chunks`), its disk cache in a folder
+//! of its own (`local::ReaderDir`), never the writer's, removed when it is
+//! dropped; writes, discards and zeroes are
 //! refused with [`EngineError::ReadOnly`] or
 //! [`EngineError::ReadOnlySnapshot`] (EROFS), and a flush has nothing to
 //! do.
@@ -35,10 +36,12 @@ use tokio::task::JoinHandle;
 
 use super::chunks::Chunks;
 use super::error::{EngineError, Result};
+use super::local::ReaderDir;
 use super::options::{EngineOptions, Follow};
 use super::read::{self, Extent, ReadData};
 use super::snapshot::{self, VolumeRef};
 use super::stats::{Stats, VolumeCounters};
+use crate::cache::DiskCache;
 use crate::format::{Root, Superblock};
 use crate::store::Store;
 use roots::Roots;
@@ -53,6 +56,9 @@ pub(super) struct Reader {
     stats: Stats,
     /// The task that follows the writer's commits, while it runs.
     follower: std::sync::Mutex<Option<JoinHandle<()>>>,
+    /// The disk cache's folder, removed when the reader is dropped (after
+    /// `chunks`, whose files are in it).
+    _dir: Option<ReaderDir>,
 }
 
 impl Reader {
@@ -72,8 +78,9 @@ impl Reader {
         }
         let (superblock, codec, root) =
             snapshot::open_root(store, what, options.password.clone()).await?;
+        let (dir, disk) = disk_cache(&superblock, options)?;
         let chunk_size = superblock.chunk_size;
-        let chunks = Arc::new(Chunks::new(store, &codec, chunk_size, options, None));
+        let chunks = Arc::new(Chunks::new(store, &codec, chunk_size, options, disk));
         tracing::info!(
             volume = %what,
             generation = root.generation,
@@ -93,6 +100,7 @@ impl Reader {
             chunks,
             stats: Stats::default(),
             follower: std::sync::Mutex::new(follower),
+            _dir: dir,
         })
     }
 
@@ -225,6 +233,28 @@ impl Drop for Reader {
             follower.abort();
         }
     }
+}
+
+/// A disk cache of the reader's own, in a folder of its own (a writer's
+/// on this host keeps its cache beside its log), unless it has none.
+fn disk_cache(
+    superblock: &Superblock,
+    options: &EngineOptions,
+) -> Result<(Option<ReaderDir>, Option<DiskCache>)> {
+    if options.disk_cache_bytes == 0 {
+        return Ok((None, None));
+    }
+    let cache_dir_error = |path: &std::path::Path| {
+        let path = path.to_path_buf();
+        move |source| EngineError::CacheDir { path, source }
+    };
+    let dir = ReaderDir::create(&options.cache_dir, superblock)
+        .map_err(cache_dir_error(&options.cache_dir))?;
+    let chunks = dir.path().join("chunks");
+    // It leaves the room a writer's log on this filesystem may need.
+    let disk = DiskCache::open(&chunks, options.disk_cache_bytes, options.log_disk_bytes())
+        .map_err(cache_dir_error(&chunks))?;
+    Ok((Some(dir), Some(disk)))
 }
 
 /// Whether `error` says an object a root references is not in the store.
