@@ -111,6 +111,37 @@ fn attach_and_detach_over_ublk() {
 }
 
 #[test]
+fn read_only_attaches_of_a_snapshot_and_a_follower_over_ublk() {
+    let out = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(store_with_a_snapshot(out.path()));
+    run_in_vm_writing("attach_readers.sh", Some(out.path()));
+}
+
+/// Makes a store in `out/store` for `attach_readers.sh`: volume `data`
+/// (64 MiB), whose snapshot `snap` holds `out/snap.img` at offset 0, and
+/// whose newest commit holds `out/newest.img` there.
+async fn store_with_a_snapshot(out: &Path) {
+    use zeroblk::store::{Store, StoreOptions};
+    let url = format!("file://{}/store", out.display());
+    let store = Store::open(&url, &StoreOptions::default()).unwrap();
+    let (volume, _cache) = common::create_and_open(&store, "data", 64 << 20, 1 << 20).await;
+    for (seed, image) in [(1, "snap.img"), (2, "newest.img")] {
+        let mut data = vec![0u8; 8 << 20];
+        fastrand::Rng::with_seed(seed).fill(&mut data);
+        std::fs::write(out.join(image), &data).unwrap();
+        volume.write(0, &data, false).await.unwrap();
+        volume.commit().await.unwrap();
+        if image == "snap.img" {
+            zeroblk::engine::create_snapshot(&store, "data", Some("snap"), None)
+                .await
+                .unwrap();
+        }
+    }
+    volume.close().await.unwrap();
+}
+
+#[test]
 fn provision_btrfs_snapshots_and_nfs_over_ublk() {
     run_in_vm("provision.sh");
 }

@@ -15,7 +15,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
-use super::registry::{self, AttachRecord};
+use super::registry::{self, Access, AttachRecord};
 use super::{AttachError, Transport, choose_transport, hook};
 use crate::engine::Volume;
 use crate::kernel_nbd::{self, DeviceConfig, NbdDevice};
@@ -28,6 +28,10 @@ use crate::ublk::{UblkDevice, UblkOptions};
 /// How to attach.
 #[derive(Debug, Clone)]
 pub struct AttachOptions {
+    /// What is attached: the volume, or `NAME@SNAP`.
+    pub name: String,
+    /// How: by its writer, or read-only (`volume` was opened so).
+    pub access: Access,
     pub transport: Transport,
     /// Also serve the volume over NBD here, from the same engine.
     pub nbd_listen: Vec<ListenAddr>,
@@ -59,19 +63,30 @@ fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AttachErr
     move |source| AttachError::Io { what, source }
 }
 
-/// Refuses a volume that a live daemon serves; clears a dead one's record.
-pub fn ensure_not_attached(dir: &Path, name: &str) -> Result<(), AttachError> {
-    if let Some(record) = registry::find(dir, name).map_err(io_error("reading the registry"))? {
+/// Refuses an attach (registry `key`) that a live daemon serves; clears a
+/// dead one's record.
+pub fn ensure_not_attached(dir: &Path, key: &str) -> Result<(), AttachError> {
+    if let Some(record) = registry::find(dir, key).map_err(io_error("reading the registry"))? {
         if record.daemon_alive() && record.pid != std::process::id() {
             return Err(AttachError::AlreadyAttached {
+                detach: detach_command(&record),
                 name: record.name,
+                access: record.access,
                 device: record.device,
                 pid: record.pid,
             });
         }
-        registry::remove(dir, name);
+        registry::remove(dir, key);
     }
     Ok(())
+}
+
+/// The command that detaches what `record` attached.
+pub fn detach_command(record: &AttachRecord) -> String {
+    match record.access.is_read_only() && !record.name.contains('@') {
+        true => format!("zeroblk detach --read-only {}", record.name),
+        false => format!("zeroblk detach {}", record.name),
+    }
 }
 
 /// Serves `volume` as a block device until detached. `ready` gets the
@@ -83,18 +98,15 @@ pub async fn run(
 ) -> Result<(), AttachError> {
     let dir = registry::runtime_dir();
     registry::ensure_private_dir(&dir).map_err(io_error(format!("preparing {}", dir.display())))?;
-    let name = volume.name().to_string();
-    ensure_not_attached(&dir, &name)?;
+    let name = options.name.clone();
+    let key = registry::key(&name, options.access);
+    ensure_not_attached(&dir, &key)?;
     let transport = match options.ublk.recover {
         Some(_) => Transport::Ublk,
         None => choose_transport(options.transport)?,
     };
     let volume = Arc::new(volume);
-    let export = Arc::new(Export {
-        name: name.clone(),
-        volume: Arc::clone(&volume),
-        read_only: false,
-    });
+    let export = Arc::new(Export::new(&name, Arc::clone(&volume)));
 
     let device = match transport {
         Transport::Ublk => {
@@ -111,7 +123,7 @@ pub async fn run(
     };
     let device_path = device.path();
     let (stop, stopped) = watch::channel(false);
-    let control_path = registry::control_socket(&dir, &name);
+    let control_path = registry::control_socket(&dir, &key);
     let provision = options.provision.as_ref();
     let setup = async {
         let nbd_tls = options.nbd_tls.clone();
@@ -142,6 +154,7 @@ pub async fn run(
     };
     let record = AttachRecord {
         name: name.clone(),
+        access: options.access,
         device: device_path.clone(),
         size: volume.size(),
         store: options.store_url.clone(),
@@ -167,7 +180,7 @@ pub async fn run(
     tracing::info!(volume = %name, "detaching: disconnecting the device, then committing to the store");
     let _ = stop.send(true);
     let outcome = shut_down(device, nbd_server, &volume).await;
-    registry::remove(&dir, &name);
+    registry::remove(&dir, &key);
     let _ = std::fs::remove_file(&control_path);
     if let Some(mut requester) = requester {
         let answer = match &outcome {
@@ -204,7 +217,7 @@ async fn connect_kernel_nbd(
     });
     let (minimum, _, _) = export.block_sizes();
     let config = DeviceConfig {
-        size: export.volume.size(),
+        size: export.volume().size(),
         block_size: u64::from(minimum),
         flags: export.transmission_flags(false),
         timeout_secs: 0,

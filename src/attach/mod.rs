@@ -72,15 +72,22 @@ pub enum AttachError {
     )]
     NoFreeNbd,
     #[error(
-        "volume `{name}` is already attached at {device} (daemon pid {pid}): detach it first with `zeroblk detach {name}`"
+        "`{name}` is already attached ({access}) at {device} (daemon pid {pid}): detach it first with `{detach}`"
     )]
     AlreadyAttached {
         name: String,
+        access: registry::Access,
         device: String,
         pid: u32,
+        /// The command that detaches it.
+        detach: String,
     },
     #[error("{0} is not attached: `zeroblk list` shows what is")]
     NotAttached(String),
+    #[error(
+        "volume `{0}` is attached only read-only here: detach that with `zeroblk detach --read-only {0}`"
+    )]
+    OnlyReadOnly(String),
     #[error("volume {0} has no device to recover: attach it normally")]
     NothingToRecover(String),
     #[error("volume {name} is served by a live daemon (pid {pid}): nothing to recover")]

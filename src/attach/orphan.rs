@@ -7,12 +7,12 @@
 use std::path::Path;
 
 use super::AttachError;
-use super::registry::{self, AttachRecord};
+use super::registry::{self, Access, AttachRecord};
 
-/// The ublk device id the dead daemon of volume `name` left behind, to be
-/// taken back by a new daemon.
-pub fn device_to_recover(dir: &Path, name: &str) -> Result<u32, AttachError> {
-    let record = registry::find(dir, name)
+/// The ublk device id the dead daemon of `name` attached as `access` left
+/// behind, to be taken back by a new daemon.
+pub fn device_to_recover(dir: &Path, name: &str, access: Access) -> Result<u32, AttachError> {
+    let record = registry::find(dir, &registry::key(name, access))
         .map_err(|source| AttachError::Io {
             what: format!("reading the registry in {}", dir.display()),
             source,
@@ -20,7 +20,7 @@ pub fn device_to_recover(dir: &Path, name: &str) -> Result<u32, AttachError> {
         .ok_or_else(|| AttachError::NothingToRecover(name.to_string()))?;
     if record.daemon_alive() {
         return Err(AttachError::RecoverLive {
-            name: name.to_string(),
+            name: record.name,
             pid: record.pid,
         });
     }
@@ -40,6 +40,6 @@ pub fn remove_dead(dir: &Path, record: &AttachRecord) -> Result<(), AttachError>
             failure,
         })?;
     }
-    registry::remove(dir, &record.name);
+    registry::remove(dir, &record.key());
     Ok(())
 }

@@ -7,10 +7,54 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+/// How an attached volume is served.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Access {
+    /// By its writer (the one holding its lease).
+    #[default]
+    ReadWrite,
+    /// Read-only, from one root: a snapshot, or a volume as it was.
+    ReadOnly,
+    /// Read-only, following its writer's commits.
+    Following,
+}
+
+impl Access {
+    pub fn is_read_only(self) -> bool {
+        self != Access::ReadWrite
+    }
+}
+
+impl std::fmt::Display for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Access::ReadWrite => "read-write",
+            Access::ReadOnly => "read-only",
+            Access::Following => "following",
+        })
+    }
+}
+
+/// The name the registry keeps an attach under: the volume's own for its
+/// writer and for a snapshot (`NAME@SNAP`), `NAME+ro` for a read-only
+/// attach of a volume, so that one can run beside its writer (no volume
+/// or snapshot name has a `+`). Its record, socket and log are named so.
+pub fn key(name: &str, access: Access) -> String {
+    match access.is_read_only() && !name.contains('@') {
+        true => format!("{name}+ro"),
+        false => name.to_string(),
+    }
+}
+
 /// An attached volume, as `zeroblk list` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttachRecord {
+    /// The volume, or `NAME@SNAP` for a snapshot.
     pub name: String,
+    /// Records of older versions are all of writers.
+    #[serde(default)]
+    pub access: Access,
     pub device: String,
     pub size: u64,
     pub store: String,
@@ -34,6 +78,11 @@ pub struct AttachRecord {
 }
 
 impl AttachRecord {
+    /// The registry's name for it (see [`key`]).
+    pub fn key(&self) -> String {
+        key(&self.name, self.access)
+    }
+
     pub fn daemon_alive(&self) -> bool {
         crate::process::ProcessId::recorded(self.pid, self.pid_started).is_running()
     }
@@ -143,7 +192,7 @@ pub fn create_log(dir: &Path, name: &str) -> io::Result<std::fs::File> {
 /// Writes a record atomically.
 pub fn write(dir: &Path, record: &AttachRecord) -> io::Result<()> {
     ensure_private_dir(dir)?;
-    let path = record_path(dir, &record.name);
+    let path = record_path(dir, &record.key());
     let temporary = path.with_extension("json.tmp");
     std::fs::write(
         &temporary,
@@ -152,8 +201,9 @@ pub fn write(dir: &Path, record: &AttachRecord) -> io::Result<()> {
     std::fs::rename(temporary, path)
 }
 
-pub fn remove(dir: &Path, name: &str) {
-    let _ = std::fs::remove_file(record_path(dir, name));
+/// Removes the record kept under `key`.
+pub fn remove(dir: &Path, key: &str) {
+    let _ = std::fs::remove_file(record_path(dir, key));
 }
 
 /// Every record, with `state` set to `dead` where the daemon is gone.
@@ -178,15 +228,15 @@ pub fn list(dir: &Path) -> io::Result<Vec<AttachRecord>> {
             records.push(record);
         }
     }
-    records.sort_by(|a, b| a.name.cmp(&b.name));
+    records.sort_by_key(|r| (r.name.clone(), r.access));
     Ok(records)
 }
 
-/// The record of a volume, found by its name or its device path.
-pub fn find(dir: &Path, name_or_device: &str) -> io::Result<Option<AttachRecord>> {
+/// The record kept under `key_or_device` (see [`key`]), or of that device.
+pub fn find(dir: &Path, key_or_device: &str) -> io::Result<Option<AttachRecord>> {
     Ok(list(dir)?
         .into_iter()
-        .find(|r| r.name == name_or_device || r.device == name_or_device))
+        .find(|r| r.key() == key_or_device || r.device == key_or_device))
 }
 
 #[cfg(test)]
@@ -234,6 +284,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut record = AttachRecord {
             name: "v".into(),
+            access: Access::ReadWrite,
             device: "/dev/nbd3".into(),
             size: 1 << 30,
             store: "file:///x".into(),
@@ -256,5 +307,44 @@ mod tests {
         assert_eq!(all[1].state, "dead");
         remove(dir.path(), "v");
         assert!(find(dir.path(), "v").unwrap().is_none());
+    }
+
+    #[test]
+    fn read_only_attaches_of_a_volume_are_kept_beside_its_writer() {
+        assert_eq!(key("v", Access::ReadWrite), "v");
+        assert_eq!(key("v", Access::Following), "v+ro");
+        assert_eq!(key("v@s", Access::ReadOnly), "v@s");
+        let dir = tempfile::tempdir().unwrap();
+        let record = |name: &str, access, device: &str| AttachRecord {
+            name: name.into(),
+            access,
+            device: device.into(),
+            size: 1 << 30,
+            store: "file:///x".into(),
+            pid: std::process::id(),
+            pid_started: crate::process::ProcessId::current().started(),
+            transport: "ublk".into(),
+            state: "attached".into(),
+            control_socket: control_socket(dir.path(), name),
+            nbd_listen: vec![],
+            mount_point: None,
+            nfs: None,
+        };
+        write(dir.path(), &record("v", Access::ReadWrite, "/dev/ublkb0")).unwrap();
+        write(dir.path(), &record("v", Access::Following, "/dev/ublkb1")).unwrap();
+        write(dir.path(), &record("v@s", Access::ReadOnly, "/dev/ublkb2")).unwrap();
+        assert_eq!(list(dir.path()).unwrap().len(), 3);
+        let device = |key: &str| find(dir.path(), key).unwrap().map(|r| r.device);
+        assert_eq!(device("v").as_deref(), Some("/dev/ublkb0"));
+        assert_eq!(device("v+ro").as_deref(), Some("/dev/ublkb1"));
+        assert_eq!(device("v@s").as_deref(), Some("/dev/ublkb2"));
+        assert_eq!(
+            find(dir.path(), "/dev/ublkb1").unwrap().map(|r| r.access),
+            Some(Access::Following)
+        );
+        // A record an older version wrote is a writer's.
+        let old = r#"{"name":"w","device":"/dev/nbd0","size":1,"store":"s","pid":1,"transport":"nbd","state":"attached","control_socket":"/x"}"#;
+        let old: AttachRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(old.access, Access::ReadWrite);
     }
 }

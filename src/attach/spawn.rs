@@ -15,13 +15,14 @@ use super::{AttachError, registry};
 /// replay a large log, and a recovery waits for the kernel).
 const START_LIMIT: Duration = Duration::from_secs(600);
 
-/// Starts the daemon of volume `name`, with its records in `dir`, and
-/// returns the device path it prints once it serves it.
-pub fn daemon(name: &str, dir: &Path) -> Result<String, AttachError> {
+/// Starts the daemon of `name`, kept in the registry in `dir` under `key`
+/// (see [`registry::key`]), and returns the device path it prints once it
+/// serves it.
+pub fn daemon(name: &str, key: &str, dir: &Path) -> Result<String, AttachError> {
     let io = |what: String| move |source| AttachError::Io { what, source };
     registry::ensure_private_dir(dir).map_err(io(format!("cannot make {}", dir.display())))?;
-    let log = registry::log_path(dir, name);
-    let log_file = registry::create_log(dir, name).map_err(io(format!(
+    let log = registry::log_path(dir, key);
+    let log_file = registry::create_log(dir, key).map_err(io(format!(
         "cannot create the daemon's log {}",
         log.display()
     )))?;

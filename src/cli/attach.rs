@@ -7,13 +7,15 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::nbd_tls::TlsArgs;
+use super::read_only::{self, Mode, ReadOnlyArgs};
 use super::settings::{EngineArgs, Settings};
 use crate::attach::daemon::{self, AttachOptions};
 use crate::attach::provisioning::{self, ProvisionFlags};
+use crate::attach::registry::Access;
 use crate::attach::{
     AttachError, Transport, UblkOptions, choose_transport, orphan, registry, spawn,
 };
-use crate::engine::{self, EngineError, NewVolume, Volume};
+use crate::engine::{self, EngineError, NewVolume, VolumeRef};
 use crate::format::{Compression, DEFAULT_CHUNK_SIZE};
 use crate::nbd::ListenAddr;
 use crate::provision::{self, BtrfsCompression, Filesystem, MountOptions, NfsExport};
@@ -22,9 +24,10 @@ use crate::store::Store;
 
 #[derive(Debug, clap::Args)]
 pub struct AttachArgs {
-    /// The volume to attach, created when missing (then --size is needed)
+    /// The volume to attach, created when missing (then --size is needed),
+    /// or NAME@SNAP for one of its snapshots (read-only)
     #[arg(default_value = "default")]
-    pub name: String,
+    pub name: VolumeRef,
     /// Size of a volume to create, e.g. 100G
     #[arg(long, value_name = "SIZE")]
     pub size: Option<ByteSize>,
@@ -57,6 +60,8 @@ pub struct AttachArgs {
     #[command(flatten)]
     pub nbd_tls: TlsArgs,
     #[command(flatten)]
+    pub read_only: ReadOnlyArgs,
+    #[command(flatten)]
     pub provision: ProvisionArgs,
     #[command(flatten)]
     pub engine: EngineArgs,
@@ -87,6 +92,15 @@ pub struct ProvisionArgs {
 }
 
 impl ProvisionArgs {
+    /// Whether any provisioning flag was given.
+    fn given(&self) -> bool {
+        self.mount_point.is_some()
+            || self.filesystem.is_some()
+            || self.compress.is_some()
+            || self.nfs_options.is_some()
+            || self.mount_options.is_some()
+    }
+
     fn flags(&self) -> ProvisionFlags {
         ProvisionFlags {
             mount_point: self.mount_point.clone(),
@@ -103,33 +117,51 @@ pub async fn attach(args: AttachArgs, settings: &Settings) -> anyhow::Result<()>
         !args.nbd_listen.is_empty() || !args.nbd_tls.given(),
         "the TLS flags are for the NBD server of --nbd-listen ADDR: add it, or leave them out"
     );
+    let mode = args.read_only.mode(&args.name)?;
+    if mode.is_read_only() {
+        check_read_only(&args)?;
+    }
     // Checked here too, so a mistake shows before the daemon starts.
     let nbd_tls = args.nbd_tls.load(&args.nbd_listen)?;
     let dir = registry::runtime_dir();
+    let name = args.name.to_string();
+    let key = registry::key(&name, mode.access());
     let recover = if args.recover {
-        Some(orphan::device_to_recover(&dir, &args.name)?)
+        Some(orphan::device_to_recover(&dir, &name, mode.access())?)
     } else {
         None
     };
     if recover.is_none() {
         // A recovery keeps the dead daemon's record until the new daemon
         // has read it.
-        daemon::ensure_not_attached(&dir, &args.name)?;
+        daemon::ensure_not_attached(&dir, &key)?;
         choose_transport(args.transport)?;
     }
     let store = settings.open_store()?;
-    ensure_volume(&store, &args, settings).await?;
-    let provision = provisioning::resolve(&store, &args.name, &args.provision.flags()).await?;
+    let provision = match mode {
+        Mode::Write => {
+            ensure_volume(&store, &args, settings).await?;
+            let flags = args.provision.flags();
+            provisioning::resolve(&store, args.name.name(), &flags).await?
+        }
+        Mode::Read(_) => {
+            engine::open_root(&store, &args.name, settings.password().cloned()).await?;
+            None
+        }
+    };
     if let Some(provision) = &provision {
         provision::preflight(provision)?;
     }
     if !args.foreground {
-        let device = spawn::daemon(&args.name, &dir)?;
+        let device = spawn::daemon(&name, &key, &dir)?;
         outln!("{device}");
         return Ok(());
     }
-    let volume = Volume::open(&store, &args.name, settings.engine_options(&args.engine)?).await?;
+    let options = settings.engine_options(&args.engine)?;
+    let volume = read_only::open(&store, &args.name, mode, options).await?;
     let options = AttachOptions {
+        name,
+        access: mode.access(),
         transport: args.transport,
         nbd_listen: args.nbd_listen.clone(),
         nbd_tls,
@@ -150,19 +182,39 @@ pub async fn attach(args: AttachArgs, settings: &Settings) -> anyhow::Result<()>
     Ok(())
 }
 
+/// Refuses what a read-only attach cannot do: create or grow a volume,
+/// or provision anything (mkfs, a mount that writes, an export).
+fn check_read_only(args: &AttachArgs) -> anyhow::Result<()> {
+    let what = &args.name;
+    anyhow::ensure!(
+        args.size.is_none(),
+        "--size creates or checks a volume to write: leave it out to attach `{what}` read-only"
+    );
+    anyhow::ensure!(
+        !args.provision.given(),
+        "a read-only attach makes no filesystem, mount or export: leave out --mount-point, --filesystem, --compress, --nfs-options and --mount-options, and mount the device read-only yourself"
+    );
+    anyhow::ensure!(
+        !args.engine.force,
+        "--force takes a writer's lease over, and a read-only attach takes none: leave it out"
+    );
+    Ok(())
+}
+
 async fn ensure_volume(
     store: &Store,
     args: &AttachArgs,
     settings: &Settings,
 ) -> anyhow::Result<()> {
-    match engine::info(store, &args.name, settings.password()).await {
+    let name = args.name.name();
+    match engine::info(store, name, settings.password()).await {
         Ok(info) => {
             if let Some(size) = args.size.filter(|s| s.bytes() != info.size) {
                 anyhow::bail!(
                     "volume {} is {}, not {size}: leave out --size, or grow it with `zeroblk volume resize {} --size {size}`",
-                    args.name,
+                    name,
                     ByteSize(info.size),
-                    args.name
+                    name
                 );
             }
             Ok(())
@@ -171,11 +223,11 @@ async fn ensure_volume(
             let size = args.size.with_context(|| {
                 format!(
                     "volume {} does not exist: give --size (e.g. --size 100G) to create it",
-                    args.name
+                    name
                 )
             })?;
             let new = NewVolume {
-                name: args.name.clone(),
+                name: name.to_string(),
                 size: size.bytes(),
                 chunk_size: args.chunk_size.bytes(),
                 compression: args.compression,
@@ -189,10 +241,11 @@ async fn ensure_volume(
     }
 }
 
-pub async fn detach(target: &str) -> anyhow::Result<()> {
+/// Detaches `target`: an attach by its name (`NAME`, `NAME@SNAP`; with
+/// `read_only`, the read-only attach of `NAME`), or a device.
+pub async fn detach(target: &str, read_only: bool) -> anyhow::Result<()> {
     let dir = registry::runtime_dir();
-    let record = registry::find(&dir, target)?
-        .ok_or_else(|| AttachError::NotAttached(target.to_string()))?;
+    let record = find_attached(&dir, target, read_only)?;
     if !record.daemon_alive() {
         return detach_dead(&dir, &record);
     }
@@ -205,24 +258,69 @@ pub async fn detach(target: &str) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    outln!(
-        "detached {} ({}); everything is committed to {}",
-        record.name,
-        record.device,
-        record.store
-    );
+    match record.access.is_read_only() {
+        true => outln!(
+            "detached {} ({}, {}): it wrote nothing",
+            record.name,
+            record.access,
+            record.device
+        ),
+        false => outln!(
+            "detached {} ({}); everything is committed to {}",
+            record.name,
+            record.device,
+            record.store
+        ),
+    }
     Ok(())
+}
+
+/// The record `detach` means; a volume attached only read-only, named
+/// without `--read-only`, is refused with the command that detaches it.
+fn find_attached(
+    dir: &std::path::Path,
+    target: &str,
+    read_only: bool,
+) -> anyhow::Result<registry::AttachRecord> {
+    let access = match read_only {
+        true => Access::ReadOnly,
+        false => Access::ReadWrite,
+    };
+    let key = match target.starts_with("/dev/") {
+        true => target.to_string(),
+        false => registry::key(target, access),
+    };
+    if let Some(record) = registry::find(dir, &key)? {
+        return Ok(record);
+    }
+    let read_only_key = registry::key(target, Access::ReadOnly);
+    if !read_only && registry::find(dir, &read_only_key)?.is_some() {
+        return Err(AttachError::OnlyReadOnly(target.to_string()).into());
+    }
+    Err(AttachError::NotAttached(target.to_string()).into())
 }
 
 /// Detaching a volume whose daemon died: its device and record go (see
 /// `attach::orphan::remove_dead`).
 fn detach_dead(dir: &std::path::Path, record: &registry::AttachRecord) -> anyhow::Result<()> {
     orphan::remove_dead(dir, record)?;
+    let log = registry::log_path(dir, &record.key());
+    if record.access.is_read_only() {
+        outln!(
+            "the daemon of {} (pid {}, {}) had died (its log: {}); removed {}. It wrote nothing",
+            record.name,
+            record.pid,
+            record.access,
+            log.display(),
+            record.device
+        );
+        return Ok(());
+    }
     outln!(
         "the daemon of {} (pid {}) had died (its log: {}); removed {}. Writes it acknowledged are in the cache's write-back log: `zeroblk attach {}` replays them",
         record.name,
         record.pid,
-        registry::log_path(dir, &record.name).display(),
+        log.display(),
         record.device,
         record.name
     );
@@ -240,23 +338,25 @@ pub fn list(json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     outln!(
-        "{:<20} {:<14} {:>8} {:>8} {:<10} {:<9} {:<24} STORE",
+        "{:<20} {:<14} {:>8} {:>8} {:<10} {:<10} {:<9} {:<24} STORE",
         "NAME",
         "DEVICE",
         "SIZE",
         "PID",
         "TRANSPORT",
+        "ACCESS",
         "STATE",
         "MOUNT"
     );
     for r in records {
         outln!(
-            "{:<20} {:<14} {:>8} {:>8} {:<10} {:<9} {:<24} {}",
+            "{:<20} {:<14} {:>8} {:>8} {:<10} {:<10} {:<9} {:<24} {}",
             r.name,
             r.device,
             ByteSize(r.size).to_string(),
             r.pid,
             r.transport,
+            r.access.to_string(),
             r.state,
             r.mount_point
                 .as_ref()

@@ -15,6 +15,7 @@ mod attach;
 mod copy;
 mod nbd_tls;
 mod provision;
+mod read_only;
 mod serve;
 mod settings;
 mod volume;
@@ -78,8 +79,12 @@ pub enum Command {
     Attach(attach::AttachArgs),
     /// Detach a volume: commit everything, remove the device, stop its daemon
     Detach {
-        /// The volume's name or its device path
+        /// The volume's name (NAME@SNAP for a snapshot), or its device path
         target: String,
+        /// Detach the read-only attach of the volume (`attach --read-only
+        /// NAME`), not its writer
+        #[arg(long)]
+        read_only: bool,
     },
     /// List the volumes attached on this host
     List {
@@ -177,7 +182,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Volume(command) => volume::run(command, &settings).await,
         Command::Serve(args) => serve::run(args, &settings).await,
         Command::Attach(args) => attach::attach(args, &settings).await,
-        Command::Detach { target } => attach::detach(&target).await,
+        Command::Detach { target, read_only } => attach::detach(&target, read_only).await,
         Command::List { json } => attach::list(json),
         Command::Gc {
             dry_run,

@@ -7,8 +7,9 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
 use super::nbd_tls::TlsArgs;
+use super::read_only::{self, Mode, ReadOnlyArgs};
 use super::settings::{EngineArgs, Settings};
-use crate::engine::{self, Volume};
+use crate::engine::{self, VolumeRef};
 use crate::nbd::server::Listener;
 use crate::nbd::{Export, Exports, ListenAddr, NbdServer};
 
@@ -16,15 +17,13 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:10809";
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// Volumes to export, each under its own name [default: all of the store's]
-    pub volumes: Vec<String>,
+    /// Volumes to export, each under its own name; NAME@SNAP exports a
+    /// snapshot, read-only [default: all of the store's volumes]
+    pub volumes: Vec<VolumeRef>,
     /// Where to listen: HOST:PORT or unix:/PATH; repeat for several
     /// [default: 127.0.0.1:10809, or [servers.nbd] addresses]
     #[arg(long = "listen", value_name = "ADDR")]
     pub listen: Vec<ListenAddr>,
-    /// Export read-only: writes, trims and zeroes are refused
-    #[arg(long)]
-    pub read_only: bool,
     /// Drop a client that has not finished the NBD handshake after this long
     #[arg(long, value_name = "DURATION", default_value = "30s")]
     pub handshake_timeout: humantime::Duration,
@@ -36,6 +35,8 @@ pub struct ServeArgs {
     /// [default: never; kernel clients sit idle between bursts]
     #[arg(long, value_name = "DURATION")]
     pub idle_timeout: Option<humantime::Duration>,
+    #[command(flatten)]
+    pub read_only: ReadOnlyArgs,
     #[command(flatten)]
     pub tls: TlsArgs,
     #[command(flatten)]
@@ -59,7 +60,11 @@ pub async fn run(args: ServeArgs, settings: &Settings) -> anyhow::Result<()> {
     let tls = args.tls.load(&addresses)?;
     let store = settings.open_store()?;
     let names = match args.volumes.is_empty() {
-        true => engine::list(&store).await?,
+        true => engine::list(&store)
+            .await?
+            .iter()
+            .map(|name| VolumeRef::volume(name))
+            .collect(),
         false => args.volumes.clone(),
     };
     anyhow::ensure!(
@@ -67,20 +72,20 @@ pub async fn run(args: ServeArgs, settings: &Settings) -> anyhow::Result<()> {
         "the store {} has no volumes to serve: create one with `zeroblk volume create NAME --size 100G`",
         store.url()
     );
+    // Every mode and password first: a volume that cannot be opened must
+    // stop the server before any other volume is opened (and written to).
+    let modes = names
+        .iter()
+        .map(|name| args.read_only.mode(name))
+        .collect::<anyhow::Result<Vec<Mode>>>()?;
     let options = settings.engine_options(&args.engine)?;
-    // Every password first: a volume it does not open must stop the
-    // server before any other volume is opened (and written to).
     for name in &names {
-        engine::check_password(&store, name, options.password.clone()).await?;
+        engine::check_password(&store, name.name(), options.password.clone()).await?;
     }
     let mut exports = Exports::default();
-    for name in &names {
-        let volume = Volume::open(&store, name, options.clone()).await?;
-        exports.add(Export {
-            name: name.clone(),
-            volume: Arc::new(volume),
-            read_only: args.read_only,
-        });
+    for (name, mode) in names.iter().zip(&modes) {
+        let volume = read_only::open(&store, name, *mode, options.clone()).await?;
+        exports.add(Export::new(&name.to_string(), Arc::new(volume)));
     }
     let mut listeners = Vec::new();
     for address in &addresses {
@@ -88,11 +93,16 @@ pub async fn run(args: ServeArgs, settings: &Settings) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {address} (pick another with --listen)"))?;
         let bound = listener.local_addr()?;
-        for name in &names {
-            tracing::info!(
-                "serving volume {name} at {}",
-                uri(&bound, name, tls.is_some())
-            );
+        for (name, mode) in names.iter().zip(&modes) {
+            let name = name.to_string();
+            let uri = uri(&bound, &name, tls.is_some());
+            match mode {
+                Mode::Write => tracing::info!("serving volume {name} at {uri}"),
+                Mode::Read(_) => tracing::info!(
+                    "serving volume {name} at {uri}, read-only ({})",
+                    mode.access()
+                ),
+            }
         }
         listeners.push(listener);
     }
@@ -118,7 +128,7 @@ pub async fn run(args: ServeArgs, settings: &Settings) -> anyhow::Result<()> {
         }
     }
     anyhow::ensure!(failures.is_empty(), "{}", failures.join("; "));
-    tracing::info!("all volumes committed; bye");
+    tracing::info!("all volumes committed (those served read-only have nothing to commit); bye");
     Ok(())
 }
 

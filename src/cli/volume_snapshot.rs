@@ -173,7 +173,10 @@ pub async fn commit_if_attached_here(store: &Store, name: &str) -> anyhow::Resul
 fn attached_here(store: &Store, name: &str) -> anyhow::Result<Option<registry::AttachRecord>> {
     let found = registry::find(&registry::runtime_dir(), name)?;
     Ok(found.filter(|record| {
-        record.name == name && record.store == store.url() && record.daemon_alive()
+        record.name == name
+            && !record.access.is_read_only()
+            && record.store == store.url()
+            && record.daemon_alive()
     }))
 }
 

@@ -32,9 +32,13 @@ pub enum EngineError {
     )]
     ReadOnlySnapshot { volume: String, snapshot: String },
     #[error(
-        "`{what}` is read-only: it was opened without a writer's lease (--read-only or a snapshot)"
+        "`{what}` is read-only: it was opened without a writer's lease (--read-only); to write, serve or attach it without --read-only"
     )]
     ReadOnly { what: String },
+    #[error(
+        "volume `{volume}` was opened read-only at generation {generation}, which its writer has replaced since and gc has collected: open it again to read what it holds now, follow its writer (--follow), or read a snapshot, which gc keeps"
+    )]
+    ReplacedRoot { volume: String, generation: u64 },
     #[error("{0}")]
     InvalidArgument(String),
     #[error("{op} of {len} bytes at offset {offset} is not aligned to the {block}-byte block size")]
@@ -167,7 +171,9 @@ impl EngineError {
             | EngineError::Log { .. }
             | EngineError::CacheDir { .. }
             | EngineError::Panicked { .. } => ErrorKind::Io,
-            EngineError::Format(_) | EngineError::MissingObject { .. } => ErrorKind::Corrupt,
+            EngineError::Format(_)
+            | EngineError::MissingObject { .. }
+            | EngineError::ReplacedRoot { .. } => ErrorKind::Corrupt,
             EngineError::Fenced { .. }
             | EngineError::LeaseLost { .. }
             | EngineError::Leased { .. }

@@ -57,7 +57,7 @@ impl Shared {
             Ok(synced) => synced,
             Err(panic) => Err(self.stop(EngineError::Panicked {
                 task: "log sync",
-                message: super::volume::panic_message(&*panic),
+                message: super::writer::panic_message(&*panic),
             })),
         }
     }

@@ -1,6 +1,8 @@
 //! A volume's folder in the cache directory: `NAME.UUID`, holding its
 //! write-back log (`log/`), its disk cache (`chunks/`) and the `lock` that
-//! says a process on this host has it open.
+//! says a process on this host has it open. A volume opened read-only
+//! has a folder of its own instead, for its disk cache alone
+//! ([`ReaderDir`]): it shares nothing with the writer's.
 //!
 //! It promises that the folder is this user's own, never a symlink or a
 //! folder another user made in a shared cache dir, and private (0700),
@@ -9,8 +11,9 @@
 //! survives a power cut.
 
 use std::fs::File;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use nix::fcntl::{Flock, FlockArg};
 
@@ -34,21 +37,101 @@ pub(super) fn prepare(dir: &Path) -> std::io::Result<()> {
 /// it is let go when the returned lock is dropped.
 pub(super) fn lock(dir: &Path, name: &str) -> Result<Flock<File>> {
     let path = dir.join("lock");
-    let file = File::options()
+    let file = lock_file(dir).map_err(|source| EngineError::CacheDir {
+        path: path.clone(),
+        source,
+    })?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|_| EngineError::Busy {
+        name: name.to_string(),
+        path,
+    })
+}
+
+/// A reader's folder in the cache directory, `readers/NAME.UUID.RANDOM`:
+/// private, locked while the reader has it, and removed when dropped. One
+/// a crashed reader left (its lock free) goes when the next reader opens.
+pub(super) struct ReaderDir {
+    path: PathBuf,
+    _lock: Flock<File>,
+}
+
+/// A reader's folder younger than this is never taken for a crashed
+/// reader's: its reader may be between making it and locking it.
+const READER_DIR_SETTLES: Duration = Duration::from_secs(60);
+
+impl ReaderDir {
+    /// Makes a folder for a reader of the volume `superblock` describes,
+    /// after removing those crashed readers left.
+    pub fn create(cache_dir: &Path, superblock: &Superblock) -> std::io::Result<ReaderDir> {
+        let readers = cache_dir.join("readers");
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&readers)?;
+        check_own_folder(&readers)?;
+        std::fs::set_permissions(&readers, std::fs::Permissions::from_mode(0o700))?;
+        remove_abandoned(&readers);
+        let name = format!(
+            "{}.{}.{:016x}",
+            superblock.name,
+            superblock.uuid,
+            fastrand::u64(..)
+        );
+        let path = readers.join(name);
+        std::fs::DirBuilder::new().mode(0o700).create(&path)?;
+        let lock = lock_file(&path)?;
+        let lock = Flock::lock(lock, FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, errno)| std::io::Error::from(errno))?;
+        Ok(ReaderDir { path, _lock: lock })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ReaderDir {
+    fn drop(&mut self) {
+        if let Err(error) = std::fs::remove_dir_all(&self.path) {
+            tracing::warn!(path = %self.path.display(), %error, "cannot remove a reader's cache folder; the next reader to open removes it");
+        }
+    }
+}
+
+/// Removes the folders in `readers` whose reader is gone: settled, and
+/// with their lock free.
+fn remove_abandoned(readers: &Path) {
+    let Ok(entries) = std::fs::read_dir(readers) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let settled = std::fs::symlink_metadata(&path)
+            .ok()
+            .filter(|meta| meta.is_dir())
+            .and_then(|meta| meta.modified().ok())
+            .and_then(|at| at.elapsed().ok())
+            .is_some_and(|age| age > READER_DIR_SETTLES);
+        let free = settled
+            && lock_file(&path)
+                .ok()
+                .and_then(|file| Flock::lock(file, FlockArg::LockExclusiveNonblock).ok())
+                .is_some();
+        if free && let Err(error) = std::fs::remove_dir_all(&path) {
+            tracing::debug!(path = %path.display(), %error, "cannot remove a crashed reader's cache folder");
+        }
+    }
+}
+
+/// The `lock` file in `dir`, opened (created if missing) to be locked.
+fn lock_file(dir: &Path) -> std::io::Result<File> {
+    File::options()
         .create(true)
         .truncate(false)
         .write(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
-        .open(&path)
-        .map_err(|source| EngineError::CacheDir {
-            path: path.clone(),
-            source,
-        })?;
-    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|_| EngineError::Busy {
-        name: name.to_string(),
-        path,
-    })
+        .open(dir.join("lock"))
 }
 
 /// Whether `dir` is a plain directory of this process's user.
@@ -82,6 +165,48 @@ mod tests {
         assert!(matches!(lock(&folder, "v"), Err(EngineError::Busy { .. })));
         drop(first);
         lock(&folder, "v").unwrap();
+    }
+
+    #[test]
+    fn readers_have_private_folders_that_go_with_them_or_after_a_crash() {
+        let cache = tempfile::tempdir().unwrap();
+        let superblock = Superblock::new("v", 1 << 30, 1 << 20, Default::default());
+        let first = ReaderDir::create(cache.path(), &superblock).unwrap();
+        let second = ReaderDir::create(cache.path(), &superblock).unwrap();
+        assert_ne!(first.path(), second.path());
+        let mode = std::fs::metadata(first.path())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+        let kept = first.path().to_path_buf();
+        drop(first);
+        assert!(!kept.exists(), "a reader's folder goes with it");
+        // A crashed reader's: its lock free, and settled (made a while ago).
+        let crashed = cache.path().join("readers/v.crashed");
+        let young = cache.path().join("readers/v.young");
+        for dir in [&crashed, &young] {
+            std::fs::create_dir(dir).unwrap();
+            std::fs::write(dir.join("lock"), b"").unwrap();
+        }
+        let long_ago = std::time::SystemTime::now() - 2 * READER_DIR_SETTLES;
+        File::open(&crashed)
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
+        let second_path = second.path().to_path_buf();
+        File::open(&second_path)
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
+        let third = ReaderDir::create(cache.path(), &superblock).unwrap();
+        assert!(!crashed.exists(), "a crashed reader's folder is removed");
+        assert!(young.exists(), "one just made is left to its reader");
+        assert!(
+            second_path.exists(),
+            "a live reader's folder stays, however old"
+        );
+        drop((second, third));
     }
 
     #[test]

@@ -2,7 +2,11 @@
 //!
 //! Every transport (ublk, NBD) serves a [`Volume`]: async `read`, `write`
 //! (with FUA), `flush`, `discard` and `write_zeroes` on 4 KiB-aligned
-//! ranges, any number at once. Misaligned or out-of-range requests fail
+//! ranges, any number at once. A volume is opened to write
+//! ([`Volume::open`]: the lease, the write-back log) or read-only
+//! ([`Volume::open_read_only`]: a snapshot `NAME@SNAP`, or a volume read
+//! beside its writer, pinned or following its commits, see `reader`),
+//! which refuses writes, discards and zeroes with EROFS. Misaligned or out-of-range requests fail
 //! with [`EngineError::Unaligned`] or [`EngineError::OutOfRange`], whose
 //! [`EngineError::errno`] is `EINVAL` (`ENOSPC` for a write past the end,
 //! as NBD asks). [`EngineError::kind`] sorts every error into a few
@@ -70,6 +74,10 @@
 //!    snapshot, clone or rollback never pins a root while gc runs (both
 //!    hold gc's lease); and a root replaced by a newer one stays for the
 //!    grace period after, for readers that found it newest.
+//! 8. **Readers see whole commits.** A volume opened read-only takes no
+//!    lease, no lock and no log; each of its requests reads one committed
+//!    root, loaded once at its start, so it never sees a mix of two
+//!    commits. A follower moves to newer roots only, between requests.
 //!
 //! # Flow control
 //!
@@ -103,18 +111,23 @@
 //!   volume's failure), `local` (the volume's folder and its lock), `lease`
 //!   (one writer), `catalog` (the volumes of a store, their superblocks
 //!   and roots);
-//! - `shared`: what the request paths and background tasks share (the
-//!   volume's identity, settings and components, all private behind
+//! - `read`: the read path writers and readers share: a request's
+//!   stretches resolved through the log's epochs (if any) over one
+//!   committed root, and read from the log and `chunks`;
+//! - `shared`: what a writer's request paths and background tasks share
+//!   (the volume's identity, settings and components, all private behind
 //!   accessors), and stopping the volume;
-//! - `write`, `read`, `flush` (sealing, and syncing the log under the
-//!   `log` syncer's lead), `commit`, `uploader`, `gc` (and the hold that
-//!   keeps it out while a root is pinned);
+//! - `write`, `flush` (sealing, and syncing the log under the `log`
+//!   syncer's lead), `commit`, `uploader`, `gc` (and the hold that keeps
+//!   it out while a root is pinned);
 //! - `snapshot/`: `NAME@SNAP`, snapshots (pinned roots), their usage and
 //!   pruning, and clones; `verify` (of a volume or a snapshot); `copy/`
 //!   (a snapshot to and from another store);
-//! - `volume`: opens a volume, wires the above together, runs its
-//!   background tasks, and holds the public API (a writer's snapshot
-//!   commits, then pins);
+//! - `writer`: opens a volume to write, wires the above together and runs
+//!   its background tasks (its snapshot commits, then pins); `reader`:
+//!   opens one read-only (a snapshot, or a volume pinned or following its
+//!   writer's roots);
+//! - `volume`: the public [`Volume`], a writer or a reader;
 //! - `rollback`: a snapshot becomes the newest state, through a closed
 //!   volume and the writer's lease.
 //!
@@ -144,6 +157,10 @@
 //!   map; log stretches are read from the log, committed ones from
 //!   `chunks` (memory, then disk, then the store), and read-ahead starts
 //!   first when the read continues the previous one.
+//! - **A read of a read-only volume** (`reader`): the same path over one
+//!   root alone. A follower's task polls for the next generation
+//!   (`catalog`) and swaps the root between requests; a request that meets
+//!   an object gc took runs once more, whole, on the newest root.
 
 mod background;
 mod backlog;
@@ -160,6 +177,7 @@ mod log;
 mod options;
 mod progress;
 mod read;
+mod reader;
 mod resolve;
 mod rollback;
 mod shared;
@@ -170,6 +188,7 @@ mod uploader;
 mod verify;
 mod volume;
 mod write;
+mod writer;
 
 pub use catalog::{
     MAX_VOLUME_SIZE, NewVolume, VolumeInfo, check_password, create, delete, delete_unused, list,
@@ -182,7 +201,7 @@ pub use error::{EngineError, ErrorKind, Result};
 pub use gc::{GcOptions, GcReport, MIN_GRACE_WHILE_ATTACHED, collect as collect_garbage};
 pub use lease::writer_of;
 pub use local::volume_dir as local_dir;
-pub use options::{Durability, EngineOptions};
+pub use options::{Durability, EngineOptions, Follow};
 pub use read::{Extent, ReadData, ReadPart};
 pub use rollback::{RolledBack, rollback};
 pub use snapshot::{
@@ -190,9 +209,9 @@ pub use snapshot::{
     delete as delete_snapshot, info, list as list_snapshots,
     list_with_usage as list_snapshots_with_usage, open_root, prune as prune_snapshots,
 };
-pub use stats::RequestCounts;
+pub use stats::{RequestCounts, VolumeCounters};
 pub use verify::{BadObject, VerifyReport, verify};
-#[cfg(feature = "failpoints")]
-pub use volume::simulate_power_cuts;
-pub use volume::{Volume, VolumeCounters};
+pub use volume::Volume;
 pub use write::WriteBuffer;
+#[cfg(feature = "failpoints")]
+pub use writer::simulate_power_cuts;

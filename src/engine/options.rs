@@ -42,6 +42,21 @@ impl std::fmt::Display for Durability {
     }
 }
 
+/// What a volume opened read-only serves as its writer commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Follow {
+    /// The root found when it opened (a snapshot's, always), until closed.
+    Pinned,
+    /// The writer's newest commit: it looks for one this often, and takes
+    /// each between requests, never during one.
+    Every(Duration),
+}
+
+impl Follow {
+    /// How often a follower looks for new commits unless told otherwise.
+    pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
+}
+
 /// Options for opening a volume.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {

@@ -1,21 +1,24 @@
-//! The read path: the open and sealed epochs' overlays first (data still
-//! in the log), then the committed chunk from memory, disk or the store.
+//! The read path, for writers and read-only volumes alike: the open and
+//! sealed epochs' overlays first (data still in the log), then the
+//! committed chunk from memory, disk or the store.
 //!
 //! A read never takes a lock that a writer or a flush holds: it works on
-//! one snapshot of the view, in which every acknowledged write is either
-//! in an epoch or in the committed map (a commit swaps both at once).
+//! one snapshot of what it reads ([`Layers`]), taken once at its start. A
+//! writer's is its view, in which every acknowledged write is either in
+//! an epoch or in the committed map (a commit swaps both at once); a
+//! read-only volume's is one root, which a follower replaces between
+//! requests, never during one.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::future::try_join_all;
 
+use super::chunks::Chunks;
 use super::error::{EngineError, Result};
-use super::log::Segment;
-use super::log::View;
+use super::log::{Epoch, Segment, View};
 use super::resolve::{self, Source};
-use super::shared::Shared;
-use super::volume::Volume;
+use crate::format::{BLOCK_SIZE, Root};
 
 /// A stretch of a volume that holds data, or reads as zeroes (`zero`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,96 +118,134 @@ struct Piece {
 /// pread from the page cache takes less than handing it to another thread.
 const INLINE_LOG_READ_MAX: usize = 64 << 10;
 
-impl Volume {
-    /// Reads `buf.len()` bytes at byte `offset`.
-    pub async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        self.read_parts(offset, buf.len()).await?.copy_to(buf);
-        Ok(())
+/// What a read resolves against: a committed root, and above it the
+/// epochs of the write-back log not yet committed, newest first. A
+/// writer's reads see its log's [`View`]; a volume opened read-only has
+/// no log, and reads a root alone.
+pub(super) trait Layers: Sync {
+    /// The committed generation under the epochs.
+    fn map(&self) -> &Arc<Root>;
+    fn epochs_newest_first(&self) -> impl Iterator<Item = &Arc<Epoch>>;
+}
+
+impl Layers for View {
+    fn map(&self) -> &Arc<Root> {
+        View::map(self)
     }
 
-    /// Reads `len` bytes at byte `offset`, as the parts the engine holds.
-    pub async fn read_parts(&self, offset: u64, len: usize) -> Result<ReadData> {
-        let shared = &self.shared;
-        shared.check_readable("read", offset, len as u64)?;
-        shared.stats().read(len as u64);
-        let view = shared.journal().view_full();
-        let sources = sources(&view, offset, len, shared.superblock().chunk_size);
-        // Before this read fetches anything: requests reach the engine in
-        // the order the client sent them, but finish in any order, and the
-        // reads a sequential reader has in flight must find the read-ahead
-        // started, to join it rather than fetch their chunks alone.
-        shared
-            .chunks()
-            .read_ahead(view.map(), offset, len as u64)
-            .await;
-        let chunks = try_join_all(sources.iter().filter_map(|(chunk, source)| match source {
-            Source::Base(bytes) => Some(shared.chunks().committed_range(
-                view.map(),
-                *chunk,
-                bytes.clone(),
-            )),
-            _ => None,
-        }))
-        .await?;
-        let logged = read_log(&sources).await?;
-        let (mut chunks, mut logged) = (chunks.into_iter(), logged.into_iter());
-        let mut data = ReadData::default();
-        for (_, source) in sources {
-            data.push(match source {
-                Source::Base(bytes) => match chunks.next().flatten() {
-                    Some(data) => ReadPart::Data(data),
-                    None => ReadPart::Zero(bytes.len()),
-                },
-                Source::Zero(len) => ReadPart::Zero(len),
-                Source::Log { .. } => {
-                    ReadPart::Data(logged.next().expect("one read per log source"))
-                }
-            });
+    fn epochs_newest_first(&self) -> impl Iterator<Item = &Arc<Epoch>> {
+        View::epochs_newest_first(self)
+    }
+}
+
+/// A root alone: every byte is committed.
+impl Layers for Arc<Root> {
+    fn map(&self) -> &Arc<Root> {
+        self
+    }
+
+    fn epochs_newest_first(&self) -> impl Iterator<Item = &Arc<Epoch>> {
+        std::iter::empty()
+    }
+}
+
+/// Reads `len` bytes at byte `offset` (checked by the caller) of
+/// `layers`, as the parts the engine holds.
+pub(super) async fn read_parts(
+    chunks: &Arc<Chunks>,
+    layers: &impl Layers,
+    offset: u64,
+    len: usize,
+) -> Result<ReadData> {
+    let map = layers.map();
+    let sources = sources(layers, offset, len, map.chunk_size);
+    // Before this read fetches anything: requests reach the engine in
+    // the order the client sent them, but finish in any order, and the
+    // reads a sequential reader has in flight must find the read-ahead
+    // started, to join it rather than fetch their chunks alone.
+    chunks.read_ahead(map, offset, len as u64).await;
+    let committed = try_join_all(sources.iter().filter_map(|(chunk, source)| match source {
+        Source::Base(bytes) => Some(chunks.committed_range(map, *chunk, bytes.clone())),
+        _ => None,
+    }))
+    .await?;
+    let logged = read_log(&sources).await?;
+    let (mut committed, mut logged) = (committed.into_iter(), logged.into_iter());
+    let mut data = ReadData::default();
+    for (_, source) in sources {
+        data.push(match source {
+            Source::Base(bytes) => match committed.next().flatten() {
+                Some(data) => ReadPart::Data(data),
+                None => ReadPart::Zero(bytes.len()),
+            },
+            Source::Zero(len) => ReadPart::Zero(len),
+            Source::Log { .. } => ReadPart::Data(logged.next().expect("one read per log source")),
+        });
+    }
+    Ok(data)
+}
+
+/// Which parts of `len` bytes at `offset` (checked by the caller) of
+/// `layers` hold data and which read as zeroes without being stored
+/// (holes), at chunk granularity: a chunk with any data in it counts as
+/// data.
+pub(super) async fn allocation(
+    chunks: &Chunks,
+    layers: &impl Layers,
+    offset: u64,
+    len: u64,
+) -> Result<Vec<Extent>> {
+    let map = layers.map();
+    let mut extents: Vec<Extent> = Vec::new();
+    for piece in pieces(offset, len as usize, map.chunk_size) {
+        let sources = resolve::sources(
+            layers.epochs_newest_first(),
+            piece.chunk,
+            piece.bytes.clone(),
+        );
+        let zero = match sources.as_slice() {
+            [Source::Zero(_)] => true,
+            _ if sources.iter().any(|s| matches!(s, Source::Log { .. })) => false,
+            _ => chunks.lookup(map, piece.chunk).await?.is_zero(),
+        };
+        let len = piece.bytes.len() as u64;
+        match extents.last_mut() {
+            Some(last) if last.zero == zero => last.len += len,
+            _ => extents.push(Extent { len, zero }),
         }
-        Ok(data)
     }
+    Ok(extents)
+}
 
-    /// Which parts of `len` bytes at `offset` hold data and which read as
-    /// zeroes without being stored (holes), at chunk granularity: a chunk
-    /// with any data in it counts as data.
-    pub async fn allocation(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
-        let shared = &self.shared;
-        shared.check_readable("block-status", offset, len)?;
-        let view = shared.journal().view_full();
-        let chunk_size = shared.superblock().chunk_size;
-        let mut extents: Vec<Extent> = Vec::new();
-        for piece in pieces(offset, len as usize, chunk_size) {
-            let sources =
-                resolve::sources(view.epochs_newest_first(), piece.chunk, piece.bytes.clone());
-            let zero = match sources.as_slice() {
-                [Source::Zero(_)] => true,
-                _ if sources.iter().any(|s| matches!(s, Source::Log { .. })) => false,
-                _ => shared
-                    .chunks()
-                    .lookup(view.map(), piece.chunk)
-                    .await?
-                    .is_zero(),
-            };
-            let len = piece.bytes.len() as u64;
-            match extents.last_mut() {
-                Some(last) if last.zero == zero => last.len += len,
-                _ => extents.push(Extent { len, zero }),
-            }
-        }
-        Ok(extents)
-    }
+/// Starts fetching the committed chunks of `map` covering `len` bytes at
+/// `offset` (checked by the caller) into the cache, without waiting
+/// (NBD's CACHE command).
+pub(super) fn prefetch(chunks: &Arc<Chunks>, map: Arc<Root>, offset: u64, len: u64) {
+    let chunk_size = map.chunk_size;
+    let range = offset / chunk_size..(offset + len).div_ceil(chunk_size);
+    chunks.prefetch_in_background(map, range);
+}
 
-    /// Starts fetching the committed chunks covering `len` bytes at
-    /// `offset` into the cache, without waiting (NBD's CACHE command).
-    pub fn prefetch(&self, offset: u64, len: u64) -> Result<()> {
-        let shared = &self.shared;
-        shared.check_readable("cache", offset, len)?;
-        let map = Arc::clone(shared.journal().view().map());
-        let chunk_size = shared.superblock().chunk_size;
-        let chunks = offset / chunk_size..(offset + len).div_ceil(chunk_size);
-        shared.chunks().prefetch_in_background(map, chunks);
-        Ok(())
+/// Checks that a request of `len` bytes at `offset` is aligned and inside
+/// a volume of `size` bytes.
+pub(super) fn check_range(op: &'static str, offset: u64, len: u64, size: u64) -> Result<()> {
+    if !offset.is_multiple_of(BLOCK_SIZE) || !len.is_multiple_of(BLOCK_SIZE) {
+        return Err(EngineError::Unaligned {
+            op,
+            offset,
+            len,
+            block: BLOCK_SIZE,
+        });
     }
+    if offset.checked_add(len).is_none_or(|end| end > size) {
+        return Err(EngineError::OutOfRange {
+            op,
+            offset,
+            len,
+            size,
+        });
+    }
+    Ok(())
 }
 
 /// Cuts `len` bytes at `offset` at chunk boundaries.
@@ -223,12 +264,12 @@ fn pieces(offset: u64, len: usize, chunk_size: u64) -> impl Iterator<Item = Piec
     })
 }
 
-/// Where each stretch of `len` bytes at `offset` is, in `view`, and the
+/// Where each stretch of `len` bytes at `offset` is, in `layers`, and the
 /// chunk it falls in.
-fn sources(view: &View, offset: u64, len: usize, chunk_size: u64) -> Vec<(u64, Source)> {
+fn sources(layers: &impl Layers, offset: u64, len: usize, chunk_size: u64) -> Vec<(u64, Source)> {
     pieces(offset, len, chunk_size)
         .flat_map(|piece| {
-            resolve::sources(view.epochs_newest_first(), piece.chunk, piece.bytes)
+            resolve::sources(layers.epochs_newest_first(), piece.chunk, piece.bytes)
                 .into_iter()
                 .map(move |source| (piece.chunk, source))
         })
@@ -261,14 +302,4 @@ fn read_log_now(reads: Vec<(Arc<Segment>, u64, usize)>) -> Result<Vec<Bytes>> {
             Ok(Bytes::from(data))
         })
         .collect()
-}
-
-impl Shared {
-    /// Like [`Shared::check_request`], but a stopped volume still reads.
-    fn check_readable(&self, op: &'static str, offset: u64, len: u64) -> Result<()> {
-        match self.check_request(op, offset, len) {
-            Err(EngineError::Stopped(_)) => Ok(()),
-            other => other,
-        }
-    }
 }

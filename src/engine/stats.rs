@@ -4,6 +4,11 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use serde::Serialize;
+
+use crate::cache::CacheCounters;
+use crate::store::StoreCounters;
+
 /// Request counters, each only ever raised.
 #[derive(Default)]
 pub(super) struct Stats {
@@ -32,6 +37,22 @@ pub struct RequestCounts {
     pub commits: u64,
     /// fdatasyncs of the write-back log: concurrent flushes share one.
     pub log_syncs: u64,
+}
+
+/// Everything a volume counts, for `volume info` and benchmarks.
+#[derive(Debug, Clone, Serialize)]
+pub struct VolumeCounters {
+    /// The generation reads see (a writer's newest commit, or the root a
+    /// read-only volume serves).
+    pub generation: u64,
+    pub committed_epoch: u64,
+    pub durable_epoch: u64,
+    pub dirty_bytes: u64,
+    /// The requests served since the volume was opened.
+    #[serde(flatten)]
+    pub requests: RequestCounts,
+    pub store: StoreCounters,
+    pub cache: CacheCounters,
 }
 
 impl Stats {

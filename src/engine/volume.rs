@@ -1,147 +1,79 @@
-//! An open volume: its state, and opening and closing it.
+//! The volume every transport serves: one type for a volume opened to
+//! write (`writer`: the lease, the write-back log, the uploader) and one
+//! opened read-only (`reader`: a snapshot, or a volume read beside its
+//! writer), so transports hold an `Arc<Volume>` either way.
 
-use std::fs::File;
-use std::sync::Arc;
-
-use nix::fcntl::Flock;
-use serde::Serialize;
-use tokio::task::JoinHandle;
-
-use super::catalog;
-use super::error::{EngineError, Result};
-use super::gc::GcHold;
-use super::lease::{Holder, Lease};
-use super::local;
-use super::log::LogDir;
-use super::log::{Geometry, Replayed, replay};
-use super::options::{Durability, EngineOptions};
-use super::shared::Shared;
-use super::snapshot::{self, SnapshotInfo};
-use super::stats::RequestCounts;
-use crate::cache::{CacheCounters, DiskCache};
-use crate::format::{BLOCK_SIZE, Root, RootKind, Superblock};
-use crate::store::{Fencing, Store, StoreCounters};
-
-/// Everything a volume counts, for `volume info` and benchmarks.
-#[derive(Debug, Clone, Serialize)]
-pub struct VolumeCounters {
-    pub generation: u64,
-    pub committed_epoch: u64,
-    pub durable_epoch: u64,
-    pub dirty_bytes: u64,
-    /// The requests served since the volume was opened.
-    #[serde(flatten)]
-    pub requests: RequestCounts,
-    pub store: StoreCounters,
-    pub cache: CacheCounters,
-}
+use super::error::Result;
+use super::options::{EngineOptions, Follow};
+use super::read::{Extent, ReadData};
+use super::reader::Reader;
+use super::snapshot::{SnapshotInfo, VolumeRef};
+use super::stats::VolumeCounters;
+use super::write::WriteBuffer;
+use super::writer::Writer;
+use crate::format::{BLOCK_SIZE, Superblock};
+use crate::store::{Fencing, Store};
 
 /// An open volume. Reads, writes, flushes and discards may run
 /// concurrently from any number of tasks; see the module documentation of
-/// [`crate::engine`] for what each guarantees.
+/// [`crate::engine`] for what each guarantees. One opened read-only
+/// refuses writes, discards and zeroes with EROFS.
 pub struct Volume {
-    pub(super) shared: Arc<Shared>,
-    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
-    lease_holder: Holder,
-    _lock: Flock<File>,
+    access: Access,
+}
+
+enum Access {
+    Write(Writer),
+    /// Boxed: larger than a writer, whose state is behind an `Arc`.
+    Read(Box<Reader>),
 }
 
 impl Volume {
     /// Opens the volume `name` of `store` for reading and writing,
-    /// replaying what its write-back log holds beyond the store.
+    /// replaying what its write-back log holds beyond the store. It takes
+    /// the volume's lease: one writer at a time.
     pub async fn open(store: &Store, name: &str, options: EngineOptions) -> Result<Volume> {
-        let superblock = catalog::superblock(store, name).await?;
-        // Before anything is written: a wrong password changes nothing.
-        let codec = catalog::unlock_blocking(&superblock, options.password.clone()).await?;
-        let fencing = store.fencing().await?;
-        let dir = local::volume_dir(&options.cache_dir, &superblock);
-        let cache_dir_error = |source| EngineError::CacheDir {
-            path: dir.clone(),
-            source,
-        };
-        local::prepare(&dir).map_err(cache_dir_error)?;
-        let lock = local::lock(&dir, name)?;
-        let lease = Lease::acquire(store, name, options.lease_ttl, options.take_over).await?;
-        let lease_holder = lease.holder();
-        let (root, mut log, replayed) = loop {
-            let newest = catalog::newest_root(store, &superblock, &codec).await?;
-            let (log, replayed, after) = open_log(&dir, &newest).await?;
-            // The next generation is this writer's before it serves
-            // anything: a commit of an earlier writer that lands late (a
-            // PUT sent before a takeover) can then only fail.
-            let claim = Root {
-                log_id: log.log_id(),
-                log_epoch: after,
-                ..newest.succeeded_by(RootKind::Open)
-            };
-            crate::async_fail_point!("open::before_claim");
-            if catalog::publish_root(store, name, &codec, &claim).await? {
-                break (claim, log, replayed);
-            }
-            tracing::info!(
-                volume = name,
-                generation = claim.generation,
-                "the volume was committed as this writer opened it (by the writer it takes over from, or gc's barrier); looking again"
-            );
-        };
-        log.keep_free(options.log_commit_bytes());
-        let disk = match options.disk_cache_bytes {
-            0 => None,
-            bytes => Some(
-                DiskCache::open(&dir.join("chunks"), bytes, options.log_disk_bytes())
-                    .map_err(cache_dir_error)?,
-            ),
-        };
-        let first_segment = {
-            let (seq, log) = (replayed.next_seq, log.clone());
-            let first_epoch = replayed.last_epoch + 1;
-            crate::blocking::run(move || log.create_segment(seq, first_epoch))
-                .await
-                .map_err(cache_dir_error)?
-        };
-        let shared = Shared::new(
-            name,
-            superblock,
-            codec,
-            store.clone(),
-            options,
-            root,
-            log,
-            disk,
-            replayed,
-            Arc::new(first_segment),
-            fencing,
-            lease,
-        );
-        let shared = Arc::new(shared);
-        shared.journal().prepare_spare_segment();
-        let tasks = vec![
-            spawn_task(
-                &shared,
-                "uploader",
-                super::uploader::run(Arc::clone(&shared)),
-            ),
-            spawn_task(
-                &shared,
-                "lease renewal",
-                super::uploader::renew_lease(Arc::clone(&shared)),
-            ),
-        ];
+        let writer = Writer::open(store, name, options).await?;
         Ok(Volume {
-            shared,
-            tasks: std::sync::Mutex::new(tasks),
-            lease_holder,
-            _lock: lock,
+            access: Access::Write(writer),
         })
     }
 
-    pub fn name(&self) -> &str {
-        self.shared.name()
+    /// Opens `what` (`NAME` or `NAME@SNAP`) for reading only: no lease, no
+    /// lock, no log, so it opens beside the volume's writer, on any host.
+    /// A volume's newest root is followed as `follow` says; a snapshot
+    /// cannot be followed.
+    pub async fn open_read_only(
+        store: &Store,
+        what: &VolumeRef,
+        follow: Follow,
+        options: EngineOptions,
+    ) -> Result<Volume> {
+        let reader = Reader::open(store, what, follow, &options).await?;
+        Ok(Volume {
+            access: Access::Read(Box::new(reader)),
+        })
     }
 
-    /// The volume's size in bytes.
+    /// The volume's name (without the snapshot of a `NAME@SNAP`).
+    pub fn name(&self) -> &str {
+        match &self.access {
+            Access::Write(writer) => writer.name(),
+            Access::Read(reader) => reader.what().name(),
+        }
+    }
+
+    /// Whether writes, discards and zeroes are refused.
+    pub fn is_read_only(&self) -> bool {
+        matches!(self.access, Access::Read(_))
+    }
+
+    /// The volume's size in bytes (for a reader, the size it opened with).
     pub fn size(&self) -> u64 {
-        self.shared.size()
+        match &self.access {
+            Access::Write(writer) => writer.size(),
+            Access::Read(reader) => reader.size(),
+        }
     }
 
     /// Reads and writes must be aligned to this many bytes.
@@ -150,133 +82,144 @@ impl Volume {
     }
 
     pub fn chunk_size(&self) -> u64 {
-        self.shared.superblock().chunk_size
+        self.superblock().chunk_size
     }
 
     pub fn superblock(&self) -> &Superblock {
-        self.shared.superblock()
+        match &self.access {
+            Access::Write(writer) => writer.superblock(),
+            Access::Read(reader) => reader.superblock(),
+        }
     }
 
-    /// Whether the store can refuse a second writer (see [`Fencing`]).
-    pub fn fencing(&self) -> Fencing {
-        self.shared.fencing()
+    /// Whether the store can refuse a second writer (see [`Fencing`]);
+    /// `None` for a volume opened read-only, which takes no lease.
+    pub fn fencing(&self) -> Option<Fencing> {
+        match &self.access {
+            Access::Write(writer) => Some(writer.fencing()),
+            Access::Read(_) => None,
+        }
     }
 
     pub fn counters(&self) -> VolumeCounters {
-        let shared = &self.shared;
-        VolumeCounters {
-            generation: shared.journal().view().map().generation,
-            committed_epoch: shared.progress().committed_epoch(),
-            durable_epoch: shared.progress().durable_epoch(),
-            dirty_bytes: shared.backlog().dirty_bytes(),
-            requests: shared.stats().counts(),
-            store: shared.store().counters(),
-            cache: shared.chunks().counters(),
+        match &self.access {
+            Access::Write(writer) => writer.counters(),
+            Access::Read(reader) => reader.counters(),
         }
+    }
+
+    /// Reads `buf.len()` bytes at byte `offset`.
+    pub async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.read_parts(offset, buf.len()).await?.copy_to(buf);
+        Ok(())
+    }
+
+    /// Reads `len` bytes at byte `offset`, as the parts the engine holds.
+    pub async fn read_parts(&self, offset: u64, len: usize) -> Result<ReadData> {
+        match &self.access {
+            Access::Write(writer) => writer.read_parts(offset, len).await,
+            Access::Read(reader) => reader.read_parts(offset, len).await,
+        }
+    }
+
+    /// Which parts of `len` bytes at `offset` hold data and which read as
+    /// zeroes without being stored (holes), at chunk granularity: a chunk
+    /// with any data in it counts as data.
+    pub async fn allocation(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        match &self.access {
+            Access::Write(writer) => writer.allocation(offset, len).await,
+            Access::Read(reader) => reader.allocation(offset, len).await,
+        }
+    }
+
+    /// Starts fetching the committed chunks covering `len` bytes at
+    /// `offset` into the cache, without waiting (NBD's CACHE command).
+    pub fn prefetch(&self, offset: u64, len: u64) -> Result<()> {
+        match &self.access {
+            Access::Write(writer) => writer.prefetch(offset, len),
+            Access::Read(reader) => reader.prefetch(offset, len),
+        }
+    }
+
+    /// Writes `data` at byte `offset`; with `fua`, also flushes.
+    pub async fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<()> {
+        self.write_buffer(offset, WriteBuffer::copy_of(data), fua)
+            .await
+    }
+
+    /// Writes the data of `buffer` at byte `offset`, without copying it;
+    /// with `fua`, also flushes.
+    pub async fn write_buffer(&self, offset: u64, buffer: WriteBuffer, fua: bool) -> Result<()> {
+        self.writer()?.write_buffer(offset, buffer, fua).await
+    }
+
+    /// Discards `len` bytes at `offset`: they read as zeroes afterwards.
+    /// Whole chunks only change the map; nothing is uploaded for them.
+    pub async fn discard(&self, offset: u64, len: u64, fua: bool) -> Result<()> {
+        self.writer()?.discard(offset, len, fua).await
+    }
+
+    /// Writes zeroes over `len` bytes at `offset`, as cheaply as a discard.
+    pub async fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> Result<()> {
+        self.writer()?.write_zeroes(offset, len, fua).await
     }
 
     /// Grows the volume to `new_size` bytes and commits that.
     pub async fn resize(&self, new_size: u64) -> Result<()> {
-        catalog::validate_size(new_size)?;
-        let size = self.size();
-        if new_size < size {
-            return Err(EngineError::InvalidArgument(format!(
-                "volume `{}` is {size} bytes and can only grow: shrinking would cut off data",
-                self.name()
-            )));
-        }
-        if new_size == size {
-            return Ok(());
-        }
-        self.shared.grow_to(new_size);
-        self.shared.progress().kick_uploader();
-        let mut commits = self.shared.progress().commits();
-        while self.size() < new_size {
-            self.shared.check_running()?;
-            if commits.changed().await.is_err() {
-                break;
-            }
-        }
-        self.shared.check_running()
+        self.writer()?.resize(new_size).await
     }
 
     /// Makes every write acknowledged before this call durable, as the
-    /// volume's durability mode defines it.
+    /// volume's durability mode defines it (a reader has none to make).
     pub async fn flush(&self) -> Result<()> {
-        let shared = &self.shared;
-        shared.stats().flushed();
-        let target = shared.seal_current().await?;
-        shared.make_durable(target).await?;
-        if shared.options().durability == Durability::Remote {
-            shared.progress().wait_committed(target).await?;
+        match &self.access {
+            Access::Write(writer) => writer.flush().await,
+            Access::Read(_) => Ok(()),
         }
-        shared.check_tenure().await
     }
 
     /// Commits every acknowledged write to the store now, whatever the
     /// durability mode, and returns when the store holds them.
     pub async fn commit(&self) -> Result<()> {
-        self.flush().await?;
-        self.shared.commit_everything().await
+        match &self.access {
+            Access::Write(writer) => writer.commit().await,
+            Access::Read(_) => Ok(()),
+        }
     }
 
     /// Commits every write acknowledged before this call, then pins the
     /// committed root as snapshot `label` (or one named after the time):
     /// a snapshot holds at least every write acknowledged before it was
-    /// asked for. A few requests beside the commit, whatever the size.
+    /// asked for. A reader refuses: it has nothing to commit, and `volume
+    /// snapshot create` pins the newest commit without it.
     pub async fn snapshot(&self, label: Option<&str>) -> Result<SnapshotInfo> {
-        self.commit().await?;
-        let store = self.shared.store();
-        let purpose = format!("a snapshot of volume {}", self.name());
-        let hold = GcHold::take(store, &purpose).await?;
-        let root = Arc::clone(self.shared.journal().view().map());
-        let naming = snapshot::Naming::label_or_time(label);
-        let pinned = snapshot::pin(store, self.name(), self.shared.codec(), &root, naming).await;
-        hold.release(store).await?;
-        pinned
+        self.writer()?.snapshot(label).await
     }
 
     /// Flushes, commits everything to the store and stops the volume's
-    /// background work. Later calls fail with a "closed" error.
+    /// background work (a reader stops following). Writes fail with a
+    /// "closed" error afterwards.
     pub async fn close(&self) -> Result<()> {
-        self.commit().await?;
-        self.shared
-            .lease()
-            .lock()
-            .await
-            .release(self.shared.store())
-            .await?;
-        self.shared.progress().closing();
-        self.shared
-            .fail(EngineError::Closed(self.name().to_string()));
-        self.stop_tasks().await;
-        // Chunks fetched last are on disk for the next open.
-        self.shared.chunks().settle().await;
-        // A spare segment file being made stops; nothing of this volume
-        // touches the log once this returns.
-        self.shared.journal().stop().await;
-        Ok(())
-    }
-
-    /// Aborts the background tasks and waits for them to end.
-    async fn stop_tasks(&self) {
-        for task in self.abort_tasks() {
-            let _ = task.await;
+        match &self.access {
+            Access::Write(writer) => writer.close().await,
+            Access::Read(reader) => {
+                reader.close().await;
+                Ok(())
+            }
         }
     }
 
-    /// Aborts the background tasks; returns them, to wait for.
-    fn abort_tasks(&self) -> Vec<JoinHandle<()>> {
-        let mut tasks = self.tasks.lock().expect("tasks lock");
-        for task in tasks.iter() {
-            task.abort();
+    /// The writer behind a request that writes; a reader refuses it.
+    fn writer(&self) -> Result<&Writer> {
+        match &self.access {
+            Access::Write(writer) => Ok(writer),
+            Access::Read(reader) => Err(reader.refusal()),
         }
-        std::mem::take(&mut *tasks)
     }
 
     /// For crash tests: stops the volume as `kill -9` would. With
     /// `power_loss`, the machine loses power too: whatever the log had not
-    /// made durable may be lost (see [`simulate_power_cuts`]).
+    /// made durable may be lost (see [`super::simulate_power_cuts`]).
     #[cfg(feature = "failpoints")]
     #[doc(hidden)]
     pub async fn crash(self, power_loss: bool, seed: u64) {
@@ -288,98 +231,9 @@ impl Volume {
     #[cfg(feature = "failpoints")]
     #[doc(hidden)]
     pub async fn crash_in_use(&self, power_loss: bool, seed: u64) {
-        // A flush may be in a sync (a test may hold it there): it is not
-        // waited for, and when it ends it acknowledges nothing
-        // (`Progress::publish_durable`).
-        for task in self.abort_tasks() {
-            let _ = task.await;
-        }
-        // A segment or spare file being made in a blocking task goes on
-        // after its task is aborted; a killed process's would not. The
-        // spare stops where it is, and a segment is let end first, so that
-        // nothing of this volume touches the log once this returns.
-        self.shared.journal().abandon().await;
-        self.shared
-            .fail(EngineError::Closed(self.name().to_string()));
-        self.shared.lease().lock().await.holder_died();
-        if power_loss {
-            super::log::power_cut::cut_around(self.shared.journal().dir(), seed);
+        match &self.access {
+            Access::Write(writer) => writer.crash_in_use(power_loss, seed).await,
+            Access::Read(reader) => reader.close().await,
         }
     }
-}
-
-/// For crash tests: journals every change under `dir` (a cache directory)
-/// that is not durable yet, so that [`Volume::crash`] with a power loss
-/// can undo it.
-#[cfg(feature = "failpoints")]
-#[doc(hidden)]
-pub fn simulate_power_cuts(dir: &std::path::Path) {
-    super::log::power_cut::arm(dir);
-}
-
-impl Drop for Volume {
-    fn drop(&mut self) {
-        if let Ok(tasks) = self.tasks.lock() {
-            for task in tasks.iter() {
-                task.abort();
-            }
-        }
-        self.lease_holder.died();
-    }
-}
-
-/// Runs one of the volume's background tasks. A panic in it (a bug) stops
-/// the volume: its callers get an error, where they would otherwise wait
-/// forever for work nobody does (a flush, a commit, a close on SIGTERM).
-fn spawn_task(
-    shared: &Arc<Shared>,
-    task: &'static str,
-    work: impl std::future::Future<Output = ()> + Send + 'static,
-) -> JoinHandle<()> {
-    use futures::FutureExt;
-    let shared = Arc::clone(shared);
-    tokio::spawn(async move {
-        if let Err(panic) = std::panic::AssertUnwindSafe(work).catch_unwind().await {
-            let message = panic_message(&*panic);
-            shared.fail(EngineError::Panicked { task, message });
-        }
-    })
-}
-
-/// What a caught panic said.
-pub(super) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "no message".to_string())
-}
-
-/// Opens the write-back log in `dir` for a volume whose newest root is
-/// `root`, and replays it: the log, what it holds beyond the store, and
-/// the epoch after which that starts.
-async fn open_log(dir: &std::path::Path, root: &Root) -> Result<(LogDir, Replayed, u64)> {
-    let cache_dir_error = |source| EngineError::CacheDir {
-        path: dir.to_path_buf(),
-        source,
-    };
-    let opened = LogDir::open(&dir.join("log"), root).map_err(cache_dir_error)?;
-    let geometry = Geometry {
-        size: root.size,
-        chunk_size: root.chunk_size,
-    };
-    let (log, paths, after) = (opened.log, opened.segments, opened.replay_after);
-    let replaying = log.clone();
-    let replayed = crate::blocking::run(move || replay(&replaying, &paths, after, geometry))
-        .await
-        .map_err(cache_dir_error)?;
-    if !replayed.epochs.is_empty() {
-        tracing::info!(
-            volume = %root.volume,
-            epochs = replayed.epochs.len(),
-            bytes = replayed.dirty_bytes,
-            "replayed writes from the write-back log that the store does not have yet"
-        );
-    }
-    Ok((log, replayed, after))
 }

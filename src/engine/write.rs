@@ -25,9 +25,9 @@ use super::backlog::Admission;
 use super::error::{EngineError, Result};
 use super::log::{Claim, Epoch, Reservation};
 use super::log::{RECORD_HEADER_LEN, RecordHeader};
+use super::read;
 use super::shared::Shared;
-use super::volume::Volume;
-use crate::format::BLOCK_SIZE;
+use super::writer::Writer;
 
 /// Records up to this size are written on the calling task.
 const INLINE_RECORD_MAX: usize = 64 << 10;
@@ -106,13 +106,7 @@ impl WriteBuffer {
     }
 }
 
-impl Volume {
-    /// Writes `data` at byte `offset`; with `fua`, also flushes.
-    pub async fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<()> {
-        self.write_buffer(offset, WriteBuffer::copy_of(data), fua)
-            .await
-    }
-
+impl Writer {
     /// Writes the data of `buffer` at byte `offset`, without copying it;
     /// with `fua`, also flushes.
     pub async fn write_buffer(&self, offset: u64, buffer: WriteBuffer, fua: bool) -> Result<()> {
@@ -185,24 +179,7 @@ impl Shared {
     /// Checks that a request is aligned and inside the volume.
     pub fn check_request(&self, op: &'static str, offset: u64, len: u64) -> Result<()> {
         self.check_running()?;
-        if !offset.is_multiple_of(BLOCK_SIZE) || !len.is_multiple_of(BLOCK_SIZE) {
-            return Err(EngineError::Unaligned {
-                op,
-                offset,
-                len,
-                block: BLOCK_SIZE,
-            });
-        }
-        let size = self.size();
-        if offset.checked_add(len).is_none_or(|end| end > size) {
-            return Err(EngineError::OutOfRange {
-                op,
-                offset,
-                len,
-                size,
-            });
-        }
-        Ok(())
+        read::check_range(op, offset, len, self.size())
     }
 
     /// Reserves log space in the open epoch.

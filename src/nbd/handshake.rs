@@ -259,7 +259,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Negotiation<'_, S> {
             .find(&name)
             .ok_or(HandshakeError::UnknownExport(name))?;
         let mut reply = Vec::with_capacity(134);
-        reply.put_u64(export.volume.size());
+        reply.put_u64(export.volume().size());
         reply.put_u16(export.transmission_flags(self.structured));
         if !no_zeroes {
             reply.put_slice(&[0; 124]);
@@ -301,7 +301,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Negotiation<'_, S> {
         self.reply(
             option,
             rep::INFO,
-            &proto::encode_info_export(export.volume.size(), flags),
+            &proto::encode_info_export(export.volume().size(), flags),
         )
         .await?;
         let (minimum, preferred, maximum) = export.block_sizes();
@@ -315,12 +315,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Negotiation<'_, S> {
             self.reply(
                 option,
                 rep::INFO,
-                &proto::encode_info_text(info::NAME, &export.name),
+                &proto::encode_info_text(info::NAME, export.name()),
             )
             .await?;
         }
         if request.requests.contains(&info::DESCRIPTION) {
-            let description = format!("zeroblk volume {}", export.name);
+            let description = format!("zeroblk volume {}", export.name());
             self.reply(
                 option,
                 rep::INFO,

@@ -36,19 +36,34 @@ pub use tls::{TlsConfig, TlsError};
 /// The largest request payload (and read) the server takes: 32 MiB.
 pub const MAX_REQUEST_LEN: u32 = 32 << 20;
 
-/// One volume offered to clients under a name.
+/// One volume offered to clients under a name: read-only (and advertised
+/// so) when the volume was opened read-only.
 pub struct Export {
-    pub name: String,
-    pub volume: Arc<Volume>,
-    pub read_only: bool,
+    name: String,
+    volume: Arc<Volume>,
 }
 
 impl Export {
+    pub fn new(name: &str, volume: Arc<Volume>) -> Export {
+        Export {
+            name: name.to_string(),
+            volume,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn volume(&self) -> &Arc<Volume> {
+        &self.volume
+    }
+
     /// The transmission flags this export advertises.
     pub fn transmission_flags(&self, structured: bool) -> u16 {
         use proto::tflags::*;
         let mut flags = HAS_FLAGS | SEND_FLUSH | SEND_FUA | SEND_CACHE | CAN_MULTI_CONN;
-        if self.read_only {
+        if self.volume.is_read_only() {
             flags |= READ_ONLY;
         } else {
             flags |= SEND_TRIM | SEND_WRITE_ZEROES | SEND_FAST_ZERO;

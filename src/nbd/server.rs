@@ -330,7 +330,7 @@ impl NbdServer {
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
-        tracing::debug!(export = %session.export.name, structured = session.structured, "NBD client connected");
+        tracing::debug!(export = %session.export.name(), structured = session.structured, "NBD client connected");
         let served =
             transmission::serve(stream, session, &self.budget, self.idle_timeout, shutdown);
         if let Err(error) = served.await {

@@ -335,13 +335,10 @@ async fn respond(
     request: &Request,
     payload: WriteBuffer,
 ) -> Result<Reply, Failure> {
-    let export = &session.export;
-    let volume = &export.volume;
+    // A volume opened read-only refuses writes itself (EROFS, which NBD
+    // calls EPERM), with a message that says why and what to do.
+    let volume = session.export.volume();
     let fua = request.has(cflags::FUA);
-    let writes = matches!(request.kind, cmd::WRITE | cmd::TRIM | cmd::WRITE_ZEROES);
-    if writes && export.read_only {
-        return Err(refuse(errno::EPERM, "this export is read-only"));
-    }
     let (offset, len) = (request.offset, u64::from(request.len));
     match request.kind {
         cmd::READ => return read(session, request).await,
@@ -390,7 +387,7 @@ async fn read(session: &Session, request: &Request) -> Result<Reply, Failure> {
     }
     let data = session
         .export
-        .volume
+        .volume()
         .read_parts(request.offset, request.len as usize)
         .await
         .map_err(failure)?;
@@ -417,7 +414,7 @@ async fn block_status(session: &Session, request: &Request) -> Result<Reply, Fai
     }
     let extents = session
         .export
-        .volume
+        .volume()
         .allocation(request.offset, u64::from(request.len))
         .await
         .map_err(failure)?;

@@ -170,21 +170,11 @@ fn serve(
         .dev_flags(dev_flags)
         .build()
         .map_err(at("cannot set up the ublk device"))?;
-    let size = volume.size();
-    let chunk_size = volume.chunk_size();
+    let (size, chunk_size) = (volume.size(), volume.chunk_size());
+    let read_only = volume.is_read_only();
     let tgt_init = move |dev: &mut UblkDev| {
         dev.set_default_params(size);
-        let params = &mut dev.tgt.params;
-        params.types |= sys::UBLK_PARAM_TYPE_DISCARD;
-        params.basic.attrs = sys::UBLK_ATTR_VOLATILE_CACHE | sys::UBLK_ATTR_FUA;
-        params.basic.logical_bs_shift = 12;
-        params.basic.physical_bs_shift = 12;
-        params.basic.io_min_shift = 12;
-        params.basic.io_opt_shift = chunk_size.trailing_zeros().min(20) as u8;
-        params.discard.discard_granularity = chunk_size as u32;
-        params.discard.max_discard_sectors = u32::MAX >> 9;
-        params.discard.max_write_zeroes_sectors = u32::MAX >> 9;
-        params.discard.max_discard_segments = 1;
+        set_params(&mut dev.tgt.params, chunk_size, read_only);
         Ok(())
     };
     let queue_volume = Arc::clone(&volume);
@@ -197,6 +187,28 @@ fn serve(
     ctrl.run_target(tgt_init, queue_fn, started)
         .map(drop)
         .map_err(at("the ublk target failed"))
+}
+
+/// The device's parameters beyond its size: 4K blocks, I/O sized from the
+/// chunk size; a volatile write cache with FUA, and discards and
+/// write-zeroes of any length, unless the volume is read-only, when the
+/// kernel makes the disk read-only (writes fail there, and never reach
+/// us) and there is nothing to flush.
+fn set_params(params: &mut sys::ublk_params, chunk_size: u64, read_only: bool) {
+    params.basic.logical_bs_shift = 12;
+    params.basic.physical_bs_shift = 12;
+    params.basic.io_min_shift = 12;
+    params.basic.io_opt_shift = chunk_size.trailing_zeros().min(20) as u8;
+    if read_only {
+        params.basic.attrs = sys::UBLK_ATTR_READ_ONLY;
+        return;
+    }
+    params.types |= sys::UBLK_PARAM_TYPE_DISCARD;
+    params.basic.attrs = sys::UBLK_ATTR_VOLATILE_CACHE | sys::UBLK_ATTR_FUA;
+    params.discard.discard_granularity = chunk_size as u32;
+    params.discard.max_discard_sectors = u32::MAX >> 9;
+    params.discard.max_write_zeroes_sectors = u32::MAX >> 9;
+    params.discard.max_discard_segments = 1;
 }
 
 /// A request to run on the engine.
@@ -437,6 +449,20 @@ mod tests {
         assert!(matches!(zeroes, Ok(Op::Zeroes(4096, 4096, true))));
         let plain = decode_request(sys::UBLK_IO_OP_DISCARD, 8, SECTORS_4K, &[]);
         assert!(matches!(plain, Ok(Op::Discard(4096, 4096, false))));
+    }
+
+    #[test]
+    fn a_read_only_device_is_read_only_with_nothing_to_flush_or_discard() {
+        let mut params = sys::ublk_params::default();
+        set_params(&mut params, 1 << 20, true);
+        assert_eq!(params.basic.attrs, sys::UBLK_ATTR_READ_ONLY);
+        assert_eq!(params.types & sys::UBLK_PARAM_TYPE_DISCARD, 0);
+        assert_eq!(params.basic.io_opt_shift, 20);
+        let mut params = sys::ublk_params::default();
+        set_params(&mut params, 1 << 20, false);
+        assert_eq!(params.basic.attrs & sys::UBLK_ATTR_READ_ONLY, 0);
+        assert_ne!(params.basic.attrs & sys::UBLK_ATTR_VOLATILE_CACHE, 0);
+        assert_eq!(params.discard.discard_granularity, 1 << 20);
     }
 
     #[test]
