@@ -634,3 +634,76 @@ async fn a_copy_stopped_after_its_root_adds_its_snapshot_when_run_again() {
     assert_eq!(snapshots.len(), 1);
     assert_eq!(snapshots[0].name(), "s");
 }
+
+/// A copy never drops what the volume it replaces holds: bringing a
+/// backup back over a volume written since (red team F1), or copying
+/// again over a destination volume someone wrote to (F2), first keeps
+/// that state as snapshot `pre-copy-TIME`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_copy_keeps_the_state_it_replaces_as_a_snapshot() {
+    let _scenario = fail::FailScenario::setup();
+    let (main, backup) = (TestStore::new(Backend::File), TestStore::new(Backend::File));
+    let chunks = 4;
+    create(&main.store, "data", chunks, None).await;
+    write_chunks(&main.store, "data", None, 1, [0, 1]).await;
+    let first = copy(&main.store, &backup.store, "data", None).await;
+    let snapshot = first.snapshot().unwrap().to_string();
+
+    // Written since the copy, then the backup brought back over it.
+    write_chunks(&main.store, "data", None, 2, [1, 2]).await;
+    let latest = expected(chunks, &[(1, vec![0, 1]), (2, vec![1, 2])]);
+    copy(
+        &backup.store,
+        &main.store,
+        &format!("data@{snapshot}"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        read_all(&main.store, "data", None).await,
+        expected(chunks, &[(1, vec![0, 1])])
+    );
+    let kept = pre_copy_snapshot(&main.store, "data").await;
+    assert_eq!(read_snapshot(&main.store, &kept).await, latest);
+
+    // Written at the destination, then copied over again from the source.
+    write_chunks(&backup.store, "data", None, 3, [3]).await;
+    let at_backup = expected(chunks, &[(1, vec![0, 1]), (3, vec![3])]);
+    copy(
+        &main.store,
+        &backup.store,
+        &format!("data@{snapshot}"),
+        None,
+    )
+    .await;
+    let kept = pre_copy_snapshot(&backup.store, "data").await;
+    assert_eq!(read_snapshot(&backup.store, &kept).await, at_backup);
+}
+
+/// The `NAME@pre-copy-...` snapshot of volume `name`.
+async fn pre_copy_snapshot(store: &Store, name: &str) -> String {
+    let snapshots = engine::list_snapshots(store, name, None).await.unwrap();
+    let kept = snapshots
+        .iter()
+        .find(|s| s.name().starts_with("pre-copy-"))
+        .expect("the replaced state is kept");
+    format!("{name}@{}", kept.name())
+}
+
+/// Every block's tag of snapshot `what` (`NAME@SNAP`), read-only.
+async fn read_snapshot(store: &Store, what: &str) -> Vec<u64> {
+    let cache = tempfile::tempdir().unwrap();
+    let volume = Volume::open_read_only(
+        store,
+        &what.parse().unwrap(),
+        engine::Follow::Pinned,
+        common::engine_options(cache.path()),
+    )
+    .await
+    .unwrap();
+    let mut tags = Vec::new();
+    for chunk in 0..volume.size() / MIB {
+        tags.extend(read_tags(&volume, chunk * BLOCKS_PER_CHUNK, BLOCKS_PER_CHUNK).await);
+    }
+    tags
+}

@@ -7,6 +7,7 @@ use uuid::Uuid;
 use super::super::catalog;
 use super::super::error::EngineError;
 use super::super::lease;
+use super::super::snapshot::{self, Naming};
 use super::error::CopyError;
 use super::source::SourceVolume;
 use crate::crypto::Password;
@@ -161,12 +162,17 @@ impl<'a> Destination<'a> {
         loop {
             self.refuse_writer().await?;
             let newest = self.newest_generation().await?;
-            if let Some(generation) = newest
-                && let Some(found) =
+            let found = match newest {
+                Some(generation) => {
                     catalog::root_at(self.store, &self.superblock, &self.codec, generation).await?
-                && same_state(&found, root)
-            {
-                return Ok((generation, true));
+                }
+                None => None,
+            };
+            if let Some(found) = &found {
+                if same_state(found, root) {
+                    return Ok((found.generation, true));
+                }
+                self.keep_unpinned(found).await?;
             }
             let next = Root {
                 volume: self.superblock.uuid,
@@ -183,6 +189,32 @@ impl<'a> Destination<'a> {
                 return Ok((next.generation, false));
             }
         }
+    }
+
+    /// Pins `newest`, the state the copy is about to replace, as snapshot
+    /// `pre-copy-TIME`, unless a snapshot holds it already or it holds
+    /// nothing: writes made to the destination volume since the last copy
+    /// (or a volume brought back over with `--from`) are never lost.
+    async fn keep_unpinned(&self, newest: &Root) -> Result<(), CopyError> {
+        if newest.allocated_chunks() == 0 {
+            return Ok(());
+        }
+        let (store, superblock, codec) = (self.store, &self.superblock, &self.codec);
+        if snapshot::is_pinned(store, superblock, codec, newest, same_state).await? {
+            return Ok(());
+        }
+        let naming = Naming::Time {
+            prefix: "pre-copy-",
+        };
+        let kept = snapshot::pin(store, &self.name, codec, newest, naming).await?;
+        tracing::warn!(
+            "volume {} in {} held writes no snapshot of it holds: kept as snapshot {}@{} before the copy replaced them",
+            self.name,
+            store.url(),
+            self.name,
+            kept.name()
+        );
+        Ok(())
     }
 
     /// The newest generation the volume's roots hold, if any.

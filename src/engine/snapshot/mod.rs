@@ -327,6 +327,19 @@ pub async fn list_with_usage(
     Ok(snapshots.into_iter().map(|(info, _)| info).collect())
 }
 
+/// Whether some snapshot of the volume reads as `root` does (`same`
+/// compares two roots).
+pub(super) async fn is_pinned(
+    store: &Store,
+    superblock: &Superblock,
+    codec: &Codec,
+    root: &Root,
+    same: impl Fn(&Root, &Root) -> bool,
+) -> Result<bool> {
+    let snapshots = list_opened(store, superblock, codec).await?;
+    Ok(snapshots.iter().any(|(_, pinned)| same(pinned, root)))
+}
+
 /// The snapshots of a volume and their roots, oldest first.
 async fn list_opened(
     store: &Store,
