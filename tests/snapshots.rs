@@ -448,3 +448,33 @@ async fn common_object_count(store: &Store) -> usize {
     }
     count
 }
+
+/// What an interrupted create, clone or copy leaves (a superblock, no
+/// root) is named as unfinished, with the fix, and keeps nothing else
+/// from working (red team: it broke `volume list` and a bare `serve`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_volume_left_unfinished_is_named_and_stops_nothing_else() {
+    let store = TestStore::new(Backend::File);
+    engine::create(&store.store, &common::new_volume("half", SIZE, CHUNK))
+        .await
+        .unwrap();
+    for key in store.store.list_keys("volumes/half/").await.unwrap() {
+        if !key.ends_with("superblock.json") {
+            store.store.delete(&key).await.unwrap();
+        }
+    }
+    let (volume, _cache) = create_and_open(&store.store, "whole", SIZE, CHUNK).await;
+    volume.close().await.unwrap();
+    let unfinished = engine::info(&store.store, "half", None).await.unwrap_err();
+    assert!(matches!(unfinished, EngineError::Unfinished(_)), "{unfinished}");
+    assert!(unfinished.to_string().contains("zeroblk volume delete half"));
+    assert!(engine::check_finished(&store.store, "half").await.is_err());
+    engine::check_finished(&store.store, "whole").await.unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let listed = common::zeroblk(&store.url, cache.path(), &[], &["volume", "list"]);
+    assert!(listed.contains("whole"), "{listed}");
+    engine::delete(&store.store, "half").await.unwrap();
+    engine::create(&store.store, &common::new_volume("half", SIZE, CHUNK))
+        .await
+        .unwrap();
+}

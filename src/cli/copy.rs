@@ -57,6 +57,9 @@ pub async fn run(args: CopyArgs, settings: &Settings) -> anyhow::Result<()> {
         (None, Some(url)) => (other_store(url, settings)?, main),
         _ => anyhow::bail!("give the other store with --to URL or --from URL"),
     };
+    if args.source.snapshot().is_none() && !args.dry_run {
+        super::volume_snapshot::commit_or_warn(&from, args.source.name()).await?;
+    }
     let request = CopyRequest::new(args.source, args.destination.as_deref())?
         .with_password(settings.password().cloned())
         .with_dry_run(args.dry_run);

@@ -12,6 +12,7 @@ use super::settings::{EngineArgs, Settings};
 use crate::engine::{self, VolumeRef};
 use crate::nbd::server::Listener;
 use crate::nbd::{Export, Exports, ListenAddr, NbdServer};
+use crate::store::Store;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:10809";
 
@@ -60,11 +61,7 @@ pub async fn run(args: ServeArgs, settings: &Settings) -> anyhow::Result<()> {
     let tls = args.tls.load(&addresses)?;
     let store = settings.open_store()?;
     let names = match args.volumes.is_empty() {
-        true => engine::list(&store)
-            .await?
-            .iter()
-            .map(|name| VolumeRef::volume(name))
-            .collect(),
+        true => finished_volumes(&store).await?,
         false => args.volumes.clone(),
     };
     anyhow::ensure!(
@@ -165,4 +162,18 @@ async fn wait_for_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}
     }
+}
+
+/// Every volume of the store but those a create, clone or copy left
+/// unfinished (each is named in a warning): serving "all" must not fail
+/// for one that holds nothing.
+async fn finished_volumes(store: &Store) -> anyhow::Result<Vec<VolumeRef>> {
+    let mut names = Vec::new();
+    for name in engine::list(store).await? {
+        match engine::check_finished(store, &name).await {
+            Err(error @ engine::EngineError::Unfinished(_)) => tracing::warn!("skipped: {error}"),
+            _ => names.push(VolumeRef::volume(&name)),
+        }
+    }
+    Ok(names)
 }

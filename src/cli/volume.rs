@@ -142,6 +142,7 @@ pub async fn run(command: VolumeCommand, settings: &Settings) -> anyhow::Result<
                         | EngineError::WrongPassword(_)
                         | EngineError::Key { .. },
                     ) => locked.push(name),
+                    Err(error @ EngineError::Unfinished(_)) => tracing::warn!("{error}"),
                     Err(error) => return Err(error.into()),
                 }
             }
@@ -228,7 +229,7 @@ pub async fn run(command: VolumeCommand, settings: &Settings) -> anyhow::Result<
         VolumeCommand::Clone { source, target } => {
             let source: VolumeRef = source.parse()?;
             if source.snapshot().is_none() {
-                super::volume_snapshot::commit_if_attached_here(&store, source.name()).await?;
+                super::volume_snapshot::commit_or_warn(&store, source.name()).await?;
             }
             let password = settings.password().cloned();
             let clone = engine::clone_volume(&store, &source, &target, password).await?;

@@ -117,11 +117,7 @@ pub async fn take(
     label: Option<&str>,
 ) -> anyhow::Result<String> {
     let Some(record) = attached_here(store, name)? else {
-        if let Some(writer) = engine::writer_of(store, name).await? {
-            tracing::warn!(
-                "volume {name} is written by {writer}: the snapshot holds its last commit, not what it wrote since"
-            );
-        }
+        warn_of_writer(store, name).await?;
         let taken =
             engine::create_snapshot(store, name, label, settings.password().cloned()).await?;
         return Ok(taken.name().to_string());
@@ -158,12 +154,24 @@ pub async fn take_attached(
 
 /// Commits volume `name` through its daemon if it is attached on this
 /// host, so that what reads its newest root sees every write acknowledged
-/// so far.
-pub async fn commit_if_attached_here(store: &Store, name: &str) -> anyhow::Result<()> {
-    if let Some(record) = attached_here(store, name)? {
-        daemon::request_commit(&record.control_socket)
+/// so far; else, if a writer holds it (`zeroblk serve`, another host),
+/// warns that its newest root is its last commit.
+pub async fn commit_or_warn(store: &Store, name: &str) -> anyhow::Result<()> {
+    match attached_here(store, name)? {
+        Some(record) => daemon::request_commit(&record.control_socket)
             .await
-            .map_err(|why| anyhow::anyhow!("volume {name}'s daemon: {why}"))?;
+            .map_err(|why| anyhow::anyhow!("volume {name}'s daemon: {why}")),
+        None => warn_of_writer(store, name).await,
+    }
+}
+
+/// Warns when a writer not attached here holds volume `name`: what the
+/// store holds of it is its last commit.
+async fn warn_of_writer(store: &Store, name: &str) -> anyhow::Result<()> {
+    if let Some(writer) = engine::writer_of(store, name).await? {
+        tracing::warn!(
+            "volume {name} is written by {writer} (`zeroblk serve`, or an attach on another host): this holds its last commit, not what it wrote since; to include that, stop or detach the writer first, or attach the volume here, whose daemon commits on request"
+        );
     }
     Ok(())
 }

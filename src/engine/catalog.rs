@@ -105,6 +105,16 @@ pub async fn refuse_taken_name(store: &Store, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Fails with [`EngineError::Unfinished`] if volume `name` has no root:
+/// what an interrupted create, clone or copy leaves (one listing).
+pub async fn check_finished(store: &Store, name: &str) -> Result<()> {
+    let roots = format!("{}/roots/", keys::volume_dir(name));
+    match store.list_keys(&roots).await?.is_empty() {
+        true => Err(EngineError::Unfinished(name.to_string())),
+        false => Ok(()),
+    }
+}
+
 /// The names of the store's volumes, sorted.
 pub async fn list(store: &Store) -> Result<Vec<String>> {
     let mut names = Vec::new();
@@ -248,14 +258,15 @@ pub async fn newest_root(store: &Store, superblock: &Superblock, codec: &Codec) 
         let listed = store
             .list_keys(&format!("{}/roots/", keys::volume_dir(name)))
             .await?;
-        if let Some(listed) = listed
+        let Some(listed) = listed
             .iter()
             .filter_map(|k| k.rsplit('/').next()?.parse().ok())
             .max()
-        {
-            generation = listed;
-            newest = read_root(store, superblock, codec, generation).await?;
-        }
+        else {
+            return Err(EngineError::Unfinished(name.to_string()));
+        };
+        generation = listed;
+        newest = read_root(store, superblock, codec, generation).await?;
     }
     let mut newest = newest.ok_or_else(|| EngineError::MissingObject {
         key: keys::root(name, generation),

@@ -20,6 +20,10 @@ pub enum EngineError {
     )]
     VolumeExists(String),
     #[error(
+        "volume `{0}` has a superblock but no root: the create, clone or copy that made it stopped before it finished, and it holds nothing; delete it with `zeroblk volume delete {0}` (a copy run again finishes it)"
+    )]
+    Unfinished(String),
+    #[error(
         "volume `{volume}` has no snapshot `{snapshot}`: see its snapshots with `zeroblk volume snapshot list {volume}`"
     )]
     NoSuchSnapshot { volume: String, snapshot: String },
@@ -182,6 +186,7 @@ impl EngineError {
             | EngineError::GcLeaseLost { .. } => ErrorKind::Fenced,
             EngineError::NoSuchVolume(_)
             | EngineError::VolumeExists(_)
+            | EngineError::Unfinished(_)
             | EngineError::NoSuchSnapshot { .. }
             | EngineError::SnapshotExists { .. }
             | EngineError::ReadOnlySnapshot { .. }

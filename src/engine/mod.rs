@@ -191,8 +191,8 @@ mod write;
 mod writer;
 
 pub use catalog::{
-    MAX_VOLUME_SIZE, NewVolume, VolumeInfo, check_password, create, delete, delete_unused, list,
-    read_volume_file, rekey, validate_size, write_volume_file,
+    MAX_VOLUME_SIZE, NewVolume, VolumeInfo, check_finished, check_password, create, delete,
+    delete_unused, list, read_volume_file, rekey, validate_size, write_volume_file,
 };
 pub use copy::{
     CopyError, CopyProgress, CopyReport, CopyRequest, Moved, Quiet, Tally, copy as copy_volume,

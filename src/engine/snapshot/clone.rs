@@ -46,7 +46,14 @@ pub async fn clone(
             return Err(EngineError::VolumeExists(target.to_string()));
         }
         let first = first_generation(&clone, &root);
-        catalog::publish_root(store, target, &codec, &first).await?;
+        if let Err(error) = catalog::publish_root(store, target, &codec, &first).await {
+            // Not left half made: a superblock without a root is a volume
+            // nothing can open.
+            if let Err(cleanup) = store.delete(&key).await {
+                tracing::warn!(%cleanup, "could not remove the half-made clone's superblock");
+            }
+            return Err(error);
+        }
         Ok(clone)
     }
     .await;
