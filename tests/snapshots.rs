@@ -466,8 +466,15 @@ async fn a_volume_left_unfinished_is_named_and_stops_nothing_else() {
     let (volume, _cache) = create_and_open(&store.store, "whole", SIZE, CHUNK).await;
     volume.close().await.unwrap();
     let unfinished = engine::info(&store.store, "half", None).await.unwrap_err();
-    assert!(matches!(unfinished, EngineError::Unfinished(_)), "{unfinished}");
-    assert!(unfinished.to_string().contains("zeroblk volume delete half"));
+    assert!(
+        matches!(unfinished, EngineError::Unfinished(_)),
+        "{unfinished}"
+    );
+    assert!(
+        unfinished
+            .to_string()
+            .contains("zeroblk volume delete half")
+    );
     assert!(engine::check_finished(&store.store, "half").await.is_err());
     engine::check_finished(&store.store, "whole").await.unwrap();
     let cache = tempfile::tempdir().unwrap();
