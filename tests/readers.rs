@@ -1,5 +1,5 @@
 //! Volumes opened read-only, against real stores (a local directory and a
-//! real S3 server, moto): followers see the writer's commits in time and
+//! real S3 server, moto): followers pick up the writer's commits and
 //! never a torn state, snapshots read what they pinned, writes are refused
 //! with EROFS, and followers outlive gc.
 
