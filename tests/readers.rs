@@ -1,6 +1,6 @@
 //! Volumes opened read-only, against real stores (a local directory and a
-//! real S3 server, moto): followers pick up the writer's commits and
-//! never a torn state, snapshots read what they pinned, writes are refused
+//! real S3 server, moto): followers pick up the writer's commits and never see
+//! a torn state, snapshots read what they pinned, writes are refused
 //! with EROFS, and followers outlive gc.
 
 mod common;
