@@ -485,3 +485,33 @@ async fn a_volume_left_unfinished_is_named_and_stops_nothing_else() {
         .await
         .unwrap();
 }
+
+/// A snapshot deleted while it is served, and collected since, answers
+/// that it is gone, not that the bucket is damaged (red team).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_snapshot_deleted_while_served_says_so() {
+    let store = TestStore::new(Backend::File);
+    let (volume, _cache) = create_and_open(&store.store, "data", SIZE, CHUNK).await;
+    write_tags(&volume, 0, &[1]).await;
+    volume.snapshot(Some("s")).await.unwrap();
+    write_tags(&volume, 0, &[2]).await;
+    volume.close().await.unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let mut options = engine_options(cache.path());
+    (options.memory_cache_bytes, options.disk_cache_bytes) = (0, 0);
+    let reader = Volume::open_read_only(
+        &store.store,
+        &"data@s".parse().unwrap(),
+        engine::Follow::Pinned,
+        options,
+    )
+    .await
+    .unwrap();
+    engine::delete_snapshot(&store.store, "data", "s")
+        .await
+        .unwrap();
+    engine::collect_garbage(&store.store, NOW).await.unwrap();
+    let mut block = vec![0u8; 4096];
+    let gone = reader.read(0, &mut block).await.unwrap_err();
+    assert!(matches!(gone, EngineError::NoSuchSnapshot { .. }), "{gone}");
+}

@@ -48,16 +48,21 @@ pub(super) fn lock(dir: &Path, name: &str) -> Result<Flock<File>> {
 }
 
 /// A reader's folder in the cache directory, `readers/NAME.UUID.RANDOM`:
-/// private, locked while the reader has it, and removed when dropped. One
-/// a crashed reader left (its lock free) goes when the next reader opens.
+/// private, locked while the reader has it, and removed when dropped. It
+/// is made as `.making-...` and gets its name only once locked, so a named
+/// folder whose lock is free is one a crashed reader left: it goes when
+/// the next reader opens.
 pub(super) struct ReaderDir {
     path: PathBuf,
     _lock: Flock<File>,
 }
 
-/// A reader's folder younger than this is never taken for a crashed
-/// reader's: its reader may be between making it and locking it.
+/// A folder still being made younger than this is never taken for a
+/// crashed reader's: its reader may be between making it and locking it.
 const READER_DIR_SETTLES: Duration = Duration::from_secs(60);
+
+/// What a reader's folder is called until it is locked.
+const MAKING: &str = ".making-";
 
 impl ReaderDir {
     /// Makes a folder for a reader of the volume `superblock` describes,
@@ -77,11 +82,14 @@ impl ReaderDir {
             superblock.uuid,
             fastrand::u64(..)
         );
-        let path = readers.join(name);
-        std::fs::DirBuilder::new().mode(0o700).create(&path)?;
-        let lock = lock_file(&path)?;
+        let making = readers.join(format!("{MAKING}{name}"));
+        std::fs::DirBuilder::new().mode(0o700).create(&making)?;
+        let lock = lock_file(&making)?;
         let lock = Flock::lock(lock, FlockArg::LockExclusiveNonblock)
             .map_err(|(_, errno)| std::io::Error::from(errno))?;
+        // The lock is on the open file: it holds across the rename.
+        let path = readers.join(name);
+        std::fs::rename(&making, &path)?;
         Ok(ReaderDir { path, _lock: lock })
     }
 
@@ -98,20 +106,21 @@ impl Drop for ReaderDir {
     }
 }
 
-/// Removes the folders in `readers` whose reader is gone: settled, and
-/// with their lock free.
+/// Removes the folders in `readers` whose reader is gone: their lock is
+/// free (and, for one still being made, it settled).
 fn remove_abandoned(readers: &Path) {
     let Ok(entries) = std::fs::read_dir(readers) else {
         return;
     };
     for entry in entries.flatten() {
         let path = entry.path();
+        let being_made = entry.file_name().to_string_lossy().starts_with(MAKING);
         let settled = std::fs::symlink_metadata(&path)
             .ok()
             .filter(|meta| meta.is_dir())
             .and_then(|meta| meta.modified().ok())
             .and_then(|at| at.elapsed().ok())
-            .is_some_and(|age| age > READER_DIR_SETTLES);
+            .is_some_and(|age| !being_made || age > READER_DIR_SETTLES);
         let free = settled
             && lock_file(&path)
                 .ok()
@@ -182,18 +191,17 @@ mod tests {
         let kept = first.path().to_path_buf();
         drop(first);
         assert!(!kept.exists(), "a reader's folder goes with it");
-        // A crashed reader's: its lock free, and settled (made a while ago).
+        // A crashed reader's: named (so it was locked once), its lock free,
+        // however young; one still being made is left for a while.
         let crashed = cache.path().join("readers/v.crashed");
-        let young = cache.path().join("readers/v.young");
-        for dir in [&crashed, &young] {
+        let young = cache.path().join("readers/.making-v.young");
+        let stuck = cache.path().join("readers/.making-v.stuck");
+        for dir in [&crashed, &young, &stuck] {
             std::fs::create_dir(dir).unwrap();
             std::fs::write(dir.join("lock"), b"").unwrap();
         }
         let long_ago = std::time::SystemTime::now() - 2 * READER_DIR_SETTLES;
-        File::open(&crashed)
-            .unwrap()
-            .set_modified(long_ago)
-            .unwrap();
+        File::open(&stuck).unwrap().set_modified(long_ago).unwrap();
         let second_path = second.path().to_path_buf();
         File::open(&second_path)
             .unwrap()
@@ -201,7 +209,8 @@ mod tests {
             .unwrap();
         let third = ReaderDir::create(cache.path(), &superblock).unwrap();
         assert!(!crashed.exists(), "a crashed reader's folder is removed");
-        assert!(young.exists(), "one just made is left to its reader");
+        assert!(young.exists(), "one being made is left to its reader");
+        assert!(!stuck.exists(), "one left half made a while ago is removed");
         assert!(
             second_path.exists(),
             "a live reader's folder stays, however old"

@@ -44,7 +44,8 @@
 //!    after a power cut, each block past the last flush holds what it held
 //!    at that flush or a later write, as a disk's volatile write cache
 //!    would leave it. If the cache directory is lost, the volume opens at
-//!    its newest committed generation: consistent, as of some flush point,
+//!    its newest committed generation: consistent, as of some epoch
+//!    boundary (every write completed before it, none issued after),
 //!    possibly older than the last local flush (with `Durability::Local`).
 //! 5. **Nothing wrong is ever returned.** Every chunk and page read from
 //!    the store is checked against its BLAKE3 name, a mismatch is an

@@ -220,7 +220,12 @@ impl Reader {
                     generation,
                 })
             }
-            (Follow::Pinned, _) => Err(missing),
+            (Follow::Pinned, Some(snapshot)) => match self.roots.check_snapshot(snapshot).await {
+                // Deleted while served, and collected since.
+                Err(gone @ EngineError::NoSuchSnapshot { .. }) => Err(gone),
+                _ => Err(missing),
+            },
+            (Follow::Pinned, None) => Err(missing),
         }
     }
 }

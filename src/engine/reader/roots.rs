@@ -63,6 +63,15 @@ impl Roots {
         &self.superblock
     }
 
+    /// Fails with `EngineError::NoSuchSnapshot` if snapshot `snapshot`
+    /// of the volume was deleted.
+    pub async fn check_snapshot(&self, snapshot: &str) -> Result<()> {
+        let store = &self.store;
+        catalog::read_snapshot(store, &self.superblock, &self.codec, snapshot)
+            .await
+            .map(drop)
+    }
+
     /// Takes the next generations, as far as they go; says whether any
     /// was taken.
     pub async fn step(&self) -> Result<bool> {
