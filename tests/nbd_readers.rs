@@ -220,6 +220,10 @@ async fn bad_read_only_requests_get_one_line_and_a_non_zero_exit() {
             "add --follow",
         ),
         (vec!["serve", "data@nope"], "has no snapshot `nope`"),
+        (
+            vec!["serve", "data@snap", "--force"],
+            "read-only export takes none",
+        ),
         (vec!["attach", "data@snap", "--size", "1G"], "leave it out"),
         (
             vec!["attach", "--read-only", "data", "--mount-point", "/mnt/x"],

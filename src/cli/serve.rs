@@ -75,6 +75,10 @@ pub async fn run(args: ServeArgs, settings: &Settings) -> anyhow::Result<()> {
         .iter()
         .map(|name| args.read_only.mode(name))
         .collect::<anyhow::Result<Vec<Mode>>>()?;
+    anyhow::ensure!(
+        !args.engine.force || modes.iter().any(|mode| *mode == Mode::Write),
+        "--force takes a writer's lease over, and a read-only export takes none: leave it out"
+    );
     let options = settings.engine_options(&args.engine)?;
     for name in &names {
         engine::check_password(&store, name.name(), options.password.clone()).await?;

@@ -17,7 +17,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use crate::engine::catalog;
-use crate::engine::error::Result;
+use crate::engine::error::{EngineError, Result};
 use crate::format::{Codec, Root, Superblock};
 use crate::store::Store;
 
@@ -87,8 +87,12 @@ impl Roots {
     /// Takes the newest root, however far ahead it is; says whether it
     /// was newer.
     pub async fn catch_up(&self) -> Result<bool> {
-        let newest = catalog::newest_root(&self.store, &self.superblock, &self.codec).await?;
-        Ok(self.install(newest))
+        let newest = catalog::newest_root(&self.store, &self.superblock, &self.codec).await;
+        if let Err(EngineError::Unfinished(_)) = &newest {
+            // No root at all: deleted since it was opened, most likely.
+            catalog::superblock(&self.store, &self.superblock.name).await?;
+        }
+        Ok(self.install(newest?))
     }
 
     /// Whether a newer generation than `generation` exists in the store
@@ -156,8 +160,11 @@ pub(super) async fn follow(roots: Arc<Roots>, every: Duration) {
             true => roots.catch_up().await,
             false => roots.step().await,
         };
+        // Only a full look (catch_up) says the trouble is over: the next
+        // generation's absence proves nothing.
+        let full_look = poll.is_multiple_of(CATCH_UP_EVERY);
         match polled {
-            Ok(_) if std::mem::replace(&mut failing, false) => {
+            Ok(_) if full_look && std::mem::replace(&mut failing, false) => {
                 tracing::info!(volume = %roots.superblock.name, "following the writer again");
             }
             Ok(_) => {}
