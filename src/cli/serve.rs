@@ -76,7 +76,7 @@ pub async fn run(args: ServeArgs, settings: &Settings) -> anyhow::Result<()> {
         .map(|name| args.read_only.mode(name))
         .collect::<anyhow::Result<Vec<Mode>>>()?;
     anyhow::ensure!(
-        !args.engine.force || modes.iter().any(|mode| *mode == Mode::Write),
+        !args.engine.force || modes.contains(&Mode::Write),
         "--force takes a writer's lease over, and a read-only export takes none: leave it out"
     );
     let options = settings.engine_options(&args.engine)?;
