@@ -231,6 +231,8 @@ async fn bad_read_only_requests_get_one_line_and_a_non_zero_exit() {
         ),
         (vec!["attach", "--follow", "data@snap"], "follow `data`"),
         (vec!["detach", "--read-only", "data"], "is not attached"),
+        (vec!["detach", "data@"], "is not a snapshot name"),
+        (vec!["detach", "@snap"], "is not a volume name"),
     ] {
         let stderr = setup.zeroblk_fails(&args);
         assert!(stderr.contains(says), "{args:?}: {stderr}");

@@ -288,7 +288,11 @@ fn find_attached(
     };
     let key = match target.starts_with("/dev/") {
         true => target.to_string(),
-        false => registry::key(target, access),
+        false => {
+            // A name that is no volume or snapshot is a typo, not a detach.
+            target.parse::<crate::engine::VolumeRef>()?;
+            registry::key(target, access)
+        }
     };
     if let Some(record) = registry::find(dir, &key)? {
         return Ok(record);

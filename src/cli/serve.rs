@@ -99,10 +99,9 @@ pub async fn run(args: ServeArgs, settings: &Settings) -> anyhow::Result<()> {
             let uri = uri(&bound, &name, tls.is_some());
             match mode {
                 Mode::Write => tracing::info!("serving volume {name} at {uri}"),
-                Mode::Read(_) => tracing::info!(
-                    "serving volume {name} at {uri}, read-only ({})",
-                    mode.access()
-                ),
+                Mode::Read(_) => {
+                    tracing::info!("serving volume {name} at {uri}, {}", mode.access())
+                }
             }
         }
         listeners.push(listener);
