@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use super::nbd_tls::TlsArgs;
 use super::read_only::{self, Mode, ReadOnlyArgs};
 use super::settings::{EngineArgs, Settings};
-use crate::engine::{self, VolumeRef};
+use crate::engine::{self, Follow, VolumeRef};
 use crate::nbd::server::Listener;
 use crate::nbd::{Export, Exports, ListenAddr, NbdServer};
 use crate::store::Store;
@@ -99,8 +99,11 @@ pub async fn run(args: ServeArgs, settings: &Settings) -> anyhow::Result<()> {
             let uri = uri(&bound, &name, tls.is_some());
             match mode {
                 Mode::Write => tracing::info!("serving volume {name} at {uri}"),
-                Mode::Read(_) => {
-                    tracing::info!("serving volume {name} at {uri}, {}", mode.access())
+                Mode::Read(Follow::Pinned) => {
+                    tracing::info!("serving volume {name} at {uri}, read-only")
+                }
+                Mode::Read(Follow::Every(_)) => {
+                    tracing::info!("serving volume {name} at {uri}, read-only (following)")
                 }
             }
         }
