@@ -8,7 +8,8 @@ use serde::Serialize;
 
 use crate::crypto::{KeyEnvelope, Password};
 use crate::format::{
-    self, Codec, Compression, FormatError, Root, RootKind, Superblock, keys, validate_chunk_size,
+    self, Codec, Compression, FormatError, MapPage, ObjectId, Root, RootKind, Superblock, keys,
+    validate_chunk_size,
 };
 use crate::store::{Created, Store};
 
@@ -341,6 +342,22 @@ async fn read_checked_root(
         return Err(FormatError::corrupt(key, "its chunk size is not the volume's").into());
     }
     Ok(Some(root))
+}
+
+/// The map page `id`, which a root of generation `generation` lists:
+/// refused unread if larger than any page, checked against its name.
+pub async fn read_page(
+    store: &Store,
+    codec: &Codec,
+    id: ObjectId,
+    generation: u64,
+) -> Result<MapPage> {
+    let key = keys::page(&id);
+    let object = store
+        .get_at_most(&key, format::page::MAX_STORED_LEN)
+        .await?
+        .ok_or(EngineError::MissingObject { key, generation })?;
+    Ok(MapPage::decode(id, &object, codec)?)
 }
 
 /// Marks volume `name` as one whose objects snapshots and clones may

@@ -121,7 +121,7 @@ use super::error::{EngineError, Result};
 use super::lease::{self, Lease};
 use crate::crypto::Password;
 use crate::format::{
-    ChunkRef, Codec, ObjectId, Root, RootKind, Superblock, chunk, keys, pack, page, page::MapPage,
+    ChunkRef, Codec, ObjectId, Root, RootKind, Superblock, chunk, keys, pack, page::MapPage,
 };
 use crate::store::{Fencing, ObjectInfo, Store};
 
@@ -602,12 +602,8 @@ async fn mark_live(
     let generation = root.generation;
     let pages: Vec<(ObjectId, MapPage)> = futures::stream::iter(ids)
         .map(|id| async move {
-            let key = keys::page(&id);
-            let object = store
-                .get_at_most(&key, page::MAX_STORED_LEN)
-                .await?
-                .ok_or(EngineError::MissingObject { key, generation })?;
-            Ok::<_, EngineError>((id, MapPage::decode(id, &object, codec)?))
+            let page = catalog::read_page(store, codec, id, generation).await?;
+            Ok::<_, EngineError>((id, page))
         })
         .buffer_unordered(CONCURRENCY)
         .try_collect()

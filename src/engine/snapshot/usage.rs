@@ -7,8 +7,9 @@ use std::collections::HashMap;
 
 use futures::{StreamExt, TryStreamExt};
 
+use crate::engine::catalog;
 use crate::engine::error::{EngineError, Result};
-use crate::format::{ChunkRef, Codec, MapPage, ObjectId, Root, keys, page};
+use crate::format::{ChunkRef, Codec, MapPage, ObjectId, Root};
 use crate::store::Store;
 
 const CONCURRENCY: usize = 16;
@@ -66,12 +67,8 @@ async fn load_pages<'a>(
     wanted.dedup_by_key(|(id, _)| *id);
     futures::stream::iter(wanted)
         .map(|(id, generation)| async move {
-            let key = keys::page(&id);
-            let object = store
-                .get_at_most(&key, page::MAX_STORED_LEN)
-                .await?
-                .ok_or(EngineError::MissingObject { key, generation })?;
-            Ok::<_, EngineError>((id, MapPage::decode(id, &object, codec)?))
+            let page = catalog::read_page(store, codec, id, generation).await?;
+            Ok::<_, EngineError>((id, page))
         })
         .buffer_unordered(CONCURRENCY)
         .try_collect()
@@ -82,6 +79,7 @@ async fn load_pages<'a>(
 mod tests {
     use super::*;
     use crate::format::PageSlot;
+    use crate::format::keys;
 
     async fn root_with(store: &Store, chunks: &[(u8, u32)]) -> Root {
         let mut page = MapPage::default();
