@@ -25,7 +25,7 @@ pub use envelope::KeyEnvelope;
 pub use password::Password;
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
 use zeroize::Zeroizing;
 
 /// Bytes a sealed object has beyond its plaintext: the nonce and the tag.
@@ -64,7 +64,7 @@ impl VolumeKeys {
         let sealing = Zeroizing::new(blake3::derive_key(SEALING_CONTEXT, data_key));
         VolumeKeys {
             naming,
-            sealing: XChaCha20Poly1305::new(sealing.as_ref().into()),
+            sealing: XChaCha20Poly1305::new(Key::from_slice(&sealing[..])),
         }
     }
 
