@@ -15,6 +15,9 @@ need_cargo
 # OpenSSL (libssl-dev); the TLS tests make their certificates with the
 # openssl CLI.
 need_apt pkg-config libclang-dev make libssl-dev openssl
+# Backups are age files: the crypto tests check that the real age and
+# age-keygen read what zeroblk writes, and the other way round.
+need_apt age
 need_qemu
 need_apt python3-pip libnbd-bin python3-libnbd fio
 need_pip moto_server 'moto[server]'

@@ -1,6 +1,6 @@
-//! Encryption at rest: an encrypted volume's keys, and the sealing of what
-//! it stores. The only user of the cryptography crates (chacha20poly1305,
-//! argon2).
+//! Encryption at rest: an encrypted volume's keys, the sealing of what it
+//! stores, and the age encryption of backups. The only user of the
+//! cryptography crates (chacha20poly1305, argon2, age).
 //!
 //! - A volume's data key is 32 random bytes, made once by `volume create
 //!   --encrypt`. The bucket never holds it in the clear: the superblock
@@ -14,15 +14,22 @@
 //!   under a random 192-bit nonce.
 //! - Opening a sealed object authenticates it: a flipped bit, a truncation
 //!   or an object sealed with another key is an error, never data.
+//! - Backups (`zeroblk backup`) are plain age files, encrypted to the
+//!   recipients given, so that `age` alone opens them ([`AgeRecipients`],
+//!   [`AgeIdentities`]; see `age.rs`).
 //!
 //! What is promised: without the password, the store reveals object sizes
 //! and how they reference each other, and nothing of their contents.
 
+mod age;
 mod envelope;
 mod password;
 
+pub use self::age::{AgeIdentities, AgeRecipients, looks_age_encrypted};
 pub use envelope::KeyEnvelope;
 pub use password::Password;
+
+use std::path::PathBuf;
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
@@ -50,7 +57,62 @@ pub enum CryptoError {
     BadPassword(String),
     #[error("the system's random number generator failed: {0}")]
     Random(String),
+    #[error(
+        "`{recipient}` is not an age recipient: {reason}. A recipient is an age public key such as {EXAMPLE_RECIPIENT} (`age-keygen -y IDENTITY_FILE` prints one), or the path of a file of them"
+    )]
+    BadRecipient {
+        recipient: String,
+        reason: &'static str,
+    },
+    #[error(
+        "line {line} of the recipients file {}, `{text}`, is not an age recipient: {reason}. Each line holds one age public key (age1..., as `age-keygen -y IDENTITY_FILE` prints it), a # comment, or nothing",
+        path.display()
+    )]
+    BadRecipientLine {
+        path: PathBuf,
+        line: usize,
+        text: String,
+        reason: &'static str,
+    },
+    #[error(
+        "the recipients file {} holds no recipient: put an age public key (age1..., as `age-keygen -y IDENTITY_FILE` prints it) on a line of its own",
+        path.display()
+    )]
+    NoRecipientsInFile { path: PathBuf },
+    #[error("cannot read the recipients file {}: {source}", path.display())]
+    RecipientsFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "no age recipient was given: pass --age-recipient with an age public key (age1..., as `age-keygen -y IDENTITY_FILE` prints it) or a recipients file"
+    )]
+    NoRecipients,
+    #[error(
+        "cannot read the age identity file {}: {source}. Give the file age-keygen wrote (--age-identity FILE)",
+        path.display()
+    )]
+    IdentityFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{} is not an age identity file: {reason}. Give the file age-keygen wrote (AGE-SECRET-KEY-1... lines; # comments allowed)",
+        path.display()
+    )]
+    BadIdentityFile { path: PathBuf, reason: String },
+    #[error(
+        "the age identity does not open this backup: it was encrypted to other recipients. Give the identity file (--age-identity) whose public key (`age-keygen -y FILE`) is one of them"
+    )]
+    WrongIdentity,
+    #[error(
+        "the age-encrypted object was changed or damaged: {detail}. Nothing of it can be trusted: use another copy, or another backup"
+    )]
+    AgeDamaged { detail: String },
 }
+
+/// What an age recipient looks like, for errors that ask for one.
+const EXAMPLE_RECIPIENT: &str = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p";
 
 /// The keys of one encrypted volume, derived from its data key.
 pub struct VolumeKeys {
