@@ -102,6 +102,8 @@ impl RetryingStore {
 
     fn tell_retry(&self, op: &str, key: &Path, error: &object_store::Error, wait: Duration) {
         let store = &*self.url;
+        // Its request URL may carry a signature (an Azure SAS token).
+        let error = super::redact_credentials(&error.to_string());
         if self.metrics.retry_should_warn() {
             tracing::warn!(store, op, %key, %error, "object store requests are failing; retrying with backoff (said at most every 10 s)");
         } else {
