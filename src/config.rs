@@ -3,7 +3,7 @@
 //!
 //! ```toml
 //! [storage]
-//! url = "s3://my-bucket/zeroblk"        # or file:///var/lib/zeroblk/store
+//! url = "s3://my-bucket/zeroblk"        # or gs://, az://, file:///var/lib/zeroblk/store
 //! s3_endpoint = "http://127.0.0.1:3900" # optional, like AWS_ENDPOINT_URL
 //! encryption_password = "..."           # optional: encrypts new volumes, opens encrypted ones
 //!

@@ -409,6 +409,55 @@ fn a_store_without_a_server_is_named() {
     assert!(stderr.contains("cannot reach the object store"), "{stderr}");
 }
 
+/// GCS and Azure take their credentials from the environment: with none,
+/// zeroblk fails at once, naming the variables to set for that store (not
+/// AWS's). The environment is emptied, so that no credentials of this
+/// machine count. (Azure without an account fails as the store is built;
+/// GCS, and Azure with an account only, at the first request, when the
+/// cloud's metadata service has no credentials to give.)
+#[test]
+fn gcs_and_azure_without_credentials_name_their_variables() {
+    let home = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "gs://bucket/zeroblk",
+            None,
+            "GOOGLE_APPLICATION_CREDENTIALS",
+        ),
+        ("az://container/zeroblk", None, "AZURE_STORAGE_ACCOUNT_NAME"),
+        (
+            "az://container/zeroblk",
+            Some("account"),
+            "AZURE_STORAGE_ACCOUNT_KEY",
+        ),
+    ];
+    for (url, azure_account, variable) in cases {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_zeroblk"));
+        command
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", home.path());
+        if let Some(account) = azure_account {
+            command.env("AZURE_STORAGE_ACCOUNT_NAME", account);
+        }
+        let output = command
+            .args(["--store", url, "--cache-dir"])
+            .arg(home.path().join("cache"))
+            .args(["volume", "list"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{url}: {stderr}");
+        assert!(
+            stderr.contains(&format!("no credentials for the object store {url}"))
+                && stderr.contains(variable)
+                && !stderr.contains("AWS_")
+                && !stderr.contains("panicked"),
+            "{url} (account {azure_account:?}): {stderr}"
+        );
+    }
+}
+
 #[test]
 fn attach_without_kernel_support_says_what_is_missing() {
     if std::path::Path::new("/dev/nbd0").exists()

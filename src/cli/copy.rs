@@ -2,10 +2,11 @@
 //! from one (`--from`), by the same code (`engine::copy_volume`).
 //!
 //! The other store's URL is opened as the main store is: the same
-//! `AWS_*` credentials and region, the same endpoint (`--s3-endpoint`,
-//! `AWS_ENDPOINT_URL` or the config file's `s3_endpoint`) and the same
-//! `--store-timeout`. The password (`--password-file`, `ZEROBLK_PASSWORD`
-//! or the config file's) opens an encrypted source, and the copy.
+//! credentials (`AWS_*`, `GOOGLE_*` or `AZURE_*`) and region, the same
+//! endpoint (`--s3-endpoint`, `AWS_ENDPOINT_URL` or the config file's
+//! `s3_endpoint`) and the same `--store-timeout`. The password
+//! (`--password-file`, `ZEROBLK_PASSWORD` or the config file's) opens an
+//! encrypted source, and the copy.
 
 use std::io::IsTerminal;
 
@@ -30,8 +31,9 @@ pub struct CopyArgs {
     /// The volume's name where it is copied to [default: SRC]
     #[arg(value_name = "DST")]
     destination: Option<String>,
-    /// The store to copy to (file:///PATH or s3://BUCKET/PREFIX), opened
-    /// with the main store's credentials, region and endpoint
+    /// The store to copy to (file:///PATH, s3://BUCKET/PREFIX,
+    /// gs://BUCKET/PREFIX or az://CONTAINER/PREFIX), opened with the main
+    /// store's credentials, region and endpoint
     #[arg(
         long,
         value_name = "URL",

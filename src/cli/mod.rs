@@ -41,7 +41,8 @@ pub struct Cli {
 /// Options every command takes, before or after its name.
 #[derive(Debug, clap::Args, Clone, Default)]
 pub struct GlobalArgs {
-    /// The object store: file:///PATH, s3://BUCKET/PREFIX or memory://
+    /// The object store: file:///PATH, s3://BUCKET/PREFIX, gs://BUCKET/PREFIX,
+    /// az://CONTAINER/PREFIX or memory://
     /// [default: the embedded store, file:///var/lib/zeroblk/store for root]
     #[arg(long, global = true, value_name = "URL", env = "ZEROBLK_STORE")]
     pub store: Option<String>,

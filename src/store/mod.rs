@@ -1,13 +1,14 @@
 //! The object store: the only module that talks to `object_store`.
 //!
-//! [`Store`] is a handle on one bucket (or directory, or memory) named by a
-//! URL. It speaks in keys and bytes: `get` (absent is `None`, not an error;
-//! `get_at_most` refuses a huge object unread), `put`, the conditional
-//! writes that fence a second writer (`put_if_absent`, `create_versioned`,
-//! `replace_if_unchanged`), `delete`, and listings. Its errors say what to
-//! fix ([`StoreError`]). It says plainly, once per store, whether the store
-//! honours conditional writes: some S3 clones silently ignore them, and
-//! fencing must not trust them blindly.
+//! [`Store`] is a handle on one bucket (or container, directory, or memory)
+//! named by a URL. It speaks in keys and bytes: `get` (absent is `None`,
+//! not an error; `get_at_most` refuses a huge object unread), `put`, the
+//! conditional writes that fence a second writer (`put_if_absent`,
+//! `create_versioned`, `replace_if_unchanged`), `delete`, and listings. Its
+//! errors say what to fix for the kind of store it is ([`StoreError`],
+//! `kind.rs`). It says plainly, once per store, whether the store honours
+//! conditional writes: some S3 clones silently ignore them, and fencing
+//! must not trust them blindly.
 //!
 //! Every request goes down a stack of object stores, each with one job:
 //!
@@ -20,7 +21,8 @@
 //!  CountingStore   each attempt counted, with its bytes (counting.rs,
 //!                  metrics.rs): what `Store::counters` reports
 //!  [FaultyStore]   failures injected, in tests only (faults.rs)
-//!  backend         S3, a local directory (fsynced), or memory (url.rs)
+//!  backend         S3, GCS, Azure, a local directory (fsynced), or memory
+//!                  (url.rs)
 //! ```
 //!
 //! `with_faults` and `with_retry_policy` build the stack again over the
@@ -28,6 +30,7 @@
 
 mod counting;
 pub mod faults;
+mod kind;
 mod local;
 mod metrics;
 mod redact;
@@ -48,6 +51,7 @@ use object_store::{
 };
 use tokio::sync::OnceCell;
 
+pub use kind::StoreKind;
 pub use metrics::StoreCounters;
 pub use redact::redact_credentials;
 pub use retry::RetryPolicy;
@@ -69,21 +73,32 @@ pub enum StoreError {
         source: std::io::Error,
     },
     #[error(
-        "cannot reach the object store {store}: {}. Check the endpoint (--s3-endpoint or AWS_ENDPOINT_URL) and that the server is up",
-        redact_credentials(detail)
+        "cannot reach the object store {store}: {}. {}",
+        redact_credentials(detail),
+        kind.unreachable_advice()
     )]
-    Unreachable { store: String, detail: String },
+    Unreachable {
+        store: String,
+        detail: String,
+        kind: StoreKind,
+    },
     #[error(
-        "the object store {store} refused the request: {}. Check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY and the bucket's permissions",
-        redact_credentials(detail)
+        "the object store {store} refused the request: {}. {}",
+        redact_credentials(detail),
+        kind.denied_advice()
     )]
-    Denied { store: String, detail: String },
-    #[error("the bucket of {store} does not exist: create it first (for example `aws s3 mb`)")]
-    NoBucket { store: String },
+    Denied {
+        store: String,
+        detail: String,
+        kind: StoreKind,
+    },
+    #[error("the bucket of {store} does not exist: {}", kind.no_bucket_advice())]
+    NoBucket { store: String, kind: StoreKind },
     #[error(
-        "no credentials for the object store {store}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL or --s3-endpoint for a server other than AWS)"
+        "no credentials for the object store {store}: {}",
+        kind.credentials_advice()
     )]
-    NoCredentials { store: String },
+    NoCredentials { store: String, kind: StoreKind },
     #[error(
         "the object store returned {got} bytes of {key} where {expected} were asked for: the object is shorter than the map says (run `zeroblk volume verify`)"
     )]
@@ -197,6 +212,8 @@ pub struct Store {
     metrics: Arc<StoreMetrics>,
     retry: RetryPolicy,
     url: Arc<str>,
+    /// What the URL names: what errors advise to check.
+    kind: StoreKind,
     fencing: Arc<OnceCell<Fencing>>,
     /// The directory of a `file://` store, whose conditional replaces are
     /// emulated under a lock (see `local.rs`).
@@ -217,7 +234,7 @@ impl Store {
         let retry = options
             .request_timeout
             .map_or_else(RetryPolicy::default, RetryPolicy::with_attempt_timeout);
-        let mut store = Store::stacked(url.into(), backend, Arc::default(), retry);
+        let mut store = Store::stacked(url.into(), parsed.kind(), backend, Arc::default(), retry);
         if let StoreUrl::File(root) = parsed {
             store.local_root = Some(Arc::new(root));
         }
@@ -229,6 +246,7 @@ impl Store {
         let backend = Arc::new(object_store::memory::InMemory::new());
         Store::stacked(
             "memory://".into(),
+            StoreKind::Memory,
             backend,
             Arc::default(),
             RetryPolicy::default(),
@@ -240,6 +258,7 @@ impl Store {
     /// `backend`.
     fn stacked(
         url: Arc<str>,
+        kind: StoreKind,
         backend: Arc<dyn ObjectStore>,
         metrics: Arc<StoreMetrics>,
         retry: RetryPolicy,
@@ -257,6 +276,7 @@ impl Store {
             metrics,
             retry,
             url,
+            kind,
             fencing: Arc::default(),
             local_root: None,
         }
@@ -267,7 +287,8 @@ impl Store {
     pub fn with_faults(&self, faults: Faults) -> Store {
         let faulty = Arc::new(FaultyStore::new(Arc::clone(&self.backend), faults));
         let metrics = Arc::clone(&self.metrics);
-        let stacked = Store::stacked(Arc::clone(&self.url), faulty, metrics, self.retry);
+        let url = Arc::clone(&self.url);
+        let stacked = Store::stacked(url, self.kind, faulty, metrics, self.retry);
         Store {
             local_root: self.local_root.clone(),
             ..stacked
@@ -276,7 +297,7 @@ impl Store {
 
     /// This store, retrying as `policy` says.
     pub fn with_retry_policy(self, policy: RetryPolicy) -> Store {
-        let stacked = Store::stacked(self.url, self.backend, self.metrics, policy);
+        let stacked = Store::stacked(self.url, self.kind, self.backend, self.metrics, policy);
         Store {
             fencing: self.fencing,
             local_root: self.local_root,
@@ -580,16 +601,33 @@ impl Store {
 
     fn classify(&self, op: &'static str, key: &str, error: object_store::Error) -> StoreError {
         let store = self.url.to_string();
+        let kind = self.kind;
         let detail = root_cause(&error);
         let full = error.to_string();
         match error {
-            _ if full.contains("169.254.169.254") => StoreError::NoCredentials { store },
+            // The cloud instance's metadata service, asked for credentials
+            // when none were set (AWS, GCS and Azure all have one there).
+            _ if full.contains("169.254.169.254") => StoreError::NoCredentials { store, kind },
             object_store::Error::Unauthenticated { .. }
-            | object_store::Error::PermissionDenied { .. } => StoreError::Denied { store, detail },
-            _ if full.contains("NoSuchBucket") => StoreError::NoBucket { store },
-            _ if looks_unreachable(&full) => StoreError::Unreachable { store, detail },
+            | object_store::Error::PermissionDenied { .. } => StoreError::Denied {
+                store,
+                detail,
+                kind,
+            },
+            _ if full.contains("NoSuchBucket") || full.contains("ContainerNotFound") => {
+                StoreError::NoBucket { store, kind }
+            }
+            _ if looks_unreachable(&full) => StoreError::Unreachable {
+                store,
+                detail,
+                kind,
+            },
             _ if full.contains("InvalidAccessKeyId") || full.contains("SignatureDoesNotMatch") => {
-                StoreError::Denied { store, detail }
+                StoreError::Denied {
+                    store,
+                    detail,
+                    kind,
+                }
             }
             source => StoreError::from_object_store(op, key, source),
         }

@@ -1,22 +1,39 @@
-//! Store URLs: `file:///path`, `s3://bucket/prefix`, `memory://`.
+//! Store URLs: `file:///path`, `s3://bucket/prefix`, `gs://bucket/prefix`,
+//! `az://container/prefix`, `memory://`; and the backend each names.
+//!
+//! The cloud backends take their credentials from the environment, as
+//! their own tools do (`AWS_*`, `GOOGLE_*`, `AZURE_*`), and try each
+//! request once: retries and deadlines are the Store's (`retrying.rs`).
 
+use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use object_store::aws::AmazonS3Builder;
+use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::prefix::PrefixStore;
 use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
 
 use super::StoreError;
+use super::kind::StoreKind;
 
 /// A parsed store URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreUrl {
+    /// `file:///path`: a local directory.
     File(PathBuf),
+    /// `s3://bucket/prefix`: S3 or a compatible server.
     S3 { bucket: String, prefix: String },
+    /// `gs://bucket/prefix`: Google Cloud Storage.
+    Gcs { bucket: String, prefix: String },
+    /// `az://container/prefix`: Azure Blob Storage (the account is
+    /// `AZURE_STORAGE_ACCOUNT_NAME`'s).
+    Azure { container: String, prefix: String },
+    /// `memory://`: in memory, for tests.
     Memory,
 }
 
@@ -48,19 +65,37 @@ impl StoreUrl {
             return Ok(StoreUrl::File(PathBuf::from(path)));
         }
         if let Some(rest) = url.strip_prefix("s3://") {
-            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            if bucket.is_empty() {
-                return Err(bad("the bucket is missing, as in s3://my-bucket/zeroblk"));
-            }
-            return Ok(StoreUrl::S3 {
-                bucket: bucket.to_string(),
-                prefix: prefix.trim_matches('/').to_string(),
-            });
+            let (bucket, prefix) = bucket_and_prefix(rest)
+                .ok_or_else(|| bad("the bucket is missing, as in s3://my-bucket/zeroblk"))?;
+            return Ok(StoreUrl::S3 { bucket, prefix });
+        }
+        if let Some(rest) = url.strip_prefix("gs://") {
+            let (bucket, prefix) = bucket_and_prefix(rest)
+                .ok_or_else(|| bad("the bucket is missing, as in gs://my-bucket/zeroblk"))?;
+            return Ok(StoreUrl::Gcs { bucket, prefix });
+        }
+        if let Some(rest) = url.strip_prefix("az://") {
+            let (container, prefix) = bucket_and_prefix(rest)
+                .ok_or_else(|| bad("the container is missing, as in az://my-container/zeroblk"))?;
+            return Ok(StoreUrl::Azure { container, prefix });
         }
         if url == "memory://" || url == "memory:" {
             return Ok(StoreUrl::Memory);
         }
-        Err(bad("use file:///PATH, s3://BUCKET/PREFIX or memory://"))
+        Err(bad(
+            "use file:///PATH, s3://BUCKET/PREFIX, gs://BUCKET/PREFIX, az://CONTAINER/PREFIX or memory://",
+        ))
+    }
+
+    /// The kind of backend this URL names: what its errors advise.
+    pub fn kind(&self) -> StoreKind {
+        match self {
+            StoreUrl::File(_) => StoreKind::Local,
+            StoreUrl::S3 { .. } => StoreKind::S3,
+            StoreUrl::Gcs { .. } => StoreKind::Gcs,
+            StoreUrl::Azure { .. } => StoreKind::Azure,
+            StoreUrl::Memory => StoreKind::Memory,
+        }
     }
 
     /// Builds the object store this URL names.
@@ -87,33 +122,98 @@ impl StoreUrl {
                 let s3 = s3_builder(bucket, options)
                     .build()
                     .map_err(|e| StoreError::from_object_store("configure", bucket, e))?;
-                if prefix.is_empty() {
-                    Ok(Arc::new(s3))
-                } else {
-                    Ok(Arc::new(PrefixStore::new(s3, prefix.as_str())))
-                }
+                Ok(prefixed(s3, prefix))
+            }
+            StoreUrl::Gcs { bucket, prefix } => {
+                let gcs = GoogleCloudStorageBuilder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_retry(client_retries())
+                    .with_client_options(client_options())
+                    .build()
+                    .map_err(|e| StoreError::from_object_store("configure", bucket, e))?;
+                Ok(prefixed(gcs, prefix))
+            }
+            StoreUrl::Azure { container, prefix } => {
+                let builder = MicrosoftAzureBuilder::from_env()
+                    .with_container_name(container)
+                    .with_retry(client_retries())
+                    .with_client_options(client_options());
+                // Without an account there is nothing to sign in to; the
+                // builder's own error ("Account must be specified") would
+                // not say which variable to set.
+                let no_account = builder
+                    .get_config_value(&AzureConfigKey::AccountName)
+                    .is_none();
+                let azure = builder.build().map_err(|e| match no_account {
+                    true => StoreError::NoCredentials {
+                        store: self.to_string(),
+                        kind: StoreKind::Azure,
+                    },
+                    false => StoreError::from_object_store("configure", container, e),
+                })?;
+                Ok(prefixed(azure, prefix))
             }
         }
     }
 }
 
+impl fmt::Display for StoreUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (scheme, bucket, prefix) = match self {
+            StoreUrl::File(path) => return write!(f, "file://{}", path.display()),
+            StoreUrl::Memory => return f.write_str("memory://"),
+            StoreUrl::S3 { bucket, prefix } => ("s3", bucket, prefix),
+            StoreUrl::Gcs { bucket, prefix } => ("gs", bucket, prefix),
+            StoreUrl::Azure { container, prefix } => ("az", container, prefix),
+        };
+        match prefix.is_empty() {
+            true => write!(f, "{scheme}://{bucket}"),
+            false => write!(f, "{scheme}://{bucket}/{prefix}"),
+        }
+    }
+}
+
+/// `BUCKET/PRE/FIX/` as the bucket and `PRE/FIX`; `None` without a bucket.
+fn bucket_and_prefix(rest: &str) -> Option<(String, String)> {
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return None;
+    }
+    Some((bucket.to_string(), prefix.trim_matches('/').to_string()))
+}
+
+/// `store`, under `prefix` when there is one.
+fn prefixed<T: ObjectStore>(store: T, prefix: &str) -> Arc<dyn ObjectStore> {
+    if prefix.is_empty() {
+        Arc::new(store)
+    } else {
+        Arc::new(PrefixStore::new(store, prefix))
+    }
+}
+
+/// Retries and deadlines are the Store's RetryingStore's
+/// (store/retrying.rs), for every backend alike, and so that it knows when
+/// a conditional write was retried: the client itself tries each request
+/// once.
+fn client_retries() -> RetryConfig {
+    RetryConfig {
+        backoff: BackoffConfig::default(),
+        max_retries: 0,
+        retry_timeout: Duration::ZERO,
+    }
+}
+
+fn client_options() -> ClientOptions {
+    ClientOptions::new()
+        .with_connect_timeout(Duration::from_secs(5))
+        .with_pool_max_idle_per_host(64)
+}
+
 fn s3_builder(bucket: &str, options: &StoreOptions) -> AmazonS3Builder {
     let mut builder = AmazonS3Builder::from_env()
         .with_bucket_name(bucket)
-        // Retries and deadlines are the Store's RetryingStore's
-        // (store/retrying.rs), for every backend alike, and so that it
-        // knows when a conditional write was retried: the client itself
-        // tries each request once.
-        .with_retry(RetryConfig {
-            backoff: BackoffConfig::default(),
-            max_retries: 0,
-            retry_timeout: Duration::ZERO,
-        })
-        .with_client_options(
-            ClientOptions::new()
-                .with_connect_timeout(Duration::from_secs(5))
-                .with_pool_max_idle_per_host(64),
-        );
+        .with_retry(client_retries())
+        .with_client_options(client_options());
     let endpoint = options
         .s3_endpoint
         .clone()
@@ -142,7 +242,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_the_three_schemes() {
+    fn parses_every_scheme() {
         assert_eq!(
             StoreUrl::parse("file:///var/lib/x").unwrap(),
             StoreUrl::File("/var/lib/x".into())
@@ -161,17 +261,89 @@ mod tests {
                 prefix: "".into()
             }
         );
+        assert_eq!(
+            StoreUrl::parse("gs://bkt/backups/host1/").unwrap(),
+            StoreUrl::Gcs {
+                bucket: "bkt".into(),
+                prefix: "backups/host1".into()
+            }
+        );
+        assert_eq!(
+            StoreUrl::parse("gs://bkt/").unwrap(),
+            StoreUrl::Gcs {
+                bucket: "bkt".into(),
+                prefix: "".into()
+            }
+        );
+        assert_eq!(
+            StoreUrl::parse("az://ctr//zeroblk").unwrap(),
+            StoreUrl::Azure {
+                container: "ctr".into(),
+                prefix: "zeroblk".into()
+            }
+        );
+        assert_eq!(
+            StoreUrl::parse("az://ctr").unwrap(),
+            StoreUrl::Azure {
+                container: "ctr".into(),
+                prefix: "".into()
+            }
+        );
         assert_eq!(StoreUrl::parse("memory://").unwrap(), StoreUrl::Memory);
     }
 
     #[test]
+    fn a_parsed_url_prints_as_written_less_stray_slashes() {
+        for (url, printed) in [
+            ("file:///var/lib/x", "file:///var/lib/x"),
+            ("s3://b/p/q/", "s3://b/p/q"),
+            ("gs://b", "gs://b"),
+            ("gs://b/p", "gs://b/p"),
+            ("az://c/p/", "az://c/p"),
+            ("memory:", "memory://"),
+        ] {
+            assert_eq!(StoreUrl::parse(url).unwrap().to_string(), printed);
+        }
+    }
+
+    #[test]
+    fn each_url_names_its_kind() {
+        for (url, kind) in [
+            ("file:///x", StoreKind::Local),
+            ("s3://b", StoreKind::S3),
+            ("gs://b", StoreKind::Gcs),
+            ("az://c", StoreKind::Azure),
+            ("memory://", StoreKind::Memory),
+        ] {
+            assert_eq!(StoreUrl::parse(url).unwrap().kind(), kind, "{url}");
+        }
+    }
+
+    #[test]
     fn bad_urls_say_what_to_write() {
-        for bad in ["file://relative", "s3://", "http://x", "/var/lib"] {
+        let missing = [
+            ("s3://", "s3://my-bucket/zeroblk"),
+            ("s3:///prefix", "s3://my-bucket/zeroblk"),
+            ("gs://", "gs://my-bucket/zeroblk"),
+            ("gs:///prefix", "gs://my-bucket/zeroblk"),
+            ("az://", "az://my-container/zeroblk"),
+            ("az:///prefix", "az://my-container/zeroblk"),
+            ("file://relative", "file:///var/lib/zeroblk/store"),
+        ];
+        for (bad, example) in missing {
             let error = StoreUrl::parse(bad).unwrap_err().to_string();
-            assert!(
-                error.contains("file://") || error.contains("s3://"),
-                "{error}"
-            );
+            assert!(error.contains(example), "{bad}: {error}");
+        }
+        for bad in ["http://x", "/var/lib", "gcs://b", "azure://c", "GS://b"] {
+            let error = StoreUrl::parse(bad).unwrap_err().to_string();
+            for scheme in [
+                "file:///PATH",
+                "s3://BUCKET",
+                "gs://BUCKET",
+                "az://CONTAINER",
+            ] {
+                assert!(error.contains(scheme), "{bad}: {error}");
+            }
         }
     }
 }
