@@ -16,6 +16,8 @@
 //!   the export put back, and the device is left attached.
 //! - Snapshots are read-only by default and named so that they sort by
 //!   time; a rollback first keeps the current state as a snapshot.
+//! - Backups: a read-only snapshot is sent as a `btrfs send` stream (whole
+//!   or incremental) and received back.
 
 pub mod btrfs;
 mod command;
@@ -23,6 +25,8 @@ pub mod freeze;
 pub mod mount;
 pub mod nfs;
 pub mod quota;
+pub mod send;
+mod send_stream;
 pub mod snapshot;
 
 use std::fmt;
@@ -232,6 +236,12 @@ pub enum ProvisionError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "{} is not read-only, and btrfs sends only read-only snapshots: make it read-only with `btrfs property set {} ro true`, or let `zeroblk backup push` take the snapshot",
+        path.display(),
+        path.display()
+    )]
+    NotReadOnly { path: PathBuf },
     #[error("`{0}` cannot name a subvolume or snapshot: use one path component, without `/`")]
     InvalidName(String),
     #[error("{0}")]
