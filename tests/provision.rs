@@ -256,3 +256,110 @@ fn snapshot_rollback_prune_and_quota() {
         "the quota stops a 64M file in a 50M subvolume"
     );
 }
+
+/// Runs `zeroblk` expecting it to fail; its stderr.
+fn zeroblk_fails(args: &[&str]) -> String {
+    let output = zeroblk(args);
+    assert!(!output.status.success(), "zeroblk {args:?} succeeded");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// The snapshot a dry-run prune would delete.
+fn would_prune(mount: &str) -> Vec<String> {
+    zeroblk_ok(&[
+        "snapshot",
+        "prune",
+        mount,
+        "--keep-hourly",
+        "1",
+        "--dry-run",
+    ])
+    .lines()
+    .filter_map(|line| line.strip_prefix("delete ")?.strip_suffix(" (dry run)"))
+    .map(str::to_string)
+    .collect()
+}
+
+#[test]
+fn the_next_backups_parent_is_kept_unless_forced() {
+    use zeroblk::provision::pushed;
+
+    let device = provisioned();
+    let mount_point = &device.mount_point;
+    let mount = mount_point.to_str().unwrap();
+    let snapshots = mount_point.join("@snapshots");
+    for label in ["one", "two"] {
+        zeroblk_ok(&[
+            "snapshot",
+            "create",
+            mount,
+            "--subvolume",
+            "@home",
+            "--name",
+            label,
+        ]);
+    }
+    let [parent] = would_prune(mount).try_into().expect("one of two pruned");
+    let destination = "s3://AKIA:secret@bucket/backups/";
+    pushed::record_pushed(mount_point, "@home", destination, &parent).unwrap();
+
+    let said = zeroblk_ok(&["snapshot", "prune", mount, "--keep-hourly", "1"]);
+    assert!(
+        said.contains(&format!(
+            "keep   {parent} (the parent of the next backup push to s3://bucket/backups; --force deletes it)"
+        )),
+        "{said}"
+    );
+    assert!(!said.contains("secret"), "{said}");
+    assert!(snapshots.join(&parent).exists(), "kept");
+    assert!(would_prune(mount).is_empty(), "and the dry run says so too");
+
+    let refused = zeroblk_fails(&["snapshot", "delete", mount, &parent]);
+    assert_eq!(refused.trim().lines().count(), 1, "{refused}");
+    for wanted in [
+        "is the parent of the next backup push to s3://bucket/backups",
+        "full stream",
+        "--force",
+    ] {
+        assert!(refused.contains(wanted), "{wanted} not in {refused}");
+    }
+    assert!(!refused.contains("secret"), "{refused}");
+    assert!(snapshots.join(&parent).exists(), "not deleted");
+
+    let deleted = zeroblk_ok(&["snapshot", "delete", mount, &parent, "--force"]);
+    assert_eq!(
+        deleted.trim(),
+        format!(
+            "deleted {parent} (the next backup push to s3://bucket/backups sends a full stream)"
+        )
+    );
+    assert!(!snapshots.join(&parent).exists());
+    assert_eq!(
+        pushed::pushed_parent(mount_point, "@home", destination).unwrap(),
+        None,
+        "its record goes with it"
+    );
+
+    // Prune --force: the newest is kept by the policy, the recorded parent
+    // goes.
+    zeroblk_ok(&[
+        "snapshot",
+        "create",
+        mount,
+        "--subvolume",
+        "@home",
+        "--name",
+        "three",
+    ]);
+    let [parent] = would_prune(mount).try_into().expect("one of two pruned");
+    pushed::record_pushed(mount_point, "@home", destination, &parent).unwrap();
+    let said = zeroblk_ok(&["snapshot", "prune", mount, "--keep-hourly", "1", "--force"]);
+    assert!(
+        said.contains(&format!(
+            "delete {parent} (the next backup push to s3://bucket/backups sends a full stream)"
+        )),
+        "{said}"
+    );
+    assert!(!snapshots.join(&parent).exists());
+    assert!(pushed::parent_for(mount_point, &parent).unwrap().is_empty());
+}

@@ -9,7 +9,7 @@ use chrono::Utc;
 
 use crate::attach::registry;
 use crate::provision::snapshot::{self, Snapshot};
-use crate::provision::{self, MountOptions, Provision, quota};
+use crate::provision::{self, MountOptions, Provision, pushed, quota};
 use crate::retention::{self as prune, Retention};
 use crate::size::ByteSize;
 
@@ -44,6 +44,10 @@ pub enum SnapshotCommand {
         target: String,
         #[arg(required = true)]
         snapshots: Vec<String>,
+        /// Delete a snapshot the next backup push sends from too (that
+        /// push then sends a full stream)
+        #[arg(long)]
+        force: bool,
     },
     /// Put a snapshot back in place of its subvolume; the current state is
     /// kept as a read-only "pre-rollback" snapshot first
@@ -64,6 +68,10 @@ pub enum SnapshotCommand {
         /// Say what would be deleted, delete nothing
         #[arg(long)]
         dry_run: bool,
+        /// Delete snapshots the next backup push sends from too (that push
+        /// then sends a full stream)
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -208,11 +216,25 @@ pub async fn snapshot(command: SnapshotCommand) -> anyhow::Result<()> {
             }
         }
         SnapshotCommand::List { target, json } => list_snapshots(targets(target)?, json)?,
-        SnapshotCommand::Delete { target, snapshots } => {
+        SnapshotCommand::Delete {
+            target,
+            snapshots,
+            force,
+        } => {
             let mount = mount_point(&target)?;
+            // Refuse before deleting any.
+            for name in snapshots.iter().filter(|_| !force) {
+                let parent_for = pushed::parent_for(&mount, name)?;
+                anyhow::ensure!(
+                    parent_for.is_empty(),
+                    "{name} is the parent of the next backup push to {}: deleting it makes that push send a full stream; --force deletes it anyway",
+                    parent_for.join(", ")
+                );
+            }
             for name in snapshots {
                 snapshot::delete(&mount, &name)?;
-                outln!("deleted {name}");
+                let full = forget_parent(&mount, &name)?;
+                outln!("deleted {name}{full}");
             }
         }
         SnapshotCommand::Rollback { target, snapshot } => {
@@ -231,6 +253,7 @@ pub async fn snapshot(command: SnapshotCommand) -> anyhow::Result<()> {
             keep_weekly,
             keep_monthly,
             dry_run,
+            force,
         } => {
             let retention = Retention {
                 hourly: keep_hourly,
@@ -243,7 +266,7 @@ pub async fn snapshot(command: SnapshotCommand) -> anyhow::Result<()> {
                 "prune needs a policy: give at least one of --keep-hourly, --keep-daily, --keep-weekly, --keep-monthly"
             );
             for (_, mount) in targets(target)? {
-                prune_snapshots(&mount, &retention, dry_run)?;
+                prune_snapshots(&mount, &retention, dry_run, force)?;
             }
         }
     }
@@ -289,7 +312,26 @@ fn list_snapshots(targets: Vec<(String, PathBuf)>, json: bool) -> anyhow::Result
     Ok(())
 }
 
-fn prune_snapshots(mount: &Path, retention: &Retention, dry_run: bool) -> anyhow::Result<()> {
+/// Forgets deleted snapshot `name` as a backup's parent; what to add to
+/// the line that says it is deleted (which push now sends a full stream).
+fn forget_parent(mount: &Path, name: &str) -> anyhow::Result<String> {
+    let forgotten = pushed::forget(mount, name)?;
+    Ok(if forgotten.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " (the next backup push to {} sends a full stream)",
+            forgotten.join(", ")
+        )
+    })
+}
+
+fn prune_snapshots(
+    mount: &Path,
+    retention: &Retention,
+    dry_run: bool,
+    force: bool,
+) -> anyhow::Result<()> {
     let mut by_subvolume: BTreeMap<String, Vec<Snapshot>> = BTreeMap::new();
     for s in snapshot::list(mount)? {
         by_subvolume.entry(s.subvolume.clone()).or_default().push(s);
@@ -300,11 +342,23 @@ fn prune_snapshots(mount: &Path, retention: &Retention, dry_run: bool) -> anyhow
         for (index, s) in snapshots.iter().enumerate() {
             if kept.contains(&index) {
                 outln!("keep   {}", s.name);
+                continue;
+            }
+            let parent_for = pushed::parent_for(mount, &s.name)?;
+            if !force && !parent_for.is_empty() {
+                outln!(
+                    "keep   {} (the parent of the next backup push to {}; --force deletes it)",
+                    s.name,
+                    parent_for.join(", ")
+                );
             } else if dry_run {
                 outln!("delete {} (dry run)", s.name);
             } else {
                 match snapshot::delete(mount, &s.name) {
-                    Ok(()) => outln!("delete {}", s.name),
+                    Ok(()) => {
+                        let full = forget_parent(mount, &s.name)?;
+                        outln!("delete {}{full}", s.name);
+                    }
                     // Another prune got there first.
                     Err(_) if !s.path.exists() => {}
                     Err(error) => return Err(error.into()),

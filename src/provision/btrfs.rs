@@ -1,6 +1,8 @@
 //! Subvolumes and snapshots through the btrfs ioctls (linux/btrfs.h):
-//! create, snapshot, delete, and the read-only flag. Each takes the
-//! directory that holds the subvolume and a single path component.
+//! create, snapshot, delete, the read-only flag, and what btrfs records of
+//! a subvolume (its UUIDs and generation). Each that changes something
+//! takes the directory that holds the subvolume and a single path
+//! component.
 #![allow(unsafe_code)]
 
 use std::fs::File;
@@ -18,6 +20,13 @@ const VOL_ARGS_V2_NAME_LEN: usize = 4040;
 const SUBVOL_RDONLY: u64 = 1 << 1;
 /// Every subvolume's root directory has this inode number.
 const SUBVOLUME_ROOT_INODE: u64 = 256;
+/// `BTRFS_VOL_NAME_MAX + 1`: the name field of
+/// `btrfs_ioctl_get_subvol_info_args`.
+const SUBVOL_INFO_NAME_LEN: usize = 256;
+/// `BTRFS_ROOT_SUBVOL_RDONLY` (linux/btrfs_tree.h): the read-only bit of a
+/// root item's flags, which GET_SUBVOL_INFO returns as they are (not the
+/// `BTRFS_SUBVOL_RDONLY` of the flag ioctls).
+const ROOT_SUBVOL_RDONLY: u64 = 1 << 0;
 
 /// `struct btrfs_ioctl_vol_args`.
 #[repr(C)]
@@ -36,14 +45,73 @@ struct VolArgsV2 {
     name: [u8; VOL_ARGS_V2_NAME_LEN],
 }
 
+/// `struct btrfs_ioctl_timespec`.
+#[repr(C)]
+struct Timespec {
+    sec: u64,
+    nsec: u32,
+}
+
+impl Timespec {
+    const ZERO: Timespec = Timespec { sec: 0, nsec: 0 };
+}
+
+/// `struct btrfs_ioctl_get_subvol_info_args`.
+#[repr(C)]
+struct GetSubvolInfoArgs {
+    treeid: u64,
+    name: [u8; SUBVOL_INFO_NAME_LEN],
+    parent_id: u64,
+    dirid: u64,
+    generation: u64,
+    flags: u64,
+    uuid: [u8; 16],
+    parent_uuid: [u8; 16],
+    received_uuid: [u8; 16],
+    ctransid: u64,
+    otransid: u64,
+    stransid: u64,
+    rtransid: u64,
+    ctime: Timespec,
+    otime: Timespec,
+    stime: Timespec,
+    rtime: Timespec,
+    reserved: [u64; 8],
+}
+
+impl GetSubvolInfoArgs {
+    /// Where a call starts: the kernel fills in every field.
+    const ZEROED: GetSubvolInfoArgs = GetSubvolInfoArgs {
+        treeid: 0,
+        name: [0; SUBVOL_INFO_NAME_LEN],
+        parent_id: 0,
+        dirid: 0,
+        generation: 0,
+        flags: 0,
+        uuid: [0; 16],
+        parent_uuid: [0; 16],
+        received_uuid: [0; 16],
+        ctransid: 0,
+        otransid: 0,
+        stransid: 0,
+        rtransid: 0,
+        ctime: Timespec::ZERO,
+        otime: Timespec::ZERO,
+        stime: Timespec::ZERO,
+        rtime: Timespec::ZERO,
+        reserved: [0; 8],
+    };
+}
+
 mod ioctls {
-    use super::{VolArgs, VolArgsV2};
+    use super::{GetSubvolInfoArgs, VolArgs, VolArgsV2};
     const BTRFS_IOCTL_MAGIC: u8 = 0x94;
     nix::ioctl_write_ptr!(subvol_create, BTRFS_IOCTL_MAGIC, 14, VolArgs);
     nix::ioctl_write_ptr!(snap_destroy, BTRFS_IOCTL_MAGIC, 15, VolArgs);
     nix::ioctl_write_ptr!(snap_create_v2, BTRFS_IOCTL_MAGIC, 23, VolArgsV2);
     nix::ioctl_read!(subvol_getflags, BTRFS_IOCTL_MAGIC, 25, u64);
     nix::ioctl_write_ptr!(subvol_setflags, BTRFS_IOCTL_MAGIC, 26, u64);
+    nix::ioctl_read!(get_subvol_info, BTRFS_IOCTL_MAGIC, 60, GetSubvolInfoArgs);
 }
 
 fn name_bytes<const N: usize>(name: &str) -> Result<[u8; N], ProvisionError> {
@@ -163,6 +231,78 @@ pub fn set_read_only(path: &Path, read_only: bool) -> Result<(), ProvisionError>
     Ok(())
 }
 
+/// What btrfs records of a subvolume, and a backup of a snapshot keeps:
+/// its UUIDs and generation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubvolumeInfo {
+    uuid: uuid::Uuid,
+    parent_uuid: Option<uuid::Uuid>,
+    received_uuid: Option<uuid::Uuid>,
+    generation: u64,
+    read_only: bool,
+}
+
+impl SubvolumeInfo {
+    /// The subvolume's own UUID.
+    pub fn uuid(&self) -> uuid::Uuid {
+        self.uuid
+    }
+
+    /// The UUID of the subvolume this one is a snapshot of, if it is one.
+    pub fn parent_uuid(&self) -> Option<uuid::Uuid> {
+        self.parent_uuid
+    }
+
+    /// The UUID of the subvolume this one was received from (`btrfs
+    /// receive` sets it), if it was received.
+    pub fn received_uuid(&self) -> Option<uuid::Uuid> {
+        self.received_uuid
+    }
+
+    /// The last transaction that changed the subvolume.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn from_args(args: &GetSubvolInfoArgs) -> SubvolumeInfo {
+        let optional =
+            |bytes: [u8; 16]| Some(uuid::Uuid::from_bytes(bytes)).filter(|u| !u.is_nil());
+        SubvolumeInfo {
+            uuid: uuid::Uuid::from_bytes(args.uuid),
+            parent_uuid: optional(args.parent_uuid),
+            received_uuid: optional(args.received_uuid),
+            generation: args.generation,
+            read_only: args.flags & ROOT_SUBVOL_RDONLY != 0,
+        }
+    }
+}
+
+/// What btrfs records of the subvolume whose root is `path`
+/// (BTRFS_IOC_GET_SUBVOL_INFO, which needs no privilege).
+pub fn subvolume_info(path: &Path) -> Result<SubvolumeInfo, ProvisionError> {
+    if !is_subvolume(path) {
+        return Err(ProvisionError::Invalid(format!(
+            "{} is not the root of a btrfs subvolume: name a snapshot in @snapshots (`zeroblk snapshot list` shows them)",
+            path.display()
+        )));
+    }
+    let dir = open_dir(path)?;
+    let mut args = GetSubvolInfoArgs::ZEROED;
+    // SAFETY: `dir` is open, and `args` a live, initialised
+    // btrfs_ioctl_get_subvol_info_args (its size is checked against the
+    // kernel's in the tests) that the kernel writes and nothing else
+    // borrows meanwhile.
+    unsafe { ioctls::get_subvol_info(dir.as_raw_fd(), &mut args) }.map_err(ioctl_error(
+        "reading the subvolume info of",
+        path.to_path_buf(),
+    ))?;
+    Ok(SubvolumeInfo::from_args(&args))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,6 +311,27 @@ mod tests {
     fn the_argument_structs_match_the_kernel_abi() {
         assert_eq!(std::mem::size_of::<VolArgs>(), 4096);
         assert_eq!(std::mem::size_of::<VolArgsV2>(), 4096);
+        assert_eq!(std::mem::size_of::<Timespec>(), 16);
+        assert_eq!(std::mem::size_of::<GetSubvolInfoArgs>(), 504);
+        assert_eq!(std::mem::offset_of!(GetSubvolInfoArgs, uuid), 296);
+        assert_eq!(std::mem::offset_of!(GetSubvolInfoArgs, ctransid), 344);
+    }
+
+    #[test]
+    fn all_zero_uuids_are_none_and_the_read_only_bit_is_the_root_items() {
+        let mut args = GetSubvolInfoArgs::ZEROED;
+        args.uuid = [7; 16];
+        args.received_uuid = [9; 16];
+        args.flags = ROOT_SUBVOL_RDONLY;
+        args.generation = 42;
+        let info = SubvolumeInfo::from_args(&args);
+        assert_eq!(info.uuid(), uuid::Uuid::from_bytes([7; 16]));
+        assert_eq!(info.parent_uuid(), None);
+        assert_eq!(info.received_uuid(), Some(uuid::Uuid::from_bytes([9; 16])));
+        assert_eq!(info.generation(), 42);
+        assert!(info.read_only());
+        args.flags = SUBVOL_RDONLY;
+        assert!(!SubvolumeInfo::from_args(&args).read_only());
     }
 
     #[test]

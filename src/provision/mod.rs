@@ -16,13 +16,19 @@
 //!   the export put back, and the device is left attached.
 //! - Snapshots are read-only by default and named so that they sort by
 //!   time; a rollback first keeps the current state as a snapshot.
+//! - Backups: a read-only snapshot is sent as a `btrfs send` stream (whole
+//!   or incremental) and received back; the filesystem itself records
+//!   which snapshot the next incremental send needs (`pushed`).
 
 pub mod btrfs;
 mod command;
 pub mod freeze;
 pub mod mount;
 pub mod nfs;
+pub mod pushed;
 pub mod quota;
+pub mod send;
+mod send_stream;
 pub mod snapshot;
 
 use std::fmt;
@@ -232,6 +238,17 @@ pub enum ProvisionError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "{} is not read-only, and btrfs sends only read-only snapshots: make it read-only with `btrfs property set {} ro true`, or let `zeroblk backup push` take the snapshot",
+        path.display(),
+        path.display()
+    )]
+    NotReadOnly { path: PathBuf },
+    #[error(
+        "{} is damaged ({reason}): delete it; the next `zeroblk backup push` of each subvolume then sends a full stream",
+        path.display()
+    )]
+    Damaged { path: PathBuf, reason: String },
     #[error("`{0}` cannot name a subvolume or snapshot: use one path component, without `/`")]
     InvalidName(String),
     #[error("{0}")]

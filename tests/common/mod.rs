@@ -1,11 +1,13 @@
-//! Shared test setup: the stores every engine test runs against, and a
-//! real S3 server (moto) started once per test binary.
+//! Shared test setup: the stores every engine test runs against, a real
+//! S3 server (moto) started once per test binary, loop devices and a btrfs
+//! on one ([`btrfs::LoopBtrfs`]).
 //!
 //! A test that needs a tool the machine lacks fails and says which and how
 //! to install it (`scripts/test.sh` installs everything); it never passes
 //! silently.
 #![allow(dead_code)]
 
+pub mod btrfs;
 pub mod crash_model;
 pub mod failpoints;
 
