@@ -36,6 +36,11 @@
 //! | `snapshot::pin` | a snapshot, clone or rollback holds gc's lease and read its root, before the snapshot's PUT |
 //! | `rollback::closed` | a rollback committed and closed the volume, before it takes the writer's lease |
 //! | `rollback::kept` | a rollback pinned the state it replaces, before it publishes the snapshot's map |
+//! | `backup::chunk_stored` | a push stored one chunk and noted it in its journal |
+//! | `backup::chunks_stored` | a push stored every chunk of its stream, before the snapshot's record |
+//! | `backup::record_stored` | a push wrote the snapshot's record, before its sequence lists it |
+//! | `backup::listed` | the sequence lists the pushed snapshot, before the head and the source's note |
+//! | `backup::sequence_unlisted` | a prune deleted a sequence's object, before its records and chunks |
 
 /// A named failpoint in async code (see the module documentation).
 #[macro_export]

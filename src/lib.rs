@@ -14,6 +14,8 @@
 //! - [`attach`]: block devices on this host, their daemon and registry;
 //! - [`provision`]: btrfs on an attached device, its snapshots, quotas and
 //!   NFS share (the only module that runs system tools);
+//! - [`backup`]: btrfs snapshots pushed to object storage as incremental
+//!   send chains, and restored from there;
 //! - [`cli`] and [`config`]: the command line and its configuration file;
 //! - [`inline`]: running a request where it arrived when it need not wait;
 //!   [`blocking`]: blocking work run from async code;
@@ -24,6 +26,7 @@
 #![deny(unsafe_code)]
 
 pub mod attach;
+pub mod backup;
 pub mod blocking;
 pub mod cache;
 pub mod cli;

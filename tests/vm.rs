@@ -152,6 +152,11 @@ fn volume_snapshots_of_a_mounted_btrfs_clone_into_checkable_filesystems() {
 }
 
 #[test]
+fn backups_of_btrfs_snapshots_push_resume_restore_verify_and_prune() {
+    run_in_vm("backup.sh");
+}
+
+#[test]
 fn detach_after_recovering_a_mounted_volume_over_ublk() {
     run_in_vm("recover_mounted.sh");
 }

@@ -8,10 +8,7 @@
 //! (`--password-file`, `ZEROBLK_PASSWORD` or the config file's) opens an
 //! encrypted source, and the copy.
 
-use std::io::IsTerminal;
-
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-
+use super::progress::ByteBar;
 use super::settings::Settings;
 use crate::engine::{self, CopyProgress, CopyReport, CopyRequest, VolumeRef};
 use crate::size::human;
@@ -150,33 +147,22 @@ fn print(report: &CopyReport) {
 /// name it if the copy stops), and a bar of the bytes copied, on stderr
 /// when it is a terminal.
 struct Watch {
-    bar: Option<ProgressBar>,
+    bar: ByteBar,
     json: bool,
     taken: std::sync::Mutex<Option<String>>,
 }
 
 impl Watch {
     fn new(bar: bool, json: bool) -> Watch {
-        let bar = (bar && std::io::stderr().is_terminal()).then(|| {
-            let style = ProgressStyle::with_template(
-                "{wide_bar} {bytes}/{total_bytes} {bytes_per_sec} {eta} {msg}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar());
-            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-            bar.set_style(style);
-            bar
-        });
         Watch {
-            bar,
+            bar: ByteBar::new(bar && !json),
             json,
             taken: Default::default(),
         }
     }
 
     fn clear(&self) {
-        if let Some(bar) = &self.bar {
-            bar.finish_and_clear();
-        }
+        self.bar.clear();
     }
 
     fn taken(&self) -> Option<String> {
@@ -195,15 +181,11 @@ impl CopyProgress for Watch {
     }
 
     fn start(&self, objects: u64, bytes: u64) {
-        if let Some(bar) = &self.bar {
-            bar.set_length(bytes);
-            bar.set_message(format!("{objects} objects"));
-        }
+        self.bar.set_total(Some(bytes));
+        self.bar.set_message(format!("{objects} objects"));
     }
 
     fn copied(&self, bytes: u64) {
-        if let Some(bar) = &self.bar {
-            bar.inc(bytes);
-        }
+        self.bar.inc(bytes);
     }
 }

@@ -12,10 +12,13 @@ macro_rules! outln {
 }
 
 mod attach;
+mod backup;
 mod copy;
 mod nbd_tls;
+mod progress;
 mod provision;
 mod read_only;
+mod retention;
 mod serve;
 mod settings;
 mod volume;
@@ -107,6 +110,10 @@ pub enum Command {
     /// Snapshots of a provisioned volume's subvolumes
     #[command(subcommand)]
     Snapshot(provision::SnapshotCommand),
+    /// Back up btrfs snapshots to a store as incremental send chains;
+    /// list, verify, restore and prune them
+    #[command(subcommand)]
+    Backup(backup::BackupCommand),
     /// Quotas on a provisioned volume's subvolumes (btrfs qgroups)
     #[command(subcommand)]
     Quota(provision::QuotaCommand),
@@ -191,6 +198,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             json,
         } => volume::gc(&settings, dry_run, grace.into(), json).await,
         Command::Snapshot(command) => provision::snapshot(command).await,
+        Command::Backup(command) => backup::run(command, &settings).await,
         Command::Quota(command) => provision::quota(command),
         Command::ProvisionHook(command) => provision::hook(command),
     }

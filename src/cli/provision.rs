@@ -140,7 +140,7 @@ pub fn hook(command: HookCommand) -> anyhow::Result<()> {
 }
 
 /// The mount point `target` names: a path, or an attached volume.
-fn mount_point(target: &str) -> anyhow::Result<PathBuf> {
+pub(super) fn mount_point(target: &str) -> anyhow::Result<PathBuf> {
     if target.contains('/') {
         let path = PathBuf::from(target);
         anyhow::ensure!(path.is_dir(), "{target} is not a directory");

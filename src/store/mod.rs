@@ -382,6 +382,29 @@ impl Store {
         Ok(Some((self.body(key, reply).await?, version)))
     }
 
+    /// [`Store::get_versioned`] of an object no larger than `max` bytes
+    /// (see [`Store::get_at_most`]).
+    pub async fn get_versioned_at_most(
+        &self,
+        key: &str,
+        max: u64,
+    ) -> Result<Option<(Bytes, Version)>, StoreError> {
+        let options = ReadAtMost(max).options();
+        let got = self.requests.get_opts(&Path::from(key), options).await;
+        let Some(reply) = self.found("GET", key, got)? else {
+            return Ok(None);
+        };
+        if reply.meta.size > max {
+            return Err(StoreError::TooLarge {
+                key: key.to_string(),
+                size: reply.meta.size,
+                max,
+            });
+        }
+        let version = Version::of(&reply.meta);
+        Ok(Some((self.body(key, reply).await?, version)))
+    }
+
     /// What a request answered: not found is `None`, not an error.
     fn found<T>(
         &self,
@@ -413,6 +436,27 @@ impl Store {
     pub async fn put_parts(&self, key: &str, parts: Vec<Bytes>) -> Result<(), StoreError> {
         let payload = parts.into_iter().collect();
         let written = self.put_as(key, payload, PutMode::Overwrite).await;
+        written.map(drop).map_err(|e| self.classify("PUT", key, e))
+    }
+
+    /// Writes `key`, replacing what was there, in storage class `class`
+    /// (S3's `x-amz-storage-class`, GCS's class, Azure's access tier).
+    /// A local directory has no classes: it refuses one.
+    pub async fn put_in_class(
+        &self,
+        key: &str,
+        bytes: Bytes,
+        class: &str,
+    ) -> Result<(), StoreError> {
+        let mut options = PutOptions::from(PutMode::Overwrite);
+        options.attributes.insert(
+            object_store::Attribute::StorageClass,
+            class.to_string().into(),
+        );
+        let written = self
+            .requests
+            .put_opts(&Path::from(key), bytes.into(), options)
+            .await;
         written.map(drop).map_err(|e| self.classify("PUT", key, e))
     }
 

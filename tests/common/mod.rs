@@ -229,6 +229,11 @@ impl Moto {
         ]
     }
 
+    /// The response to an unsigned GET of `path` (moto answers those), body included.
+    pub fn get(&self, path: &str) -> String {
+        http_exchange(&self.endpoint, "GET", path)
+    }
+
     /// Creates a bucket with a fresh name.
     pub fn new_bucket(&self) -> String {
         let name = format!("zb-{}", uuid::Uuid::new_v4().simple());
@@ -269,6 +274,15 @@ fn wait_for_http(endpoint: &str, timeout: Duration) {
 
 /// One unsigned HTTP request; returns the status line (or an error text).
 fn http_request(endpoint: &str, method: &str, path: &str) -> String {
+    http_exchange(endpoint, method, path)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// The whole response (status line, headers and body) to an unsigned request.
+fn http_exchange(endpoint: &str, method: &str, path: &str) -> String {
     use std::io::{Read, Write};
     let address = endpoint.trim_start_matches("http://");
     let Ok(mut stream) = std::net::TcpStream::connect(address) else {
@@ -282,7 +296,7 @@ fn http_request(endpoint: &str, method: &str, path: &str) -> String {
     }
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
-    response.lines().next().unwrap_or("").to_string()
+    response
 }
 
 /// Proptest's settings for the model tests: `default` cases, or

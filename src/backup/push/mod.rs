@@ -1,0 +1,509 @@
+//! `backup push`: one read-only snapshot of a subvolume into a
+//! destination, as a full stream or against a parent (see `parent.rs`).
+//!
+//! The order is the contract: the chunks, then the snapshot's record,
+//! then its entry in the sequence (the moment the push is complete), then
+//! the head when the push started a sequence, and last the source's note
+//! of its newest pushed snapshot (which `snapshot prune` then keeps). A
+//! push stopped anywhere before the sequence lists it leaves nothing
+//! listed, and the next push of the lineage resumes it (`journal.rs`).
+
+mod parent;
+mod upload;
+
+use std::path::{Path, PathBuf};
+
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+
+use super::codec::Sealer;
+use super::destination::{Chains, Destination};
+use super::journal::Journal;
+use super::layout::Lineage;
+use super::record::{Sent, SnapshotRecord};
+use super::{BackupError, Progress};
+use crate::crypto::AgeRecipients;
+use crate::provision::snapshot::{self, Snapshot};
+use crate::provision::{pushed, send};
+
+pub use parent::{Local, Plan};
+
+/// The chunk size of a send stream unless a push says otherwise.
+pub const DEFAULT_CHUNK_SIZE: u64 = 32 << 20;
+/// Chunks sealed and uploaded at once.
+const PARALLEL: usize = 4;
+
+/// Which snapshot a push sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Which {
+    /// A new read-only snapshot, taken now (or the one an interrupted
+    /// push took and did not finish).
+    Take,
+    /// The newest read-only snapshot of the subvolume.
+    Newest,
+    /// That snapshot, by its name in `@snapshots`.
+    Named(String),
+}
+
+/// What to push, where from, and how.
+pub struct PushRequest {
+    lineage: Lineage,
+    mount_point: PathBuf,
+    which: Which,
+    sealer: Sealer,
+    full_every: Option<u32>,
+    dry_run: bool,
+    storage_class: Option<String>,
+    chunk_size: u64,
+    journal_dir: PathBuf,
+}
+
+impl PushRequest {
+    /// A push of `subvolume` of `volume`, mounted at `mount_point`;
+    /// `journal_dir` keeps what an interrupted push had stored.
+    pub fn new(
+        volume: &str,
+        subvolume: &str,
+        mount_point: &Path,
+        journal_dir: &Path,
+    ) -> Result<PushRequest, BackupError> {
+        Ok(PushRequest {
+            lineage: Lineage::new(volume, subvolume)?,
+            mount_point: mount_point.to_path_buf(),
+            which: Which::Take,
+            sealer: Sealer::new(None),
+            full_every: None,
+            dry_run: false,
+            storage_class: None,
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            journal_dir: journal_dir.to_path_buf(),
+        })
+    }
+
+    pub fn snapshot(mut self, which: Which) -> PushRequest {
+        self.which = which;
+        self
+    }
+
+    pub fn recipients(mut self, recipients: Option<AgeRecipients>) -> PushRequest {
+        self.sealer = Sealer::new(recipients);
+        self
+    }
+
+    pub fn full_every(mut self, every: Option<u32>) -> Result<PushRequest, BackupError> {
+        if every == Some(0) {
+            return Err(BackupError::Invalid(
+                "--full-every needs at least 1 (1: every push sends a full stream)".into(),
+            ));
+        }
+        self.full_every = every;
+        Ok(self)
+    }
+
+    pub fn dry_run(mut self, dry_run: bool) -> PushRequest {
+        self.dry_run = dry_run;
+        self
+    }
+
+    pub fn storage_class(mut self, class: Option<String>) -> PushRequest {
+        self.storage_class = class;
+        self
+    }
+
+    pub fn chunk_size(mut self, bytes: u64) -> Result<PushRequest, BackupError> {
+        if !(4096..=super::record::MAX_CHUNK).contains(&bytes) {
+            return Err(BackupError::Invalid(format!(
+                "a chunk of {bytes} bytes is out of bounds: give 4K to 256M"
+            )));
+        }
+        self.chunk_size = bytes;
+        Ok(self)
+    }
+}
+
+/// What a push did, or (dry run) would do.
+#[derive(Debug, Clone, Serialize)]
+pub struct PushReport {
+    volume: String,
+    subvolume: String,
+    destination: String,
+    snapshot: Option<String>,
+    taken: bool,
+    resumed: bool,
+    already_pushed: bool,
+    dry_run: bool,
+    sequence: Option<String>,
+    parent: Option<String>,
+    full_reason: Option<String>,
+    estimate_bytes: Option<u64>,
+    estimated_from: Option<String>,
+    stream_bytes: u64,
+    stored_bytes: u64,
+    uploaded_bytes: u64,
+    chunks: usize,
+    chunks_reused: usize,
+    encrypted: bool,
+}
+
+impl PushReport {
+    pub fn snapshot(&self) -> Option<&str> {
+        self.snapshot.as_deref()
+    }
+    pub fn taken(&self) -> bool {
+        self.taken
+    }
+    pub fn resumed(&self) -> bool {
+        self.resumed
+    }
+    pub fn already_pushed(&self) -> bool {
+        self.already_pushed
+    }
+    pub fn dry_run(&self) -> bool {
+        self.dry_run
+    }
+    pub fn sequence(&self) -> Option<&str> {
+        self.sequence.as_deref()
+    }
+    pub fn parent(&self) -> Option<&str> {
+        self.parent.as_deref()
+    }
+    pub fn full_reason(&self) -> Option<&str> {
+        self.full_reason.as_deref()
+    }
+    pub fn estimate(&self) -> Option<(u64, Option<&str>)> {
+        self.estimate_bytes
+            .map(|b| (b, self.estimated_from.as_deref()))
+    }
+    pub fn stream_bytes(&self) -> u64 {
+        self.stream_bytes
+    }
+    pub fn stored_bytes(&self) -> u64 {
+        self.stored_bytes
+    }
+    pub fn uploaded_bytes(&self) -> u64 {
+        self.uploaded_bytes
+    }
+    pub fn chunks(&self) -> (usize, usize) {
+        (self.chunks, self.chunks_reused)
+    }
+    pub fn encrypted(&self) -> bool {
+        self.encrypted
+    }
+    pub fn destination(&self) -> &str {
+        &self.destination
+    }
+    pub fn lineage(&self) -> (&str, &str) {
+        (&self.volume, &self.subvolume)
+    }
+}
+
+/// The header of a push's journal: the same snapshot, sent against the
+/// same parent into the same sequence, sealed alike, is the same push.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct JournalHeader {
+    snapshot: String,
+    uuid: uuid::Uuid,
+    sequence: String,
+    parent: Option<String>,
+    recipients: usize,
+    chunk_size: u64,
+}
+
+/// Pushes a snapshot as `request` says.
+pub async fn push(
+    destination: &Destination,
+    request: &PushRequest,
+    progress: &dyn Progress,
+) -> Result<PushReport, BackupError> {
+    let has_backups = match request.dry_run {
+        true => destination.holds_backups().await?,
+        false => {
+            destination.prepare().await?;
+            true
+        }
+    };
+    let lineage = &request.lineage;
+    let chains = match has_backups {
+        true => Some(destination.chains(lineage).await?),
+        false => None,
+    };
+    let journal_key = format!(
+        "{}\n{}\n{}",
+        destination.url(),
+        lineage.volume(),
+        lineage.subvolume()
+    );
+    let mut report = PushReport {
+        volume: lineage.volume().to_string(),
+        subvolume: lineage.subvolume().to_string(),
+        destination: destination.url(),
+        snapshot: None,
+        taken: false,
+        resumed: false,
+        already_pushed: false,
+        dry_run: request.dry_run,
+        sequence: None,
+        parent: None,
+        full_reason: None,
+        estimate_bytes: None,
+        estimated_from: None,
+        stream_bytes: 0,
+        stored_bytes: 0,
+        uploaded_bytes: 0,
+        chunks: 0,
+        chunks_reused: 0,
+        encrypted: request.sealer.recipients() > 0,
+    };
+    let local = local_snapshots(&request.mount_point, lineage.subvolume())?;
+    let pending = Journal::pending(&request.journal_dir, &journal_key)
+        .and_then(|header| serde_json::from_str::<JournalHeader>(&header).ok());
+    let Some(sending) = choose_snapshot(
+        request,
+        chains.as_ref(),
+        &local,
+        pending.as_ref(),
+        &mut report,
+    )?
+    else {
+        return dry_run_without_snapshot(request, chains.as_ref(), &local, report);
+    };
+    if chains
+        .as_ref()
+        .and_then(|c| c.holding(&sending.name))
+        .is_some()
+    {
+        report.already_pushed = true;
+        return Ok(report);
+    }
+    let info = send::subvolume_info(&sending.path)?;
+    let this = Local::new(&sending.name, info.uuid(), sending.created);
+    let last_pushed = pushed::pushed_parent(
+        &request.mount_point,
+        lineage.subvolume(),
+        &destination.url(),
+    )?;
+    let plan = parent::Choice {
+        current: chains.as_ref().and_then(Chains::current),
+        local: &local,
+        sending: &this,
+        encrypted: request.sealer.recipients() > 0,
+        full_every: request.full_every,
+        last_pushed: last_pushed.as_deref(),
+    }
+    .decide()?;
+    let (sequence, parent) = match &plan {
+        Plan::Incremental { sequence, parent } => (sequence.clone(), Some(parent.clone())),
+        Plan::Full { reason } => {
+            report.full_reason = Some(reason.clone());
+            (sending.name.clone(), None)
+        }
+    };
+    report.sequence = Some(sequence.clone());
+    report.parent = parent.clone();
+    let parent_path = parent
+        .as_ref()
+        .map(|p| snapshots_dir(&request.mount_point).join(p));
+    if request.dry_run {
+        let estimate = send::estimate(&sending.path, parent_path.as_deref())?;
+        report.estimate_bytes = Some(estimate.total());
+        return Ok(report);
+    }
+    if progress.wants_total()
+        && let Ok(estimate) = send::estimate(&sending.path, parent_path.as_deref())
+    {
+        progress.start(Some(estimate.total()));
+    }
+    let parent_uuid = match &parent_path {
+        Some(path) => Some(send::subvolume_info(path)?.uuid()),
+        None => None,
+    };
+    let header = JournalHeader {
+        snapshot: sending.name.clone(),
+        uuid: info.uuid(),
+        sequence: sequence.clone(),
+        parent: parent.clone(),
+        recipients: request.sealer.recipients(),
+        chunk_size: request.chunk_size,
+    };
+    let header = serde_json::to_string(&header).expect("a journal header serializes");
+    let journal = Journal::open(&request.journal_dir, &journal_key, &header)?;
+    let stream = send::send(&sending.path, parent_path.as_deref())?;
+    let upload = upload::Upload {
+        store: destination.store(),
+        lineage,
+        sequence: &sequence,
+        snapshot: &sending.name,
+        sealer: request.sealer.clone(),
+        storage_class: request.storage_class.as_deref(),
+        parallel: PARALLEL,
+        chunk_size: request.chunk_size,
+        progress,
+    };
+    let (uploaded, journal) = upload.run(Box::new(stream), journal).await?;
+    crate::async_fail_point!("backup::chunks_stored");
+    let sent = Sent {
+        lineage,
+        sequence: &sequence,
+        name: &sending.name,
+        parent: parent.as_deref().zip(parent_uuid),
+        uuid: info.uuid(),
+        source_uuid: info.parent_uuid(),
+        generation: info.generation(),
+        created: sending.created,
+        recipients: request.sealer.recipients(),
+        chunk_size: request.chunk_size,
+    };
+    let record = SnapshotRecord::new(&sent, uploaded.chunks, Utc::now());
+    destination
+        .write_record(lineage, &sequence, &record)
+        .await?;
+    crate::async_fail_point!("backup::record_stored");
+    destination
+        .list_in_sequence(lineage, &sequence, &record)
+        .await?;
+    crate::async_fail_point!("backup::listed");
+    let head = chains.as_ref().and_then(Chains::head);
+    if head != Some(sequence.as_str()) {
+        destination.set_head(lineage, &sequence).await?;
+    }
+    remember_pushed(request, destination, &sending)?;
+    journal.finish()?;
+    let entry = record.entry();
+    report.stream_bytes = entry.stream_bytes();
+    report.stored_bytes = entry.stored_bytes();
+    report.uploaded_bytes = entry.stored_bytes() - uploaded.reused_bytes;
+    report.chunks = record.chunks().len();
+    report.chunks_reused = uploaded.reused;
+    Ok(report)
+}
+
+/// The snapshot to send: `None` only for a dry run that would take one.
+fn choose_snapshot(
+    request: &PushRequest,
+    chains: Option<&Chains>,
+    local: &[Local],
+    pending: Option<&JournalHeader>,
+    report: &mut PushReport,
+) -> Result<Option<Snapshot>, BackupError> {
+    let mount = &request.mount_point;
+    let subvolume = request.lineage.subvolume();
+    let snapshot = match &request.which {
+        Which::Named(name) => snapshot::describe(mount, name)?,
+        Which::Newest => {
+            let newest = local.last().ok_or_else(|| {
+                BackupError::Invalid(format!(
+                    "{subvolume} has no read-only snapshot to push: take one with `zeroblk snapshot create`, or leave out --snapshot"
+                ))
+            })?;
+            snapshot::describe(mount, newest.name())?
+        }
+        Which::Take => {
+            let unfinished = pending
+                .filter(|p| local.iter().any(|l| l.name() == p.snapshot))
+                .filter(|p| chains.and_then(|c| c.holding(&p.snapshot)).is_none());
+            if let Some(pending) = unfinished {
+                report.resumed = true;
+                snapshot::describe(mount, &pending.snapshot)?
+            } else if request.dry_run {
+                return Ok(None);
+            } else {
+                report.taken = true;
+                snapshot::create(mount, subvolume, None, false, Utc::now())?
+            }
+        }
+    };
+    if snapshot.subvolume != subvolume {
+        return Err(BackupError::Invalid(format!(
+            "{} is a snapshot of {}, not of {subvolume}: give --subvolume {}",
+            snapshot.name, snapshot.subvolume, snapshot.subvolume
+        )));
+    }
+    if !snapshot.read_only {
+        return Err(BackupError::Invalid(format!(
+            "{} is writable, and btrfs sends only read-only snapshots: make it read-only (`btrfs property set {} ro true`) or leave out --snapshot so that push takes one",
+            snapshot.name,
+            snapshot.path.display()
+        )));
+    }
+    report.snapshot = Some(snapshot.name.clone());
+    Ok(Some(snapshot))
+}
+
+/// A dry run of a push that would take a new snapshot: the plan, and an
+/// estimate from the newest snapshot there is (changes since are not in it).
+fn dry_run_without_snapshot(
+    request: &PushRequest,
+    chains: Option<&Chains>,
+    local: &[Local],
+    mut report: PushReport,
+) -> Result<PushReport, BackupError> {
+    let now = Local::new("(a snapshot taken now)", uuid::Uuid::nil(), Utc::now());
+    let plan = parent::Choice {
+        current: chains.and_then(Chains::current),
+        local,
+        sending: &now,
+        encrypted: request.sealer.recipients() > 0,
+        full_every: request.full_every,
+        last_pushed: None,
+    }
+    .decide()?;
+    let parent = match plan {
+        Plan::Incremental { sequence, parent } => {
+            report.sequence = Some(sequence);
+            Some(parent)
+        }
+        Plan::Full { reason } => {
+            report.full_reason = Some(reason);
+            None
+        }
+    };
+    report.parent = parent.clone();
+    let stand_in = local
+        .iter()
+        .rev()
+        .find(|l| Some(l.name()) != parent.as_deref());
+    if let Some(stand_in) = stand_in {
+        let dir = snapshots_dir(&request.mount_point);
+        let parent_path = parent.as_ref().map(|p| dir.join(p));
+        let estimate = send::estimate(&dir.join(stand_in.name()), parent_path.as_deref())?;
+        report.estimate_bytes = Some(estimate.total());
+        report.estimated_from = Some(stand_in.name().to_string());
+    }
+    Ok(report)
+}
+
+/// The subvolume's read-only snapshots here, oldest first.
+fn local_snapshots(mount_point: &Path, subvolume: &str) -> Result<Vec<Local>, BackupError> {
+    let mut local = Vec::new();
+    for s in snapshot::list(mount_point)? {
+        if s.subvolume == subvolume && s.read_only {
+            let info = send::subvolume_info(&s.path)?;
+            local.push(Local::new(&s.name, info.uuid(), s.created));
+        }
+    }
+    Ok(local)
+}
+
+fn snapshots_dir(mount_point: &Path) -> PathBuf {
+    mount_point.join(crate::provision::SNAPSHOTS_DIR)
+}
+
+/// Notes on the source that `sent` is the next push's parent, unless a
+/// newer snapshot, still here, is noted already (an old snapshot pushed
+/// late must not release the newer parent).
+fn remember_pushed(
+    request: &PushRequest,
+    destination: &Destination,
+    sent: &Snapshot,
+) -> Result<(), BackupError> {
+    let mount = &request.mount_point;
+    let subvolume = request.lineage.subvolume();
+    let url = destination.url();
+    if let Some(noted) = pushed::pushed_parent(mount, subvolume, &url)?
+        && let Ok(noted) = snapshot::describe(mount, &noted)
+        && noted.created > sent.created
+    {
+        return Ok(());
+    }
+    Ok(pushed::record_pushed(mount, subvolume, &url, &sent.name)?)
+}

@@ -1,0 +1,193 @@
+//! Pushes stopped at each step of their commit order (failpoints in
+//! `backup::push`): nothing is listed before its sequence lists it, and
+//! the next push completes the stopped one without sending again the
+//! chunks already stored. Restores compare the trees with `diff -r`.
+//!
+//! Failpoints are global, so every test holds a [`fail::FailScenario`]
+//! for its whole run. Needs root, loop devices and btrfs-progs.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::btrfs::LoopBtrfs;
+use common::run_ok;
+use zeroblk::backup::{self, Destination, Opener, PushReport, PushRequest, Quiet, Which};
+use zeroblk::store::Store;
+
+/// A provisioned layout (`@`, `@snapshots`) on a loop btrfs, a store
+/// directory and a journal directory.
+struct Setup {
+    fs: LoopBtrfs,
+    store_dir: tempfile::TempDir,
+    journals: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let fs = LoopBtrfs::new();
+        for subvolume in ["@", "@snapshots"] {
+            run_ok(
+                Command::new("btrfs")
+                    .args(["subvolume", "create"])
+                    .arg(fs.path().join(subvolume)),
+            );
+        }
+        // 4 MiB of incompressible data: 16 chunks of 256 KiB.
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let bytes: Vec<u8> = (0..4 << 20)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        std::fs::write(fs.path().join("@/data"), bytes).unwrap();
+        Setup {
+            fs,
+            store_dir: tempfile::tempdir().unwrap(),
+            journals: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn destination(&self) -> Destination {
+        let url = format!("file://{}", self.store_dir.path().display());
+        Destination::new(Store::open(&url, &Default::default()).unwrap())
+    }
+
+    fn request(&self) -> PushRequest {
+        PushRequest::new("vol", "@", self.fs.path(), self.journals.path())
+            .unwrap()
+            .chunk_size(256 << 10)
+            .unwrap()
+    }
+
+    /// A push, run as its own task: a failpoint's panic stops it there.
+    async fn push(&self) -> Result<PushReport, String> {
+        let destination = self.destination();
+        let request = self.request();
+        let task = tokio::spawn(async move { backup::push(&destination, &request, &Quiet).await });
+        match task.await {
+            Ok(pushed) => pushed.map_err(|e| e.to_string()),
+            Err(stopped) => Err(format!("stopped: {stopped}")),
+        }
+    }
+
+    async fn listed(&self) -> Vec<String> {
+        let listing = backup::list(&self.destination()).await.unwrap();
+        listing
+            .snapshots()
+            .iter()
+            .map(|s| s.name().to_string())
+            .collect()
+    }
+
+    fn snapshot(&self, name: &str) -> PathBuf {
+        self.fs.path().join("@snapshots").join(name)
+    }
+
+    /// Restores `name` into a fresh btrfs and compares it with the source's snapshot.
+    async fn assert_restores(&self, name: &str) {
+        let target = LoopBtrfs::new();
+        let into = target.path().join("r");
+        backup::restore(&self.destination(), name, &into, Opener::new(None), &Quiet)
+            .await
+            .unwrap();
+        assert_same_tree(&self.snapshot(name), &into.join(name));
+    }
+}
+
+fn assert_same_tree(a: &Path, b: &Path) {
+    run_ok(Command::new("diff").arg("-r").arg(a).arg(b));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_stopped_mid_stream_resumes_without_sending_the_stored_chunks_again() {
+    let scenario = fail::FailScenario::setup();
+    let setup = Setup::new();
+    fail::cfg("backup::chunk_stored", "5*off->panic").unwrap();
+    let stopped = setup.push().await;
+    assert!(stopped.is_err(), "{stopped:?}");
+    fail::remove("backup::chunk_stored");
+    assert!(
+        setup.listed().await.is_empty(),
+        "nothing listed before its sequence lists it"
+    );
+
+    let resumed = setup.push().await.unwrap();
+    assert!(
+        resumed.resumed(),
+        "the interrupted push's snapshot is the one sent"
+    );
+    let (chunks, reused) = resumed.chunks();
+    assert!(
+        reused >= 5 && reused < chunks,
+        "{reused} of {chunks} reused"
+    );
+    assert!(resumed.uploaded_bytes() < resumed.stored_bytes());
+    let name = resumed.snapshot().unwrap().to_string();
+    assert_eq!(setup.listed().await, [name.clone()]);
+    setup.assert_restores(&name).await;
+    scenario.teardown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_stopped_before_its_sequence_lists_it_is_invisible_then_completed() {
+    let scenario = fail::FailScenario::setup();
+    for point in ["backup::chunks_stored", "backup::record_stored"] {
+        let setup = Setup::new();
+        fail::cfg(point, "panic").unwrap();
+        assert!(setup.push().await.is_err());
+        fail::remove(point);
+        assert!(
+            setup.listed().await.is_empty(),
+            "{point}: listed before complete"
+        );
+        let verified = backup::verify(&setup.destination(), None, Opener::new(None), &Quiet)
+            .await
+            .unwrap();
+        assert!(
+            verified.bad().is_empty() && verified.snapshots() == 0,
+            "{point}"
+        );
+
+        let completed = setup.push().await.unwrap();
+        let (chunks, reused) = completed.chunks();
+        assert_eq!(reused, chunks, "{point}: every chunk was stored already");
+        assert_eq!(completed.uploaded_bytes(), 0, "{point}");
+        setup.assert_restores(completed.snapshot().unwrap()).await;
+    }
+    scenario.teardown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_stopped_after_its_sequence_lists_it_is_complete_and_the_next_is_incremental() {
+    let scenario = fail::FailScenario::setup();
+    let setup = Setup::new();
+    fail::cfg("backup::listed", "panic").unwrap();
+    assert!(setup.push().await.is_err());
+    fail::remove("backup::listed");
+    let listed = setup.listed().await;
+    assert_eq!(listed.len(), 1, "listed: the push was complete");
+    setup.assert_restores(&listed[0]).await;
+
+    // Neither the head nor the source's note was written; the next push
+    // still extends the chain.
+    std::fs::write(setup.fs.path().join("@/more"), b"more").unwrap();
+    let later = "@.2099-01-01T000000Z";
+    run_ok(
+        Command::new("btrfs")
+            .args(["subvolume", "snapshot", "-r"])
+            .arg(setup.fs.path().join("@"))
+            .arg(setup.snapshot(later)),
+    );
+    let request = setup.request().snapshot(Which::Named(later.to_string()));
+    let next = backup::push(&setup.destination(), &request, &Quiet)
+        .await
+        .unwrap();
+    assert_eq!(next.parent(), Some(listed[0].as_str()), "{next:?}");
+    setup.assert_restores(next.snapshot().unwrap()).await;
+    scenario.teardown();
+}
