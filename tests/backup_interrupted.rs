@@ -31,7 +31,7 @@ impl Setup {
             run_ok(
                 Command::new("btrfs")
                     .args(["subvolume", "create"])
-                    .arg(fs.path().join(subvolume)),
+                    .arg(fs.mount_point().join(subvolume)),
             );
         }
         // 4 MiB of incompressible data: 16 chunks of 256 KiB.
@@ -44,7 +44,7 @@ impl Setup {
                 state as u8
             })
             .collect();
-        std::fs::write(fs.path().join("@/data"), bytes).unwrap();
+        std::fs::write(fs.mount_point().join("@/data"), bytes).unwrap();
         Setup {
             fs,
             store_dir: tempfile::tempdir().unwrap(),
@@ -58,7 +58,7 @@ impl Setup {
     }
 
     fn request(&self) -> PushRequest {
-        PushRequest::new("vol", "@", self.fs.path(), self.journals.path())
+        PushRequest::new("vol", "@", self.fs.mount_point(), self.journals.path())
             .unwrap()
             .chunk_size(256 << 10)
             .unwrap()
@@ -85,13 +85,13 @@ impl Setup {
     }
 
     fn snapshot(&self, name: &str) -> PathBuf {
-        self.fs.path().join("@snapshots").join(name)
+        self.fs.mount_point().join("@snapshots").join(name)
     }
 
     /// Restores `name` into a fresh btrfs and compares it with the source's snapshot.
     async fn assert_restores(&self, name: &str) {
         let target = LoopBtrfs::new();
-        let into = target.path().join("r");
+        let into = target.mount_point().join("r");
         backup::restore(&self.destination(), name, &into, Opener::new(None), &Quiet)
             .await
             .unwrap();
@@ -128,7 +128,7 @@ async fn a_push_stopped_mid_stream_resumes_without_sending_the_stored_chunks_aga
     );
     assert!(resumed.uploaded_bytes() < resumed.stored_bytes());
     let name = resumed.snapshot().unwrap().to_string();
-    assert_eq!(setup.listed().await, [name.clone()]);
+    assert_eq!(setup.listed().await, std::slice::from_ref(&name));
     setup.assert_restores(&name).await;
     scenario.teardown();
 }
@@ -175,12 +175,12 @@ async fn a_push_stopped_after_its_sequence_lists_it_is_complete_and_the_next_is_
 
     // Neither the head nor the source's note was written; the next push
     // still extends the chain.
-    std::fs::write(setup.fs.path().join("@/more"), b"more").unwrap();
+    std::fs::write(setup.fs.mount_point().join("@/more"), b"more").unwrap();
     let later = "@.2099-01-01T000000Z";
     run_ok(
         Command::new("btrfs")
             .args(["subvolume", "snapshot", "-r"])
-            .arg(setup.fs.path().join("@"))
+            .arg(setup.fs.mount_point().join("@"))
             .arg(setup.snapshot(later)),
     );
     let request = setup.request().snapshot(Which::Named(later.to_string()));

@@ -516,10 +516,7 @@ mod tests {
             recipients: 0,
             chunk_size: 1 << 20,
         };
-        let chunks = plains
-            .iter()
-            .map(|&p| ChunkRef::new(&vec![1; 10], p))
-            .collect();
+        let chunks = plains.iter().map(|&p| ChunkRef::new(&[1; 10], p)).collect();
         SnapshotRecord::new(&sent, chunks, Utc::now())
     }
 

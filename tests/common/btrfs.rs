@@ -43,4 +43,14 @@ impl LoopBtrfs {
     pub fn mount_point(&self) -> &Path {
         &self.device.mount_point
     }
+
+    /// The loop device (for `btrfs check` once unmounted).
+    pub fn device(&self) -> &Path {
+        &self.device.path
+    }
+
+    /// Unmounts it (it is detached when dropped).
+    pub fn unmount(&self) {
+        run_ok(Command::new("umount").arg(self.mount_point()));
+    }
 }

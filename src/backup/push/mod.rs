@@ -254,6 +254,8 @@ pub async fn push(
         chunks_reused: 0,
         encrypted: request.sealer.recipients() > 0,
     };
+    let encrypted = request.sealer.recipients() > 0;
+    parent::check_encryption(chains.as_ref().and_then(Chains::current), encrypted)?;
     let local = local_snapshots(&request.mount_point, lineage.subvolume())?;
     let pending = Journal::pending(&request.journal_dir, &journal_key)
         .and_then(|header| serde_json::from_str::<JournalHeader>(&header).ok());
@@ -263,7 +265,8 @@ pub async fn push(
         &local,
         pending.as_ref(),
         &mut report,
-    )?
+    )
+    .await?
     else {
         return dry_run_without_snapshot(request, chains.as_ref(), &local, report);
     };
@@ -378,7 +381,7 @@ pub async fn push(
 }
 
 /// The snapshot to send: `None` only for a dry run that would take one.
-fn choose_snapshot(
+async fn choose_snapshot(
     request: &PushRequest,
     chains: Option<&Chains>,
     local: &[Local],
@@ -408,7 +411,7 @@ fn choose_snapshot(
                 return Ok(None);
             } else {
                 report.taken = true;
-                snapshot::create(mount, subvolume, None, false, Utc::now())?
+                take_snapshot(mount, subvolume).await?
             }
         }
     };
@@ -427,6 +430,30 @@ fn choose_snapshot(
     }
     report.snapshot = Some(snapshot.name.clone());
     Ok(Some(snapshot))
+}
+
+/// Takes a read-only snapshot of `subvolume` now. Names have whole
+/// seconds: where this second's is taken already (a snapshot timer, or
+/// the push before), the next second's is taken.
+async fn take_snapshot(mount: &Path, subvolume: &str) -> Result<Snapshot, BackupError> {
+    let now = Utc::now();
+    if !snapshots_dir(mount)
+        .join(snapshot::snapshot_name(subvolume, now, None))
+        .exists()
+    {
+        return Ok(snapshot::create(mount, subvolume, None, false, now)?);
+    }
+    let next = now + chrono::Duration::seconds(1)
+        - chrono::Duration::nanoseconds(i64::from(now.timestamp_subsec_nanos()));
+    let wait = (next - now).to_std().unwrap_or_default();
+    tokio::time::sleep(wait).await;
+    Ok(snapshot::create(
+        mount,
+        subvolume,
+        None,
+        false,
+        next.max(Utc::now()),
+    )?)
 }
 
 /// A dry run of a push that would take a new snapshot: the plan, and an

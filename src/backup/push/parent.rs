@@ -64,12 +64,8 @@ impl Choice<'_> {
                 None => full("the destination has no backup of this subvolume yet".to_string()),
             };
         };
-        let chain_encrypted = current.snapshots().last().is_some_and(|e| e.encrypted());
-        if chain_encrypted && !self.encrypted {
-            return Err(BackupError::Invalid(
-                "the current chain is encrypted: give --age-recipient KEY (a push never stores an encrypted chain's next snapshot in the clear)".to_string(),
-            ));
-        }
+        check_encryption(Some(current), self.encrypted)?;
+        let chain_encrypted = is_encrypted(current);
         if self.encrypted && !chain_encrypted {
             return full("the current chain is not encrypted and this push is".to_string());
         }
@@ -115,6 +111,21 @@ impl Choice<'_> {
             (None, None, _) => "the current chain is empty".to_string(),
         };
         full(reason)
+    }
+}
+
+fn is_encrypted(chain: &Sequence) -> bool {
+    chain.snapshots().last().is_some_and(|e| e.encrypted())
+}
+
+/// Refuses a push in the clear into an encrypted chain (before a
+/// snapshot is taken for it).
+pub fn check_encryption(current: Option<&Sequence>, encrypted: bool) -> Result<(), BackupError> {
+    match current.is_some_and(is_encrypted) && !encrypted {
+        true => Err(BackupError::Invalid(
+            "the current chain is encrypted: give --age-recipient KEY (a push never stores an encrypted chain's next snapshot in the clear)".to_string(),
+        )),
+        false => Ok(()),
     }
 }
 
