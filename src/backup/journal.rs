@@ -18,6 +18,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use super::BackupError;
@@ -29,6 +30,43 @@ struct Stored {
     index: u32,
     plain_hash: String,
     chunk: ChunkRef,
+}
+
+/// Held while a push of one lineage to one destination runs on this
+/// host: a second one at once would write the same journal, and could
+/// take the other's chunks for its own.
+pub struct PushLock {
+    _lock: Flock<File>,
+}
+
+impl PushLock {
+    /// Takes the lock of `lineage`'s pushes, or says that one runs.
+    pub fn take(dir: &Path, lineage: &str) -> Result<PushLock, BackupError> {
+        create_private_dir(dir)?;
+        let path = Journal::path(dir, lineage).with_extension("lock");
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(BackupError::io(format!("opening {}", path.display())))?;
+        let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|_| {
+            BackupError::Invalid(format!(
+                "another push of {} to the same store runs on this host: wait for it to end",
+                lineage.split('\n').skip(1).collect::<Vec<_>>().join(" ")
+            ))
+        })?;
+        Ok(PushLock { _lock: lock })
+    }
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), BackupError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(BackupError::io(format!("creating {}", dir.display())))
 }
 
 /// The journal of one lineage's push to one destination.
@@ -60,11 +98,7 @@ impl Journal {
     /// run of the same push stored is kept, a journal of any other push is
     /// started over.
     pub fn open(dir: &Path, lineage: &str, header: &str) -> Result<Journal, BackupError> {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(BackupError::io(format!("creating {}", dir.display())))?;
+        create_private_dir(dir)?;
         assert!(!header.contains('\n'), "a journal's header is one line");
         let path = Journal::path(dir, lineage);
         let stored = match File::open(&path) {
@@ -206,5 +240,16 @@ mod tests {
         assert_eq!(other.resumable(), 0);
         other.finish().unwrap();
         assert!(Journal::pending(dir.path(), "b v @").is_none());
+    }
+
+    #[test]
+    fn one_push_of_a_lineage_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = PushLock::take(dir.path(), "url\nvol\n@home").unwrap();
+        let error = PushLock::take(dir.path(), "url\nvol\n@home").err().unwrap();
+        assert!(error.to_string().contains("vol @home"), "{error}");
+        PushLock::take(dir.path(), "url\nvol\n@").unwrap();
+        drop(held);
+        PushLock::take(dir.path(), "url\nvol\n@home").unwrap();
     }
 }

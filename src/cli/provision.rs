@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use chrono::Utc;
 
+use super::retention::RetentionArgs;
 use crate::attach::registry;
 use crate::provision::snapshot::{self, Snapshot};
 use crate::provision::{self, MountOptions, Provision, pushed, quota};
@@ -57,14 +58,8 @@ pub enum SnapshotCommand {
     Prune {
         /// The volume or mount point (every attached volume if left out)
         target: Option<String>,
-        #[arg(long, default_value_t = 0)]
-        keep_hourly: usize,
-        #[arg(long, default_value_t = 0)]
-        keep_daily: usize,
-        #[arg(long, default_value_t = 0)]
-        keep_weekly: usize,
-        #[arg(long, default_value_t = 0)]
-        keep_monthly: usize,
+        #[command(flatten)]
+        retention: RetentionArgs,
         /// Say what would be deleted, delete nothing
         #[arg(long)]
         dry_run: bool,
@@ -248,23 +243,11 @@ pub async fn snapshot(command: SnapshotCommand) -> anyhow::Result<()> {
         }
         SnapshotCommand::Prune {
             target,
-            keep_hourly,
-            keep_daily,
-            keep_weekly,
-            keep_monthly,
+            retention,
             dry_run,
             force,
         } => {
-            let retention = Retention {
-                hourly: keep_hourly,
-                daily: keep_daily,
-                weekly: keep_weekly,
-                monthly: keep_monthly,
-            };
-            anyhow::ensure!(
-                !retention.keeps_nothing(),
-                "prune needs a policy: give at least one of --keep-hourly, --keep-daily, --keep-weekly, --keep-monthly"
-            );
+            let retention = retention.policy()?;
             for (_, mount) in targets(target)? {
                 prune_snapshots(&mount, &retention, dry_run, force)?;
             }

@@ -13,11 +13,11 @@ use std::time::{Duration, UNIX_EPOCH};
 use anyhow::Context;
 use clap::Subcommand;
 
+use super::retention::RetentionArgs;
 use super::settings::Settings;
 use crate::attach::{daemon, registry};
 use crate::engine::{self, SnapshotInfo};
 use crate::provision::freeze;
-use crate::retention::Retention;
 use crate::size::human;
 use crate::store::Store;
 
@@ -42,14 +42,8 @@ pub enum VolumeSnapshotCommand {
     /// Delete the snapshots a retention policy does not keep
     Prune {
         name: String,
-        #[arg(long, default_value_t = 0)]
-        keep_hourly: usize,
-        #[arg(long, default_value_t = 0)]
-        keep_daily: usize,
-        #[arg(long, default_value_t = 0)]
-        keep_weekly: usize,
-        #[arg(long, default_value_t = 0)]
-        keep_monthly: usize,
+        #[command(flatten)]
+        retention: RetentionArgs,
         /// Say what would be deleted, delete nothing
         #[arg(long)]
         dry_run: bool,
@@ -80,18 +74,10 @@ pub async fn run(
         }
         VolumeSnapshotCommand::Prune {
             name,
-            keep_hourly,
-            keep_daily,
-            keep_weekly,
-            keep_monthly,
+            retention,
             dry_run,
         } => {
-            let retention = Retention {
-                hourly: keep_hourly,
-                daily: keep_daily,
-                weekly: keep_weekly,
-                monthly: keep_monthly,
-            };
+            let retention = retention.policy()?;
             let doomed =
                 engine::prune_snapshots(store, &name, &retention, dry_run, password()).await?;
             let verb = if dry_run { "would delete" } else { "deleted" };

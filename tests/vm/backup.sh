@@ -19,9 +19,9 @@ json_field() { /usr/bin/python3 -c "import json, sys; print(json.load(sys.stdin)
 listed() { "$ZEROBLK" backup list "$backups" --json | /usr/bin/python3 -c "import json, sys; print('\n'.join(s['name'] for s in json.load(sys.stdin)['snapshots']))"; }
 
 step "attach and provision; write files into @home"
-"$ZEROBLK" attach vol --size 2G --mount-point "$mnt" >/dev/null
+"$ZEROBLK" attach vol --size 2G --cache-size 64M --mount-point "$mnt" >/dev/null
 mkdir -p "$mnt/@home/docs"
-head -c 8M /dev/urandom > "$mnt/@home/data"
+head -c 4M /dev/urandom > "$mnt/@home/data"
 for i in $(seq 1 50); do seq 1 "$((i * 100))" > "$mnt/@home/docs/file$i"; done
 age-keygen -o "$WORK/identity" 2>/dev/null
 age-keygen -o "$WORK/other" 2>/dev/null
@@ -48,7 +48,7 @@ echo "uploaded $uploaded bytes for a btrfs send -p stream of $sent bytes"
 [ "$uploaded" -le $((sent * 12 / 10)) ] || fail "uploaded $uploaded > 1.2 x $sent"
 
 step "a push killed with -9 resumes without sending its stored chunks again"
-head -c 24M /dev/urandom > "$mnt/@home/big"
+head -c 8M /dev/urandom > "$mnt/@home/big"
 "$ZEROBLK" backup push vol --subvolume @home --to "$backups" --age-recipient "$recipient" \
     --chunk-size 1M --full-every 2 > "$WORK/killed.out" 2>&1 &
 pusher=$!
@@ -80,7 +80,7 @@ grep -q -- "--age-identity" "$WORK/err" || fail "verify said: $(cat "$WORK/err")
 "$ZEROBLK" backup verify "$backups" --age-identity "$WORK/identity" || fail "verify"
 
 step "restore the chain into a fresh volume"
-"$ZEROBLK" attach fresh --size 2G --mount-point "$fresh" >/dev/null
+"$ZEROBLK" attach fresh --size 2G --cache-size 64M --mount-point "$fresh" >/dev/null
 "$ZEROBLK" backup restore "$backups" --snapshot "$second" --to "$fresh/@/restored" --age-identity "$WORK/identity"
 # The source's copy of $second is gone: compare with the files as they are
 # now, less what the third push added.
@@ -90,13 +90,16 @@ diff -r "$WORK/expected" "$fresh/@/restored/$second" || fail "the restored tree 
 "$ZEROBLK" backup restore "$backups" --snapshot "$third" --to "$fresh/@/third" --age-identity "$WORK/identity"
 diff -r "$mnt/@snapshots/$third" "$fresh/@/third/$third" || fail "the third restore differs"
 
+df -h "$WORK" | tail -n 1
 step "a flipped byte is named by verify"
-cp -a "$WORK/backups" "$WORK/flipped"
-victim=$(find "$WORK/flipped/data" -type f | head -n 1)
+victim=$(find "$WORK/backups/data" -path "*/$third/*" -type f | sort | sed -n 2p)
+cp "$victim" "$WORK/victim.orig"
 printf '\x5a' | dd of="$victim" bs=1 seek=100 conv=notrunc status=none
-"$ZEROBLK" backup verify "file://$WORK/flipped" --age-identity "$WORK/identity" > "$WORK/verify.out" 2>&1 \
+cmp -s "$victim" "$WORK/victim.orig" && printf '\x5b' | dd of="$victim" bs=1 seek=100 conv=notrunc status=none
+"$ZEROBLK" backup verify "$backups" --snapshot "$third" --age-identity "$WORK/identity" > "$WORK/verify.out" 2>&1 \
     && fail "verify missed a flipped byte"
-grep -q "bad ${victim#"$WORK/flipped/"}" "$WORK/verify.out" || fail "verify did not name it: $(cat "$WORK/verify.out")"
+grep -q "bad ${victim#"$WORK/backups/"}" "$WORK/verify.out" || fail "verify did not name it: $(cat "$WORK/verify.out")"
+cp "$WORK/victim.orig" "$victim"
 
 step "a prune drops the old chain and keeps the newest restorable"
 "$ZEROBLK" backup prune "$backups" --keep-daily 1
@@ -105,9 +108,12 @@ step "a prune drops the old chain and keeps the newest restorable"
 diff -r "$mnt/@snapshots/$third" "$fresh/@/after-prune/$third" || fail "the restore after prune differs"
 
 step "the fresh volume's filesystem checks clean"
-"$ZEROBLK" detach fresh
-"$ZEROBLK" volume clone fresh fresh-check >/dev/null
-device=$("$ZEROBLK" attach fresh-check)
+df -h "$WORK" | tail -n 1
+timeout 300 "$ZEROBLK" detach fresh || fail "detach fresh"
+step "clone"
+timeout 120 "$ZEROBLK" volume clone fresh fresh-check >/dev/null || fail "clone"
+step "attach the clone"
+device=$(timeout 120 "$ZEROBLK" attach fresh-check) || fail "attach fresh-check"
 btrfs check --readonly "$device" > "$WORK/check.out" 2>&1 || { cat "$WORK/check.out"; fail "btrfs check"; }
 "$ZEROBLK" detach fresh-check
 "$ZEROBLK" detach vol

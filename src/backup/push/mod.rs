@@ -18,8 +18,9 @@ use serde::{Deserialize, Serialize};
 
 use super::codec::Sealer;
 use super::destination::{Chains, Destination};
-use super::journal::Journal;
+use super::journal::{Journal, PushLock};
 use super::layout::Lineage;
+use super::record::Sequence;
 use super::record::{Sent, SnapshotRecord};
 use super::{BackupError, Progress};
 use crate::crypto::AgeRecipients;
@@ -146,6 +147,41 @@ pub struct PushReport {
 }
 
 impl PushReport {
+    fn new(request: &PushRequest, destination: &Destination) -> PushReport {
+        PushReport {
+            volume: request.lineage.volume().to_string(),
+            subvolume: request.lineage.subvolume().to_string(),
+            destination: destination.url(),
+            snapshot: None,
+            taken: false,
+            resumed: false,
+            already_pushed: false,
+            dry_run: request.dry_run,
+            sequence: None,
+            parent: None,
+            full_reason: None,
+            estimate_bytes: None,
+            estimated_from: None,
+            stream_bytes: 0,
+            stored_bytes: 0,
+            uploaded_bytes: 0,
+            chunks: 0,
+            chunks_reused: 0,
+            encrypted: request.sealer.recipients() > 0,
+        }
+    }
+
+    /// Notes what the push stored: `reused` chunks (and bytes) were
+    /// stored by an interrupted push already.
+    fn stored(&mut self, record: &SnapshotRecord, (reused, reused_bytes): (usize, u64)) {
+        let entry = record.entry();
+        self.stream_bytes = entry.stream_bytes();
+        self.stored_bytes = entry.stored_bytes();
+        self.uploaded_bytes = entry.stored_bytes() - reused_bytes;
+        self.chunks = record.chunks().len();
+        self.chunks_reused = reused;
+    }
+
     pub fn snapshot(&self) -> Option<&str> {
         self.snapshot.as_deref()
     }
@@ -215,59 +251,26 @@ pub async fn push(
     request: &PushRequest,
     progress: &dyn Progress,
 ) -> Result<PushReport, BackupError> {
-    let has_backups = match request.dry_run {
-        true => destination.holds_backups().await?,
-        false => {
-            destination.prepare().await?;
-            true
-        }
+    let journal_key = journal_key(destination, &request.lineage);
+    let _one_at_a_time = match request.dry_run {
+        true => None,
+        false => Some(PushLock::take(&request.journal_dir, &journal_key)?),
     };
-    let lineage = &request.lineage;
-    let chains = match has_backups {
-        true => Some(destination.chains(lineage).await?),
-        false => None,
-    };
-    let journal_key = format!(
-        "{}\n{}\n{}",
-        destination.url(),
-        lineage.volume(),
-        lineage.subvolume()
-    );
-    let mut report = PushReport {
-        volume: lineage.volume().to_string(),
-        subvolume: lineage.subvolume().to_string(),
-        destination: destination.url(),
-        snapshot: None,
-        taken: false,
-        resumed: false,
-        already_pushed: false,
-        dry_run: request.dry_run,
-        sequence: None,
-        parent: None,
-        full_reason: None,
-        estimate_bytes: None,
-        estimated_from: None,
-        stream_bytes: 0,
-        stored_bytes: 0,
-        uploaded_bytes: 0,
-        chunks: 0,
-        chunks_reused: 0,
-        encrypted: request.sealer.recipients() > 0,
-    };
-    let encrypted = request.sealer.recipients() > 0;
-    parent::check_encryption(chains.as_ref().and_then(Chains::current), encrypted)?;
-    let local = local_snapshots(&request.mount_point, lineage.subvolume())?;
+    let chains = read_chains(destination, request).await?;
+    let current = chains.as_ref().and_then(Chains::current);
+    parent::check_encryption(current, request.sealer.recipients() > 0)?;
+    let mut report = PushReport::new(request, destination);
+    let local = local_snapshots(&request.mount_point, request.lineage.subvolume())?;
     let pending = Journal::pending(&request.journal_dir, &journal_key)
         .and_then(|header| serde_json::from_str::<JournalHeader>(&header).ok());
-    let Some(sending) = choose_snapshot(
+    let chosen = choose_snapshot(
         request,
         chains.as_ref(),
         &local,
         pending.as_ref(),
         &mut report,
-    )
-    .await?
-    else {
+    );
+    let Some(sending) = chosen.await? else {
         return dry_run_without_snapshot(request, chains.as_ref(), &local, report);
     };
     if chains
@@ -278,64 +281,146 @@ pub async fn push(
         report.already_pushed = true;
         return Ok(report);
     }
-    let info = send::subvolume_info(&sending.path)?;
-    let this = Local::new(&sending.name, info.uuid(), sending.created);
-    let last_pushed = pushed::pushed_parent(
-        &request.mount_point,
-        lineage.subvolume(),
-        &destination.url(),
+    let plan = plan(destination, request, current, &local, &sending, &mut report)?;
+    if request.dry_run {
+        let estimate = send::estimate(&sending.path, plan.parent_path.as_deref())?;
+        report.estimate_bytes = Some(estimate.total());
+        return Ok(report);
+    }
+    let journal = Journal::open(
+        &request.journal_dir,
+        &journal_key,
+        &plan.journal_header(request),
     )?;
+    let (record, reused, journal) =
+        store_stream(destination, request, &plan, journal, progress).await?;
+    commit(destination, request, chains.as_ref(), &plan, &record).await?;
+    journal.finish()?;
+    report.stored(&record, reused);
+    Ok(report)
+}
+
+/// The key of a lineage's journal and lock: one per destination.
+fn journal_key(destination: &Destination, lineage: &Lineage) -> String {
+    format!(
+        "{}\n{}\n{}",
+        destination.url(),
+        lineage.volume(),
+        lineage.subvolume()
+    )
+}
+
+/// The lineage's chains, if the destination holds backups (made a
+/// destination of backups first, unless this is a dry run).
+async fn read_chains(
+    destination: &Destination,
+    request: &PushRequest,
+) -> Result<Option<Chains>, BackupError> {
+    let has_backups = match request.dry_run {
+        true => destination.holds_backups().await?,
+        false => {
+            destination.prepare().await?;
+            true
+        }
+    };
+    match has_backups {
+        true => Ok(Some(destination.chains(&request.lineage).await?)),
+        false => Ok(None),
+    }
+}
+
+/// What one push sends, and where it goes.
+struct Sending {
+    snapshot: Snapshot,
+    info: send::SubvolumeInfo,
+    sequence: String,
+    parent: Option<(String, uuid::Uuid)>,
+    parent_path: Option<PathBuf>,
+}
+
+impl Sending {
+    fn journal_header(&self, request: &PushRequest) -> String {
+        let header = JournalHeader {
+            snapshot: self.snapshot.name.clone(),
+            uuid: self.info.uuid(),
+            sequence: self.sequence.clone(),
+            parent: self.parent.as_ref().map(|(name, _)| name.clone()),
+            recipients: request.sealer.recipients(),
+            chunk_size: request.chunk_size,
+        };
+        serde_json::to_string(&header).expect("a journal header serializes")
+    }
+}
+
+/// Decides the parent (or a full stream) of `snapshot`, and notes it in
+/// the report.
+fn plan(
+    destination: &Destination,
+    request: &PushRequest,
+    current: Option<&Sequence>,
+    local: &[Local],
+    snapshot: &Snapshot,
+    report: &mut PushReport,
+) -> Result<Sending, BackupError> {
+    let info = send::subvolume_info(&snapshot.path)?;
+    let this = Local::new(&snapshot.name, info.uuid(), snapshot.created);
+    let mount = &request.mount_point;
+    let last_pushed =
+        pushed::pushed_parent(mount, request.lineage.subvolume(), &destination.url())?;
     let plan = parent::Choice {
-        current: chains.as_ref().and_then(Chains::current),
-        local: &local,
+        current,
+        local,
         sending: &this,
         encrypted: request.sealer.recipients() > 0,
         full_every: request.full_every,
         last_pushed: last_pushed.as_deref(),
     }
     .decide()?;
-    let (sequence, parent) = match &plan {
-        Plan::Incremental { sequence, parent } => (sequence.clone(), Some(parent.clone())),
+    let (sequence, parent) = match plan {
+        Plan::Incremental { sequence, parent } => (sequence, Some(parent)),
         Plan::Full { reason } => {
-            report.full_reason = Some(reason.clone());
-            (sending.name.clone(), None)
+            report.full_reason = Some(reason);
+            (snapshot.name.clone(), None)
         }
     };
     report.sequence = Some(sequence.clone());
     report.parent = parent.clone();
-    let parent_path = parent
-        .as_ref()
-        .map(|p| snapshots_dir(&request.mount_point).join(p));
-    if request.dry_run {
-        let estimate = send::estimate(&sending.path, parent_path.as_deref())?;
-        report.estimate_bytes = Some(estimate.total());
-        return Ok(report);
-    }
+    let parent_path = parent.as_ref().map(|p| snapshots_dir(mount).join(p));
+    let parent = match (parent, &parent_path) {
+        (Some(name), Some(path)) => Some((name, send::subvolume_info(path)?.uuid())),
+        _ => None,
+    };
+    Ok(Sending {
+        snapshot: snapshot.clone(),
+        info,
+        sequence,
+        parent,
+        parent_path,
+    })
+}
+
+/// Sends the stream into the destination's chunks, then writes the
+/// snapshot's record. Returns the record, the chunks an interrupted push
+/// had stored (and their bytes), and the journal.
+async fn store_stream(
+    destination: &Destination,
+    request: &PushRequest,
+    plan: &Sending,
+    journal: Journal,
+    progress: &dyn Progress,
+) -> Result<(SnapshotRecord, (usize, u64), Journal), BackupError> {
+    let snapshot = &plan.snapshot;
     if progress.wants_total()
-        && let Ok(estimate) = send::estimate(&sending.path, parent_path.as_deref())
+        && let Ok(estimate) = send::estimate(&snapshot.path, plan.parent_path.as_deref())
     {
         progress.start(Some(estimate.total()));
     }
-    let parent_uuid = match &parent_path {
-        Some(path) => Some(send::subvolume_info(path)?.uuid()),
-        None => None,
-    };
-    let header = JournalHeader {
-        snapshot: sending.name.clone(),
-        uuid: info.uuid(),
-        sequence: sequence.clone(),
-        parent: parent.clone(),
-        recipients: request.sealer.recipients(),
-        chunk_size: request.chunk_size,
-    };
-    let header = serde_json::to_string(&header).expect("a journal header serializes");
-    let journal = Journal::open(&request.journal_dir, &journal_key, &header)?;
-    let stream = send::send(&sending.path, parent_path.as_deref())?;
+    let stream = send::send(&snapshot.path, plan.parent_path.as_deref())?;
     let upload = upload::Upload {
         store: destination.store(),
-        lineage,
-        sequence: &sequence,
-        snapshot: &sending.name,
+        lineage: &request.lineage,
+        sequence: &plan.sequence,
+        snapshot: &snapshot.name,
         sealer: request.sealer.clone(),
         storage_class: request.storage_class.as_deref(),
         parallel: PARALLEL,
@@ -345,39 +430,46 @@ pub async fn push(
     let (uploaded, journal) = upload.run(Box::new(stream), journal).await?;
     crate::async_fail_point!("backup::chunks_stored");
     let sent = Sent {
-        lineage,
-        sequence: &sequence,
-        name: &sending.name,
-        parent: parent.as_deref().zip(parent_uuid),
-        uuid: info.uuid(),
-        source_uuid: info.parent_uuid(),
-        generation: info.generation(),
-        created: sending.created,
+        lineage: &request.lineage,
+        sequence: &plan.sequence,
+        name: &snapshot.name,
+        parent: plan
+            .parent
+            .as_ref()
+            .map(|(name, uuid)| (name.as_str(), *uuid)),
+        uuid: plan.info.uuid(),
+        source_uuid: plan.info.parent_uuid(),
+        generation: plan.info.generation(),
+        created: snapshot.created,
         recipients: request.sealer.recipients(),
         chunk_size: request.chunk_size,
     };
     let record = SnapshotRecord::new(&sent, uploaded.chunks, Utc::now());
     destination
-        .write_record(lineage, &sequence, &record)
+        .write_record(&request.lineage, &plan.sequence, &record)
         .await?;
     crate::async_fail_point!("backup::record_stored");
+    Ok((record, (uploaded.reused, uploaded.reused_bytes), journal))
+}
+
+/// Lists the snapshot in its sequence (the push is complete), points the
+/// head there, and notes the source's next parent.
+async fn commit(
+    destination: &Destination,
+    request: &PushRequest,
+    chains: Option<&Chains>,
+    plan: &Sending,
+    record: &SnapshotRecord,
+) -> Result<(), BackupError> {
+    let lineage = &request.lineage;
     destination
-        .list_in_sequence(lineage, &sequence, &record)
+        .list_in_sequence(lineage, &plan.sequence, record)
         .await?;
     crate::async_fail_point!("backup::listed");
-    let head = chains.as_ref().and_then(Chains::head);
-    if head != Some(sequence.as_str()) {
-        destination.set_head(lineage, &sequence).await?;
+    if chains.and_then(Chains::head) != Some(plan.sequence.as_str()) {
+        destination.set_head(lineage, &plan.sequence).await?;
     }
-    remember_pushed(request, destination, &sending)?;
-    journal.finish()?;
-    let entry = record.entry();
-    report.stream_bytes = entry.stream_bytes();
-    report.stored_bytes = entry.stored_bytes();
-    report.uploaded_bytes = entry.stored_bytes() - uploaded.reused_bytes;
-    report.chunks = record.chunks().len();
-    report.chunks_reused = uploaded.reused;
-    Ok(report)
+    remember_pushed(request, destination, &plan.snapshot)
 }
 
 /// The snapshot to send: `None` only for a dry run that would take one.
