@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::btrfs::LoopBtrfs;
-use common::{moto, require_tool, run_ok, zeroblk, zeroblk_fails};
+use common::{moto, require_tool, run_ok, walk, zeroblk, zeroblk_fails};
 use serde_json::Value;
 
 /// A provisioned filesystem's layout on a loop btrfs: `@` with files in
@@ -501,21 +501,4 @@ fn storage_class_of_data(server: &common::Moto, bucket: &str) -> String {
         .nth(1)
         .unwrap_or_else(|| panic!("no storage class in {listing}"));
     class.split('<').next().unwrap().to_string()
-}
-
-/// Every file under `dir`, recursively, sorted.
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(dir) = todo.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            match path.is_dir() {
-                true => todo.push(path),
-                false => files.push(path),
-            }
-        }
-    }
-    files.sort();
-    files
 }

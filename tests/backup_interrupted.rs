@@ -10,10 +10,12 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use common::btrfs::LoopBtrfs;
 use common::run_ok;
 use zeroblk::backup::{self, Destination, Opener, PushReport, PushRequest, Quiet, Which};
+use zeroblk::retention::Retention;
 use zeroblk::store::Store;
 
 /// A provisioned layout (`@`, `@snapshots`) on a loop btrfs, a store
@@ -189,5 +191,74 @@ async fn a_push_stopped_after_its_sequence_lists_it_is_complete_and_the_next_is_
         .unwrap();
     assert_eq!(next.parent(), Some(listed[0].as_str()), "{next:?}");
     setup.assert_restores(next.snapshot().unwrap()).await;
+    scenario.teardown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prune_stopped_midway_lists_only_whole_snapshots_and_the_next_cleans_up() {
+    let scenario = fail::FailScenario::setup();
+    let setup = Setup::new();
+    // Two chains: January's, then a full stream in February's.
+    for (name, full_every) in [
+        ("@.2026-01-01T000000Z", None),
+        ("@.2026-02-01T000000Z", Some(1)),
+    ] {
+        run_ok(
+            Command::new("btrfs")
+                .args(["subvolume", "snapshot", "-r"])
+                .arg(setup.fs.mount_point().join("@"))
+                .arg(setup.snapshot(name)),
+        );
+        let request = setup
+            .request()
+            .snapshot(Which::Named(name.to_string()))
+            .full_every(full_every)
+            .unwrap();
+        backup::push(&setup.destination(), &request, &Quiet)
+            .await
+            .unwrap();
+    }
+    let policy = Retention {
+        monthly: 1,
+        ..Retention::default()
+    };
+    fail::cfg("backup::sequence_unlisted", "panic").unwrap();
+    let destination = setup.destination();
+    let pruned =
+        tokio::spawn(async move { backup::prune(&destination, &policy, false).await }).await;
+    assert!(pruned.is_err(), "the prune stopped at the failpoint");
+    fail::remove("backup::sequence_unlisted");
+
+    // January's chain is unlisted, its objects still there: nothing half-deleted is listed.
+    assert_eq!(setup.listed().await, ["@.2026-02-01T000000Z"]);
+    let january = "data/vol/@/@.2026-01-01T000000Z";
+    assert!(setup.store_dir.path().join(january).exists());
+    let verified = backup::verify(&setup.destination(), None, Opener::new(None), &Quiet)
+        .await
+        .unwrap();
+    assert!(verified.bad().is_empty(), "{:?}", verified.bad());
+    setup.assert_restores("@.2026-02-01T000000Z").await;
+
+    // What the stopped prune left goes once it is a day old.
+    let again = backup::prune(&setup.destination(), &policy, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        again[0].unfinished_deleted(),
+        0,
+        "young leftovers wait: a push may be resuming"
+    );
+    common::age_objects_by(
+        setup.store_dir.path(),
+        &["data", "meta"],
+        Duration::from_secs(25 * 3600),
+    );
+    let again = backup::prune(&setup.destination(), &policy, false)
+        .await
+        .unwrap();
+    assert!(again[0].unfinished_deleted() > 0);
+    assert!(common::walk(&setup.store_dir.path().join(january)).is_empty());
+    assert_eq!(setup.listed().await, ["@.2026-02-01T000000Z"]);
+    setup.assert_restores("@.2026-02-01T000000Z").await;
     scenario.teardown();
 }

@@ -317,26 +317,37 @@ pub fn model_cases(default: u32) -> proptest::prelude::ProptestConfig {
 /// hours old (older than any grace period the tests use), as a slow
 /// commit, or objects left long ago, would look to gc.
 pub fn age_objects(root: &Path, dirs: &[&str]) {
-    let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(2 * 3600);
-    fn files(dir: &Path) -> Vec<PathBuf> {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return Vec::new();
+    age_objects_by(root, dirs, Duration::from_secs(2 * 3600));
+}
+
+/// [`age_objects`], making them look `age` old.
+pub fn age_objects_by(root: &Path, dirs: &[&str], age: Duration) {
+    let then = std::time::SystemTime::now() - age;
+    for dir in dirs {
+        for file in walk(&root.join(dir)) {
+            let file = std::fs::File::options().write(true).open(file).unwrap();
+            file.set_modified(then).unwrap();
+        }
+    }
+}
+
+/// Every file under `dir`, recursively, sorted (none if it is missing).
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
         };
-        let mut found = Vec::new();
         for path in entries.map(|e| e.unwrap().path()) {
             match path.is_dir() {
-                true => found.extend(files(&path)),
-                false => found.push(path),
+                true => todo.push(path),
+                false => files.push(path),
             }
         }
-        found
     }
-    for dir in dirs {
-        for file in files(&root.join(dir)) {
-            let file = std::fs::File::options().write(true).open(file).unwrap();
-            file.set_modified(two_hours_ago).unwrap();
-        }
-    }
+    files.sort();
+    files
 }
 
 /// A block of test data: `tag` repeated, so a read tells which write it
