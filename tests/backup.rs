@@ -502,3 +502,56 @@ fn storage_class_of_data(server: &common::Moto, bucket: &str) -> String {
         .unwrap_or_else(|| panic!("no storage class in {listing}"));
     class.split('<').next().unwrap().to_string()
 }
+
+#[test]
+fn a_parent_gone_from_the_destination_means_a_full_stream_and_says_so() {
+    let source = Source::new();
+    let store = tempfile::tempdir().unwrap();
+    let url = file_url(store.path());
+    write_files(&source.data(), "f", 2, 64 << 10, 9);
+    source.push(&url, &[]);
+    let first = names(&source.list(&url)).remove(0);
+    // Someone deleted the backups, but not the prefix's marker.
+    for dir in ["meta", "data"] {
+        std::fs::remove_dir_all(store.path().join(dir)).unwrap();
+    }
+    let said = source.push(&url, &[]);
+    assert!(said.contains("a full stream"), "{said}");
+    assert!(
+        said.contains(&first),
+        "names the parent it no longer finds: {said}"
+    );
+}
+
+#[test]
+fn a_writable_snapshot_is_refused_with_the_fix() {
+    let source = Source::new();
+    let store = tempfile::tempdir().unwrap();
+    let url = file_url(store.path());
+    let name = "@.2026-12-01T000000Z";
+    run_ok(
+        Command::new("btrfs")
+            .args(["subvolume", "snapshot"])
+            .arg(source.data())
+            .arg(source.snapshot(name)),
+    );
+    let said = source.zeroblk_fails(&[
+        "backup",
+        "push",
+        source.mount_str(),
+        "--to",
+        &url,
+        "--snapshot",
+        name,
+    ]);
+    assert!(
+        said.contains("read-only") && said.contains("ro true"),
+        "{said}"
+    );
+    assert_eq!(
+        walk(store.path()).len(),
+        1,
+        "only the prefix's marker: {:?}",
+        walk(store.path())
+    );
+}
