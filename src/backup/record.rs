@@ -250,16 +250,16 @@ pub struct SnapshotRecord {
 
 /// What a push knows of the snapshot it sends.
 pub struct Sent<'a> {
-    pub lineage: &'a Lineage,
-    pub sequence: &'a str,
-    pub name: &'a str,
-    pub parent: Option<(&'a str, Uuid)>,
-    pub uuid: Uuid,
-    pub source_uuid: Option<Uuid>,
-    pub generation: u64,
-    pub created: DateTime<Utc>,
-    pub recipients: usize,
-    pub chunk_size: u64,
+    pub(in crate::backup) lineage: &'a Lineage,
+    pub(in crate::backup) sequence: &'a str,
+    pub(in crate::backup) name: &'a str,
+    pub(in crate::backup) parent: Option<(&'a str, Uuid)>,
+    pub(in crate::backup) uuid: Uuid,
+    pub(in crate::backup) source_uuid: Option<Uuid>,
+    pub(in crate::backup) generation: u64,
+    pub(in crate::backup) created: DateTime<Utc>,
+    pub(in crate::backup) recipients: usize,
+    pub(in crate::backup) chunk_size: u64,
 }
 
 impl SnapshotRecord {

@@ -43,14 +43,14 @@ pub enum Plan {
 /// What the choice depends on.
 pub struct Choice<'a> {
     /// The head's sequence, if the destination has one for the lineage.
-    pub current: Option<&'a Sequence>,
+    pub(super) current: Option<&'a Sequence>,
     /// The subvolume's read-only snapshots here.
-    pub local: &'a [Local],
-    pub sending: &'a Local,
-    pub encrypted: bool,
-    pub full_every: Option<u32>,
+    pub(super) local: &'a [Local],
+    pub(super) sending: &'a Local,
+    pub(super) encrypted: bool,
+    pub(super) full_every: Option<u32>,
     /// The parent the last push from here recorded, if any.
-    pub last_pushed: Option<&'a str>,
+    pub(super) last_pushed: Option<&'a str>,
 }
 
 impl Choice<'_> {

@@ -32,23 +32,23 @@ const REUSE_LIMIT: Duration =
 
 /// Where chunks go, and how (the arguments of one upload).
 pub struct Upload<'a> {
-    pub store: &'a Store,
-    pub lineage: &'a Lineage,
-    pub sequence: &'a str,
-    pub snapshot: &'a str,
-    pub sealer: Sealer,
-    pub storage_class: Option<&'a str>,
-    pub parallel: usize,
-    pub chunk_size: u64,
-    pub progress: &'a dyn Progress,
+    pub(super) store: &'a Store,
+    pub(super) lineage: &'a Lineage,
+    pub(super) sequence: &'a str,
+    pub(super) snapshot: &'a str,
+    pub(super) sealer: Sealer,
+    pub(super) storage_class: Option<&'a str>,
+    pub(super) parallel: usize,
+    pub(super) chunk_size: u64,
+    pub(super) progress: &'a dyn Progress,
 }
 
 /// What an upload stored.
 pub struct Uploaded {
-    pub chunks: Vec<ChunkRef>,
+    pub(super) chunks: Vec<ChunkRef>,
     /// Chunks (and their stored bytes) an earlier run had stored.
-    pub reused: usize,
-    pub reused_bytes: u64,
+    pub(super) reused: usize,
+    pub(super) reused_bytes: u64,
 }
 
 impl Upload<'_> {
