@@ -9,6 +9,7 @@
 //! listed, and the next push of the lineage resumes it (`journal.rs`).
 
 mod parent;
+mod report;
 mod upload;
 
 use std::path::{Path, PathBuf};
@@ -28,6 +29,8 @@ use crate::provision::snapshot::{self, Snapshot};
 use crate::provision::{pushed, send};
 
 pub use parent::{Local, Plan};
+use report::Origin;
+pub use report::PushReport;
 
 /// The chunk size of a send stream unless a push says otherwise.
 pub const DEFAULT_CHUNK_SIZE: u64 = 32 << 20;
@@ -122,117 +125,6 @@ impl PushRequest {
     }
 }
 
-/// What a push did, or (dry run) would do.
-#[derive(Debug, Clone, Serialize)]
-pub struct PushReport {
-    volume: String,
-    subvolume: String,
-    destination: String,
-    snapshot: Option<String>,
-    taken: bool,
-    resumed: bool,
-    already_pushed: bool,
-    dry_run: bool,
-    sequence: Option<String>,
-    parent: Option<String>,
-    full_reason: Option<String>,
-    estimate_bytes: Option<u64>,
-    estimated_from: Option<String>,
-    stream_bytes: u64,
-    stored_bytes: u64,
-    uploaded_bytes: u64,
-    chunks: usize,
-    chunks_reused: usize,
-    encrypted: bool,
-}
-
-impl PushReport {
-    fn new(request: &PushRequest, destination: &Destination) -> PushReport {
-        PushReport {
-            volume: request.lineage.volume().to_string(),
-            subvolume: request.lineage.subvolume().to_string(),
-            destination: destination.url(),
-            snapshot: None,
-            taken: false,
-            resumed: false,
-            already_pushed: false,
-            dry_run: request.dry_run,
-            sequence: None,
-            parent: None,
-            full_reason: None,
-            estimate_bytes: None,
-            estimated_from: None,
-            stream_bytes: 0,
-            stored_bytes: 0,
-            uploaded_bytes: 0,
-            chunks: 0,
-            chunks_reused: 0,
-            encrypted: request.sealer.recipients() > 0,
-        }
-    }
-
-    /// Notes what the push stored: `reused` chunks (and bytes) were
-    /// stored by an interrupted push already.
-    fn stored(&mut self, record: &SnapshotRecord, (reused, reused_bytes): (usize, u64)) {
-        let entry = record.entry();
-        self.stream_bytes = entry.stream_bytes();
-        self.stored_bytes = entry.stored_bytes();
-        self.uploaded_bytes = entry.stored_bytes() - reused_bytes;
-        self.chunks = record.chunks().len();
-        self.chunks_reused = reused;
-    }
-
-    pub fn snapshot(&self) -> Option<&str> {
-        self.snapshot.as_deref()
-    }
-    pub fn taken(&self) -> bool {
-        self.taken
-    }
-    pub fn resumed(&self) -> bool {
-        self.resumed
-    }
-    pub fn already_pushed(&self) -> bool {
-        self.already_pushed
-    }
-    pub fn dry_run(&self) -> bool {
-        self.dry_run
-    }
-    pub fn sequence(&self) -> Option<&str> {
-        self.sequence.as_deref()
-    }
-    pub fn parent(&self) -> Option<&str> {
-        self.parent.as_deref()
-    }
-    pub fn full_reason(&self) -> Option<&str> {
-        self.full_reason.as_deref()
-    }
-    pub fn estimate(&self) -> Option<(u64, Option<&str>)> {
-        self.estimate_bytes
-            .map(|b| (b, self.estimated_from.as_deref()))
-    }
-    pub fn stream_bytes(&self) -> u64 {
-        self.stream_bytes
-    }
-    pub fn stored_bytes(&self) -> u64 {
-        self.stored_bytes
-    }
-    pub fn uploaded_bytes(&self) -> u64 {
-        self.uploaded_bytes
-    }
-    pub fn chunks(&self) -> (usize, usize) {
-        (self.chunks, self.chunks_reused)
-    }
-    pub fn encrypted(&self) -> bool {
-        self.encrypted
-    }
-    pub fn destination(&self) -> &str {
-        &self.destination
-    }
-    pub fn lineage(&self) -> (&str, &str) {
-        (&self.volume, &self.subvolume)
-    }
-}
-
 /// The header of a push's journal: the same snapshot, sent against the
 /// same parent into the same sequence, sealed alike, is the same push.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -278,13 +170,13 @@ pub async fn push(
         .and_then(|c| c.holding(&sending.name))
         .is_some()
     {
-        report.already_pushed = true;
+        report.note_already_pushed();
         return Ok(report);
     }
     let plan = plan(destination, request, current, &local, &sending, &mut report)?;
     if request.dry_run {
         let estimate = send::estimate(&sending.path, plan.parent_path.as_deref())?;
-        report.estimate_bytes = Some(estimate.total());
+        report.note_estimate(estimate.total(), None);
         return Ok(report);
     }
     let journal = Journal::open(
@@ -376,15 +268,11 @@ fn plan(
         last_pushed: last_pushed.as_deref(),
     }
     .decide()?;
+    report.note_plan(&plan, Some(&snapshot.name));
     let (sequence, parent) = match plan {
         Plan::Incremental { sequence, parent } => (sequence, Some(parent)),
-        Plan::Full { reason } => {
-            report.full_reason = Some(reason);
-            (snapshot.name.clone(), None)
-        }
+        Plan::Full { .. } => (snapshot.name.clone(), None),
     };
-    report.sequence = Some(sequence.clone());
-    report.parent = parent.clone();
     let parent_path = parent.as_ref().map(|p| snapshots_dir(mount).join(p));
     let parent = match (parent, &parent_path) {
         (Some(name), Some(path)) => Some((name, send::subvolume_info(path)?.uuid())),
@@ -482,28 +370,27 @@ async fn choose_snapshot(
 ) -> Result<Option<Snapshot>, BackupError> {
     let mount = &request.mount_point;
     let subvolume = request.lineage.subvolume();
-    let snapshot = match &request.which {
-        Which::Named(name) => snapshot::describe(mount, name)?,
+    let (snapshot, origin) = match &request.which {
+        Which::Named(name) => (snapshot::describe(mount, name)?, Origin::Named),
         Which::Newest => {
             let newest = local.last().ok_or_else(|| {
                 BackupError::Invalid(format!(
                     "{subvolume} has no read-only snapshot to push: take one with `zeroblk snapshot create`, or leave out --snapshot"
                 ))
             })?;
-            snapshot::describe(mount, newest.name())?
+            (snapshot::describe(mount, newest.name())?, Origin::Named)
         }
         Which::Take => {
             let unfinished = pending
                 .filter(|p| local.iter().any(|l| l.name() == p.snapshot))
                 .filter(|p| chains.and_then(|c| c.holding(&p.snapshot)).is_none());
-            if let Some(pending) = unfinished {
-                report.resumed = true;
-                snapshot::describe(mount, &pending.snapshot)?
-            } else if request.dry_run {
-                return Ok(None);
-            } else {
-                report.taken = true;
-                take_snapshot(mount, subvolume).await?
+            match unfinished {
+                Some(pending) => (
+                    snapshot::describe(mount, &pending.snapshot)?,
+                    Origin::Resumed,
+                ),
+                None if request.dry_run => return Ok(None),
+                None => (take_snapshot(mount, subvolume).await?, Origin::Taken),
             }
         }
     };
@@ -520,7 +407,7 @@ async fn choose_snapshot(
             snapshot.path.display()
         )));
     }
-    report.snapshot = Some(snapshot.name.clone());
+    report.note_snapshot(&snapshot.name, origin);
     Ok(Some(snapshot))
 }
 
@@ -566,17 +453,11 @@ fn dry_run_without_snapshot(
         last_pushed: None,
     }
     .decide()?;
+    report.note_plan(&plan, None);
     let parent = match plan {
-        Plan::Incremental { sequence, parent } => {
-            report.sequence = Some(sequence);
-            Some(parent)
-        }
-        Plan::Full { reason } => {
-            report.full_reason = Some(reason);
-            None
-        }
+        Plan::Incremental { parent, .. } => Some(parent),
+        Plan::Full { .. } => None,
     };
-    report.parent = parent.clone();
     let stand_in = local
         .iter()
         .rev()
@@ -585,8 +466,7 @@ fn dry_run_without_snapshot(
         let dir = snapshots_dir(&request.mount_point);
         let parent_path = parent.as_ref().map(|p| dir.join(p));
         let estimate = send::estimate(&dir.join(stand_in.name()), parent_path.as_deref())?;
-        report.estimate_bytes = Some(estimate.total());
-        report.estimated_from = Some(stand_in.name().to_string());
+        report.note_estimate(estimate.total(), Some(stand_in.name()));
     }
     Ok(report)
 }
