@@ -555,3 +555,137 @@ fn a_writable_snapshot_is_refused_with_the_fix() {
         walk(store.path())
     );
 }
+
+#[test]
+fn a_restore_never_touches_a_subvolume_it_did_not_make() {
+    let source = Source::new();
+    let store = tempfile::tempdir().unwrap();
+    let url = file_url(store.path());
+    write_files(&source.data(), "f", 2, 64 << 10, 11);
+    source.push(&url, &[]);
+    write_files(&source.data(), "g", 1, 64 << 10, 12);
+    source.push(&url, &[]);
+    let listed = names(&source.list(&url));
+    let target = LoopBtrfs::new();
+    let into = target.mount_point().join("r");
+    std::fs::create_dir(&into).unwrap();
+    // Someone's subvolume, named as the chain's full stream.
+    run_ok(
+        Command::new("btrfs")
+            .args(["subvolume", "create"])
+            .arg(into.join(&listed[0])),
+    );
+    std::fs::write(into.join(&listed[0]).join("precious"), b"work").unwrap();
+    let said = source.zeroblk_fails(&[
+        "backup",
+        "restore",
+        &url,
+        "--snapshot",
+        &listed[1],
+        "--to",
+        into.to_str().unwrap(),
+    ]);
+    assert!(said.contains("exists already"), "{said}");
+    assert_eq!(
+        std::fs::read(into.join(&listed[0]).join("precious")).unwrap(),
+        b"work"
+    );
+}
+
+#[test]
+fn a_damaged_chain_does_not_keep_the_others_from_restoring() {
+    let source = Source::new();
+    run_ok(
+        Command::new("btrfs")
+            .args(["subvolume", "create"])
+            .arg(source.mount().join("@home")),
+    );
+    let store = tempfile::tempdir().unwrap();
+    let url = file_url(store.path());
+    write_files(&source.data(), "f", 2, 64 << 10, 13);
+    source.push(&url, &[]);
+    source.zeroblk(&[
+        "backup",
+        "push",
+        source.mount_str(),
+        "--subvolume",
+        "@home",
+        "--to",
+        &url,
+    ]);
+    let volume = source
+        .mount()
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let home = walk(&store.path().join("meta").join(&volume).join("@home"));
+    let sequence = home.iter().find(|p| p.ends_with("sequence")).unwrap();
+    std::fs::write(sequence, b"{\"format\": 1, \"snapshots\": 7}").unwrap();
+
+    let listed = names(&source.list(&url));
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let target = LoopBtrfs::new();
+    let into = target.mount_point().join("r");
+    source.zeroblk(&[
+        "backup",
+        "restore",
+        &url,
+        "--snapshot",
+        &listed[0],
+        "--to",
+        into.to_str().unwrap(),
+    ]);
+    let out = Command::new(env!("CARGO_BIN_EXE_zeroblk"))
+        .args(["--store", "memory://", "backup", "verify", &url])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    let key = sequence
+        .strip_prefix(store.path())
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(stdout.contains(&format!("bad {key}")), "{stdout}");
+}
+
+#[test]
+fn a_plain_record_in_an_encrypted_chain_is_refused() {
+    require_tool("age-keygen", "age");
+    let source = Source::new();
+    let store = tempfile::tempdir().unwrap();
+    let url = file_url(store.path());
+    let keys = tempfile::tempdir().unwrap();
+    let identity = keys.path().join("identity");
+    run_ok(Command::new("age-keygen").arg("-o").arg(&identity));
+    let recipient = run_ok(Command::new("age-keygen").arg("-y").arg(&identity));
+    write_files(&source.data(), "f", 2, 64 << 10, 14);
+    source.push(&url, &["--age-recipient", recipient.trim()]);
+    let name = names(&source.list(&url)).remove(0);
+    // A writer of the bucket marks the record plain.
+    let record = walk(&store.path().join("meta"))
+        .into_iter()
+        .find(|p| p.ends_with(&name))
+        .unwrap();
+    let text = std::fs::read_to_string(&record)
+        .unwrap()
+        .replace("\"encrypted\": true", "\"encrypted\": false");
+    std::fs::write(&record, text).unwrap();
+    let target = LoopBtrfs::new();
+    let into = target.mount_point().join("r");
+    let said = source.zeroblk_fails(&[
+        "backup",
+        "restore",
+        &url,
+        "--snapshot",
+        &name,
+        "--to",
+        into.to_str().unwrap(),
+        "--age-identity",
+        identity.to_str().unwrap(),
+    ]);
+    assert!(said.contains("unencrypted"), "{said}");
+}

@@ -13,6 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::btrfs::LoopBtrfs;
+use common::failpoints::Pause;
 use common::run_ok;
 use zeroblk::backup::{self, Destination, Opener, PushReport, PushRequest, Quiet, Which};
 use zeroblk::retention::Retention;
@@ -260,5 +261,77 @@ async fn a_prune_stopped_midway_lists_only_whole_snapshots_and_the_next_cleans_u
     assert!(common::walk(&setup.store_dir.path().join(january)).is_empty());
     assert_eq!(setup.listed().await, ["@.2026-02-01T000000Z"]);
     setup.assert_restores("@.2026-02-01T000000Z").await;
+    scenario.teardown();
+}
+
+/// Takes a read-only snapshot named `name` of `@` and pushes it from
+/// another host (as a new chain when `full`).
+async fn push_named(
+    setup: &Setup,
+    name: &str,
+    full: bool,
+) -> Result<PushReport, zeroblk::backup::BackupError> {
+    run_ok(
+        Command::new("btrfs")
+            .args(["subvolume", "snapshot", "-r"])
+            .arg(setup.fs.mount_point().join("@"))
+            .arg(setup.snapshot(name)),
+    );
+    // Another host's push: its own journal (and lock).
+    let host = tempfile::tempdir().unwrap();
+    let request = PushRequest::new("vol", "@", setup.fs.mount_point(), host.path())
+        .unwrap()
+        .snapshot(Which::Named(name.to_string()))
+        .full_every(full.then_some(1))
+        .unwrap();
+    backup::push(&setup.destination(), &request, &Quiet).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_whose_chain_is_pruned_meanwhile_lists_nothing() {
+    let scenario = fail::FailScenario::setup();
+    let setup = Setup::new();
+    push_named(&setup, "@.2026-01-01T000000Z", false)
+        .await
+        .unwrap();
+    // February's push, against January, stops after its record...
+    let paused = Pause::first_at("backup::record_stored");
+    let february = {
+        let destination = setup.destination();
+        run_ok(
+            Command::new("btrfs")
+                .args(["subvolume", "snapshot", "-r"])
+                .arg(setup.fs.mount_point().join("@"))
+                .arg(setup.snapshot("@.2026-02-01T000000Z")),
+        );
+        let request = setup
+            .request()
+            .snapshot(Which::Named("@.2026-02-01T000000Z".into()));
+        tokio::spawn(async move { backup::push(&destination, &request, &Quiet).await })
+    };
+    paused.reached().await;
+    // ...while elsewhere March starts a new chain and a prune drops January's.
+    push_named(&setup, "@.2026-03-01T000000Z", true)
+        .await
+        .unwrap();
+    let policy = Retention {
+        monthly: 1,
+        ..Retention::default()
+    };
+    backup::prune(&setup.destination(), &policy, false)
+        .await
+        .unwrap();
+    paused.resume();
+    let error = february.await.unwrap().unwrap_err();
+    assert!(
+        matches!(error, zeroblk::backup::BackupError::ChainPruned { .. }),
+        "{error}"
+    );
+    // Nothing listed without its parent; the rest reads back.
+    assert_eq!(setup.listed().await, ["@.2026-03-01T000000Z"]);
+    let verified = backup::verify(&setup.destination(), None, Opener::new(None), &Quiet)
+        .await
+        .unwrap();
+    assert!(verified.bad().is_empty(), "{:?}", verified.bad());
     scenario.teardown();
 }

@@ -25,6 +25,8 @@ pub struct Chains {
     lineage: Lineage,
     head: Option<String>,
     sequences: Vec<Sequence>,
+    /// Metadata objects that did not read back: (key, what is wrong).
+    damaged: Vec<(String, String)>,
 }
 
 impl Chains {
@@ -35,6 +37,7 @@ impl Chains {
             lineage: lineage.clone(),
             head: head.map(str::to_string),
             sequences,
+            damaged: Vec::new(),
         }
     }
 
@@ -44,13 +47,27 @@ impl Chains {
 
     /// The sequence the next incremental push extends: the head's, or
     /// the newest where the head is missing (a push stopped before it
-    /// wrote the head of the sequence it started).
+    /// wrote the head of the sequence it started). None while the head
+    /// or its sequence is damaged: the next push starts a new chain.
     pub fn current(&self) -> Option<&Sequence> {
+        if !self.damaged.is_empty() && self.head.as_deref().is_none_or(|h| self.is_damaged(h)) {
+            return None;
+        }
         let named = self
             .head
             .as_deref()
             .and_then(|head| self.sequences.iter().find(|s| s.name() == head));
         named.or(self.sequences.last())
+    }
+
+    fn is_damaged(&self, sequence: &str) -> bool {
+        let key = self.lineage.sequence_key(sequence);
+        self.damaged.iter().any(|(k, _)| *k == key)
+    }
+
+    /// The metadata objects that did not read back, and why.
+    pub fn damaged(&self) -> &[(String, String)] {
+        &self.damaged
     }
 
     pub fn head(&self) -> Option<&str> {
@@ -165,14 +182,19 @@ impl Destination {
 
     /// A lineage's sequences (those whose sequence object exists) and its
     /// head.
+    /// A damaged head or sequence is set aside (see [`Chains::damaged`]),
+    /// so that the rest can still be listed, verified and restored.
     pub async fn chains(&self, lineage: &Lineage) -> Result<Chains, BackupError> {
-        let head = record::load_head(&self.store, lineage).await?;
+        let mut damaged = Vec::new();
+        let head =
+            set_aside(record::load_head(&self.store, lineage).await, &mut damaged)?.flatten();
         let mut sequences = Vec::new();
         for name in self.store.list_dirs(&lineage.meta_prefix()).await? {
             if layout::check_name("sequence", &name).is_err() {
                 continue;
             }
-            if let Some(sequence) = record::load_sequence(&self.store, lineage, &name).await? {
+            let loaded = record::load_sequence(&self.store, lineage, &name).await;
+            if let Some(sequence) = set_aside(loaded, &mut damaged)?.flatten() {
                 sequences.push(sequence);
             }
         }
@@ -185,6 +207,7 @@ impl Destination {
             lineage: lineage.clone(),
             head: head.map(|h| h.sequence().to_string()),
             sequences,
+            damaged,
         })
     }
 
@@ -277,6 +300,14 @@ impl Destination {
         let key = lineage.sequence_key(sequence);
         for _ in 0..16 {
             match record::load_sequence_versioned(&self.store, lineage, sequence).await? {
+                // Its parent's sequence went (a prune elsewhere, meanwhile):
+                // a snapshot is never listed without its parent.
+                None if record.entry().parent().is_some() => {
+                    return Err(BackupError::ChainPruned {
+                        lineage: lineage.to_string(),
+                        sequence: sequence.to_string(),
+                    });
+                }
                 None => {
                     let mut fresh = Sequence::new(lineage, sequence);
                     fresh.append(record);
@@ -288,6 +319,12 @@ impl Destination {
                     {
                         return Ok(());
                     }
+                }
+                Some((listed, _)) if !parent_listed(&listed, record) => {
+                    return Err(BackupError::ChainPruned {
+                        lineage: lineage.to_string(),
+                        sequence: sequence.to_string(),
+                    });
                 }
                 Some((mut listed, version)) => {
                     listed.append(record);
@@ -342,5 +379,29 @@ impl Destination {
             self.store.delete(key).await?;
         }
         Ok(keys.len())
+    }
+}
+
+/// Whether `record`'s parent (if it has one) is listed in `sequence`.
+fn parent_listed(sequence: &Sequence, record: &SnapshotRecord) -> bool {
+    let entry = record.entry();
+    entry
+        .parent()
+        .is_none_or(|parent| sequence.entry(parent).is_some())
+}
+
+/// A metadata object as read: a damaged one is noted in `damaged` and
+/// read as absent; other errors (the store's, a newer format) stand.
+fn set_aside<T>(
+    loaded: Result<T, BackupError>,
+    damaged: &mut Vec<(String, String)>,
+) -> Result<Option<T>, BackupError> {
+    match loaded {
+        Ok(value) => Ok(Some(value)),
+        Err(BackupError::Damaged { key, reason }) => {
+            damaged.push((key, reason));
+            Ok(None)
+        }
+        Err(error) => Err(error),
     }
 }

@@ -48,6 +48,10 @@ pub enum BackupError {
         "the backups of {lineage} in {url} are encrypted: give --age-recipient KEY (a push never stores an encrypted chain's next snapshot in the clear)"
     )]
     RecipientsNeeded { lineage: String, url: String },
+    #[error(
+        "the chain {sequence} of {lineage} was pruned while this push sent a snapshot against it (a prune elsewhere): nothing of this push is listed; push again"
+    )]
+    ChainPruned { lineage: String, sequence: String },
     #[error("{0}")]
     Invalid(String),
     #[error("{what}: {source}")]
@@ -61,6 +65,12 @@ pub enum BackupError {
 }
 
 impl BackupError {
+    /// Whether the command stopped part way for a reason outside it (the
+    /// store, the disk), so that running it again goes on.
+    pub fn is_interruption(&self) -> bool {
+        matches!(self, BackupError::Store(_) | BackupError::Io { .. })
+    }
+
     pub(super) fn damaged(key: &str, reason: impl std::fmt::Display) -> BackupError {
         BackupError::Damaged {
             key: key.to_string(),

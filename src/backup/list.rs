@@ -13,6 +13,24 @@ pub struct Listing {
     url: String,
     snapshots: Vec<Listed>,
     chains: Vec<Chain>,
+    /// Metadata objects that did not read back: their snapshots are not
+    /// listed.
+    damaged: Vec<Damaged>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Damaged {
+    key: String,
+    problem: String,
+}
+
+impl Damaged {
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+    pub fn problem(&self) -> &str {
+        &self.problem
+    }
 }
 
 /// One snapshot, as `backup list` shows it. `name` is what `--snapshot`
@@ -55,6 +73,9 @@ impl Listing {
     }
     pub fn chains(&self) -> &[Chain] {
         &self.chains
+    }
+    pub fn damaged(&self) -> &[Damaged] {
+        &self.damaged
     }
 }
 
@@ -119,9 +140,16 @@ pub async fn list(destination: &Destination) -> Result<Listing, BackupError> {
         url: destination.url(),
         snapshots: Vec::new(),
         chains: Vec::new(),
+        damaged: Vec::new(),
     };
     for chains in destination.all_chains().await? {
         let lineage = chains.lineage();
+        listing
+            .damaged
+            .extend(chains.damaged().iter().map(|(key, problem)| Damaged {
+                key: key.clone(),
+                problem: problem.clone(),
+            }));
         let mut chain = Chain {
             volume: lineage.volume().to_string(),
             subvolume: lineage.subvolume().to_string(),
@@ -153,8 +181,27 @@ pub async fn list(destination: &Destination) -> Result<Listing, BackupError> {
         }
         listing.chains.push(chain);
     }
+    qualify_shared_names(&mut listing.snapshots);
     listing
         .snapshots
         .sort_by(|a, b| (a.created, &a.volume, &a.name).cmp(&(b.created, &b.volume, &b.name)));
     Ok(listing)
+}
+
+/// Names `VOLUME/NAME` the snapshots whose name another volume's snapshot
+/// has too: each listed name is one `--snapshot` takes.
+fn qualify_shared_names(snapshots: &mut [Listed]) {
+    let mut volumes: std::collections::HashMap<String, std::collections::HashSet<String>> =
+        Default::default();
+    for s in snapshots.iter() {
+        volumes
+            .entry(s.name.clone())
+            .or_default()
+            .insert(s.volume.clone());
+    }
+    for s in snapshots.iter_mut() {
+        if volumes[&s.name].len() > 1 {
+            s.name = format!("{}/{}", s.volume, s.name);
+        }
+    }
 }

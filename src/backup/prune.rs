@@ -155,6 +155,12 @@ pub async fn prune(
     destination.require_backups().await?;
     let mut reports = Vec::new();
     for chains in destination.all_chains().await? {
+        if let Some((key, reason)) = chains.damaged().first() {
+            let lineage = chains.lineage();
+            return Err(BackupError::Invalid(format!(
+                "{key} is damaged ({reason}): prune leaves {lineage} alone until it is mended; `zeroblk backup verify` names what is wrong"
+            )));
+        }
         let plan = plan(&chains, retention);
         let lineage = chains.lineage();
         let mut report = LineagePrune {

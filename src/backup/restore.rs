@@ -77,20 +77,13 @@ pub async fn restore(
         }
         records.push(record);
     }
-    if records.iter().any(SnapshotRecord::encrypted) && !opener.can_decrypt() {
-        return Err(BackupError::IdentityNeeded {
-            snapshot: found.name().to_string(),
-        });
-    }
+    check_encryption(lineage, sequence, &records, &opener)?;
     let target = dir.join(found.name());
-    if target.exists() {
-        return Err(BackupError::Invalid(format!(
-            "{} exists already: restore into another --to DIR, or delete it first (`btrfs subvolume delete {}`)",
-            target.display(),
-            target.display()
-        )));
-    }
     let start = already_received(dir, &records);
+    // What this restore makes must not be there: it deletes only what it made.
+    for record in &records[start..] {
+        check_free(dir, record)?;
+    }
     let mut report = RestoreReport {
         snapshot: found.name().to_string(),
         path: target,
@@ -131,6 +124,50 @@ pub async fn restore(
     Ok(report)
 }
 
+/// Refuses a chain that mixes encrypted and plain records, and a plain
+/// one where an identity is given (a bucket's writer could otherwise put
+/// plain streams of its own in place of encrypted ones); asks for the
+/// identity of an encrypted chain.
+pub(super) fn check_encryption(
+    lineage: &Lineage,
+    sequence: &str,
+    records: &[SnapshotRecord],
+    opener: &Opener,
+) -> Result<(), BackupError> {
+    let encrypted = records.iter().filter(|r| r.encrypted()).count();
+    if let Some(plain) = records.iter().find(|r| !r.encrypted())
+        && (encrypted > 0 || opener.can_decrypt())
+    {
+        let key = lineage.record_key(sequence, plain.name());
+        return Err(BackupError::damaged(
+            &key,
+            "it is stored unencrypted where its chain is encrypted (or an --age-identity was given): zeroblk never pushes that, so the bucket was written by someone else",
+        ));
+    }
+    match (encrypted > 0, opener.can_decrypt()) {
+        (true, false) => Err(BackupError::IdentityNeeded {
+            snapshot: records
+                .last()
+                .map_or_else(String::new, |r| r.name().to_string()),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses to receive `record` where something of its name is already in
+/// `dir` (a restore deletes only what it made itself).
+fn check_free(dir: &Path, record: &SnapshotRecord) -> Result<(), BackupError> {
+    let path = dir.join(record.name());
+    match path.symlink_metadata() {
+        Err(_) => Ok(()),
+        Ok(_) => Err(BackupError::Invalid(format!(
+            "{} exists already and is not a received copy of this backup (an interrupted restore leaves a writable one): restore into another --to DIR, or delete it first (`btrfs subvolume delete {}`)",
+            path.display(),
+            path.display()
+        ))),
+    }
+}
+
 /// How many snapshots at the chain's start need not be received: up to
 /// the newest one already in `dir` as the chain holds it.
 fn already_received(dir: &Path, records: &[SnapshotRecord]) -> usize {
@@ -159,7 +196,8 @@ fn check_received(dir: &Path, record: &SnapshotRecord) -> Result<(), BackupError
 }
 
 /// Deletes what a failed receive of `record` left (a writable subvolume
-/// without the received UUID), so the restore can run again.
+/// without the received UUID), so the restore can run again. Nothing was
+/// there before it (see `check_free`).
 fn remove_partial(dir: &Path, record: &SnapshotRecord) {
     let path = dir.join(record.name());
     let partial =

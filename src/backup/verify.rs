@@ -98,6 +98,26 @@ pub async fn verify(
             snapshot: record.name().to_string(),
         });
     }
+    // A plain record where its chain is encrypted, or where the identity
+    // is given for its snapshot.
+    let encrypted_sequences: BTreeSet<(Lineage, String)> = records
+        .iter()
+        .filter(|(_, r)| r.encrypted())
+        .map(|(w, _)| (w.lineage.clone(), w.sequence.clone()))
+        .collect();
+    records.retain(|(w, record)| {
+        let chain_encrypted = encrypted_sequences.contains(&(w.lineage.clone(), w.sequence.clone()));
+        // A restore of the snapshot with this identity would refuse it too.
+        let identity_for_it = snapshot.is_some() && opener.can_decrypt();
+        let plain_among_encrypted = !record.encrypted() && (chain_encrypted || identity_for_it);
+        if plain_among_encrypted {
+            report.bad.push(Bad {
+                key: w.lineage.record_key(&w.sequence, &w.name),
+                problem: "it is stored unencrypted where its chain is encrypted (or an --age-identity was given): zeroblk never pushes that, so the bucket was written by someone else".to_string(),
+            });
+        }
+        !plain_among_encrypted
+    });
     progress.start(Some(records.iter().map(|(_, r)| r.stream_bytes()).sum()));
     let opener = Arc::new(opener);
     for (w, record) in &records {
@@ -131,6 +151,12 @@ async fn wanted(
     let mut wanted = Vec::new();
     let mut seen = BTreeSet::new();
     for (chains, only) in &chains {
+        for (key, problem) in chains.damaged() {
+            report.bad.push(Bad {
+                key: key.clone(),
+                problem: problem.clone(),
+            });
+        }
         for sequence in chains.sequences() {
             let names: Vec<&str> = match only {
                 Some(name) if sequence.entry(name).is_none() => continue,

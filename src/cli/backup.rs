@@ -238,14 +238,18 @@ async fn push(args: PushArgs, settings: &Settings) -> anyhow::Result<()> {
     let bar = ByteBar::new(!args.json && !args.dry_run);
     let pushed = backup::push(&destination, &request, &bar).await;
     bar.clear();
-    let report = pushed.with_context(|| {
-        format!(
-            "the push of {} {} to {} stopped; run it again: it resumes, without sending again what is stored",
-            volume,
-            args.subvolume,
-            destination.url()
-        )
-    })?;
+    let report = match pushed {
+        Ok(report) => report,
+        Err(error) if error.is_interruption() => {
+            let url = destination.url();
+            let stopped = format!(
+                "the push of {volume} {} to {url} stopped; run it again: it resumes, without sending again what is stored",
+                args.subvolume
+            );
+            return Err(anyhow::Error::new(error).context(stopped));
+        }
+        Err(error) => return Err(error.into()),
+    };
     match args.json {
         true => outln!("{}", serde_json::to_string_pretty(&report)?),
         false => print_push(&report),
@@ -293,6 +297,11 @@ fn print_push(report: &PushReport) {
         (None, None) => "a full stream".to_string(),
     };
     let to = report.destination();
+    if report.already_pushed() {
+        let name = report.snapshot().unwrap_or_default();
+        outln!("{name} is in {to} already: nothing to push");
+        return;
+    }
     if report.dry_run() {
         let what = match report.snapshot() {
             Some(name) => name.to_string(),
@@ -304,7 +313,7 @@ fn print_push(report: &PushReport) {
                 "about {} to send, as of {from} (the newest snapshot; what changed since is not counted)",
                 human(bytes)
             ),
-            None => "no estimate: the subvolume has no read-only snapshot to measure".to_string(),
+            None => "no estimate: no read-only snapshot of the subvolume newer than the parent is here to measure".to_string(),
         };
         outln!("would push {what} of {volume} to {to}: {how}; {estimate}");
         return;
@@ -312,10 +321,6 @@ fn print_push(report: &PushReport) {
     let name = report.snapshot().unwrap_or_default();
     if report.taken() {
         outln!("took snapshot {name}");
-    }
-    if report.already_pushed() {
-        outln!("{name} is in {to} already: nothing to push");
-        return;
     }
     let (chunks, reused) = report.chunks();
     let resumed = match (report.resumed(), reused) {
@@ -337,6 +342,13 @@ fn print_push(report: &PushReport) {
 }
 
 fn print_listing(listing: &backup::Listing) {
+    for damaged in listing.damaged() {
+        eprintln!(
+            "zeroblk: warning: {} is damaged ({}); its snapshots are not listed: `zeroblk backup verify` names what is wrong",
+            damaged.key(),
+            damaged.problem()
+        );
+    }
     if listing.snapshots().is_empty() {
         outln!("no backups yet");
         return;

@@ -65,7 +65,7 @@ impl AgeRecipients {
             if looks_like_key && !Path::new(arg).exists() {
                 keys.push(
                     parse_recipient(arg).map_err(|reason| CryptoError::BadRecipient {
-                        recipient: arg.to_string(),
+                        recipient: shown(arg),
                         reason,
                     })?,
                 );
@@ -107,7 +107,46 @@ impl AgeRecipients {
 }
 
 /// Why `text` is not an age recipient, or the recipient it is.
+/// The largest recipients file read: thousands of keys.
+const MAX_RECIPIENTS_FILE: u64 = 1 << 20;
+
+/// A line as an error may show it: never a secret key.
+fn shown(text: &str) -> String {
+    match text.to_ascii_uppercase().starts_with("AGE-SECRET-KEY-") {
+        true => "AGE-SECRET-KEY-… (a secret key, not shown)".to_string(),
+        false => text.chars().take(120).collect(),
+    }
+}
+
+/// The text of the regular file at `path`, refused if larger than `max`
+/// bytes (a device or a FIFO is refused before it is opened: reading one
+/// could block, or never end).
+fn read_small_file(path: &Path, max: u64) -> std::io::Result<String> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "it is not a regular file",
+        ));
+    }
+    let mut text = String::new();
+    File::open(path)?.take(max + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("it is larger than {max} bytes"),
+        ));
+    }
+    Ok(text)
+}
+
 fn parse_recipient(text: &str) -> Result<x25519::Recipient, &'static str> {
+    if text.to_ascii_uppercase().starts_with("AGE-SECRET-KEY-") {
+        return Err(
+            "it is an age identity (a secret key), not a recipient: give its public key (`age-keygen -y FILE` prints it)",
+        );
+    }
     if text.starts_with("ssh-") || text.starts_with("ecdsa-") {
         return Err("SSH keys are not supported: make an age key with age-keygen");
     }
@@ -122,10 +161,10 @@ fn parse_recipient(text: &str) -> Result<x25519::Recipient, &'static str> {
 /// The recipients in the file at `path`: one per line, `#` comments and
 /// blank lines skipped.
 fn read_recipients_file(path: &Path) -> Result<Vec<x25519::Recipient>, CryptoError> {
-    let text = std::fs::read_to_string(path).map_err(|source| {
+    let text = read_small_file(path, MAX_RECIPIENTS_FILE).map_err(|source| {
         if source.kind() == std::io::ErrorKind::NotFound {
             CryptoError::BadRecipient {
-                recipient: path.display().to_string(),
+                recipient: shown(&path.display().to_string()),
                 reason: "it is neither an age public key nor a file that exists",
             }
         } else {
@@ -144,7 +183,7 @@ fn read_recipients_file(path: &Path) -> Result<Vec<x25519::Recipient>, CryptoErr
         let key = parse_recipient(line).map_err(|reason| CryptoError::BadRecipientLine {
             path: path.to_path_buf(),
             line: index + 1,
-            text: line.to_string(),
+            text: shown(line),
             reason,
         })?;
         keys.push(key);
@@ -178,8 +217,14 @@ impl AgeIdentities {
             path: path.to_path_buf(),
             source,
         };
+        // A FIFO or a device could block the open, or never end.
+        let meta = std::fs::metadata(path).map_err(cannot_read)?;
+        if !meta.is_file() {
+            let not_file =
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, "it is not a regular file");
+            return Err(cannot_read(not_file));
+        }
         let file = File::open(path).map_err(cannot_read)?;
-        let meta = file.metadata().map_err(cannot_read)?;
         if meta.mode() & 0o044 != 0 {
             tracing::warn!(
                 path = %path.display(),

@@ -458,10 +458,15 @@ fn dry_run_without_snapshot(
         Plan::Incremental { parent, .. } => Some(parent),
         Plan::Full { .. } => None,
     };
+    // The newest snapshot here stands in for the one a push would take,
+    // if it is newer than the parent.
+    let parent_created = parent
+        .as_deref()
+        .and_then(|p| local.iter().find(|l| l.name() == p))
+        .map(Local::created);
     let stand_in = local
-        .iter()
-        .rev()
-        .find(|l| Some(l.name()) != parent.as_deref());
+        .last()
+        .filter(|l| parent_created.is_none_or(|p| l.created() > p));
     if let Some(stand_in) = stand_in {
         let dir = snapshots_dir(&request.mount_point);
         let parent_path = parent.as_ref().map(|p| dir.join(p));

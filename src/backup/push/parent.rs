@@ -29,6 +29,10 @@ impl Local {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    pub fn created(&self) -> DateTime<Utc> {
+        self.created
+    }
 }
 
 /// What a push sends.

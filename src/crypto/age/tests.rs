@@ -382,3 +382,39 @@ fn we_open_what_the_age_cli_encrypts() {
     let ours = to.encrypt(b"both ways").unwrap();
     assert_eq!(identities(&key_file).decrypt(&ours).unwrap(), b"both ways");
 }
+
+#[test]
+fn a_secret_key_given_as_a_recipient_is_never_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let (identity, _) = new_identity(dir.path(), "identity");
+    let secret = std::fs::read_to_string(&identity).unwrap();
+    let secret_line = secret
+        .lines()
+        .find(|l| l.starts_with("AGE-SECRET-KEY-"))
+        .unwrap();
+    // The identity file as a recipients file, and its key as an argument.
+    for arg in [identity.display().to_string(), secret_line.to_string()] {
+        let error = AgeRecipients::parse(&[arg]).err().unwrap().to_string();
+        assert!(
+            !error.contains(&secret_line[20..]),
+            "the secret leaked: {error}"
+        );
+        assert!(error.contains("secret key"), "{error}");
+    }
+}
+
+#[test]
+fn a_recipients_file_that_never_ends_or_blocks_is_refused() {
+    for path in ["/dev/zero", "/dev/null"] {
+        let error = AgeRecipients::parse(&[path.to_string()])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("not a regular file"), "{path}: {error}");
+    }
+    let error = AgeIdentities::from_file(Path::new("/tmp"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(error.contains("not a regular file"), "{error}");
+}
