@@ -689,3 +689,42 @@ fn a_plain_record_in_an_encrypted_chain_is_refused() {
     ]);
     assert!(said.contains("unencrypted"), "{said}");
 }
+
+#[test]
+fn a_restore_refuses_a_parent_that_btrfs_receive_could_find_elsewhere() {
+    let source = Source::new();
+    let store = tempfile::tempdir().unwrap();
+    let url = file_url(store.path());
+    write_files(&source.data(), "f", 2, 64 << 10, 15);
+    source.push(&url, &[]);
+    write_files(&source.data(), "g", 1, 64 << 10, 16);
+    source.push(&url, &[]);
+    let listed = names(&source.list(&url));
+    let target = LoopBtrfs::new();
+    let (elsewhere, into) = (
+        target.mount_point().join("elsewhere"),
+        target.mount_point().join("r"),
+    );
+    // A copy of the full stream elsewhere on the filesystem (anyone owning a
+    // subvolume could make one, with the UUID from the bucket's records).
+    source.zeroblk(&[
+        "backup",
+        "restore",
+        &url,
+        "--snapshot",
+        &listed[0],
+        "--to",
+        elsewhere.to_str().unwrap(),
+    ]);
+    let said = source.zeroblk_fails(&[
+        "backup",
+        "restore",
+        &url,
+        "--snapshot",
+        &listed[1],
+        "--to",
+        into.to_str().unwrap(),
+    ]);
+    assert!(said.contains("carry the received UUID"), "{said}");
+    assert!(said.contains(&format!("elsewhere/{}", listed[0])), "{said}");
+}

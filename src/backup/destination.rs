@@ -7,7 +7,7 @@
 //! its sequence lists it, which a push writes only after the snapshot's
 //! chunks and record.
 
-use crate::store::{Replaced, Store};
+use crate::store::{Replaced, Store, StoreError};
 
 use super::BackupError;
 use super::layout::{self, Lineage, MARKER};
@@ -400,6 +400,13 @@ fn set_aside<T>(
         Ok(value) => Ok(Some(value)),
         Err(BackupError::Damaged { key, reason }) => {
             damaged.push((key, reason));
+            Ok(None)
+        }
+        Err(BackupError::Store(too_large @ StoreError::TooLarge { .. })) => {
+            let StoreError::TooLarge { key, .. } = &too_large else {
+                unreachable!("matched above")
+            };
+            damaged.push((key.clone(), too_large.to_string()));
             Ok(None)
         }
         Err(error) => Err(error),

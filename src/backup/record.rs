@@ -170,6 +170,14 @@ impl Sequence {
         {
             return Err("it names another volume, subvolume or sequence than its key".into());
         }
+        if self.snapshots.is_empty() {
+            return Err("it lists no snapshot (zeroblk never writes an empty sequence)".into());
+        }
+        let names: std::collections::HashSet<&str> =
+            self.snapshots.iter().map(|e| e.name.as_str()).collect();
+        if names.len() != self.snapshots.len() {
+            return Err("it lists a snapshot twice".into());
+        }
         for (index, entry) in self.snapshots.iter().enumerate() {
             check_name("snapshot", &entry.name).map_err(|e| e.to_string())?;
             match (&entry.parent, index) {

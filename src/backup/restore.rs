@@ -98,7 +98,10 @@ pub async fn restore(
     progress.start(Some(todo.iter().map(SnapshotRecord::stream_bytes).sum()));
     let opener = Arc::new(opener);
     let mut previous: Option<&SnapshotRecord> = None;
-    for record in todo {
+    for (index, record) in records.iter().enumerate().skip(start) {
+        if index > 0 {
+            check_sole_parent(dir, &records[index - 1])?;
+        }
         let received = receive_one(
             destination,
             lineage,
@@ -110,8 +113,7 @@ pub async fn restore(
         )
         .await;
         if let Err(error) = received.and_then(|()| check_received(dir, record)) {
-            remove_partial(dir, record);
-            return Err(error);
+            return Err(partial_left(dir, record, error));
         }
         report.received.push(record.name().to_string());
         report.stream_bytes += record.stream_bytes();
@@ -195,15 +197,39 @@ fn check_received(dir: &Path, record: &SnapshotRecord) -> Result<(), BackupError
     }
 }
 
-/// Deletes what a failed receive of `record` left (a writable subvolume
-/// without the received UUID), so the restore can run again. Nothing was
-/// there before it (see `check_free`).
-fn remove_partial(dir: &Path, record: &SnapshotRecord) {
+/// Refuses to receive on top of `parent` where another subvolume of the
+/// filesystem carries its received UUID: `btrfs receive` could build on
+/// that one (anyone who owns a subvolume can set its received UUID, and
+/// the UUIDs are in the bucket's records) instead of the copy in `dir`.
+fn check_sole_parent(dir: &Path, parent: &SnapshotRecord) -> Result<(), BackupError> {
+    let copies = send::received_copies(dir, parent.uuid())?;
+    match copies.len() {
+        1 => Ok(()),
+        _ => Err(BackupError::Invalid(format!(
+            "{} subvolumes of the filesystem of {} carry the received UUID of {} ({}): btrfs receive could build the next snapshot on any of them, not only on {}; delete the others, or restore into another filesystem",
+            copies.len(),
+            dir.display(),
+            parent.name(),
+            copies.join(", "),
+            dir.join(parent.name()).display()
+        ))),
+    }
+}
+
+/// Says what a failed receive of `record` may have left in `dir`. It is
+/// not deleted: something else could have made a subvolume of that name
+/// while the restore ran, and a restore deletes only what it knows it made.
+fn partial_left(dir: &Path, record: &SnapshotRecord, error: BackupError) -> BackupError {
     let path = dir.join(record.name());
     let partial =
         send::subvolume_info(&path).is_ok_and(|info| info.received_uuid() != Some(record.uuid()));
-    if partial && let Err(error) = btrfs::delete_subvolume(dir, record.name()) {
-        tracing::warn!(%error, path = %path.display(), "cannot delete what a failed receive left");
+    match partial {
+        false => error,
+        true => BackupError::Invalid(format!(
+            "{error}; {} is left, partly received: delete it (`btrfs subvolume delete {}`) before the restore runs again",
+            path.display(),
+            path.display()
+        )),
     }
 }
 

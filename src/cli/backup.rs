@@ -344,7 +344,7 @@ fn print_push(report: &PushReport) {
 fn print_listing(listing: &backup::Listing) {
     for damaged in listing.damaged() {
         eprintln!(
-            "zeroblk: warning: {} is damaged ({}); its snapshots are not listed: `zeroblk backup verify` names what is wrong",
+            "zeroblk: warning: {} is damaged ({}); what it lists is left out: `zeroblk backup verify` names what is wrong",
             damaged.key(),
             damaged.problem()
         );

@@ -112,7 +112,7 @@ const MAX_RECIPIENTS_FILE: u64 = 1 << 20;
 
 /// A line as an error may show it: never a secret key.
 fn shown(text: &str) -> String {
-    match text.to_ascii_uppercase().starts_with("AGE-SECRET-KEY-") {
+    match text.to_ascii_uppercase().contains("AGE-SECRET-KEY-") {
         true => "AGE-SECRET-KEY-… (a secret key, not shown)".to_string(),
         false => text.chars().take(120).collect(),
     }
@@ -142,7 +142,7 @@ fn read_small_file(path: &Path, max: u64) -> std::io::Result<String> {
 }
 
 fn parse_recipient(text: &str) -> Result<x25519::Recipient, &'static str> {
-    if text.to_ascii_uppercase().starts_with("AGE-SECRET-KEY-") {
+    if text.to_ascii_uppercase().contains("AGE-SECRET-KEY-") {
         return Err(
             "it is an age identity (a secret key), not a recipient: give its public key (`age-keygen -y FILE` prints it)",
         );

@@ -209,6 +209,33 @@ impl Write for Receive {
     }
 }
 
+/// Every subvolume of the btrfs holding `path` whose received UUID is
+/// `uuid` (paths from the filesystem's top): where an incremental
+/// `btrfs receive` may look for the parent its stream names. It searches
+/// the whole filesystem, not only the directory it receives into.
+pub fn received_copies(path: &Path, uuid: uuid::Uuid) -> Result<Vec<String>, ProvisionError> {
+    let listing = BTRFS.run([
+        std::ffi::OsStr::new("subvolume"),
+        "list".as_ref(),
+        "-R".as_ref(),
+        path.as_os_str(),
+    ])?;
+    Ok(with_received_uuid(&listing, uuid))
+}
+
+/// The paths of `btrfs subvolume list -R`'s lines whose received UUID is `uuid`.
+fn with_received_uuid(listing: &str, uuid: uuid::Uuid) -> Vec<String> {
+    let wanted = uuid.to_string();
+    listing
+        .lines()
+        .filter_map(|line| {
+            let (_, rest) = line.split_once(" received_uuid ")?;
+            let (received, path) = rest.split_once(" path ")?;
+            (received.trim() == wanted).then(|| path.to_string())
+        })
+        .collect()
+}
+
 /// Starts `btrfs receive` into `dir`, made (mode 0700) if missing; `dir`
 /// must be on btrfs. It stops at the stream's end marker.
 pub fn receive(dir: &Path) -> Result<Receive, ProvisionError> {
@@ -252,4 +279,22 @@ pub fn receive(dir: &Path) -> Result<Receive, ProvisionError> {
     let mut running = BTRFS.spawn("btrfs receive", args, Stdio::piped(), Stdio::null())?;
     let stdin = running.take_stdin();
     Ok(Receive { running, stdin })
+}
+
+#[cfg(test)]
+mod received_tests {
+    use super::*;
+
+    #[test]
+    fn copies_are_found_by_received_uuid_across_the_filesystem() {
+        let uuid: uuid::Uuid = "bb02ae27-36df-4b41-867d-4307ec84073a".parse().unwrap();
+        let listing = "ID 256 gen 7 top level 5 received_uuid -                                    path a\n\
+            ID 258 gen 8 top level 5 received_uuid bb02ae27-36df-4b41-867d-4307ec84073a path d1/s\n\
+            ID 259 gen 10 top level 5 received_uuid bb02ae27-36df-4b41-867d-4307ec84073a path d2/s with space\n\
+            ID 260 gen 11 top level 5 received_uuid 00000000-36df-4b41-867d-4307ec84073a path d3/s\n";
+        assert_eq!(
+            with_received_uuid(listing, uuid),
+            ["d1/s", "d2/s with space"]
+        );
+    }
 }
