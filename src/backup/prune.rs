@@ -149,7 +149,7 @@ pub async fn prune(
 ) -> Result<Vec<LineagePrune>, BackupError> {
     if retention.keeps_nothing() {
         return Err(BackupError::Invalid(
-            "prune needs a policy: give at least one of --keep-hourly, --keep-daily, --keep-weekly, --keep-monthly".into(),
+            "a prune that keeps nothing would delete every backup: give at least one of --keep-hourly, --keep-daily, --keep-weekly or --keep-monthly".into(),
         ));
     }
     destination.require_backups().await?;

@@ -30,7 +30,7 @@ impl RetentionArgs {
         };
         anyhow::ensure!(
             !retention.keeps_nothing(),
-            "prune needs a policy: give at least one of --keep-hourly, --keep-daily, --keep-weekly, --keep-monthly"
+            "a prune that keeps nothing would delete every snapshot: give at least one of --keep-hourly, --keep-daily, --keep-weekly or --keep-monthly"
         );
         Ok(retention)
     }
