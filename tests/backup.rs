@@ -89,16 +89,8 @@ impl Source {
 
 /// Writes `count` files of pseudo-random bytes (`seed` picks them) under `dir`.
 fn write_files(dir: &Path, prefix: &str, count: usize, size: usize, seed: u64) {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     for i in 0..count {
-        let bytes: Vec<u8> = (0..size)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect();
+        let bytes = common::random_bytes(size, seed.wrapping_add(i as u64 * 7919));
         std::fs::write(dir.join(format!("{prefix}{i}")), bytes).unwrap();
     }
 }

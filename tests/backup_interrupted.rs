@@ -38,15 +38,7 @@ impl Setup {
             );
         }
         // 4 MiB of incompressible data: 16 chunks of 256 KiB.
-        let mut state = 0x2545_F491_4F6C_DD1Du64;
-        let bytes: Vec<u8> = (0..4 << 20)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect();
+        let bytes = common::random_bytes(4 << 20, 0x2545_F491_4F6C_DD1D);
         std::fs::write(fs.mount_point().join("@/data"), bytes).unwrap();
         Setup {
             fs,

@@ -331,6 +331,19 @@ pub fn age_objects_by(root: &Path, dirs: &[&str], age: Duration) {
     }
 }
 
+/// `len` incompressible bytes, the same for the same `seed` (xorshift).
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
 /// Every file under `dir`, recursively, sorted (none if it is missing).
 pub fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
