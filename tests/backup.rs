@@ -315,10 +315,13 @@ fn verify_names_a_flipped_byte_and_a_missing_chunk() {
     std::fs::write(flipped, bytes).unwrap();
     std::fs::remove_file(&chunks[2]).unwrap();
 
-    let out = Command::new(env!("CARGO_BIN_EXE_zeroblk"))
-        .args(["--store", "memory://", "backup", "verify", &url])
-        .output()
-        .unwrap();
+    let out = common::command::output(Command::new(env!("CARGO_BIN_EXE_zeroblk")).args([
+        "--store",
+        "memory://",
+        "backup",
+        "verify",
+        &url,
+    ]));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "{stdout}");
     let key = |path: &Path| {
@@ -629,10 +632,13 @@ fn a_damaged_chain_does_not_keep_the_others_from_restoring() {
         "--to",
         into.to_str().unwrap(),
     ]);
-    let out = Command::new(env!("CARGO_BIN_EXE_zeroblk"))
-        .args(["--store", "memory://", "backup", "verify", &url])
-        .output()
-        .unwrap();
+    let out = common::command::output(Command::new(env!("CARGO_BIN_EXE_zeroblk")).args([
+        "--store",
+        "memory://",
+        "backup",
+        "verify",
+        &url,
+    ]));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success());
     let key = sequence

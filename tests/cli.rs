@@ -43,7 +43,7 @@ impl Zeroblk {
         for (key, value) in &self.env {
             command.env(key, value);
         }
-        command.output().expect("run zeroblk")
+        common::command::output(&mut command)
     }
 
     fn ok(&self, args: &[&str]) -> String {
@@ -366,14 +366,14 @@ fn the_config_file_sets_the_store() {
     )
     .unwrap();
     let run = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_zeroblk"))
-            .arg("--config")
-            .arg(&config)
-            .args(args)
-            .env_remove("ZEROBLK_STORE")
-            .env_remove("ZEROBLK_CACHE_DIR")
-            .output()
-            .unwrap()
+        common::command::output(
+            Command::new(env!("CARGO_BIN_EXE_zeroblk"))
+                .arg("--config")
+                .arg(&config)
+                .args(args)
+                .env_remove("ZEROBLK_STORE")
+                .env_remove("ZEROBLK_CACHE_DIR"),
+        )
     };
     assert!(
         run(&["volume", "create", "v", "--size", "1G"])
@@ -390,20 +390,20 @@ fn a_store_without_a_server_is_named() {
     let (zb, _dir) = Zeroblk::file();
     let port = common::free_port();
     let mut command = Command::new(env!("CARGO_BIN_EXE_zeroblk"));
-    let output = command
-        .args([
-            "--store",
-            "s3://bucket",
-            "--s3-endpoint",
-            &format!("http://127.0.0.1:{port}"),
-        ])
-        .arg("--cache-dir")
-        .arg(zb.cache.path())
-        .args(["volume", "list"])
-        .env("AWS_ACCESS_KEY_ID", "x")
-        .env("AWS_SECRET_ACCESS_KEY", "y")
-        .output()
-        .unwrap();
+    let output = common::command::output(
+        command
+            .args([
+                "--store",
+                "s3://bucket",
+                "--s3-endpoint",
+                &format!("http://127.0.0.1:{port}"),
+            ])
+            .arg("--cache-dir")
+            .arg(zb.cache.path())
+            .args(["volume", "list"])
+            .env("AWS_ACCESS_KEY_ID", "x")
+            .env("AWS_SECRET_ACCESS_KEY", "y"),
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(stderr.contains("cannot reach the object store"), "{stderr}");
@@ -440,12 +440,12 @@ fn gcs_and_azure_without_credentials_name_their_variables() {
         if let Some(account) = azure_account {
             command.env("AZURE_STORAGE_ACCOUNT_NAME", account);
         }
-        let output = command
-            .args(["--store", url, "--cache-dir"])
-            .arg(home.path().join("cache"))
-            .args(["volume", "list"])
-            .output()
-            .unwrap();
+        let output = common::command::output(
+            command
+                .args(["--store", url, "--cache-dir"])
+                .arg(home.path().join("cache"))
+                .args(["volume", "list"]),
+        );
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "{url}: {stderr}");
         assert!(
@@ -483,11 +483,11 @@ fn attach_without_kernel_support_says_what_is_missing() {
 
 #[test]
 fn the_allocator_accepts_its_options() {
-    let output = Command::new(env!("CARGO_BIN_EXE_zeroblk"))
-        .arg("--version")
-        .env("_RJEM_MALLOC_CONF", "stats_print:true")
-        .output()
-        .expect("run zeroblk");
+    let output = common::command::output(
+        Command::new(env!("CARGO_BIN_EXE_zeroblk"))
+            .arg("--version")
+            .env("_RJEM_MALLOC_CONF", "stats_print:true"),
+    );
     assert!(output.status.success());
     let stats = String::from_utf8_lossy(&output.stderr);
     assert!(

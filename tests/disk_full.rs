@@ -83,10 +83,11 @@ fn a_full_cache_dir_fails_writes_clearly_and_loses_nothing_acknowledged() {
 h = nbd.NBD(); h.connect_uri(sys.argv[1])\n\
 for i in range(32): h.pwrite(os.urandom(1 << 20), (8 + i) << 20)\n\
 h.flush()\n";
-    let second = Command::new(common::nbd_python())
-        .args(["-c", more, &server.uri("v")])
-        .output()
-        .unwrap();
+    let second = common::command::output(Command::new(common::nbd_python()).args([
+        "-c",
+        more,
+        &server.uri("v"),
+    ]));
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(
         !second.status.success(),
@@ -166,10 +167,11 @@ fn reads_that_fill_the_disk_cache_leave_room_for_writes() {
 h = nbd.NBD(); h.connect_uri(sys.argv[1])\n\
 h.pwrite(b'w' * 65536, 40 << 20)\n\
 h.flush()\n";
-        let written = Command::new(common::nbd_python())
-            .args(["-c", write, &server.uri("v")])
-            .output()
-            .unwrap();
+        let written = common::command::output(Command::new(common::nbd_python()).args([
+            "-c",
+            write,
+            &server.uri("v"),
+        ]));
         assert!(
             written.status.success(),
             "session {session}: after reads filled the disk cache, a 64K write failed: {}\n{}",

@@ -119,10 +119,7 @@ fn nbdinfo_shows_the_export() {
     );
     let map = run_ok(Command::new(&nbdinfo).args(["--map", &server.uri("other")]));
     assert!(map.contains("hole,zero"), "{map}");
-    let missing = Command::new(&nbdinfo)
-        .arg(server.uri("missing"))
-        .output()
-        .unwrap();
+    let missing = common::command::output(Command::new(&nbdinfo).arg(server.uri("missing")));
     assert!(!missing.status.success());
     server.stop();
 
@@ -552,13 +549,13 @@ fn a_second_serve_of_a_volume_is_refused_until_forced() {
     let first = setup.serve(&["v"]);
     // Another cache dir: as another host would.
     let other_cache = setup.dir.path().join("other-cache");
-    let second = Command::new(env!("CARGO_BIN_EXE_zeroblk"))
-        .args(["--store", &setup.store_url, "--cache-dir"])
-        .arg(&other_cache)
-        .args(["serve", "--listen", "127.0.0.1:0", "v"])
-        .env_remove("ZEROBLK_CONFIG")
-        .output()
-        .unwrap();
+    let second = common::command::output(
+        Command::new(env!("CARGO_BIN_EXE_zeroblk"))
+            .args(["--store", &setup.store_url, "--cache-dir"])
+            .arg(&other_cache)
+            .args(["serve", "--listen", "127.0.0.1:0", "v"])
+            .env_remove("ZEROBLK_CONFIG"),
+    );
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(!second.status.success(), "a second writer was let in");
     assert!(
@@ -898,9 +895,7 @@ fn a_client_that_takes_no_replies_does_not_hold_a_stop() {
 
 /// Runs a client command that must fail; returns its stderr.
 fn run_fails(command: &mut Command) -> String {
-    let output = command
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    let output = common::command::output(command);
     assert!(
         !output.status.success(),
         "{command:?} succeeded: {}",

@@ -138,11 +138,11 @@ async fn a_snapshot_is_served_read_only_beside_its_writer(setup: Setup) {
         "the snapshot reads other data"
     );
     assert!(copied[first.len()..].iter().all(|&b| b == 0));
-    let refused = Command::new(&nbdcopy)
-        .arg(setup.path("second.img"))
-        .arg(reader.uri("data@snap"))
-        .output()
-        .unwrap();
+    let refused = common::command::output(
+        Command::new(&nbdcopy)
+            .arg(setup.path("second.img"))
+            .arg(reader.uri("data@snap")),
+    );
     assert!(!refused.status.success(), "nbdcopy wrote to a snapshot");
     reader.stop();
     writer.stop();

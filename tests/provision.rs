@@ -11,11 +11,11 @@ use std::process::{Command, Output};
 use common::{LoopDevice, require_tool, run_ok};
 
 fn zeroblk(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_zeroblk"))
-        .args(args)
-        .env_remove("ZEROBLK_CONFIG")
-        .output()
-        .expect("run zeroblk")
+    common::command::output(
+        Command::new(env!("CARGO_BIN_EXE_zeroblk"))
+            .args(args)
+            .env_remove("ZEROBLK_CONFIG"),
+    )
 }
 
 fn zeroblk_ok(args: &[&str]) -> String {

@@ -6,8 +6,13 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use common::crash_model::{check_flushed_writes_kept, check_state_existed, parse_log};
+
+/// How long one VM may run, boot included: several times the slowest
+/// script's run, so that only a VM that hangs reaches it.
+const VM_DEADLINE: Duration = Duration::from_secs(40 * 60);
 
 /// One VM at a time: each emulates two CPUs on this machine's two cores.
 static ONE_VM_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -45,10 +50,7 @@ fn run_in_vm_with(script: &str, out: Option<&Path>, env: &str) {
         if let Some(out) = out {
             vm.env("ZEROBLK_VM_OUT", out);
         }
-        vm.arg(&command)
-            .current_dir(root)
-            .output()
-            .expect("run scripts/vm-run.sh")
+        common::command::output_within(vm.arg(&command).current_dir(root), VM_DEADLINE)
     };
     let mut output = boot();
     if !output.status.success() && output.stdout.is_empty() && output.stderr.is_empty() {

@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod btrfs;
+pub mod command;
 pub mod crash_model;
 pub mod failpoints;
 
@@ -557,9 +558,7 @@ impl Drop for ZeroblkServer {
 
 /// Runs a command, panicking with its output if it fails; returns stdout.
 pub fn run_ok(command: &mut Command) -> String {
-    let output = command
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    let output = command::output(command);
     assert!(
         output.status.success(),
         "{command:?} failed ({}): {}{}",
@@ -595,14 +594,14 @@ pub fn zeroblk_fails(
     env: &[(&'static str, String)],
     args: &[&str],
 ) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_zeroblk"))
-        .args(["--store", store_url, "--cache-dir"])
-        .arg(cache_dir)
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .env_remove("ZEROBLK_CONFIG")
-        .output()
-        .expect("run zeroblk");
+    let output = command::output(
+        Command::new(env!("CARGO_BIN_EXE_zeroblk"))
+            .args(["--store", store_url, "--cache-dir"])
+            .arg(cache_dir)
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .env_remove("ZEROBLK_CONFIG"),
+    );
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(
         !output.status.success(),
