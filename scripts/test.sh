@@ -8,6 +8,12 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 need_cargo
+# CI builds everything once on a fresh clone: incremental caches (gigabytes)
+# buy nothing there, and line tables keep backtraces' file:line at a
+# fraction of full debug info's size. A developer's own settings win.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+export CARGO_PROFILE_DEV_DEBUG="${CARGO_PROFILE_DEV_DEBUG:-line-tables-only}"
+say "free space: $(df -h --output=avail . | tail -1 | tr -d ' ') here, $(df -h --output=avail "${TMPDIR:-/tmp}" | tail -1 | tr -d ' ') in ${TMPDIR:-/tmp}"
 # Real NBD clients: nbdinfo/nbdcopy (libnbd-bin), libnbd's Python module
 # (python3-libnbd), qemu-img (qemu-utils) and fio.
 # libublk generates its kernel bindings with bindgen, which needs libclang;
