@@ -29,6 +29,15 @@ need_pip() {
     fi
 }
 
+# need_pip_module MODULE SPEC : installs a PyPI package when python3 cannot
+# import MODULE.
+need_pip_module() {
+    if ! python3 -c "import $1" >/dev/null 2>&1; then
+        say "installing $2 from PyPI"
+        python3 -m pip install --quiet "$2"
+    fi
+}
+
 # need_qemu : QEMU's system emulator and its utilities (qemu-img, qemu-nbd),
 # at one version. Some machine images come with a newer qemu-utils from
 # backports than the archive's qemu-system-x86, which breaks it: installing

@@ -27,6 +27,9 @@ need_apt age
 need_qemu
 need_apt python3-pip libnbd-bin python3-libnbd fio
 need_pip moto_server 'moto[server]'
+# The metrics tests parse zeroblk's exposition with Prometheus's own
+# Python client.
+need_pip_module prometheus_client prometheus_client
 # A real kernel for the device tests: Debian's 6.12 (ublk_drv, nbd, btrfs,
 # nfsd as modules), booted under QEMU by virtme-ng (scripts/vm-run.sh).
 need_apt busybox-static linux-image-6.12-amd64 nbd-client e2fsprogs

@@ -14,6 +14,9 @@
 //!
 //! [servers.nbd]
 //! addresses = ["127.0.0.1:10809"]
+//!
+//! [servers.metrics]                     # optional: Prometheus's /metrics
+//! addresses = ["127.0.0.1:9100"]
 //! ```
 //!
 //! Command-line flags override the file; the file overrides the defaults.
@@ -92,6 +95,16 @@ pub struct CacheSection {
 pub struct ServersSection {
     #[serde(default)]
     pub nbd: NbdSection,
+    #[serde(default)]
+    pub metrics: MetricsSection,
+}
+
+/// The Prometheus metrics endpoint of `attach` and `serve`.
+#[derive(Debug, Default, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// HOST:PORT to serve `/metrics` on.
+    pub addresses: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, PartialEq)]
@@ -216,6 +229,8 @@ mod tests {
             memory_size_gb = 0.5
             [servers.nbd]
             addresses = ["127.0.0.1:10809", "unix:/run/zb.sock"]
+            [servers.metrics]
+            addresses = ["127.0.0.1:9100"]
             "#,
         );
         let config = ConfigFile::load(file.path()).unwrap();
@@ -223,6 +238,10 @@ mod tests {
         assert_eq!(config.cache.memory_size_gb, Some(0.5));
         assert_eq!(gib_to_bytes(0.5), 512 << 20);
         assert_eq!(config.servers.nbd.addresses.unwrap().len(), 2);
+        assert_eq!(
+            config.servers.metrics.addresses,
+            Some(vec!["127.0.0.1:9100".to_string()])
+        );
     }
 
     #[test]

@@ -19,6 +19,9 @@
 //! - [`cli`] and [`config`]: the command line and its configuration file;
 //! - [`inline`]: running a request where it arrived when it need not wait;
 //!   [`blocking`]: blocking work run from async code;
+//! - [`status`]: what a running daemon reports (`zeroblk status` over its
+//!   [`control`] socket, and the Prometheus metrics endpoint);
+//!   [`histogram`]: the latency histograms they show;
 //! - [`size`] and [`process`]: byte sizes, and whether a process runs;
 //!   [`retention`]: which snapshots a prune keeps (btrfs's and volumes');
 //! - [`failpoint`]: named points where tests pause or fail an actor
@@ -31,10 +34,12 @@ pub mod blocking;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod crypto;
 pub mod engine;
 pub mod failpoint;
 pub mod format;
+pub mod histogram;
 pub mod inline;
 pub mod kernel_nbd;
 pub mod nbd;
@@ -42,5 +47,6 @@ pub mod process;
 pub mod provision;
 pub mod retention;
 pub mod size;
+pub mod status;
 pub mod store;
 pub mod ublk;

@@ -7,22 +7,24 @@
 //! serving: nothing is ever pulled from under a filesystem.
 
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
 use super::registry::{self, Access, AttachRecord};
 use super::{AttachError, Transport, choose_transport, hook};
+use crate::control::{self, Request};
 use crate::engine::Volume;
 use crate::kernel_nbd::{self, DeviceConfig, NbdDevice};
 use crate::nbd::handshake::Session;
 use crate::nbd::server::Listener;
 use crate::nbd::{Export, Exports, ListenAddr, NbdServer, ServerBudget, TlsConfig, transmission};
 use crate::provision::Provision;
+use crate::status::{self, Role, StatusSource};
 use crate::ublk::{UblkDevice, UblkOptions};
 
 /// How to attach.
@@ -37,6 +39,8 @@ pub struct AttachOptions {
     pub nbd_listen: Vec<ListenAddr>,
     /// TLS for the NBD server of `nbd_listen`.
     pub nbd_tls: Option<TlsConfig>,
+    /// Serve Prometheus metrics here (HOST:PORT).
+    pub metrics_listen: Vec<String>,
     pub store_url: String,
     pub ublk: UblkOptions,
     /// The filesystem, mount and NFS export to bring up on the device.
@@ -127,21 +131,19 @@ pub async fn run(
     let provision = options.provision.as_ref();
     let setup = async {
         let nbd_tls = options.nbd_tls.clone();
-        let nbd_server = serve_nbd_too(&export, &options.nbd_listen, nbd_tls, stopped).await?;
-        let _ = std::fs::remove_file(&control_path);
-        let control = UnixListener::bind(&control_path)
+        let metrics = status::http::bind(&options.metrics_listen)
+            .await
+            .map_err(|e| AttachError::Metrics(e.to_string()))?;
+        let nbd_server =
+            serve_nbd_too(&export, &options.nbd_listen, nbd_tls, stopped.clone()).await?;
+        let control = control::bind(&control_path)
             .map_err(io_error(format!("binding {}", control_path.display())))?;
-        let private = std::os::unix::fs::PermissionsExt::from_mode(0o600);
-        std::fs::set_permissions(&control_path, private).map_err(io_error(format!(
-            "making {} private",
-            control_path.display()
-        )))?;
         if let Some(provision) = provision {
             hook::bring_up(&device_path, &name, provision).await?;
         }
-        Ok::<_, AttachError>((nbd_server, control))
+        Ok::<_, AttachError>((nbd_server, control, metrics))
     };
-    let (nbd_server, control) = match setup.await {
+    let (nbd_server, control, metrics) = match setup.await {
         Ok(set_up) => set_up,
         Err(error) => {
             let _ = stop.send(true);
@@ -152,6 +154,9 @@ pub async fn run(
             return Err(error);
         }
     };
+    let status = status_source(&device, &volume, nbd_server.as_ref());
+    tokio::spawn(status::http::serve(metrics, status.clone(), stopped));
+    let nbd_server = nbd_server.map(|(_, serving)| serving);
     let record = AttachRecord {
         name: name.clone(),
         access: options.access,
@@ -176,7 +181,7 @@ pub async fn run(
     tracing::info!(volume = %name, device = %device_path, "attached");
     ready(&device_path);
 
-    let requester = wait_for_detach(&control, &device_path, provision, &volume).await;
+    let requester = wait_for_detach(&control, &device_path, provision, &volume, &status).await;
     tracing::info!(volume = %name, "detaching: disconnecting the device, then committing to the store");
     let _ = stop.send(true);
     let outcome = shut_down(device, nbd_server, &volume).await;
@@ -238,7 +243,7 @@ async fn serve_nbd_too(
     addresses: &[ListenAddr],
     tls: Option<TlsConfig>,
     stopped: watch::Receiver<bool>,
-) -> Result<Option<tokio::task::JoinHandle<()>>, AttachError> {
+) -> Result<Option<(NbdServer, tokio::task::JoinHandle<()>)>, AttachError> {
     if addresses.is_empty() {
         return Ok(None);
     }
@@ -252,9 +257,36 @@ async fn serve_nbd_too(
     let mut exports = Exports::default();
     exports.add_shared(Arc::clone(export));
     let server = NbdServer::new(exports).with_tls(tls);
-    Ok(Some(tokio::spawn(async move {
-        server.run(listeners, stopped).await
-    })))
+    let serving = server.clone();
+    Ok(Some((
+        server,
+        tokio::spawn(async move { serving.run(listeners, stopped).await }),
+    )))
+}
+
+/// What `zeroblk status` and the metrics read: the volume, its device,
+/// and the NBD server beside it if there is one.
+fn status_source(
+    device: &Device,
+    volume: &Arc<Volume>,
+    nbd_server: Option<&(NbdServer, tokio::task::JoinHandle<()>)>,
+) -> StatusSource {
+    let transport = match device {
+        Device::Ublk(_) => "ublk",
+        Device::Nbd(..) => "nbd",
+    };
+    let role = Role::Attach {
+        device: device.path(),
+        transport: transport.into(),
+    };
+    let mut source = StatusSource::new(role, vec![Arc::clone(volume)]);
+    if let Device::Ublk(ublk) = device {
+        source = source.with_ublk(ublk.options());
+    }
+    match nbd_server {
+        Some((server, _)) => source.with_nbd(server.clone()),
+        None => source,
+    }
 }
 
 /// Waits for `zeroblk detach` (returning its connection, to answer it when
@@ -266,6 +298,7 @@ async fn wait_for_detach(
     device: &str,
     provision: Option<&Provision>,
     volume: &Volume,
+    status: &StatusSource,
 ) -> Option<UnixStream> {
     let mut terminate = signal(SignalKind::terminate()).ok();
     loop {
@@ -275,28 +308,15 @@ async fn wait_for_detach(
             _ = async { match terminate.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => Err(std::io::ErrorKind::Interrupted.into()),
         };
         let mut requester = match accepted {
-            Ok((mut stream, _)) => match control_request(&mut stream).await {
+            Ok((mut stream, _)) => match control::read_request(&mut stream).await {
                 Ok(Request::Detach) => Some(stream),
-                Ok(Request::Commit) => {
-                    let answer = match volume.commit().await {
-                        Ok(()) => "ok\n".to_string(),
-                        Err(error) => format!("error: {error}\n"),
-                    };
-                    let _ = stream.write_all(answer.as_bytes()).await;
-                    continue;
-                }
-                Ok(Request::Snapshot(label)) => {
-                    let answer = match volume.snapshot(label.as_deref()).await {
-                        Ok(snapshot) => format!("ok {}\n", snapshot.name()),
-                        Err(error) => format!("error: {error}\n"),
-                    };
-                    let _ = stream.write_all(answer.as_bytes()).await;
+                Ok(other) => {
+                    let outcome = answer_request(other, volume, status).await;
+                    control::answer(&mut stream, outcome).await;
                     continue;
                 }
                 Err(refusal) => {
-                    let _ = stream
-                        .write_all(format!("error: {refusal}\n").as_bytes())
-                        .await;
+                    control::answer(&mut stream, Err(refusal)).await;
                     continue;
                 }
             },
@@ -317,50 +337,26 @@ async fn wait_for_detach(
     }
 }
 
-/// How long a control client has to send its request.
-const CONTROL_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// What a control client asks the daemon.
-#[derive(Debug, PartialEq, Eq)]
-enum Request {
-    /// `detach`: stop serving, commit everything, exit.
-    Detach,
-    /// `commit`: commit every write acknowledged so far to the store.
-    Commit,
-    /// `snapshot [LABEL]`: commit, then pin a volume snapshot; answered
-    /// with `ok NAME`.
-    Snapshot(Option<String>),
-}
-
-/// Reads a control request from a client of this user (or root): at most
-/// a line of 128 bytes, within [`CONTROL_REQUEST_TIMEOUT`], so no client
-/// can hold the daemon up.
-async fn control_request(stream: &mut UnixStream) -> Result<Request, String> {
-    let me = nix::unistd::geteuid().as_raw();
-    let peer = stream.peer_cred().map_err(|e| e.to_string())?.uid();
-    if peer != me && peer != 0 {
-        return Err(format!("user {peer} may not control this daemon"));
-    }
-    let mut line = String::new();
-    let mut reader = BufReader::new((&mut *stream).take(128));
-    match tokio::time::timeout(CONTROL_REQUEST_TIMEOUT, reader.read_line(&mut line)).await {
-        Ok(Ok(_)) if line.ends_with('\n') => parse_request(line.trim()),
-        Ok(_) => Err("unknown request".into()),
-        Err(_) => Err("no request within 5 s".into()),
-    }
-}
-
-fn parse_request(line: &str) -> Result<Request, String> {
-    let mut words = line.split_whitespace();
-    let request = match (words.next(), words.next()) {
-        (Some("detach"), None) => Request::Detach,
-        (Some("commit"), None) => Request::Commit,
-        (Some("snapshot"), label) => Request::Snapshot(label.map(str::to_string)),
-        _ => return Err("unknown request".into()),
-    };
-    match words.next() {
-        None => Ok(request),
-        Some(_) => Err("unknown request".into()),
+/// Answers a control request other than `detach`.
+async fn answer_request(
+    request: Request,
+    volume: &Volume,
+    status: &StatusSource,
+) -> Result<String, String> {
+    let failed = |error: crate::engine::EngineError| error.to_string();
+    match request {
+        Request::Commit => volume
+            .commit()
+            .await
+            .map(|()| String::new())
+            .map_err(failed),
+        Request::Snapshot(label) => volume
+            .snapshot(label.as_deref())
+            .await
+            .map(|snapshot| snapshot.name().to_string())
+            .map_err(failed),
+        Request::Status => Ok(status.collect().to_json()),
+        Request::Detach => Err("a detach is answered once the device is released".into()),
     }
 }
 
@@ -391,91 +387,4 @@ async fn shut_down(
     }
     volume.close().await?;
     Ok(())
-}
-
-/// Asks the daemon serving `record` to detach, and waits for its answer.
-pub async fn request_detach(control_socket: &PathBuf) -> Result<(), String> {
-    ask(control_socket, "detach").await.map(drop)
-}
-
-/// Asks the daemon to commit every write it acknowledged to the store.
-pub async fn request_commit(control_socket: &PathBuf) -> Result<(), String> {
-    ask(control_socket, "commit").await.map(drop)
-}
-
-/// Asks the daemon to commit its volume and pin a snapshot of it (named
-/// `label`, or after the time); returns the snapshot's name.
-pub async fn request_snapshot(
-    control_socket: &PathBuf,
-    label: Option<&str>,
-) -> Result<String, String> {
-    let request = match label {
-        Some(label) => format!("snapshot {label}"),
-        None => "snapshot".to_string(),
-    };
-    ask(control_socket, &request).await
-}
-
-/// Sends `request` to the daemon; returns what follows its `ok`.
-async fn ask(control_socket: &PathBuf, request: &str) -> Result<String, String> {
-    let mut stream = UnixStream::connect(control_socket).await.map_err(|e| {
-        format!(
-            "cannot reach the daemon at {}: {e}",
-            control_socket.display()
-        )
-    })?;
-    stream
-        .write_all(format!("{request}\n").as_bytes())
-        .await
-        .map_err(|e| format!("cannot talk to the daemon: {e}"))?;
-    let mut answer = String::new();
-    BufReader::new(stream)
-        .read_line(&mut answer)
-        .await
-        .map_err(|e| format!("the daemon did not answer: {e}"))?;
-    match answer.trim() {
-        "" => Err("the daemon exited without answering; see its log".into()),
-        "ok" => Ok(String::new()),
-        ok if ok.starts_with("ok ") => Ok(ok[3..].to_string()),
-        other => Err(other.trim_start_matches("error: ").to_string()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// What the daemon makes of a control client that sends `sent`, then
-    /// keeps its end open.
-    async fn request_of(sent: &[u8]) -> Result<Request, String> {
-        let (mut daemon_end, mut client) = UnixStream::pair().unwrap();
-        let sent = sent.to_vec();
-        let sending = tokio::spawn(async move {
-            let _ = client.write_all(&sent).await;
-            client
-        });
-        let answer = control_request(&mut daemon_end).await;
-        drop(daemon_end);
-        drop(sending.await);
-        answer
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn control_requests_are_bounded_in_size_and_time() {
-        assert_eq!(request_of(b"detach\n").await, Ok(Request::Detach));
-        assert_eq!(request_of(b"commit\n").await, Ok(Request::Commit));
-        assert_eq!(request_of(b"snapshot\n").await, Ok(Request::Snapshot(None)));
-        assert_eq!(
-            request_of(b"snapshot nightly\n").await,
-            Ok(Request::Snapshot(Some("nightly".into())))
-        );
-        for bad in [&b"snapshot a b\n"[..], b"detach now\n"] {
-            assert_eq!(request_of(bad).await, Err("unknown request".into()));
-        }
-        assert_eq!(request_of(b"attach\n").await, Err("unknown request".into()));
-        let endless = vec![b'x'; 1 << 20];
-        assert_eq!(request_of(&endless).await, Err("unknown request".into()));
-        // Nothing sent: given up after the timeout (paused time runs on).
-        assert_eq!(request_of(b"").await, Err("no request within 5 s".into()));
-    }
 }

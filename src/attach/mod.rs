@@ -63,6 +63,8 @@ pub enum AttachError {
         "the ublk device failed: {0}; `dmesg` may say more, and `--transport nbd` attaches without ublk"
     )]
     Ublk(crate::ublk::UblkFailure),
+    #[error("{0}")]
+    Metrics(String),
     #[error(
         "the kernel NBD driver is not loaded (no /dev/nbd0): run `modprobe nbd` (CONFIG_BLK_DEV_NBD), or use `zeroblk serve`"
     )]

@@ -110,6 +110,33 @@ pub fn control_socket(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}.sock"))
 }
 
+/// The control socket of the `zeroblk serve` process `pid` (named with a
+/// `+`, which no volume's name has).
+pub fn serve_socket(dir: &Path, pid: u32) -> PathBuf {
+    dir.join(format!("+serve-{pid}.sock"))
+}
+
+/// The control sockets of `zeroblk serve` processes, live or left by dead
+/// ones, each with its process id.
+pub fn serve_sockets(dir: &Path) -> io::Result<Vec<(u32, PathBuf)>> {
+    if !check_trusted(dir)? {
+        return Ok(Vec::new());
+    }
+    let mut sockets = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let pid = name
+            .strip_prefix("+serve-")
+            .and_then(|n| n.strip_suffix(".sock"));
+        if let Some(pid) = pid.and_then(|p| p.parse().ok()) {
+            sockets.push((pid, path));
+        }
+    }
+    sockets.sort();
+    Ok(sockets)
+}
+
 pub fn log_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}.log"))
 }

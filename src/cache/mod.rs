@@ -41,7 +41,7 @@ use promotion::Promotion;
 use crate::format::ObjectId;
 
 /// Hits and misses of both tiers since the cache was made.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct CacheCounters {
     pub memory_hits: u64,
     pub memory_misses: u64,

@@ -9,12 +9,14 @@ use anyhow::Context;
 use super::nbd_tls::TlsArgs;
 use super::read_only::{self, Mode, ReadOnlyArgs};
 use super::settings::{EngineArgs, Settings};
+use super::status::MetricsArgs;
 use crate::attach::daemon::{self, AttachOptions};
 use crate::attach::provisioning::{self, ProvisionFlags};
 use crate::attach::registry::Access;
 use crate::attach::{
     AttachError, Transport, UblkOptions, choose_transport, orphan, registry, spawn,
 };
+use crate::control;
 use crate::engine::{self, EngineError, NewVolume, VolumeRef};
 use crate::format::{Compression, DEFAULT_CHUNK_SIZE};
 use crate::nbd::ListenAddr;
@@ -59,6 +61,8 @@ pub struct AttachArgs {
     /// TLS for --nbd-listen
     #[command(flatten)]
     pub nbd_tls: TlsArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
     #[command(flatten)]
     pub read_only: ReadOnlyArgs,
     #[command(flatten)]
@@ -164,6 +168,7 @@ pub async fn attach(args: AttachArgs, settings: &Settings) -> anyhow::Result<()>
         access: mode.access(),
         transport: args.transport,
         nbd_listen: args.nbd_listen.clone(),
+        metrics_listen: args.metrics.addresses(settings),
         nbd_tls,
         store_url: store.url().to_string(),
         ublk: UblkOptions {
@@ -249,7 +254,7 @@ pub async fn detach(target: &str, read_only: bool) -> anyhow::Result<()> {
     if !record.daemon_alive() {
         return detach_dead(&dir, &record);
     }
-    daemon::request_detach(&record.control_socket)
+    control::request_detach(&record.control_socket)
         .await
         .map_err(|e| anyhow::anyhow!("cannot detach {}: {e}", record.name))?;
     for _ in 0..600 {

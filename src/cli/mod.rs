@@ -21,6 +21,7 @@ mod read_only;
 mod retention;
 mod serve;
 mod settings;
+mod status;
 mod volume;
 mod volume_snapshot;
 
@@ -90,6 +91,9 @@ pub enum Command {
         #[arg(long)]
         read_only: bool,
     },
+    /// What the daemons attaching or serving volumes on this host report:
+    /// dirty data, commits, caches, store requests, the lease, clients
+    Status(status::StatusArgs),
     /// List the volumes attached on this host
     List {
         #[arg(long)]
@@ -191,6 +195,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve::run(args, &settings).await,
         Command::Attach(args) => attach::attach(args, &settings).await,
         Command::Detach { target, read_only } => attach::detach(&target, read_only).await,
+        Command::Status(args) => status::run(args).await,
         Command::List { json } => attach::list(json),
         Command::Gc {
             dry_run,

@@ -9,9 +9,13 @@ use tokio::sync::watch;
 use super::nbd_tls::TlsArgs;
 use super::read_only::{self, Mode, ReadOnlyArgs};
 use super::settings::{EngineArgs, Settings};
+use super::status::MetricsArgs;
+use crate::attach::registry;
+use crate::control;
 use crate::engine::{self, Follow, VolumeRef};
 use crate::nbd::server::Listener;
 use crate::nbd::{Export, Exports, ListenAddr, NbdServer};
+use crate::status::{self, Role, StatusSource};
 use crate::store::Store;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:10809";
@@ -40,6 +44,8 @@ pub struct ServeArgs {
     pub read_only: ReadOnlyArgs,
     #[command(flatten)]
     pub tls: TlsArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -112,18 +118,29 @@ pub async fn run(args: ServeArgs, settings: &Settings) -> anyhow::Result<()> {
     if let Some(tls) = &tls {
         tracing::info!("clients must use {}", tls.describe());
     }
+    let metrics = status::http::bind(&args.metrics.addresses(settings)).await?;
     let server = NbdServer::new(exports)
         .with_handshake_timeout(args.handshake_timeout.into())
         .with_max_connections(args.max_connections)
         .with_idle_timeout(args.idle_timeout.map(Into::into))
         .with_tls(tls);
     let (stop, stopped) = watch::channel(false);
+    let volumes = server.exports().volumes().cloned().collect();
+    let source = StatusSource::new(Role::Serve, volumes).with_nbd(server.clone());
+    let control_socket = bind_control_socket()?;
+    tokio::spawn(control::serve_status(
+        control_socket.listener,
+        source.clone(),
+        stopped.clone(),
+    ));
+    tokio::spawn(status::http::serve(metrics, source, stopped.clone()));
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("stopping: finishing requests in flight, then committing to the store");
         let _ = stop.send(true);
     });
     server.run(listeners, stopped).await;
+    let _ = std::fs::remove_file(&control_socket.path);
     let mut failures = Vec::new();
     for volume in server.exports().volumes() {
         if let Err(error) = volume.close().await {
@@ -133,6 +150,22 @@ pub async fn run(args: ServeArgs, settings: &Settings) -> anyhow::Result<()> {
     anyhow::ensure!(failures.is_empty(), "{}", failures.join("; "));
     tracing::info!("all volumes committed (those served read-only have nothing to commit); bye");
     Ok(())
+}
+
+/// This process's control socket, for `zeroblk status`.
+struct ControlSocket {
+    listener: tokio::net::UnixListener,
+    path: std::path::PathBuf,
+}
+
+fn bind_control_socket() -> anyhow::Result<ControlSocket> {
+    let dir = registry::runtime_dir();
+    registry::ensure_private_dir(&dir)
+        .with_context(|| format!("cannot prepare the runtime directory {}", dir.display()))?;
+    let path = registry::serve_socket(&dir, std::process::id());
+    let listener = control::bind(&path)
+        .with_context(|| format!("cannot make the control socket {}", path.display()))?;
+    Ok(ControlSocket { listener, path })
 }
 
 fn listen_addresses(args: &ServeArgs, settings: &Settings) -> anyhow::Result<Vec<ListenAddr>> {

@@ -15,7 +15,8 @@ use clap::Subcommand;
 
 use super::retention::RetentionArgs;
 use super::settings::Settings;
-use crate::attach::{daemon, registry};
+use crate::attach::registry;
+use crate::control;
 use crate::engine::{self, SnapshotInfo};
 use crate::provision::freeze;
 use crate::size::human;
@@ -121,19 +122,19 @@ pub async fn take_attached(
     let name = &record.name;
     let daemon_failed = |why: String| anyhow::anyhow!("volume {name}'s daemon: {why}");
     let Some(mount_point) = &record.mount_point else {
-        return daemon::request_snapshot(socket, label)
+        return control::request_snapshot(socket, label)
             .await
             .map_err(daemon_failed);
     };
     // Most of the work before the freeze, so the filesystem waits little.
     freeze::sync(mount_point)?;
-    daemon::request_commit(socket)
+    control::request_commit(socket)
         .await
         .map_err(daemon_failed)?;
     // While frozen, SIGINT and SIGTERM wait: the filesystem must thaw.
     let _held = hold_signals()?;
     let frozen = freeze::freeze(mount_point)?;
-    let taken = daemon::request_snapshot(socket, label).await;
+    let taken = control::request_snapshot(socket, label).await;
     frozen.thaw()?;
     taken.map_err(daemon_failed)
 }
@@ -144,7 +145,7 @@ pub async fn take_attached(
 /// warns that its newest root is its last commit.
 pub async fn commit_or_warn(store: &Store, name: &str) -> anyhow::Result<()> {
     match attached_here(store, name)? {
-        Some(record) => daemon::request_commit(&record.control_socket)
+        Some(record) => control::request_commit(&record.control_socket)
             .await
             .map_err(|why| anyhow::anyhow!("volume {name}'s daemon: {why}")),
         None => warn_of_writer(store, name).await,

@@ -88,7 +88,7 @@ impl Shared {
         };
         let generation = next.generation;
         let log_bytes: u64 = epochs.iter().map(|e| e.log_len()).sum();
-        self.install(next, &epochs).await;
+        self.install(next, &epochs, started.elapsed()).await;
         tracing::debug!(volume = %self.name(), generation, epochs = epochs.len(), log_bytes, took = ?started.elapsed(), "committed");
         Ok(true)
     }
@@ -304,13 +304,13 @@ impl Shared {
 
     /// Makes a committed generation the one readers see, and lets go of
     /// the epochs and log segments it contains.
-    async fn install(&self, next: Root, epochs: &[Arc<Epoch>]) {
+    async fn install(&self, next: Root, epochs: &[Arc<Epoch>], took: std::time::Duration) {
         self.size_committed(next.size);
         self.journal().install(next, epochs).await;
         let freed: u64 = epochs.iter().map(|e| e.dirty_bytes()).sum();
         let logged: u64 = epochs.iter().map(|e| e.log_len()).sum();
         self.backlog().committed(freed, logged);
-        self.stats().committed();
+        self.stats().committed(took);
         // Every epoch before the oldest one still waiting is committed, or
         // had nothing to commit (a replay that found its records torn).
         let committed_through = self.journal().view().committed_through();

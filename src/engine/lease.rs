@@ -234,6 +234,11 @@ impl Lease {
         }
     }
 
+    /// Who holds it, as users read it: the process and the host.
+    pub fn holder_name(&self) -> String {
+        self.record.holder_name()
+    }
+
     /// How often to renew.
     pub fn renew_every(&self) -> Duration {
         Duration::from_millis((self.record.ttl_ms / 3).max(1))

@@ -184,6 +184,7 @@ mod rollback;
 mod shared;
 mod snapshot;
 mod stats;
+mod status;
 mod tenure;
 mod uploader;
 mod verify;
@@ -211,6 +212,7 @@ pub use snapshot::{
     list_with_usage as list_snapshots_with_usage, open_root, prune as prune_snapshots,
 };
 pub use stats::{RequestCounts, VolumeCounters};
+pub use status::{LeaseStatus, VolumeStatus};
 pub use verify::{BadObject, VerifyReport, verify};
 pub use volume::Volume;
 pub use write::WriteBuffer;

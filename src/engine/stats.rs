@@ -2,9 +2,14 @@
 //! counted where each request is handled, read by `volume info`, the
 //! metrics and the uploader (which commits sooner once writes pause).
 
+use std::collections::VecDeque;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
+
+use crate::histogram::{Histogram, Latencies};
 
 use crate::cache::CacheCounters;
 use crate::store::StoreCounters;
@@ -21,10 +26,32 @@ pub(super) struct Stats {
     rewrites: AtomicU64,
     commits: AtomicU64,
     log_syncs: AtomicU64,
+    commit_times: CommitTimes,
+}
+
+/// When commits happened and how long they took.
+#[derive(Default)]
+struct CommitTimes {
+    took: Histogram,
+    /// The last commit: when it ended, and how long it took.
+    last: Mutex<Option<(SystemTime, Duration)>>,
+    /// When each commit of the last minute ended, oldest first.
+    last_minute: Mutex<VecDeque<Instant>>,
+}
+
+/// The commits' clock at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommitClock {
+    /// When the last commit ended, and how long it took.
+    pub last: Option<(SystemTime, Duration)>,
+    /// Commits that ended in the last minute.
+    pub last_minute: u64,
+    /// How long commits took.
+    pub took: Latencies,
 }
 
 /// The counters at one moment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RequestCounts {
     pub reads: u64,
     pub writes: u64,
@@ -85,8 +112,26 @@ impl Stats {
         self.flushes.fetch_add(1, Relaxed);
     }
 
-    pub fn committed(&self) {
+    /// A commit ended, having taken `took`.
+    pub fn committed(&self, took: Duration) {
         self.commits.fetch_add(1, Relaxed);
+        let times = &self.commit_times;
+        times.took.observe(took);
+        *times.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((SystemTime::now(), took));
+        let mut last_minute = times.last_minute.lock().unwrap_or_else(|p| p.into_inner());
+        last_minute.push_back(Instant::now());
+        forget_older_than_a_minute(&mut last_minute);
+    }
+
+    pub fn commit_clock(&self) -> CommitClock {
+        let times = &self.commit_times;
+        let mut last_minute = times.last_minute.lock().unwrap_or_else(|p| p.into_inner());
+        forget_older_than_a_minute(&mut last_minute);
+        CommitClock {
+            last: *times.last.lock().unwrap_or_else(|p| p.into_inner()),
+            last_minute: last_minute.len() as u64,
+            took: times.took.snapshot(),
+        }
     }
 
     /// The log was synced, for any number of flushes.
@@ -114,6 +159,15 @@ impl Stats {
     }
 }
 
+fn forget_older_than_a_minute(times: &mut VecDeque<Instant>) {
+    while times
+        .front()
+        .is_some_and(|t| t.elapsed() > Duration::from_secs(60))
+    {
+        times.pop_front();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,7 +181,7 @@ mod tests {
         stats.zeroed();
         stats.rewrote();
         stats.flushed();
-        stats.committed();
+        stats.committed(Duration::from_millis(30));
         stats.log_synced();
         let expected = RequestCounts {
             reads: 1,
@@ -142,5 +196,9 @@ mod tests {
         };
         assert_eq!(stats.counts(), expected);
         assert_eq!(stats.write_requests(), 2);
+        let clock = stats.commit_clock();
+        assert_eq!(clock.last_minute, 1);
+        assert_eq!(clock.last.unwrap().1, Duration::from_millis(30));
+        assert_eq!(clock.took.count(), 1);
     }
 }

@@ -71,6 +71,18 @@ impl Tenure {
         self.epoch.elapsed().saturating_sub(until)
     }
 
+    /// How long since the lease was taken.
+    pub fn held_for(&self) -> Duration {
+        self.epoch.elapsed()
+    }
+
+    /// How long since the last renewal that went through was sent.
+    pub fn renewed_ago(&self) -> Duration {
+        let until = Duration::from_nanos(self.until.load(Ordering::Acquire));
+        let sent = until.saturating_sub(self.term);
+        self.epoch.elapsed().saturating_sub(sent)
+    }
+
     /// Waits for the next renewal, or for [`Tenure::wake`]; a caller that
     /// checks [`Tenure::holds`] after `renewal()` was created misses none.
     pub fn renewal(&self) -> tokio::sync::futures::Notified<'_> {
@@ -99,6 +111,21 @@ mod tests {
         assert!(
             tenure.holds(),
             "a late reply to an old renewal shortens nothing"
+        );
+    }
+
+    #[test]
+    fn its_age_counts_from_the_taking_and_its_freshness_from_the_last_renewal() {
+        let taken = Instant::now() - Duration::from_secs(100);
+        let tenure = Tenure::new(Duration::from_secs(8), taken);
+        assert!(tenure.held_for() >= Duration::from_secs(100));
+        assert!(tenure.renewed_ago() >= Duration::from_secs(100));
+        tenure.renewed(Instant::now() - Duration::from_secs(2));
+        assert!(tenure.held_for() >= Duration::from_secs(100));
+        let ago = tenure.renewed_ago();
+        assert!(
+            ago >= Duration::from_secs(2) && ago < Duration::from_secs(50),
+            "{ago:?}"
         );
     }
 

@@ -9,6 +9,7 @@ use super::read::{Extent, ReadData};
 use super::reader::Reader;
 use super::snapshot::{SnapshotInfo, VolumeRef};
 use super::stats::VolumeCounters;
+use super::status::VolumeStatus;
 use super::write::WriteBuffer;
 use super::writer::Writer;
 use crate::format::{BLOCK_SIZE, Superblock};
@@ -76,6 +77,14 @@ impl Volume {
         }
     }
 
+    /// The store it is kept in (for its request figures).
+    pub fn store(&self) -> &Store {
+        match &self.access {
+            Access::Write(writer) => writer.store(),
+            Access::Read(reader) => reader.store(),
+        }
+    }
+
     /// Reads and writes must be aligned to this many bytes.
     pub fn block_size(&self) -> u64 {
         BLOCK_SIZE
@@ -112,6 +121,14 @@ impl Volume {
     pub async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.read_parts(offset, buf.len()).await?.copy_to(buf);
         Ok(())
+    }
+
+    /// The volume's figures for `zeroblk status` and the metrics.
+    pub fn status(&self) -> VolumeStatus {
+        match &self.access {
+            Access::Write(writer) => writer.status(),
+            Access::Read(reader) => reader.status(),
+        }
     }
 
     /// Reads `len` bytes at byte `offset`, as the parts the engine holds.

@@ -19,6 +19,7 @@ use super::read::{self, Extent, ReadData};
 use super::shared::Shared;
 use super::snapshot::{self, SnapshotInfo};
 use super::stats::VolumeCounters;
+use super::status::{self, LeaseStatus, VolumeStatus};
 use crate::cache::DiskCache;
 use crate::format::{Root, RootKind, Superblock};
 use crate::store::{Fencing, Store};
@@ -151,6 +152,43 @@ impl Writer {
             store: shared.store().counters(),
             cache: shared.chunks().counters(),
         }
+    }
+
+    pub fn store(&self) -> &Store {
+        self.shared.store()
+    }
+
+    /// The volume's figures for `zeroblk status` and the metrics.
+    pub fn status(&self) -> VolumeStatus {
+        let shared = &self.shared;
+        let view = shared.journal().view_full();
+        let common = status::Common {
+            name: shared.name().to_string(),
+            read_only: false,
+            size: shared.size(),
+            root: view.map(),
+            requests: shared.stats().counts(),
+            cache: shared.chunks().counters(),
+        };
+        let tenure = shared.tenure();
+        // The lease is locked only while it is renewed: then its holder is
+        // this process all the same.
+        let holder = match shared.lease().try_lock() {
+            Ok(lease) => lease.holder_name(),
+            Err(_) => format!("pid {} (renewing it now)", std::process::id()),
+        };
+        let writing = status::Writing {
+            dirty_bytes: shared.backlog().dirty_bytes(),
+            log_bytes: shared.backlog().log_bytes(),
+            oldest_uncommitted: view.oldest_uncommitted_change().map(|at| at.elapsed()),
+            commits: shared.stats().commit_clock(),
+            lease: Some(LeaseStatus {
+                holder,
+                held_ms: status::millis(tenure.held_for()),
+                renewed_ms_ago: status::millis(tenure.renewed_ago()),
+            }),
+        };
+        status::volume_status(common, writing)
     }
 
     /// Reads `len` bytes at byte `offset`, through the log's view.

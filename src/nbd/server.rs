@@ -212,6 +212,12 @@ impl NbdServer {
         self
     }
 
+    /// Connections open now, those still in their handshake included.
+    pub fn connections(&self) -> usize {
+        self.max_connections
+            .saturating_sub(self.slots.available_permits())
+    }
+
     pub fn exports(&self) -> &Exports {
         &self.exports
     }

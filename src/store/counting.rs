@@ -25,6 +25,7 @@
 use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
+use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -36,7 +37,20 @@ use object_store::{
     ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions, UploadPart,
 };
 
-use super::metrics::StoreMetrics;
+use super::metrics::{RequestKind, StoreMetrics};
+
+/// Whether a store's error is a failure rather than an answer: "not
+/// found", "already exists" and a failed precondition answer what was
+/// asked.
+fn is_failure(error: &object_store::Error) -> bool {
+    !matches!(
+        error,
+        object_store::Error::NotFound { .. }
+            | object_store::Error::AlreadyExists { .. }
+            | object_store::Error::Precondition { .. }
+            | object_store::Error::NotModified { .. }
+    )
+}
 
 /// An object store that counts another's requests and bytes.
 #[derive(Debug)]
@@ -50,9 +64,15 @@ impl CountingStore {
         CountingStore { inner, metrics }
     }
 
+    /// Notes how long a request took to be answered, and whether it failed.
+    fn answered<T>(&self, kind: RequestKind, started: Instant, result: &object_store::Result<T>) {
+        let ok = result.as_ref().err().is_none_or(|e| !is_failure(e));
+        self.metrics.answered(kind, started, ok);
+    }
+
     /// Counts a GET's answer (not a HEAD's): a miss, or a body counted as
     /// it is read.
-    fn answered(
+    fn counted_reply(
         &self,
         head: bool,
         reply: object_store::Result<GetResult>,
@@ -67,6 +87,23 @@ impl CountingStore {
                 Err(error)
             }
         }
+    }
+}
+
+impl CountingStore {
+    /// `listing`, with each failure counted.
+    fn listing_failures_counted(
+        &self,
+        listing: BoxStream<'static, object_store::Result<ObjectMeta>>,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        let metrics = Arc::clone(&self.metrics);
+        listing
+            .inspect_err(move |error| {
+                if is_failure(error) {
+                    metrics.failed(RequestKind::List);
+                }
+            })
+            .boxed()
     }
 }
 
@@ -190,7 +227,10 @@ impl ObjectStore for CountingStore {
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
         self.metrics.put(payload.content_length());
-        self.inner.put_opts(location, payload, opts).await
+        let started = Instant::now();
+        let put = self.inner.put_opts(location, payload, opts).await;
+        self.answered(RequestKind::Put, started, &put);
+        put
     }
 
     async fn put_multipart_opts(
@@ -211,8 +251,10 @@ impl ObjectStore for CountingStore {
     ) -> object_store::Result<GetResult> {
         self.metrics.get();
         let head = options.head;
+        let started = Instant::now();
         let reply = self.inner.get_opts(location, options).await;
-        self.answered(head, reply)
+        self.answered(RequestKind::Get, started, &reply);
+        self.counted_reply(head, reply)
     }
 
     async fn get_ranges(
@@ -221,7 +263,9 @@ impl ObjectStore for CountingStore {
         ranges: &[Range<u64>],
     ) -> object_store::Result<Vec<Bytes>> {
         self.metrics.get();
+        let started = Instant::now();
         let got = self.inner.get_ranges(location, ranges).await;
+        self.answered(RequestKind::Get, started, &got);
         match &got {
             Ok(parts) => self
                 .metrics
@@ -238,12 +282,21 @@ impl ObjectStore for CountingStore {
     ) -> BoxStream<'static, object_store::Result<Path>> {
         let metrics = Arc::clone(&self.metrics);
         let counted = locations.inspect_ok(move |_| metrics.delete());
-        self.inner.delete_stream(counted.boxed())
+        let metrics = Arc::clone(&self.metrics);
+        let failures = move |error: &object_store::Error| {
+            if is_failure(error) {
+                metrics.failed(RequestKind::Delete);
+            }
+        };
+        self.inner
+            .delete_stream(counted.boxed())
+            .inspect_err(failures)
+            .boxed()
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
         self.metrics.list();
-        self.inner.list(prefix)
+        self.listing_failures_counted(self.inner.list(prefix))
     }
 
     fn list_with_offset(
@@ -252,12 +305,15 @@ impl ObjectStore for CountingStore {
         offset: &Path,
     ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
         self.metrics.list();
-        self.inner.list_with_offset(prefix, offset)
+        self.listing_failures_counted(self.inner.list_with_offset(prefix, offset))
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
         self.metrics.list();
-        self.inner.list_with_delimiter(prefix).await
+        let started = Instant::now();
+        let listed = self.inner.list_with_delimiter(prefix).await;
+        self.answered(RequestKind::List, started, &listed);
+        listed
     }
 
     async fn copy_opts(

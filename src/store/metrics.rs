@@ -7,7 +7,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+use crate::histogram::{Histogram, Latencies};
 
 /// Retry warnings are logged at most this often.
 const WARN_EVERY: Duration = Duration::from_secs(10);
@@ -24,6 +26,54 @@ pub(super) struct StoreMetrics {
     last_retry_warning: Mutex<Option<Instant>>,
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
+    /// Per kind of request: failures and how long answers took.
+    kinds: [KindMetrics; RequestKind::ALL.len()],
+}
+
+/// The kinds of request a store makes, as status and metrics name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RequestKind {
+    Get,
+    Put,
+    Delete,
+    List,
+}
+
+impl RequestKind {
+    pub const ALL: [RequestKind; 4] = [
+        RequestKind::Get,
+        RequestKind::Put,
+        RequestKind::Delete,
+        RequestKind::List,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RequestKind::Get => "get",
+            RequestKind::Put => "put",
+            RequestKind::Delete => "delete",
+            RequestKind::List => "list",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct KindMetrics {
+    errors: AtomicU64,
+    latency: Histogram,
+}
+
+/// One kind of request's figures since the store was opened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KindCounters {
+    pub kind: RequestKind,
+    pub requests: u64,
+    /// Attempts that failed (an answer such as "not found" or "already
+    /// exists" is not a failure).
+    pub errors: u64,
+    /// How long the answers took (to the first byte of a GET's body).
+    pub latency: Latencies,
 }
 
 /// A snapshot of a store's counters since it was opened.
@@ -83,6 +133,44 @@ impl StoreMetrics {
             *last = Some(Instant::now());
         }
         due
+    }
+
+    /// A request of `kind` that started at `started` was answered: `ok`
+    /// unless it failed.
+    pub(super) fn answered(&self, kind: RequestKind, started: Instant, ok: bool) {
+        let metrics = &self.kinds[kind as usize];
+        metrics.latency.observe(started.elapsed());
+        if !ok {
+            metrics.errors.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// A request of `kind` failed, its time not measured (one item of a
+    /// listing or of a batch of deletes).
+    pub(super) fn failed(&self, kind: RequestKind) {
+        self.kinds[kind as usize].errors.fetch_add(1, Relaxed);
+    }
+
+    /// Each kind's figures.
+    pub(super) fn kinds(&self) -> Vec<KindCounters> {
+        let counts = self.snapshot();
+        RequestKind::ALL
+            .iter()
+            .map(|&kind| {
+                let metrics = &self.kinds[kind as usize];
+                KindCounters {
+                    kind,
+                    requests: match kind {
+                        RequestKind::Get => counts.gets,
+                        RequestKind::Put => counts.puts,
+                        RequestKind::Delete => counts.deletes,
+                        RequestKind::List => counts.lists,
+                    },
+                    errors: metrics.errors.load(Relaxed),
+                    latency: metrics.latency.snapshot(),
+                }
+            })
+            .collect()
     }
 
     pub(super) fn snapshot(&self) -> StoreCounters {

@@ -52,7 +52,7 @@ use object_store::{
 use tokio::sync::OnceCell;
 
 pub use kind::StoreKind;
-pub use metrics::StoreCounters;
+pub use metrics::{KindCounters, RequestKind, StoreCounters};
 pub use redact::redact_credentials;
 pub use retry::RetryPolicy;
 pub use url::{StoreOptions, StoreUrl};
@@ -311,6 +311,11 @@ impl Store {
 
     pub fn counters(&self) -> StoreCounters {
         self.metrics.snapshot()
+    }
+
+    /// Each kind of request's count, failures and latencies.
+    pub fn request_kinds(&self) -> Vec<KindCounters> {
+        self.metrics.kinds()
     }
 
     /// The object at `key`, or `None` when there is none.

@@ -72,6 +72,7 @@ fn at(step: impl Into<String>) -> impl FnOnce(UblkError) -> UblkFailure {
 /// A ublk device served by a thread of its own.
 pub struct UblkDevice {
     dev_id: u32,
+    options: UblkOptions,
     server: Option<JoinHandle<Result<(), UblkFailure>>>,
 }
 
@@ -92,6 +93,7 @@ impl UblkDevice {
         match started.recv() {
             Ok(dev_id) => Ok(UblkDevice {
                 dev_id,
+                options,
                 server: Some(server),
             }),
             Err(_) => match server.join() {
@@ -104,6 +106,11 @@ impl UblkDevice {
 
     pub fn path(&self) -> String {
         format!("/dev/ublkb{}", self.dev_id)
+    }
+
+    /// Its queues and their depth.
+    pub fn options(&self) -> UblkOptions {
+        self.options
     }
 
     /// Stops and deletes the device, after the requests in flight.

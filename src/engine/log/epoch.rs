@@ -20,7 +20,8 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
 
 use tokio::sync::Notify;
 
@@ -60,6 +61,10 @@ pub struct Epoch {
     written_grew: Notify,
     /// The epoch before this one, until this one has seen it whole.
     earlier: Mutex<Option<Arc<Epoch>>>,
+    /// When its first change was recorded (for a replayed epoch: when it
+    /// was replayed): how long its oldest uncommitted write has waited.
+    /// Shown by `zeroblk status`; nothing durable depends on it.
+    first_change: OnceLock<Instant>,
 }
 
 /// The region's records written so far: a prefix without a gap, and the
@@ -124,6 +129,7 @@ impl Epoch {
             waiting: AtomicUsize::new(0),
             written_grew: Notify::new(),
             earlier: Mutex::new(earlier),
+            first_change: OnceLock::new(),
         }
     }
 
@@ -307,6 +313,11 @@ impl Epoch {
     }
 
     /// What the epoch changed, and where in the log: for reads and commits.
+    /// When the epoch's first change was recorded, if it has any.
+    pub fn first_change(&self) -> Option<Instant> {
+        self.first_change.get().copied()
+    }
+
     pub fn changes(&self) -> &Overlay {
         &self.overlay
     }
@@ -314,6 +325,7 @@ impl Epoch {
     /// Records a write of `len` bytes at device `offset`, its data at
     /// `data_pos` of the segment; returns the data bytes it newly dirtied.
     pub fn record_write(&self, offset: u64, len: u64, data_pos: u64, seq: u64) -> u64 {
+        self.first_change.get_or_init(Instant::now);
         let new_bytes = self.overlay.record_write(offset, len, data_pos, seq);
         self.dirty_bytes.fetch_add(new_bytes, Ordering::Relaxed);
         new_bytes
@@ -321,6 +333,7 @@ impl Epoch {
 
     /// Records zeroes over `len` bytes at device `offset`.
     pub fn record_zero(&self, offset: u64, len: u64, seq: u64) {
+        self.first_change.get_or_init(Instant::now);
         self.overlay.record_zero(offset, len, seq);
     }
 

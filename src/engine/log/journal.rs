@@ -69,6 +69,14 @@ impl View {
         epochs
     }
 
+    /// When the oldest change not yet committed was recorded.
+    pub fn oldest_uncommitted_change(&self) -> Option<std::time::Instant> {
+        let oldest_first = self.sealed.oldest_first().into_iter();
+        oldest_first
+            .chain(std::iter::once(Arc::clone(&self.current)))
+            .find_map(|epoch| epoch.first_change())
+    }
+
     /// The newest epoch every epoch before which is committed (or had
     /// nothing to commit).
     pub fn committed_through(&self) -> u64 {

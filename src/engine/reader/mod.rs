@@ -41,6 +41,7 @@ use super::options::{EngineOptions, Follow};
 use super::read::{self, Extent, ReadData};
 use super::snapshot::{self, VolumeRef};
 use super::stats::{Stats, VolumeCounters};
+use super::status::{self, VolumeStatus};
 use crate::cache::DiskCache;
 use crate::format::{Root, Superblock};
 use crate::store::Store;
@@ -128,6 +129,24 @@ impl Reader {
             store: self.store.counters(),
             cache: self.chunks.counters(),
         }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The volume's figures for `zeroblk status` and the metrics.
+    pub fn status(&self) -> VolumeStatus {
+        let root = self.roots.current();
+        let common = status::Common {
+            name: self.what.to_string(),
+            read_only: true,
+            size: self.size(),
+            root: &root,
+            requests: self.stats.counts(),
+            cache: self.chunks.counters(),
+        };
+        status::volume_status(common, status::Writing::default())
     }
 
     /// The error every write, discard and zeroing gets.

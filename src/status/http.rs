@@ -1,0 +1,133 @@
+//! The metrics endpoint (`--metrics-listen ADDR`): HTTP/1.1 on TCP, where
+//! `GET /metrics` (or `/`) answers the daemon's status in Prometheus's
+//! text format, taken at the request; any other path is a 404, any other
+//! method a 405.
+//!
+//! It faces the network, so no client can hold the daemon up: at most
+//! [`MAX_CONNECTIONS`] at once (more are closed as they connect), headers
+//! within [`HEADER_TIMEOUT`], a whole connection within
+//! [`CONNECTION_TIMEOUT`]. It serves figures only and changes nothing.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{ALLOW, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+
+use super::{StatusSource, prometheus};
+
+/// Scrapers served at once.
+pub const MAX_CONNECTIONS: usize = 64;
+/// How long a client has to send its request's headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one connection may last, keep-alive included.
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why the metrics endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot serve metrics on {address}: {source}; pick another address with --metrics-listen (HOST:PORT, e.g. 127.0.0.1:9100)"
+)]
+pub struct MetricsListenError {
+    address: String,
+    source: std::io::Error,
+}
+
+/// Listens on each of `addresses` (HOST:PORT); fails on the first that
+/// cannot be bound, before anything is served.
+pub async fn bind(addresses: &[String]) -> Result<Vec<TcpListener>, MetricsListenError> {
+    let mut listeners = Vec::with_capacity(addresses.len());
+    for address in addresses {
+        let listener = TcpListener::bind(address.as_str())
+            .await
+            .map_err(|source| MetricsListenError {
+                address: address.clone(),
+                source,
+            })?;
+        if let Ok(bound) = listener.local_addr() {
+            tracing::info!("serving metrics at http://{bound}/metrics");
+        }
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+/// Serves `source`'s metrics on `listeners` until `stopped` turns true.
+pub async fn serve(
+    listeners: Vec<TcpListener>,
+    source: StatusSource,
+    stopped: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut serving = tokio::task::JoinSet::new();
+    for listener in listeners {
+        let (source, slots, stopped) = (source.clone(), Arc::clone(&slots), stopped.clone());
+        serving.spawn(accept(listener, source, slots, stopped));
+    }
+    while serving.join_next().await.is_some() {}
+}
+
+async fn accept(
+    listener: TcpListener,
+    source: StatusSource,
+    slots: Arc<Semaphore>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stopped.wait_for(|stop| *stop) => return,
+            accepted = listener.accept() => accepted,
+        };
+        let Ok((stream, _)) = accepted else {
+            // Out of descriptors, say: wait a little rather than spin.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            continue; // dropped: the scraper sees the connection closed
+        };
+        let source = source.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| answer(request, source.clone()));
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
+            drop(slot);
+        });
+    }
+}
+
+async fn answer(
+    request: Request<Incoming>,
+    source: StatusSource,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let response = match (request.method(), request.uri().path()) {
+        (&Method::GET | &Method::HEAD, "/metrics" | "/") => {
+            let body = prometheus::encode(&source.collect());
+            Response::builder()
+                .header(CONTENT_TYPE, prometheus::CONTENT_TYPE)
+                .body(Full::new(Bytes::from(body)))
+        }
+        (&Method::GET | &Method::HEAD, _) => Response::builder()
+            .status(StatusCode::NOT_FOUND)
+            .body(Full::new(Bytes::from_static(
+                b"zeroblk serves only /metrics\n",
+            ))),
+        _ => Response::builder()
+            .status(StatusCode::METHOD_NOT_ALLOWED)
+            .header(ALLOW, "GET, HEAD")
+            .body(Full::new(Bytes::new())),
+    };
+    Ok(response.expect("a response built from constants"))
+}
