@@ -94,8 +94,20 @@ fn python() -> &'static str {
     "python3"
 }
 
+/// A command in the background, stopped as Ctrl-C would stop it when
+/// dropped (a failed test included).
+struct Background(Child);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        let _ = self.0.wait();
+    }
+}
+
 /// fio writing and reading the volume over NBD, in the background.
-fn fio_load(uri: &str, seconds: u32) -> Child {
+fn fio_load(uri: &str, seconds: u32) -> Background {
     let fio = require_tool("fio", "fio");
     Command::new(fio)
         .args([
@@ -113,6 +125,7 @@ fn fio_load(uri: &str, seconds: u32) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
+        .map(Background)
         .expect("start fio")
 }
 
@@ -160,7 +173,9 @@ fn status_and_metrics_move_as_fio_writes_and_reads() {
         0.0
     );
 
-    let mut fio = fio_load(&daemon.server.uri("v"), 20);
+    // Long enough to outlast every look below on a loaded machine: it is
+    // stopped once they are done.
+    let fio = fio_load(&daemon.server.uri("v"), 600);
     // While fio runs: its connection shows, and writes are dirty in the
     // log before a commit takes them.
     eventually(
@@ -181,7 +196,7 @@ fn status_and_metrics_move_as_fio_writes_and_reads() {
         number(&v["requests"]["commits"]) > 0 && v["last_commit_at_ms"].is_u64()
     });
     let during = daemon.metrics();
-    assert!(fio.wait().unwrap().success(), "fio failed");
+    drop(fio);
 
     let after = daemon.status();
     let v = volume(&after, "v");
@@ -266,6 +281,44 @@ fn the_human_status_names_each_figure_and_a_missing_volume_is_an_error() {
         "{missing}"
     );
 }
+
+#[test]
+fn watch_redraws_in_place_until_interrupted() {
+    use std::io::Read;
+    let daemon = Daemon::serve("w", "256M");
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_zeroblk"))
+        .args(["--store", &daemon.store_url, "--cache-dir"])
+        .arg(&daemon.cache)
+        .args(["status", "--watch", "--interval", "100ms"])
+        .envs(daemon.env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start zeroblk status --watch");
+    // Read until three screens have begun (each starts by going home and
+    // clearing), then interrupt it as Ctrl-C would.
+    let mut stdout = watch.stdout.take().unwrap();
+    let mut out = String::new();
+    let mut buffer = [0u8; 4096];
+    while out.matches(CLEAR).count() < 3 {
+        let n = stdout.read(&mut buffer).unwrap();
+        assert!(n > 0, "--watch ended by itself:\n{out}");
+        out.push_str(&String::from_utf8_lossy(&buffer[..n]));
+    }
+    let pid = nix::unistd::Pid::from_raw(watch.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let status = watch.wait().unwrap();
+    assert!(
+        status.success(),
+        "--watch did not stop cleanly on SIGINT: {status}"
+    );
+    let screens: Vec<&str> = out.split(CLEAR).skip(1).collect();
+    for screen in &screens[..2] {
+        assert!(screen.contains("w  served over NBD"), "{screen}");
+    }
+}
+
+/// What --watch prints before each screen: home, clear.
+const CLEAR: &str = "\x1b[H\x1b[2J";
 
 #[test]
 fn the_metrics_endpoint_answers_only_metrics_and_a_taken_port_stops_the_start() {

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::Context;
+use tokio::signal::unix::{SignalKind, signal};
 
 use super::settings::Settings;
 use crate::attach::registry;
@@ -68,13 +69,16 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
     if !args.watch {
         return print_once(&args).await;
     }
+    // Listening from the start: a Ctrl-C that comes while a screen is
+    // being drawn is kept for the wait after it.
+    let mut interrupt = signal(SignalKind::interrupt())?;
     loop {
         // Home, then clear: the next screen replaces this one in place.
         print!("\x1b[H\x1b[2J");
         print_once(&args).await?;
         tokio::select! {
             _ = tokio::time::sleep(args.interval.into()) => {}
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = interrupt.recv() => return Ok(()),
         }
     }
 }
