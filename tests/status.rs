@@ -246,6 +246,51 @@ fn status_and_metrics_move_as_fio_writes_and_reads() {
     assert!(hits > 0.0, "fio's reads went through the cache");
     let holder_key = format!("zeroblk_volume_lease_info{{holder={holder},volume=v}}");
     assert_eq!(m(&holder_key), 1.0);
+    every_name_the_dashboard_uses_is_exposed(&metrics);
+}
+
+/// contrib/grafana/zeroblk.json asks only for metrics a daemon serves.
+fn every_name_the_dashboard_uses_is_exposed(metrics: &BTreeMap<String, f64>) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/grafana/zeroblk.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let exposed: Vec<&str> = metrics
+        .keys()
+        .map(|k| k.split('{').next().unwrap())
+        .collect();
+    let mut used = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for name in metric_names(expr) {
+                assert!(
+                    exposed.contains(&name) || ONLY_UBLK_ATTACHES.contains(&name),
+                    "the dashboard's panel `{}` asks for {name}, which no daemon serves",
+                    panel["title"]
+                );
+                used += 1;
+            }
+        }
+    }
+    assert!(used >= 12, "the dashboard asks for {used} metrics");
+}
+
+/// What only a ublk attach serves (tests/vm/attach_ublk.sh reads them).
+const ONLY_UBLK_ATTACHES: [&str; 2] = ["zeroblk_ublk_queues", "zeroblk_ublk_queue_depth"];
+
+/// The `zeroblk_...` names in a PromQL expression.
+fn metric_names(expr: &str) -> Vec<&str> {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(start) = rest.find("zeroblk_") {
+        let tail = &rest[start..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        names.push(&tail[..end]);
+        rest = &tail[end..];
+    }
+    names
 }
 
 #[test]
