@@ -441,6 +441,18 @@ fn progress_bars_are_drawn_on_a_terminal_only_and_never_when_quiet_or_json() {
     );
     let shown = in_terminal(&setup.command(&["gc"]));
     assert!(shown.contains("reading maps"), "{shown:?}");
+    // Copies had a bar already; --quiet turns it off too.
+    let other = tempfile::tempdir().unwrap();
+    let other = format!("file://{}", other.path().display());
+    let copied = ["volume", "copy", "data", "copied", "--to", &other];
+    let shown = in_terminal(&setup.command(&copied));
+    assert!(shown.contains("iB/"), "{shown:?}");
+    let quiet = ["volume", "copy", "data", "quiet", "--to", &other, "--quiet"];
+    let shown = in_terminal(&setup.command(&quiet));
+    assert!(
+        !has_bar(&shown),
+        "volume copy --quiet drew a bar: {shown:?}"
+    );
 
     let quiet: [Vec<String>; 8] = [
         vec![
