@@ -16,6 +16,8 @@
 //!   NFS share (the only module that runs system tools);
 //! - [`backup`]: btrfs snapshots pushed to object storage as incremental
 //!   send chains, and restored from there;
+//! - [`image`]: raw image files into volumes and out of them, moving only
+//!   data;
 //! - [`cli`] and [`config`]: the command line and its configuration file;
 //! - [`inline`]: running a request where it arrived when it need not wait;
 //!   [`blocking`]: blocking work run from async code;
@@ -40,6 +42,7 @@ pub mod engine;
 pub mod failpoint;
 pub mod format;
 pub mod histogram;
+pub mod image;
 pub mod inline;
 pub mod kernel_nbd;
 pub mod nbd;

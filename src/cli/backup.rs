@@ -39,6 +39,9 @@ pub enum BackupCommand {
         /// The age identity file of encrypted backups
         #[arg(long, value_name = "FILE")]
         age_identity: Option<PathBuf>,
+        /// Draw no progress bar
+        #[arg(long, short)]
+        quiet: bool,
         #[arg(long)]
         json: bool,
     },
@@ -54,6 +57,9 @@ pub enum BackupCommand {
         to: PathBuf,
         #[arg(long, value_name = "FILE")]
         age_identity: Option<PathBuf>,
+        /// Draw no progress bar
+        #[arg(long, short)]
+        quiet: bool,
         #[arg(long)]
         json: bool,
     },
@@ -103,6 +109,9 @@ pub struct PushArgs {
     /// The size of the stream's chunks
     #[arg(long, value_name = "SIZE", default_value = "32M")]
     chunk_size: ByteSize,
+    /// Draw no progress bar
+    #[arg(long, short)]
+    quiet: bool,
     #[arg(long)]
     json: bool,
 }
@@ -122,9 +131,10 @@ pub async fn run(command: BackupCommand, settings: &Settings) -> anyhow::Result<
             url,
             snapshot,
             age_identity,
+            quiet,
             json,
         } => {
-            let bar = ByteBar::new(!json);
+            let bar = ByteBar::new(!json && !quiet);
             let opener = opener(age_identity.as_deref())?;
             let verified = backup::verify(
                 &destination(&url, settings)?,
@@ -164,9 +174,10 @@ pub async fn run(command: BackupCommand, settings: &Settings) -> anyhow::Result<
             snapshot,
             to,
             age_identity,
+            quiet,
             json,
         } => {
-            let bar = ByteBar::new(!json);
+            let bar = ByteBar::new(!json && !quiet);
             let opener = opener(age_identity.as_deref())?;
             let restored =
                 backup::restore(&destination(&url, settings)?, &snapshot, &to, opener, &bar).await;
@@ -235,7 +246,7 @@ async fn push(args: PushArgs, settings: &Settings) -> anyhow::Result<()> {
     .dry_run(args.dry_run)
     .storage_class(args.storage_class)
     .chunk_size(args.chunk_size.bytes())?;
-    let bar = ByteBar::new(!args.json && !args.dry_run);
+    let bar = ByteBar::new(!args.json && !args.quiet && !args.dry_run);
     let pushed = backup::push(&destination, &request, &bar).await;
     bar.clear();
     let report = match pushed {

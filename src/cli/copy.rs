@@ -45,6 +45,9 @@ pub struct CopyArgs {
     /// there already); write nothing, take no snapshot
     #[arg(long)]
     dry_run: bool,
+    /// Draw no progress bar
+    #[arg(long, short)]
+    quiet: bool,
     #[arg(long)]
     json: bool,
 }
@@ -62,7 +65,7 @@ pub async fn run(args: CopyArgs, settings: &Settings) -> anyhow::Result<()> {
     let request = CopyRequest::new(args.source, args.destination.as_deref())?
         .with_password(settings.password().cloned())
         .with_dry_run(args.dry_run);
-    let watch = Watch::new(!args.dry_run, args.json);
+    let watch = Watch::new(!args.dry_run && !args.quiet, args.json);
     let copied = engine::copy_volume(&from, &to, &request, &watch).await;
     watch.clear();
     let report = match (copied, watch.taken()) {

@@ -14,6 +14,7 @@ macro_rules! outln {
 mod attach;
 mod backup;
 mod copy;
+mod image;
 mod nbd_tls;
 mod progress;
 mod provision;
@@ -108,6 +109,9 @@ pub enum Command {
         /// (at least 10m while any volume is attached)
         #[arg(long, value_name = "DURATION", default_value = "1h")]
         grace: humantime::Duration,
+        /// Draw no progress bar
+        #[arg(long, short)]
+        quiet: bool,
         #[arg(long)]
         json: bool,
     },
@@ -200,8 +204,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Gc {
             dry_run,
             grace,
+            quiet,
             json,
-        } => volume::gc(&settings, dry_run, grace.into(), json).await,
+        } => {
+            let args = volume::GcArgs {
+                dry_run,
+                grace: grace.into(),
+                quiet,
+                json,
+            };
+            volume::gc(&settings, args).await
+        }
         Command::Snapshot(command) => provision::snapshot(command).await,
         Command::Backup(command) => backup::run(command, &settings).await,
         Command::Quota(command) => provision::quota(command),

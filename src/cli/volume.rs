@@ -4,6 +4,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use clap::Subcommand;
 
+use super::progress::StageBar;
 use super::settings::{EngineArgs, Settings};
 use anyhow::Context;
 
@@ -24,18 +25,8 @@ pub enum VolumeCommand {
         /// Size of the volume, e.g. 100G
         #[arg(long, value_name = "SIZE")]
         size: ByteSize,
-        /// Chunk size, a power of two from 64K to 16M, fixed for the volume's life
-        #[arg(long, value_name = "SIZE", default_value_t = ByteSize(DEFAULT_CHUNK_SIZE))]
-        chunk_size: ByteSize,
-        /// How chunks are compressed in the store: zstd, zstd:LEVEL or none
-        #[arg(long, value_name = "CODEC", default_value = "zstd:3")]
-        compression: Compression,
-        /// Encrypt everything the volume stores, with the password of
-        /// --password-file, ZEROBLK_PASSWORD or [storage]
-        /// encryption_password (given a password, volumes are encrypted
-        /// even without this flag)
-        #[arg(long)]
-        encrypt: bool,
+        #[command(flatten)]
+        layout: LayoutArgs,
     },
     /// List the store's volumes
     List {
@@ -60,6 +51,9 @@ pub enum VolumeCommand {
     /// non-zero if any is missing or corrupt
     Verify {
         name: String,
+        /// Draw no progress bar
+        #[arg(long, short)]
+        quiet: bool,
         #[arg(long)]
         json: bool,
     },
@@ -102,18 +96,37 @@ pub enum VolumeCommand {
         engine: EngineArgs,
     },
     Copy(super::copy::CopyArgs),
+    Import(super::image::ImportArgs),
+    Export(super::image::ExportArgs),
+}
+
+/// How a new volume stores its chunks (`volume create`, and `volume
+/// import` when it makes the volume).
+#[derive(Debug, clap::Args)]
+pub struct LayoutArgs {
+    /// Chunk size, a power of two from 64K to 16M, fixed for the volume's life
+    #[arg(long, value_name = "SIZE", default_value_t = ByteSize(DEFAULT_CHUNK_SIZE))]
+    pub chunk_size: ByteSize,
+    /// How chunks are compressed in the store: zstd, zstd:LEVEL or none
+    #[arg(long, value_name = "CODEC", default_value = "zstd:3")]
+    pub compression: Compression,
+    /// Encrypt everything the volume stores, with the password of
+    /// --password-file, ZEROBLK_PASSWORD or [storage]
+    /// encryption_password (given a password, volumes are encrypted
+    /// even without this flag)
+    #[arg(long)]
+    pub encrypt: bool,
 }
 
 pub async fn run(command: VolumeCommand, settings: &Settings) -> anyhow::Result<()> {
     let store = settings.open_store()?;
     match command {
-        VolumeCommand::Create {
-            name,
-            size,
-            chunk_size,
-            compression,
-            encrypt,
-        } => {
+        VolumeCommand::Create { name, size, layout } => {
+            let LayoutArgs {
+                chunk_size,
+                compression,
+                encrypt,
+            } = layout;
             let new = NewVolume {
                 name: name.clone(),
                 size: size.bytes(),
@@ -187,8 +200,12 @@ pub async fn run(command: VolumeCommand, settings: &Settings) -> anyhow::Result<
             engine::delete_unused(&store, &name, &settings.cache_dir, password, force).await?;
             outln!("deleted volume {name}; `zeroblk gc` frees chunks no volume uses");
         }
-        VolumeCommand::Verify { name, json } => {
-            let report = engine::verify(&store, &name, settings.password().cloned()).await?;
+        VolumeCommand::Verify { name, quiet, json } => {
+            let bar = StageBar::new(!quiet && !json);
+            let password = settings.password().cloned();
+            let verified = engine::verify_metered(&store, &name, password, &bar).await;
+            bar.clear();
+            let report = verified?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -260,24 +277,38 @@ pub async fn run(command: VolumeCommand, settings: &Settings) -> anyhow::Result<
             outln!("volume {name}: {} -> {size}", ByteSize(before));
         }
         VolumeCommand::Copy(args) => super::copy::run(args, settings).await?,
+        VolumeCommand::Import(args) => super::image::import(args, settings).await?,
+        VolumeCommand::Export(args) => super::image::export(args, settings).await?,
     }
     Ok(())
 }
 
+/// How `zeroblk gc` runs and reports.
+pub struct GcArgs {
+    pub dry_run: bool,
+    pub grace: Duration,
+    pub quiet: bool,
+    pub json: bool,
+}
+
 /// `zeroblk gc`.
-pub async fn gc(
-    settings: &Settings,
-    dry_run: bool,
-    grace: Duration,
-    json: bool,
-) -> anyhow::Result<()> {
+pub async fn gc(settings: &Settings, args: GcArgs) -> anyhow::Result<()> {
+    let GcArgs {
+        dry_run,
+        grace,
+        quiet,
+        json,
+    } = args;
     let store = settings.open_store()?;
     let options = engine::GcOptions {
         grace,
         dry_run,
         password: settings.password().cloned(),
     };
-    let report = engine::collect_garbage(&store, options).await?;
+    let bar = StageBar::new(!quiet && !json);
+    let collected = engine::collect_garbage_metered(&store, options, &bar).await;
+    bar.clear();
+    let report = collected?;
     if json {
         outln!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());

@@ -14,6 +14,10 @@
 //! needs rewriting, and a reader racing the split gets the same bytes
 //! either way.
 //!
+//! A [`Meter`] hears of each stage as it runs: the map pages read (their
+//! number unknown until all are), then the packs split, then the objects
+//! deleted.
+//!
 //! # Why a commit in flight never loses an object
 //!
 //! gc runs in this order: it takes the store's gc lease (one gc at a time:
@@ -119,6 +123,7 @@ use serde::Serialize;
 use super::catalog::{self, superblock};
 use super::error::{EngineError, Result};
 use super::lease::{self, Lease};
+use super::meter::{Meter, Unit, Unmetered};
 use crate::crypto::Password;
 use crate::format::{
     ChunkRef, Codec, ObjectId, Root, RootKind, Superblock, chunk, keys, pack, page::MapPage,
@@ -222,6 +227,15 @@ fn mostly_garbage(size: u64, live: &HashSet<ChunkRef>) -> bool {
 
 /// Collects garbage in the whole store.
 pub async fn collect(store: &Store, options: GcOptions) -> Result<GcReport> {
+    collect_metered(store, options, &Unmetered).await
+}
+
+/// [`collect`], telling `meter` how far it got.
+pub async fn collect_metered(
+    store: &Store,
+    options: GcOptions,
+    meter: &dyn Meter,
+) -> Result<GcReport> {
     let now = SystemTime::now();
     let is_old = |object: &ObjectInfo| {
         now.duration_since(object.last_modified)
@@ -261,6 +275,7 @@ pub async fn collect(store: &Store, options: GcOptions) -> Result<GcReport> {
     }
     let mut live = Live::default();
     let mut old_roots = Vec::new();
+    meter.stage("reading maps", Unit::Objects, None);
     for name in volumes {
         let superblock = superblock(store, &name).await?;
         report.volumes += 1;
@@ -271,7 +286,8 @@ pub async fn collect(store: &Store, options: GcOptions) -> Result<GcReport> {
         old_roots.extend(old);
         let snapshots = store.list_objects(&keys::snapshots_dir(&name)).await?;
         for root in kept.iter().chain(&snapshots) {
-            mark_live(store, &superblock, &codecs[&name], &root.key, &mut live).await?;
+            let codec = &codecs[&name];
+            mark_live(store, &superblock, codec, &root.key, &mut live, meter).await?;
         }
     }
     crate::async_fail_point!("gc::marked");
@@ -313,9 +329,15 @@ pub async fn collect(store: &Store, options: GcOptions) -> Result<GcReport> {
         .sum();
     if let Some(lease) = &lease {
         lease.still_ours(store).await?;
+        meter.stage(
+            "splitting packs",
+            Unit::Objects,
+            Some(to_split.len() as u64),
+        );
         futures::stream::iter(&to_split)
             .map(|pack| split(store, pack, &live))
             .buffer_unordered(CONCURRENCY)
+            .inspect_ok(|()| meter.advance(1))
             .try_collect::<Vec<()>>()
             .await?;
     }
@@ -330,9 +352,11 @@ pub async fn collect(store: &Store, options: GcOptions) -> Result<GcReport> {
     if let Some(lease) = lease {
         lease.still_ours(store).await?;
         crate::async_fail_point!("gc::before_delete");
+        meter.stage("deleting", Unit::Objects, Some(all_dead.len() as u64));
         futures::stream::iter(all_dead)
             .map(|object| async move { store.delete(&object.key).await })
             .buffer_unordered(CONCURRENCY)
+            .inspect_ok(|()| meter.advance(1))
             .try_collect::<Vec<()>>()
             .await?;
         lease.release(store).await?;
@@ -584,6 +608,7 @@ async fn mark_live(
     codec: &Codec,
     key: &str,
     live: &mut Live,
+    meter: &dyn Meter,
 ) -> Result<()> {
     let max = Root::max_stored_len(superblock.chunk_size, catalog::MAX_VOLUME_SIZE);
     let Some(bytes) = store.get_at_most(key, max).await? else {
@@ -606,6 +631,7 @@ async fn mark_live(
             Ok::<_, EngineError>((id, page))
         })
         .buffer_unordered(CONCURRENCY)
+        .inspect_ok(|_| meter.advance(1))
         .try_collect()
         .await?;
     for (id, page) in pages {

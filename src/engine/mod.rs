@@ -92,7 +92,8 @@
 //! Bottom up (a module uses only those above it in this list;
 //! `scripts/module_cycles.py` checks that no two import each other):
 //!
-//! - `error`, `options`, `stats` (request counters), `background` (a
+//! - `error`, `options`, `stats` (request counters), `meter` (how far a
+//!   long operation got, for a progress bar), `background` (a
 //!   low-priority pool for commit CPU work), `tenure` (until when the lease
 //!   lets this writer acknowledge);
 //! - `log/`: the write-back log. Its files (`file`, `segment`, `record`,
@@ -175,6 +176,7 @@ mod gc;
 mod lease;
 mod local;
 mod log;
+mod meter;
 mod options;
 mod progress;
 mod read;
@@ -200,9 +202,13 @@ pub use copy::{
     CopyError, CopyProgress, CopyReport, CopyRequest, Moved, Quiet, Tally, copy as copy_volume,
 };
 pub use error::{EngineError, ErrorKind, Result};
-pub use gc::{GcOptions, GcReport, MIN_GRACE_WHILE_ATTACHED, collect as collect_garbage};
+pub use gc::{
+    GcOptions, GcReport, MIN_GRACE_WHILE_ATTACHED, collect as collect_garbage,
+    collect_metered as collect_garbage_metered,
+};
 pub use lease::writer_of;
 pub use local::volume_dir as local_dir;
+pub use meter::{Meter, Unit, Unmetered};
 pub use options::{Durability, EngineOptions, Follow};
 pub use read::{Extent, ReadData, ReadPart};
 pub use rollback::{RolledBack, rollback};
@@ -213,7 +219,7 @@ pub use snapshot::{
 };
 pub use stats::{RequestCounts, VolumeCounters};
 pub use status::{LeaseStatus, VolumeStatus};
-pub use verify::{BadObject, VerifyReport, verify};
+pub use verify::{BadObject, VerifyReport, verify, verify_metered};
 pub use volume::Volume;
 pub use write::WriteBuffer;
 #[cfg(feature = "failpoints")]

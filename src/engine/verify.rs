@@ -1,7 +1,8 @@
 //! `zeroblk volume verify`: fetches every map page and chunk the newest
 //! generation of a volume (or a snapshot) references, and checks each against its name
 //! (the BLAKE3 hash of its contents) and the length the map recorded.
-//! A packed chunk is fetched with a ranged GET of its pack.
+//! A packed chunk is fetched with a ranged GET of its pack. A [`Meter`]
+//! hears of each page and chunk checked.
 
 use std::collections::HashSet;
 
@@ -10,6 +11,7 @@ use serde::Serialize;
 
 use super::chunks::{chunk_object, key_of};
 use super::error::{EngineError, Result};
+use super::meter::{Meter, Unit, Unmetered};
 use super::snapshot::open_root;
 use crate::crypto::Password;
 use crate::format::{ChunkRef, Codec, PageSlot, chunk, keys, page, page::MapPage};
@@ -45,6 +47,17 @@ pub struct BadObject {
 /// Reads and checks everything volume `name` (or snapshot `NAME@SNAP`)
 /// references, opening it with `password` if it is encrypted.
 pub async fn verify(store: &Store, name: &str, password: Option<Password>) -> Result<VerifyReport> {
+    verify_metered(store, name, password, &Unmetered).await
+}
+
+/// [`verify`], telling `meter` of the map pages checked, then of the
+/// chunks' stored bytes.
+pub async fn verify_metered(
+    store: &Store,
+    name: &str,
+    password: Option<Password>,
+    meter: &dyn Meter,
+) -> Result<VerifyReport> {
     let (_, codec, root) = open_root(store, &name.parse()?, password).await?;
     let codec = &codec;
     let mut report = VerifyReport {
@@ -61,9 +74,11 @@ pub async fn verify(store: &Store, name: &str, password: Option<Password>) -> Re
         .filter(|s| !s.is_empty())
         .copied()
         .collect();
+    meter.stage("map pages", Unit::Objects, Some(slots.len() as u64));
     let pages: Vec<_> = futures::stream::iter(slots)
         .map(|slot| check_page(store, codec, slot))
         .buffer_unordered(CONCURRENCY)
+        .inspect_ok(|_| meter.advance(1))
         .try_collect()
         .await?;
     let mut chunks = HashSet::new();
@@ -77,9 +92,12 @@ pub async fn verify(store: &Store, name: &str, password: Option<Password>) -> Re
             }),
         }
     }
+    let total = chunks.iter().map(|e| u64::from(e.stored_len)).sum();
+    meter.stage("chunks", Unit::Bytes, Some(total));
     let checked: Vec<_> = futures::stream::iter(chunks)
         .map(|entry| check_chunk(store, codec, entry))
         .buffer_unordered(CONCURRENCY)
+        .inspect_ok(|(entry, _)| meter.advance(u64::from(entry.stored_len)))
         .try_collect()
         .await?;
     for (entry, outcome) in checked {
