@@ -54,7 +54,7 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_name = "DIR", env = "ZEROBLK_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
     /// A configuration file (zerofs.toml shape: [storage], [cache], [servers.nbd])
-    #[arg(long, global = true, value_name = "FILE", env = "ZEROBLK_CONFIG")]
+    #[arg(short, long, global = true, value_name = "FILE", env = "ZEROBLK_CONFIG")]
     pub config: Option<PathBuf>,
     /// The S3 endpoint, for S3-compatible servers (overrides AWS_ENDPOINT_URL)
     #[arg(long, global = true, value_name = "URL")]
