@@ -36,6 +36,10 @@ fn spec(mount_point: &Path) -> String {
 }
 
 fn up(device: &LoopDevice) -> Output {
+    up_with(device, &spec(&device.mount_point))
+}
+
+fn up_with(device: &LoopDevice, spec: &str) -> Output {
     let device_path = device.path.to_str().unwrap();
     zeroblk(&[
         "provision-hook",
@@ -45,7 +49,7 @@ fn up(device: &LoopDevice) -> Output {
         "--label",
         "vol",
         "--spec",
-        &spec(&device.mount_point),
+        spec,
     ])
 }
 
@@ -113,6 +117,44 @@ fn an_empty_device_gets_btrfs_subvolumes_and_mount_options_once() {
         "not formatted again"
     );
     assert!(up(&device).status.success(), "up is idempotent");
+}
+
+#[test]
+fn btrfs_mount_options_from_the_spec_reach_the_mount() {
+    require_tool("mkfs.btrfs", "btrfs-progs");
+    let device = LoopDevice::new(1 << 30);
+    let spec = format!(
+        r#"{{"filesystem":"btrfs","compress":"zstd:3","mount_point":"{}","mount_options":"ssd,commit=120,space_cache=v2,nodiscard,relatime"}}"#,
+        device.mount_point.display()
+    );
+    let output = up_with(&device, &spec);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let options = mount_options(&device.mount_point).expect("mounted");
+    let options: Vec<&str> = options.split(',').collect();
+    for wanted in [
+        "relatime",
+        "nosuid",
+        "nodev",
+        "ssd",
+        "commit=120",
+        "space_cache=v2",
+        "compress=zstd:3",
+    ] {
+        assert!(options.contains(&wanted), "{wanted} not in {options:?}");
+    }
+    for replaced in ["noatime", "discard=async"] {
+        assert!(!options.contains(&replaced), "{replaced} in {options:?}");
+    }
+    assert!(down(&device).status.success());
+
+    let refused = spec.replace("nodiscard,relatime", "subvol=@home");
+    let stderr = String::from_utf8_lossy(&up_with(&device, &refused).stderr).into_owned();
+    assert!(stderr.contains("`subvol=@home` is refused"), "{stderr}");
+    assert_eq!(mount_options(&device.mount_point), None, "nothing mounted");
 }
 
 #[test]

@@ -89,8 +89,10 @@ pub struct ProvisionArgs {
     /// "rw,sync,no_subtree_check,10.0.0.0/24"
     #[arg(long, value_name = "OPTIONS")]
     pub nfs_options: Option<NfsExport>,
-    /// Lift the nosuid and nodev the mount gets: `suid`, `dev` or
-    /// `suid,dev`. Only for this host; never remembered with the volume
+    /// btrfs mount options, e.g. "ssd,commit=120,space_cache=v2", checked
+    /// against a list and remembered with the volume ("defaults" forgets
+    /// them); "suid" and "dev" lift the mount's nosuid and nodev on this
+    /// host only, never remembered
     #[arg(long, value_name = "LIST")]
     pub mount_options: Option<MountOptions>,
 }
@@ -111,7 +113,7 @@ impl ProvisionArgs {
             filesystem: self.filesystem,
             compress: self.compress.clone(),
             nfs_options: self.nfs_options.clone(),
-            mount_options: self.mount_options,
+            mount_options: self.mount_options.clone(),
         }
     }
 }

@@ -10,7 +10,7 @@ use chrono::Utc;
 use super::retention::RetentionArgs;
 use crate::attach::registry;
 use crate::provision::snapshot::{self, Snapshot};
-use crate::provision::{self, MountOptions, Provision, pushed, quota};
+use crate::provision::{self, Lifted, Provision, pushed, quota};
 use crate::retention::{self as prune, Retention};
 use crate::size::ByteSize;
 
@@ -98,8 +98,10 @@ pub enum HookCommand {
         label: String,
         #[arg(long)]
         spec: String,
+        /// The nosuid and nodev this host lifts (not in the spec, which
+        /// is what the volume remembers)
         #[arg(long, default_value = "")]
-        mount_options: MountOptions,
+        lift: Lifted,
     },
     Down {
         #[arg(long)]
@@ -118,10 +120,10 @@ pub fn hook(command: HookCommand) -> anyhow::Result<()> {
             device,
             label,
             spec,
-            mount_options,
+            lift,
         } => {
             let provision = Provision {
-                mount: mount_options,
+                lifted: lift,
                 ..parse(&spec)?
             };
             provision::up(&device, &label, &provision)?

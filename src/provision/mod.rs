@@ -24,6 +24,7 @@ pub mod btrfs;
 mod command;
 pub mod freeze;
 pub mod mount;
+pub mod mount_options;
 pub mod nfs;
 pub mod pushed;
 pub mod quota;
@@ -37,7 +38,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-pub use mount::MountOptions;
+pub use mount_options::{BtrfsOptions, Lifted, MountOptions};
 pub use nfs::NfsExport;
 
 /// The subvolumes every provisioned filesystem gets.
@@ -56,9 +57,13 @@ pub struct Provision {
     pub mount_point: PathBuf,
     #[serde(default)]
     pub nfs: Option<NfsExport>,
-    /// This host's `--mount-options`: never stored with the volume.
+    /// The btrfs options of `--mount-options`, beyond zeroblk's own.
+    #[serde(default, skip_serializing_if = "BtrfsOptions::is_empty")]
+    pub mount_options: BtrfsOptions,
+    /// The `nosuid` and `nodev` this host's `--mount-options` lift: never
+    /// stored with the volume.
     #[serde(skip)]
-    pub mount: MountOptions,
+    pub lifted: Lifted,
 }
 
 impl Provision {
@@ -293,12 +298,7 @@ pub fn up(device: &Path, label: &str, provision: &Provision) -> Result<(), Provi
         }
     }
     let was_mounted = mount::mount_point_of(device).is_some();
-    mount::mount_btrfs(
-        device,
-        &provision.mount_point,
-        &provision.compress,
-        provision.mount,
-    )?;
+    mount::mount_btrfs(device, provision)?;
     let finished = make_subvolumes(&provision.mount_point).and_then(|()| match &provision.nfs {
         Some(export) => {
             nfs::ensure_server().and_then(|()| nfs::export(&provision.mount_point, export))
@@ -419,10 +419,29 @@ mod tests {
             compress: BtrfsCompression::default(),
             mount_point: "/mnt/vol".into(),
             nfs: Some("rw,sync,10.0.0.0/24".parse().unwrap()),
-            mount: MountOptions::default(),
+            mount_options: "ssd,commit=120".parse().unwrap(),
+            lifted: "suid".parse().unwrap(),
         };
         let json = serde_json::to_string(&provision).unwrap();
-        assert_eq!(serde_json::from_str::<Provision>(&json).unwrap(), provision);
+        assert!(
+            json.contains(r#""mount_options":"ssd,commit=120""#),
+            "{json}"
+        );
+        assert!(
+            !json.contains("suid"),
+            "lifts are this host's alone: {json}"
+        );
+        let read = serde_json::from_str::<Provision>(&json).unwrap();
+        assert_eq!(read.mount_options, provision.mount_options);
+        assert_eq!(read.lifted, Lifted::default());
         assert!(serde_json::from_str::<Provision>(&json.replace("zstd:3", "gzip")).is_err());
+        let subvol = json.replace("ssd,commit=120", "subvol=@home");
+        assert!(serde_json::from_str::<Provision>(&subvol).is_err());
+        let older = r#"{"filesystem": "btrfs", "compress": "zstd:3", "mount_point": "/mnt/v"}"#;
+        let older = serde_json::from_str::<Provision>(older).unwrap();
+        assert!(
+            older.mount_options.is_empty(),
+            "written before mount options"
+        );
     }
 }
