@@ -22,6 +22,7 @@
 
 pub mod btrfs;
 mod command;
+pub mod foreign;
 pub mod freeze;
 pub mod mount;
 pub mod mount_options;

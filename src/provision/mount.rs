@@ -136,6 +136,16 @@ pub fn mount_point_of(device: &Path) -> Option<String> {
         .map(|(_, target)| target.display().to_string())
 }
 
+/// The mount point of the filesystem that holds `path` (canonical): the
+/// longest mount target it lies under.
+pub(super) fn mount_holding(path: &Path) -> Option<PathBuf> {
+    mounts()
+        .into_iter()
+        .map(|(_, target)| target)
+        .filter(|target| path.starts_with(target))
+        .max_by_key(|target| target.components().count())
+}
+
 /// The source of the newest mount on `mount_point`.
 fn source_mounted_at(mount_point: &Path) -> Option<String> {
     let wanted = mount_point.canonicalize().ok()?;
