@@ -14,8 +14,12 @@
 //!   unmount (which writes everything to the device), and only then may
 //!   the caller flush and remove the device. A busy mount stops it with
 //!   the export put back, and the device is left attached.
+//! - The mount gets only btrfs options on a known list (`mount_options`),
+//!   whether from the flag or remembered with the volume.
 //! - Snapshots are read-only by default and named so that they sort by
 //!   time; a rollback first keeps the current state as a snapshot.
+//!   Snapshots zeroblk did not name are listed, and deleted by path, only
+//!   when asked (`foreign`).
 //! - Backups: a read-only snapshot is sent as a `btrfs send` stream (whole
 //!   or incremental) and received back; the filesystem itself records
 //!   which snapshot the next incremental send needs (`pushed`).
