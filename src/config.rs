@@ -121,7 +121,7 @@ impl ConfigFile {
         })?;
         let config: ConfigFile = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
             path: path.to_path_buf(),
-            message: e.message().to_string(),
+            message: where_and_why(&text, &e),
         })?;
         config.validate(path)?;
         if config.storage.encryption_password.is_some() {
@@ -160,6 +160,19 @@ impl ConfigFile {
             }
         }
         Ok(())
+    }
+}
+
+/// A parse error in one line: the line it is on (an unknown key's own
+/// line, so the section it is under shows), then toml's words.
+fn where_and_why(text: &str, error: &toml::de::Error) -> String {
+    let message = error.message().trim();
+    match error.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("line {line}: {message}")
+        }
+        None => message.to_string(),
     }
 }
 
@@ -244,14 +257,60 @@ mod tests {
         );
     }
 
+    /// The production configuration of ZeroFS's guide to btrfs on a
+    /// network block device, word for word.
+    const ZEROFS_GUIDE: &str = r#"[storage]
+url = "s3://production-bucket/zerofs"
+encryption_password = "secure-password"
+
+[cache]
+dir = "/var/cache/zerofs"
+disk_size_gb = 100.0
+
+[servers.nbd]
+addresses = ["0.0.0.0:10809"]
+"#;
+
+    #[test]
+    fn the_zerofs_guides_production_configuration_loads_as_it_is() {
+        use std::os::unix::fs::PermissionsExt;
+        let file = write(ZEROFS_GUIDE);
+        std::fs::set_permissions(file.path(), std::fs::Permissions::from_mode(0o600)).unwrap();
+        let config = ConfigFile::load(file.path()).unwrap();
+        assert_eq!(
+            config.storage.url.as_deref(),
+            Some("s3://production-bucket/zerofs")
+        );
+        let password = config.storage.encryption_password.as_ref().unwrap();
+        assert_eq!(password.as_bytes(), b"secure-password");
+        assert_eq!(config.cache.dir, Some(PathBuf::from("/var/cache/zerofs")));
+        assert_eq!(config.cache.disk_size_gb, Some(100.0));
+        assert_eq!(gib_to_bytes(100.0), 100 << 30);
+        assert_eq!(
+            config.servers.nbd.addresses,
+            Some(vec!["0.0.0.0:10809".to_string()])
+        );
+        std::fs::set_permissions(file.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+        let refused = ConfigFile::load(file.path()).unwrap_err().to_string();
+        assert!(
+            refused.contains("encryption_password") && refused.contains("chmod 600"),
+            "{refused}"
+        );
+    }
+
     #[test]
     fn mistakes_name_the_file_and_the_key() {
         let file = write("[storage]\nurll = \"x\"\n");
         let error = ConfigFile::load(file.path()).unwrap_err().to_string();
         assert!(
-            error.contains("urll") && error.contains(&file.path().display().to_string()),
+            error.contains("line 2: unknown field `urll`")
+                && error.contains(&file.path().display().to_string()),
             "{error}"
         );
+        let file = write("[cache]\ndir = \"/c\"\n\n[servers.metrics]\nlisten = \"x\"\n");
+        let error = ConfigFile::load(file.path()).unwrap_err().to_string();
+        assert!(error.contains("line 4: unknown field `metrics`"), "{error}");
+        assert_eq!(error.lines().count(), 1, "{error}");
         let file = write("[cache]\ndisk_size_gb = -1\n");
         assert!(
             ConfigFile::load(file.path())

@@ -385,6 +385,102 @@ fn the_config_file_sets_the_store() {
     assert!(String::from_utf8_lossy(&listed.stdout).contains('v'));
 }
 
+/// The production configuration of ZeroFS's guide to btrfs on a network
+/// block device, word for word.
+const ZEROFS_GUIDE: &str = r#"[storage]
+url = "s3://production-bucket/zerofs"
+encryption_password = "secure-password"
+
+[cache]
+dir = "/var/cache/zerofs"
+disk_size_gb = 100.0
+
+[servers.nbd]
+addresses = ["0.0.0.0:10809"]
+"#;
+
+/// The guide's configuration, as it is, with `-c`: its bucket (on moto)
+/// gets an encrypted volume under its password; and the guide's one
+/// command, `zerofs nbd export -c zerofs.toml --name production ...`, is
+/// zeroblk's `attach` with the same flags.
+#[test]
+fn the_zerofs_guides_configuration_loads_as_it_is() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = moto();
+    server.create_bucket("production-bucket");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("zerofs.toml");
+    std::fs::write(&config, ZEROFS_GUIDE).unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = config.to_str().unwrap();
+    let run = |args: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_zeroblk"));
+        command
+            .args(["-c", config])
+            .args(args)
+            .env_remove("ZEROBLK_CONFIG")
+            .env_remove("ZEROBLK_STORE")
+            .env_remove("ZEROBLK_CACHE_DIR")
+            .env_remove("ZEROBLK_PASSWORD")
+            .envs(server.env());
+        common::command::output(&mut command)
+    };
+    let stdout = |args: &[&str]| {
+        let output = run(args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "zeroblk {args:?}: {stderr}");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let created = stdout(&["volume", "create", "production", "--size", "500G"]);
+    assert!(created.contains("encrypted"), "{created}");
+    assert!(
+        created.contains("s3://production-bucket/zerofs"),
+        "{created}"
+    );
+    assert!(stdout(&["volume", "list"]).contains("production"));
+    let info: serde_json::Value =
+        serde_json::from_str(&stdout(&["volume", "info", "production", "--json"])).unwrap();
+    assert_eq!(info["size"], 500u64 << 30, "{info}");
+    assert!(info["encryption"].is_string(), "{info}");
+
+    let attach = [
+        "attach",
+        "--name",
+        "production",
+        "--size",
+        "500G",
+        "--mount-point",
+        "/mnt/production",
+        "--nfs-options",
+        "rw,sync,no_subtree_check,10.0.0.0/24",
+    ];
+    let two_names = [&attach[..], &["other"]].concat();
+    let refused = String::from_utf8(run(&two_names).stderr).unwrap();
+    assert!(
+        refused.contains("give it once, as NAME or as --name NAME"),
+        "{refused}"
+    );
+    let no_kernel_support = !std::path::Path::new("/dev/nbd0").exists()
+        && !std::path::Path::new("/dev/ublk-control").exists();
+    if no_kernel_support {
+        // Accepted as far as this host can go: the line that says the
+        // kernel lacks ublk and NBD, not one about the flags.
+        let same_name = [&attach[..], &["production"]].concat();
+        for args in [&attach[..], &same_name[..]] {
+            let stderr = String::from_utf8(run(args).stderr).unwrap();
+            assert!(stderr.contains("CONFIG_BLK_DEV_UBLK"), "{args:?}: {stderr}");
+        }
+    }
+
+    let open = std::fs::Permissions::from_mode(0o644);
+    std::fs::set_permissions(config, open).unwrap();
+    let refused = String::from_utf8(run(&["volume", "list"]).stderr).unwrap();
+    assert!(
+        refused.contains(config) && refused.contains(&format!("chmod 600 {config}")),
+        "{refused}"
+    );
+}
+
 #[test]
 fn a_store_without_a_server_is_named() {
     let (zb, _dir) = Zeroblk::file();

@@ -36,6 +36,10 @@ fn spec(mount_point: &Path) -> String {
 }
 
 fn up(device: &LoopDevice) -> Output {
+    up_with(device, &spec(&device.mount_point))
+}
+
+fn up_with(device: &LoopDevice, spec: &str) -> Output {
     let device_path = device.path.to_str().unwrap();
     zeroblk(&[
         "provision-hook",
@@ -45,7 +49,7 @@ fn up(device: &LoopDevice) -> Output {
         "--label",
         "vol",
         "--spec",
-        &spec(&device.mount_point),
+        spec,
     ])
 }
 
@@ -113,6 +117,44 @@ fn an_empty_device_gets_btrfs_subvolumes_and_mount_options_once() {
         "not formatted again"
     );
     assert!(up(&device).status.success(), "up is idempotent");
+}
+
+#[test]
+fn btrfs_mount_options_from_the_spec_reach_the_mount() {
+    require_tool("mkfs.btrfs", "btrfs-progs");
+    let device = LoopDevice::new(1 << 30);
+    let spec = format!(
+        r#"{{"filesystem":"btrfs","compress":"zstd:3","mount_point":"{}","mount_options":"ssd,commit=120,space_cache=v2,nodiscard,relatime"}}"#,
+        device.mount_point.display()
+    );
+    let output = up_with(&device, &spec);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let options = mount_options(&device.mount_point).expect("mounted");
+    let options: Vec<&str> = options.split(',').collect();
+    for wanted in [
+        "relatime",
+        "nosuid",
+        "nodev",
+        "ssd",
+        "commit=120",
+        "space_cache=v2",
+        "compress=zstd:3",
+    ] {
+        assert!(options.contains(&wanted), "{wanted} not in {options:?}");
+    }
+    for replaced in ["noatime", "discard=async"] {
+        assert!(!options.contains(&replaced), "{replaced} in {options:?}");
+    }
+    assert!(down(&device).status.success());
+
+    let refused = spec.replace("nodiscard,relatime", "subvol=@home");
+    let stderr = String::from_utf8_lossy(&up_with(&device, &refused).stderr).into_owned();
+    assert!(stderr.contains("`subvol=@home` is refused"), "{stderr}");
+    assert_eq!(mount_options(&device.mount_point), None, "nothing mounted");
 }
 
 #[test]
@@ -362,4 +404,150 @@ fn the_next_backups_parent_is_kept_unless_forced() {
     );
     assert!(!snapshots.join(&parent).exists());
     assert!(pushed::parent_for(mount_point, &parent).unwrap().is_empty());
+}
+
+/// `btrfs subvolume snapshot [-r] SOURCE DEST`, from the top of `mount`.
+fn btrfs_snapshot(mount: &Path, source: &str, dest: &str, read_only: bool) {
+    let mut command = Command::new("btrfs");
+    command.args(["subvolume", "snapshot"]);
+    if read_only {
+        command.arg("-r");
+    }
+    run_ok(command.arg(mount.join(source)).arg(mount.join(dest)));
+}
+
+#[test]
+fn snapshots_zeroblk_did_not_name_are_listed_with_all_and_deleted_by_path() {
+    let device = provisioned();
+    let top = &device.mount_point;
+    let mount = top.to_str().unwrap();
+    let mine = zeroblk_ok(&[
+        "snapshot",
+        "create",
+        mount,
+        "--subvolume",
+        "@home",
+        "--name",
+        "mine",
+    ]);
+    let mine = Path::new(mine.trim())
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    // snapper's layout, a cron script's, and a writable subvolume that is
+    // no snapshot.
+    std::fs::create_dir_all(top.join("@home/.snapshots/1")).unwrap();
+    btrfs_snapshot(top, "@home", "@home/.snapshots/1/snapshot", true);
+    btrfs_snapshot(top, "@", "@snapshots/cron 2026-11-22", true);
+    btrfs_snapshot(top, "@", "@snapshots/scratch", false);
+
+    let list = |all: bool| -> Vec<serde_json::Value> {
+        let mut args = vec!["snapshot", "list", mount, "--json"];
+        if all {
+            args.push("--all");
+        }
+        let listed: serde_json::Value = serde_json::from_str(&zeroblk_ok(&args)).unwrap();
+        listed[mount].as_array().unwrap().clone()
+    };
+    let named = list(false);
+    assert_eq!(named.len(), 1, "{named:?}");
+    assert_eq!(named[0]["name"], mine.as_str());
+    assert_eq!(named[0]["foreign"], false);
+
+    let everything = list(true);
+    let foreign: Vec<_> = everything.iter().filter(|s| s["foreign"] == true).collect();
+    let names: Vec<_> = foreign
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names.len(),
+        2,
+        "the writable subvolume is no snapshot: {everything:?}"
+    );
+    assert!(names.contains(&"@home/.snapshots/1/snapshot"), "{names:?}");
+    assert!(names.contains(&"@snapshots/cron 2026-11-22"), "{names:?}");
+    let snapper = foreign
+        .iter()
+        .find(|s| s["name"] == "@home/.snapshots/1/snapshot")
+        .unwrap();
+    assert_eq!(snapper["subvolume"], "@home");
+    assert_eq!(snapper["read_only"], true);
+    assert!(snapper["created"].is_string(), "{snapper}");
+    let snapper_path = top.join("@home/.snapshots/1/snapshot");
+    assert_eq!(snapper["path"], snapper_path.to_str().unwrap());
+    let text = zeroblk_ok(&["snapshot", "list", mount, "--all"]);
+    assert!(
+        text.lines()
+            .any(|l| l.contains(snapper_path.to_str().unwrap()) && l.contains("(not zeroblk's)")),
+        "{text}"
+    );
+
+    let outside = tempfile::tempdir().unwrap();
+    for (given, said) in [
+        (
+            "@snapshots/scratch",
+            "is a writable subvolume, not a snapshot",
+        ),
+        ("@home", "is part of the filesystem's layout"),
+        ("@", "is part of the filesystem's layout"),
+        (mount, "is part of the filesystem's layout"),
+        ("@home/.snapshots/1", "is not a subvolume"),
+        ("@snapshots/nothing", "does not exist"),
+        (
+            outside.path().to_str().unwrap(),
+            "is outside the filesystem mounted at",
+        ),
+    ] {
+        let refused = zeroblk_fails(&["snapshot", "delete", mount, given]);
+        assert!(refused.contains(said), "{given}: {refused}");
+        assert_eq!(refused.trim().lines().count(), 1, "{refused}");
+    }
+    // One refused: none deleted.
+    zeroblk_fails(&[
+        "snapshot",
+        "delete",
+        mount,
+        "@snapshots/cron 2026-11-22",
+        "@snapshots/scratch",
+    ]);
+    assert!(top.join("@snapshots/cron 2026-11-22").exists());
+
+    let deleted = zeroblk_ok(&["snapshot", "delete", mount, snapper_path.to_str().unwrap()]);
+    assert_eq!(
+        deleted.trim(),
+        format!("deleted {}", snapper_path.display())
+    );
+    zeroblk_ok(&["snapshot", "delete", mount, "@snapshots/cron 2026-11-22"]);
+    assert!(!snapper_path.exists() && !top.join("@snapshots/cron 2026-11-22").exists());
+    let left = list(true);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0]["name"], mine.as_str());
+    assert!(
+        top.join("@snapshots/scratch").exists(),
+        "the writable one stays"
+    );
+}
+
+#[test]
+fn a_filesystem_zeroblk_did_not_provision_is_not_touched() {
+    let btrfs = common::btrfs::LoopBtrfs::new();
+    let top = btrfs.mount_point();
+    run_ok(
+        Command::new("btrfs")
+            .args(["subvolume", "create"])
+            .arg(top.join("data")),
+    );
+    btrfs_snapshot(top, "data", "data.snap", true);
+    let mount = top.to_str().unwrap();
+    let refused = zeroblk_fails(&["snapshot", "delete", mount, "data.snap"]);
+    assert!(
+        refused.contains("is not the mount point of a zeroblk-provisioned btrfs"),
+        "{refused}"
+    );
+    assert!(top.join("data.snap").exists());
+    let refused = zeroblk_fails(&["snapshot", "list", mount, "--all"]);
+    assert!(refused.contains("@snapshots"), "{refused}");
 }

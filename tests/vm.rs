@@ -144,7 +144,7 @@ async fn store_with_a_snapshot(out: &Path) {
 }
 
 #[test]
-fn provision_btrfs_snapshots_and_nfs_over_ublk() {
+fn provision_btrfs_with_remembered_mount_options_snapshots_and_nfs_over_ublk() {
     run_in_vm("provision.sh");
 }
 

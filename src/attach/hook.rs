@@ -18,8 +18,8 @@ pub async fn bring_up(device: &str, name: &str, provision: &Provision) -> Result
         "--spec".into(),
         spec,
         // Not part of the spec, which is what the volume remembers.
-        "--mount-options".into(),
-        provision.mount.to_string(),
+        "--lift".into(),
+        provision.lifted.to_string(),
     ])
     .await
 }

@@ -4,15 +4,16 @@
 //!
 //! What the volume remembers is untrusted (whoever can write the bucket
 //! writes it): it is checked like the flags, and its NFS export is applied
-//! only when this host's flags repeat it. Mount options (`suid`, `dev`)
-//! are this host's alone and never remembered.
+//! only when this host's flags repeat it. btrfs mount options are
+//! remembered (a `--mount-options` that names any replaces them); the
+//! `suid` and `dev` it lifts are this host's alone and never remembered.
 
 use std::path::PathBuf;
 
 use super::AttachError;
 use crate::engine;
 use crate::provision::{
-    BtrfsCompression, Filesystem, MountOptions, NfsExport, PROVISION_FILE, Provision,
+    BtrfsCompression, BtrfsOptions, Filesystem, MountOptions, NfsExport, PROVISION_FILE, Provision,
 };
 use crate::store::Store;
 
@@ -31,8 +32,23 @@ impl ProvisionFlags {
     fn given(&self) -> bool {
         self.mount_point.is_some()
             || self.filesystem.is_some()
-            || self.compress.is_some()
+            || self.compression().is_some()
             || self.nfs_options.is_some()
+            || self.btrfs_options().is_some()
+    }
+
+    /// The compression asked for: `--compress`, or `compress=` in
+    /// `--mount-options`.
+    fn compression(&self) -> Option<&BtrfsCompression> {
+        let in_mount_options = self.mount_options.as_ref();
+        self.compress
+            .as_ref()
+            .or_else(|| in_mount_options.and_then(|m| m.compress.as_ref()))
+    }
+
+    /// The btrfs options of `--mount-options`, if it names any.
+    fn btrfs_options(&self) -> Option<&BtrfsOptions> {
+        self.mount_options.as_ref().and_then(|m| m.btrfs.as_ref())
     }
 }
 
@@ -107,13 +123,18 @@ fn merged(
 ) -> Result<Option<Provision>, AttachError> {
     let refused = |why: &str| Err(AttachError::Provision(why.to_string()));
     if flags.filesystem == Some(Filesystem::None) {
-        if flags.mount_point.is_some() || flags.compress.is_some() || flags.nfs_options.is_some() {
+        if flags.mount_point.is_some()
+            || flags.compress.is_some()
+            || flags.nfs_options.is_some()
+            || flags.mount_options.is_some()
+        {
             return refused(
-                "--filesystem none leaves the device raw: leave out --mount-point, --compress and --nfs-options",
+                "--filesystem none leaves the device raw: leave out --mount-point, --compress, --nfs-options and --mount-options",
             );
         }
         return Ok(None);
     }
+    check_compression_given_once(flags, stored)?;
     let Some(mount_point) = flags
         .mount_point
         .clone()
@@ -126,8 +147,8 @@ fn merged(
     let provision = Provision {
         filesystem: Filesystem::Btrfs,
         compress: flags
-            .compress
-            .clone()
+            .compression()
+            .cloned()
             .or_else(|| stored.map(|p| p.compress.clone()))
             .unwrap_or_default(),
         mount_point,
@@ -135,7 +156,12 @@ fn merged(
             .nfs_options
             .clone()
             .or_else(|| stored.and_then(|p| p.nfs.clone())),
-        mount: MountOptions::default(),
+        mount_options: flags
+            .btrfs_options()
+            .cloned()
+            .or_else(|| stored.map(|p| p.mount_options.clone()))
+            .unwrap_or_default(),
+        lifted: Default::default(),
     };
     provision
         .check()
@@ -143,8 +169,41 @@ fn merged(
     Ok(Some(provision))
 }
 
+/// Refuses two answers to how btrfs compresses: `--compress` and
+/// `compress=` in `--mount-options` that differ, or `--compress` while
+/// the mount options (given or remembered) say `compress-force=`, which
+/// would win.
+fn check_compression_given_once(
+    flags: &ProvisionFlags,
+    stored: Option<&Provision>,
+) -> Result<(), AttachError> {
+    let in_mount_options = flags
+        .mount_options
+        .as_ref()
+        .and_then(|m| m.compress.as_ref());
+    if let (Some(flag), Some(option)) = (&flags.compress, in_mount_options)
+        && flag != option
+    {
+        return Err(AttachError::Provision(format!(
+            "--compress {flag} and compress={option} in --mount-options ask for two compressions: give one"
+        )));
+    }
+    let forced = match flags.btrfs_options() {
+        Some(options) => options.set_compression().then_some("--mount-options"),
+        None => stored
+            .is_some_and(|p| p.mount_options.set_compression())
+            .then_some("the mount options the volume remembers"),
+    };
+    if let (Some(flag), Some(forced)) = (flags.compression(), forced) {
+        return Err(AttachError::Provision(format!(
+            "compress-force= in {forced} says how btrfs compresses, so compression {flag} would not apply: give the compression once, as compress-force=CODEC in --mount-options, or as --compress {flag} with --mount-options that leave compress-force out"
+        )));
+    }
+    Ok(())
+}
+
 /// `provision` as this host applies it: its NFS export only when the
-/// flags give one, and the mount options of the flags.
+/// flags give one, and the `suid` and `dev` the flags lift.
 fn applied_on_this_host(name: &str, mut provision: Provision, flags: &ProvisionFlags) -> Provision {
     if flags.nfs_options.is_none()
         && let Some(export) = provision.nfs.take()
@@ -154,7 +213,11 @@ fn applied_on_this_host(name: &str, mut provision: Provision, flags: &ProvisionF
             "the volume remembers the NFS export `{export}`, which is not applied: a host shares a volume only when its own flags say so; pass --nfs-options '{export}' to share it"
         );
     }
-    provision.mount = flags.mount_options.unwrap_or_default();
+    provision.lifted = flags
+        .mount_options
+        .as_ref()
+        .map(|m| m.lifted)
+        .unwrap_or_default();
     provision
 }
 
@@ -171,7 +234,8 @@ mod tests {
             compress: BtrfsCompression::default(),
             mount_point: "/mnt/data".into(),
             nfs: Some("rw,sync,no_subtree_check,10.0.0.0/24".parse().unwrap()),
-            mount: MountOptions::default(),
+            mount_options: "ssd".parse().unwrap(),
+            lifted: Default::default(),
         }
     }
 
@@ -269,7 +333,7 @@ mod tests {
         let applied = resolve(&store, "v", &ProvisionFlags::default()).await;
         let applied = applied.unwrap().unwrap();
         assert_eq!(applied.nfs, None);
-        assert_eq!(applied.mount, MountOptions::default(), "nosuid and nodev");
+        assert_eq!(applied.lifted, Default::default(), "nosuid and nodev");
         let compress_only = ProvisionFlags {
             compress: Some("zstd:1".parse().unwrap()),
             ..ProvisionFlags::default()
@@ -282,5 +346,122 @@ mod tests {
         };
         let applied = resolve(&store, "v", &flags).await.unwrap().unwrap();
         assert_eq!(applied.nfs, Some("rw,10.0.0.0/24".parse().unwrap()));
+    }
+
+    fn with_mount_options(options: &str) -> ProvisionFlags {
+        ProvisionFlags {
+            mount_options: Some(options.parse().unwrap()),
+            ..ProvisionFlags::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn btrfs_mount_options_are_remembered_until_others_replace_them() {
+        let store = volume_remembering(
+            r#"{"filesystem": "btrfs", "compress": "zstd:3", "mount_point": "/mnt/v"}"#,
+        )
+        .await;
+        let options = |provision: Option<Provision>| provision.unwrap().mount_options.to_string();
+        let flags = with_mount_options("ssd,commit=120,space_cache=v2");
+        let given = resolve(&store, "v", &flags).await.unwrap();
+        assert_eq!(options(given), "ssd,commit=120,space_cache=v2");
+        let again = resolve(&store, "v", &ProvisionFlags::default())
+            .await
+            .unwrap();
+        assert_eq!(options(again), "ssd,commit=120,space_cache=v2");
+
+        let flags = with_mount_options("suid");
+        let lifted = resolve(&store, "v", &flags).await.unwrap().unwrap();
+        assert_eq!(
+            lifted.mount_options.to_string(),
+            "ssd,commit=120,space_cache=v2"
+        );
+        assert_eq!(lifted.lifted, "suid".parse().unwrap());
+        let again = resolve(&store, "v", &ProvisionFlags::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            again.unwrap().lifted,
+            Default::default(),
+            "lifts are never remembered"
+        );
+
+        let flags = with_mount_options("nossd,commit=30");
+        let other = resolve(&store, "v", &flags).await.unwrap();
+        assert_eq!(options(other), "nossd,commit=30");
+        let again = resolve(&store, "v", &ProvisionFlags::default())
+            .await
+            .unwrap();
+        assert_eq!(options(again), "nossd,commit=30");
+        let flags = with_mount_options("defaults");
+        let forgotten = resolve(&store, "v", &flags).await.unwrap();
+        assert_eq!(options(forgotten), "");
+        let again = resolve(&store, "v", &ProvisionFlags::default())
+            .await
+            .unwrap();
+        assert_eq!(options(again), "");
+    }
+
+    #[tokio::test]
+    async fn compress_in_mount_options_is_the_compress_flag() {
+        let store = volume_remembering(
+            r#"{"filesystem": "btrfs", "compress": "zstd:3", "mount_point": "/mnt/v"}"#,
+        )
+        .await;
+        let flags = with_mount_options("compress=lzo");
+        let given = resolve(&store, "v", &flags).await.unwrap().unwrap();
+        assert_eq!(given.compress, "lzo".parse().unwrap());
+        assert!(given.mount_options.is_empty());
+        let again = resolve(&store, "v", &ProvisionFlags::default())
+            .await
+            .unwrap();
+        assert_eq!(again.unwrap().compress, "lzo".parse().unwrap());
+    }
+
+    #[test]
+    fn two_answers_to_how_btrfs_compresses_are_refused() {
+        let both = ProvisionFlags {
+            compress: Some("zstd:9".parse().unwrap()),
+            ..with_mount_options("compress=lzo")
+        };
+        let error = merged(&both, Some(&remembered())).unwrap_err().to_string();
+        assert!(error.contains("ask for two compressions"), "{error}");
+        let same = ProvisionFlags {
+            compress: Some("lzo".parse().unwrap()),
+            ..with_mount_options("compress=lzo")
+        };
+        assert!(merged(&same, Some(&remembered())).is_ok());
+        let forced = ProvisionFlags {
+            compress: Some("zstd:9".parse().unwrap()),
+            ..with_mount_options("compress-force=zstd:1")
+        };
+        let error = merged(&forced, Some(&remembered()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("compress-force= in --mount-options"),
+            "{error}"
+        );
+        let mut forcing = remembered();
+        forcing.mount_options = "compress-force=zstd:1".parse().unwrap();
+        let compress = ProvisionFlags {
+            compress: Some("zstd:9".parse().unwrap()),
+            ..ProvisionFlags::default()
+        };
+        let error = merged(&compress, Some(&forcing)).unwrap_err().to_string();
+        assert!(
+            error.contains("the mount options the volume remembers"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_raw_device_takes_no_mount_options() {
+        let raw = ProvisionFlags {
+            filesystem: Some(Filesystem::None),
+            ..with_mount_options("ssd")
+        };
+        let error = merged(&raw, None).unwrap_err().to_string();
+        assert!(error.contains("--mount-options"), "{error}");
     }
 }

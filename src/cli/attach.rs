@@ -27,9 +27,13 @@ use crate::store::Store;
 #[derive(Debug, clap::Args)]
 pub struct AttachArgs {
     /// The volume to attach, created when missing (then --size is needed),
-    /// or NAME@SNAP for one of its snapshots (read-only)
-    #[arg(default_value = "default")]
-    pub name: VolumeRef,
+    /// or NAME@SNAP for one of its snapshots (read-only) [default: default]
+    #[arg(value_name = "NAME")]
+    pub name: Option<VolumeRef>,
+    /// The volume to attach, as a flag: the same as NAME (the shape of
+    /// `zerofs nbd export --name NAME`)
+    #[arg(long = "name", value_name = "NAME")]
+    pub name_flag: Option<VolumeRef>,
     /// Size of a volume to create, e.g. 100G
     #[arg(long, value_name = "SIZE")]
     pub size: Option<ByteSize>,
@@ -89,8 +93,10 @@ pub struct ProvisionArgs {
     /// "rw,sync,no_subtree_check,10.0.0.0/24"
     #[arg(long, value_name = "OPTIONS")]
     pub nfs_options: Option<NfsExport>,
-    /// Lift the nosuid and nodev the mount gets: `suid`, `dev` or
-    /// `suid,dev`. Only for this host; never remembered with the volume
+    /// btrfs mount options, e.g. "ssd,commit=120,space_cache=v2", checked
+    /// against a list and remembered with the volume ("defaults" forgets
+    /// them); "suid" and "dev" lift the mount's nosuid and nodev on this
+    /// host only, never remembered
     #[arg(long, value_name = "LIST")]
     pub mount_options: Option<MountOptions>,
 }
@@ -111,24 +117,42 @@ impl ProvisionArgs {
             filesystem: self.filesystem,
             compress: self.compress.clone(),
             nfs_options: self.nfs_options.clone(),
-            mount_options: self.mount_options,
+            mount_options: self.mount_options.clone(),
         }
     }
 }
 
+impl AttachArgs {
+    /// The volume to attach: NAME or --name NAME (both only when they
+    /// agree), else the volume called `default`.
+    pub fn volume(&self) -> anyhow::Result<VolumeRef> {
+        match (&self.name, &self.name_flag) {
+            (Some(positional), Some(flag)) if positional != flag => anyhow::bail!(
+                "the volume is named twice, `{positional}` and --name {flag}: give it once, as NAME or as --name NAME"
+            ),
+            (Some(name), _) | (None, Some(name)) => Ok(name.clone()),
+            (None, None) => Ok(VolumeRef::volume(DEFAULT_VOLUME)),
+        }
+    }
+}
+
+/// The volume `zeroblk attach` attaches when none is named.
+const DEFAULT_VOLUME: &str = "default";
+
 pub async fn attach(args: AttachArgs, settings: &Settings) -> anyhow::Result<()> {
+    let volume = args.volume()?;
     anyhow::ensure!(
         !args.nbd_listen.is_empty() || !args.nbd_tls.given(),
         "the TLS flags are for the NBD server of --nbd-listen ADDR: add it, or leave them out"
     );
-    let mode = args.read_only.mode(&args.name)?;
+    let mode = args.read_only.mode(&volume)?;
     if mode.is_read_only() {
-        check_read_only(&args)?;
+        check_read_only(&args, &volume)?;
     }
     // Checked here too, so a mistake shows before the daemon starts.
     let nbd_tls = args.nbd_tls.load(&args.nbd_listen)?;
     let dir = registry::runtime_dir();
-    let name = args.name.to_string();
+    let name = volume.to_string();
     let key = registry::key(&name, mode.access());
     let recover = if args.recover {
         Some(orphan::device_to_recover(&dir, &name, mode.access())?)
@@ -144,12 +168,12 @@ pub async fn attach(args: AttachArgs, settings: &Settings) -> anyhow::Result<()>
     let store = settings.open_store()?;
     let provision = match mode {
         Mode::Write => {
-            ensure_volume(&store, &args, settings).await?;
+            ensure_volume(&store, &args, volume.name(), settings).await?;
             let flags = args.provision.flags();
-            provisioning::resolve(&store, args.name.name(), &flags).await?
+            provisioning::resolve(&store, volume.name(), &flags).await?
         }
         Mode::Read(_) => {
-            engine::open_root(&store, &args.name, settings.password().cloned()).await?;
+            engine::open_root(&store, &volume, settings.password().cloned()).await?;
             None
         }
     };
@@ -162,7 +186,7 @@ pub async fn attach(args: AttachArgs, settings: &Settings) -> anyhow::Result<()>
         return Ok(());
     }
     let options = settings.engine_options(&args.engine)?;
-    let volume = read_only::open(&store, &args.name, mode, options).await?;
+    let volume = read_only::open(&store, &volume, mode, options).await?;
     let options = AttachOptions {
         name,
         access: mode.access(),
@@ -189,8 +213,7 @@ pub async fn attach(args: AttachArgs, settings: &Settings) -> anyhow::Result<()>
 
 /// Refuses what a read-only attach cannot do: create or grow a volume,
 /// or provision anything (mkfs, a mount that writes, an export).
-fn check_read_only(args: &AttachArgs) -> anyhow::Result<()> {
-    let what = &args.name;
+fn check_read_only(args: &AttachArgs, what: &VolumeRef) -> anyhow::Result<()> {
     anyhow::ensure!(
         args.size.is_none(),
         "--size creates or checks a volume to write: leave it out to attach `{what}` read-only"
@@ -209,9 +232,9 @@ fn check_read_only(args: &AttachArgs) -> anyhow::Result<()> {
 async fn ensure_volume(
     store: &Store,
     args: &AttachArgs,
+    name: &str,
     settings: &Settings,
 ) -> anyhow::Result<()> {
-    let name = args.name.name();
     match engine::info(store, name, settings.password()).await {
         Ok(info) => {
             if let Some(size) = args.size.filter(|s| s.bytes() != info.size) {
@@ -239,7 +262,7 @@ async fn ensure_volume(
                 encrypt_with: settings.password_for_new_volume(false)?,
             };
             engine::create(store, &new).await?;
-            eprintln!("created volume {} ({size})", args.name);
+            eprintln!("created volume {name} ({size})");
             Ok(())
         }
         Err(error) => Err(error.into()),

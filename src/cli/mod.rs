@@ -56,7 +56,13 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_name = "DIR", env = "ZEROBLK_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
     /// A configuration file (zerofs.toml shape: [storage], [cache], [servers.nbd])
-    #[arg(long, global = true, value_name = "FILE", env = "ZEROBLK_CONFIG")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "ZEROBLK_CONFIG"
+    )]
     pub config: Option<PathBuf>,
     /// The S3 endpoint, for S3-compatible servers (overrides AWS_ENDPOINT_URL)
     #[arg(long, global = true, value_name = "URL")]
@@ -82,7 +88,7 @@ pub enum Command {
     /// Export volumes over NBD (nbd://127.0.0.1:10809/NAME) until stopped
     Serve(serve::ServeArgs),
     /// Attach a volume as a block device on this host (created if missing)
-    Attach(attach::AttachArgs),
+    Attach(Box<attach::AttachArgs>),
     /// Detach a volume: commit everything, remove the device, stop its daemon
     Detach {
         /// The volume's name (NAME@SNAP for a snapshot), or its device path
@@ -197,7 +203,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Volume(command) => volume::run(command, &settings).await,
         Command::Serve(args) => serve::run(args, &settings).await,
-        Command::Attach(args) => attach::attach(args, &settings).await,
+        Command::Attach(args) => attach::attach(*args, &settings).await,
         Command::Detach { target, read_only } => attach::detach(&target, read_only).await,
         Command::Status(args) => status::run(args).await,
         Command::List { json } => attach::list(json),

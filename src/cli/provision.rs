@@ -9,8 +9,9 @@ use chrono::Utc;
 
 use super::retention::RetentionArgs;
 use crate::attach::registry;
+use crate::provision::foreign::{self, ForeignSnapshot};
 use crate::provision::snapshot::{self, Snapshot};
-use crate::provision::{self, MountOptions, Provision, pushed, quota};
+use crate::provision::{self, Lifted, Provision, SNAPSHOTS_DIR, pushed, quota};
 use crate::retention::{self as prune, Retention};
 use crate::size::ByteSize;
 
@@ -37,10 +38,15 @@ pub enum SnapshotCommand {
     /// List snapshots (of every attached volume unless one is named)
     List {
         target: Option<String>,
+        /// Also the snapshots zeroblk did not name (snapper's, a cron
+        /// script's): every read-only subvolume of the filesystem, by path
+        #[arg(long)]
+        all: bool,
         #[arg(long)]
         json: bool,
     },
-    /// Delete snapshots
+    /// Delete snapshots: zeroblk's by name, others by path (absolute, or
+    /// from the top of the filesystem), as `snapshot list --all` shows them
     Delete {
         target: String,
         #[arg(required = true)]
@@ -98,8 +104,10 @@ pub enum HookCommand {
         label: String,
         #[arg(long)]
         spec: String,
+        /// The nosuid and nodev this host lifts (not in the spec, which
+        /// is what the volume remembers)
         #[arg(long, default_value = "")]
-        mount_options: MountOptions,
+        lift: Lifted,
     },
     Down {
         #[arg(long)]
@@ -118,10 +126,10 @@ pub fn hook(command: HookCommand) -> anyhow::Result<()> {
             device,
             label,
             spec,
-            mount_options,
+            lift,
         } => {
             let provision = Provision {
-                mount: mount_options,
+                lifted: lift,
                 ..parse(&spec)?
             };
             provision::up(&device, &label, &provision)?
@@ -210,28 +218,12 @@ pub async fn snapshot(command: SnapshotCommand) -> anyhow::Result<()> {
                 outln!("{}@{pinned}", record.name);
             }
         }
-        SnapshotCommand::List { target, json } => list_snapshots(targets(target)?, json)?,
+        SnapshotCommand::List { target, all, json } => list_snapshots(targets(target)?, all, json)?,
         SnapshotCommand::Delete {
             target,
             snapshots,
             force,
-        } => {
-            let mount = mount_point(&target)?;
-            // Refuse before deleting any.
-            for name in snapshots.iter().filter(|_| !force) {
-                let parent_for = pushed::parent_for(&mount, name)?;
-                anyhow::ensure!(
-                    parent_for.is_empty(),
-                    "{name} is the parent of the next backup push to {}: deleting it makes that push send a full stream; --force deletes it anyway",
-                    parent_for.join(", ")
-                );
-            }
-            for name in snapshots {
-                snapshot::delete(&mount, &name)?;
-                let full = forget_parent(&mount, &name)?;
-                outln!("deleted {name}{full}");
-            }
-        }
+        } => delete_snapshots(&mount_point(&target)?, &snapshots, force)?,
         SnapshotCommand::Rollback { target, snapshot } => {
             let mount = mount_point(&target)?;
             let kept = snapshot::rollback(&mount, &snapshot, Utc::now())?;
@@ -256,16 +248,100 @@ pub async fn snapshot(command: SnapshotCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn list_snapshots(targets: Vec<(String, PathBuf)>, json: bool) -> anyhow::Result<()> {
-    let mut all: BTreeMap<String, Vec<Snapshot>> = BTreeMap::new();
+/// A snapshot `snapshot delete` was given: one of zeroblk's, by name,
+/// or another, by path (checked by [`foreign::resolve`]).
+enum ToDelete {
+    Named(String),
+    Foreign(PathBuf),
+}
+
+impl ToDelete {
+    /// What `given` names in the filesystem mounted at `mount`: a
+    /// zeroblk snapshot name, else a path.
+    fn find(mount: &Path, given: &str) -> anyhow::Result<ToDelete> {
+        if !given.contains('/') && snapshot::parse_name(given).is_some() {
+            return Ok(ToDelete::Named(given.to_string()));
+        }
+        Ok(ToDelete::Foreign(foreign::resolve(
+            mount,
+            Path::new(given),
+        )?))
+    }
+
+    /// Its name in `@snapshots`, where the backup records name parents.
+    fn name_in_snapshots(&self, mount: &Path) -> Option<String> {
+        match self {
+            ToDelete::Named(name) => Some(name.clone()),
+            ToDelete::Foreign(path) => {
+                let in_snapshots = mount.canonicalize().ok()?.join(SNAPSHOTS_DIR);
+                (path.parent() == Some(&in_snapshots))
+                    .then(|| path.file_name()?.to_str().map(str::to_string))
+                    .flatten()
+            }
+        }
+    }
+
+    fn delete(&self, mount: &Path) -> anyhow::Result<()> {
+        match self {
+            ToDelete::Named(name) => snapshot::delete(mount, name)?,
+            ToDelete::Foreign(path) => foreign::delete(path)?,
+        }
+        Ok(())
+    }
+}
+
+fn delete_snapshots(mount: &Path, given: &[String], force: bool) -> anyhow::Result<()> {
+    // Refuse before deleting any.
+    let mut found = Vec::new();
+    for given in given {
+        let to_delete = ToDelete::find(mount, given)?;
+        if let Some(name) = to_delete.name_in_snapshots(mount).filter(|_| !force) {
+            let parent_for = pushed::parent_for(mount, &name)?;
+            anyhow::ensure!(
+                parent_for.is_empty(),
+                "{given} is the parent of the next backup push to {}: deleting it makes that push send a full stream; --force deletes it anyway",
+                parent_for.join(", ")
+            );
+        }
+        found.push((given, to_delete));
+    }
+    for (given, to_delete) in found {
+        to_delete.delete(mount)?;
+        let full = match to_delete.name_in_snapshots(mount) {
+            Some(name) => forget_parent(mount, &name)?,
+            None => String::new(),
+        };
+        outln!("deleted {given}{full}");
+    }
+    Ok(())
+}
+
+/// One volume's snapshots as `snapshot list` shows them: zeroblk's, then
+/// (with `--all`) the others.
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum Listed {
+    Named(Snapshot),
+    Foreign(ForeignSnapshot),
+}
+
+fn list_snapshots(targets: Vec<(String, PathBuf)>, all: bool, json: bool) -> anyhow::Result<()> {
+    let mut listed: BTreeMap<String, Vec<Listed>> = BTreeMap::new();
     for (name, mount) in targets {
-        all.insert(name, snapshot::list(&mount)?);
+        let mut snapshots: Vec<Listed> = snapshot::list(&mount)?
+            .into_iter()
+            .map(Listed::Named)
+            .collect();
+        if all {
+            snapshots.extend(foreign::list(&mount)?.into_iter().map(Listed::Foreign));
+        }
+        listed.insert(name, snapshots);
     }
     if json {
-        outln!("{}", serde_json::to_string_pretty(&all)?);
+        outln!("{}", serde_json::to_string_pretty(&listed)?);
         return Ok(());
     }
-    if all.is_empty() {
+    if listed.is_empty() {
         outln!(
             "no provisioned volume is attached here: name a mount point, or attach one with `zeroblk attach NAME --mount-point DIR`"
         );
@@ -279,16 +355,36 @@ fn list_snapshots(targets: Vec<(String, PathBuf)>, json: bool) -> anyhow::Result
         "CREATED (UTC)",
         "RO"
     );
-    for (volume, snapshots) in all {
-        for s in snapshots {
+    for (volume, snapshots) in listed {
+        for listed in snapshots {
+            let time = |t: Option<chrono::DateTime<Utc>>| {
+                t.map_or_else(|| "-".into(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+            };
+            let (name, subvolume, created, read_only, label) = match &listed {
+                Listed::Named(s) => (
+                    s.name.clone(),
+                    s.subvolume.as_str(),
+                    time(Some(s.created)),
+                    s.read_only,
+                    s.label.as_deref().unwrap_or("-"),
+                ),
+                // A path, and a label no zeroblk snapshot can have.
+                Listed::Foreign(s) => (
+                    s.path.display().to_string(),
+                    s.subvolume.as_deref().unwrap_or("-"),
+                    time(s.created),
+                    s.read_only,
+                    "(not zeroblk's)",
+                ),
+            };
             outln!(
                 "{:<16} {:<48} {:<12} {:<20} {:<4} {}",
                 volume,
-                s.name,
-                s.subvolume,
-                s.created.format("%Y-%m-%d %H:%M:%S"),
-                if s.read_only { "yes" } else { "no" },
-                s.label.as_deref().unwrap_or("-")
+                name,
+                subvolume,
+                created,
+                if read_only { "yes" } else { "no" },
+                label
             );
         }
     }

@@ -240,6 +240,7 @@ pub struct SubvolumeInfo {
     received_uuid: Option<uuid::Uuid>,
     generation: u64,
     read_only: bool,
+    created: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl SubvolumeInfo {
@@ -268,6 +269,11 @@ impl SubvolumeInfo {
         self.read_only
     }
 
+    /// When the subvolume (or snapshot) was made, if btrfs recorded it.
+    pub fn created(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.created
+    }
+
     fn from_args(args: &GetSubvolInfoArgs) -> SubvolumeInfo {
         let optional =
             |bytes: [u8; 16]| Some(uuid::Uuid::from_bytes(bytes)).filter(|u| !u.is_nil());
@@ -277,6 +283,10 @@ impl SubvolumeInfo {
             received_uuid: optional(args.received_uuid),
             generation: args.generation,
             read_only: args.flags & ROOT_SUBVOL_RDONLY != 0,
+            created: i64::try_from(args.otime.sec)
+                .ok()
+                .filter(|&sec| sec > 0)
+                .and_then(|sec| chrono::DateTime::from_timestamp(sec, args.otime.nsec)),
         }
     }
 }
@@ -324,7 +334,13 @@ mod tests {
         args.received_uuid = [9; 16];
         args.flags = ROOT_SUBVOL_RDONLY;
         args.generation = 42;
+        assert_eq!(SubvolumeInfo::from_args(&args).created(), None);
+        args.otime = Timespec {
+            sec: 1_795_000_000,
+            nsec: 0,
+        };
         let info = SubvolumeInfo::from_args(&args);
+        assert_eq!(info.created().unwrap().timestamp(), 1_795_000_000);
         assert_eq!(info.uuid(), uuid::Uuid::from_bytes([7; 16]));
         assert_eq!(info.parent_uuid(), None);
         assert_eq!(info.received_uuid(), Some(uuid::Uuid::from_bytes([9; 16])));

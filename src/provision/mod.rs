@@ -14,16 +14,22 @@
 //!   unmount (which writes everything to the device), and only then may
 //!   the caller flush and remove the device. A busy mount stops it with
 //!   the export put back, and the device is left attached.
+//! - The mount gets only btrfs options on a known list (`mount_options`),
+//!   whether from the flag or remembered with the volume.
 //! - Snapshots are read-only by default and named so that they sort by
 //!   time; a rollback first keeps the current state as a snapshot.
+//!   Snapshots zeroblk did not name are listed, and deleted by path, only
+//!   when asked (`foreign`).
 //! - Backups: a read-only snapshot is sent as a `btrfs send` stream (whole
 //!   or incremental) and received back; the filesystem itself records
 //!   which snapshot the next incremental send needs (`pushed`).
 
 pub mod btrfs;
 mod command;
+pub mod foreign;
 pub mod freeze;
 pub mod mount;
+pub mod mount_options;
 pub mod nfs;
 pub mod pushed;
 pub mod quota;
@@ -37,7 +43,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-pub use mount::MountOptions;
+pub use mount_options::{BtrfsOptions, Lifted, MountOptions};
 pub use nfs::NfsExport;
 
 /// The subvolumes every provisioned filesystem gets.
@@ -56,9 +62,13 @@ pub struct Provision {
     pub mount_point: PathBuf,
     #[serde(default)]
     pub nfs: Option<NfsExport>,
-    /// This host's `--mount-options`: never stored with the volume.
+    /// The btrfs options of `--mount-options`, beyond zeroblk's own.
+    #[serde(default, skip_serializing_if = "BtrfsOptions::is_empty")]
+    pub mount_options: BtrfsOptions,
+    /// The `nosuid` and `nodev` this host's `--mount-options` lift: never
+    /// stored with the volume.
     #[serde(skip)]
-    pub mount: MountOptions,
+    pub lifted: Lifted,
 }
 
 impl Provision {
@@ -293,12 +303,7 @@ pub fn up(device: &Path, label: &str, provision: &Provision) -> Result<(), Provi
         }
     }
     let was_mounted = mount::mount_point_of(device).is_some();
-    mount::mount_btrfs(
-        device,
-        &provision.mount_point,
-        &provision.compress,
-        provision.mount,
-    )?;
+    mount::mount_btrfs(device, provision)?;
     let finished = make_subvolumes(&provision.mount_point).and_then(|()| match &provision.nfs {
         Some(export) => {
             nfs::ensure_server().and_then(|()| nfs::export(&provision.mount_point, export))
@@ -419,10 +424,29 @@ mod tests {
             compress: BtrfsCompression::default(),
             mount_point: "/mnt/vol".into(),
             nfs: Some("rw,sync,10.0.0.0/24".parse().unwrap()),
-            mount: MountOptions::default(),
+            mount_options: "ssd,commit=120".parse().unwrap(),
+            lifted: "suid".parse().unwrap(),
         };
         let json = serde_json::to_string(&provision).unwrap();
-        assert_eq!(serde_json::from_str::<Provision>(&json).unwrap(), provision);
+        assert!(
+            json.contains(r#""mount_options":"ssd,commit=120""#),
+            "{json}"
+        );
+        assert!(
+            !json.contains("suid"),
+            "lifts are this host's alone: {json}"
+        );
+        let read = serde_json::from_str::<Provision>(&json).unwrap();
+        assert_eq!(read.mount_options, provision.mount_options);
+        assert_eq!(read.lifted, Lifted::default());
         assert!(serde_json::from_str::<Provision>(&json.replace("zstd:3", "gzip")).is_err());
+        let subvol = json.replace("ssd,commit=120", "subvol=@home");
+        assert!(serde_json::from_str::<Provision>(&subvol).is_err());
+        let older = r#"{"filesystem": "btrfs", "compress": "zstd:3", "mount_point": "/mnt/v"}"#;
+        let older = serde_json::from_str::<Provision>(older).unwrap();
+        assert!(
+            older.mount_options.is_empty(),
+            "written before mount options"
+        );
     }
 }

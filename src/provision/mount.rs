@@ -1,13 +1,12 @@
 //! What a device holds, making btrfs on it, and mounting it.
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use nix::errno::Errno;
-use nix::mount::{MntFlags, MsFlags};
+use nix::mount::MntFlags;
 
 use super::command::{BLKID, MKFS_BTRFS};
-use super::{BtrfsCompression, ProvisionError};
+use super::{Provision, ProvisionError};
 
 /// What `blkid` finds on a device.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,65 +66,12 @@ pub fn make_btrfs(device: &Path, label: &str) -> Result<(), ProvisionError> {
     Ok(())
 }
 
-/// `--mount-options`: which of the mount's `nosuid` and `nodev` to lift.
-/// A volume's files come from a bucket, and whoever can write the bucket
-/// could plant a setuid binary or a device node in them; so both are on
-/// unless this host's flags say otherwise.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct MountOptions {
-    suid: bool,
-    dev: bool,
-}
-
-impl MountOptions {
-    fn flags(self) -> MsFlags {
-        let mut flags = MsFlags::MS_NOATIME;
-        flags.set(MsFlags::MS_NOSUID, !self.suid);
-        flags.set(MsFlags::MS_NODEV, !self.dev);
-        flags
-    }
-}
-
-impl std::fmt::Display for MountOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let lifted = [("suid", self.suid), ("dev", self.dev)];
-        let names: Vec<&str> = lifted
-            .iter()
-            .filter(|(_, on)| *on)
-            .map(|(n, _)| *n)
-            .collect();
-        f.write_str(&names.join(","))
-    }
-}
-
-impl FromStr for MountOptions {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut options = MountOptions::default();
-        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-            match item {
-                "suid" => options.suid = true,
-                "dev" => options.dev = true,
-                other => {
-                    return Err(format!(
-                        "`{other}` is not a mount option zeroblk lifts: --mount-options takes suid, dev or suid,dev"
-                    ));
-                }
-            }
-        }
-        Ok(options)
-    }
-}
-
-/// Mounts the btrfs on `device` at `mount_point` (created if missing) with
-/// `compress`, `discard=async`, `noatime`, and `nosuid` and `nodev` unless
-/// `options` lift them; nothing to do when it is mounted there already.
-pub fn mount_btrfs(
-    device: &Path,
-    mount_point: &Path,
-    compress: &BtrfsCompression,
-    options: MountOptions,
-) -> Result<(), ProvisionError> {
+/// Mounts the btrfs on `device` at the provisioning's mount point (created
+/// if missing) with `compress`, `discard=async`, `noatime`, `nosuid` and
+/// `nodev`, less what the provisioning's mount options replace or lift,
+/// plus those options; nothing to do when it is mounted there already.
+pub fn mount_btrfs(device: &Path, provision: &Provision) -> Result<(), ProvisionError> {
+    let mount_point = &provision.mount_point;
     std::fs::create_dir_all(mount_point).map_err(|source| ProvisionError::Io {
         what: format!("creating the mount point {}", mount_point.display()),
         source,
@@ -140,8 +86,8 @@ pub fn mount_btrfs(
         }
         None => {}
     }
-    let flags = options.flags();
-    let options = mount_options(compress);
+    let flags = provision.lifted.flags() | provision.mount_options.flags();
+    let options = provision.mount_options.data(&provision.compress);
     nix::mount::mount(
         Some(device),
         mount_point,
@@ -159,12 +105,6 @@ pub fn mount_btrfs(
     })?;
     tracing::info!(device = %device.display(), mount_point = %mount_point.display(), %options, "mounted");
     Ok(())
-}
-
-fn mount_options(compress: &BtrfsCompression) -> String {
-    let mut options: Vec<String> = compress.mount_option().into_iter().collect();
-    options.push("discard=async".into());
-    options.join(",")
 }
 
 /// Unmounts `mount_point` if `device` is mounted there; a busy mount stays.
@@ -194,6 +134,16 @@ pub fn mount_point_of(device: &Path) -> Option<String> {
         .into_iter()
         .find(|(source, _)| same_file(Path::new(source), device))
         .map(|(_, target)| target.display().to_string())
+}
+
+/// The mount point of the filesystem that holds `path` (canonical): the
+/// longest mount target it lies under.
+pub(super) fn mount_holding(path: &Path) -> Option<PathBuf> {
+    mounts()
+        .into_iter()
+        .map(|(_, target)| target)
+        .filter(|target| path.starts_with(target))
+        .max_by_key(|target| target.components().count())
 }
 
 /// The source of the newest mount on `mount_point`.
@@ -272,29 +222,5 @@ mod tests {
         assert_eq!(unescape(r"/mnt/my\040disk"), "/mnt/my disk");
         assert_eq!(unescape(r"/a\\b"), r"/a\\b");
         assert_eq!(unescape("plain"), "plain");
-    }
-
-    #[test]
-    fn mount_options_lift_nosuid_and_nodev_only_when_asked() {
-        let default = MountOptions::default().flags();
-        assert!(default.contains(MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOATIME));
-        let suid: MountOptions = "suid".parse().unwrap();
-        assert!(!suid.flags().contains(MsFlags::MS_NOSUID));
-        assert!(suid.flags().contains(MsFlags::MS_NODEV));
-        let both: MountOptions = "suid, dev".parse().unwrap();
-        assert_eq!(both.flags(), MsFlags::MS_NOATIME);
-        assert!("exec".parse::<MountOptions>().is_err());
-        for options in ["", "suid", "dev", "suid,dev"] {
-            let parsed: MountOptions = options.parse().unwrap();
-            assert_eq!(parsed.to_string(), options);
-        }
-    }
-
-    #[test]
-    fn mount_options_follow_the_compression() {
-        let zstd: BtrfsCompression = "zstd:3".parse().unwrap();
-        assert_eq!(mount_options(&zstd), "compress=zstd:3,discard=async");
-        let none: BtrfsCompression = "none".parse().unwrap();
-        assert_eq!(mount_options(&none), "discard=async");
     }
 }

@@ -26,6 +26,9 @@ pub struct Snapshot {
     pub label: Option<String>,
     pub read_only: bool,
     pub path: PathBuf,
+    /// Always false: zeroblk named it (see [`super::foreign`] for the
+    /// others).
+    pub foreign: bool,
 }
 
 /// The name of a snapshot of `subvolume` taken at `time`.
@@ -117,6 +120,7 @@ pub fn describe(mount_point: &Path, name: &str) -> Result<Snapshot, ProvisionErr
         label,
         read_only: btrfs::is_read_only(&path)?,
         path,
+        foreign: false,
     })
 }
 

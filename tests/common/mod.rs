@@ -238,12 +238,18 @@ impl Moto {
     /// Creates a bucket with a fresh name.
     pub fn new_bucket(&self) -> String {
         let name = format!("zb-{}", uuid::Uuid::new_v4().simple());
+        self.create_bucket(&name);
+        name
+    }
+
+    /// Creates the bucket `name` (a test that names its own must be the
+    /// only one to use that name).
+    pub fn create_bucket(&self, name: &str) {
         let status = http_request(&self.endpoint, "PUT", &format!("/{name}"));
         assert!(
             status.starts_with("HTTP/1.1 200"),
             "creating bucket {name}: {status}"
         );
-        name
     }
 }
 

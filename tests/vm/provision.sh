@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # One-command provisioning on ublk: btrfs with @, @home and @snapshots,
-# snapshots, rollback, prune, an NFS export read over loopback, detach, and
-# a re-attach with the cache wiped that brings it all back from the store
-# with `zeroblk attach vol` alone, except the NFS export, which a host
-# applies only when its own flags repeat it; btrfs scrub finds no error.
+# mounted with the btrfs options of ZeroFS's guide, snapshots, rollback,
+# prune, an NFS export read over loopback, detach, and a re-attach with the
+# cache wiped that brings it all back from the store with `zeroblk attach
+# vol` alone (the mount options too), except the NFS export, which a host
+# applies only when its own flags repeat it; btrfs scrub finds no error;
+# other mount options replace the remembered ones.
 . "$(dirname "$0")/lib.sh"
 export ZEROBLK_RUNTIME_DIR="$WORK/run"
 modprobe ublk_drv
@@ -12,14 +14,33 @@ modprobe nfsd
 mnt=/tmp/zeroblk-provision/vol
 nfs=/tmp/zeroblk-provision/nfs
 
-step "attach, provision and share in one command"
+# Fails unless the btrfs mounted at $mnt has every option given.
+mounted_with() {
+    local options
+    options=$(findmnt -no OPTIONS "$mnt") || fail "nothing is mounted at $mnt"
+    for wanted in "$@"; do
+        case ",$options," in *,"$wanted",*) ;; *) fail "mount options '$options' lack $wanted";; esac
+    done
+}
+
+# Fails if the btrfs mounted at $mnt has any option given.
+mounted_without() {
+    local options
+    options=$(findmnt -no OPTIONS "$mnt") || fail "nothing is mounted at $mnt"
+    for unwanted in "$@"; do
+        case ",$options," in *,"$unwanted",*) fail "mount options '$options' have $unwanted";; esac
+    done
+}
+
+step "attach, provision and share in one command, with the guide's btrfs options"
 export_options="rw,sync,no_subtree_check,no_root_squash,127.0.0.1"
-device=$("$ZEROBLK" attach vol --size 2G --mount-point "$mnt" --nfs-options "$export_options")
+# btrfs may show ssd and space_cache=v2 by itself (a non-rotational device,
+# mkfs's free space tree); commit=120 only when asked.
+guide_options="ssd,commit=120,space_cache=v2"
+device=$("$ZEROBLK" attach vol --size 2G --mount-point "$mnt" --nfs-options "$export_options" \
+    --mount-options "$guide_options")
 case "$device" in /dev/ublkb*) ;; *) fail "attach printed '$device'";; esac
-options=$(awk -v m="$mnt" '$2 == m && $3 == "btrfs" { print $4 }' /proc/mounts)
-for wanted in noatime compress=zstd:3 discard=async nosuid nodev; do
-    case ",$options," in *,"$wanted",*) ;; *) fail "mount options '$options' lack $wanted";; esac
-done
+mounted_with noatime compress=zstd:3 discard=async nosuid nodev ssd commit=120 space_cache=v2
 [ "$(blkid -o value -s LABEL "$device")" = vol ] || fail "not labelled vol"
 for subvolume in @ @home @snapshots; do
     btrfs subvolume show "$mnt/$subvolume" >/dev/null || fail "no subvolume $subvolume"
@@ -78,6 +99,7 @@ exportfs | grep -q "$mnt" && fail "still exported after detach"
 rm -rf "$ZEROBLK_CACHE_DIR"
 "$ZEROBLK" attach vol >/dev/null
 grep -q " $mnt btrfs" /proc/mounts || fail "not mounted again"
+mounted_with noatime compress=zstd:3 nosuid nodev ssd commit=120 space_cache=v2
 exportfs | grep -q "$mnt" && fail "exported by what the volume remembers alone"
 "$ZEROBLK" detach vol
 "$ZEROBLK" attach vol --nfs-options "$export_options" >/dev/null
@@ -87,4 +109,17 @@ exportfs | grep -q "$mnt" || fail "not exported again with the flag repeated"
 btrfs scrub start -B "$mnt" > "$WORK/scrub.out" || { cat "$WORK/scrub.out"; fail "scrub"; }
 grep -q "no errors found" "$WORK/scrub.out" || { cat "$WORK/scrub.out"; fail "scrub found errors"; }
 "$ZEROBLK" detach vol
+
+step "other mount options replace the remembered ones; refused ones mount nothing"
+"$ZEROBLK" attach vol --mount-options nossd,commit=60,relatime >/dev/null
+mounted_with nossd commit=60 relatime
+mounted_without ssd commit=120 noatime
+"$ZEROBLK" detach vol
+"$ZEROBLK" attach vol >/dev/null
+mounted_with nossd commit=60 relatime
+"$ZEROBLK" detach vol
+"$ZEROBLK" attach vol --mount-options subvol=@home 2>"$WORK/refused.err" && fail "subvol= accepted"
+grep -q "is refused: zeroblk mounts the top of the filesystem" "$WORK/refused.err" \
+    || { cat "$WORK/refused.err"; fail "no reason for refusing subvol="; }
+grep -q " $mnt " /proc/mounts && fail "mounted after a refused option"
 echo "provision: ok"
