@@ -307,9 +307,12 @@ addresses = ["0.0.0.0:10809"]
                 && error.contains(&file.path().display().to_string()),
             "{error}"
         );
-        let file = write("[cache]\ndir = \"/c\"\n\n[servers.metrics]\nlisten = \"x\"\n");
+        let file = write("[cache]\ndir = \"/c\"\n\n[servers.http]\nlisten = \"x\"\n");
         let error = ConfigFile::load(file.path()).unwrap_err().to_string();
-        assert!(error.contains("line 4: unknown field `metrics`"), "{error}");
+        assert!(error.contains("line 4: unknown field `http`"), "{error}");
+        let file = write("[servers.metrics]\nlisten = \"x\"\n");
+        let error = ConfigFile::load(file.path()).unwrap_err().to_string();
+        assert!(error.contains("line 2: unknown field `listen`"), "{error}");
         assert_eq!(error.lines().count(), 1, "{error}");
         let file = write("[cache]\ndisk_size_gb = -1\n");
         assert!(
