@@ -144,6 +144,11 @@ async fn store_with_a_snapshot(out: &Path) {
 }
 
 #[test]
+fn volume_resize_while_attached_over_ublk_and_the_kernel_nbd_transport() {
+    run_in_vm("resize.sh");
+}
+
+#[test]
 fn provision_btrfs_with_remembered_mount_options_snapshots_and_nfs_over_ublk() {
     run_in_vm("provision.sh");
 }

@@ -5,6 +5,13 @@
 //! everything to the store, and only then answers the detach. While the
 //! device is still mounted (a busy mount, or one it did not make) it keeps
 //! serving: nothing is ever pulled from under a filesystem.
+//!
+//! `zeroblk volume resize` of an attached volume reaches the daemon too
+//! (`resize BYTES`): it grows the volume and commits that, then grows the
+//! device where the kernel can (ublk's `UPDATE_SIZE`, NBD's
+//! `NBD_SET_SIZE_BLOCKS`), then the btrfs mounted on it. Where the kernel
+//! cannot, the device keeps its size until the next attach, and the answer
+//! says so.
 
 use std::os::fd::OwnedFd;
 use std::path::Path;
@@ -24,8 +31,9 @@ use crate::nbd::handshake::Session;
 use crate::nbd::server::Listener;
 use crate::nbd::{Export, Exports, ListenAddr, NbdServer, ServerBudget, TlsConfig, transmission};
 use crate::provision::Provision;
+use crate::size::ByteSize;
 use crate::status::{self, Role, StatusSource};
-use crate::ublk::{UblkDevice, UblkOptions};
+use crate::ublk::{Growth, ONLINE_GROWTH_KERNEL, UblkDevice, UblkOptions};
 
 /// How to attach.
 #[derive(Debug, Clone)]
@@ -60,6 +68,36 @@ impl Device {
             Device::Ublk(device) => device.path(),
         }
     }
+
+    /// Grows the live device to `new_size`, which its volume has already.
+    async fn grow(&self, new_size: u64) -> Result<Growth, String> {
+        let grown = match self {
+            Device::Nbd(device, _) => device
+                .grow(new_size)
+                .map(|()| Growth::Online)
+                .map_err(|e| e.to_string()),
+            Device::Ublk(device) => {
+                let id = device.id();
+                crate::blocking::run(move || crate::ublk::grow(id, new_size))
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        };
+        grown.map_err(|why| format!("{} could not grow: {why}", self.path()))
+    }
+}
+
+/// What a running daemon serves, for the control requests that read or
+/// change it.
+struct Served<'a> {
+    name: &'a str,
+    device: &'a Device,
+    provision: Option<&'a Provision>,
+    volume: &'a Volume,
+    status: &'a StatusSource,
+    /// The registry and this daemon's record there, whose size follows
+    /// the device's.
+    registry: (&'a Path, &'a AttachRecord),
 }
 
 fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AttachError {
@@ -181,7 +219,15 @@ pub async fn run(
     tracing::info!(volume = %name, device = %device_path, "attached");
     ready(&device_path);
 
-    let requester = wait_for_detach(&control, &device_path, provision, &volume, &status).await;
+    let served = Served {
+        name: &name,
+        device: &device,
+        provision,
+        volume: &volume,
+        status: &status,
+        registry: (&dir, &record),
+    };
+    let requester = wait_for_detach(&control, &served).await;
     tracing::info!(volume = %name, "detaching: disconnecting the device, then committing to the store");
     let _ = stop.send(true);
     let outcome = shut_down(device, nbd_server, &volume).await;
@@ -293,13 +339,7 @@ fn status_source(
 /// done) or a signal (returning `None`), and releases the device: unexport,
 /// unmount. A release that fails (a busy mount) is answered, or logged,
 /// and the daemon goes on serving.
-async fn wait_for_detach(
-    control: &UnixListener,
-    device: &str,
-    provision: Option<&Provision>,
-    volume: &Volume,
-    status: &StatusSource,
-) -> Option<UnixStream> {
+async fn wait_for_detach(control: &UnixListener, served: &Served<'_>) -> Option<UnixStream> {
     let mut terminate = signal(SignalKind::terminate()).ok();
     loop {
         let accepted = tokio::select! {
@@ -311,7 +351,7 @@ async fn wait_for_detach(
             Ok((mut stream, _)) => match control::read_request(&mut stream).await {
                 Ok(Request::Detach) => Some(stream),
                 Ok(other) => {
-                    let outcome = answer_request(other, volume, status).await;
+                    let outcome = answer_request(other, served).await;
                     control::answer(&mut stream, outcome).await;
                     continue;
                 }
@@ -323,7 +363,8 @@ async fn wait_for_detach(
             Err(error) if error.kind() == std::io::ErrorKind::Interrupted => None,
             Err(_) => continue,
         };
-        match hook::bring_down(device, provision).await {
+        let device = served.device.path();
+        match hook::bring_down(&device, served.provision).await {
             Ok(()) => return requester,
             Err(refusal) => {
                 tracing::error!(%refusal, "not detaching; still serving {device}");
@@ -338,11 +379,8 @@ async fn wait_for_detach(
 }
 
 /// Answers a control request other than `detach`.
-async fn answer_request(
-    request: Request,
-    volume: &Volume,
-    status: &StatusSource,
-) -> Result<String, String> {
+async fn answer_request(request: Request, served: &Served<'_>) -> Result<String, String> {
+    let (volume, status) = (served.volume, served.status);
     let failed = |error: crate::engine::EngineError| error.to_string();
     match request {
         Request::Commit => volume
@@ -356,7 +394,66 @@ async fn answer_request(
             .map(|snapshot| snapshot.name().to_string())
             .map_err(failed),
         Request::Status => Ok(status.collect().to_json()),
+        Request::Resize(new_size) => resize(served, new_size).await,
         Request::Detach => Err("a detach is answered once the device is released".into()),
+    }
+}
+
+/// Grows the volume to `new_size` and commits that, then its device and
+/// the btrfs on it where the kernel can; answers with one line saying
+/// what grew (and, where the device could not, when it will).
+async fn resize(served: &Served<'_>, new_size: u64) -> Result<String, String> {
+    let (name, volume) = (served.name, served.volume);
+    let before = volume.size();
+    volume.resize(new_size).await.map_err(|e| e.to_string())?;
+    if new_size == before {
+        return Ok(format!("volume {name} is {} already", ByteSize(before)));
+    }
+    let (from, to) = (ByteSize(before), ByteSize(new_size));
+    let device = served.device.path();
+    let committed = format!("volume {name} grew from {from} to {to} (committed)");
+    match served.device.grow(new_size).await {
+        Err(why) => Err(format!(
+            "{committed}, but {why}; detach and attach it again to see the new size"
+        )),
+        Ok(Growth::NotInThisKernel) => Ok(format!(
+            "{committed}; {device} keeps {from} until the volume is detached and attached again: this kernel's ublk driver cannot resize a live device (Linux {ONLINE_GROWTH_KERNEL} and later can, with UBLK_CMD_UPDATE_SIZE)"
+        )),
+        Ok(Growth::Online) => {
+            record_device_size(served, new_size);
+            grow_filesystem(served).await.map(|filesystem| {
+                format!("volume {name} and {device} grew from {from} to {to}{filesystem}")
+            })
+        }
+    }
+}
+
+/// Grows the btrfs mounted on the device, if the daemon mounted one;
+/// returns what to add to the answer.
+async fn grow_filesystem(served: &Served<'_>) -> Result<String, String> {
+    let Some(mount_point) = served.provision.map(|p| &p.mount_point) else {
+        return Ok(String::new());
+    };
+    let shown = mount_point.display();
+    match hook::grow_filesystem(mount_point).await {
+        Ok(()) => Ok(format!(", and so did the filesystem at {shown}")),
+        Err(why) => Err(format!(
+            "volume {} and its device grew, but the filesystem at {shown} did not: {why}; grow it with `btrfs filesystem resize max {shown}`",
+            served.name
+        )),
+    }
+}
+
+/// Writes the device's new size into this daemon's registry record, for
+/// `zeroblk list`.
+fn record_device_size(served: &Served<'_>, size: u64) {
+    let (dir, record) = served.registry;
+    let resized = AttachRecord {
+        size,
+        ..record.clone()
+    };
+    if let Err(error) = registry::write(dir, &resized) {
+        tracing::warn!(%error, "could not record the device's new size in the registry");
     }
 }
 

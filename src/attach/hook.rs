@@ -2,6 +2,8 @@
 //! (this same binary) in the host's mount namespace, so that the mount is
 //! the user's and never the daemon's own (see [`super::namespace`]).
 
+use std::path::Path;
+
 use super::AttachError;
 use super::namespace::host_command;
 use crate::provision::Provision;
@@ -32,6 +34,17 @@ pub async fn bring_down(device: &str, provision: Option<&Provision>) -> Result<(
         args.push(serde_json::to_string(provision).expect("a provision serializes"));
     }
     run(args).await
+}
+
+/// Grows the filesystem mounted at `mount_point` to fill its device,
+/// which just grew.
+pub async fn grow_filesystem(mount_point: &Path) -> Result<(), AttachError> {
+    run(vec![
+        "grow".into(),
+        "--mount-point".into(),
+        mount_point.display().to_string(),
+    ])
+    .await
 }
 
 async fn run(args: Vec<String>) -> Result<(), AttachError> {

@@ -115,6 +115,11 @@ pub enum HookCommand {
         #[arg(long)]
         spec: Option<String>,
     },
+    /// Grow the filesystem to its device's new size
+    Grow {
+        #[arg(long)]
+        mount_point: PathBuf,
+    },
 }
 
 pub fn hook(command: HookCommand) -> anyhow::Result<()> {
@@ -138,6 +143,7 @@ pub fn hook(command: HookCommand) -> anyhow::Result<()> {
             let provision = spec.as_deref().map(parse).transpose()?;
             provision::down(&device, provision.as_ref())?;
         }
+        HookCommand::Grow { mount_point } => provision::grow_filesystem(&mount_point)?,
     }
     Ok(())
 }

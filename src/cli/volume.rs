@@ -8,6 +8,7 @@ use super::progress::StageBar;
 use super::settings::{EngineArgs, Settings};
 use anyhow::Context;
 
+use crate::control;
 use crate::crypto::Password;
 use crate::engine::{self, EngineError, NewVolume, Volume, VolumeInfo, VolumeRef};
 use crate::format::{Compression, DEFAULT_CHUNK_SIZE};
@@ -86,7 +87,8 @@ pub enum VolumeCommand {
         #[command(flatten)]
         engine: EngineArgs,
     },
-    /// Grow a volume
+    /// Grow a volume; one attached on this host grows while attached
+    /// (through its daemon), and so does its device where the kernel can
     Resize {
         name: String,
         /// The new size, larger than the current one
@@ -270,6 +272,13 @@ pub async fn run(command: VolumeCommand, settings: &Settings) -> anyhow::Result<
             );
         }
         VolumeCommand::Resize { name, size, engine } => {
+            if let Some(record) = super::volume_snapshot::attached_here(&store, &name)? {
+                let grown = control::request_resize(&record.control_socket, size.bytes())
+                    .await
+                    .map_err(|why| anyhow::anyhow!("volume {name}'s daemon: {why}"))?;
+                outln!("{grown}");
+                return Ok(());
+            }
             let volume = Volume::open(&store, &name, settings.engine_options(&engine)?).await?;
             let before = volume.size();
             volume.resize(size.bytes()).await?;

@@ -165,7 +165,10 @@ async fn warn_of_writer(store: &Store, name: &str) -> anyhow::Result<()> {
 
 /// The record of volume `name` if a live daemon attached it on this host,
 /// from `store`.
-fn attached_here(store: &Store, name: &str) -> anyhow::Result<Option<registry::AttachRecord>> {
+pub(super) fn attached_here(
+    store: &Store,
+    name: &str,
+) -> anyhow::Result<Option<registry::AttachRecord>> {
     let found = registry::find(&registry::runtime_dir(), name)?;
     Ok(found.filter(|record| {
         record.name == name

@@ -1,6 +1,6 @@
 //! A running daemon's control socket: `zeroblk detach`, `volume snapshot
-//! create`, `volume commit` and `zeroblk status` talk to the daemon that
-//! attached or serves a volume through it.
+//! create`, `volume commit`, `volume resize` and `zeroblk status` talk to
+//! the daemon that attached or serves a volume through it.
 //!
 //! The socket is the owner's alone (mode 600, in the private runtime
 //! directory), and the daemon also checks its peer: only its own user or
@@ -73,6 +73,9 @@ pub enum Request {
     /// `status`: the daemon's figures; answered with `ok JSON` (see
     /// [`crate::status::DaemonStatus`]).
     Status,
+    /// `resize BYTES`: grow the volume to BYTES and commit that, then its
+    /// device; answered with `ok WHAT`, a line saying what grew.
+    Resize(u64),
 }
 
 /// Reads a control request from a client of this user (or root): at most
@@ -100,11 +103,22 @@ fn parse_request(line: &str) -> Result<Request, String> {
         (Some("commit"), None) => Request::Commit,
         (Some("status"), None) => Request::Status,
         (Some("snapshot"), label) => Request::Snapshot(label.map(str::to_string)),
+        (Some("resize"), Some(bytes)) => Request::Resize(parse_bytes(bytes)?),
         _ => return Err("unknown request".into()),
     };
     match words.next() {
         None => Ok(request),
         Some(_) => Err("unknown request".into()),
+    }
+}
+
+/// The size of a `resize` request: a plain count of bytes.
+fn parse_bytes(word: &str) -> Result<u64, String> {
+    match word.bytes().all(|b| b.is_ascii_digit()) {
+        true => word
+            .parse()
+            .map_err(|_| format!("resize {word}: the size is too large")),
+        false => Err(format!("resize {word}: the size must be a number of bytes")),
     }
 }
 
@@ -138,6 +152,12 @@ pub async fn request_snapshot(
         None => "snapshot".to_string(),
     };
     ask(control_socket, &request).await
+}
+
+/// Asks the daemon to grow its volume to `bytes`, then its device;
+/// returns the daemon's line saying what grew.
+pub async fn request_resize(control_socket: &PathBuf, bytes: u64) -> Result<String, String> {
+    ask(control_socket, &format!("resize {bytes}")).await
 }
 
 /// Asks the daemon for its figures (the JSON of
@@ -200,10 +220,36 @@ mod tests {
             request_of(b"snapshot nightly\n").await,
             Ok(Request::Snapshot(Some("nightly".into())))
         );
-        for bad in [&b"snapshot a b\n"[..], b"detach now\n", b"status all\n"] {
+        assert_eq!(
+            request_of(b"resize 536870912\n").await,
+            Ok(Request::Resize(512 << 20))
+        );
+        for bad in [
+            &b"snapshot a b\n"[..],
+            b"detach now\n",
+            b"status all\n",
+            b"resize\n",
+            b"resize 1 2\n",
+        ] {
             assert_eq!(request_of(bad).await, Err("unknown request".into()));
         }
         assert_eq!(request_of(b"attach\n").await, Err("unknown request".into()));
+        for (bad, why) in [
+            (
+                &b"resize 512M\n"[..],
+                "resize 512M: the size must be a number of bytes",
+            ),
+            (
+                b"resize -1\n",
+                "resize -1: the size must be a number of bytes",
+            ),
+            (
+                b"resize 99999999999999999999\n",
+                "resize 99999999999999999999: the size is too large",
+            ),
+        ] {
+            assert_eq!(request_of(bad).await, Err(why.into()));
+        }
         let endless = vec![b'x'; 1 << 20];
         assert_eq!(request_of(&endless).await, Err("unknown request".into()));
         // Nothing sent: given up after the timeout (paused time runs on).

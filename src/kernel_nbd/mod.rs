@@ -7,6 +7,11 @@
 //! speaks the transmission phase only (no negotiation) with simple
 //! replies. `NBD_DO_IT` blocks until the device is disconnected, so it
 //! runs on a thread of its own.
+//!
+//! A connected device grows with `NBD_SET_SIZE_BLOCKS` ([`NbdDevice::grow`]):
+//! the driver takes the ioctl while `NBD_DO_IT` waits (it does not hold
+//! the device's configuration lock meanwhile), and on a running device it
+//! sets the disk's capacity and tells the block layer at once.
 
 #![allow(unsafe_code)]
 
@@ -43,6 +48,7 @@ pub struct DeviceConfig {
 pub struct NbdDevice {
     path: PathBuf,
     control: File,
+    block_size: u64,
     worker: Option<JoinHandle<io::Result<()>>>,
 }
 
@@ -74,14 +80,11 @@ impl NbdDevice {
         let control = OpenOptions::new().read(true).write(true).open(path)?;
         let fd = control.as_raw_fd();
         let blocks = config.size / config.block_size;
-        let int = |v: u64| {
-            libc::c_int::try_from(v).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
-        };
         // SAFETY: each call passes an open /dev/nbdN descriptor and an
         // integer argument, which is all these ioctls read.
         unsafe {
-            ioctls::set_blksize(fd, int(config.block_size)?)?;
-            ioctls::set_size_blocks(fd, int(blocks)?)?;
+            ioctls::set_blksize(fd, ioctl_int(config.block_size)?)?;
+            ioctls::set_size_blocks(fd, ioctl_int(blocks)?)?;
             ioctls::set_flags(fd, libc::c_int::from(config.flags))?;
             ioctls::set_timeout(fd, config.timeout_secs as libc::c_int)?;
             ioctls::set_sock(fd, socket.as_raw_fd())?;
@@ -100,12 +103,24 @@ impl NbdDevice {
         Ok(NbdDevice {
             path: path.to_path_buf(),
             control,
+            block_size: config.block_size,
             worker: Some(worker),
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Grows the connected device to `new_size` bytes (a multiple of its
+    /// block size): the export must have that size already, since the
+    /// kernel sends requests up to it at once.
+    pub fn grow(&self, new_size: u64) -> io::Result<()> {
+        let blocks = ioctl_int(new_size / self.block_size)?;
+        // SAFETY: NBD_SET_SIZE_BLOCKS reads only its integer argument, on
+        // an open /dev/nbdN descriptor.
+        unsafe { ioctls::set_size_blocks(self.control.as_raw_fd(), blocks) }?;
+        Ok(())
     }
 
     /// Asks the kernel to disconnect (it sends NBD_CMD_DISC after the
@@ -126,6 +141,11 @@ impl NbdDevice {
             tracing::warn!(device = %self.path.display(), %error, "NBD disconnect failed");
         }
     }
+}
+
+/// `value` as the integer argument of an NBD ioctl.
+fn ioctl_int(value: u64) -> io::Result<libc::c_int> {
+    libc::c_int::try_from(value).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
 }
 
 impl Drop for NbdDevice {

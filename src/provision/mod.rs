@@ -9,7 +9,9 @@
 //!   its full-device discard (the device reads as zeroes already).
 //! - Bringing a volume up is idempotent: the mount, the subvolumes `@`,
 //!   `@home` and `@snapshots`, and the NFS export are each made only when
-//!   missing, so `zeroblk attach NAME` after a crash finishes the job.
+//!   missing, so `zeroblk attach NAME` after a crash finishes the job. The
+//!   filesystem is grown to fill its device, which a `volume resize` may
+//!   have grown since.
 //! - Bringing it down goes in the order that loses nothing: unexport,
 //!   unmount (which writes everything to the device), and only then may
 //!   the caller flush and remove the device. A busy mount stops it with
@@ -304,6 +306,7 @@ pub fn up(device: &Path, label: &str, provision: &Provision) -> Result<(), Provi
     }
     let was_mounted = mount::mount_point_of(device).is_some();
     mount::mount_btrfs(device, provision)?;
+    fill_device(&provision.mount_point);
     let finished = make_subvolumes(&provision.mount_point).and_then(|()| match &provision.nfs {
         Some(export) => {
             nfs::ensure_server().and_then(|()| nfs::export(&provision.mount_point, export))
@@ -317,6 +320,19 @@ pub fn up(device: &Path, label: &str, provision: &Provision) -> Result<(), Provi
     finished
 }
 
+/// Grows the filesystem to its device, which a `volume resize` while
+/// the kernel could not grow the device left larger than it. A failure
+/// leaves it as it was, as large as before: said, not fatal.
+fn fill_device(mount_point: &Path) {
+    if let Err(error) = grow_filesystem(mount_point) {
+        tracing::warn!(
+            "the filesystem at {} may not fill its device: {error}; grow it with `btrfs filesystem resize max {}`",
+            mount_point.display(),
+            mount_point.display()
+        );
+    }
+}
+
 fn make_subvolumes(mount_point: &Path) -> Result<(), ProvisionError> {
     for name in SUBVOLUMES {
         let path = mount_point.join(name);
@@ -325,6 +341,18 @@ fn make_subvolumes(mount_point: &Path) -> Result<(), ProvisionError> {
             tracing::info!(subvolume = %path.display(), "created");
         }
     }
+    Ok(())
+}
+
+/// Grows the btrfs mounted at `mount_point` to fill its device, after the
+/// device grew (`btrfs filesystem resize max`); btrfs grows online.
+pub fn grow_filesystem(mount_point: &Path) -> Result<(), ProvisionError> {
+    command::BTRFS.run([
+        "filesystem".as_ref(),
+        "resize".as_ref(),
+        "max".as_ref(),
+        mount_point.as_os_str(),
+    ])?;
     Ok(())
 }
 

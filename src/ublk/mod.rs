@@ -14,6 +14,11 @@
 //!
 //! FLUSH arrives with `start_sector = u64::MAX`: requests dispatch on the
 //! op before anything looks at the range.
+//!
+//! A live device grows with `UBLK_U_CMD_UPDATE_SIZE` where the driver has
+//! it (it reports `UBLK_F_UPDATE_SIZE` among its features, Linux 6.16 on);
+//! elsewhere [`grow`] says so, and the device keeps its size
+//! until it is added again.
 
 use std::future::Future;
 use std::os::fd::{AsFd, AsRawFd};
@@ -69,6 +74,27 @@ fn at(step: impl Into<String>) -> impl FnOnce(UblkError) -> UblkFailure {
     move |reason| UblkFailure::Step { step, reason }
 }
 
+/// What growing a live device did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Growth {
+    /// The device has its new size now.
+    Online,
+    /// The driver cannot resize a live device (it lacks
+    /// `UBLK_F_UPDATE_SIZE`): the device keeps its size until it is
+    /// added again.
+    NotInThisKernel,
+}
+
+/// The first Linux release whose ublk driver resizes a live device.
+pub const ONLINE_GROWTH_KERNEL: &str = "6.16";
+
+/// Whether driver `features` (from `UBLK_U_CMD_GET_FEATURES`, `None` on
+/// kernels before 6.5 that lack the command) include resizing a live
+/// device.
+fn can_resize_live(features: Option<u64>) -> bool {
+    features.is_some_and(|features| features & u64::from(sys::UBLK_F_UPDATE_SIZE) != 0)
+}
+
 /// A ublk device served by a thread of its own.
 pub struct UblkDevice {
     dev_id: u32,
@@ -113,6 +139,11 @@ impl UblkDevice {
         self.options
     }
 
+    /// Its id: `/dev/ublkbN`'s N.
+    pub fn id(&self) -> u32 {
+        self.dev_id
+    }
+
     /// Stops and deletes the device, after the requests in flight.
     pub fn stop(mut self) -> Result<(), UblkFailure> {
         let device = self.path();
@@ -131,6 +162,22 @@ impl UblkDevice {
 /// The id of a ublk device path (`/dev/ublkb3` is 3).
 pub fn device_id(path: &str) -> Option<u32> {
     path.strip_prefix("/dev/ublkb")?.parse().ok()
+}
+
+/// Grows live device `dev_id` to `new_size` bytes (a multiple of its 4K
+/// block), if the driver can: its volume must have that size already,
+/// since the kernel sends requests up to it at once.
+pub fn grow(dev_id: u32, new_size: u64) -> Result<Growth, UblkFailure> {
+    let ctrl = UblkCtrl::new_simple(dev_id as i32).map_err(at(format!(
+        "opening the control device of /dev/ublkb{dev_id}"
+    )))?;
+    if !can_resize_live(ctrl.get_driver_features()) {
+        return Ok(Growth::NotInThisKernel);
+    }
+    ctrl.update_size(new_size).map_err(at(format!(
+        "growing /dev/ublkb{dev_id} to {new_size} bytes"
+    )))?;
+    Ok(Growth::Online)
 }
 
 /// Deletes a device whose daemon died without taking it down. With user
@@ -470,6 +517,15 @@ mod tests {
         assert_eq!(params.basic.attrs & sys::UBLK_ATTR_READ_ONLY, 0);
         assert_ne!(params.basic.attrs & sys::UBLK_ATTR_VOLATILE_CACHE, 0);
         assert_eq!(params.discard.discard_granularity, 1 << 20);
+    }
+
+    #[test]
+    fn live_resizing_is_the_drivers_to_report() {
+        assert!(!can_resize_live(None));
+        let features_of_6_12 = u64::from(sys::UBLK_F_USER_RECOVERY | sys::UBLK_F_USER_COPY);
+        assert!(!can_resize_live(Some(features_of_6_12)));
+        let update_size = u64::from(sys::UBLK_F_UPDATE_SIZE);
+        assert!(can_resize_live(Some(features_of_6_12 | update_size)));
     }
 
     #[test]
