@@ -311,6 +311,10 @@ fn what_cannot_be_done_is_refused_with_one_clear_line() {
     );
     setup.fails(&["volume", "import", path, "small@snap"], "read-only");
     setup.fails(
+        &["volume", "import", path, "small", "--size", "64M"],
+        "only sizes a volume the import makes",
+    );
+    setup.fails(
         &["volume", "import", "/nonexistent/x.img", "small"],
         "cannot open",
     );

@@ -38,6 +38,16 @@ pub enum ImageError {
         size: u64,
     },
     #[error(
+        "volume `{volume}` exists, at {}: --size {} only sizes a volume the import makes; leave --size out to write over it as it is, or grow it first with `zeroblk volume resize {volume} --size SIZE`",
+        human(*size),
+        ByteSize(*asked)
+    )]
+    SizeOfExisting {
+        volume: String,
+        size: u64,
+        asked: u64,
+    },
+    #[error(
         "volume `{volume}` does not exist, and the image is a stream (standard input, a pipe) with no size to make it with: give the new volume's size with --size SIZE, or create it first with `zeroblk volume create {volume} --size SIZE`"
     )]
     SizeNeeded { volume: String },

@@ -108,7 +108,11 @@ async fn open_or_create(
 ) -> Result<(Volume, bool), ImageError> {
     let name = &request.volume;
     match Volume::open(store, name, request.options.clone()).await {
-        Ok(volume) => return Ok((volume, false)),
+        Ok(volume) => {
+            return refuse_another_size(volume, request)
+                .await
+                .map(|v| (v, false));
+        }
         Err(EngineError::NoSuchVolume(_)) => {}
         Err(error) => return Err(error.into()),
     }
@@ -127,6 +131,27 @@ async fn open_or_create(
     };
     let volume = Volume::open(store, name, request.options.clone()).await?;
     Ok((volume, created))
+}
+
+/// An existing volume, unless `--size` asked for another size: that
+/// only sizes a volume the import makes, and saying nothing would leave
+/// the user believing the volume took it.
+async fn refuse_another_size(
+    volume: Volume,
+    request: &ImportRequest,
+) -> Result<Volume, ImageError> {
+    match request.new_volume.size {
+        Some(asked) if asked != volume.size() => {
+            let size = volume.size();
+            close_after_failure(&volume).await;
+            Err(ImageError::SizeOfExisting {
+                volume: request.volume.clone(),
+                size,
+                asked,
+            })
+        }
+        _ => Ok(volume),
+    }
 }
 
 /// The size of a volume made for an image of `image_size` bytes.
