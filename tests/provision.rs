@@ -551,3 +551,42 @@ fn a_filesystem_zeroblk_did_not_provision_is_not_touched() {
     let refused = zeroblk_fails(&["snapshot", "list", mount, "--all"]);
     assert!(refused.contains("@snapshots"), "{refused}");
 }
+
+/// The red team's race, made deterministic: a user who owns a directory on
+/// the way swaps it for a symbolic link between the check and the delete.
+/// The delete goes by the checked snapshot's subvolume id, so it deletes
+/// that snapshot, wherever it is by then, and never what the path names
+/// after the swap; a path through a symbolic link is refused outright.
+#[test]
+fn a_path_swapped_after_the_check_deletes_only_the_checked_snapshot() {
+    use zeroblk::provision::foreign;
+    let device = provisioned();
+    let top = &device.mount_point;
+    std::fs::create_dir_all(top.join("@home/user/d")).unwrap();
+    btrfs_snapshot(top, "@home", "@home/user/d/snap", true);
+    btrfs_snapshot(top, "@", "@/precious", false);
+    std::fs::write(top.join("@/precious/data"), b"root's").unwrap();
+
+    let checked = foreign::resolve(top, Path::new("@home/user/d/snap")).unwrap();
+    // The swap: d moves away, and d becomes a link to @, where a writable
+    // subvolume of the same name waits.
+    std::fs::rename(top.join("@home/user/d"), top.join("@home/user/moved")).unwrap();
+    std::os::unix::fs::symlink(top.join("@"), top.join("@home/user/d")).unwrap();
+    std::fs::rename(top.join("@/precious"), top.join("@/snap")).unwrap();
+    foreign::delete(&checked).unwrap();
+    assert_eq!(std::fs::read(top.join("@/snap/data")).unwrap(), b"root's");
+    assert!(
+        !top.join("@home/user/moved/snap").exists(),
+        "the checked snapshot is gone"
+    );
+
+    // Through the link, nothing is even checked.
+    btrfs_snapshot(top, "@", "@/ro", true);
+    let refused = foreign::resolve(top, Path::new("@home/user/d/ro")).unwrap_err();
+    assert!(refused.to_string().contains("symbolic link"), "{refused}");
+    let absolute = top.join("@home/user/d/ro");
+    let refused = foreign::resolve(top, &absolute).unwrap_err();
+    assert!(refused.to_string().contains("symbolic link"), "{refused}");
+    let outside = foreign::resolve(top, Path::new("../elsewhere")).unwrap_err();
+    assert!(outside.to_string().contains("outside"), "{outside}");
+}

@@ -9,7 +9,7 @@ use chrono::Utc;
 
 use super::retention::RetentionArgs;
 use crate::attach::registry;
-use crate::provision::foreign::{self, ForeignSnapshot};
+use crate::provision::foreign::{self, CheckedSnapshot, ForeignSnapshot};
 use crate::provision::snapshot::{self, Snapshot};
 use crate::provision::{self, Lifted, Provision, SNAPSHOTS_DIR, pushed, quota};
 use crate::retention::{self as prune, Retention};
@@ -258,7 +258,7 @@ pub async fn snapshot(command: SnapshotCommand) -> anyhow::Result<()> {
 /// or another, by path (checked by [`foreign::resolve`]).
 enum ToDelete {
     Named(String),
-    Foreign(PathBuf),
+    Foreign(CheckedSnapshot),
 }
 
 impl ToDelete {
@@ -275,12 +275,12 @@ impl ToDelete {
     }
 
     /// Its name in `@snapshots`, where the backup records name parents.
-    fn name_in_snapshots(&self, mount: &Path) -> Option<String> {
+    fn name_in_snapshots(&self) -> Option<String> {
         match self {
             ToDelete::Named(name) => Some(name.clone()),
-            ToDelete::Foreign(path) => {
-                let in_snapshots = mount.canonicalize().ok()?.join(SNAPSHOTS_DIR);
-                (path.parent() == Some(&in_snapshots))
+            ToDelete::Foreign(checked) => {
+                let path = checked.path_from_top();
+                (path.parent() == Some(Path::new(SNAPSHOTS_DIR)))
                     .then(|| path.file_name()?.to_str().map(str::to_string))
                     .flatten()
             }
@@ -290,7 +290,7 @@ impl ToDelete {
     fn delete(&self, mount: &Path) -> anyhow::Result<()> {
         match self {
             ToDelete::Named(name) => snapshot::delete(mount, name)?,
-            ToDelete::Foreign(path) => foreign::delete(path)?,
+            ToDelete::Foreign(checked) => foreign::delete(checked)?,
         }
         Ok(())
     }
@@ -301,7 +301,7 @@ fn delete_snapshots(mount: &Path, given: &[String], force: bool) -> anyhow::Resu
     let mut found = Vec::new();
     for given in given {
         let to_delete = ToDelete::find(mount, given)?;
-        if let Some(name) = to_delete.name_in_snapshots(mount).filter(|_| !force) {
+        if let Some(name) = to_delete.name_in_snapshots().filter(|_| !force) {
             let parent_for = pushed::parent_for(mount, &name)?;
             anyhow::ensure!(
                 parent_for.is_empty(),
@@ -313,7 +313,7 @@ fn delete_snapshots(mount: &Path, given: &[String], force: bool) -> anyhow::Resu
     }
     for (given, to_delete) in found {
         to_delete.delete(mount)?;
-        let full = match to_delete.name_in_snapshots(mount) {
+        let full = match to_delete.name_in_snapshots() {
             Some(name) => forget_parent(mount, &name)?,
             None => String::new(),
         };

@@ -112,7 +112,11 @@ mod ioctls {
     nix::ioctl_read!(subvol_getflags, BTRFS_IOCTL_MAGIC, 25, u64);
     nix::ioctl_write_ptr!(subvol_setflags, BTRFS_IOCTL_MAGIC, 26, u64);
     nix::ioctl_read!(get_subvol_info, BTRFS_IOCTL_MAGIC, 60, GetSubvolInfoArgs);
+    nix::ioctl_write_ptr!(snap_destroy_v2, BTRFS_IOCTL_MAGIC, 63, VolArgsV2);
 }
+
+/// `BTRFS_SUBVOL_SPEC_BY_ID`: SNAP_DESTROY_V2 names the subvolume by id.
+const SUBVOL_SPEC_BY_ID: u64 = 1 << 4;
 
 fn name_bytes<const N: usize>(name: &str) -> Result<[u8; N], ProvisionError> {
     let mut bytes = [0u8; N];
@@ -200,6 +204,97 @@ pub fn snapshot(
 /// Deletes the subvolume or snapshot `parent/name`.
 pub fn delete_subvolume(parent: &Path, name: &str) -> Result<(), ProvisionError> {
     vol_args_ioctl(parent, name, "deleting subvolume", ioctls::snap_destroy)
+}
+
+/// A subvolume opened without following a path twice: what is checked
+/// through it is what [`delete_subvolume_by_id`] deletes.
+pub struct OpenSubvolume {
+    dir: File,
+}
+
+/// Why [`open_beneath`] found nothing it may open.
+#[derive(Debug)]
+pub enum Beneath {
+    Missing,
+    /// A symbolic link on the way (none is followed).
+    SymbolicLink,
+    /// Outside `top`, or on another filesystem mounted inside it.
+    Elsewhere,
+    Failed(std::io::Error),
+}
+
+/// Opens the directory `relative` beneath `top` without following any
+/// symbolic link, leaving `top` or crossing into another mount: a path an
+/// unprivileged user can change between a check and a use is resolved
+/// once, here.
+pub fn open_beneath(top: &File, relative: &Path) -> Result<OpenSubvolume, Beneath> {
+    use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+        .resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_XDEV
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+        );
+    match openat2(top, relative, how) {
+        Ok(fd) => Ok(OpenSubvolume {
+            dir: File::from(fd),
+        }),
+        Err(nix::Error::ENOENT) => Err(Beneath::Missing),
+        Err(nix::Error::ELOOP) => Err(Beneath::SymbolicLink),
+        Err(nix::Error::EXDEV) => Err(Beneath::Elsewhere),
+        Err(errno) => Err(Beneath::Failed(errno.into())),
+    }
+}
+
+impl OpenSubvolume {
+    /// The subvolume's id, if what was opened is a subvolume's root on
+    /// btrfs (not a directory inside one).
+    pub fn subvolume_id(&self) -> Option<u64> {
+        let on_btrfs = nix::sys::statfs::fstatfs(&self.dir)
+            .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::BTRFS_SUPER_MAGIC);
+        let root = self
+            .dir
+            .metadata()
+            .is_ok_and(|m| m.ino() == SUBVOLUME_ROOT_INODE);
+        if !(on_btrfs && root) {
+            return None;
+        }
+        let mut args = GetSubvolInfoArgs::ZEROED;
+        // SAFETY: as in `subvolume_info`: an open directory and a live,
+        // initialised argument the kernel writes.
+        unsafe { ioctls::get_subvol_info(self.dir.as_raw_fd(), &mut args) }.ok()?;
+        Some(args.treeid)
+    }
+
+    pub fn is_read_only(&self) -> Result<bool, ProvisionError> {
+        let mut flags = 0u64;
+        // SAFETY: `dir` is open and `flags` a live u64 the kernel writes.
+        unsafe { ioctls::subvol_getflags(self.dir.as_raw_fd(), &mut flags) }.map_err(
+            ioctl_error("reading the flags of", PathBuf::from("the snapshot")),
+        )?;
+        Ok(flags & SUBVOL_RDONLY != 0)
+    }
+}
+
+/// Deletes subvolume `id` of the filesystem `top` is a directory of, by
+/// its id: no path is looked up again (Linux 5.7 and later).
+pub fn delete_subvolume_by_id(top: &File, id: u64, shown: &Path) -> Result<(), ProvisionError> {
+    let mut args = VolArgsV2 {
+        fd: 0,
+        transid: 0,
+        flags: SUBVOL_SPEC_BY_ID,
+        unused: [0; 4],
+        name: [0; VOL_ARGS_V2_NAME_LEN],
+    };
+    // The last union's `subvolid` arm: its first eight bytes.
+    args.name[..8].copy_from_slice(&id.to_ne_bytes());
+    // SAFETY: `top` is an open directory and `args` a live, fully
+    // initialised btrfs_ioctl_vol_args_v2 the kernel only reads.
+    unsafe { ioctls::snap_destroy_v2(top.as_raw_fd(), &args) }
+        .map_err(ioctl_error("deleting subvolume", shown.to_path_buf()))?;
+    Ok(())
 }
 
 /// Whether the subvolume at `path` is read-only.

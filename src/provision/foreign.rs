@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use super::btrfs::Beneath;
 use super::command::BTRFS;
 use super::{ProvisionError, SNAPSHOTS_DIR, SUBVOLUMES, btrfs, mount, snapshot};
 
@@ -97,70 +98,125 @@ fn paths_in(listing: &str) -> Vec<String> {
         .collect()
 }
 
+/// A snapshot [`resolve`] checked: it names it by its subvolume id, so
+/// that [`delete`] deletes what was checked, whatever the path names by
+/// then.
+#[derive(Debug)]
+pub struct CheckedSnapshot {
+    top: PathBuf,
+    id: u64,
+    /// Its path from the top, as it was when checked.
+    from_top: PathBuf,
+    shown: PathBuf,
+}
+
+impl CheckedSnapshot {
+    /// Its path from the top of the filesystem, as it was when checked.
+    pub fn path_from_top(&self) -> &Path {
+        &self.from_top
+    }
+}
+
 /// The snapshot `given` names (a path, absolute or from the top of the
 /// filesystem mounted at `mount_point`), checked to be one that
 /// `snapshot delete` may delete: a read-only subvolume of that
-/// filesystem, and none of zeroblk's layout.
-pub fn resolve(mount_point: &Path, given: &Path) -> Result<PathBuf, ProvisionError> {
+/// filesystem, and none of zeroblk's layout. The path is resolved once,
+/// beneath the top, following no symbolic link and crossing no mount
+/// (a user who owns a directory on the way could otherwise swap it
+/// between the check and the delete).
+pub fn resolve(mount_point: &Path, given: &Path) -> Result<CheckedSnapshot, ProvisionError> {
     let top = require_provisioned(mount_point)?;
-    let joined = match given.is_absolute() {
-        true => given.to_path_buf(),
-        false => top.join(given),
-    };
-    let refuse = |why: String| {
-        Err(ProvisionError::Invalid(format!(
-            "{} {why}",
-            joined.display()
-        )))
-    };
-    let Ok(path) = joined.canonicalize() else {
-        return refuse(format!(
-            "does not exist: `zeroblk snapshot list --all {}` shows the snapshots there",
-            mount_point.display()
-        ));
-    };
-    let Ok(from_top) = path.strip_prefix(&top) else {
-        return refuse(format!(
+    let refuse = |why: String| ProvisionError::Invalid(format!("{} {why}", given.display()));
+    let relative = beneath_top(&top, mount_point, given).ok_or_else(|| {
+        refuse(format!(
             "is outside the filesystem mounted at {}: zeroblk deletes snapshots of the volume it names only",
             top.display()
-        ));
-    };
-    if mount::mount_holding(&path).as_deref() != Some(top.as_path()) {
-        return refuse(format!(
-            "is on another filesystem mounted inside {}: zeroblk deletes snapshots of the volume it names only",
+        ))
+    })?;
+    let top_dir = open_top(&top)?;
+    let opened = btrfs::open_beneath(&top_dir, &relative).map_err(|why| match why {
+        Beneath::Missing => refuse(format!(
+            "does not exist: `zeroblk snapshot list --all {}` shows the snapshots there",
+            mount_point.display()
+        )),
+        Beneath::SymbolicLink => refuse(
+            "is, or goes through, a symbolic link: name the snapshot by its own path (`zeroblk snapshot list --all` shows them)".into(),
+        ),
+        Beneath::Elsewhere => refuse(format!(
+            "is outside {}, or on another filesystem mounted inside it: zeroblk deletes snapshots of the volume it names only",
             top.display()
-        ));
-    }
-    let from_top = from_top.to_string_lossy();
-    if from_top.is_empty() || SUBVOLUMES.contains(&from_top.as_ref()) {
-        return refuse(
-            "is part of the filesystem's layout (its top, @, @home or @snapshots), not a snapshot: it is never deleted".into(),
-        );
-    }
-    if !btrfs::is_subvolume(&path) {
-        return refuse(
+        )),
+        Beneath::Failed(source) => ProvisionError::Io {
+            what: format!("opening {}", given.display()),
+            source,
+        },
+    })?;
+    let Some(id) = opened.subvolume_id() else {
+        return Err(refuse(
             "is not a subvolume: name a snapshot itself (`zeroblk snapshot list --all` shows them)"
                 .into(),
-        );
-    }
-    if !btrfs::is_read_only(&path)? {
-        return refuse(format!(
-            "is a writable subvolume, not a snapshot: zeroblk deletes read-only snapshots only; delete a subvolume with `btrfs subvolume delete {}` if it is not wanted",
-            path.display()
+        ));
+    };
+    if layout_ids(&top_dir).contains(&id) {
+        return Err(refuse(
+            "is part of the filesystem's layout (its top, @, @home or @snapshots), not a snapshot: it is never deleted".into(),
         ));
     }
-    Ok(path)
+    if !opened.is_read_only()? {
+        return Err(refuse(format!(
+            "is a writable subvolume, not a snapshot: zeroblk deletes read-only snapshots only; delete a subvolume with `btrfs subvolume delete {}` if it is not wanted",
+            top.join(&relative).display()
+        )));
+    }
+    Ok(CheckedSnapshot {
+        top,
+        id,
+        from_top: relative,
+        shown: given.to_path_buf(),
+    })
 }
 
-/// Deletes the snapshot at `path`, which [`resolve`] returned.
-pub fn delete(path: &Path) -> Result<(), ProvisionError> {
-    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
-        return Err(ProvisionError::Invalid(format!(
-            "{} names no snapshot",
-            path.display()
-        )));
+/// `given` as a path from `top` (the canonical mount point, which the
+/// user may have named as `mount_point`), if it is under it.
+fn beneath_top(top: &Path, mount_point: &Path, given: &Path) -> Option<PathBuf> {
+    let relative = match given.is_absolute() {
+        false => given.to_path_buf(),
+        true => given
+            .strip_prefix(top)
+            .or_else(|_| given.strip_prefix(mount_point))
+            .ok()?
+            .to_path_buf(),
     };
-    btrfs::delete_subvolume(parent, &name.to_string_lossy())
+    Some(match relative.as_os_str().is_empty() {
+        true => PathBuf::from("."),
+        false => relative,
+    })
+}
+
+fn open_top(top: &Path) -> Result<std::fs::File, ProvisionError> {
+    std::fs::File::open(top).map_err(|source| ProvisionError::Io {
+        what: format!("opening {}", top.display()),
+        source,
+    })
+}
+
+/// The subvolume ids of the top and of zeroblk's `@`, `@home` and
+/// `@snapshots`.
+fn layout_ids(top: &std::fs::File) -> Vec<u64> {
+    std::iter::once(".")
+        .chain(SUBVOLUMES)
+        .filter_map(|name| {
+            btrfs::open_beneath(top, Path::new(name))
+                .ok()?
+                .subvolume_id()
+        })
+        .collect()
+}
+
+/// Deletes the snapshot [`resolve`] checked, by its subvolume id.
+pub fn delete(snapshot: &CheckedSnapshot) -> Result<(), ProvisionError> {
+    let top = open_top(&snapshot.top)?;
+    btrfs::delete_subvolume_by_id(&top, snapshot.id, &snapshot.shown)
 }
 
 /// The canonical top of the provisioned filesystem mounted at
