@@ -573,7 +573,32 @@ fn a_second_serve_of_a_volume_is_refused_until_forced() {
         stderr.contains("lease") && stderr.contains("--force"),
         "{stderr}"
     );
+    // A writer that provably runs on this host is never taken over, even
+    // with --force: it holds acknowledged writes in its own log (the red
+    // team lost flushed data so).
+    let flushed = "import sys, nbd\n\
+h = nbd.NBD(); h.connect_uri(sys.argv[1])\n\
+h.pwrite(b'L' * 4096, 0); h.flush()\n";
+    run_ok(Command::new(common::nbd_python()).args(["-c", flushed, &first.uri("v")]));
+    for args in [
+        &["volume", "resize", "v", "--size", "128M", "--force"][..],
+        &["volume", "delete", "v", "--force"],
+    ] {
+        let stderr = common::zeroblk_fails(&setup.store_url, &other_cache, &[], args);
+        assert!(
+            stderr.contains("on this host, which still runs")
+                && stderr.contains("zeroblk detach v"),
+            "{args:?}: {stderr}"
+        );
+    }
     first.stop();
+    let read = "import sys, nbd\n\
+h = nbd.NBD(); h.connect_uri(sys.argv[1])\n\
+sys.stdout.write(h.pread(4096, 0).decode())\n";
+    let again = setup.serve(&["v"]);
+    let data = run_ok(Command::new(common::nbd_python()).args(["-c", read, &again.uri("v")]));
+    assert_eq!(data, "L".repeat(4096), "the flushed write is kept");
+    again.stop();
     setup.zeroblk(&["volume", "delete", "v"]);
 }
 

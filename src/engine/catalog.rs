@@ -500,12 +500,10 @@ pub async fn delete_unused(
 ) -> Result<()> {
     if let Ok(superblock) = superblock(store, name).await {
         unlock_blocking(&superblock, password).await?;
-        if !force && let Some(holder) = super::lease::live_holder(store, name).await? {
-            return Err(EngineError::Leased {
-                name: name.to_string(),
-                host: holder.host,
-                pid: holder.pid,
-            });
+        if let Some(holder) = super::lease::live_holder(store, name).await?
+            && (!force || holder.runs_in_another_process_here())
+        {
+            return Err(EngineError::leased(name, holder));
         }
         let dir = super::local::volume_dir(cache_dir, &superblock);
         if dir.exists() {

@@ -78,6 +78,10 @@ pub enum EngineError {
         pid: u32,
     },
     #[error(
+        "volume `{name}` is written by pid {pid} on this host, which still runs (it holds the volume's lease): stop that writer first (`zeroblk detach {name}`, or stop the `zeroblk serve` serving it); --force takes a volume over only from a writer that crashed or runs on another host"
+    )]
+    LeasedHere { name: String, pid: u32 },
+    #[error(
         "gc --grace {} is too short while {} attached: a commit in flight could lose objects it has just uploaded; detach first, or use --grace {} or longer",
         humantime::format_duration(*grace),
         volumes_are(volumes),
@@ -181,6 +185,7 @@ impl EngineError {
             EngineError::Fenced { .. }
             | EngineError::LeaseLost { .. }
             | EngineError::Leased { .. }
+            | EngineError::LeasedHere { .. }
             | EngineError::Busy { .. }
             | EngineError::GcRunning { .. }
             | EngineError::GcLeaseLost { .. } => ErrorKind::Fenced,
@@ -217,7 +222,9 @@ impl EngineError {
             EngineError::Closed(_) => libc::ESHUTDOWN,
             EngineError::ReadOnly { .. } | EngineError::ReadOnlySnapshot { .. } => libc::EROFS,
             EngineError::Fenced { .. } | EngineError::LeaseLost { .. } => libc::EROFS,
-            EngineError::Leased { .. } | EngineError::GcRunning { .. } => libc::EBUSY,
+            EngineError::Leased { .. }
+            | EngineError::LeasedHere { .. }
+            | EngineError::GcRunning { .. } => libc::EBUSY,
             EngineError::PasswordNeeded(_)
             | EngineError::WrongPassword(_)
             | EngineError::Key { .. } => libc::EACCES,
@@ -238,6 +245,22 @@ impl EngineError {
 }
 
 impl EngineError {
+    /// Volume `name`'s lease is held by `holder`, who is alive: on this
+    /// host (no --force), or possibly anywhere.
+    pub(crate) fn leased(name: &str, holder: super::lease::LeaseRecord) -> EngineError {
+        match holder.runs_in_another_process_here() {
+            true => EngineError::LeasedHere {
+                name: name.to_string(),
+                pid: holder.pid,
+            },
+            false => EngineError::Leased {
+                name: name.to_string(),
+                host: holder.host,
+                pid: holder.pid,
+            },
+        }
+    }
+
     /// An encrypted volume's key could not be opened or made.
     pub(crate) fn key(name: &str, why: crate::crypto::CryptoError) -> EngineError {
         match why {

@@ -124,6 +124,13 @@ impl LeaseRecord {
     pub fn holder_name(&self) -> String {
         format!("pid {} on {}", self.pid, self.host)
     }
+
+    /// Whether another process of this host holds it and still runs: one
+    /// that provably writes, which no `--force` may take over from (it
+    /// would lose the writes that process acknowledged and still holds).
+    pub fn runs_in_another_process_here(&self) -> bool {
+        self.shares_pid_space() && self.pid != std::process::id() && self.holder_runs_here()
+    }
 }
 
 /// The lease this process holds on one volume; it stops counting as alive
@@ -155,11 +162,7 @@ impl Lease {
         let key = keys::volume_file(name, "lease");
         Lease::acquire_at(store, key, ttl, force, "")
             .await?
-            .map_err(|holder| EngineError::Leased {
-                name: name.to_string(),
-                host: holder.host,
-                pid: holder.pid,
-            })
+            .map_err(|holder| EngineError::leased(name, holder))
     }
 
     /// Takes the lease at `key` for `purpose` (empty: the lease's usual
@@ -182,11 +185,11 @@ impl Lease {
                     None => continue, // someone took it first: look again
                 }
             };
-            if let Some(holder) = current.filter(|c| !c.released)
-                && !force
-                && holder_is_alive(store, &key, &holder).await?
-            {
-                return Ok(Err(holder));
+            if let Some(holder) = current.filter(|c| !c.released) {
+                let alive_here = holder.runs_in_another_process_here();
+                if alive_here || (!force && holder_is_alive(store, &key, &holder).await?) {
+                    return Ok(Err(holder));
+                }
             }
             crate::async_fail_point!("lease::before_take");
             let sent = Instant::now();
