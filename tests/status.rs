@@ -379,6 +379,19 @@ fn the_metrics_endpoint_answers_only_metrics_and_a_taken_port_stops_the_start() 
     assert_eq!(status("/metrics", "GET"), "200");
     assert_eq!(status("/elsewhere", "GET"), "404");
     assert_eq!(status("/metrics", "POST"), "405");
+    // One answer per connection, then the daemon closes it (read_to_end
+    // ends): a flood pipelined on one connection gets no more pages.
+    let address = root.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {address}\r\n\r\n");
+    std::io::Write::write_all(&mut stream, request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.to_lowercase().contains("connection: close"),
+        "{answer}"
+    );
     // A second daemon cannot take the same metrics address: it says so
     // and names the flag, before serving anything.
     let taken = daemon

@@ -3,14 +3,18 @@
 //! text format, taken at the request; any other path is a 404, any other
 //! method a 405.
 //!
-//! It faces the network, so no client can hold the daemon up: at most
-//! [`MAX_CONNECTIONS`] at once (more are closed as they connect), headers
-//! within [`HEADER_TIMEOUT`], a whole connection within
-//! [`CONNECTION_TIMEOUT`]. It serves figures only and changes nothing.
+//! It faces the network, so no client can hold the daemon up or take its
+//! CPU from the block device: one request per connection (no keep-alive,
+//! so nothing pipelined is answered), at most [`MAX_CONNECTIONS`] at once
+//! (more are closed as they connect), headers within [`HEADER_TIMEOUT`], a
+//! whole connection within [`CONNECTION_TIMEOUT`], and a page rendered at
+//! most once per [`FRESH_FOR`] however often it is asked for (a flood of
+//! scrapes slowed NBD reads 30-fold before). It serves figures only and
+//! changes nothing.
 
 use std::convert::Infallible;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -29,8 +33,11 @@ use super::{StatusSource, prometheus};
 pub const MAX_CONNECTIONS: usize = 64;
 /// How long a client has to send its request's headers.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long one connection may last, keep-alive included.
-pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long one connection may last.
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a rendered page is served again rather than rendered anew
+/// (Prometheus scrapes every 15 s or more).
+pub const FRESH_FOR: Duration = Duration::from_secs(1);
 
 /// Why the metrics endpoint could not start.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +62,11 @@ pub async fn bind(addresses: &[String]) -> Result<Vec<TcpListener>, MetricsListe
             })?;
         if let Ok(bound) = listener.local_addr() {
             tracing::info!("serving metrics at http://{bound}/metrics");
+            if !bound.ip().is_loopback() {
+                tracing::warn!(
+                    "metrics at {bound} can be read from other hosts: they name volumes, the store and the lease holder's host; listen on 127.0.0.1, or firewall the port"
+                );
+            }
         }
         listeners.push(listener);
     }
@@ -68,17 +80,45 @@ pub async fn serve(
     stopped: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let page = Arc::new(Page::new(source));
     let mut serving = tokio::task::JoinSet::new();
     for listener in listeners {
-        let (source, slots, stopped) = (source.clone(), Arc::clone(&slots), stopped.clone());
-        serving.spawn(accept(listener, source, slots, stopped));
+        let (page, slots, stopped) = (Arc::clone(&page), Arc::clone(&slots), stopped.clone());
+        serving.spawn(accept(listener, page, slots, stopped));
     }
     while serving.join_next().await.is_some() {}
 }
 
+/// The metrics page, rendered at most once per [`FRESH_FOR`].
+struct Page {
+    source: StatusSource,
+    last: Mutex<Option<(Instant, Bytes)>>,
+}
+
+impl Page {
+    fn new(source: StatusSource) -> Page {
+        Page {
+            source,
+            last: Mutex::new(None),
+        }
+    }
+
+    fn body(&self) -> Bytes {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        match &*last {
+            Some((at, body)) if at.elapsed() < FRESH_FOR => body.clone(),
+            _ => {
+                let body = Bytes::from(prometheus::encode(&self.source.collect()));
+                *last = Some((Instant::now(), body.clone()));
+                body
+            }
+        }
+    }
+}
+
 async fn accept(
     listener: TcpListener,
-    source: StatusSource,
+    page: Arc<Page>,
     slots: Arc<Semaphore>,
     mut stopped: watch::Receiver<bool>,
 ) {
@@ -95,11 +135,12 @@ async fn accept(
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
             continue; // dropped: the scraper sees the connection closed
         };
-        let source = source.clone();
+        let page = Arc::clone(&page);
         tokio::spawn(async move {
-            let service = service_fn(move |request| answer(request, source.clone()));
+            let service = service_fn(move |request| answer(request, Arc::clone(&page)));
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
+                .keep_alive(false)
                 .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service);
             let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
@@ -110,15 +151,12 @@ async fn accept(
 
 async fn answer(
     request: Request<Incoming>,
-    source: StatusSource,
+    page: Arc<Page>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let response = match (request.method(), request.uri().path()) {
-        (&Method::GET | &Method::HEAD, "/metrics" | "/") => {
-            let body = prometheus::encode(&source.collect());
-            Response::builder()
-                .header(CONTENT_TYPE, prometheus::CONTENT_TYPE)
-                .body(Full::new(Bytes::from(body)))
-        }
+        (&Method::GET | &Method::HEAD, "/metrics" | "/") => Response::builder()
+            .header(CONTENT_TYPE, prometheus::CONTENT_TYPE)
+            .body(Full::new(page.body())),
         (&Method::GET | &Method::HEAD, _) => Response::builder()
             .status(StatusCode::NOT_FOUND)
             .body(Full::new(Bytes::from_static(
