@@ -334,7 +334,7 @@ fn what_cannot_be_done_is_refused_with_one_clear_line() {
     let fits = fits.to_str().unwrap();
     setup.fails(
         &["volume", "import", fits, "small"],
-        "detach it there first",
+        "stop that writer first",
     );
     server.stop();
     setup.ok(&["volume", "import", fits, "small"]);
@@ -533,4 +533,71 @@ fn progress_bars_are_drawn_on_a_terminal_only_and_never_when_quiet_or_json() {
             "zeroblk {args:?} drew a bar into a pipe: {stderr:?}"
         );
     }
+}
+
+/// An image whose size is no multiple of 4 KiB, over a volume holding
+/// data: the volume's bytes past the image's end, in its last block, stay
+/// as they were (as `dd` leaves a disk).
+#[test]
+fn the_volume_past_an_unaligned_image_stays_as_it_was() {
+    let setup = Setup::new();
+    let old = setup.file("old.img");
+    std::fs::write(&old, vec![b'o'; 3 * 4096]).unwrap();
+    setup.ok(&["volume", "import", old.to_str().unwrap(), "v"]);
+    let short = setup.file("short.img");
+    std::fs::write(&short, vec![b'n'; 5000]).unwrap();
+    setup.ok(&["volume", "import", short.to_str().unwrap(), "v"]);
+    let back = setup.file("back.img");
+    setup.ok(&["volume", "export", "v", back.to_str().unwrap()]);
+    let bytes = std::fs::read(&back).unwrap();
+    assert!(bytes[..5000].iter().all(|&b| b == b'n'));
+    assert!(
+        bytes[5000..3 * 4096].iter().all(|&b| b == b'o'),
+        "the volume's bytes after the image were overwritten"
+    );
+}
+
+/// A file that changes while it is imported is reported, not taken for
+/// the image: the meter's first word truncates it, as another writer
+/// would.
+#[test]
+fn an_image_that_changes_during_the_import_is_an_error() {
+    use zeroblk::engine::{Meter, Unit};
+    use zeroblk::image::{ImageError, ImageSource, ImportRequest, NewShape, import};
+
+    struct Truncates(PathBuf);
+    impl Meter for Truncates {
+        fn stage(&self, _: &str, _: Unit, _: Option<u64>) {}
+        fn advance(&self, _: u64) {
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&self.0)
+                .and_then(|f| f.set_len(4096));
+        }
+    }
+    let setup = Setup::new();
+    let image = setup.file("moving.img");
+    std::fs::write(&image, random_bytes(1 << 20, 7)).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let store = zeroblk::store::Store::open(
+        &format!("file://{}", setup.store.path().display()),
+        &zeroblk::store::StoreOptions::default(),
+    )
+    .unwrap();
+    let request = ImportRequest {
+        source: ImageSource::File(image.clone()),
+        volume: "m".into(),
+        new_volume: NewShape {
+            size: None,
+            chunk_size: 1 << 20,
+            compression: zeroblk::format::Compression::default(),
+            encrypt_with: None,
+        },
+        options: common::engine_options(setup.cache.path()),
+    };
+    let outcome = runtime.block_on(import(&store, &request, &Truncates(image)));
+    assert!(
+        matches!(outcome, Err(ImageError::ChangedMeanwhile { .. })),
+        "{outcome:?}"
+    );
 }

@@ -63,6 +63,11 @@ pub enum ImageError {
         /// Shown in this error's own line, so not a `source`.
         cause: Box<ImageError>,
     },
+    #[error(
+        "{} changed while it was imported (its size or time is not what it was): what was written is committed, but it matches no one version of the file; import it again once nothing writes to it",
+        file.display()
+    )]
+    ChangedMeanwhile { file: PathBuf },
     #[error("{} exists: give another file name, or --force to replace it", file.display())]
     Exists { file: PathBuf },
     #[error(

@@ -75,7 +75,22 @@ pub async fn import(
         return Err(error);
     }
     meter.stage("importing", Unit::Bytes, image_size);
+    let watch = opened.watch();
+    let tail = match image_size {
+        Some(size) if !created => match volume_tail(&volume, size).await {
+            Ok(tail) => tail,
+            Err(error) => {
+                close_after_failure(&volume).await;
+                return Err(error);
+            }
+        },
+        _ => None,
+    };
     let filled = fill(&volume, opened, created, meter).await;
+    let filled = match (filled, tail) {
+        (Ok(tally), Some(tail)) => tail.put_back(&volume).await.map(|()| tally),
+        (filled, _) => filled,
+    };
     let tally = match filled {
         Ok(tally) => tally,
         Err(error) => {
@@ -86,6 +101,11 @@ pub async fn import(
     volume.commit().await?;
     let generation = volume.counters().generation;
     volume.close().await?;
+    if let (Some(watch), ImageSource::File(file)) = (&watch, &request.source)
+        && !watch.still()
+    {
+        return Err(ImageError::ChangedMeanwhile { file: file.clone() });
+    }
     Ok(ImportReport {
         source: request.source.describe(),
         volume: request.volume.clone(),
@@ -96,6 +116,44 @@ pub async fn import(
         zeroed_bytes: tally.zeroed,
         generation,
     })
+}
+
+/// The bytes of an existing volume past the end of an image of `size`
+/// bytes, within the image's last block: the import writes whole blocks,
+/// and these must read as they did (the volume past the image's end stays
+/// as it was, as `dd` leaves a disk).
+struct Tail {
+    block: u64,
+    image_part: usize,
+    volume_bytes: Vec<u8>,
+}
+
+async fn volume_tail(volume: &Volume, size: u64) -> Result<Option<Tail>, ImageError> {
+    let block_size = crate::format::BLOCK_SIZE;
+    let image_part = (size % block_size) as usize;
+    let block = size - image_part as u64;
+    if image_part == 0 || block + block_size > volume.size() {
+        return Ok(None);
+    }
+    let mut volume_bytes = vec![0u8; block_size as usize];
+    volume.read(block, &mut volume_bytes).await?;
+    Ok(Some(Tail {
+        block,
+        image_part,
+        volume_bytes,
+    }))
+}
+
+impl Tail {
+    /// Writes the volume's own bytes back after the image's in its last
+    /// block.
+    async fn put_back(self, volume: &Volume) -> Result<(), ImageError> {
+        let mut block = vec![0u8; self.volume_bytes.len()];
+        volume.read(self.block, &mut block).await?;
+        block[self.image_part..].copy_from_slice(&self.volume_bytes[self.image_part..]);
+        volume.write(self.block, &block, false).await?;
+        Ok(())
+    }
 }
 
 /// Opens the volume to write (its lease keeps out any other writer), or

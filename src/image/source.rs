@@ -95,6 +95,17 @@ impl Opened {
         Ok(Opened::Seekable { file, path, size })
     }
 
+    /// What tells whether a regular file changed while it was read: its
+    /// size and modification time now, and a handle to look again.
+    pub fn watch(&self) -> Option<Unchanged> {
+        let Opened::Seekable { file, .. } = self else {
+            return None;
+        };
+        let file = file.try_clone().ok()?;
+        let seen = Unchanged::stamp(&file)?;
+        Some(Unchanged { file, seen })
+    }
+
     /// The image's size, if known before it is read.
     pub fn size(&self) -> Option<u64> {
         match self {
@@ -114,6 +125,24 @@ impl Opened {
         if let Err(error) = sent {
             let _ = pieces.blocking_send(Err(error));
         }
+    }
+}
+
+/// A regular file's size and modification time when it was opened.
+pub(super) struct Unchanged {
+    file: File,
+    seen: (u64, std::time::SystemTime),
+}
+
+impl Unchanged {
+    fn stamp(file: &File) -> Option<(u64, std::time::SystemTime)> {
+        let meta = file.metadata().ok()?;
+        Some((meta.len(), meta.modified().ok()?))
+    }
+
+    /// Whether the file still has the size and time it had when opened.
+    pub fn still(&self) -> bool {
+        Unchanged::stamp(&self.file) == Some(self.seen)
     }
 }
 
