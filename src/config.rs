@@ -49,6 +49,35 @@ fn refuse_if_others_may_read(path: &Path) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// The most a configuration file may hold: a real one is a few hundred
+/// bytes, and `-c /dev/zero` must not read until memory runs out.
+const LONGEST_CONFIG: u64 = 1 << 20;
+
+/// The text of the configuration file at `path`: a regular file of at
+/// most [`LONGEST_CONFIG`] bytes.
+fn read_bounded(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read;
+    let read_error = |source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(read_error)?;
+    let meta = file.metadata().map_err(read_error)?;
+    if !meta.is_file() || meta.len() > LONGEST_CONFIG {
+        return Err(ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message: format!(
+                "a configuration file is a regular file of at most {LONGEST_CONFIG} bytes (TOML, see the README): name one with -c FILE"
+            ),
+        });
+    }
+    let mut text = String::new();
+    file.take(LONGEST_CONFIG)
+        .read_to_string(&mut text)
+        .map_err(read_error)?;
+    Ok(text)
+}
+
 /// Why a configuration file was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -115,10 +144,7 @@ pub struct NbdSection {
 
 impl ConfigFile {
     pub fn load(path: &Path) -> Result<ConfigFile, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = read_bounded(path)?;
         let config: ConfigFile = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
             path: path.to_path_buf(),
             message: where_and_why(&text, &e),
@@ -296,6 +322,20 @@ addresses = ["0.0.0.0:10809"]
             refused.contains("encryption_password") && refused.contains("chmod 600"),
             "{refused}"
         );
+    }
+
+    #[test]
+    fn only_a_regular_file_of_bounded_size_is_read() {
+        let refused = ConfigFile::load(Path::new("/dev/zero"))
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("regular file"), "{refused}");
+        let dir = tempfile::tempdir().unwrap();
+        let refused = ConfigFile::load(dir.path()).unwrap_err().to_string();
+        assert!(refused.contains("regular file"), "{refused}");
+        let big = write(&"# padding\n".repeat(200_000));
+        let refused = ConfigFile::load(big.path()).unwrap_err().to_string();
+        assert!(refused.contains("at most"), "{refused}");
     }
 
     #[test]
