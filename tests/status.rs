@@ -213,7 +213,14 @@ fn status_and_metrics_move_as_fio_writes_and_reads() {
     assert!(number(&puts["requests"]) > 0, "{puts}");
     assert!(number(&after[0]["store_bytes_written"]) > 0);
 
-    let metrics = daemon.metrics();
+    // The page is rendered at most once a second: the I/O has stopped, so
+    // it catches up with the status taken above.
+    let written_key = "zeroblk_volume_written_bytes_total{volume=v}";
+    let mut metrics = daemon.metrics();
+    eventually("the metrics page catching up", 30, || {
+        metrics = daemon.metrics();
+        metrics[written_key] >= written as f64
+    });
     let m = |key: &str| {
         *metrics
             .get(key)

@@ -94,6 +94,9 @@ pub async fn run(args: ServeArgs, settings: &Settings) -> anyhow::Result<()> {
         let volume = read_only::open(&store, name, *mode, options.clone()).await?;
         exports.add(Export::new(&name.to_string(), Arc::new(volume)));
     }
+    // Everything that can fail to bind, before any address is announced.
+    let metrics = status::http::bind(&args.metrics.addresses(settings)).await?;
+    let control_socket = bind_control_socket()?;
     let mut listeners = Vec::new();
     for address in &addresses {
         let listener = Listener::bind(address)
@@ -118,7 +121,6 @@ pub async fn run(args: ServeArgs, settings: &Settings) -> anyhow::Result<()> {
     if let Some(tls) = &tls {
         tracing::info!("clients must use {}", tls.describe());
     }
-    let metrics = status::http::bind(&args.metrics.addresses(settings)).await?;
     let server = NbdServer::new(exports)
         .with_handshake_timeout(args.handshake_timeout.into())
         .with_max_connections(args.max_connections)
@@ -127,7 +129,6 @@ pub async fn run(args: ServeArgs, settings: &Settings) -> anyhow::Result<()> {
     let (stop, stopped) = watch::channel(false);
     let volumes = server.exports().volumes().cloned().collect();
     let source = StatusSource::new(Role::Serve, volumes).with_nbd(server.clone());
-    let control_socket = bind_control_socket()?;
     tokio::spawn(control::serve_status(
         control_socket.listener,
         source.clone(),
