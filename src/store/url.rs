@@ -50,12 +50,47 @@ pub struct StoreOptions {
     pub s3_settings: Vec<(String, String)>,
 }
 
+/// A store URL names where the store is, never how to get in: one with
+/// credentials (`s3://KEY:SECRET@bucket`) or a query would have them sent
+/// as part of the bucket's name or prefix, and printed wherever the URL
+/// is.
+fn refuse_secrets(url: &str) -> Result<(), &'static str> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Ok(());
+    };
+    if scheme == "file" {
+        return Ok(());
+    }
+    if rest
+        .split('/')
+        .next()
+        .is_some_and(|authority| authority.contains('@'))
+    {
+        return Err(
+            "a store URL carries no credentials: give them in the environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; GOOGLE_APPLICATION_CREDENTIALS; AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY) and name the store as s3://BUCKET/PREFIX",
+        );
+    }
+    if rest.contains('?') {
+        return Err(
+            "a store URL takes no query (?...): settings go in the environment or in flags such as --s3-endpoint",
+        );
+    }
+    Ok(())
+}
+
+/// `url` as an error may show it: no credentials, no query.
+fn shown_without_secrets(url: &str) -> String {
+    let without_query = url.split('?').next().unwrap_or(url);
+    super::redact_credentials(without_query)
+}
+
 impl StoreUrl {
     pub fn parse(url: &str) -> Result<StoreUrl, StoreError> {
         let bad = |reason: &str| StoreError::BadUrl {
-            url: url.to_string(),
+            url: shown_without_secrets(url),
             reason: reason.to_string(),
         };
+        refuse_secrets(url).map_err(&bad)?;
         if let Some(path) = url.strip_prefix("file://") {
             if !path.starts_with('/') {
                 return Err(bad(
@@ -240,6 +275,27 @@ fn s3_builder(bucket: &str, options: &StoreOptions) -> AmazonS3Builder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_and_queries_are_refused_and_never_shown() {
+        for url in [
+            "s3://AKIAURLKEY:URLSECRETVALUE@bkt/pfx",
+            "gs://user:pw@bucket/p",
+            "s3://bkt/pfx?secret_access_key=URLSECRETVALUE",
+        ] {
+            let refused = StoreUrl::parse(url).unwrap_err().to_string();
+            assert!(
+                !refused.contains("URLSECRETVALUE") && !refused.contains(":pw@"),
+                "{refused}"
+            );
+            assert!(
+                refused.contains("credentials") || refused.contains("query"),
+                "{refused}"
+            );
+        }
+        assert!(StoreUrl::parse("file:///srv/a@b/store").is_ok());
+        assert!(StoreUrl::parse("s3://bucket/prefix/with@sign").is_ok());
+    }
 
     #[test]
     fn parses_every_scheme() {
