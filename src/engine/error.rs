@@ -255,7 +255,7 @@ impl EngineError {
             },
             false => EngineError::Leased {
                 name: name.to_string(),
-                host: holder.host,
+                host: holder.printable_host(),
                 pid: holder.pid,
             },
         }

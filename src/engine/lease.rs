@@ -122,7 +122,18 @@ impl LeaseRecord {
     }
 
     pub fn holder_name(&self) -> String {
-        format!("pid {} on {}", self.pid, self.host)
+        format!("pid {} on {}", self.pid, self.printable_host())
+    }
+
+    /// The holder's hostname as a terminal may show it: the record comes
+    /// from the bucket, so control characters (escape sequences) become
+    /// `?` and it is cut at 255 bytes' worth of characters.
+    pub fn printable_host(&self) -> String {
+        self.host
+            .chars()
+            .take(255)
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect()
     }
 
     /// Whether another process of this host holds it and still runs: one
@@ -422,4 +433,19 @@ async fn read_versioned(
 
 fn encode(record: &LeaseRecord) -> Bytes {
     Bytes::from(serde_json::to_vec(record).expect("a lease serializes"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hostname_from_the_bucket_is_shown_without_escape_sequences() {
+        let mut record = LeaseRecord::new(Duration::from_secs(30), "");
+        record.host = "\u{1b}[2J\u{1b}[31mEVIL\nline".to_string() + &"x".repeat(1000);
+        let shown = record.holder_name();
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert!(shown.contains("?[2J?[31mEVIL?line"), "{shown:?}");
+        assert!(shown.len() < 300, "{}", shown.len());
+    }
 }
