@@ -42,11 +42,12 @@ pub const FRESH_FOR: Duration = Duration::from_secs(1);
 /// Why the metrics endpoint could not start.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "cannot serve metrics on {address}: {source}; pick another address with --metrics-listen (HOST:PORT, e.g. 127.0.0.1:9100)"
+    "cannot serve metrics on {address}: {cause}; pick another address with --metrics-listen (HOST:PORT, e.g. 127.0.0.1:9100)"
 )]
 pub struct MetricsListenError {
     address: String,
-    source: std::io::Error,
+    /// Shown in this error's own line, so not a `source`.
+    cause: std::io::Error,
 }
 
 /// Listens on each of `addresses` (HOST:PORT); fails on the first that
@@ -54,12 +55,13 @@ pub struct MetricsListenError {
 pub async fn bind(addresses: &[String]) -> Result<Vec<TcpListener>, MetricsListenError> {
     let mut listeners = Vec::with_capacity(addresses.len());
     for address in addresses {
-        let listener = TcpListener::bind(address.as_str())
-            .await
-            .map_err(|source| MetricsListenError {
-                address: address.clone(),
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(address.as_str())
+                .await
+                .map_err(|cause| MetricsListenError {
+                    address: address.clone(),
+                    cause,
+                })?;
         if let Ok(bound) = listener.local_addr() {
             tracing::info!("serving metrics at http://{bound}/metrics");
             if !bound.ip().is_loopback() {
