@@ -338,11 +338,8 @@ fn the_human_status_names_each_figure_and_a_missing_volume_is_an_error() {
 fn watch_redraws_in_place_until_interrupted() {
     use std::io::Read;
     let daemon = Daemon::serve("w", "256M");
-    let mut watch = Command::new(env!("CARGO_BIN_EXE_zeroblk"))
-        .args(["--store", &daemon.store_url, "--cache-dir"])
-        .arg(&daemon.cache)
-        .args(["status", "--watch", "--interval", "100ms"])
-        .envs(daemon.env.iter().map(|(k, v)| (*k, v.as_str())))
+    let args = ["status", "--watch", "--interval", "100ms"];
+    let mut watch = common::zeroblk_command(&daemon.store_url, &daemon.cache, &daemon.env, &args)
         .stdout(Stdio::piped())
         .spawn()
         .expect("start zeroblk status --watch");

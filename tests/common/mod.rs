@@ -582,14 +582,25 @@ pub fn zeroblk(
     env: &[(&'static str, String)],
     args: &[&str],
 ) -> String {
-    run_ok(
-        Command::new(env!("CARGO_BIN_EXE_zeroblk"))
-            .args(["--store", store_url, "--cache-dir"])
-            .arg(cache_dir)
-            .args(args)
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .env_remove("ZEROBLK_CONFIG"),
-    )
+    run_ok(&mut zeroblk_command(store_url, cache_dir, env, args))
+}
+
+/// The `zeroblk` binary with a store, a cache dir, `env` and `args`, and
+/// no configuration file from the environment.
+pub fn zeroblk_command(
+    store_url: &str,
+    cache_dir: &Path,
+    env: &[(&'static str, String)],
+    args: &[&str],
+) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_zeroblk"));
+    command
+        .args(["--store", store_url, "--cache-dir"])
+        .arg(cache_dir)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env_remove("ZEROBLK_CONFIG");
+    command
 }
 
 /// Runs the `zeroblk` binary as [`zeroblk`] does, expecting it to fail;
@@ -600,14 +611,7 @@ pub fn zeroblk_fails(
     env: &[(&'static str, String)],
     args: &[&str],
 ) -> String {
-    let output = command::output(
-        Command::new(env!("CARGO_BIN_EXE_zeroblk"))
-            .args(["--store", store_url, "--cache-dir"])
-            .arg(cache_dir)
-            .args(args)
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .env_remove("ZEROBLK_CONFIG"),
-    );
+    let output = command::output(&mut zeroblk_command(store_url, cache_dir, env, args));
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(
         !output.status.success(),
