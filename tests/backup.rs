@@ -315,13 +315,7 @@ fn verify_names_a_flipped_byte_and_a_missing_chunk() {
     std::fs::write(flipped, bytes).unwrap();
     std::fs::remove_file(&chunks[2]).unwrap();
 
-    let out = common::command::output(Command::new(env!("CARGO_BIN_EXE_zeroblk")).args([
-        "--store",
-        "memory://",
-        "backup",
-        "verify",
-        &url,
-    ]));
+    let out = verify(&url);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "{stdout}");
     let key = |path: &Path| {
@@ -632,13 +626,7 @@ fn a_damaged_chain_does_not_keep_the_others_from_restoring() {
         "--to",
         into.to_str().unwrap(),
     ]);
-    let out = common::command::output(Command::new(env!("CARGO_BIN_EXE_zeroblk")).args([
-        "--store",
-        "memory://",
-        "backup",
-        "verify",
-        &url,
-    ]));
+    let out = verify(&url);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success());
     let key = sequence
@@ -725,4 +713,15 @@ fn a_restore_refuses_a_parent_that_btrfs_receive_could_find_elsewhere() {
     ]);
     assert!(said.contains("carry the received UUID"), "{said}");
     assert!(said.contains(&format!("elsewhere/{}", listed[0])), "{said}");
+}
+
+/// `zeroblk backup verify URL`, which may fail: its output.
+fn verify(url: &str) -> std::process::Output {
+    common::command::output(Command::new(env!("CARGO_BIN_EXE_zeroblk")).args([
+        "--store",
+        "memory://",
+        "backup",
+        "verify",
+        url,
+    ]))
 }
