@@ -503,7 +503,7 @@ pub async fn delete_unused(
         if let Some(holder) = super::lease::live_holder(store, name).await?
             && (!force || holder.runs_in_another_process_here())
         {
-            return Err(EngineError::leased(name, holder));
+            return Err(holder.refusal(name));
         }
         let dir = super::local::volume_dir(cache_dir, &superblock);
         if dir.exists() {

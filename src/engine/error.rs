@@ -245,22 +245,6 @@ impl EngineError {
 }
 
 impl EngineError {
-    /// Volume `name`'s lease is held by `holder`, who is alive: on this
-    /// host (no --force), or possibly anywhere.
-    pub(crate) fn leased(name: &str, holder: super::lease::LeaseRecord) -> EngineError {
-        match holder.runs_in_another_process_here() {
-            true => EngineError::LeasedHere {
-                name: name.to_string(),
-                pid: holder.pid,
-            },
-            false => EngineError::Leased {
-                name: name.to_string(),
-                host: holder.printable_host(),
-                pid: holder.pid,
-            },
-        }
-    }
-
     /// An encrypted volume's key could not be opened or made.
     pub(crate) fn key(name: &str, why: crate::crypto::CryptoError) -> EngineError {
         match why {

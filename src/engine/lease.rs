@@ -136,6 +136,22 @@ impl LeaseRecord {
             .collect()
     }
 
+    /// The error for volume `name` held by this record's holder, who is
+    /// alive: on this host (no --force helps), or possibly anywhere.
+    pub(crate) fn refusal(self, name: &str) -> EngineError {
+        match self.runs_in_another_process_here() {
+            true => EngineError::LeasedHere {
+                name: name.to_string(),
+                pid: self.pid,
+            },
+            false => EngineError::Leased {
+                name: name.to_string(),
+                host: self.printable_host(),
+                pid: self.pid,
+            },
+        }
+    }
+
     /// Whether another process of this host holds it and still runs: one
     /// that provably writes, which no `--force` may take over from (it
     /// would lose the writes that process acknowledged and still holds).
@@ -173,7 +189,7 @@ impl Lease {
         let key = keys::volume_file(name, "lease");
         Lease::acquire_at(store, key, ttl, force, "")
             .await?
-            .map_err(|holder| EngineError::leased(name, holder))
+            .map_err(|holder| holder.refusal(name))
     }
 
     /// Takes the lease at `key` for `purpose` (empty: the lease's usual
