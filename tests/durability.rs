@@ -908,6 +908,72 @@ async fn a_dead_holders_pid_reused_by_another_process_frees_its_lease() {
     volume.close().await.unwrap();
 }
 
+/// Red-team finding: after a writer was killed (`kill -9`), any command
+/// that opened the volume with another cache dir on the same host
+/// (`volume resize` without the daemon's `--cache-dir`, say) judged the
+/// dead holder's lease free, took it and committed; the killed writer's
+/// log, holding its flushed writes, no longer applied and was set aside on
+/// its next open. Now a writer's lease names its log's folder, and a taker
+/// on this host with another log is refused until the log is replayed
+/// (or `--force`). The interleaving: after the crash, a restart from the
+/// right cache dir is held just before it takes the lease while one from
+/// another cache dir tries: that one is refused, the restart replays.
+///
+/// Fails before the commit that records the log's folder (the second
+/// open takes the lease, and the restart finds its log orphaned).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_writers_log_elsewhere_on_this_host_keeps_its_lease() {
+    let _scenario = fail::FailScenario::setup();
+    let (store, cache_a) = volume_in_memory().await;
+    let cache_b = tempfile::tempdir().unwrap();
+    let volume = Volume::open(&store.store, "v", log_only(cache_a.path()))
+        .await
+        .unwrap();
+    write_tags(&volume, 0, &[1, 2, 3]).await;
+    volume.flush().await.unwrap();
+    volume.crash(false, 0).await;
+
+    let before_take = Pause::first_at("lease::before_take");
+    let restart = {
+        let (store, options) = (store.reopen(), log_only(cache_a.path()));
+        tokio::spawn(async move { Volume::open(&store, "v", options).await })
+    };
+    before_take.reached().await;
+
+    let refused = Volume::open(&store.reopen(), "v", log_only(cache_b.path()))
+        .await
+        .err()
+        .expect("another cache dir took the lease of a writer whose log holds flushed writes");
+    assert!(
+        matches!(refused, engine::EngineError::LogElsewhere { .. }),
+        "{refused}"
+    );
+    assert_eq!(refused.errno(), libc::EBUSY);
+    let log_folder = std::fs::canonicalize(cache_a.path()).unwrap();
+    assert!(
+        refused
+            .to_string()
+            .contains(&log_folder.display().to_string()),
+        "the refusal names where the log is: {refused}"
+    );
+
+    before_take.resume();
+    let volume = restart.await.unwrap().unwrap();
+    assert_eq!(
+        read_tags(&volume, 0, 3).await,
+        [1, 2, 3],
+        "the restart from the log's cache dir replays the flushed writes"
+    );
+    volume.crash(false, 0).await;
+
+    let mut forced = log_only(cache_b.path());
+    forced.take_over = true;
+    let volume = Volume::open(&store.reopen(), "v", forced)
+        .await
+        .expect("--force takes over from a dead writer whose log is elsewhere");
+    volume.close().await.unwrap();
+}
+
 /// Red-team finding: the first session of a volume on a host made its
 /// cache folder (`NAME.UUID/`, and the cache dir itself if missing) and
 /// its `log/` without syncing the directories that name them. A power cut

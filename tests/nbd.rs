@@ -602,6 +602,46 @@ sys.stdout.write(h.pread(4096, 0).decode())\n";
     setup.zeroblk(&["volume", "delete", "v"]);
 }
 
+/// A writer killed with flushed writes in its log keeps its lease from
+/// every command that would open the volume with another cache dir on
+/// this host (the red team's `volume resize` without `--cache-dir` took
+/// it, committed, and the killed writer's log was set aside as orphaned):
+/// the refusal names the cache dir to use, and a restart from there
+/// replays the writes.
+#[test]
+fn a_killed_writers_flushed_writes_wait_for_its_own_cache_dir() {
+    let setup = Setup::file();
+    setup.zeroblk(&["volume", "create", "v", "--size", "64M"]);
+    let first = setup.serve(&["v", "--commit-interval", "1h"]);
+    let flushed = "import sys, nbd\n\
+h = nbd.NBD(); h.connect_uri(sys.argv[1])\n\
+h.pwrite(b'K' * 4096, 0); h.flush()\n";
+    run_ok(Command::new(common::nbd_python()).args(["-c", flushed, &first.uri("v")]));
+    first.kill();
+
+    let other_cache = setup.dir.path().join("other-cache");
+    let stderr = common::zeroblk_fails(
+        &setup.store_url,
+        &other_cache,
+        &[],
+        &["volume", "resize", "v", "--size", "128M"],
+    );
+    let own_cache = std::fs::canonicalize(setup.cache()).unwrap();
+    assert!(
+        stderr.contains("stopped without detaching")
+            && stderr.contains(&format!("--cache-dir {}", own_cache.display())),
+        "{stderr}"
+    );
+
+    let read = "import sys, nbd\n\
+h = nbd.NBD(); h.connect_uri(sys.argv[1])\n\
+sys.stdout.write(h.pread(4096, 0).decode())\n";
+    let again = setup.serve(&["v"]);
+    let data = run_ok(Command::new(common::nbd_python()).args(["-c", read, &again.uri("v")]));
+    assert_eq!(data, "K".repeat(4096), "the flushed write is replayed");
+    again.stop();
+}
+
 /// Started with umask 022, zeroblk still leaves nothing of a volume open to
 /// other users: store objects, cache dir, log segments and disk cache are
 /// private files in private directories.

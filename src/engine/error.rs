@@ -82,6 +82,17 @@ pub enum EngineError {
     )]
     LeasedHere { name: String, pid: u32 },
     #[error(
+        "volume `{name}` was last written by pid {pid} on this host, which stopped without detaching; its write-back log, which may hold flushed writes not yet in the store, is in {log_dir}: open the volume with that log's cache directory (--cache-dir {cache_dir}) so they are replayed; --force takes the volume over from its last commit without them"
+    )]
+    LogElsewhere {
+        name: String,
+        pid: u32,
+        /// The dead holder's log folder, as it recorded it.
+        log_dir: String,
+        /// The cache directory that holds it.
+        cache_dir: String,
+    },
+    #[error(
         "gc --grace {} is too short while {} attached: a commit in flight could lose objects it has just uploaded; detach first, or use --grace {} or longer",
         humantime::format_duration(*grace),
         volumes_are(volumes),
@@ -186,6 +197,7 @@ impl EngineError {
             | EngineError::LeaseLost { .. }
             | EngineError::Leased { .. }
             | EngineError::LeasedHere { .. }
+            | EngineError::LogElsewhere { .. }
             | EngineError::Busy { .. }
             | EngineError::GcRunning { .. }
             | EngineError::GcLeaseLost { .. } => ErrorKind::Fenced,
@@ -224,6 +236,7 @@ impl EngineError {
             EngineError::Fenced { .. } | EngineError::LeaseLost { .. } => libc::EROFS,
             EngineError::Leased { .. }
             | EngineError::LeasedHere { .. }
+            | EngineError::LogElsewhere { .. }
             | EngineError::GcRunning { .. } => libc::EBUSY,
             EngineError::PasswordNeeded(_)
             | EngineError::WrongPassword(_)

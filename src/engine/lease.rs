@@ -31,6 +31,7 @@
 //! `fencing: unsupported`): there the lease is advisory.
 
 use std::collections::HashSet;
+use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -81,10 +82,15 @@ pub struct LeaseRecord {
     /// lease is also held by a snapshot or a clone while it pins a root).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub purpose: String,
+    /// A writer's write-back log folder (absolute): a taker on this host
+    /// that would open another log lets a dead holder's flushed writes be
+    /// replayed from there first (see [`LeaseRecord::left_a_log_elsewhere`]).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub log_dir: String,
 }
 
 impl LeaseRecord {
-    fn new(ttl: Duration, purpose: &str) -> LeaseRecord {
+    fn new(ttl: Duration, purpose: &str, log_dir: Option<&Path>) -> LeaseRecord {
         let me = ProcessId::current();
         LeaseRecord {
             holder: Uuid::new_v4(),
@@ -97,6 +103,7 @@ impl LeaseRecord {
             renewals: 0,
             released: false,
             purpose: purpose.to_string(),
+            log_dir: log_dir.map(absolute).unwrap_or_default(),
         }
     }
 
@@ -129,26 +136,50 @@ impl LeaseRecord {
     /// from the bucket, so control characters (escape sequences) become
     /// `?` and it is cut at 255 bytes' worth of characters.
     pub fn printable_host(&self) -> String {
-        self.host
-            .chars()
-            .take(255)
-            .map(|c| if c.is_control() { '?' } else { c })
-            .collect()
+        printable(&self.host)
     }
 
-    /// The error for volume `name` held by this record's holder, who is
-    /// alive: on this host (no --force helps), or possibly anywhere.
+    /// Whether this holder, gone from this host without releasing the
+    /// lease, kept a write-back log that `taker` would not replay and that
+    /// is still there: its flushed writes are only in it, and taking over
+    /// from another log would leave them behind for good. A log folder
+    /// that is gone (the cache dir was lost) holds nothing to wait for. A
+    /// holder elsewhere (another host or pid space) cannot be asked;
+    /// taking over from it loses its log's writes, as the durability
+    /// contract says.
+    fn left_a_log_elsewhere(&self, taker: &LeaseRecord) -> bool {
+        self.shares_pid_space()
+            && !self.log_dir.is_empty()
+            && self.log_dir != taker.log_dir
+            && Path::new(&self.log_dir).try_exists().unwrap_or(true)
+    }
+
+    /// The error for volume `name` whose lease this record's holder keeps
+    /// from a taker: it is alive on this host (no --force helps), or
+    /// possibly alive anywhere, or it died here leaving its log elsewhere.
     pub(crate) fn refusal(self, name: &str) -> EngineError {
-        match self.runs_in_another_process_here() {
-            true => EngineError::LeasedHere {
+        if self.runs_in_another_process_here() {
+            return EngineError::LeasedHere {
                 name: name.to_string(),
                 pid: self.pid,
-            },
-            false => EngineError::Leased {
+            };
+        }
+        if self.shares_pid_space() && !self.holder_runs_here() {
+            let log_dir = printable(&self.log_dir);
+            let cache_dir = Path::new(&log_dir)
+                .parent()
+                .map_or_else(|| log_dir.clone(), |p| p.display().to_string());
+            return EngineError::LogElsewhere {
                 name: name.to_string(),
-                host: self.printable_host(),
                 pid: self.pid,
-            },
+                log_dir,
+                cache_dir,
+            };
+        }
+        EngineError::Leased {
+            name: name.to_string(),
+            host: self.printable_host(),
+            pid: self.pid,
         }
     }
 
@@ -175,6 +206,24 @@ pub struct Lease {
     sent: Instant,
 }
 
+/// Text from the bucket as a terminal may show it: control characters
+/// (escape sequences) become `?`, and it is cut at 255 characters.
+fn printable(text: &str) -> String {
+    text.chars()
+        .take(255)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+/// `dir` as an absolute path with no links, as every process on this
+/// host names it (the folder exists: the writer made it).
+fn absolute(dir: &Path) -> String {
+    std::fs::canonicalize(dir)
+        .unwrap_or_else(|_| std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf()))
+        .display()
+        .to_string()
+}
+
 fn hostname() -> String {
     nix::unistd::gethostname()
         .ok()
@@ -183,11 +232,20 @@ fn hostname() -> String {
 }
 
 impl Lease {
-    /// Takes the lease of volume `name`; `force` takes it from a holder
-    /// that may be alive.
-    pub async fn acquire(store: &Store, name: &str, ttl: Duration, force: bool) -> Result<Lease> {
+    /// Takes the lease of volume `name` for a writer whose write-back log
+    /// is in `log_dir` (none: a holder that writes no log); `force` takes
+    /// it from a holder that may be alive, or that died leaving its log
+    /// elsewhere.
+    pub async fn acquire(
+        store: &Store,
+        name: &str,
+        ttl: Duration,
+        force: bool,
+        log_dir: Option<&Path>,
+    ) -> Result<Lease> {
         let key = keys::volume_file(name, "lease");
-        Lease::acquire_at(store, key, ttl, force, "")
+        let ours = LeaseRecord::new(ttl, "", log_dir);
+        Lease::take(store, key, ours, force)
             .await?
             .map_err(|holder| holder.refusal(name))
     }
@@ -202,7 +260,15 @@ impl Lease {
         force: bool,
         purpose: &str,
     ) -> Result<std::result::Result<Lease, LeaseRecord>> {
-        let ours = LeaseRecord::new(ttl, purpose);
+        Lease::take(store, key, LeaseRecord::new(ttl, purpose, None), force).await
+    }
+
+    async fn take(
+        store: &Store,
+        key: String,
+        ours: LeaseRecord,
+        force: bool,
+    ) -> Result<std::result::Result<Lease, LeaseRecord>> {
         loop {
             let Some((current, version)) = read_versioned(store, &key).await? else {
                 crate::async_fail_point!("lease::before_create");
@@ -215,6 +281,9 @@ impl Lease {
             if let Some(holder) = current.filter(|c| !c.released) {
                 let alive_here = holder.runs_in_another_process_here();
                 if alive_here || (!force && holder_is_alive(store, &key, &holder).await?) {
+                    return Ok(Err(holder));
+                }
+                if !force && holder.left_a_log_elsewhere(&ours) {
                     return Ok(Err(holder));
                 }
             }
@@ -456,8 +525,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_dead_holders_log_counts_while_its_folder_is_there_and_not_the_takers() {
+        let (theirs, mine) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let ttl = Duration::from_secs(30);
+        let holder = LeaseRecord::new(ttl, "", Some(theirs.path()));
+        let taker = |dir: Option<&Path>| LeaseRecord::new(ttl, "", dir);
+        assert!(holder.left_a_log_elsewhere(&taker(Some(mine.path()))));
+        assert!(holder.left_a_log_elsewhere(&taker(None)));
+        assert!(!holder.left_a_log_elsewhere(&taker(Some(theirs.path()))));
+        let elsewhere = LeaseRecord {
+            pid_space: "another-boot/pid:[1]".into(),
+            ..holder.clone()
+        };
+        assert!(!elsewhere.left_a_log_elsewhere(&taker(Some(mine.path()))));
+        let no_log = LeaseRecord::new(ttl, "", None);
+        assert!(!no_log.left_a_log_elsewhere(&taker(Some(mine.path()))));
+        drop(theirs);
+        assert!(
+            !holder.left_a_log_elsewhere(&taker(Some(mine.path()))),
+            "a lost cache dir holds nothing to replay"
+        );
+    }
+
+    #[test]
     fn a_hostname_from_the_bucket_is_shown_without_escape_sequences() {
-        let mut record = LeaseRecord::new(Duration::from_secs(30), "");
+        let mut record = LeaseRecord::new(Duration::from_secs(30), "", None);
         record.host = "\u{1b}[2J\u{1b}[31mEVIL\nline".to_string() + &"x".repeat(1000);
         let shown = record.holder_name();
         assert!(!shown.chars().any(char::is_control), "{shown:?}");

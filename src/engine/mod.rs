@@ -65,7 +65,11 @@
 //!    writer stops ([`EngineError::Fenced`]), one that finds gc's barrier
 //!    there builds the commit again on top of it. Stores that ignore
 //!    conditional writes are detected when a volume opens
-//!    ([`crate::store::Fencing`]).
+//!    ([`crate::store::Fencing`]). A writer with local durability names
+//!    its log's folder in the lease: once it is dead, a taker on this host
+//!    that would open another log is refused while that folder exists
+//!    ([`EngineError::LogElsewhere`], unless forced), so its flushed
+//!    writes are replayed from there, not left behind.
 //! 7. **gc takes nothing in use.** No object referenced by a root
 //!    published after `zeroblk gc` started is deleted, whatever the timing:
 //!    every object a commit uploads is a new one, and gc's barrier makes a

@@ -58,7 +58,7 @@ pub async fn rollback(
     volume.close().await?;
     drop(volume);
     crate::async_fail_point!("rollback::closed");
-    let lease = Lease::acquire(store, name, options.lease_ttl, false).await?;
+    let lease = Lease::acquire(store, name, options.lease_ttl, false, None).await?;
     let hold = GcHold::take(store, &format!("a rollback of volume {name}")).await?;
     let rolled = replace_newest(store, name, &codec, target).await;
     hold.release(store).await?;

@@ -49,7 +49,20 @@ impl Writer {
         };
         local::prepare(&dir).map_err(cache_dir_error)?;
         let lock = local::lock(&dir, name)?;
-        let lease = Lease::acquire(store, name, options.lease_ttl, options.take_over).await?;
+        // Only a log that acknowledges flushes holds writes the store
+        // lacks: the lease names it for a taker here to replay first.
+        let log_with_flushed_writes = match options.durability {
+            Durability::Local => Some(dir.as_path()),
+            Durability::Remote => None,
+        };
+        let lease = Lease::acquire(
+            store,
+            name,
+            options.lease_ttl,
+            options.take_over,
+            log_with_flushed_writes,
+        )
+        .await?;
         let lease_holder = lease.holder();
         let (root, mut log, replayed) = loop {
             let newest = catalog::newest_root(store, &superblock, &codec).await?;
