@@ -314,6 +314,41 @@ fn what_cannot_be_done_is_refused_with_one_clear_line() {
         &["volume", "import", path, "small", "--size", "64M"],
         "only sizes a volume the import makes",
     );
+    // The layout flags only shape a volume the import makes: given for
+    // one that exists, each must be what it has.
+    let fits_small = setup.file("fits-small.img");
+    sparse_image(&fits_small, 4 * MIB, &[(0, random_bytes(4096, 11))]);
+    let fits_small = fits_small.to_str().unwrap();
+    let password = setup.file("password");
+    std::fs::write(&password, "correct horse battery staple").unwrap();
+    std::fs::set_permissions(
+        &password,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let password = password.to_str().unwrap().to_string();
+    for (flag, has) in [
+        (&["--chunk-size", "4M"][..], "1M chunks"),
+        (&["--compression", "none"], "compression zstd:3"),
+        (
+            &["--encrypt", "--password-file", &password],
+            "no encryption",
+        ),
+    ] {
+        let args = [&["volume", "import", fits_small, "small"][..], flag].concat();
+        let said = setup.fails(&args, "only shapes a volume the import makes");
+        assert!(said.contains(has), "{flag:?}: {said}");
+    }
+    setup.ok(&[
+        "volume",
+        "import",
+        fits_small,
+        "small",
+        "--chunk-size",
+        "1M",
+        "--compression",
+        "zstd:3",
+    ]);
     setup.fails(
         &["volume", "import", "/nonexistent/x.img", "small"],
         "cannot open",
@@ -587,12 +622,7 @@ fn an_image_that_changes_during_the_import_is_an_error() {
     let request = ImportRequest {
         source: ImageSource::File(image.clone()),
         volume: "m".into(),
-        new_volume: NewShape {
-            size: None,
-            chunk_size: 1 << 20,
-            compression: zeroblk::format::Compression::default(),
-            encrypt_with: None,
-        },
+        new_volume: NewShape::default(),
         options: common::engine_options(setup.cache.path()),
     };
     let outcome = runtime.block_on(import(&store, &request, &Truncates(image)));

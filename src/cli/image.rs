@@ -3,8 +3,8 @@
 
 use super::progress::StageBar;
 use super::settings::{EngineArgs, Settings};
-use super::volume::LayoutArgs;
 use crate::engine::VolumeRef;
+use crate::format::Compression;
 use crate::image::{
     self, ExportReport, ExportRequest, ImageSource, ImageTarget, ImportReport, ImportRequest,
     NewShape,
@@ -28,7 +28,7 @@ pub struct ImportArgs {
     #[arg(long, value_name = "SIZE")]
     size: Option<ByteSize>,
     #[command(flatten)]
-    layout: LayoutArgs,
+    layout: NewLayoutArgs,
     /// Draw no progress bar
     #[arg(long, short)]
     quiet: bool,
@@ -36,6 +36,25 @@ pub struct ImportArgs {
     json: bool,
     #[command(flatten)]
     engine: EngineArgs,
+}
+
+/// How a volume the import makes stores its chunks; given for a volume
+/// that exists, each must be what it has.
+#[derive(Debug, clap::Args)]
+struct NewLayoutArgs {
+    /// Chunk size of a volume the import makes, a power of two from 64K
+    /// to 16M [default: 1M]
+    #[arg(long, value_name = "SIZE")]
+    chunk_size: Option<ByteSize>,
+    /// How a volume the import makes compresses its chunks: zstd,
+    /// zstd:LEVEL or none [default: zstd:3]
+    #[arg(long, value_name = "CODEC")]
+    compression: Option<Compression>,
+    /// Encrypt a volume the import makes, with the password of
+    /// --password-file, ZEROBLK_PASSWORD or [storage] encryption_password
+    /// (given a password, it is encrypted even without this flag)
+    #[arg(long)]
+    encrypt: bool,
 }
 
 /// Write a volume (its newest commit) or a snapshot NAME@SNAP into a raw
@@ -66,8 +85,9 @@ pub async fn import(args: ImportArgs, settings: &Settings) -> anyhow::Result<()>
         volume: args.name.writable()?.to_string(),
         new_volume: NewShape {
             size: args.size.map(ByteSize::bytes),
-            chunk_size: args.layout.chunk_size.bytes(),
+            chunk_size: args.layout.chunk_size.map(ByteSize::bytes),
             compression: args.layout.compression,
+            encrypt: args.layout.encrypt,
             encrypt_with: settings.password_for_new_volume(args.layout.encrypt)?,
         },
         options: settings.engine_options(&args.engine)?,
@@ -78,7 +98,7 @@ pub async fn import(args: ImportArgs, settings: &Settings) -> anyhow::Result<()>
     let report = imported?;
     match args.json {
         true => outln!("{}", serde_json::to_string_pretty(&report)?),
-        false => outln!("{}", import_summary(&report, &args.layout)),
+        false => outln!("{}", import_summary(&report)),
     }
     Ok(())
 }
@@ -111,13 +131,13 @@ pub async fn export(args: ExportArgs, settings: &Settings) -> anyhow::Result<()>
     Ok(())
 }
 
-fn import_summary(report: &ImportReport, layout: &LayoutArgs) -> String {
+fn import_summary(report: &ImportReport) -> String {
     let made = match report.created {
         true => format!(
             ", made for it: {}, {} chunks, {}",
             ByteSize(report.volume_size),
-            layout.chunk_size,
-            layout.compression
+            ByteSize(report.chunk_size),
+            report.compression
         ),
         false => String::new(),
     };

@@ -48,6 +48,14 @@ pub enum ImageError {
         asked: u64,
     },
     #[error(
+        "volume `{volume}` exists, with {has}: {flag} only shapes a volume the import makes; leave it out to write over the volume as it is, or import into a new volume name"
+    )]
+    LayoutOfExisting {
+        volume: String,
+        has: String,
+        flag: String,
+    },
+    #[error(
         "volume `{volume}` does not exist, and the image is a stream (standard input, a pipe) with no size to make it with: give the new volume's size with --size SIZE, or create it first with `zeroblk volume create {volume} --size SIZE`"
     )]
     SizeNeeded { volume: String },

@@ -10,7 +10,8 @@ use super::error::ImageError;
 use super::source::{ImageSource, Opened};
 use crate::crypto::Password;
 use crate::engine::{self, EngineError, EngineOptions, Meter, NewVolume, Unit, Volume};
-use crate::format::Compression;
+use crate::format::{Compression, DEFAULT_CHUNK_SIZE};
+use crate::size::ByteSize;
 use crate::store::Store;
 
 /// Pieces read ahead of the writes.
@@ -29,13 +30,21 @@ pub struct ImportRequest {
     pub options: EngineOptions,
 }
 
-/// The volume an import makes when it does not exist yet.
-#[derive(Debug, Clone)]
+/// The volume an import makes when it does not exist yet. What is given
+/// explicitly (`Some`, `encrypt`) must match an existing volume: it only
+/// shapes a new one, and saying nothing would leave the user believing
+/// the volume took it.
+#[derive(Debug, Clone, Default)]
 pub struct NewShape {
     /// Its size; by default the image's, rounded up to whole blocks.
     pub size: Option<u64>,
-    pub chunk_size: u64,
-    pub compression: Compression,
+    /// By default [`DEFAULT_CHUNK_SIZE`].
+    pub chunk_size: Option<u64>,
+    /// By default [`Compression::default`].
+    pub compression: Option<Compression>,
+    /// Encryption was asked for (`--encrypt`).
+    pub encrypt: bool,
+    /// The new volume's password, if it is encrypted.
     pub encrypt_with: Option<Password>,
 }
 
@@ -47,6 +56,9 @@ pub struct ImportReport {
     /// Whether the import made the volume.
     pub created: bool,
     pub volume_size: u64,
+    pub chunk_size: u64,
+    /// How the volume compresses its chunks (`zstd:3`, `none`).
+    pub compression: String,
     /// The image's bytes (read, or known to be holes).
     pub image_bytes: u64,
     /// Bytes written: the image's data blocks.
@@ -111,6 +123,8 @@ pub async fn import(
         volume: request.volume.clone(),
         created,
         volume_size: volume.size(),
+        chunk_size: volume.superblock().chunk_size,
+        compression: volume.superblock().compression.to_string(),
         image_bytes: image_size.unwrap_or(tally.image),
         written_bytes: tally.written,
         zeroed_bytes: tally.zeroed,
@@ -167,9 +181,13 @@ async fn open_or_create(
     let name = &request.volume;
     match Volume::open(store, name, request.options.clone()).await {
         Ok(volume) => {
-            return refuse_another_size(volume, request)
-                .await
-                .map(|v| (v, false));
+            return match another_shape(&volume, request) {
+                None => Ok((volume, false)),
+                Some(refusal) => {
+                    close_after_failure(&volume).await;
+                    Err(refusal)
+                }
+            };
         }
         Err(EngineError::NoSuchVolume(_)) => {}
         Err(error) => return Err(error.into()),
@@ -177,8 +195,8 @@ async fn open_or_create(
     let new = NewVolume {
         name: name.clone(),
         size: new_size(name, &request.new_volume, image_size)?,
-        chunk_size: request.new_volume.chunk_size,
-        compression: request.new_volume.compression,
+        chunk_size: request.new_volume.chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE),
+        compression: request.new_volume.compression.unwrap_or_default(),
         encrypt_with: request.new_volume.encrypt_with.clone(),
     };
     let created = match engine::create(store, &new).await {
@@ -191,25 +209,40 @@ async fn open_or_create(
     Ok((volume, created))
 }
 
-/// An existing volume, unless `--size` asked for another size: that
-/// only sizes a volume the import makes, and saying nothing would leave
-/// the user believing the volume took it.
-async fn refuse_another_size(
-    volume: Volume,
-    request: &ImportRequest,
-) -> Result<Volume, ImageError> {
-    match request.new_volume.size {
-        Some(asked) if asked != volume.size() => {
-            let size = volume.size();
-            close_after_failure(&volume).await;
-            Err(ImageError::SizeOfExisting {
-                volume: request.volume.clone(),
-                size,
-                asked,
-            })
-        }
-        _ => Ok(volume),
+/// Why an existing `volume` is not the one the request shapes, if it is
+/// not: a size, chunk size, compression or encryption given explicitly
+/// that it does not have.
+fn another_shape(volume: &Volume, request: &ImportRequest) -> Option<ImageError> {
+    let (shape, superblock) = (&request.new_volume, volume.superblock());
+    let name = request.volume.clone();
+    if let Some(asked) = shape.size.filter(|&asked| asked != superblock.size) {
+        return Some(ImageError::SizeOfExisting {
+            volume: name,
+            size: superblock.size,
+            asked,
+        });
     }
+    let layout = |has: String, flag: String| ImageError::LayoutOfExisting {
+        volume: name.clone(),
+        has,
+        flag,
+    };
+    if let Some(asked) = shape.chunk_size.filter(|&c| c != superblock.chunk_size) {
+        return Some(layout(
+            format!("{} chunks", ByteSize(superblock.chunk_size)),
+            format!("--chunk-size {}", ByteSize(asked)),
+        ));
+    }
+    if let Some(asked) = shape.compression.filter(|&c| c != superblock.compression) {
+        return Some(layout(
+            format!("compression {}", superblock.compression),
+            format!("--compression {asked}"),
+        ));
+    }
+    if shape.encrypt && superblock.encryption.is_none() {
+        return Some(layout("no encryption".into(), "--encrypt".into()));
+    }
+    None
 }
 
 /// The size of a volume made for an image of `image_size` bytes.
