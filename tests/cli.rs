@@ -399,6 +399,47 @@ disk_size_gb = 100.0
 addresses = ["0.0.0.0:10809"]
 "#;
 
+/// A key in the bucket that object_store refuses as a path (`..`, an
+/// empty segment, a control character), put there by another tool, made
+/// `volume list` and gc fail with object_store's words repeated four
+/// times, after retries. Now it is one line naming the key, escaped, and
+/// the fix.
+#[test]
+fn a_key_no_path_can_hold_is_named_with_the_fix() {
+    let server = moto();
+    for (key, shown) in [
+        ("vols/volumes/%2E%2E/y", "vols/volumes/../"),
+        (
+            "vols/volumes/a%1B%5B2Jb/superblock",
+            "vols/volumes/a\\u{1b}[2Jb/",
+        ),
+    ] {
+        let bucket = server.new_bucket();
+        let zeroblk = Zeroblk {
+            store: format!("s3://{bucket}/vols"),
+            cache: tempfile::tempdir().unwrap(),
+            env: server.env(),
+        };
+        zeroblk.ok(&["volume", "create", "good", "--size", "16M"]);
+        server.put_empty(&format!("/{bucket}/{key}"));
+        for args in [&["volume", "list"][..], &["gc", "--dry-run"]] {
+            let output = zeroblk.run(args);
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(!output.status.success(), "{args:?}");
+            assert!(
+                stderr.contains("cannot list past")
+                    && stderr.contains(shown)
+                    && stderr.contains("remove that object"),
+                "{args:?}: {stderr}"
+            );
+            assert!(
+                !stderr.contains('\u{1b}'),
+                "an escape sequence reached the terminal"
+            );
+        }
+    }
+}
+
 /// The guide's configuration, as it is, with `-c`: its bucket (on moto)
 /// gets an encrypted volume under its password; and the guide's one
 /// command, `zerofs nbd export -c zerofs.toml --name production ...`, is

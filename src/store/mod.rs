@@ -111,6 +111,10 @@ pub enum StoreError {
         "{key} is {size} bytes, more than such an object ever is ({max}): the bucket was changed outside zeroblk; restore the object from a backup"
     )]
     TooLarge { key: String, size: u64, max: u64 },
+    #[error(
+        "{store} holds a key zeroblk cannot list past, at or under `{key}` (an empty segment, `..` or a control character; zeroblk never writes such keys): remove that object from the bucket (or move it out of zeroblk's prefix) and run the command again"
+    )]
+    UnlistableKey { store: String, key: String },
     #[error("object store {op} of {key} failed: {}", redact_credentials(&source.to_string()))]
     Request {
         op: &'static str,
@@ -671,6 +675,7 @@ impl Store {
                 detail,
                 kind,
             },
+            _ if let Some(key) = unlistable_key(&error) => StoreError::UnlistableKey { store, key },
             _ if full.contains("InvalidAccessKeyId") || full.contains("SignatureDoesNotMatch") => {
                 StoreError::Denied {
                     store,
@@ -692,6 +697,31 @@ fn exists(error: &object_store::Error) -> bool {
 }
 
 /// The innermost error of a chain: what actually went wrong.
+/// The key (or the prefix of keys) a listing met that object_store
+/// refuses as a path, shown escaped: it comes from the bucket, and may
+/// hold escape sequences.
+fn unlistable_key(error: &object_store::Error) -> Option<String> {
+    use object_store::path::Error as PathError;
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = cause {
+        if let Some(refused) = error.downcast_ref::<PathError>() {
+            return match refused {
+                PathError::EmptySegment { path }
+                | PathError::BadSegment { path, .. }
+                | PathError::NonUnicode { path, .. } => Some(
+                    path.chars()
+                        .take(255)
+                        .flat_map(char::escape_debug)
+                        .collect(),
+                ),
+                _ => None,
+            };
+        }
+        cause = error.source();
+    }
+    None
+}
+
 fn root_cause(error: &dyn std::error::Error) -> String {
     let mut cause = error;
     while let Some(inner) = cause.source() {

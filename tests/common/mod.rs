@@ -235,6 +235,14 @@ impl Moto {
         http_exchange(&self.endpoint, "GET", path)
     }
 
+    /// Puts an empty object by an unsigned request (moto takes those) at
+    /// `path`, `/BUCKET/KEY` percent-encoded: keys no S3 library would
+    /// write, as a stranger's tool may.
+    pub fn put_empty(&self, path: &str) {
+        let status = http_request(&self.endpoint, "PUT", path);
+        assert!(status.starts_with("HTTP/1.1 200"), "PUT {path}: {status}");
+    }
+
     /// Creates a bucket with a fresh name.
     pub fn new_bucket(&self) -> String {
         let name = format!("zb-{}", uuid::Uuid::new_v4().simple());
