@@ -4,7 +4,9 @@
 //! mode 0600, its size set at once so that what is never written is a
 //! hole), synced, and only then moved to its name: a failed export leaves
 //! nothing under that name, and `--force` replaces a file only with a
-//! whole image. Standard output gets every byte, zeroes included.
+//! whole image; what an export killed part way left there is removed by
+//! the next export of the same name. Standard output gets every byte,
+//! zeroes included.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -67,6 +69,7 @@ impl Sink {
             ImageTarget::File { path, replace } => (path.clone(), *replace),
         };
         refuse_existing(&path, replace)?;
+        remove_abandoned_partials(&path);
         let partial = partial_name(&path)?;
         let file = OpenOptions::new()
             .write(true)
@@ -177,6 +180,47 @@ fn partial_name(path: &Path) -> Result<PathBuf, ImageError> {
     Ok(path.with_file_name(partial))
 }
 
+/// Removes what exports of `path` killed part way left beside it: this
+/// user's regular files under its partial name whose process is gone
+/// (the image is sparse, but may hold gigabytes of data). A file whose
+/// pid runs is left, whoever has that pid now.
+fn remove_abandoned_partials(path: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let (Some(name), Some(folder)) = (path.file_name(), path.parent()) else {
+        return;
+    };
+    let folder = match folder.as_os_str().is_empty() {
+        true => Path::new("."),
+        false => folder,
+    };
+    let prefix = format!(".{}.zeroblk-partial-", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(folder) else {
+        return;
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(pid) = file_name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let abandoned = pid != std::process::id()
+            && !crate::process::ProcessId::recorded(pid, 0).is_running()
+            && entry
+                .metadata()
+                .is_ok_and(|meta| meta.is_file() && meta.uid() == me);
+        if abandoned && std::fs::remove_file(entry.path()).is_ok() {
+            tracing::info!(
+                "removed {}, left by an export that did not finish",
+                entry.path().display()
+            );
+        }
+    }
+}
+
 /// Moves the whole image to `path`: over a file there only if `replace`
 /// (a file made there meanwhile is never replaced otherwise).
 fn move_into_place(partial: &Path, path: &Path, replace: bool) -> Result<(), ImageError> {
@@ -227,6 +271,33 @@ fn write_zeroes(out: &mut impl Write, mut len: u64) -> std::io::Result<()> {
 mod tests {
     use super::*;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    #[test]
+    fn an_export_removes_what_a_killed_export_of_the_same_file_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("image.raw");
+        let mut gone = std::process::Command::new("true").spawn().unwrap();
+        let gone_pid = gone.id();
+        gone.wait().unwrap();
+        let partial = |pid: u32| dir.path().join(format!(".image.raw.zeroblk-partial-{pid}"));
+        let other_image = dir
+            .path()
+            .join(format!(".other.raw.zeroblk-partial-{gone_pid}"));
+        for left in [partial(gone_pid), partial(1), other_image.clone()] {
+            std::fs::write(left, b"half an image").unwrap();
+        }
+        let target = ImageTarget::File {
+            path: path.clone(),
+            replace: false,
+        };
+        Sink::create(&target, 1 << 20).unwrap().abandon();
+        assert!(
+            !partial(gone_pid).exists(),
+            "a dead export's file is removed"
+        );
+        assert!(partial(1).exists(), "a running pid's file is left");
+        assert!(other_image.exists(), "another image's file is left");
+    }
 
     #[test]
     fn a_file_appears_whole_private_and_sparse_and_only_once_finished() {
