@@ -10,51 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{ZeroblkServer, moto, nbd_python, require_tool, run_ok, zeroblk};
-
-/// A store in a temporary directory, and a cache directory beside it.
-struct Setup {
-    dir: tempfile::TempDir,
-    store_url: String,
-    env: Vec<(&'static str, String)>,
-}
-
-impl Setup {
-    fn file() -> Setup {
-        let dir = tempfile::tempdir().unwrap();
-        let store_url = format!("file://{}/store", dir.path().display());
-        Setup {
-            dir,
-            store_url,
-            env: Vec::new(),
-        }
-    }
-
-    fn s3() -> Setup {
-        let server = moto();
-        Setup {
-            dir: tempfile::tempdir().unwrap(),
-            store_url: format!("s3://{}/nbd", server.new_bucket()),
-            env: server.env(),
-        }
-    }
-
-    fn cache(&self) -> PathBuf {
-        self.dir.path().join("cache")
-    }
-
-    fn zeroblk(&self, args: &[&str]) -> String {
-        zeroblk(&self.store_url, &self.cache(), &self.env, args)
-    }
-
-    fn serve(&self, extra: &[&str]) -> ZeroblkServer {
-        ZeroblkServer::start(&self.store_url, &self.cache(), &self.env, extra)
-    }
-
-    fn file_path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-}
+use common::served::Served as Setup;
+use common::{ZeroblkServer, nbd_python, require_tool, run_ok};
 
 fn random_image(path: &Path, len: usize, seed: u64) {
     let mut rng = fastrand::Rng::with_seed(seed);
@@ -132,14 +89,14 @@ fn nbdinfo_shows_the_export() {
 fn copy_round_trip(setup: &Setup) {
     let nbdcopy = require_tool("nbdcopy", "libnbd-bin");
     setup.zeroblk(&["volume", "create", "disk", "--size", "256M"]);
-    let image = setup.file_path("in.img");
+    let image = setup.path("in.img");
     random_image(&image, 96 << 20, 1);
     let server = setup.serve(&[]);
     run_ok(Command::new(&nbdcopy).arg(&image).arg(server.uri("disk")));
     server.stop();
 
     let copy_out = |name: &str| {
-        let out = setup.file_path(name);
+        let out = setup.path(name);
         let server = setup.serve(&[]);
         run_ok(Command::new(&nbdcopy).arg(server.uri("disk")).arg(&out));
         server.stop();
@@ -167,7 +124,7 @@ fn nbdcopy_round_trips_across_restarts_and_a_wiped_cache() {
 
 #[test]
 fn nbdcopy_round_trips_on_s3() {
-    copy_round_trip(&Setup::s3());
+    copy_round_trip(&Setup::s3("nbd"));
 }
 
 #[test]
@@ -175,7 +132,7 @@ fn qemu_img_converts_and_compares() {
     let qemu_img = require_tool("qemu-img", "qemu-utils");
     let setup = Setup::file();
     setup.zeroblk(&["volume", "create", "q", "--size", "64M"]);
-    let image = setup.file_path("q.img");
+    let image = setup.path("q.img");
     random_image(&image, 64 << 20, 2);
     let server = setup.serve(&[]);
     let uri = server.uri("q");
@@ -192,7 +149,7 @@ fn qemu_img_converts_and_compares() {
             .arg(&uri),
     );
     assert!(compared.contains("identical"), "{compared}");
-    let out = setup.file_path("q-out.img");
+    let out = setup.path("q-out.img");
     run_ok(
         Command::new(&qemu_img)
             .args(["convert", "-f", "raw", "-O", "raw"])
@@ -256,7 +213,7 @@ fn libnbd_edge_cases() {
 #[test]
 fn a_whole_device_trim_of_two_tebibytes_does_not_stall() {
     let python = nbd_python();
-    let setup = Setup::s3();
+    let setup = Setup::s3("nbd");
     setup.zeroblk(&["volume", "create", "big", "--size", "2T"]);
     let server = setup.serve(&[]);
     let output = run_ok(
@@ -447,7 +404,7 @@ fn unix_sockets_and_the_default_export() {
     let nbdinfo = require_tool("nbdinfo", "libnbd-bin");
     let setup = Setup::file();
     setup.zeroblk(&["volume", "create", "only", "--size", "64M"]);
-    let socket = setup.file_path("nbd.sock");
+    let socket = setup.path("nbd.sock");
     let listen = format!("unix:{}", socket.display());
     let server = setup.serve(&["--listen", &listen]);
     let info =
@@ -463,7 +420,7 @@ fn the_config_file_sets_the_listen_addresses() {
     let setup = Setup::file();
     setup.zeroblk(&["volume", "create", "c", "--size", "64M"]);
     let port = common::free_port();
-    let config = setup.file_path("zeroblk.toml");
+    let config = setup.path("zeroblk.toml");
     std::fs::write(
         &config,
         format!(
@@ -520,7 +477,7 @@ fn every_fio_profile_runs_against_zeroblk_over_nbd() {
     names.sort();
     assert!(names.len() >= 8, "{names:?}");
     for profile in names {
-        let out = setup.file_path("fio.json");
+        let out = setup.path("fio.json");
         run_ok(
             Command::new("fio")
                 .args(["--section=nbd", "--output-format=json", "--output"])
@@ -651,7 +608,7 @@ fn nothing_of_a_volume_is_readable_by_other_users() {
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     let setup = Setup::file();
     setup.zeroblk(&["volume", "create", "m", "--size", "64M"]);
-    let image = setup.file_path("m.img");
+    let image = setup.path("m.img");
     random_image(&image, 8 << 20, 3);
     // The disk cache stays empty unless seven times --max-dirty is free
     // beside it: keep that within a small CI disk.
@@ -661,12 +618,12 @@ fn nothing_of_a_volume_is_readable_by_other_users() {
     server.stop();
     // Read back by a fresh process: fetched chunks fill the disk cache.
     let server = setup.serve(&small_log);
-    let out = setup.file_path("m-out.img");
+    let out = setup.path("m-out.img");
     run_ok(Command::new(&nbdcopy).arg(server.uri("m")).arg(&out));
     server.stop();
 
     let mut seen = Vec::new();
-    for top in [setup.file_path("store"), setup.cache()] {
+    for top in [setup.path("store"), setup.cache()] {
         walk(&top, &mut seen);
     }
     let open: Vec<_> = seen.iter().filter(|(_, mode)| mode & 0o077 != 0).collect();
@@ -742,7 +699,7 @@ fn unread_replies_do_not_grow_the_servers_memory() {
     let nbdcopy = require_tool("nbdcopy", "libnbd-bin");
     let setup = Setup::file();
     setup.zeroblk(&["volume", "create", "r", "--size", "512M"]);
-    let image = setup.file_path("r.img");
+    let image = setup.path("r.img");
     random_image(&image, 256 << 20, 4);
     // Left in the log (no commit for a day): each read copies from it.
     let server = setup.serve(&["--memory-cache", "64M", "--commit-interval", "1d"]);
@@ -774,7 +731,7 @@ fn unread_replies_do_not_grow_the_servers_memory() {
     // 64 MiB of memory cache, a 512 MiB budget, the rest of the process.
     assert!(peak < (64 + 512 + 256) << 20, "peak RSS {} MiB", peak >> 20);
     // Others are still served.
-    let out = setup.file_path("r-out.img");
+    let out = setup.path("r-out.img");
     run_ok(Command::new(&nbdcopy).arg(server.uri("r")).arg(&out));
     drop(attackers);
     server.kill();
@@ -988,10 +945,10 @@ fn psk_query(dir: &Path) -> String {
 /// checks they came back.
 fn nbdcopy_round_trip(setup: &Setup, uri: &str, len: usize, seed: u64) {
     let nbdcopy = require_tool("nbdcopy", "libnbd-bin");
-    let image = setup.file_path(&format!("tls-in-{seed}.img"));
+    let image = setup.path(&format!("tls-in-{seed}.img"));
     random_image(&image, len, seed);
     run_ok(Command::new(&nbdcopy).arg(&image).arg(uri));
-    let out = setup.file_path(&format!("tls-out-{seed}.img"));
+    let out = setup.path(&format!("tls-out-{seed}.img"));
     run_ok(Command::new(&nbdcopy).arg(uri).arg(&out));
     let copied = std::fs::read(&out).unwrap();
     let original = std::fs::read(&image).unwrap();
@@ -1117,7 +1074,7 @@ fn qemu_img_over_tls() {
     let certs = common::TestCerts::new();
     let setup = Setup::file();
     setup.zeroblk(&["volume", "create", "q", "--size", "16M"]);
-    let image = setup.file_path("q.img");
+    let image = setup.path("q.img");
     random_image(&image, 16 << 20, 14);
     let qemu = |server: &ZeroblkServer, creds: String, args: &[&str]| {
         let mut command = Command::new(&qemu_img);

@@ -8,69 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{ZeroblkServer, moto, nbd_python, require_tool, run_ok, zeroblk, zeroblk_fails};
-use zeroblk::store::{Store, StoreOptions};
-
-/// A store (a local directory or a bucket), and one cache dir that the
-/// writer and the readers share, as processes on one host would.
-struct Setup {
-    dir: tempfile::TempDir,
-    store_url: String,
-    env: Vec<(&'static str, String)>,
-    store_options: StoreOptions,
-}
-
-impl Setup {
-    fn file() -> Setup {
-        let dir = tempfile::tempdir().unwrap();
-        let store_url = format!("file://{}/store", dir.path().display());
-        Setup {
-            dir,
-            store_url,
-            env: Vec::new(),
-            store_options: StoreOptions::default(),
-        }
-    }
-
-    fn s3() -> Setup {
-        let server = moto();
-        Setup {
-            dir: tempfile::tempdir().unwrap(),
-            store_url: format!("s3://{}/readers", server.new_bucket()),
-            env: server.env(),
-            store_options: server.store_options(),
-        }
-    }
-
-    fn cache(&self) -> PathBuf {
-        self.dir.path().join("cache")
-    }
-
-    fn zeroblk(&self, args: &[&str]) -> String {
-        zeroblk(&self.store_url, &self.cache(), &self.env, args)
-    }
-
-    fn zeroblk_fails(&self, args: &[&str]) -> String {
-        zeroblk_fails(&self.store_url, &self.cache(), &self.env, args)
-    }
-
-    fn serve(&self, extra: &[&str]) -> ZeroblkServer {
-        ZeroblkServer::start(&self.store_url, &self.cache(), &self.env, extra)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// Pins the newest commit of `volume` as snapshot `name` (the library
-    /// call `volume snapshot create` makes).
-    async fn snapshot(&self, volume: &str, name: &str) {
-        let store = Store::open(&self.store_url, &self.store_options).unwrap();
-        zeroblk::engine::create_snapshot(&store, volume, Some(name), None)
-            .await
-            .unwrap();
-    }
-}
+use common::served::Served as Setup;
+use common::{nbd_python, require_tool, run_ok};
 
 fn image(path: &Path, len: usize, seed: u64) -> Vec<u8> {
     let mut rng = fastrand::Rng::with_seed(seed);
@@ -155,7 +94,7 @@ async fn a_snapshot_is_served_read_only_beside_its_writer_on_a_local_directory()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_is_served_read_only_beside_its_writer_on_s3() {
-    a_snapshot_is_served_read_only_beside_its_writer(Setup::s3()).await;
+    a_snapshot_is_served_read_only_beside_its_writer(Setup::s3("readers")).await;
 }
 
 /// `serve --read-only --follow data` beside the writer: each flushed pair
@@ -201,7 +140,7 @@ fn a_follower_reads_the_writers_commits_on_a_local_directory() {
 
 #[test]
 fn a_follower_reads_the_writers_commits_on_s3() {
-    a_follower_reads_the_writers_commits(Setup::s3());
+    a_follower_reads_the_writers_commits(Setup::s3("readers"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,6 +11,7 @@ pub mod btrfs;
 pub mod command;
 pub mod crash_model;
 pub mod failpoints;
+pub mod served;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
