@@ -200,7 +200,7 @@ async fn broken_off(mut reply: GetResult) -> object_store::Result<GetResult> {
     let (meta, range) = (reply.meta.clone(), reply.range.clone());
     let attributes = std::mem::take(&mut reply.attributes);
     let extensions = std::mem::take(&mut reply.extensions);
-    let whole = reply.bytes().await?;
+    let whole = super::retrying::whole_body(reply).await?;
     let half = whole.slice(..whole.len() / 2);
     let broken = Err(injected("GET", "the connection reset in the body"));
     Ok(GetResult {

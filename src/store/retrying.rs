@@ -213,13 +213,27 @@ async fn in_memory(mut reply: GetResult, options: &GetOptions) -> object_store::
     let (meta, range) = (reply.meta.clone(), reply.range.clone());
     let attributes = std::mem::take(&mut reply.attributes);
     let extensions = std::mem::take(&mut reply.extensions);
-    let body = reply.bytes().await?;
+    let body = whole_body(reply).await?;
     Ok(GetResult {
         payload: GetResultPayload::Stream(futures::stream::once(async { Ok(body) }).boxed()),
         meta,
         range,
         attributes,
         extensions,
+    })
+}
+
+/// The whole body of `reply`. object_store's `GetResult::bytes` polls a
+/// body stream once more after it ended, which the S3 client's stream of
+/// an empty object panics on; fused, it answers that it ended again.
+pub(super) async fn whole_body(reply: GetResult) -> object_store::Result<Bytes> {
+    if !matches!(reply.payload, GetResultPayload::Stream(_)) {
+        return reply.bytes().await;
+    }
+    let mut chunks: Vec<Bytes> = reply.into_stream().fuse().try_collect().await?;
+    Ok(match chunks.len() {
+        1 => chunks.pop().expect("one chunk"),
+        _ => chunks.concat().into(),
     })
 }
 
@@ -355,6 +369,38 @@ mod tests {
     use crate::store::faults::{Fault, Faults, FaultyStore};
     use object_store::memory::InMemory;
     use object_store::{Error, UpdateVersion};
+
+    /// The S3 client's body stream of an empty object panics when polled
+    /// after it ended, as object_store's `bytes()` does (a red team's
+    /// empty `head` panicked every command that read it).
+    #[tokio::test]
+    async fn an_empty_body_that_must_not_be_polled_again_reads_as_empty() {
+        // An unfold panics when polled after it ended, as S3's stream does.
+        let ended_once =
+            futures::stream::unfold((), |()| async { None::<(object_store::Result<Bytes>, ())> });
+        let reply = |payload| GetResult {
+            payload,
+            meta: object_store::ObjectMeta {
+                location: Path::from("volumes/v/head"),
+                last_modified: chrono::Utc::now(),
+                size: 0,
+                e_tag: None,
+                version: None,
+            },
+            range: 0..0,
+            attributes: Default::default(),
+            extensions: Default::default(),
+        };
+        let body = whole_body(reply(GetResultPayload::Stream(ended_once.boxed())))
+            .await
+            .unwrap();
+        assert!(body.is_empty());
+        let pieces = futures::stream::iter([Ok(Bytes::from("ab")), Ok(Bytes::from("cd"))]);
+        let body = whole_body(reply(GetResultPayload::Stream(pieces.boxed())))
+            .await
+            .unwrap();
+        assert_eq!(body, "abcd");
+    }
 
     /// A retrying store over a counting one over a faulty one over
     /// memory, as a `Store` stacks them; the memory beneath, to write
