@@ -106,6 +106,22 @@ pub fn pid_space() -> String {
     }
 }
 
+/// The boot a [`pid_space`] belongs to: records with the same one were
+/// written on this machine since it last started, whatever their pid
+/// namespace (a container, `unshare -p`).
+pub fn boot_of(pid_space: &str) -> &str {
+    pid_space.split_once('/').map_or("", |(boot, _)| boot)
+}
+
+/// This machine's id (`/etc/machine-id`, kept across reboots), or empty.
+/// Cloned images may share one, so it may only ever make zeroblk more
+/// careful, never judge another machine's process.
+pub fn machine_id() -> String {
+    std::fs::read_to_string("/etc/machine-id")
+        .map(|id| id.trim().chars().take(64).collect())
+        .unwrap_or_default()
+}
+
 /// When process `pid` started, in clock ticks after boot.
 fn start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

@@ -913,16 +913,20 @@ async fn a_dead_holders_pid_reused_by_another_process_frees_its_lease() {
 /// (`volume resize` without the daemon's `--cache-dir`, say) judged the
 /// dead holder's lease free, took it and committed; the killed writer's
 /// log, holding its flushed writes, no longer applied and was set aside on
-/// its next open. Now a writer's lease names its log's folder, and a taker
-/// on this host with another log is refused until the log is replayed
-/// (or `--force`). The interleaving: after the crash, a restart from the
-/// right cache dir is held just before it takes the lease while one from
-/// another cache dir tries: that one is refused, the restart replays.
+/// its next open. Now a writer's lease names its log, and a taker on this
+/// machine without that log is refused (or takes `--force`). The
+/// interleaving: after the crash, a restart from the right cache dir is
+/// held just before it takes the lease while one from another cache dir
+/// tries: that one is refused, the restart replays. A second red team got
+/// past a first version of the rule from another pid namespace of the
+/// same machine (the holder was judged by renewals, as if on another
+/// host), and through a cache dir whose path was missing for a while (an
+/// unmounted filesystem counted as a lost log): both are refused now.
 ///
-/// Fails before the commit that records the log's folder (the second
+/// Fails before the commit that records the log in the lease (the second
 /// open takes the lease, and the restart finds its log orphaned).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_dead_writers_log_elsewhere_on_this_host_keeps_its_lease() {
+async fn a_dead_writers_log_elsewhere_on_this_machine_keeps_its_lease() {
     let _scenario = fail::FailScenario::setup();
     let (store, cache_a) = volume_in_memory().await;
     let cache_b = tempfile::tempdir().unwrap();
@@ -939,24 +943,11 @@ async fn a_dead_writers_log_elsewhere_on_this_host_keeps_its_lease() {
         tokio::spawn(async move { Volume::open(&store, "v", options).await })
     };
     before_take.reached().await;
-
     let refused = Volume::open(&store.reopen(), "v", log_only(cache_b.path()))
         .await
         .err()
         .expect("another cache dir took the lease of a writer whose log holds flushed writes");
-    assert!(
-        matches!(refused, engine::EngineError::LogElsewhere { .. }),
-        "{refused}"
-    );
-    assert_eq!(refused.errno(), libc::EBUSY);
-    let log_folder = std::fs::canonicalize(cache_a.path()).unwrap();
-    assert!(
-        refused
-            .to_string()
-            .contains(&log_folder.display().to_string()),
-        "the refusal names where the log is: {refused}"
-    );
-
+    assert_log_elsewhere(&refused, cache_a.path());
     before_take.resume();
     let volume = restart.await.unwrap().unwrap();
     assert_eq!(
@@ -964,6 +955,49 @@ async fn a_dead_writers_log_elsewhere_on_this_host_keeps_its_lease() {
         [1, 2, 3],
         "the restart from the log's cache dir replays the flushed writes"
     );
+    write_tags(&volume, 3, &[4]).await;
+    volume.flush().await.unwrap();
+    volume.crash(false, 0).await;
+
+    // The same holder, as a process of another pid namespace of this
+    // machine would have left it: judged by its renewals, then refused.
+    let mut record: serde_json::Value =
+        serde_json::from_slice(&store.store.get("volumes/v/lease").await.unwrap().unwrap())
+            .unwrap();
+    let boot = record["pid_space"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    record["pid_space"] = format!("{boot}/pid:[4026531999]").into();
+    record["ttl_ms"] = 300.into();
+    put_lease(&store.store, record).await;
+    let refused = Volume::open(&store.reopen(), "v", log_only(cache_b.path()))
+        .await
+        .err()
+        .expect("a dead holder in another pid namespace of this machine was taken over from");
+    assert_log_elsewhere(&refused, cache_a.path());
+
+    // Its cache dir out of sight (lost, or on a filesystem not mounted
+    // yet): zeroblk cannot tell which, so only --force takes over.
+    let aside = cache_a.path().with_extension("unmounted");
+    std::fs::rename(cache_a.path(), &aside).unwrap();
+    let refused = Volume::open(&store.reopen(), "v", log_only(cache_a.path()))
+        .await
+        .err()
+        .expect("a log out of sight was taken for a lost one");
+    assert!(
+        matches!(refused, engine::EngineError::LogElsewhere { .. }),
+        "{refused}"
+    );
+    std::fs::remove_dir_all(cache_a.path()).unwrap();
+    std::fs::rename(&aside, cache_a.path()).unwrap();
+    let volume = Volume::open(&store.reopen(), "v", log_only(cache_a.path()))
+        .await
+        .unwrap();
+    assert_eq!(read_tags(&volume, 0, 4).await, [1, 2, 3, 4]);
     volume.crash(false, 0).await;
 
     let mut forced = log_only(cache_b.path());
@@ -972,6 +1006,40 @@ async fn a_dead_writers_log_elsewhere_on_this_host_keeps_its_lease() {
         .await
         .expect("--force takes over from a dead writer whose log is elsewhere");
     volume.close().await.unwrap();
+}
+
+/// `refused` says the dead writer's log is in `cache`, and how to use it.
+fn assert_log_elsewhere(refused: &engine::EngineError, cache: &std::path::Path) {
+    assert!(
+        matches!(refused, engine::EngineError::LogElsewhere { .. }),
+        "{refused}"
+    );
+    assert_eq!(refused.errno(), libc::EBUSY);
+    let cache = std::fs::canonicalize(cache).unwrap();
+    assert!(
+        refused
+            .to_string()
+            .contains(&format!("--cache-dir {}", cache.display())),
+        "the refusal names the cache dir to use: {refused}"
+    );
+}
+
+/// A lease object larger than any zeroblk writes is refused unread (a
+/// red team's 200 MB lease was read whole, then taken for a free one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_oversized_lease_is_refused_unread() {
+    let (store, cache) = volume_in_memory().await;
+    let junk = format!("{{{}}}", " ".repeat(1 << 20));
+    store
+        .store
+        .put("volumes/v/lease", bytes::Bytes::from(junk))
+        .await
+        .unwrap();
+    let refused = Volume::open(&store.store, "v", log_only(cache.path()))
+        .await
+        .err()
+        .expect("an oversized lease was taken");
+    assert!(refused.to_string().contains("volumes/v/lease"), "{refused}");
 }
 
 /// Red-team finding: the first session of a volume on a host made its

@@ -176,6 +176,25 @@ impl Run {
         self.volume = Some(volume);
     }
 
+    /// Opens the volume after its cache dir was lost: with local
+    /// durability, its flushed writes went with it, which zeroblk cannot
+    /// tell from a log in another cache dir, so only --force opens it.
+    async fn open_without_the_log(&mut self) {
+        if self.durability == Durability::Local {
+            let refused = Volume::open(&self.store.reopen(), "m", self.options()).await;
+            assert!(
+                matches!(refused, Err(engine::EngineError::LogElsewhere { .. })),
+                "a lost log was taken over from without --force"
+            );
+        }
+        let mut forced = self.options();
+        forced.take_over = true;
+        let volume = Volume::open(&self.store.reopen(), "m", forced)
+            .await
+            .unwrap();
+        self.volume = Some(volume);
+    }
+
     fn volume(&self) -> &Volume {
         self.volume.as_ref().expect("the volume is open")
     }
@@ -236,7 +255,7 @@ impl Run {
                 let volume = self.volume.take().expect("open");
                 volume.crash(true, step as u64).await;
                 self.cache = armed_cache_dir();
-                self.open().await;
+                self.open_without_the_log().await;
                 let found = read_all(self.volume()).await;
                 match self.durability {
                     Durability::Remote => {

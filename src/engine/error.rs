@@ -82,11 +82,12 @@ pub enum EngineError {
     )]
     LeasedHere { name: String, pid: u32 },
     #[error(
-        "volume `{name}` was last written by pid {pid} on this host, which stopped without detaching; its write-back log, which may hold flushed writes not yet in the store, is in {log_dir}: open the volume with that log's cache directory (--cache-dir {cache_dir}) so they are replayed; --force takes the volume over from its last commit without them"
+        "volume `{name}` was last written by {holder}, on this machine, which stopped without detaching; its write-back log, which may hold flushed writes not yet in the store, was in {log_dir}, and this command's cache dir holds another one: open the volume with that log's cache directory (--cache-dir {cache_dir}, in the same container if it ran in one) so they are replayed; if that log is lost, --force takes the volume over from its last commit without them"
     )]
     LogElsewhere {
         name: String,
-        pid: u32,
+        /// `pid P on HOST`.
+        holder: String,
         /// The dead holder's log folder, as it recorded it.
         log_dir: String,
         /// The cache directory that holds it.

@@ -53,6 +53,10 @@ static LIVE_HOLDERS: Mutex<Option<HashSet<Uuid>>> = Mutex::new(None);
 /// live the lease claims (the bucket is not trusted to say).
 const LONGEST_WATCH: Duration = Duration::from_secs(300);
 
+/// More than any lease record zeroblk writes (a few hundred bytes, paths
+/// included): a larger object in the bucket is refused unread.
+const MAX_LEASE_BYTES: u64 = 64 << 10;
+
 /// What the lease object says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseRecord {
@@ -82,16 +86,56 @@ pub struct LeaseRecord {
     /// lease is also held by a snapshot or a clone while it pins a root).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub purpose: String,
-    /// A writer's write-back log folder (absolute): a taker on this host
-    /// that would open another log lets a dead holder's flushed writes be
-    /// replayed from there first (see [`LeaseRecord::left_a_log_elsewhere`]).
+    /// The write-back log of a writer whose flushes it acknowledges
+    /// (local durability): a taker on this machine with another log lets
+    /// a dead holder's flushed writes be replayed from it first (see
+    /// [`LeaseRecord::left_a_log_elsewhere`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_id: Option<Uuid>,
+    /// Where that log is (absolute), to say so.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub log_dir: String,
+    /// `/etc/machine-id` of the holder's machine: with the boot in
+    /// `pid_space`, what tells a taker it may be on the same machine.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub machine_id: String,
+}
+
+/// The write-back log a writer opens the volume with, as its lease
+/// speaks of it.
+#[derive(Debug, Clone, Copy)]
+pub struct LogClaim<'a> {
+    /// The volume's cache folder, which holds the log.
+    pub dir: &'a Path,
+    /// The log already there, if any.
+    pub id: Option<Uuid>,
+    /// Whether the writer acknowledges flushes from it (local
+    /// durability): only then does it hold writes the store lacks.
+    pub holds_flushed_writes: bool,
+}
+
+/// Why a taker did not get a lease.
+#[derive(Debug)]
+pub enum Refusal {
+    /// Its holder is alive, or may be.
+    Held(LeaseRecord),
+    /// Its holder died on this machine, leaving flushed writes in a log
+    /// the taker would not replay.
+    LogElsewhere(LeaseRecord),
+}
+
+impl Refusal {
+    pub fn holder(self) -> LeaseRecord {
+        match self {
+            Refusal::Held(holder) | Refusal::LogElsewhere(holder) => holder,
+        }
+    }
 }
 
 impl LeaseRecord {
-    fn new(ttl: Duration, purpose: &str, log_dir: Option<&Path>) -> LeaseRecord {
+    fn new(ttl: Duration, purpose: &str, log: Option<LogClaim>) -> LeaseRecord {
         let me = ProcessId::current();
+        let log = log.filter(|log| log.holds_flushed_writes);
         LeaseRecord {
             holder: Uuid::new_v4(),
             host: hostname(),
@@ -103,13 +147,21 @@ impl LeaseRecord {
             renewals: 0,
             released: false,
             purpose: purpose.to_string(),
-            log_dir: log_dir.map(absolute).unwrap_or_default(),
+            log_id: log.and_then(|log| log.id),
+            log_dir: log.map(|log| absolute(log.dir)).unwrap_or_default(),
+            machine_id: crate::process::machine_id(),
         }
     }
 
     /// Whether its pid names a process this host can look at.
     fn shares_pid_space(&self) -> bool {
         !self.pid_space.is_empty() && self.pid_space == crate::process::pid_space()
+    }
+
+    /// Whether its holder is provably gone: a process of this pid space
+    /// that no longer runs (it can commit nothing more).
+    fn is_dead_here(&self) -> bool {
+        self.shares_pid_space() && !self.holder_runs_here()
     }
 
     /// In this pid space: whether its holder still runs.
@@ -139,47 +191,60 @@ impl LeaseRecord {
         printable(&self.host)
     }
 
-    /// Whether this holder, gone from this host without releasing the
-    /// lease, kept a write-back log that `taker` would not replay and that
-    /// is still there: its flushed writes are only in it, and taking over
-    /// from another log would leave them behind for good. A log folder
-    /// that is gone (the cache dir was lost) holds nothing to wait for. A
-    /// holder elsewhere (another host or pid space) cannot be asked;
-    /// taking over from it loses its log's writes, as the durability
-    /// contract says.
-    fn left_a_log_elsewhere(&self, taker: &LeaseRecord) -> bool {
-        self.shares_pid_space()
-            && !self.log_dir.is_empty()
-            && self.log_dir != taker.log_dir
-            && Path::new(&self.log_dir).try_exists().unwrap_or(true)
+    /// Whether this holder, gone without releasing the lease, may have
+    /// been on this machine (this boot, in any pid namespace, or an
+    /// earlier boot) and kept flushed writes in a write-back log other
+    /// than `mine`, the taker's: they are only in that log, and taking
+    /// over from another one would leave them behind for good. zeroblk
+    /// cannot tell a lost log from one in another cache dir or mount
+    /// namespace, so either takes `--force`. A holder on another machine
+    /// is taken over from once it is judged gone, losing its log's
+    /// writes, as the durability contract says.
+    fn left_a_log_elsewhere(&self, mine: Option<Uuid>) -> bool {
+        self.log_id.is_some() && self.log_id != mine && self.may_be_this_machine()
+    }
+
+    /// Whether the holder ran on this machine: the same boot, or the same
+    /// machine id (cloned images may share one: that only ever refuses).
+    fn may_be_this_machine(&self) -> bool {
+        let boot = crate::process::boot_of(&self.pid_space);
+        let same_boot =
+            !boot.is_empty() && boot == crate::process::boot_of(&crate::process::pid_space());
+        same_boot
+            || (!self.machine_id.is_empty() && self.machine_id == crate::process::machine_id())
     }
 
     /// The error for volume `name` whose lease this record's holder keeps
-    /// from a taker: it is alive on this host (no --force helps), or
-    /// possibly alive anywhere, or it died here leaving its log elsewhere.
+    /// from a taker, alive on this host (no --force helps) or possibly
+    /// alive anywhere.
     pub(crate) fn refusal(self, name: &str) -> EngineError {
-        if self.runs_in_another_process_here() {
-            return EngineError::LeasedHere {
+        match self.runs_in_another_process_here() {
+            true => EngineError::LeasedHere {
                 name: name.to_string(),
                 pid: self.pid,
-            };
-        }
-        if self.shares_pid_space() && !self.holder_runs_here() {
-            let log_dir = printable(&self.log_dir);
-            let cache_dir = Path::new(&log_dir)
-                .parent()
-                .map_or_else(|| log_dir.clone(), |p| p.display().to_string());
-            return EngineError::LogElsewhere {
+            },
+            false => EngineError::Leased {
                 name: name.to_string(),
+                host: self.printable_host(),
                 pid: self.pid,
-                log_dir,
-                cache_dir,
-            };
+            },
         }
-        EngineError::Leased {
+    }
+
+    /// The error for volume `name` whose dead holder left its flushed
+    /// writes in a log the taker would not replay.
+    fn log_elsewhere(self, name: &str) -> EngineError {
+        let log_dir = printable(&self.log_dir);
+        // CACHE_DIR/NAME.UUID/log
+        let cache_dir = Path::new(&log_dir)
+            .ancestors()
+            .nth(2)
+            .map_or_else(|| log_dir.clone(), |p| p.display().to_string());
+        EngineError::LogElsewhere {
             name: name.to_string(),
-            host: self.printable_host(),
-            pid: self.pid,
+            holder: self.holder_name(),
+            log_dir,
+            cache_dir,
         }
     }
 
@@ -216,10 +281,13 @@ fn printable(text: &str) -> String {
 }
 
 /// `dir` as an absolute path with no links, as every process on this
-/// host names it (the folder exists: the writer made it).
+/// machine names it (its parent at least exists: the writer made it).
 fn absolute(dir: &Path) -> String {
-    std::fs::canonicalize(dir)
-        .unwrap_or_else(|_| std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf()))
+    let canonical = |path: &Path| std::fs::canonicalize(path).ok();
+    canonical(dir)
+        .or_else(|| Some(canonical(dir.parent()?)?.join(dir.file_name()?)))
+        .or_else(|| std::path::absolute(dir).ok())
+        .unwrap_or_else(|| dir.to_path_buf())
         .display()
         .to_string()
 }
@@ -232,22 +300,26 @@ fn hostname() -> String {
 }
 
 impl Lease {
-    /// Takes the lease of volume `name` for a writer whose write-back log
-    /// is in `log_dir` (none: a holder that writes no log); `force` takes
-    /// it from a holder that may be alive, or that died leaving its log
-    /// elsewhere.
+    /// Takes the lease of volume `name` for a writer opening `log` (none:
+    /// a holder that writes no log); `force` takes it from a holder that
+    /// may be alive, or that died leaving its flushed writes in another
+    /// log.
     pub async fn acquire(
         store: &Store,
         name: &str,
         ttl: Duration,
         force: bool,
-        log_dir: Option<&Path>,
+        log: Option<LogClaim<'_>>,
     ) -> Result<Lease> {
         let key = keys::volume_file(name, "lease");
-        let ours = LeaseRecord::new(ttl, "", log_dir);
-        Lease::take(store, key, ours, force)
+        let ours = LeaseRecord::new(ttl, "", log);
+        let mine = log.and_then(|log| log.id);
+        Lease::take(store, key, ours, force, mine)
             .await?
-            .map_err(|holder| holder.refusal(name))
+            .map_err(|refusal| match refusal {
+                Refusal::Held(holder) => holder.refusal(name),
+                Refusal::LogElsewhere(holder) => holder.log_elsewhere(name),
+            })
     }
 
     /// Takes the lease at `key` for `purpose` (empty: the lease's usual
@@ -260,15 +332,25 @@ impl Lease {
         force: bool,
         purpose: &str,
     ) -> Result<std::result::Result<Lease, LeaseRecord>> {
-        Lease::take(store, key, LeaseRecord::new(ttl, purpose, None), force).await
+        let taken = Lease::take(
+            store,
+            key,
+            LeaseRecord::new(ttl, purpose, None),
+            force,
+            None,
+        );
+        Ok(taken.await?.map_err(Refusal::holder))
     }
 
+    /// Takes the lease at `key` as `ours`, for a taker whose own log (if
+    /// any) is `mine`.
     async fn take(
         store: &Store,
         key: String,
         ours: LeaseRecord,
         force: bool,
-    ) -> Result<std::result::Result<Lease, LeaseRecord>> {
+        mine: Option<Uuid>,
+    ) -> Result<std::result::Result<Lease, Refusal>> {
         loop {
             let Some((current, version)) = read_versioned(store, &key).await? else {
                 crate::async_fail_point!("lease::before_create");
@@ -278,14 +360,23 @@ impl Lease {
                     None => continue, // someone took it first: look again
                 }
             };
+            let mut may_be_alive = false;
             if let Some(holder) = current.filter(|c| !c.released) {
                 let alive_here = holder.runs_in_another_process_here();
                 if alive_here || (!force && holder_is_alive(store, &key, &holder).await?) {
-                    return Ok(Err(holder));
+                    return Ok(Err(Refusal::Held(holder)));
                 }
-                if !force && holder.left_a_log_elsewhere(&ours) {
-                    return Ok(Err(holder));
+                if holder.left_a_log_elsewhere(mine) {
+                    if !force {
+                        return Ok(Err(Refusal::LogElsewhere(holder)));
+                    }
+                    tracing::warn!(
+                        lease = key,
+                        log = %printable(&holder.log_dir),
+                        "taking the lease over (--force) without the flushed writes in the dead writer's log"
+                    );
                 }
+                may_be_alive = force && !holder.is_dead_here();
             }
             crate::async_fail_point!("lease::before_take");
             let sent = Instant::now();
@@ -294,13 +385,13 @@ impl Lease {
                 .await?
             {
                 Replaced::Replaced(version) => {
-                    if force {
+                    if may_be_alive {
                         tracing::warn!(
                             lease = key,
                             "took the lease over (--force) from a writer that may be alive; waiting before the first commit"
                         );
                     }
-                    return Ok(Ok(Lease::held(key, ours, version, sent, force)));
+                    return Ok(Ok(Lease::held(key, ours, version, sent, may_be_alive)));
                 }
                 // Renewed, released or taken since it was read.
                 Replaced::Changed => continue,
@@ -308,19 +399,21 @@ impl Lease {
         }
     }
 
+    /// A lease just taken; `from_the_living` when taken (forced) from a
+    /// holder that may be alive, which must first see it is taken.
     fn held(
         key: String,
         record: LeaseRecord,
         version: Version,
         sent: Instant,
-        forced: bool,
+        from_the_living: bool,
     ) -> Lease {
         LIVE_HOLDERS
             .lock()
             .expect("holders lock")
             .get_or_insert_with(HashSet::new)
             .insert(record.holder);
-        let quiet_until_ms = match forced {
+        let quiet_until_ms = match from_the_living {
             true => now_ms() + record.ttl_ms / 2,
             false => 0,
         };
@@ -346,7 +439,27 @@ impl Lease {
     /// Renews the lease; an error that is not transient means another
     /// writer took it.
     pub async fn renew(&mut self, store: &Store, name: &str) -> Result<()> {
-        let mut renewed = self.record.clone();
+        self.renew_as(store, name, self.record.clone()).await
+    }
+
+    /// Names the write-back log this writer opened, `log_id`, unless the
+    /// lease names it already (a new log, or one that replaced a log that
+    /// no longer applied): from now on its flushed writes are only there.
+    /// Said before the writer acknowledges anything.
+    pub async fn name_log(&mut self, store: &Store, name: &str, log_id: Uuid) -> Result<()> {
+        if self.record.log_dir.is_empty() || self.record.log_id == Some(log_id) {
+            return Ok(());
+        }
+        let named = LeaseRecord {
+            log_id: Some(log_id),
+            ..self.record.clone()
+        };
+        self.renew_as(store, name, named).await
+    }
+
+    /// Renews the lease as `record` says.
+    async fn renew_as(&mut self, store: &Store, name: &str, record: LeaseRecord) -> Result<()> {
+        let mut renewed = record;
         renewed.renewals += 1;
         renewed.renewed_at_ms = now_ms();
         crate::async_fail_point!("lease::before_renew");
@@ -510,7 +623,7 @@ async fn read_versioned(
     store: &Store,
     key: &str,
 ) -> Result<Option<(Option<LeaseRecord>, Version)>> {
-    let Some((bytes, version)) = store.get_versioned(key).await? else {
+    let Some((bytes, version)) = store.get_versioned_at_most(key, MAX_LEASE_BYTES).await? else {
         return Ok(None);
     };
     Ok(Some((serde_json::from_slice(&bytes).ok(), version)))
@@ -525,26 +638,50 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_dead_holders_log_counts_while_its_folder_is_there_and_not_the_takers() {
-        let (theirs, mine) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    fn a_dead_holders_log_counts_on_this_machine_unless_the_taker_has_it() {
+        let dir = tempfile::tempdir().unwrap();
         let ttl = Duration::from_secs(30);
-        let holder = LeaseRecord::new(ttl, "", Some(theirs.path()));
-        let taker = |dir: Option<&Path>| LeaseRecord::new(ttl, "", dir);
-        assert!(holder.left_a_log_elsewhere(&taker(Some(mine.path()))));
-        assert!(holder.left_a_log_elsewhere(&taker(None)));
-        assert!(!holder.left_a_log_elsewhere(&taker(Some(theirs.path()))));
-        let elsewhere = LeaseRecord {
-            pid_space: "another-boot/pid:[1]".into(),
+        let (theirs, mine) = (Uuid::new_v4(), Uuid::new_v4());
+        let claim = |id, holds_flushed_writes| LogClaim {
+            dir: dir.path(),
+            id: Some(id),
+            holds_flushed_writes,
+        };
+        let holder = LeaseRecord::new(ttl, "", Some(claim(theirs, true)));
+        assert!(holder.left_a_log_elsewhere(Some(mine)));
+        assert!(holder.left_a_log_elsewhere(None), "a lost cache dir");
+        assert!(!holder.left_a_log_elsewhere(Some(theirs)));
+        let in_a_container = LeaseRecord {
+            pid_space: format!(
+                "{}/pid:[4026531999]",
+                crate::process::boot_of(&holder.pid_space)
+            ),
+            machine_id: String::new(),
             ..holder.clone()
         };
-        assert!(!elsewhere.left_a_log_elsewhere(&taker(Some(mine.path()))));
-        let no_log = LeaseRecord::new(ttl, "", None);
-        assert!(!no_log.left_a_log_elsewhere(&taker(Some(mine.path()))));
-        drop(theirs);
-        assert!(
-            !holder.left_a_log_elsewhere(&taker(Some(mine.path()))),
-            "a lost cache dir holds nothing to replay"
+        assert!(in_a_container.left_a_log_elsewhere(Some(mine)), "same boot");
+        let before_a_reboot = LeaseRecord {
+            pid_space: "an-earlier-boot/pid:[4026531836]".into(),
+            ..holder.clone()
+        };
+        assert_eq!(
+            before_a_reboot.left_a_log_elsewhere(Some(mine)),
+            !crate::process::machine_id().is_empty(),
+            "same machine id"
         );
+        let elsewhere = LeaseRecord {
+            pid_space: "another-boot/pid:[4026531836]".into(),
+            machine_id: "another-machine".into(),
+            ..holder.clone()
+        };
+        assert!(!elsewhere.left_a_log_elsewhere(Some(mine)));
+        let remote = LeaseRecord::new(ttl, "", Some(claim(theirs, false)));
+        assert!(
+            !remote.left_a_log_elsewhere(Some(mine)),
+            "no flushed writes"
+        );
+        let no_log = LeaseRecord::new(ttl, "", None);
+        assert!(!no_log.left_a_log_elsewhere(Some(mine)));
     }
 
     #[test]

@@ -66,10 +66,11 @@
 //!    there builds the commit again on top of it. Stores that ignore
 //!    conditional writes are detected when a volume opens
 //!    ([`crate::store::Fencing`]). A writer with local durability names
-//!    its log's folder in the lease: once it is dead, a taker on this host
-//!    that would open another log is refused while that folder exists
-//!    ([`EngineError::LogElsewhere`], unless forced), so its flushed
-//!    writes are replayed from there, not left behind.
+//!    its log in the lease before it acknowledges anything: once it is
+//!    dead, a taker that may be on the same machine and would open
+//!    another log is refused ([`EngineError::LogElsewhere`], unless
+//!    forced), so its flushed writes are replayed from that log, never
+//!    left behind unasked.
 //! 7. **gc takes nothing in use.** No object referenced by a root
 //!    published after `zeroblk gc` started is deleted, whatever the timing:
 //!    every object a commit uploads is a new one, and gc's barrier makes a

@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 use super::catalog;
 use super::error::{EngineError, Result};
 use super::gc::GcHold;
-use super::lease::{Holder, Lease};
+use super::lease::{Holder, Lease, LogClaim};
 use super::local;
 use super::log::LogDir;
 use super::log::{Geometry, Replayed, replay};
@@ -23,6 +23,9 @@ use super::status::{self, LeaseStatus, VolumeStatus};
 use crate::cache::DiskCache;
 use crate::format::{Root, RootKind, Superblock};
 use crate::store::{Fencing, Store};
+
+/// The write-back log's folder in the volume's cache folder.
+const LOG_FOLDER: &str = "log";
 
 /// A volume open for writing. Reads, writes, flushes and discards may
 /// run concurrently from any number of tasks; see the module
@@ -49,20 +52,14 @@ impl Writer {
         };
         local::prepare(&dir).map_err(cache_dir_error)?;
         let lock = local::lock(&dir, name)?;
-        // Only a log that acknowledges flushes holds writes the store
-        // lacks: the lease names it for a taker here to replay first.
-        let log_with_flushed_writes = match options.durability {
-            Durability::Local => Some(dir.as_path()),
-            Durability::Remote => None,
+        let log_dir = dir.join(LOG_FOLDER);
+        let log = LogClaim {
+            dir: &log_dir,
+            id: LogDir::id_in(&log_dir).map_err(cache_dir_error)?,
+            holds_flushed_writes: options.durability == Durability::Local,
         };
-        let lease = Lease::acquire(
-            store,
-            name,
-            options.lease_ttl,
-            options.take_over,
-            log_with_flushed_writes,
-        )
-        .await?;
+        let mut lease =
+            Lease::acquire(store, name, options.lease_ttl, options.take_over, Some(log)).await?;
         let lease_holder = lease.holder();
         let (root, mut log, replayed) = loop {
             let newest = catalog::newest_root(store, &superblock, &codec).await?;
@@ -77,6 +74,7 @@ impl Writer {
             };
             crate::async_fail_point!("open::before_claim");
             if catalog::publish_root(store, name, &codec, &claim).await? {
+                lease.name_log(store, name, log.log_id()).await?;
                 break (claim, log, replayed);
             }
             tracing::info!(
@@ -420,7 +418,7 @@ async fn open_log(dir: &std::path::Path, root: &Root) -> Result<(LogDir, Replaye
         path: dir.to_path_buf(),
         source,
     };
-    let opened = LogDir::open(&dir.join("log"), root).map_err(cache_dir_error)?;
+    let opened = LogDir::open(&dir.join(LOG_FOLDER), root).map_err(cache_dir_error)?;
     let geometry = Geometry {
         size: root.size,
         chunk_size: root.chunk_size,

@@ -97,6 +97,11 @@ impl LogDir {
         self.keep_free_bytes = bytes;
     }
 
+    /// The id of the log in `dir`, if there is one.
+    pub fn id_in(dir: &Path) -> io::Result<Option<Uuid>> {
+        Ok(read_manifest(dir)?.map(|manifest| manifest.log_id))
+    }
+
     /// Opens the log in `dir` for a volume whose newest root is `root`,
     /// starting a new one when there is none or the old one no longer
     /// applies (which is then moved aside, with a warning).
