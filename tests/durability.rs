@@ -994,9 +994,10 @@ async fn a_dead_writers_log_elsewhere_on_this_machine_keeps_its_lease() {
     );
     std::fs::remove_dir_all(cache_a.path()).unwrap();
     std::fs::rename(&aside, cache_a.path()).unwrap();
-    let volume = Volume::open(&store.reopen(), "v", log_only(cache_a.path()))
-        .await
-        .unwrap();
+    // Back, it is replayed, by a writer of any durability.
+    let mut remote = log_only(cache_a.path());
+    remote.durability = engine::Durability::Remote;
+    let volume = Volume::open(&store.reopen(), "v", remote).await.unwrap();
     assert_eq!(read_tags(&volume, 0, 4).await, [1, 2, 3, 4]);
     volume.crash(false, 0).await;
 
