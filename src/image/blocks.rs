@@ -9,20 +9,34 @@ use crate::format::BLOCK_SIZE;
 /// A stretch of an image at a byte offset: data to write, or zeroes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Piece {
-    Data { offset: u64, bytes: Bytes },
-    Zero { offset: u64, len: u64 },
+    Data {
+        offset: u64,
+        bytes: Bytes,
+    },
+    Zero {
+        offset: u64,
+        len: u64,
+    },
+    /// A stream's last bytes, fewer than a block, at a block's start: the
+    /// rest of that block keeps what the volume held there.
+    Tail {
+        offset: u64,
+        bytes: Bytes,
+    },
 }
 
 impl Piece {
     pub fn offset(&self) -> u64 {
         match self {
-            Piece::Data { offset, .. } | Piece::Zero { offset, .. } => *offset,
+            Piece::Data { offset, .. }
+            | Piece::Zero { offset, .. }
+            | Piece::Tail { offset, .. } => *offset,
         }
     }
 
     pub fn len(&self) -> u64 {
         match self {
-            Piece::Data { bytes, .. } => bytes.len() as u64,
+            Piece::Data { bytes, .. } | Piece::Tail { bytes, .. } => bytes.len() as u64,
             Piece::Zero { len, .. } => *len,
         }
     }

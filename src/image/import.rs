@@ -358,6 +358,17 @@ async fn put(volume: &Volume, piece: Piece, created: bool) -> Result<Tally, Imag
                 zeroed: 0,
             })
         }
+        Piece::Tail { offset, bytes } => {
+            let mut block = vec![0u8; crate::format::BLOCK_SIZE as usize];
+            volume.read(offset, &mut block).await?;
+            block[..bytes.len()].copy_from_slice(&bytes);
+            volume.write(offset, &block, false).await?;
+            Ok(Tally {
+                image,
+                written: image,
+                zeroed: 0,
+            })
+        }
         Piece::Zero { .. } if created => Ok(Tally {
             image,
             ..Tally::default()

@@ -114,9 +114,9 @@ impl Opened {
         }
     }
 
-    /// Sends the image's pieces to `pieces` in order, the last padded
-    /// with zeroes to a whole block, until the end, an error (sent too),
-    /// or nobody listens. Blocks: run it on a thread of its own.
+    /// Sends the image's pieces to `pieces` in order (a file's last block
+    /// padded with zeroes, a stream's last bytes as a [`Piece::Tail`]),
+    /// until the end, an error (sent too), or nobody listens. Blocks: run it on a thread of its own.
     pub fn send_pieces(self, pieces: Pieces) {
         let sent = match self {
             Opened::Seekable { file, path, size } => send_extents(&file, &path, size, &pieces),
@@ -251,12 +251,23 @@ fn send_stream(
         if filled == 0 {
             return Ok(());
         }
-        window.truncate(blocks::round_up(filled as u64) as usize);
-        let len = window.len() as u64;
-        for piece in blocks::runs(at, Bytes::from(window)) {
+        window.truncate(filled);
+        let mut whole_blocks = Bytes::from(window);
+        let tail = whole_blocks.split_off(filled - filled % crate::format::BLOCK_SIZE as usize);
+        let len = whole_blocks.len() as u64;
+        for piece in blocks::runs(at, whole_blocks) {
             if send(pieces, piece).is_err() {
                 return Ok(());
             }
+        }
+        if !tail.is_empty() {
+            let _ = send(
+                pieces,
+                Piece::Tail {
+                    offset: at + len,
+                    bytes: tail,
+                },
+            );
         }
         if filled < WINDOW as usize {
             return Ok(());
@@ -317,7 +328,7 @@ mod tests {
             .iter()
             .filter_map(|p| match p {
                 Piece::Data { offset, bytes } => Some((*offset, bytes.len() as u64)),
-                Piece::Zero { .. } => None,
+                Piece::Zero { .. } | Piece::Tail { .. } => None,
             })
             .collect();
         assert_eq!(
@@ -327,7 +338,7 @@ mod tests {
     }
 
     #[test]
-    fn a_stream_is_read_whole_and_its_last_block_padded() {
+    fn a_stream_is_read_whole_and_its_last_bytes_are_a_tail() {
         let mut image = vec![0u8; 3 * BLOCK_SIZE as usize + 10];
         image[BLOCK_SIZE as usize] = 1;
         image[3 * BLOCK_SIZE as usize + 9] = 2;
@@ -336,7 +347,8 @@ mod tests {
             what: "a test".into(),
         };
         assert_eq!(opened.size(), None);
-        let shape: Vec<_> = pieces_of(opened)
+        let pieces = pieces_of(opened);
+        let shape: Vec<_> = pieces
             .iter()
             .map(|p| (matches!(p, Piece::Data { .. }), p.offset(), p.len()))
             .collect();
@@ -347,9 +359,13 @@ mod tests {
                 (false, 0, b),
                 (true, b, b),
                 (false, 2 * b, b),
-                (true, 3 * b, b)
+                (false, 3 * b, 10)
             ]
         );
+        let Some(Piece::Tail { bytes, .. }) = pieces.last() else {
+            panic!("the stream's last 10 bytes are a tail: {pieces:?}");
+        };
+        assert_eq!(bytes[9], 2);
     }
 
     #[test]

@@ -98,14 +98,17 @@ impl Sink {
     /// standard output. Pieces come in order.
     pub fn put(&mut self, piece: &Piece) -> Result<(), ImageError> {
         match (self, piece) {
-            (Sink::File { file, partial, .. }, Piece::Data { offset, bytes }) => file
+            (
+                Sink::File { file, partial, .. },
+                Piece::Data { offset, bytes } | Piece::Tail { offset, bytes },
+            ) => file
                 .write_all_at(bytes, *offset)
                 .map_err(ImageError::io(format!(
                     "cannot write {}",
                     partial.display()
                 ))),
             (Sink::File { .. }, Piece::Zero { .. }) => Ok(()),
-            (Sink::Stdout(out), Piece::Data { bytes, .. }) => out
+            (Sink::Stdout(out), Piece::Data { bytes, .. } | Piece::Tail { bytes, .. }) => out
                 .write_all(bytes)
                 .map_err(ImageError::io("cannot write standard output")),
             (Sink::Stdout(out), Piece::Zero { len, .. }) => {
