@@ -129,12 +129,34 @@ pub fn serve_sockets(dir: &Path) -> io::Result<Vec<(u32, PathBuf)>> {
         let pid = name
             .strip_prefix("+serve-")
             .and_then(|n| n.strip_suffix(".sock"));
-        if let Some(pid) = pid.and_then(|p| p.parse().ok()) {
-            sockets.push((pid, path));
+        let Some(pid) = pid.and_then(|p| p.parse().ok()) else {
+            continue;
+        };
+        match nobody_listens(&path) {
+            true => remove_dead_socket(&path),
+            false => sockets.push((pid, path)),
         }
     }
     sockets.sort();
     Ok(sockets)
+}
+
+/// Whether no process listens on the socket at `path` any more (its
+/// `zeroblk serve` was killed): a connection is refused.
+fn nobody_listens(path: &Path) -> bool {
+    let refused = std::os::unix::net::UnixStream::connect(path).err();
+    refused.is_some_and(|error| error.kind() == io::ErrorKind::ConnectionRefused)
+}
+
+fn remove_dead_socket(path: &Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => {
+            tracing::debug!(socket = %path.display(), "removed the socket of a zeroblk serve that was killed")
+        }
+        Err(error) => {
+            tracing::debug!(socket = %path.display(), %error, "cannot remove a dead socket")
+        }
+    }
 }
 
 pub fn log_path(dir: &Path, name: &str) -> PathBuf {
@@ -269,6 +291,22 @@ pub fn find(dir: &Path, key_or_device: &str) -> io::Result<Option<AttachRecord>>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_killed_serves_socket_is_swept_and_a_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = std::os::unix::net::UnixListener::bind(dir.path().join("+serve-11.sock"));
+        let killed = dir.path().join("+serve-12.sock");
+        drop(std::os::unix::net::UnixListener::bind(&killed).unwrap());
+        assert!(
+            killed.exists(),
+            "a listener's socket outlives it, as a kill leaves it"
+        );
+        let found = serve_sockets(dir.path()).unwrap();
+        assert_eq!(found, [(11, dir.path().join("+serve-11.sock"))]);
+        assert!(!killed.exists(), "the dead socket was removed");
+        drop(live);
+    }
 
     #[test]
     fn the_runtime_dir_is_private_and_this_users() {

@@ -283,7 +283,10 @@ pub async fn run(command: VolumeCommand, settings: &Settings) -> anyhow::Result<
             let before = volume.size();
             volume.resize(size.bytes()).await?;
             volume.close().await?;
-            outln!("volume {name}: {} -> {size}", ByteSize(before));
+            match before == size.bytes() {
+                true => outln!("volume {name} is {size} already: nothing changed"),
+                false => outln!("volume {name}: {} -> {size}", ByteSize(before)),
+            }
         }
         VolumeCommand::Copy(args) => super::copy::run(args, settings).await?,
         VolumeCommand::Import(args) => super::image::import(args, settings).await?,

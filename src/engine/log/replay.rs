@@ -88,7 +88,13 @@ pub fn replay(
         let (valid_end, whole) =
             replay_segment(&segment, identity, after, geometry, &mut replayed)?;
         if !whole {
-            tracing::info!(segment = %path.display(), at = valid_end, "log ends here, in a torn record (writes no flush covered) or in what a recycled file held before; cutting it there");
+            // After a clean stop the end is only unwritten space, or what
+            // a recycled file held: worth a line only with writes to replay.
+            let said = "the log ends here: what follows is unwritten space, what a recycled file held, or a record torn by a crash (writes no flush covered)";
+            match replayed.epochs.is_empty() {
+                true => tracing::debug!(segment = %path.display(), at = valid_end, "{said}"),
+                false => tracing::info!(segment = %path.display(), at = valid_end, "{said}"),
+            }
             segment.truncate(valid_end)?;
             stopped = true;
         }
