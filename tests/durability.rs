@@ -959,6 +959,23 @@ async fn a_dead_writers_log_elsewhere_on_this_machine_keeps_its_lease() {
     volume.flush().await.unwrap();
     volume.crash(false, 0).await;
 
+    // A copy of the cache dir holds a log of the same id, perhaps without
+    // the last flushed writes (a red team served stale bytes from one,
+    // then committed them): only the log's own folder replays it.
+    let copy = tempfile::tempdir().unwrap();
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", cache_a.path().display()))
+        .arg(copy.path())
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let refused = Volume::open(&store.reopen(), "v", log_only(copy.path()))
+        .await
+        .err()
+        .expect("a copy of the dead writer's cache dir was taken for its log");
+    assert_log_elsewhere(&refused, cache_a.path());
+
     // The same holder, as a process of another pid namespace of this
     // machine would have left it: judged by its renewals, then refused.
     let mut record: serde_json::Value =

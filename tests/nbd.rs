@@ -589,6 +589,19 @@ h.pwrite(b'K' * 4096, 0); h.flush()\n";
             && stderr.contains(&format!("--cache-dir {}", own_cache.display())),
         "{stderr}"
     );
+    // What reads the last commit says the flushed writes are not in it.
+    let image = setup.path("v.img");
+    let exported = common::command::output(
+        Command::new(env!("CARGO_BIN_EXE_zeroblk"))
+            .args(["--store", &setup.store_url, "--cache-dir"])
+            .arg(&other_cache)
+            .args(["volume", "export", "v"])
+            .arg(&image)
+            .env_remove("ZEROBLK_CONFIG"),
+    );
+    let stderr = String::from_utf8_lossy(&exported.stderr);
+    assert!(exported.status.success(), "{stderr}");
+    assert!(stderr.contains("died without detaching"), "{stderr}");
 
     let read = "import sys, nbd\n\
 h = nbd.NBD(); h.connect_uri(sys.argv[1])\n\

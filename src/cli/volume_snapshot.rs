@@ -152,12 +152,17 @@ pub async fn commit_or_warn(store: &Store, name: &str) -> anyhow::Result<()> {
     }
 }
 
-/// Warns when a writer not attached here holds volume `name`: what the
-/// store holds of it is its last commit.
+/// Warns when a writer not attached here holds volume `name`, or died
+/// here leaving flushed writes in its log: what the store holds of it is
+/// its last commit.
 async fn warn_of_writer(store: &Store, name: &str) -> anyhow::Result<()> {
     if let Some(writer) = engine::writer_of(store, name).await? {
         tracing::warn!(
             "volume {name} is written by {writer} (`zeroblk serve`, or an attach on another host): this holds its last commit, not what it wrote since; to include that, stop or detach the writer first, or attach the volume here, whose daemon commits on request"
+        );
+    } else if let Some(log) = engine::dead_writers_log(store, name).await? {
+        tracing::warn!(
+            "volume {name}'s last writer died without detaching: writes it acknowledged may be only in its write-back log ({log}), not in the store; this holds the last commit; to include them, attach or serve the volume from that log's cache dir first (it replays them), then detach or stop it"
         );
     }
     Ok(())

@@ -95,6 +95,11 @@ pub struct LeaseRecord {
     /// Where that log is (absolute), to say so.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub log_dir: String,
+    /// The inode of that log's folder (0: unknown): a copy of a cache dir
+    /// holds a log of the same id, but not the same folder, and may lack
+    /// the last flushed writes.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub log_inode: u64,
     /// `/etc/machine-id` of the holder's machine: with the boot in
     /// `pid_space`, what tells a taker it may be on the same machine.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -105,10 +110,12 @@ pub struct LeaseRecord {
 /// speaks of it.
 #[derive(Debug, Clone, Copy)]
 pub struct LogClaim<'a> {
-    /// The volume's cache folder, which holds the log.
+    /// The log's folder.
     pub dir: &'a Path,
     /// The log already there, if any.
     pub id: Option<Uuid>,
+    /// The inode of its folder, if it is there.
+    pub inode: Option<u64>,
     /// Whether the writer acknowledges flushes from it (local
     /// durability): only then does it hold writes the store lacks.
     pub holds_flushed_writes: bool,
@@ -148,6 +155,7 @@ impl LeaseRecord {
             released: false,
             purpose: purpose.to_string(),
             log_id: log.and_then(|log| log.id),
+            log_inode: log.and_then(|log| log.inode).unwrap_or(0),
             log_dir: log.map(|log| absolute(log.dir)).unwrap_or_default(),
             machine_id: crate::process::machine_id(),
         }
@@ -200,8 +208,10 @@ impl LeaseRecord {
     /// namespace, so either takes `--force`. A holder on another machine
     /// is taken over from once it is judged gone, losing its log's
     /// writes, as the durability contract says.
-    fn left_a_log_elsewhere(&self, mine: Option<Uuid>) -> bool {
-        self.log_id.is_some() && self.log_id != mine && self.may_be_this_machine()
+    fn left_a_log_elsewhere(&self, mine: &LogClaim) -> bool {
+        let same_log =
+            self.log_id == mine.id && (self.log_inode == 0 || Some(self.log_inode) == mine.inode);
+        self.log_id.is_some() && !same_log && self.may_be_this_machine()
     }
 
     /// Whether the holder ran on this machine: the same boot, or the same
@@ -280,6 +290,10 @@ fn printable(text: &str) -> String {
         .collect()
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// `dir` as an absolute path with no links, as every process on this
 /// machine names it (its parent at least exists: the writer made it).
 fn absolute(dir: &Path) -> String {
@@ -313,8 +327,7 @@ impl Lease {
     ) -> Result<Lease> {
         let key = keys::volume_file(name, "lease");
         let ours = LeaseRecord::new(ttl, "", log);
-        let mine = log.and_then(|log| log.id);
-        Lease::take(store, key, ours, force, mine)
+        Lease::take(store, key, ours, force, log)
             .await?
             .map_err(|refusal| match refusal {
                 Refusal::Held(holder) => holder.refusal(name),
@@ -342,15 +355,22 @@ impl Lease {
         Ok(taken.await?.map_err(Refusal::holder))
     }
 
-    /// Takes the lease at `key` as `ours`, for a taker whose own log (if
-    /// any) is `mine`.
+    /// Takes the lease at `key` as `ours`, for a taker opening `mine`
+    /// (none: no log).
     async fn take(
         store: &Store,
         key: String,
         ours: LeaseRecord,
         force: bool,
-        mine: Option<Uuid>,
+        mine: Option<LogClaim<'_>>,
     ) -> Result<std::result::Result<Lease, Refusal>> {
+        let no_log = LogClaim {
+            dir: Path::new(""),
+            id: None,
+            inode: None,
+            holds_flushed_writes: false,
+        };
+        let mine = mine.unwrap_or(no_log);
         loop {
             let Some((current, version)) = read_versioned(store, &key).await? else {
                 crate::async_fail_point!("lease::before_create");
@@ -366,7 +386,7 @@ impl Lease {
                 if alive_here || (!force && holder_is_alive(store, &key, &holder).await?) {
                     return Ok(Err(Refusal::Held(holder)));
                 }
-                if holder.left_a_log_elsewhere(mine) {
+                if holder.left_a_log_elsewhere(&mine) {
                     if !force {
                         return Ok(Err(Refusal::LogElsewhere(holder)));
                     }
@@ -446,14 +466,21 @@ impl Lease {
     /// lease names it already (a new log, or one that replaced a log that
     /// no longer applied): from now on its flushed writes are only there.
     /// Said before the writer acknowledges anything.
-    pub async fn name_log(&mut self, store: &Store, name: &str, log_id: Uuid) -> Result<()> {
-        if self.record.log_dir.is_empty() || self.record.log_id == Some(log_id) {
-            return Ok(());
-        }
+    pub async fn name_log(
+        &mut self,
+        store: &Store,
+        name: &str,
+        log_id: Uuid,
+        inode: u64,
+    ) -> Result<()> {
         let named = LeaseRecord {
             log_id: Some(log_id),
+            log_inode: inode,
             ..self.record.clone()
         };
+        if self.record.log_dir.is_empty() || named == self.record {
+            return Ok(());
+        }
         self.renew_as(store, name, named).await
     }
 
@@ -606,6 +633,16 @@ pub async fn writer_of(store: &Store, name: &str) -> Result<Option<String>> {
     Ok(live_holder(store, name).await?.map(|r| r.holder_name()))
 }
 
+/// The folder of the write-back log volume `name`'s last writer left, if
+/// it died on this host without detaching while it acknowledged flushes:
+/// writes in it may be missing from the store's last commit.
+pub async fn dead_writers_log(store: &Store, name: &str) -> Result<Option<String>> {
+    let record = read(store, &keys::volume_file(name, "lease")).await?;
+    Ok(record
+        .filter(|r| !r.released && r.log_id.is_some() && r.is_dead_here())
+        .map(|r| printable(&r.log_dir)))
+}
+
 /// Whether volume `name`'s lease is held (taken and not released), by a
 /// holder alive or not; a lease that cannot be read may be.
 pub async fn is_held(store: &Store, name: &str) -> Result<bool> {
@@ -641,16 +678,28 @@ mod tests {
     fn a_dead_holders_log_counts_on_this_machine_unless_the_taker_has_it() {
         let dir = tempfile::tempdir().unwrap();
         let ttl = Duration::from_secs(30);
-        let (theirs, mine) = (Uuid::new_v4(), Uuid::new_v4());
-        let claim = |id, holds_flushed_writes| LogClaim {
+        let (theirs, other) = (Uuid::new_v4(), Uuid::new_v4());
+        let claim = |id, inode, holds_flushed_writes| LogClaim {
             dir: dir.path(),
-            id: Some(id),
+            id,
+            inode,
             holds_flushed_writes,
         };
-        let holder = LeaseRecord::new(ttl, "", Some(claim(theirs, true)));
-        assert!(holder.left_a_log_elsewhere(Some(mine)));
-        assert!(holder.left_a_log_elsewhere(None), "a lost cache dir");
-        assert!(!holder.left_a_log_elsewhere(Some(theirs)));
+        let holder = LeaseRecord::new(ttl, "", Some(claim(Some(theirs), Some(7), true)));
+        let left_for =
+            |record: &LeaseRecord, id, inode| record.left_a_log_elsewhere(&claim(id, inode, true));
+        assert!(left_for(&holder, Some(other), Some(7)), "another log");
+        assert!(left_for(&holder, None, None), "a lost cache dir");
+        assert!(
+            left_for(&holder, Some(theirs), Some(8)),
+            "a copy of the log"
+        );
+        assert!(!left_for(&holder, Some(theirs), Some(7)), "the log itself");
+        let no_inode = LeaseRecord {
+            log_inode: 0,
+            ..holder.clone()
+        };
+        assert!(!left_for(&no_inode, Some(theirs), Some(8)), "unknown inode");
         let in_a_container = LeaseRecord {
             pid_space: format!(
                 "{}/pid:[4026531999]",
@@ -659,13 +708,13 @@ mod tests {
             machine_id: String::new(),
             ..holder.clone()
         };
-        assert!(in_a_container.left_a_log_elsewhere(Some(mine)), "same boot");
+        assert!(left_for(&in_a_container, Some(other), None), "same boot");
         let before_a_reboot = LeaseRecord {
             pid_space: "an-earlier-boot/pid:[4026531836]".into(),
             ..holder.clone()
         };
         assert_eq!(
-            before_a_reboot.left_a_log_elsewhere(Some(mine)),
+            left_for(&before_a_reboot, Some(other), None),
             !crate::process::machine_id().is_empty(),
             "same machine id"
         );
@@ -674,14 +723,11 @@ mod tests {
             machine_id: "another-machine".into(),
             ..holder.clone()
         };
-        assert!(!elsewhere.left_a_log_elsewhere(Some(mine)));
-        let remote = LeaseRecord::new(ttl, "", Some(claim(theirs, false)));
-        assert!(
-            !remote.left_a_log_elsewhere(Some(mine)),
-            "no flushed writes"
-        );
+        assert!(!left_for(&elsewhere, Some(other), None));
+        let remote = LeaseRecord::new(ttl, "", Some(claim(Some(theirs), Some(7), false)));
+        assert!(!left_for(&remote, Some(other), None), "no flushed writes");
         let no_log = LeaseRecord::new(ttl, "", None);
-        assert!(!no_log.left_a_log_elsewhere(Some(mine)));
+        assert!(!left_for(&no_log, Some(other), None));
     }
 
     #[test]

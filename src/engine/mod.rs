@@ -211,7 +211,7 @@ pub use gc::{
     GcOptions, GcReport, MIN_GRACE_WHILE_ATTACHED, collect as collect_garbage,
     collect_metered as collect_garbage_metered,
 };
-pub use lease::writer_of;
+pub use lease::{dead_writers_log, writer_of};
 pub use local::volume_dir as local_dir;
 pub use meter::{Meter, Unit, Unmetered};
 pub use options::{Durability, EngineOptions, Follow};

@@ -56,6 +56,7 @@ impl Writer {
         let log = LogClaim {
             dir: &log_dir,
             id: LogDir::id_in(&log_dir).map_err(cache_dir_error)?,
+            inode: inode_of(&log_dir),
             holds_flushed_writes: options.durability == Durability::Local,
         };
         let mut lease =
@@ -74,7 +75,8 @@ impl Writer {
             };
             crate::async_fail_point!("open::before_claim");
             if catalog::publish_root(store, name, &codec, &claim).await? {
-                lease.name_log(store, name, log.log_id()).await?;
+                let inode = inode_of(&log_dir).unwrap_or(0);
+                lease.name_log(store, name, log.log_id(), inode).await?;
                 break (claim, log, replayed);
             }
             tracing::info!(
@@ -413,6 +415,12 @@ pub(super) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 /// Opens the write-back log in `dir` for a volume whose newest root is
 /// `root`, and replays it: the log, what it holds beyond the store, and
 /// the epoch after which that starts.
+/// The inode of the folder at `path`, if it is there.
+fn inode_of(path: &std::path::Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|meta| meta.ino())
+}
+
 async fn open_log(dir: &std::path::Path, root: &Root) -> Result<(LogDir, Replayed, u64)> {
     let cache_dir_error = |source| EngineError::CacheDir {
         path: dir.to_path_buf(),

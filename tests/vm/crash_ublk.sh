@@ -5,10 +5,11 @@
 #          daemon is killed, `attach --recover` takes the device back, and
 #          the device's blocks are dumped with the writer's log
 #   lost   the same, then `zeroblk detach` removes the dead daemon's device,
-#          the cache dir is deleted, and the volume attached again is dumped
+#          the cache dir is deleted, an attach is refused (its log is lost),
+#          and the volume attached again with --force is dumped
 #   fs     btrfs under a file workload with fsyncs; after the kill, the
 #          device is removed and the cache dir deleted, and the volume
-#          attached again must pass `btrfs check` and mount
+#          attached again (--force) must pass `btrfs check` and mount
 # The logs and dumps go to $ZEROBLK_VM_OUT, where tests/vm.rs checks every
 # block against the flush model (tests/common/crash_model.rs).
 . "$(dirname "$0")/lib.sh"
@@ -67,7 +68,10 @@ kill -9 "$(daemon_pid)"
 wait "$writer_pid" || true
 tail -n 1 "$WORK/writer.err" | grep -q "writer stopped" || fail "the writer saw no error"
 rm -rf "$ZEROBLK_CACHE_DIR"
-device=$("$ZEROBLK" attach lost)
+# zeroblk cannot tell a lost log from one elsewhere: only --force opens it.
+if "$ZEROBLK" attach lost >"$WORK/refused.out" 2>&1; then fail "the dead writer's lost log was taken over from without --force"; fi
+grep -q -- "--force takes the volume over" "$WORK/refused.out" || { cat "$WORK/refused.out"; fail "the refusal does not name --force"; }
+device=$("$ZEROBLK" attach lost --force)
 dump "$device" "$out/lost.img"
 "$ZEROBLK" detach lost >/dev/null
 echo "$(grep -c '^W' "$out/lost.log") writes before the crash"
@@ -96,7 +100,7 @@ wait "$load" || true
 umount "$mnt" 2>/dev/null || umount -l "$mnt"
 rm -rf "$ZEROBLK_CACHE_DIR"
 note "killed and detached"
-device=$("$ZEROBLK" attach fs)
+device=$("$ZEROBLK" attach fs --force)
 btrfs check --readonly "$device" >"$WORK/check.out" 2>&1 || { cat "$WORK/check.out"; fail "btrfs check after the crash"; }
 mount "$device" "$mnt" || fail "mount after the crash"
 find "$mnt" -type f | head -n 1000 | xargs -r cat >/dev/null || fail "reading the files back"
