@@ -54,7 +54,9 @@ pub struct EngineArgs {
     #[arg(long, value_name = "CHUNKS")]
     pub readahead: Option<u64>,
     /// Take the volume over from a writer on another host that crashed (its
-    /// lease may not have run out); that writer, if alive, stops
+    /// lease may not have run out; that writer, if alive, stops), or from
+    /// one that died here whose write-back log is lost (its flushed writes
+    /// with it)
     #[arg(long)]
     pub force: bool,
 }
