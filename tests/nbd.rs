@@ -559,6 +559,25 @@ sys.stdout.write(h.pread(4096, 0).decode())\n";
     setup.zeroblk(&["volume", "delete", "v"]);
 }
 
+/// A serve that cannot listen stops before it opens any volume: it takes
+/// no lease, so nothing is left for another cache dir to wait on.
+#[test]
+fn a_serve_that_cannot_listen_takes_no_lease() {
+    let setup = Setup::file();
+    setup.zeroblk(&["volume", "create", "v", "--size", "16M"]);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let stderr = setup.zeroblk_fails(&["serve", "v", "--listen", &address]);
+    assert!(stderr.contains("cannot listen on"), "{stderr}");
+    let other_cache = setup.path("other-cache");
+    common::zeroblk(
+        &setup.store_url,
+        &other_cache,
+        &setup.env,
+        &["volume", "resize", "v", "--size", "32M"],
+    );
+}
+
 /// A writer killed with flushed writes in its log keeps its lease from
 /// every command that would open the volume with another cache dir on
 /// this host (the red team's `volume resize` without `--cache-dir` took

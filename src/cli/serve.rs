@@ -89,12 +89,8 @@ pub async fn run(args: ServeArgs, settings: &Settings) -> anyhow::Result<()> {
     for name in &names {
         engine::check_password(&store, name.name(), options.password.clone()).await?;
     }
-    let mut exports = Exports::default();
-    for (name, mode) in names.iter().zip(&modes) {
-        let volume = read_only::open(&store, name, *mode, options.clone()).await?;
-        exports.add(Export::new(&name.to_string(), Arc::new(volume)));
-    }
-    // Everything that can fail to bind, before any address is announced.
+    // What can fail to bind, before any volume is opened (its lease
+    // taken), and any address announced.
     let metrics = status::http::bind(&args.metrics.addresses(settings)).await?;
     let control_socket = bind_control_socket()?;
     let mut listeners = Vec::new();
@@ -102,6 +98,14 @@ pub async fn run(args: ServeArgs, settings: &Settings) -> anyhow::Result<()> {
         let listener = Listener::bind(address)
             .await
             .with_context(|| format!("cannot listen on {address} (pick another with --listen)"))?;
+        listeners.push(listener);
+    }
+    let mut exports = Exports::default();
+    for (name, mode) in names.iter().zip(&modes) {
+        let volume = read_only::open(&store, name, *mode, options.clone()).await?;
+        exports.add(Export::new(&name.to_string(), Arc::new(volume)));
+    }
+    for listener in &listeners {
         let bound = listener.local_addr()?;
         for (name, mode) in names.iter().zip(&modes) {
             let name = name.to_string();
@@ -116,7 +120,6 @@ pub async fn run(args: ServeArgs, settings: &Settings) -> anyhow::Result<()> {
                 }
             }
         }
-        listeners.push(listener);
     }
     if let Some(tls) = &tls {
         tracing::info!("clients must use {}", tls.describe());
@@ -141,7 +144,7 @@ pub async fn run(args: ServeArgs, settings: &Settings) -> anyhow::Result<()> {
         let _ = stop.send(true);
     });
     server.run(listeners, stopped).await;
-    let _ = std::fs::remove_file(&control_socket.path);
+    drop(control_socket.file);
     let mut failures = Vec::new();
     for volume in server.exports().volumes() {
         if let Err(error) = volume.close().await {
@@ -156,7 +159,17 @@ pub async fn run(args: ServeArgs, settings: &Settings) -> anyhow::Result<()> {
 /// This process's control socket, for `zeroblk status`.
 struct ControlSocket {
     listener: tokio::net::UnixListener,
-    path: std::path::PathBuf,
+    file: SocketFile,
+}
+
+/// A socket's name in the runtime dir, removed when the server stops,
+/// whether it served or failed first.
+struct SocketFile(std::path::PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 fn bind_control_socket() -> anyhow::Result<ControlSocket> {
@@ -166,7 +179,10 @@ fn bind_control_socket() -> anyhow::Result<ControlSocket> {
     let path = registry::serve_socket(&dir, std::process::id());
     let listener = control::bind(&path)
         .with_context(|| format!("cannot make the control socket {}", path.display()))?;
-    Ok(ControlSocket { listener, path })
+    Ok(ControlSocket {
+        listener,
+        file: SocketFile(path),
+    })
 }
 
 fn listen_addresses(args: &ServeArgs, settings: &Settings) -> anyhow::Result<Vec<ListenAddr>> {
