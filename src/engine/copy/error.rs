@@ -38,7 +38,7 @@ pub enum CopyError {
         holder: String,
     },
     #[error(
-        "volume `{name}` in {store} was not detached by its last writer, whose log may hold writes the store lacks: attach and detach it there (its log is replayed), then copy again"
+        "volume `{name}` in {store} was not detached by its last writer, whose log may hold writes the store lacks: on the host that wrote it, open it with that writer's --cache-dir so its log is replayed (`zeroblk attach` then `detach`, or `zeroblk serve` then Ctrl-C), then copy again"
     )]
     NotDetached { store: String, name: String },
     #[error(
