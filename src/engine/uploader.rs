@@ -9,7 +9,7 @@
 //! after [`LONGEST_DEFERRAL`] intervals if the writes never pause. Local
 //! flushes never wait for any of this. An idle volume commits
 //! nothing; its only requests renew its lease (a GET and a PUT every
-//! 10 s, see `lease.rs`). Store errors that may pass are retried with exponential
+//! 10 s, see `lease/`). Store errors that may pass are retried with exponential
 //! backoff and jitter, indefinitely: writes go on until `--max-dirty`, then
 //! wait. Errors that cannot pass (fenced out, damaged data) stop the volume.
 

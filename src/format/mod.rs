@@ -25,7 +25,7 @@
 //! | `pages/XX/ID` | [`MapPage`]: [`PAGE_ENTRIES`] chunk references | immutable, content addressed |
 //! | `packs/XX/ID` | chunk objects of one commit, back to back ([`pack`]) | immutable, content addressed |
 //! | `chunks/XX/ID` | a chunk object of its own | immutable, content addressed |
-//! | `volumes/NAME/lease` | the writer's lease (JSON, `LeaseRecord` in `engine/lease.rs`) | replaced only by conditional writes |
+//! | `volumes/NAME/lease` | the writer's lease (JSON, `LeaseRecord` in `engine/lease/record.rs`) | replaced only by conditional writes |
 //! | `gc/lease` | gc's lease, the same record ([`keys::GC_LEASE`], `engine/gc.rs`) | replaced only by conditional writes |
 //! | `volumes/NAME/provision.json` | what `--provision` set up on the volume (`provision/mod.rs`) | overwritten |
 //! | `probes/fencing-UUID` | a probe of whether the store enforces conditional writes (`store/mod.rs`) | written, then deleted |
