@@ -499,6 +499,25 @@ fn every_fio_profile_runs_against_zeroblk_over_nbd() {
     server.stop();
 }
 
+/// Writes block 0 of the export at `uri` full of `byte` and flushes it,
+/// through libnbd: a write the server acknowledged as durable.
+fn write_and_flush_block_zero(uri: &str, byte: char) {
+    let script = format!(
+        "import sys, nbd\n\
+h = nbd.NBD(); h.connect_uri(sys.argv[1])\n\
+h.pwrite(b'{byte}' * 4096, 0); h.flush()\n"
+    );
+    run_ok(Command::new(common::nbd_python()).args(["-c", &script, uri]));
+}
+
+/// Block 0 of the export at `uri`, as text.
+fn read_block_zero(uri: &str) -> String {
+    let script = "import sys, nbd\n\
+h = nbd.NBD(); h.connect_uri(sys.argv[1])\n\
+sys.stdout.write(h.pread(4096, 0).decode())\n";
+    run_ok(Command::new(common::nbd_python()).args(["-c", script, uri]))
+}
+
 #[test]
 fn a_second_serve_of_a_volume_is_refused_until_forced() {
     let setup = Setup::file();
@@ -533,10 +552,7 @@ fn a_second_serve_of_a_volume_is_refused_until_forced() {
     // A writer that provably runs on this host is never taken over, even
     // with --force: it holds acknowledged writes in its own log (the red
     // team lost flushed data so).
-    let flushed = "import sys, nbd\n\
-h = nbd.NBD(); h.connect_uri(sys.argv[1])\n\
-h.pwrite(b'L' * 4096, 0); h.flush()\n";
-    run_ok(Command::new(common::nbd_python()).args(["-c", flushed, &first.uri("v")]));
+    write_and_flush_block_zero(&first.uri("v"), 'L');
     for args in [
         &["volume", "resize", "v", "--size", "128M", "--force"][..],
         &["volume", "delete", "v", "--force"],
@@ -549,11 +565,8 @@ h.pwrite(b'L' * 4096, 0); h.flush()\n";
         );
     }
     first.stop();
-    let read = "import sys, nbd\n\
-h = nbd.NBD(); h.connect_uri(sys.argv[1])\n\
-sys.stdout.write(h.pread(4096, 0).decode())\n";
     let again = setup.serve(&["v"]);
-    let data = run_ok(Command::new(common::nbd_python()).args(["-c", read, &again.uri("v")]));
+    let data = read_block_zero(&again.uri("v"));
     assert_eq!(data, "L".repeat(4096), "the flushed write is kept");
     again.stop();
     setup.zeroblk(&["volume", "delete", "v"]);
@@ -589,10 +602,7 @@ fn a_killed_writers_flushed_writes_wait_for_its_own_cache_dir() {
     let setup = Setup::file();
     setup.zeroblk(&["volume", "create", "v", "--size", "64M"]);
     let first = setup.serve(&["v", "--commit-interval", "1h"]);
-    let flushed = "import sys, nbd\n\
-h = nbd.NBD(); h.connect_uri(sys.argv[1])\n\
-h.pwrite(b'K' * 4096, 0); h.flush()\n";
-    run_ok(Command::new(common::nbd_python()).args(["-c", flushed, &first.uri("v")]));
+    write_and_flush_block_zero(&first.uri("v"), 'K');
     first.kill();
 
     let other_cache = setup.dir.path().join("other-cache");
@@ -610,23 +620,18 @@ h.pwrite(b'K' * 4096, 0); h.flush()\n";
     );
     // What reads the last commit says the flushed writes are not in it.
     let image = setup.path("v.img");
-    let exported = common::command::output(
-        Command::new(env!("CARGO_BIN_EXE_zeroblk"))
-            .args(["--store", &setup.store_url, "--cache-dir"])
-            .arg(&other_cache)
-            .args(["volume", "export", "v"])
-            .arg(&image)
-            .env_remove("ZEROBLK_CONFIG"),
-    );
+    let exported = common::command::output(&mut common::zeroblk_command(
+        &setup.store_url,
+        &other_cache,
+        &[],
+        &["volume", "export", "v", image.to_str().unwrap()],
+    ));
     let stderr = String::from_utf8_lossy(&exported.stderr);
     assert!(exported.status.success(), "{stderr}");
     assert!(stderr.contains("died without detaching"), "{stderr}");
 
-    let read = "import sys, nbd\n\
-h = nbd.NBD(); h.connect_uri(sys.argv[1])\n\
-sys.stdout.write(h.pread(4096, 0).decode())\n";
     let again = setup.serve(&["v"]);
-    let data = run_ok(Command::new(common::nbd_python()).args(["-c", read, &again.uri("v")]));
+    let data = read_block_zero(&again.uri("v"));
     assert_eq!(data, "K".repeat(4096), "the flushed write is replayed");
     again.stop();
 }
