@@ -95,6 +95,15 @@ pub(super) fn round_up(len: u64) -> u64 {
     len.div_ceil(BLOCK_SIZE) * BLOCK_SIZE
 }
 
+/// For tests: each piece as (holds data, offset, length).
+#[cfg(test)]
+pub(super) fn shape_of(pieces: &[Piece]) -> Vec<(bool, u64, u64)> {
+    pieces
+        .iter()
+        .map(|p| (matches!(p, Piece::Data { .. }), p.offset(), p.len()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,10 +116,7 @@ mod tests {
         image[2 * block] = 2; // block 2
         image[5 * block - 1] = 3; // block 4
         let pieces = runs(8192, Bytes::from(image.clone()));
-        let shape: Vec<_> = pieces
-            .iter()
-            .map(|p| (matches!(p, Piece::Data { .. }), p.offset(), p.len()))
-            .collect();
+        let shape = shape_of(&pieces);
         let b = BLOCK_SIZE;
         assert_eq!(
             shape,

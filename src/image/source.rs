@@ -348,10 +348,7 @@ mod tests {
         };
         assert_eq!(opened.size(), None);
         let pieces = pieces_of(opened);
-        let shape: Vec<_> = pieces
-            .iter()
-            .map(|p| (matches!(p, Piece::Data { .. }), p.offset(), p.len()))
-            .collect();
+        let shape = blocks::shape_of(&pieces);
         let b = BLOCK_SIZE;
         assert_eq!(
             shape,
